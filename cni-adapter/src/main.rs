@@ -1,0 +1,138 @@
+//! `flatnet-cni`: Flatnet as a CNI plugin. Reads the command from the environment and the
+//! network config from stdin, translates them into the core's attach / detach / check, and
+//! prints the CNI result or error object.
+
+mod protocol;
+
+use std::env;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use flatnet::{AttachRequest, FlatnetConfig, Network};
+use protocol::{code, CniArgs, CniError, NetConf};
+use serde_json::Value;
+
+fn main() -> ExitCode {
+    let mut stdin = Vec::new();
+    if let Err(e) = std::io::stdin().read_to_end(&mut stdin) {
+        return fail(
+            "1.1.0",
+            CniError::new(code::IO_FAILURE, format!("reading stdin: {e}")),
+        );
+    }
+    let version = reply_version(&stdin);
+    match run(&stdin) {
+        Ok(Some(output)) => print_json(&output),
+        Ok(None) => ExitCode::SUCCESS,
+        Err(err) => fail(&version, err),
+    }
+}
+
+/// Dispatches on CNI_COMMAND. Returns what to print on success, if anything.
+fn run(stdin: &[u8]) -> Result<Option<Value>, CniError> {
+    let command = required_env("CNI_COMMAND")?;
+    if command == "VERSION" {
+        return Ok(Some(protocol::version_result(stdin)));
+    }
+    let conf = NetConf::parse(stdin)?;
+    let network = Network::open(FlatnetConfig::from_input(conf.config_input())?);
+    match command.as_str() {
+        "ADD" => add(&conf, &network).map(Some),
+        "DEL" => del(&network).map(|()| None),
+        "CHECK" => check(&conf, &network).map(|()| None),
+        "STATUS" => status(&network).map(|()| None),
+        "GC" => gc(&conf, &network).map(|()| None),
+        other => Err(CniError::new(
+            code::INVALID_ENV,
+            format!("CNI_COMMAND {other:?} is not one of ADD, DEL, CHECK, STATUS, GC, VERSION"),
+        )),
+    }
+}
+
+fn add(conf: &NetConf, network: &Network) -> Result<Value, CniError> {
+    let container_id = required_env("CNI_CONTAINERID")?;
+    let netns = required_env("CNI_NETNS")?;
+    let ifname = required_env("CNI_IFNAME")?;
+    let args = CniArgs::parse(&env::var("CNI_ARGS").unwrap_or_default())?;
+    let attachment = network.attach(&AttachRequest {
+        container_id: &container_id,
+        netns: Path::new(&netns),
+        ifname: &ifname,
+        static_ip: args.ip,
+    })?;
+    Ok(protocol::add_result(&conf.cni_version, &attachment, &netns))
+}
+
+/// DEL must succeed whatever is already gone: the namespace (CNI_NETNS may be empty), the
+/// interface, the lease, or the result of an ADD that failed.
+fn del(network: &Network) -> Result<(), CniError> {
+    let container_id = required_env("CNI_CONTAINERID")?;
+    let ifname = required_env("CNI_IFNAME")?;
+    let netns = env::var_os("CNI_NETNS")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from);
+    network.detach(&container_id, netns.as_deref(), &ifname)?;
+    Ok(())
+}
+
+fn check(conf: &NetConf, network: &Network) -> Result<(), CniError> {
+    let container_id = required_env("CNI_CONTAINERID")?;
+    let netns = required_env("CNI_NETNS")?;
+    let ifname = required_env("CNI_IFNAME")?;
+    let attachment = network.check(&container_id, Path::new(&netns), &ifname)?;
+    let expected = attachment.address.to_string();
+    let reported = conf.prev_result_ips();
+    if !reported.is_empty() && !reported.contains(&expected) {
+        return Err(CniError::new(
+            code::CHECK_FAILED,
+            format!("prevResult reports {reported:?}, the interface has {expected}"),
+        ));
+    }
+    Ok(())
+}
+
+/// STATUS: ready when the network's state can be read and written.
+fn status(network: &Network) -> Result<(), CniError> {
+    network.ipam().leases()?;
+    Ok(())
+}
+
+fn gc(conf: &NetConf, network: &Network) -> Result<(), CniError> {
+    let valid = conf.valid_attachments.as_deref().unwrap_or_default();
+    let keep: Vec<&str> = valid.iter().map(|a| a.container_id.as_str()).collect();
+    network.collect_garbage(&keep)?;
+    Ok(())
+}
+
+fn required_env(name: &str) -> Result<String, CniError> {
+    match env::var(name) {
+        Ok(value) if !value.is_empty() => Ok(value),
+        _ => Err(CniError::new(
+            code::INVALID_ENV,
+            format!("environment variable {name} is missing or empty"),
+        )),
+    }
+}
+
+/// Errors are written in the version the config asked for when it is one we speak.
+fn reply_version(stdin: &[u8]) -> String {
+    protocol::version_result(stdin)["cniVersion"]
+        .as_str()
+        .unwrap_or("1.1.0")
+        .to_string()
+}
+
+fn print_json(value: &Value) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    if serde_json::to_writer(&mut out, value).is_ok() && writeln!(out).is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn fail(version: &str, err: CniError) -> ExitCode {
+    print_json(&err.to_json(version));
+    ExitCode::FAILURE
+}

@@ -1,0 +1,348 @@
+//! The CNI wire format: the network config the runtime sends on stdin, the result and error
+//! objects the plugin prints, in the config's own spec version.
+
+use std::net::Ipv4Addr;
+
+use flatnet::{Attachment, ConfigInput, Error};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// Spec versions whose configs this plugin accepts and whose results it can write.
+pub const SUPPORTED_VERSIONS: &[&str] = &["0.4.0", "1.0.0", "1.1.0"];
+const LATEST: &str = "1.1.0";
+
+/// Error codes the CNI spec defines, plus Flatnet's own (100 and up).
+pub mod code {
+    pub const INCOMPATIBLE_VERSION: u32 = 1;
+    pub const CONTAINER_UNKNOWN: u32 = 3;
+    pub const INVALID_ENV: u32 = 4;
+    pub const IO_FAILURE: u32 = 5;
+    pub const DECODE_FAILURE: u32 = 6;
+    pub const INVALID_CONFIG: u32 = 7;
+    pub const TRY_AGAIN: u32 = 11;
+    pub const ADDRESS_EXHAUSTED: u32 = 100;
+    pub const ADDRESS_IN_USE: u32 = 101;
+    pub const CHECK_FAILED: u32 = 102;
+    pub const ALREADY_ATTACHED: u32 = 103;
+}
+
+/// A CNI error: printed as the spec's error object on stdout, with a non-zero exit.
+#[derive(Debug)]
+pub struct CniError {
+    pub code: u32,
+    pub msg: String,
+    pub details: String,
+}
+
+impl CniError {
+    pub fn new(code: u32, msg: impl Into<String>) -> Self {
+        CniError {
+            code,
+            msg: msg.into(),
+            details: String::new(),
+        }
+    }
+
+    pub fn to_json(&self, cni_version: &str) -> Value {
+        json!({
+            "cniVersion": cni_version,
+            "code": self.code,
+            "msg": self.msg,
+            "details": self.details,
+        })
+    }
+}
+
+impl From<Error> for CniError {
+    fn from(err: Error) -> Self {
+        let code = match &err {
+            Error::InvalidConfig(_) => code::INVALID_CONFIG,
+            Error::InvalidRequest(_) => code::INVALID_ENV,
+            Error::NetnsNotFound(_) => code::CONTAINER_UNKNOWN,
+            Error::AddressExhausted { .. } => code::ADDRESS_EXHAUSTED,
+            Error::AddressInUse { .. } => code::ADDRESS_IN_USE,
+            Error::AlreadyAttached { .. } => code::ALREADY_ATTACHED,
+            Error::CheckFailed(_) => code::CHECK_FAILED,
+            Error::Io { source, .. } if is_transient(source) => code::TRY_AGAIN,
+            Error::Netlink(_) | Error::Io { .. } => code::IO_FAILURE,
+        };
+        CniError {
+            code,
+            msg: err.to_string(),
+            details: String::new(),
+        }
+    }
+}
+
+fn is_transient(err: &std::io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(libc::EAGAIN | libc::EBUSY))
+}
+
+/// The plugin's section of the network configuration (the runtime has already picked it out of
+/// the conflist). Unknown keys are ignored, as CNI plugins conventionally do.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetConf {
+    pub cni_version: String,
+    pub name: String,
+    pub subnet: Option<String>,
+    pub gateway: Option<String>,
+    pub mtu: Option<u32>,
+    pub state_dir: Option<String>,
+    pub lighthouse: Option<String>,
+    pub tunnel_port: Option<u16>,
+    pub endpoint: Option<String>,
+    pub prev_result: Option<Value>,
+    /// GC: the attachments the runtime still knows about.
+    #[serde(rename = "cni.dev/valid-attachments")]
+    pub valid_attachments: Option<Vec<ValidAttachment>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ValidAttachment {
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    #[allow(dead_code)] // part of the spec's shape; Flatnet keys attachments by container
+    pub ifname: Option<String>,
+}
+
+impl NetConf {
+    /// Decodes stdin: unparsable JSON is a decode failure (6), a well-formed config with wrong
+    /// fields is an invalid config (7), an unknown spec version is incompatible (1).
+    pub fn parse(stdin: &[u8]) -> Result<Self, CniError> {
+        let value: Value = serde_json::from_slice(stdin).map_err(|e| {
+            CniError::new(
+                code::DECODE_FAILURE,
+                format!("network config is not JSON: {e}"),
+            )
+        })?;
+        let conf: NetConf = serde_json::from_value(value)
+            .map_err(|e| CniError::new(code::INVALID_CONFIG, format!("network config: {e}")))?;
+        check_version(&conf.cni_version)?;
+        Ok(conf)
+    }
+
+    pub fn config_input(&self) -> ConfigInput {
+        ConfigInput {
+            network: self.name.clone(),
+            subnet: self.subnet.clone(),
+            gateway: self.gateway.clone(),
+            mtu: self.mtu.map(|v| v.to_string()),
+            state_dir: self.state_dir.clone(),
+            lighthouse: self.lighthouse.clone(),
+            tunnel_port: self.tunnel_port.map(|v| v.to_string()),
+            endpoint: self.endpoint.clone(),
+        }
+    }
+
+    /// Addresses a previous ADD reported (CHECK compares them with what is there now).
+    pub fn prev_result_ips(&self) -> Vec<String> {
+        let ips = self.prev_result.as_ref().and_then(|r| r.get("ips"));
+        ips.and_then(Value::as_array)
+            .map(|ips| {
+                ips.iter()
+                    .filter_map(|ip| ip.get("address")?.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+pub fn check_version(version: &str) -> Result<(), CniError> {
+    if SUPPORTED_VERSIONS.contains(&version) {
+        Ok(())
+    } else {
+        Err(CniError::new(
+            code::INCOMPATIBLE_VERSION,
+            format!(
+                "cniVersion {version:?} is not supported; use one of {}",
+                SUPPORTED_VERSIONS.join(", ")
+            ),
+        ))
+    }
+}
+
+/// The answer to VERSION, in the version the runtime spoke (or the latest).
+pub fn version_result(stdin: &[u8]) -> Value {
+    let asked = serde_json::from_slice::<Value>(stdin)
+        .ok()
+        .and_then(|v| v.get("cniVersion")?.as_str().map(str::to_string))
+        .filter(|v| SUPPORTED_VERSIONS.contains(&v.as_str()))
+        .unwrap_or_else(|| LATEST.to_string());
+    json!({ "cniVersion": asked, "supportedVersions": SUPPORTED_VERSIONS })
+}
+
+/// The ADD result for an attachment, shaped for the config's spec version.
+pub fn add_result(version: &str, attachment: &Attachment, sandbox: &str) -> Value {
+    let mut interface = json!({
+        "name": attachment.ifname,
+        "mac": attachment.mac,
+        "sandbox": sandbox,
+    });
+    if version == "1.1.0" {
+        interface["mtu"] = json!(attachment.mtu);
+    }
+    let mut ip = json!({
+        "address": attachment.address.to_string(),
+        "gateway": attachment.gateway.to_string(),
+        "interface": 0,
+    });
+    if version == "0.4.0" {
+        ip["version"] = json!("4");
+    }
+    json!({
+        "cniVersion": version,
+        "interfaces": [interface],
+        "ips": [ip],
+        "routes": [{ "dst": attachment.address.trunc().to_string() }],
+        "dns": {},
+    })
+}
+
+/// Options from CNI_ARGS (`K=V;K=V`): `IP` asks for a static address (Podman's `--ip`).
+#[derive(Debug, Default, PartialEq)]
+pub struct CniArgs {
+    pub ip: Option<Ipv4Addr>,
+}
+
+impl CniArgs {
+    pub fn parse(text: &str) -> Result<Self, CniError> {
+        let mut args = CniArgs::default();
+        for pair in text.split(';').filter(|p| !p.is_empty()) {
+            let Some((key, value)) = pair.split_once('=') else {
+                return Err(CniError::new(
+                    code::INVALID_ENV,
+                    format!("CNI_ARGS entry {pair:?} is not KEY=VALUE"),
+                ));
+            };
+            match key {
+                "IP" => {
+                    let addr = value.split('/').next().unwrap_or(value);
+                    args.ip = Some(addr.parse().map_err(|_| {
+                        CniError::new(
+                            code::INVALID_ENV,
+                            format!("CNI_ARGS IP={value:?} is not an IPv4 address"),
+                        )
+                    })?);
+                }
+                "MAC" => {
+                    return Err(CniError::new(
+                        code::INVALID_ENV,
+                        "Flatnet interfaces are layer-3 TUN devices and cannot take a MAC address",
+                    ))
+                }
+                _ => {} // IgnoreUnknown, K8S_POD_NAME and the like carry nothing for Flatnet
+            }
+        }
+        Ok(args)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attachment() -> Attachment {
+        Attachment {
+            version: 1,
+            network: "flat".into(),
+            container_id: "c1".into(),
+            ifname: "eth0".into(),
+            netns: "/run/netns/x".into(),
+            address: "10.77.0.5/16".parse().unwrap(),
+            gateway: "10.77.0.1".parse().unwrap(),
+            mac: "02:46:0a:4d:00:05".into(),
+            mtu: 1420,
+        }
+    }
+
+    #[test]
+    fn result_shapes_follow_the_spec_version() {
+        let r = add_result("1.0.0", &attachment(), "/run/netns/x");
+        assert_eq!(r["cniVersion"], "1.0.0");
+        assert_eq!(r["ips"][0]["address"], "10.77.0.5/16");
+        assert_eq!(r["ips"][0]["gateway"], "10.77.0.1");
+        assert_eq!(r["ips"][0]["interface"], 0);
+        assert!(r["ips"][0].get("version").is_none());
+        assert!(r["interfaces"][0].get("mtu").is_none());
+        assert_eq!(r["interfaces"][0]["sandbox"], "/run/netns/x");
+        assert_eq!(r["routes"][0]["dst"], "10.77.0.0/16");
+
+        let r = add_result("0.4.0", &attachment(), "/run/netns/x");
+        assert_eq!(r["ips"][0]["version"], "4");
+        let r = add_result("1.1.0", &attachment(), "/run/netns/x");
+        assert_eq!(r["interfaces"][0]["mtu"], 1420);
+    }
+
+    #[test]
+    fn mac_is_locally_administered_unicast() {
+        let mac = attachment().mac;
+        let first = u8::from_str_radix(&mac[..2], 16).unwrap();
+        assert_eq!(first & 0b11, 0b10);
+        assert_eq!(mac.split(':').count(), 6);
+    }
+
+    #[test]
+    fn decode_errors_have_the_spec_codes() {
+        assert_eq!(
+            NetConf::parse(b"{nope").unwrap_err().code,
+            code::DECODE_FAILURE
+        );
+        assert_eq!(
+            NetConf::parse(br#"{"cniVersion":"1.0.0","type":"flatnet-cni"}"#)
+                .unwrap_err()
+                .code,
+            code::INVALID_CONFIG
+        );
+        assert_eq!(
+            NetConf::parse(br#"{"cniVersion":"1.0.0","name":"n","type":"x","mtu":"big"}"#)
+                .unwrap_err()
+                .code,
+            code::INVALID_CONFIG
+        );
+        assert_eq!(
+            NetConf::parse(br#"{"cniVersion":"9.9.9","name":"n","type":"x"}"#)
+                .unwrap_err()
+                .code,
+            code::INCOMPATIBLE_VERSION
+        );
+        let ok = NetConf::parse(br#"{"cniVersion":"0.4.0","name":"n","type":"x","extra":1}"#);
+        assert!(ok.is_ok());
+    }
+
+    #[test]
+    fn error_json_has_the_spec_fields() {
+        let e = CniError::new(code::INVALID_ENV, "CNI_NETNS is missing").to_json("1.0.0");
+        assert_eq!(e["cniVersion"], "1.0.0");
+        assert_eq!(e["code"], 4);
+        assert_eq!(e["msg"], "CNI_NETNS is missing");
+    }
+
+    #[test]
+    fn version_answer_lists_supported_versions() {
+        let v = version_result(br#"{"cniVersion":"1.0.0"}"#);
+        assert_eq!(v["cniVersion"], "1.0.0");
+        assert_eq!(v["supportedVersions"].as_array().unwrap().len(), 3);
+        assert_eq!(version_result(b"")["cniVersion"], "1.1.0");
+    }
+
+    #[test]
+    fn cni_args() {
+        let a = CniArgs::parse("IgnoreUnknown=1;K8S_POD_NAME=web;IP=10.77.0.9").unwrap();
+        assert_eq!(a.ip, Some("10.77.0.9".parse().unwrap()));
+        assert_eq!(CniArgs::parse("").unwrap(), CniArgs::default());
+        assert_eq!(
+            CniArgs::parse("IP=nope").unwrap_err().code,
+            code::INVALID_ENV
+        );
+        assert_eq!(
+            CniArgs::parse("garbage").unwrap_err().code,
+            code::INVALID_ENV
+        );
+        assert_eq!(
+            CniArgs::parse("MAC=02:00:00:00:00:01").unwrap_err().code,
+            code::INVALID_ENV
+        );
+    }
+}

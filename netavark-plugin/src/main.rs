@@ -1,0 +1,54 @@
+//! `flatnet`: Flatnet as a netavark plugin (Podman >= 4.5 with netavark >= 1.6). The binary's
+//! name is the driver name: `podman network create -d flatnet`. Translates netavark's create /
+//! setup / teardown into the core's config validation, attach and detach.
+
+mod translate;
+
+use std::collections::HashMap;
+use std::error::Error;
+use std::path::Path;
+
+use flatnet::{AttachRequest, Network};
+use netavark::network::types::{Network as NetavarkNetwork, NetworkPluginExec, StatusBlock};
+use netavark::plugin::{Info, Plugin, PluginExec, API_VERSION};
+
+struct FlatnetPlugin;
+
+impl Plugin for FlatnetPlugin {
+    fn create(&self, network: NetavarkNetwork) -> Result<NetavarkNetwork, Box<dyn Error>> {
+        Ok(translate::normalise(network)?)
+    }
+
+    fn setup(&self, netns: String, opts: NetworkPluginExec) -> Result<StatusBlock, Box<dyn Error>> {
+        let network = Network::open(translate::config_of(&opts.network)?);
+        let options = &opts.network_options;
+        let attachment = network.attach(&AttachRequest {
+            container_id: &opts.container_id,
+            netns: Path::new(&netns),
+            ifname: &options.interface_name,
+            static_ip: translate::static_ip(options)?,
+        })?;
+        Ok(translate::status_block(&attachment))
+    }
+
+    /// Called on stop, rm and disconnect, also when the namespace is already gone.
+    fn teardown(&self, netns: String, opts: NetworkPluginExec) -> Result<(), Box<dyn Error>> {
+        let network = Network::open(translate::config_of(&opts.network)?);
+        let ifname = &opts.network_options.interface_name;
+        network.detach(&opts.container_id, Some(Path::new(&netns)), ifname)?;
+        Ok(())
+    }
+}
+
+fn main() {
+    let extra = HashMap::from([(
+        "description".to_string(),
+        "Flatnet: encrypted flat overlay network".to_string(),
+    )]);
+    let info = Info::new(
+        env!("CARGO_PKG_VERSION").to_string(),
+        API_VERSION.to_string(),
+        Some(extra),
+    );
+    PluginExec::new(FlatnetPlugin, info).exec();
+}

@@ -1,0 +1,174 @@
+//! Between netavark's types and Flatnet's: which network options exist, how a Network becomes
+//! a `FlatnetConfig`, and how an attachment becomes the StatusBlock Podman shows.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+
+use flatnet::config::{first_host, DEFAULT_SUBNET};
+use flatnet::{Attachment, ConfigInput, Error, FlatnetConfig};
+use ipnet::IpNet;
+use netavark::network::types::{
+    NetAddress, NetInterface, Network, PerNetworkOptions, StatusBlock, Subnet,
+};
+
+/// `-o key=value` options a Flatnet network accepts, and the config field each sets.
+const OPTIONS: &[&str] = &["mtu", "tunnel_port", "state_dir", "lighthouse", "endpoint"];
+
+/// Validates a network at `podman network create` and fills in what was left out (a subnet and
+/// its gateway), leaving name, id and driver as they are.
+pub fn normalise(mut network: Network) -> Result<Network, Error> {
+    if network.ipv6_enabled {
+        return Err(invalid(
+            "IPv6 is not supported yet: Flatnet networks are IPv4",
+        ));
+    }
+    let mut subnets = network.subnets.take().unwrap_or_default();
+    if subnets.is_empty() {
+        subnets.push(Subnet {
+            gateway: None,
+            lease_range: None,
+            subnet: DEFAULT_SUBNET.parse().expect("default subnet parses"),
+        });
+    }
+    if subnets.len() > 1 {
+        return Err(invalid("a Flatnet network has exactly one subnet"));
+    }
+    let subnet = &mut subnets[0];
+    if let IpNet::V4(v4) = subnet.subnet {
+        subnet.gateway.get_or_insert(IpAddr::V4(first_host(v4)));
+    }
+    network.subnets = Some(subnets);
+    config_of(&network)?;
+    Ok(network)
+}
+
+/// The Flatnet configuration a (normalised) netavark network describes.
+pub fn config_of(network: &Network) -> Result<FlatnetConfig, Error> {
+    let options = network.options.clone().unwrap_or_default();
+    if let Some(unknown) = options.keys().find(|k| !OPTIONS.contains(&k.as_str())) {
+        return Err(invalid(&format!(
+            "unknown option {unknown:?}; Flatnet networks take {}",
+            OPTIONS.join(", ")
+        )));
+    }
+    let subnet = network.subnets.as_ref().and_then(|s| s.first());
+    let option = |key: &str| options.get(key).cloned();
+    FlatnetConfig::from_input(ConfigInput {
+        network: network.name.clone(),
+        subnet: subnet.map(|s| s.subnet.to_string()),
+        gateway: subnet.and_then(|s| s.gateway).map(|g| g.to_string()),
+        mtu: option("mtu"),
+        state_dir: option("state_dir"),
+        lighthouse: option("lighthouse"),
+        tunnel_port: option("tunnel_port"),
+        endpoint: option("endpoint"),
+    })
+}
+
+/// The address Podman picked (it allocates whenever the network has subnets) or `--ip` asked for.
+pub fn static_ip(options: &PerNetworkOptions) -> Result<Option<Ipv4Addr>, Error> {
+    if options.static_mac.as_deref().is_some_and(|m| !m.is_empty()) {
+        return Err(Error::InvalidRequest(
+            "Flatnet interfaces are layer-3 TUN devices and cannot take a MAC address".into(),
+        ));
+    }
+    let ips = options.static_ips.as_deref().unwrap_or_default();
+    match ips {
+        [] => Ok(None),
+        [IpAddr::V4(ip)] => Ok(Some(*ip)),
+        [IpAddr::V6(ip)] => Err(Error::InvalidRequest(format!(
+            "static address {ip} is IPv6; Flatnet networks are IPv4"
+        ))),
+        _ => Err(Error::InvalidRequest(format!(
+            "{} static addresses given; a Flatnet interface has one",
+            ips.len()
+        ))),
+    }
+}
+
+pub fn status_block(attachment: &Attachment) -> StatusBlock {
+    let address = NetAddress {
+        gateway: Some(IpAddr::V4(attachment.gateway)),
+        ipnet: IpNet::V4(attachment.address),
+    };
+    let interface = NetInterface {
+        mac_address: attachment.mac.clone(),
+        subnets: Some(vec![address]),
+    };
+    StatusBlock {
+        dns_search_domains: Some(Vec::new()),
+        dns_server_ips: Some(Vec::new()),
+        interfaces: Some(HashMap::from([(attachment.ifname.clone(), interface)])),
+    }
+}
+
+fn invalid(msg: &str) -> Error {
+    Error::InvalidConfig(msg.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn network(json: serde_json::Value) -> Network {
+        serde_json::from_value(json).unwrap()
+    }
+
+    fn base() -> serde_json::Value {
+        serde_json::json!({
+            "name": "flat", "id": "abc123", "driver": "flatnet",
+            "dns_enabled": false, "internal": false, "ipv6_enabled": false,
+        })
+    }
+
+    #[test]
+    fn create_fills_subnet_and_gateway_and_keeps_identity() {
+        let out = normalise(network(base())).unwrap();
+        assert_eq!(
+            (out.name.as_str(), out.id.as_str(), out.driver.as_str()),
+            ("flat", "abc123", "flatnet")
+        );
+        let subnet = &out.subnets.unwrap()[0];
+        assert_eq!(subnet.subnet.to_string(), DEFAULT_SUBNET);
+        assert_eq!(subnet.gateway.unwrap().to_string(), "10.77.0.1");
+    }
+
+    #[test]
+    fn create_rejects_bad_networks() {
+        let mut v6 = base();
+        v6["subnets"] = serde_json::json!([{"subnet": "fd00::/64"}]);
+        let mut unknown = base();
+        unknown["options"] = serde_json::json!({"colour": "blue"});
+        let mut bad_mtu = base();
+        bad_mtu["options"] = serde_json::json!({"mtu": "9"});
+        let mut two = base();
+        two["subnets"] =
+            serde_json::json!([{"subnet": "192.0.2.0/24"}, {"subnet": "198.51.100.0/24"}]);
+        for (case, needle) in [
+            (v6, "IPv4"),
+            (unknown, "colour"),
+            (bad_mtu, "mtu"),
+            (two, "one subnet"),
+        ] {
+            let err = normalise(network(case)).unwrap_err().to_string();
+            assert!(err.contains(needle), "{err}");
+        }
+    }
+
+    #[test]
+    fn static_addresses() {
+        let mut opts = PerNetworkOptions {
+            aliases: None,
+            interface_name: "eth0".into(),
+            static_ips: Some(vec!["10.77.0.9".parse().unwrap()]),
+            static_mac: None,
+            options: None,
+        };
+        assert_eq!(
+            static_ip(&opts).unwrap(),
+            Some("10.77.0.9".parse().unwrap())
+        );
+        opts.static_mac = Some("02:00:00:00:00:01".into());
+        assert!(static_ip(&opts).is_err());
+    }
+}

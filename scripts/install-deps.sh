@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what Flatnet's build, demo and tests need on a Debian 12 host, and configures the
+# host's Podman 4.3 for the CNI backend. Idempotent; safe to run again.
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+require_root
+
+# Build: netavark's build script compiles protobuf definitions.
+apt_install ca-certificates build-essential pkg-config protobuf-compiler
+# Podman with the CNI backend; runc because crun rejects this host's hybrid cgroup layout.
+apt_install podman containernetworking-plugins runc conmon iptables iproute2
+# The trixie chroot (Podman 5 + netavark), packet captures and throughput tools.
+apt_install debootstrap tcpdump iperf3 python3
+
+# Podman reads drop-ins after containers.conf; ours only sets what this host needs.
+nofile=$(ulimit -Hn)
+mkdir -p /etc/containers/containers.conf.d
+cat > /etc/containers/containers.conf.d/50-flatnet.conf <<CONF
+# Written by flatnet scripts/install-deps.sh
+[containers]
+default_ulimits = ["nofile=${nofile}:${nofile}", "nproc=4096:4096"]
+
+[network]
+network_backend = "cni"
+
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+CONF
+log "host dependencies ready"

@@ -1,0 +1,32 @@
+# Shared helpers for Flatnet's scripts. Source it; it defines functions only.
+
+FLATNET_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# The trixie chroot that holds Podman 5 + netavark (the host's Podman 4.3 cannot load plugins).
+CHROOT_DIR=${FLATNET_CHROOT:-/var/lib/flatnet/trixie}
+TEST_IMAGE=localhost/flatnet-test:latest
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+require_root() { [ "$(id -u)" = 0 ] || die "run as root (network namespaces, TUN devices and Podman need it)"; }
+
+apt_install() {
+    local missing=()
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    log "apt-get install ${missing[*]}"
+    if [ ! -f /var/lib/flatnet/.apt-updated ] || [ -n "$(find /var/lib/flatnet/.apt-updated -mmin +360)" ]; then
+        apt-get -o DPkg::Lock::Timeout=600 update -q >/dev/null
+        mkdir -p /var/lib/flatnet && touch /var/lib/flatnet/.apt-updated
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q \
+        --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# Run a command inside the trixie chroot with a clean environment.
+in_chroot() {
+    env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+        HOME=/root PODMAN_IGNORE_CGROUPSV1_WARNING=1 chroot "$CHROOT_DIR" "$@"
+}

@@ -1,0 +1,356 @@
+//! Attach, detach and check: the three operations both front ends translate their protocol
+//! into. Each ties IPAM, the container's namespace and the lighthouse together; an attach that
+//! fails half-way undoes what it did, so nothing is left reserved or created.
+
+use std::fs;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::config::FlatnetConfig;
+use crate::error::{Error, IoContext, Result};
+use crate::ipam::{DirLeaseStore, IpAddressManager, Lease};
+use crate::lighthouse::{Entry, FileLighthouse, HostInfo, Lighthouse};
+use crate::netns::NetworkNamespace;
+use crate::state::{check_name, create_private_dir, remove_if_exists, write_atomic};
+use crate::tun::check_ifname;
+
+const RECORD_VERSION: u32 = 1;
+/// How many addresses an attach tries when other hosts have claimed the ones it picked.
+const CLAIM_ATTEMPTS: usize = 64;
+
+/// What a runtime asks for when a container joins the network.
+#[derive(Debug, Clone)]
+pub struct AttachRequest<'a> {
+    pub container_id: &'a str,
+    pub netns: &'a Path,
+    pub ifname: &'a str,
+    /// A specific address (`--ip`); `None` lets IPAM choose.
+    pub static_ip: Option<Ipv4Addr>,
+}
+
+/// A container's membership of a network, as recorded on disk and reported to the runtime.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub version: u32,
+    pub network: String,
+    pub container_id: String,
+    pub ifname: String,
+    pub netns: PathBuf,
+    /// The container's address with the subnet's prefix length.
+    pub address: Ipv4Net,
+    pub gateway: Ipv4Addr,
+    /// TUN devices have no MAC; runtimes insist on one, so report a stable, locally
+    /// administered one derived from the address.
+    pub mac: String,
+    pub mtu: u32,
+}
+
+/// One Flatnet network on this host.
+pub struct Network {
+    config: FlatnetConfig,
+    ipam: IpAddressManager<DirLeaseStore>,
+    lighthouse: Box<dyn Lighthouse>,
+}
+
+impl Network {
+    pub fn open(config: FlatnetConfig) -> Self {
+        let lighthouse = Box::new(FileLighthouse::new(config.lighthouse.clone()));
+        Self::with_lighthouse(config, lighthouse)
+    }
+
+    pub fn with_lighthouse(config: FlatnetConfig, lighthouse: Box<dyn Lighthouse>) -> Self {
+        let dirs = config.dirs();
+        let store = DirLeaseStore::new(dirs.leases(), dirs.lock_file());
+        let ipam = IpAddressManager::new(&config.network, config.subnet, config.gateway, store);
+        Network {
+            config,
+            ipam,
+            lighthouse,
+        }
+    }
+
+    pub fn config(&self) -> &FlatnetConfig {
+        &self.config
+    }
+
+    pub fn ipam(&self) -> &IpAddressManager<DirLeaseStore> {
+        &self.ipam
+    }
+
+    pub fn lighthouse(&self) -> &dyn Lighthouse {
+        self.lighthouse.as_ref()
+    }
+
+    pub fn attach(&self, req: &AttachRequest) -> Result<Attachment> {
+        check_container_id(req.container_id)?;
+        check_ifname(req.ifname)?;
+        let netns = NetworkNamespace::open(req.netns)?;
+        self.clear_stale_record(req)?;
+
+        let mut undo = Undo::default();
+        let ip = self.claim_address(req, &mut undo)?;
+        let attachment = self.attachment_for(req, ip);
+
+        let iface = attachment.clone();
+        undo.push(move || NetworkNamespace::teardown(&iface.netns, &iface.ifname).map(drop));
+        netns.enter(|inside| {
+            let device = inside.create_interface(req.ifname, attachment.mtu)?;
+            inside.assign_ip(&device, attachment.address)?;
+            inside.setup_routes(&device, &[])?;
+            inside.set_up(&device)
+        })?;
+
+        self.write_record(&attachment)?;
+        undo.commit();
+        Ok(attachment)
+    }
+
+    /// Undoes an attach. Idempotent: whatever is already gone (namespace, interface, record,
+    /// lease) is skipped, so a runtime may call it after a failed or partial attach.
+    pub fn detach(&self, container_id: &str, netns: Option<&Path>, ifname: &str) -> Result<()> {
+        check_container_id(container_id)?;
+        let record = self.read_record(container_id)?;
+        let netns = netns.or(record.as_ref().map(|r| r.netns.as_path()));
+        let ifname = record.as_ref().map_or(ifname, |r| r.ifname.as_str());
+        if let Some(netns) = netns {
+            NetworkNamespace::teardown(netns, ifname)?;
+        }
+        if let Some(ip) = self.ipam.release_ip(container_id)? {
+            self.lighthouse
+                .unregister(&self.config.network, ip, container_id)?;
+        }
+        if let Some(record) = &record {
+            self.lighthouse.unregister(
+                &self.config.network,
+                record.address.addr(),
+                container_id,
+            )?;
+        }
+        remove_if_exists(&self.record_path(container_id))
+    }
+
+    /// Verifies that an attachment is whole: record, lease, lighthouse entry, and an interface
+    /// in the namespace that is up and carries the address and MTU.
+    pub fn check(&self, container_id: &str, netns: &Path, ifname: &str) -> Result<Attachment> {
+        check_container_id(container_id)?;
+        let failed = |msg: String| Err(Error::CheckFailed(msg));
+        let Some(record) = self.read_record(container_id)? else {
+            return failed(format!("container {container_id} is not attached"));
+        };
+        if record.ifname != ifname {
+            return failed(format!("attached as {}, not {ifname}", record.ifname));
+        }
+        let ip = record.address.addr();
+        if self.ipam.resolve_ip(container_id)? != Some(ip) {
+            return failed(format!("address {ip} is not leased to {container_id}"));
+        }
+        let entry = self.lighthouse.lookup(&self.config.network, ip)?;
+        if entry.is_none_or(|e| e.container_id != container_id) {
+            return failed(format!("lighthouse does not map {ip} to {container_id}"));
+        }
+        let ns = NetworkNamespace::open(netns)?;
+        let Some(state) = ns.enter(|inside| inside.interface_state(ifname))? else {
+            return failed(format!("interface {ifname} is missing"));
+        };
+        if !state.addresses.contains(&record.address) {
+            return failed(format!("{ifname} lacks address {}", record.address));
+        }
+        if !state.up {
+            return failed(format!("{ifname} is down"));
+        }
+        if state.mtu != Some(record.mtu) {
+            return failed(format!(
+                "{ifname} has MTU {:?}, want {}",
+                state.mtu, record.mtu
+            ));
+        }
+        Ok(record)
+    }
+
+    /// Every attachment recorded for this network.
+    pub fn attachments(&self) -> Result<Vec<Attachment>> {
+        let dir = self.config.dirs().attachments();
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io(format!("listing {}", dir.display()), e)),
+        };
+        let mut found = Vec::new();
+        for entry in entries {
+            let name = entry
+                .context(|| format!("listing {}", dir.display()))?
+                .file_name();
+            let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
+                continue;
+            };
+            if let Some(record) = self.read_record(id)? {
+                found.push(record);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Detaches every container not in `keep` and frees leases nobody records: what a runtime's
+    /// garbage collection (CNI GC) asks for after crashes. Returns how many were cleaned.
+    pub fn collect_garbage(&self, keep: &[&str]) -> Result<usize> {
+        let mut cleaned = 0;
+        for record in self.attachments()? {
+            if !keep.contains(&record.container_id.as_str()) {
+                self.detach(&record.container_id, None, &record.ifname)?;
+                cleaned += 1;
+            }
+        }
+        for (_, lease) in self.ipam.leases()? {
+            if !keep.contains(&lease.container_id.as_str()) {
+                self.detach(&lease.container_id, None, &lease.ifname)?;
+                cleaned += 1;
+            }
+        }
+        Ok(cleaned)
+    }
+
+    /// Reserves an address locally and claims it in the lighthouse. Another host may hold an
+    /// address our local leases think is free; then the next one is tried.
+    fn claim_address<'a>(&'a self, req: &AttachRequest, undo: &mut Undo<'a>) -> Result<Ipv4Addr> {
+        let lease = Lease {
+            container_id: req.container_id.to_string(),
+            ifname: req.ifname.to_string(),
+        };
+        for _ in 0..CLAIM_ATTEMPTS {
+            let ip = self.ipam.allocate_ip(&lease, req.static_ip)?;
+            let entry = Entry {
+                network: self.config.network.clone(),
+                ip,
+                container_id: req.container_id.to_string(),
+                host: self.host_info(),
+            };
+            match self.lighthouse.register(&entry) {
+                Ok(()) => {
+                    let id = req.container_id.to_string();
+                    undo.push(move || self.ipam.release_exact(&id, ip));
+                    let id = req.container_id.to_string();
+                    undo.push(move || self.lighthouse.unregister(&self.config.network, ip, &id));
+                    return Ok(ip);
+                }
+                Err(e @ Error::AddressInUse { .. }) if req.static_ip.is_some() => {
+                    self.ipam.release_exact(req.container_id, ip)?;
+                    return Err(e);
+                }
+                Err(Error::AddressInUse { .. }) => {
+                    // Another host holds it. The allocator's round-robin cursor is already past
+                    // this address, so the next attempt picks a different one.
+                    self.ipam.release_exact(req.container_id, ip)?;
+                }
+                Err(e) => {
+                    self.ipam.release_exact(req.container_id, ip)?;
+                    return Err(e);
+                }
+            }
+        }
+        Err(Error::AddressExhausted {
+            network: self.config.network.clone(),
+            subnet: self.config.subnet.to_string(),
+        })
+    }
+
+    /// A record left by a container whose namespace is gone (a crash, a reboot of the runtime)
+    /// must not block the new attach; one in the same live namespace means a double ADD.
+    fn clear_stale_record(&self, req: &AttachRequest) -> Result<()> {
+        let Some(record) = self.read_record(req.container_id)? else {
+            return Ok(());
+        };
+        if record.netns == req.netns && record.netns.exists() {
+            return Err(Error::AlreadyAttached {
+                container_id: req.container_id.to_string(),
+                network: self.config.network.clone(),
+            });
+        }
+        self.detach(req.container_id, None, &record.ifname)
+    }
+
+    fn attachment_for(&self, req: &AttachRequest, ip: Ipv4Addr) -> Attachment {
+        Attachment {
+            version: RECORD_VERSION,
+            network: self.config.network.clone(),
+            container_id: req.container_id.to_string(),
+            ifname: req.ifname.to_string(),
+            netns: req.netns.to_path_buf(),
+            address: Ipv4Net::new(ip, self.config.subnet.prefix_len()).expect("valid prefix"),
+            gateway: self.config.gateway,
+            mac: mac_for(ip),
+            mtu: self.config.mtu,
+        }
+    }
+
+    fn host_info(&self) -> HostInfo {
+        let public_key = fs::read_to_string(self.config.state_dir.join("host.pub"))
+            .map(|k| k.trim().to_string())
+            .unwrap_or_default();
+        HostInfo {
+            endpoint: self.config.endpoint,
+            public_key,
+        }
+    }
+
+    fn record_path(&self, container_id: &str) -> PathBuf {
+        self.config
+            .dirs()
+            .attachments()
+            .join(format!("{container_id}.json"))
+    }
+
+    fn read_record(&self, container_id: &str) -> Result<Option<Attachment>> {
+        let path = self.record_path(container_id);
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| Error::io(format!("parsing attachment {}", path.display()), e.into())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
+        }
+    }
+
+    fn write_record(&self, attachment: &Attachment) -> Result<()> {
+        create_private_dir(&self.config.dirs().attachments())?;
+        let bytes = serde_json::to_vec_pretty(attachment).expect("attachment serialises");
+        write_atomic(&self.record_path(&attachment.container_id), &bytes)
+    }
+}
+
+/// The locally administered MAC reported for an address: 02:46 ('F') then the four octets.
+pub fn mac_for(ip: Ipv4Addr) -> String {
+    let [a, b, c, d] = ip.octets();
+    format!("02:46:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
+}
+
+fn check_container_id(id: &str) -> Result<()> {
+    check_name("container ID", id, 255).map_err(Error::InvalidRequest)
+}
+
+/// Compensating actions, run newest first unless the operation commits.
+#[derive(Default)]
+struct Undo<'a> {
+    steps: Vec<Box<dyn FnOnce() -> Result<()> + 'a>>,
+}
+
+impl<'a> Undo<'a> {
+    fn push(&mut self, step: impl FnOnce() -> Result<()> + 'a) {
+        self.steps.push(Box::new(step));
+    }
+
+    fn commit(mut self) {
+        self.steps.clear();
+    }
+}
+
+impl Drop for Undo<'_> {
+    fn drop(&mut self) {
+        while let Some(step) = self.steps.pop() {
+            // Best effort: the original error is what the caller needs to see.
+            let _ = step();
+        }
+    }
+}

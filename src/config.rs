@@ -1,0 +1,280 @@
+//! `FlatnetConfig`: one network's settings, validated the same way whichever front end read them.
+//!
+//! Front ends fill a [`ConfigInput`] from their own format (CNI network config JSON, netavark
+//! Network options) and call [`FlatnetConfig::from_input`]; every complaint names the field
+//! and the value.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+use ipnet::Ipv4Net;
+
+use crate::error::{Error, Result};
+use crate::state::check_name;
+
+pub const DEFAULT_SUBNET: &str = "10.77.0.0/16";
+pub const DEFAULT_STATE_DIR: &str = "/run/flatnet";
+pub const DEFAULT_TUNNEL_PORT: u16 = 4800;
+/// Bytes a tunnelled packet adds on the underlay: IPv6 header (40, the worst case) + UDP (8)
+/// + Flatnet transport header (16) + AEAD tag (16).
+pub const TUNNEL_OVERHEAD: u32 = 80;
+/// Fits a 1500-byte underlay without fragmentation, IPv4 or IPv6.
+pub const DEFAULT_MTU: u32 = 1500 - TUNNEL_OVERHEAD;
+const MTU_RANGE: std::ops::RangeInclusive<u32> = 576..=(9000 - TUNNEL_OVERHEAD);
+
+/// A validated network configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlatnetConfig {
+    /// Network name; also names the network's state directory.
+    pub network: String,
+    pub subnet: Ipv4Net,
+    /// Reserved for the host's own member of the network; never given to a container.
+    pub gateway: Ipv4Addr,
+    pub mtu: u32,
+    pub state_dir: PathBuf,
+    /// The file lighthouse (Phase 1's LighthouseClient backend).
+    pub lighthouse: PathBuf,
+    /// UDP port of this host's data plane.
+    pub tunnel_port: u16,
+    /// Underlay address other hosts reach this host's data plane at.
+    pub endpoint: SocketAddr,
+}
+
+/// Raw, unvalidated settings as text, the common denominator of JSON numbers and netavark's
+/// string options. `None` means "use the default".
+#[derive(Debug, Clone, Default)]
+pub struct ConfigInput {
+    pub network: String,
+    pub subnet: Option<String>,
+    pub gateway: Option<String>,
+    pub mtu: Option<String>,
+    pub state_dir: Option<String>,
+    pub lighthouse: Option<String>,
+    pub tunnel_port: Option<String>,
+    pub endpoint: Option<String>,
+}
+
+impl FlatnetConfig {
+    pub fn from_input(input: ConfigInput) -> Result<Self> {
+        check_name("network name", &input.network, 200).map_err(Error::InvalidConfig)?;
+        let subnet = parse_subnet(input.subnet.as_deref().unwrap_or(DEFAULT_SUBNET))?;
+        let gateway = match input.gateway.as_deref() {
+            Some(text) => parse_gateway(text, subnet)?,
+            None => first_host(subnet),
+        };
+        let mtu = match input.mtu.as_deref() {
+            Some(text) => parse_mtu(text)?,
+            None => DEFAULT_MTU,
+        };
+        let state_dir = parse_abs_path("stateDir", input.state_dir.as_deref(), DEFAULT_STATE_DIR)?;
+        let default_lighthouse = state_dir.join("lighthouse.json");
+        let lighthouse = match input.lighthouse.as_deref() {
+            Some(text) => parse_abs_path("lighthouse", Some(text), "")?,
+            None => default_lighthouse,
+        };
+        let tunnel_port = match input.tunnel_port.as_deref() {
+            Some(text) => parse_port(text)?,
+            None => DEFAULT_TUNNEL_PORT,
+        };
+        let endpoint = match input.endpoint.as_deref() {
+            Some(text) => text.parse().map_err(|_| {
+                invalid(format!("endpoint {text:?} is not an address:port such as 192.0.2.10:{DEFAULT_TUNNEL_PORT}"))
+            })?,
+            None => SocketAddr::from((Ipv4Addr::LOCALHOST, tunnel_port)),
+        };
+        Ok(FlatnetConfig {
+            network: input.network,
+            subnet,
+            gateway,
+            mtu,
+            state_dir,
+            lighthouse,
+            tunnel_port,
+            endpoint,
+        })
+    }
+
+    /// The state directory of this network.
+    pub fn dirs(&self) -> crate::state::NetworkDirs {
+        crate::state::NetworkDirs::new(&self.state_dir, &self.network)
+    }
+}
+
+fn invalid(msg: String) -> Error {
+    Error::InvalidConfig(msg)
+}
+
+fn parse_subnet(text: &str) -> Result<Ipv4Net> {
+    let net: Ipv4Net = text.parse().map_err(|_| {
+        invalid(format!(
+            "subnet {text:?} is not an IPv4 CIDR such as {DEFAULT_SUBNET} (Flatnet networks are IPv4)"
+        ))
+    })?;
+    if net.network() != net.addr() {
+        return Err(invalid(format!(
+            "subnet {text:?} has host bits set; did you mean {}?",
+            net.trunc()
+        )));
+    }
+    if net.prefix_len() > 30 {
+        return Err(invalid(format!(
+            "subnet {text:?} is too small: a /30 or larger is needed for a gateway and a container"
+        )));
+    }
+    Ok(net)
+}
+
+fn parse_gateway(text: &str, subnet: Ipv4Net) -> Result<Ipv4Addr> {
+    let ip: Ipv4Addr = text
+        .parse()
+        .map_err(|_| invalid(format!("gateway {text:?} is not an IPv4 address")))?;
+    if !subnet.contains(&ip) || ip == subnet.network() || ip == subnet.broadcast() {
+        return Err(invalid(format!(
+            "gateway {ip} is not a host address of subnet {subnet}"
+        )));
+    }
+    Ok(ip)
+}
+
+fn parse_mtu(text: &str) -> Result<u32> {
+    match text.trim().parse::<u32>() {
+        Ok(mtu) if MTU_RANGE.contains(&mtu) => Ok(mtu),
+        _ => Err(invalid(format!(
+            "mtu {text:?} must be a number from {} to {} (the underlay adds {TUNNEL_OVERHEAD} bytes)",
+            MTU_RANGE.start(),
+            MTU_RANGE.end()
+        ))),
+    }
+}
+
+fn parse_port(text: &str) -> Result<u16> {
+    match text.trim().parse::<u16>() {
+        Ok(port) if port != 0 => Ok(port),
+        _ => Err(invalid(format!(
+            "tunnelPort {text:?} must be a UDP port from 1 to 65535"
+        ))),
+    }
+}
+
+fn parse_abs_path(field: &str, text: Option<&str>, default: &str) -> Result<PathBuf> {
+    let text = text.unwrap_or(default);
+    let path = PathBuf::from(text);
+    if !path.is_absolute() || path.components().any(|c| c.as_os_str() == "..") {
+        return Err(invalid(format!(
+            "{field} {text:?} must be an absolute path without '..'"
+        )));
+    }
+    Ok(path)
+}
+
+/// The first host address of a subnet: 10.77.0.0/16 -> 10.77.0.1.
+pub fn first_host(subnet: Ipv4Net) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(subnet.network()) + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(network: &str) -> ConfigInput {
+        ConfigInput {
+            network: network.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_fill_every_field() {
+        let cfg = FlatnetConfig::from_input(input("flat")).unwrap();
+        assert_eq!(cfg.subnet.to_string(), DEFAULT_SUBNET);
+        assert_eq!(cfg.gateway, Ipv4Addr::new(10, 77, 0, 1));
+        assert_eq!(cfg.mtu, 1420);
+        assert_eq!(
+            cfg.lighthouse,
+            PathBuf::from("/run/flatnet/lighthouse.json")
+        );
+        assert_eq!(cfg.endpoint.to_string(), "127.0.0.1:4800");
+    }
+
+    #[test]
+    fn explicit_values_are_kept() {
+        let cfg = FlatnetConfig::from_input(ConfigInput {
+            network: "n1".into(),
+            subnet: Some("192.0.2.0/24".into()),
+            gateway: Some("192.0.2.254".into()),
+            mtu: Some("1380".into()),
+            state_dir: Some("/tmp/fn".into()),
+            tunnel_port: Some("5000".into()),
+            endpoint: Some("198.51.100.1:5000".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(cfg.gateway, Ipv4Addr::new(192, 0, 2, 254));
+        assert_eq!(cfg.mtu, 1380);
+        assert_eq!(cfg.lighthouse, PathBuf::from("/tmp/fn/lighthouse.json"));
+        assert_eq!(cfg.tunnel_port, 5000);
+    }
+
+    fn error_of(edit: impl FnOnce(&mut ConfigInput)) -> String {
+        let mut i = input("flat");
+        edit(&mut i);
+        let err = FlatnetConfig::from_input(i).unwrap_err();
+        assert!(matches!(err, Error::InvalidConfig(_)), "{err:?}");
+        err.to_string()
+    }
+
+    #[test]
+    fn bad_values_are_named_in_the_error() {
+        let cases: Vec<(Box<dyn FnOnce(&mut ConfigInput)>, &str)> = vec![
+            (
+                Box::new(|i| i.subnet = Some("10.0.0.0/33".into())),
+                "subnet \"10.0.0.0/33\"",
+            ),
+            (Box::new(|i| i.subnet = Some("fd00::/64".into())), "IPv4"),
+            (
+                Box::new(|i| i.subnet = Some("10.0.0.5/24".into())),
+                "10.0.0.0/24",
+            ),
+            (
+                Box::new(|i| i.subnet = Some("10.0.0.0/31".into())),
+                "too small",
+            ),
+            (
+                Box::new(|i| i.gateway = Some("10.78.0.1".into())),
+                "gateway 10.78.0.1",
+            ),
+            (
+                Box::new(|i| i.gateway = Some("10.77.0.0".into())),
+                "gateway 10.77.0.0",
+            ),
+            (
+                Box::new(|i| i.gateway = Some("nope".into())),
+                "gateway \"nope\"",
+            ),
+            (Box::new(|i| i.mtu = Some("100".into())), "mtu \"100\""),
+            (Box::new(|i| i.mtu = Some("big".into())), "mtu \"big\""),
+            (
+                Box::new(|i| i.tunnel_port = Some("0".into())),
+                "tunnelPort \"0\"",
+            ),
+            (
+                Box::new(|i| i.state_dir = Some("relative".into())),
+                "stateDir \"relative\"",
+            ),
+            (
+                Box::new(|i| i.lighthouse = Some("/a/../b".into())),
+                "lighthouse",
+            ),
+            (
+                Box::new(|i| i.endpoint = Some("host".into())),
+                "endpoint \"host\"",
+            ),
+            (Box::new(|i| i.network = "../x".into()), "network name"),
+            (Box::new(|i| i.network = String::new()), "network name"),
+        ];
+        for (edit, needle) in cases {
+            let msg = error_of(edit);
+            assert!(msg.contains(needle), "{msg:?} should mention {needle:?}");
+        }
+    }
+}

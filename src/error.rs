@@ -1,0 +1,56 @@
+//! One error type for the whole core. Front ends map `Error::kind()` to their protocol's codes.
+
+use std::io;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid network config: {0}")]
+    InvalidConfig(String),
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    #[error("network namespace {0} does not exist")]
+    NetnsNotFound(PathBuf),
+    #[error("no free address left in {subnet} on network {network}")]
+    AddressExhausted { network: String, subnet: String },
+    #[error("address {ip} is already in use by container {owner}")]
+    AddressInUse { ip: Ipv4Addr, owner: String },
+    #[error("container {container_id} is already attached to network {network}")]
+    AlreadyAttached {
+        container_id: String,
+        network: String,
+    },
+    #[error("interface check failed: {0}")]
+    CheckFailed(String),
+    #[error("netlink: {0}")]
+    Netlink(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// Adds a human context to I/O errors: `fs::read(p).context(|| format!("reading {p:?}"))?`.
+pub(crate) trait IoContext<T> {
+    fn context<C: Into<String>>(self, f: impl FnOnce() -> C) -> Result<T>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn context<C: Into<String>>(self, f: impl FnOnce() -> C) -> Result<T> {
+        self.map_err(|e| Error::io(f(), e))
+    }
+}

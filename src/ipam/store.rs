@@ -1,0 +1,119 @@
+//! Where leases live. The allocator's policy (`super`) talks only to [`LeaseStore`], so a
+//! networked store can replace the directory one without touching the policy.
+
+use std::fs;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, IoContext, Result};
+use crate::state::{
+    create_exclusive, create_private_dir, remove_if_exists, write_atomic, FileLock,
+};
+
+/// Who holds an address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub container_id: String,
+    pub ifname: String,
+}
+
+/// A place leases are kept. `transaction` runs `f` with the store locked against every other
+/// allocator, in this process or another.
+pub trait LeaseStore {
+    fn transaction<R>(&self, f: impl FnOnce(&Self) -> Result<R>) -> Result<R>;
+    /// Records `lease` for `ip` unless the address is held; returns whether it was recorded.
+    fn reserve(&self, ip: Ipv4Addr, lease: &Lease) -> Result<bool>;
+    fn release(&self, ip: Ipv4Addr) -> Result<()>;
+    fn holder(&self, ip: Ipv4Addr) -> Result<Option<Lease>>;
+    fn leases(&self) -> Result<Vec<(Ipv4Addr, Lease)>>;
+    fn last_reserved(&self) -> Result<Option<Ipv4Addr>>;
+    fn set_last_reserved(&self, ip: Ipv4Addr) -> Result<()>;
+}
+
+/// One file per address in a directory, named by the address, as CNI's host-local does:
+/// creating the file is the reservation, so two allocators can never both win an address.
+pub struct DirLeaseStore {
+    dir: PathBuf,
+    lock: PathBuf,
+}
+
+const LAST_RESERVED: &str = "last_reserved_ip";
+
+impl DirLeaseStore {
+    pub fn new(dir: PathBuf, lock: PathBuf) -> Self {
+        DirLeaseStore { dir, lock }
+    }
+
+    fn path_of(&self, ip: Ipv4Addr) -> PathBuf {
+        self.dir.join(ip.to_string())
+    }
+}
+
+fn read_lease(path: &Path) -> Result<Option<Lease>> {
+    match fs::read_to_string(path) {
+        Ok(text) => {
+            let mut lines = text.lines();
+            let container_id = lines.next().unwrap_or_default().to_string();
+            let ifname = lines.next().unwrap_or_default().to_string();
+            Ok(Some(Lease {
+                container_id,
+                ifname,
+            }))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(format!("reading lease {}", path.display()), e)),
+    }
+}
+
+impl LeaseStore for DirLeaseStore {
+    fn transaction<R>(&self, f: impl FnOnce(&Self) -> Result<R>) -> Result<R> {
+        let _guard = FileLock::acquire(&self.lock)?;
+        create_private_dir(&self.dir)?;
+        f(self)
+    }
+
+    fn reserve(&self, ip: Ipv4Addr, lease: &Lease) -> Result<bool> {
+        let content = format!("{}\n{}\n", lease.container_id, lease.ifname);
+        create_exclusive(&self.path_of(ip), content.as_bytes())
+    }
+
+    fn release(&self, ip: Ipv4Addr) -> Result<()> {
+        remove_if_exists(&self.path_of(ip))
+    }
+
+    fn holder(&self, ip: Ipv4Addr) -> Result<Option<Lease>> {
+        read_lease(&self.path_of(ip))
+    }
+
+    fn leases(&self) -> Result<Vec<(Ipv4Addr, Lease)>> {
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io(format!("listing {}", self.dir.display()), e)),
+        };
+        let mut leases = Vec::new();
+        for entry in entries {
+            let entry = entry.context(|| format!("listing {}", self.dir.display()))?;
+            let Some(ip) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+                continue; // last_reserved_ip, temporary files
+            };
+            if let Some(lease) = read_lease(&entry.path())? {
+                leases.push((ip, lease));
+            }
+        }
+        leases.sort_by_key(|(ip, _)| *ip);
+        Ok(leases)
+    }
+
+    fn last_reserved(&self) -> Result<Option<Ipv4Addr>> {
+        match fs::read_to_string(self.dir.join(LAST_RESERVED)) {
+            Ok(text) => Ok(text.trim().parse().ok()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io("reading last reserved address", e)),
+        }
+    }
+
+    fn set_last_reserved(&self, ip: Ipv4Addr) -> Result<()> {
+        write_atomic(&self.dir.join(LAST_RESERVED), ip.to_string().as_bytes())
+    }
+}

@@ -1,0 +1,204 @@
+//! The Phase 1 lighthouse: one JSON file, locked for every change and replaced atomically, so
+//! plugin processes and daemons on one machine (or on several, over a shared file system) can
+//! use it at once.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Entry, Lighthouse};
+use crate::error::{Error, Result};
+use crate::state::{write_atomic, FileLock};
+
+const FORMAT_VERSION: u32 = 1;
+
+pub struct FileLighthouse {
+    path: PathBuf,
+    lock: PathBuf,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Document {
+    version: u32,
+    /// network -> Flatnet IP -> entry
+    networks: BTreeMap<String, BTreeMap<Ipv4Addr, Entry>>,
+}
+
+impl Default for Document {
+    fn default() -> Self {
+        Document {
+            version: FORMAT_VERSION,
+            networks: BTreeMap::new(),
+        }
+    }
+}
+
+impl FileLighthouse {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        let path = path.into();
+        let mut lock = path.clone().into_os_string();
+        lock.push(".lock");
+        FileLighthouse {
+            path,
+            lock: lock.into(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn read(&self) -> Result<Document> {
+        let bytes = match fs::read(&self.path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Document::default()),
+            Err(e) => return Err(Error::io(format!("reading {}", self.path.display()), e)),
+        };
+        let doc: Document = serde_json::from_slice(&bytes).map_err(|e| {
+            Error::io(
+                format!("parsing lighthouse {}", self.path.display()),
+                e.into(),
+            )
+        })?;
+        if doc.version != FORMAT_VERSION {
+            return Err(Error::InvalidConfig(format!(
+                "lighthouse {} has format version {}, this Flatnet reads {FORMAT_VERSION}",
+                self.path.display(),
+                doc.version
+            )));
+        }
+        Ok(doc)
+    }
+
+    /// Read-modify-write under the lock; the file is only rewritten when `f` changed something.
+    fn update(&self, f: impl FnOnce(&mut Document) -> Result<bool>) -> Result<()> {
+        let _guard = FileLock::acquire(&self.lock)?;
+        let mut doc = self.read()?;
+        if f(&mut doc)? {
+            doc.networks.retain(|_, entries| !entries.is_empty());
+            let bytes = serde_json::to_vec_pretty(&doc).expect("lighthouse document serialises");
+            write_atomic(&self.path, &bytes)?;
+        }
+        Ok(())
+    }
+}
+
+impl Lighthouse for FileLighthouse {
+    fn register(&self, entry: &Entry) -> Result<()> {
+        self.update(|doc| {
+            let entries = doc.networks.entry(entry.network.clone()).or_default();
+            match entries.get(&entry.ip) {
+                Some(held) if held.container_id != entry.container_id => Err(Error::AddressInUse {
+                    ip: entry.ip,
+                    owner: held.container_id.clone(),
+                }),
+                Some(held) if held == entry => Ok(false),
+                _ => {
+                    entries.insert(entry.ip, entry.clone());
+                    Ok(true)
+                }
+            }
+        })
+    }
+
+    fn unregister(&self, network: &str, ip: Ipv4Addr, container_id: &str) -> Result<()> {
+        self.update(|doc| {
+            let Some(entries) = doc.networks.get_mut(network) else {
+                return Ok(false);
+            };
+            let ours = entries
+                .get(&ip)
+                .is_some_and(|e| e.container_id == container_id);
+            if ours {
+                entries.remove(&ip);
+            }
+            Ok(ours)
+        })
+    }
+
+    fn lookup(&self, network: &str, ip: Ipv4Addr) -> Result<Option<Entry>> {
+        let _guard = FileLock::acquire(&self.lock)?;
+        Ok(self
+            .read()?
+            .networks
+            .get(network)
+            .and_then(|entries| entries.get(&ip).cloned()))
+    }
+
+    fn entries(&self, network: &str) -> Result<Vec<Entry>> {
+        let _guard = FileLock::acquire(&self.lock)?;
+        Ok(self
+            .read()?
+            .networks
+            .remove(network)
+            .map(|entries| entries.into_values().collect())
+            .unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::HostInfo;
+    use super::*;
+
+    fn entry(ip: &str, id: &str) -> Entry {
+        Entry {
+            network: "n".into(),
+            ip: ip.parse().unwrap(),
+            container_id: id.into(),
+            host: HostInfo {
+                endpoint: "192.0.2.1:4800".parse().unwrap(),
+                public_key: String::new(),
+            },
+        }
+    }
+
+    #[test]
+    fn register_lookup_unregister() {
+        let dir = tempfile::tempdir().unwrap();
+        let lh = FileLighthouse::new(dir.path().join("lh.json"));
+        let e = entry("10.0.0.2", "a");
+        lh.register(&e).unwrap();
+        lh.register(&e).unwrap();
+        assert_eq!(lh.lookup("n", e.ip).unwrap(), Some(e.clone()));
+        assert_eq!(lh.lookup("other", e.ip).unwrap(), None);
+        assert_eq!(lh.entries("n").unwrap(), vec![e.clone()]);
+        lh.unregister("n", e.ip, "someone-else").unwrap();
+        assert!(lh.lookup("n", e.ip).unwrap().is_some());
+        lh.unregister("n", e.ip, "a").unwrap();
+        lh.unregister("n", e.ip, "a").unwrap();
+        assert_eq!(lh.lookup("n", e.ip).unwrap(), None);
+        assert!(lh.entries("n").unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_address_is_claimed_by_one_container_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let lh = FileLighthouse::new(dir.path().join("lh.json"));
+        lh.register(&entry("10.0.0.2", "a")).unwrap();
+        let err = lh.register(&entry("10.0.0.2", "b")).unwrap_err();
+        assert!(matches!(err, Error::AddressInUse { ref owner, .. } if owner == "a"));
+    }
+
+    #[test]
+    fn concurrent_writers_lose_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lh.json");
+        std::thread::scope(|s| {
+            for t in 0..8 {
+                let path = path.clone();
+                s.spawn(move || {
+                    let lh = FileLighthouse::new(path);
+                    for i in 0..20 {
+                        lh.register(&entry(&format!("10.0.{t}.{}", i + 2), &format!("c{t}-{i}")))
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(FileLighthouse::new(path).entries("n").unwrap().len(), 160);
+    }
+}

@@ -1,0 +1,243 @@
+//! `NetworkNamespace`: the container side of an attachment, done over netlink inside the
+//! container's network namespace.
+//!
+//! `setns` changes the namespace of one thread, so every visit runs on a short-lived thread of
+//! its own; the caller's threads never leave the host namespace.
+
+use std::fs::File;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+
+use futures::TryStreamExt;
+use ipnet::Ipv4Net;
+use nix::sched::{setns, CloneFlags};
+use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+
+use crate::error::{Error, Result};
+use crate::tun;
+
+pub struct NetworkNamespace {
+    path: PathBuf,
+    file: File,
+}
+
+/// A TUN device created in a namespace, by name and kernel index.
+#[derive(Debug, Clone)]
+pub struct TunDevice {
+    pub name: String,
+    pub index: u32,
+}
+
+/// What is found of an interface in a namespace.
+#[derive(Debug, Clone)]
+pub struct InterfaceState {
+    pub index: u32,
+    pub up: bool,
+    pub mtu: Option<u32>,
+    pub addresses: Vec<Ipv4Net>,
+}
+
+impl NetworkNamespace {
+    /// Opens a namespace by path (`/run/netns/NAME`, `/proc/PID/ns/net`).
+    pub fn open(path: &Path) -> Result<Self> {
+        match File::open(path) {
+            Ok(file) => Ok(NetworkNamespace {
+                path: path.to_path_buf(),
+                file,
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(Error::NetnsNotFound(path.to_path_buf()))
+            }
+            Err(e) => Err(Error::io(format!("opening netns {}", path.display()), e)),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` on a thread inside this namespace with a netlink connection opened there.
+    pub fn enter<R: Send>(&self, f: impl FnOnce(&mut Inside) -> Result<R> + Send) -> Result<R> {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    setns(&self.file, CloneFlags::CLONE_NEWNET).map_err(|e| {
+                        let what = if e == nix::errno::Errno::EINVAL {
+                            "is not a network namespace"
+                        } else {
+                            "cannot be entered"
+                        };
+                        Error::InvalidRequest(format!("{} {what}: {e}", self.path.display()))
+                    })?;
+                    let mut inside = Inside::connect()?;
+                    f(&mut inside)
+                })
+                .join()
+                .unwrap_or_else(|_| Err(Error::Netlink("namespace worker panicked".into())))
+        })
+    }
+
+    /// Removes the interface if the namespace and the interface still exist.
+    /// Returns whether something was removed.
+    pub fn teardown(path: &Path, ifname: &str) -> Result<bool> {
+        match NetworkNamespace::open(path) {
+            Ok(ns) => ns.enter(|inside| inside.remove_interface(ifname)),
+            Err(Error::NetnsNotFound(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Netlink operations inside one namespace. Obtained from [`NetworkNamespace::enter`].
+pub struct Inside {
+    runtime: tokio::runtime::Runtime,
+    handle: Handle,
+}
+
+fn netlink_err(what: &str) -> impl FnOnce(rtnetlink::Error) -> Error + '_ {
+    move |e| Error::Netlink(format!("{what}: {e}"))
+}
+
+impl Inside {
+    fn connect() -> Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .map_err(|e| Error::io("starting netlink runtime", e))?;
+        let handle = runtime.block_on(async {
+            let (connection, handle, _) =
+                rtnetlink::new_connection().map_err(|e| Error::io("opening netlink socket", e))?;
+            tokio::spawn(connection);
+            Ok::<_, Error>(handle)
+        })?;
+        Ok(Inside { runtime, handle })
+    }
+
+    /// Creates the container's persistent TUN device and sets its MTU.
+    pub fn create_interface(&mut self, name: &str, mtu: u32) -> Result<TunDevice> {
+        if self.find_link(name)?.is_some() {
+            return Err(Error::InvalidRequest(format!(
+                "interface {name} already exists in the container"
+            )));
+        }
+        tun::create_persistent(name)?;
+        let link = self
+            .find_link(name)?
+            .ok_or_else(|| Error::Netlink(format!("TUN device {name} vanished after creation")))?;
+        let device = TunDevice {
+            name: name.to_string(),
+            index: link.header.index,
+        };
+        let msg = LinkUnspec::new_with_index(device.index).mtu(mtu).build();
+        self.runtime
+            .block_on(self.handle.link().set(msg).execute())
+            .map_err(netlink_err("setting MTU"))?;
+        Ok(device)
+    }
+
+    pub fn assign_ip(&mut self, device: &TunDevice, address: Ipv4Net) -> Result<()> {
+        let request = self.handle.address().add(
+            device.index,
+            IpAddr::V4(address.addr()),
+            address.prefix_len(),
+        );
+        self.runtime
+            .block_on(request.execute())
+            .map_err(netlink_err("assigning address"))
+    }
+
+    /// Routes each destination through the device. The subnet's own route comes with the
+    /// address; these are the others (none in Phase 1, a default route once the host egresses).
+    pub fn setup_routes(&mut self, device: &TunDevice, routes: &[Ipv4Net]) -> Result<()> {
+        for route in routes {
+            let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(route.network(), route.prefix_len())
+                .output_interface(device.index)
+                .build();
+            self.runtime
+                .block_on(self.handle.route().add(msg).execute())
+                .map_err(netlink_err("adding route"))?;
+        }
+        Ok(())
+    }
+
+    pub fn set_up(&mut self, device: &TunDevice) -> Result<()> {
+        let msg = LinkUnspec::new_with_index(device.index).up().build();
+        self.runtime
+            .block_on(self.handle.link().set(msg).execute())
+            .map_err(netlink_err("bringing link up"))
+    }
+
+    /// Deletes the interface; returns false if there was none.
+    pub fn remove_interface(&mut self, name: &str) -> Result<bool> {
+        let Some(link) = self.find_link(name)? else {
+            return Ok(false);
+        };
+        self.runtime
+            .block_on(self.handle.link().del(link.header.index).execute())
+            .map_err(netlink_err("deleting link"))?;
+        Ok(true)
+    }
+
+    /// Reads an interface's state, or `None` if there is no such interface.
+    pub fn interface_state(&mut self, name: &str) -> Result<Option<InterfaceState>> {
+        let Some(link) = self.find_link(name)? else {
+            return Ok(None);
+        };
+        let index = link.header.index;
+        let mtu = link.attributes.iter().find_map(|a| match a {
+            LinkAttribute::Mtu(mtu) => Some(*mtu),
+            _ => None,
+        });
+        let up = link.header.flags.contains(LinkFlags::Up);
+        let addresses = self.runtime.block_on(async {
+            let mut stream = self
+                .handle
+                .address()
+                .get()
+                .set_link_index_filter(index)
+                .execute();
+            let mut found = Vec::new();
+            while let Some(msg) = stream
+                .try_next()
+                .await
+                .map_err(netlink_err("listing addresses"))?
+            {
+                for attr in &msg.attributes {
+                    if let AddressAttribute::Local(IpAddr::V4(ip)) = attr {
+                        if let Ok(net) = Ipv4Net::new(*ip, msg.header.prefix_len) {
+                            found.push(net);
+                        }
+                    }
+                }
+            }
+            Ok::<_, Error>(found)
+        })?;
+        Ok(Some(InterfaceState {
+            index,
+            up,
+            mtu,
+            addresses,
+        }))
+    }
+
+    fn find_link(&mut self, name: &str) -> Result<Option<LinkMessage>> {
+        let request = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
+        self.runtime.block_on(async {
+            futures::pin_mut!(request);
+            match request.try_next().await {
+                Ok(link) => Ok(link),
+                // The kernel answers ENODEV for a name it does not know.
+                Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
+                Err(e) => Err(Error::Netlink(format!("looking up {name}: {e}"))),
+            }
+        })
+    }
+}

@@ -1,0 +1,81 @@
+//! TUN devices through the kernel's ioctl interface (netlink cannot create them).
+//!
+//! A container's device is created persistent, so it outlives the short-lived plugin process;
+//! the data plane attaches queues to it later by name. It is multi-queue from birth because
+//! that flag cannot be changed once the device exists.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+
+use crate::error::{Error, IoContext, Result};
+
+const TUN_DEVICE: &str = "/dev/net/tun";
+const IFNAMSIZ: usize = 16;
+
+#[repr(C)]
+struct IfReq {
+    name: [u8; IFNAMSIZ],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+nix::ioctl_write_ptr_bad!(
+    tun_set_iff,
+    nix::request_code_write!(b'T', 202, std::mem::size_of::<libc::c_int>()),
+    IfReq
+);
+nix::ioctl_write_int_bad!(
+    tun_set_persist,
+    nix::request_code_write!(b'T', 203, std::mem::size_of::<libc::c_int>())
+);
+
+/// Flags every Flatnet TUN queue uses: layer 3, no packet-info prefix, multi-queue.
+const QUEUE_FLAGS: libc::c_int = libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_MULTI_QUEUE;
+
+/// Checks an interface name against the kernel's rules.
+pub fn check_ifname(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() < IFNAMSIZ
+        && name != "."
+        && name != ".."
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace());
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidRequest(format!(
+            "interface name {name:?} must be 1-15 characters without '/', ':' or spaces"
+        )))
+    }
+}
+
+/// Opens a queue of the TUN device `name` in the calling thread's network namespace, creating
+/// the device if it does not exist.
+pub fn open_queue(name: &str) -> Result<File> {
+    check_ifname(name)?;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(TUN_DEVICE)
+        .context(|| format!("opening {TUN_DEVICE}"))?;
+    let mut req = IfReq {
+        name: [0; IFNAMSIZ],
+        flags: QUEUE_FLAGS as libc::c_short,
+        _pad: [0; 22],
+    };
+    req.name[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: `req` is a properly initialised ifreq that lives across the call.
+    unsafe { tun_set_iff(file.as_raw_fd(), &req) }
+        .map_err(|e| Error::io(format!("creating TUN device {name}"), e.into()))?;
+    Ok(file)
+}
+
+/// Creates a persistent TUN device in the calling thread's network namespace.
+pub fn create_persistent(name: &str) -> Result<()> {
+    let queue = open_queue(name)?;
+    // SAFETY: plain integer ioctl on a TUN queue we own.
+    unsafe { tun_set_persist(queue.as_raw_fd(), 1) }
+        .map_err(|e| Error::io(format!("making TUN device {name} persistent"), e.into()))?;
+    Ok(())
+}
