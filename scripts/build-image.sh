@@ -26,13 +26,13 @@ fi
 
 if ! podman image exists "$TEST_IMAGE"; then
     log "importing $TEST_IMAGE into host podman"
-    podman import --change 'CMD ["/bin/sh"]' "$tarball" "$TEST_IMAGE" >/dev/null
+    podman import -q --change 'CMD ["/bin/sh"]' "$tarball" "$TEST_IMAGE" >/dev/null
 fi
 if [ -x "$CHROOT_DIR/usr/bin/podman" ]; then
     if ! in_chroot podman image exists "$TEST_IMAGE"; then
         log "importing $TEST_IMAGE into chroot podman"
         cp "$tarball" "$CHROOT_DIR/tmp/flatnet-test.tar"
-        in_chroot podman import --change 'CMD ["/bin/sh"]' /tmp/flatnet-test.tar "$TEST_IMAGE" >/dev/null
+        in_chroot podman import -q --change 'CMD ["/bin/sh"]' /tmp/flatnet-test.tar "$TEST_IMAGE" >/dev/null
         rm -f "$CHROOT_DIR/tmp/flatnet-test.tar"
     fi
 fi

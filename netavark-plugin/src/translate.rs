@@ -38,6 +38,8 @@ pub fn normalise(mut network: Network) -> Result<Network, Error> {
         subnet.gateway.get_or_insert(IpAddr::V4(first_host(v4)));
     }
     network.subnets = Some(subnets);
+    // Podman gives plugin networks no aardvark-dns; saying so keeps it from warning on every run.
+    network.dns_enabled = false;
     config_of(&network)?;
     Ok(network)
 }
