@@ -94,14 +94,20 @@ impl Network {
         let ip = self.claim_address(req, &mut undo)?;
         let attachment = self.attachment_for(req, ip);
 
-        let iface = attachment.clone();
-        undo.push(move || NetworkNamespace::teardown(&iface.netns, &iface.ifname).map(drop));
         netns.enter(|inside| {
             let device = inside.create_interface(req.ifname, attachment.mtu)?;
-            inside.assign_ip(&device, attachment.address)?;
-            inside.setup_routes(&device, &[])?;
-            inside.set_up(&device)
+            let configured = inside
+                .assign_ip(&device, attachment.address)
+                .and_then(|()| inside.setup_routes(&device, &[]))
+                .and_then(|()| inside.set_up(&device));
+            if configured.is_err() {
+                // Only what this attach created is removed; an existing interface never is.
+                let _ = inside.remove_interface(&device.name);
+            }
+            configured
         })?;
+        let iface = attachment.clone();
+        undo.push(move || NetworkNamespace::teardown(&iface.netns, &iface.ifname).map(drop));
 
         self.write_record(&attachment)?;
         undo.commit();

@@ -225,7 +225,8 @@ mod tests {
 
     #[test]
     fn bad_values_are_named_in_the_error() {
-        let cases: Vec<(Box<dyn FnOnce(&mut ConfigInput)>, &str)> = vec![
+        type Edit = Box<dyn FnOnce(&mut ConfigInput)>;
+        let cases: Vec<(Edit, &str)> = vec![
             (
                 Box::new(|i| i.subnet = Some("10.0.0.0/33".into())),
                 "subnet \"10.0.0.0/33\"",

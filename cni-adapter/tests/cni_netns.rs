@@ -1,0 +1,330 @@
+//! flatnet-cni driven through the CNI protocol (environment + stdin) against real network
+//! namespaces, as a runtime would. Needs root.
+
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use serde_json::{json, Value};
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_flatnet-cni");
+
+fn conf(version: &str, state: &Path) -> String {
+    json!({
+        "cniVersion": version,
+        "name": "cnitest",
+        "type": "flatnet-cni",
+        "subnet": "192.0.2.0/24",
+        "stateDir": state,
+    })
+    .to_string()
+}
+
+fn cni(command: &str, id: &str, netns: &str, stdin: &str, extra: &[(&str, &str)]) -> Output {
+    let mut env = vec![
+        ("CNI_COMMAND", command),
+        ("CNI_CONTAINERID", id),
+        ("CNI_NETNS", netns),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_PATH", "/usr/local/lib/cni"),
+    ];
+    env.extend_from_slice(extra);
+    run_plugin(BIN, &[], &env, stdin)
+}
+
+fn assert_cni_error(out: &Output, code: u64) -> Value {
+    assert!(!out.status.success(), "expected failure, got success");
+    let err = stdout_json(out);
+    assert_eq!(err["code"], code, "{err}");
+    assert!(!err["msg"].as_str().unwrap().is_empty());
+    err
+}
+
+fn assert_no_leaks(state: &Path) {
+    assert_eq!(leaked_state(state), Vec::<PathBuf>::new());
+}
+
+#[test]
+fn add_check_del_in_every_spec_version() {
+    if !root_or_skip("add_check_del_in_every_spec_version") {
+        return;
+    }
+    for version in ["0.4.0", "1.0.0", "1.1.0"] {
+        let state = state_dir("roundtrip");
+        let ns = TestNetns::new("rt");
+        let conf = conf(version, state.path());
+
+        let out = cni("ADD", "ctr1", ns.path_str(), &conf, &[]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let result = stdout_json(&out);
+        assert_eq!(result["cniVersion"], version);
+        let address = result["ips"][0]["address"].as_str().unwrap().to_string();
+        assert!(
+            address.starts_with("192.0.2.") && address.ends_with("/24"),
+            "{address}"
+        );
+        assert_eq!(result["interfaces"][0]["name"], "eth0");
+        assert_eq!(result["interfaces"][0]["sandbox"], ns.path_str());
+
+        let shown = ns.ip(&["-4", "addr", "show", "eth0"]);
+        assert!(shown.contains(&format!("inet {address}")), "{shown}");
+        assert!(shown.contains("mtu 1420"), "{shown}");
+        assert!(ns.ip(&["route"]).contains("192.0.2.0/24 dev eth0"));
+
+        let mut with_prev: Value = serde_json::from_str(&conf).unwrap();
+        with_prev["prevResult"] = result.clone();
+        let out = cni("CHECK", "ctr1", ns.path_str(), &with_prev.to_string(), &[]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+
+        for _ in 0..2 {
+            let out = cni("DEL", "ctr1", ns.path_str(), &with_prev.to_string(), &[]);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+            assert!(out.stdout.is_empty());
+        }
+        assert!(!ns.has_link("eth0"));
+        assert_no_leaks(state.path());
+    }
+}
+
+#[test]
+fn containers_get_distinct_addresses_and_static_requests() {
+    if !root_or_skip("containers_get_distinct_addresses_and_static_requests") {
+        return;
+    }
+    let state = state_dir("distinct");
+    let conf = conf("1.0.0", state.path());
+    let namespaces: Vec<_> = (0..3).map(|_| TestNetns::new("d")).collect();
+    let mut seen = Vec::new();
+    for (i, ns) in namespaces.iter().enumerate() {
+        let out = cni("ADD", &format!("c{i}"), ns.path_str(), &conf, &[]);
+        assert!(out.status.success());
+        seen.push(
+            stdout_json(&out)["ips"][0]["address"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 3, "{seen:?}");
+
+    let fixed = TestNetns::new("s");
+    let args = (
+        "CNI_ARGS",
+        "IgnoreUnknown=1;K8S_POD_NAME=web;IP=192.0.2.200",
+    );
+    let out = cni("ADD", "static", fixed.path_str(), &conf, &[args]);
+    assert_eq!(stdout_json(&out)["ips"][0]["address"], "192.0.2.200/24");
+    assert!(fixed.ip(&["addr"]).contains("inet 192.0.2.200/24"));
+
+    // The same address for another container is refused and leaves nothing behind.
+    let other = TestNetns::new("s2");
+    let out = cni("ADD", "static2", other.path_str(), &conf, &[args]);
+    assert_cni_error(&out, 101);
+    assert!(!other.has_link("eth0"));
+
+    for (i, ns) in namespaces.iter().enumerate() {
+        assert!(cni("DEL", &format!("c{i}"), ns.path_str(), &conf, &[])
+            .status
+            .success());
+    }
+    assert!(cni("DEL", "static", fixed.path_str(), &conf, &[])
+        .status
+        .success());
+    assert!(cni("DEL", "static2", other.path_str(), &conf, &[])
+        .status
+        .success());
+    assert_no_leaks(state.path());
+}
+
+#[test]
+fn del_succeeds_when_things_are_already_gone() {
+    if !root_or_skip("del_succeeds_when_things_are_already_gone") {
+        return;
+    }
+    let state = state_dir("gone");
+    let conf = conf("1.0.0", state.path());
+    let ns = TestNetns::new("g");
+    assert!(cni("ADD", "gone", ns.path_str(), &conf, &[])
+        .status
+        .success());
+    let path = ns.path_str().to_string();
+    ns.delete();
+    // The namespace died with the container; DEL still frees the address.
+    let out = cni("DEL", "gone", &path, &conf, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_no_leaks(state.path());
+    // DEL without CNI_NETNS, for a container never added.
+    let env = [
+        ("CNI_COMMAND", "DEL"),
+        ("CNI_CONTAINERID", "never"),
+        ("CNI_IFNAME", "eth0"),
+    ];
+    assert!(run_plugin(BIN, &[], &env, &conf).status.success());
+}
+
+#[test]
+fn bad_input_gets_the_spec_error_and_leaves_nothing() {
+    if !root_or_skip("bad_input_gets_the_spec_error_and_leaves_nothing") {
+        return;
+    }
+    let state = state_dir("bad");
+    let good = conf("1.0.0", state.path());
+    let ns = TestNetns::new("b");
+    let bad_subnet = good.replace("192.0.2.0/24", "192.0.2.0/33");
+    let bad_version = good.replace("\"1.0.0\"", "\"7.0.0\"");
+    let mac = ("CNI_ARGS", "MAC=02:00:00:00:00:01");
+    let cases: Vec<(&str, Output, u64)> = vec![
+        (
+            "malformed JSON",
+            cni("ADD", "b1", ns.path_str(), "{\"cniVersion\":", &[]),
+            6,
+        ),
+        (
+            "unknown cniVersion",
+            cni("ADD", "b2", ns.path_str(), &bad_version, &[]),
+            1,
+        ),
+        (
+            "invalid subnet",
+            cni("ADD", "b3", ns.path_str(), &bad_subnet, &[]),
+            7,
+        ),
+        (
+            "missing netns",
+            cni("ADD", "b4", "/run/netns/does-not-exist", &good, &[]),
+            3,
+        ),
+        (
+            "missing env",
+            run_plugin(BIN, &[], &[("CNI_COMMAND", "ADD")], &good),
+            4,
+        ),
+        (
+            "bad container id",
+            cni("ADD", "../evil", ns.path_str(), &good, &[]),
+            4,
+        ),
+        (
+            "bad CNI_ARGS",
+            cni("ADD", "b5", ns.path_str(), &good, &[("CNI_ARGS", "IP=x")]),
+            4,
+        ),
+        (
+            "static MAC",
+            cni("ADD", "b6", ns.path_str(), &good, &[mac]),
+            4,
+        ),
+        (
+            "unknown command",
+            cni("FROB", "b7", ns.path_str(), &good, &[]),
+            4,
+        ),
+    ];
+    for (what, out, code) in cases {
+        let err = assert_cni_error(&out, code);
+        println!("{what}: {err}");
+    }
+    assert!(!ns.has_link("eth0"));
+    assert_no_leaks(state.path());
+}
+
+#[test]
+fn failure_half_way_rolls_back() {
+    if !root_or_skip("failure_half_way_rolls_back") {
+        return;
+    }
+    let state = state_dir("rollback");
+    let conf = conf("1.0.0", state.path());
+    let ns = TestNetns::new("rb");
+    // An interface of that name already exists: the attach fails after the address was taken.
+    ns.ip(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "peer0",
+    ]);
+    let out = cni("ADD", "rb", ns.path_str(), &conf, &[]);
+    assert_cni_error(&out, 4);
+    assert_no_leaks(state.path());
+    // The rollback removed only what the attach made: the pre-existing link is untouched.
+    assert!(ns.ip(&["-d", "link", "show", "eth0"]).contains("veth"));
+}
+
+#[test]
+fn check_notices_a_missing_interface() {
+    if !root_or_skip("check_notices_a_missing_interface") {
+        return;
+    }
+    let state = state_dir("check");
+    let conf = conf("1.0.0", state.path());
+    let ns = TestNetns::new("ck");
+    assert!(cni("ADD", "ck", ns.path_str(), &conf, &[]).status.success());
+    ns.ip(&["link", "del", "eth0"]);
+    assert_cni_error(&cni("CHECK", "ck", ns.path_str(), &conf, &[]), 102);
+    assert_cni_error(&cni("CHECK", "nobody", ns.path_str(), &conf, &[]), 102);
+    assert!(cni("DEL", "ck", ns.path_str(), &conf, &[]).status.success());
+    assert_no_leaks(state.path());
+}
+
+#[test]
+fn version_status_and_gc() {
+    if !root_or_skip("version_status_and_gc") {
+        return;
+    }
+    let out = run_plugin(
+        BIN,
+        &[],
+        &[("CNI_COMMAND", "VERSION")],
+        r#"{"cniVersion":"1.0.0"}"#,
+    );
+    let v = stdout_json(&out);
+    assert_eq!(v["cniVersion"], "1.0.0");
+    assert_eq!(v["supportedVersions"], json!(["0.4.0", "1.0.0", "1.1.0"]));
+
+    let state = state_dir("gc");
+    let conf = conf("1.1.0", state.path());
+    let status = run_plugin(BIN, &[], &[("CNI_COMMAND", "STATUS")], &conf);
+    assert!(status.status.success());
+
+    let keep = TestNetns::new("keep");
+    let dropped = TestNetns::new("drop");
+    assert!(cni("ADD", "keep", keep.path_str(), &conf, &[])
+        .status
+        .success());
+    assert!(cni("ADD", "drop", dropped.path_str(), &conf, &[])
+        .status
+        .success());
+    let mut gc: Value = serde_json::from_str(&conf).unwrap();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "keep", "ifname": "eth0"}]);
+    let out = run_plugin(BIN, &[], &[("CNI_COMMAND", "GC")], &gc.to_string());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(keep.has_link("eth0"));
+    assert!(!dropped.has_link("eth0"));
+    assert_eq!(lighthouse_entries(state.path()).len(), 1);
+    assert!(cni("DEL", "keep", keep.path_str(), &conf, &[])
+        .status
+        .success());
+    assert_no_leaks(state.path());
+}

@@ -1,0 +1,181 @@
+//! The `flatnet` netavark plugin driven through its protocol (argv + stdin JSON) against real
+//! network namespaces, as netavark would. Needs root.
+
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
+use std::path::Path;
+use std::process::Output;
+
+use serde_json::{json, Value};
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_flatnet");
+
+fn network(state: &Path) -> Value {
+    json!({
+        "name": "nvtest", "id": "0123456789abcdef", "driver": "flatnet",
+        "dns_enabled": true, "internal": false, "ipv6_enabled": false,
+        "subnets": [{"subnet": "198.51.100.0/24", "gateway": "198.51.100.1"}],
+        "options": {"state_dir": state.to_str().unwrap(), "mtu": "1400"},
+    })
+}
+
+fn exec_opts(state: &Path, id: &str, static_ips: Option<Vec<&str>>) -> String {
+    json!({
+        "container_id": id,
+        "container_name": format!("name-{id}"),
+        "port_mappings": null,
+        "network": network(state),
+        "network_options": {
+            "aliases": null, "interface_name": "eth0",
+            "static_ips": static_ips, "static_mac": null, "options": null,
+        },
+    })
+    .to_string()
+}
+
+fn plugin(args: &[&str], stdin: &str) -> Output {
+    run_plugin(BIN, args, &[], stdin)
+}
+
+fn assert_error(out: &Output, needle: &str) {
+    assert!(!out.status.success(), "expected failure");
+    let err = stdout_json(out);
+    let msg = err["error"].as_str().expect("{\"error\": ...}");
+    assert!(msg.contains(needle), "{msg:?} should mention {needle:?}");
+}
+
+#[test]
+fn info_and_create() {
+    let info = stdout_json(&plugin(&["info"], ""));
+    assert_eq!(info["api_version"], "1.0.0");
+    assert!(info["version"].is_string());
+
+    let state = state_dir("create");
+    let mut bare = network(state.path());
+    bare.as_object_mut().unwrap().remove("subnets");
+    let out = plugin(&["create"], &bare.to_string());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let created = stdout_json(&out);
+    for key in ["name", "id", "driver"] {
+        assert_eq!(created[key], bare[key]);
+    }
+    assert_eq!(created["subnets"][0]["subnet"], "10.77.0.0/16");
+    assert_eq!(created["subnets"][0]["gateway"], "10.77.0.1");
+
+    let mut unknown = network(state.path());
+    unknown["options"]["vni"] = json!("42");
+    assert_error(&plugin(&["create"], &unknown.to_string()), "vni");
+    let mut bad_subnet = network(state.path());
+    bad_subnet["subnets"][0] = json!({"subnet": "198.51.100.0/31"});
+    assert_error(&plugin(&["create"], &bad_subnet.to_string()), "too small");
+    let mut v6 = network(state.path());
+    v6["ipv6_enabled"] = json!(true);
+    assert_error(&plugin(&["create"], &v6.to_string()), "IPv6");
+    assert_error(&plugin(&["create"], "{not json"), "");
+    assert_error(&plugin(&["frobnicate"], "{}"), "unknown subcommand");
+}
+
+#[test]
+fn setup_and_teardown() {
+    if !root_or_skip("setup_and_teardown") {
+        return;
+    }
+    let state = state_dir("setup");
+    let ns = TestNetns::new("nv");
+    let opts = exec_opts(state.path(), "c1", Some(vec!["198.51.100.23"]));
+    let out = plugin(&["setup", ns.path_str()], &opts);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let status = stdout_json(&out);
+    let eth0 = &status["interfaces"]["eth0"];
+    assert_eq!(eth0["subnets"][0]["ipnet"], "198.51.100.23/24");
+    assert_eq!(eth0["subnets"][0]["gateway"], "198.51.100.1");
+    assert_eq!(eth0["mac_address"], "02:46:c6:33:64:17");
+    let shown = ns.ip(&["-4", "addr", "show", "eth0"]);
+    assert!(
+        shown.contains("inet 198.51.100.23/24") && shown.contains("mtu 1400"),
+        "{shown}"
+    );
+
+    // A second container asking for the same address is refused and leaves nothing.
+    let other = TestNetns::new("nv2");
+    let clash = exec_opts(state.path(), "c2", Some(vec!["198.51.100.23"]));
+    assert_error(&plugin(&["setup", other.path_str()], &clash), "in use");
+    assert!(!other.has_link("eth0"));
+
+    for _ in 0..2 {
+        let out = plugin(&["teardown", ns.path_str()], &opts);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(out.stdout.is_empty());
+    }
+    assert!(!ns.has_link("eth0"));
+    assert!(
+        leaked_state(state.path()).is_empty(),
+        "{:?}",
+        leaked_state(state.path())
+    );
+}
+
+#[test]
+fn teardown_with_the_namespace_gone() {
+    if !root_or_skip("teardown_with_the_namespace_gone") {
+        return;
+    }
+    let state = state_dir("gone");
+    let ns = TestNetns::new("nvg");
+    let opts = exec_opts(state.path(), "g1", None);
+    assert!(plugin(&["setup", ns.path_str()], &opts).status.success());
+    let path = ns.path_str().to_string();
+    ns.delete();
+    assert!(plugin(&["teardown", &path], &opts).status.success());
+    assert!(
+        leaked_state(state.path()).is_empty(),
+        "{:?}",
+        leaked_state(state.path())
+    );
+}
+
+#[test]
+fn bad_setup_input_leaves_nothing() {
+    if !root_or_skip("bad_setup_input_leaves_nothing") {
+        return;
+    }
+    let state = state_dir("badsetup");
+    let ns = TestNetns::new("nvb");
+    let opts = exec_opts(state.path(), "b1", None);
+    assert_error(
+        &plugin(&["setup", "/run/netns/nope"], &opts),
+        "does not exist",
+    );
+    assert_error(&plugin(&["setup", ns.path_str()], "{]"), "");
+    assert_error(&plugin(&["setup"], &opts), "netns path");
+    let outside = exec_opts(state.path(), "b2", Some(vec!["192.0.2.9"]));
+    assert_error(
+        &plugin(&["setup", ns.path_str()], &outside),
+        "not assignable",
+    );
+    let v6 = exec_opts(state.path(), "b3", Some(vec!["fd00::9"]));
+    assert_error(&plugin(&["setup", ns.path_str()], &v6), "IPv6");
+    let mut mac: Value = serde_json::from_str(&opts).unwrap();
+    mac["network_options"]["static_mac"] = json!("02:00:00:00:00:01");
+    assert_error(&plugin(&["setup", ns.path_str()], &mac.to_string()), "MAC");
+    assert!(!ns.has_link("eth0"));
+    assert!(
+        leaked_state(state.path()).is_empty(),
+        "{:?}",
+        leaked_state(state.path())
+    );
+}

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The test command. On a fresh Debian 12 machine, as root: installs what the tests need (apt
+# packages, the trixie chroot with Podman 5 + netavark, the test image), builds and installs
+# Flatnet, checks formatting and lints, and runs every test: unit, integration (real network
+# namespaces) and end to end (real Podman, both backends).
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+require_root
+cd "$FLATNET_ROOT"
+
+scripts/install-deps.sh
+scripts/setup-chroot.sh
+scripts/install.sh
+scripts/build-image.sh
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+log "cargo clippy"
+cargo clippy --release --workspace --all-targets --quiet -- -D warnings
+
+log "cargo test (unit, integration, end to end)"
+FLATNET_E2E=1 cargo test --release --workspace

@@ -1,0 +1,173 @@
+//! Helpers shared by the integration tests of every workspace package (each includes this file
+//! with `#[path]`). Tests that need root skip outside CI and fail inside it: CI runs as root,
+//! so a skip there would hide a broken test.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// True when the test may go on as root. Outside CI a non-root run skips with a message.
+pub fn root_or_skip(test: &str) -> bool {
+    if nix_is_root() {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("{test} needs root, and CI runs as root: refusing to skip");
+    }
+    eprintln!("skipping {test}: needs root");
+    false
+}
+
+fn nix_is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A network namespace made with `ip netns add`, deleted on drop.
+pub struct TestNetns {
+    pub name: String,
+    pub path: PathBuf,
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+impl TestNetns {
+    pub fn new(prefix: &str) -> Self {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let name = format!("fnt-{prefix}-{}-{n}", std::process::id());
+        run_ok("ip", &["netns", "add", &name]);
+        TestNetns {
+            path: PathBuf::from("/run/netns").join(&name),
+            name,
+        }
+    }
+
+    pub fn path_str(&self) -> &str {
+        self.path.to_str().unwrap()
+    }
+
+    /// `ip -n <ns> <args>`, stdout as text.
+    pub fn ip(&self, args: &[&str]) -> String {
+        let mut full = vec!["-n", &self.name];
+        full.extend_from_slice(args);
+        run_ok("ip", &full)
+    }
+
+    pub fn has_link(&self, ifname: &str) -> bool {
+        Command::new("ip")
+            .args(["-n", &self.name, "link", "show", ifname])
+            .stderr(Stdio::null())
+            .stdout(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    }
+
+    /// Deletes the namespace now (a container that died before its DEL).
+    pub fn delete(&self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        self.delete();
+    }
+}
+
+pub fn run_ok(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs a plugin binary with environment, arguments and stdin.
+pub fn run_plugin(bin: &str, args: &[&str], env: &[(&str, &str)], stdin: &str) -> Output {
+    use std::io::Write;
+    let mut cmd = Command::new(bin);
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+pub fn stdout_json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}): {:?} / stderr {:?}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// Files under `dir` (recursively) whose names are addresses or attachment records: what a
+/// leak would leave. Lock files and the round-robin cursor are bookkeeping, not leaks.
+pub fn leaked_state(state_dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    walk(state_dir, &mut found);
+    found.retain(|p| {
+        let name = p.file_name().unwrap().to_string_lossy();
+        name.parse::<std::net::Ipv4Addr>().is_ok()
+            || name.ends_with(".json") && !name.starts_with("lighthouse")
+    });
+    found.extend(lighthouse_entries(state_dir).into_iter().map(PathBuf::from));
+    found
+}
+
+/// "network/ip" for every entry of the file lighthouse in `state_dir`.
+pub fn lighthouse_entries(state_dir: &Path) -> Vec<String> {
+    let Ok(bytes) = std::fs::read(state_dir.join("lighthouse.json")) else {
+        return Vec::new();
+    };
+    let doc: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    let mut entries = Vec::new();
+    for (net, ips) in doc["networks"].as_object().unwrap() {
+        for ip in ips.as_object().unwrap().keys() {
+            entries.push(format!("lighthouse:{net}/{ip}"));
+        }
+    }
+    entries
+}
+
+fn walk(dir: &Path, found: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            walk(&path, found);
+        } else {
+            found.push(path);
+        }
+    }
+}
+
+/// A fresh state directory for one test.
+pub fn state_dir(test: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("flatnet-{test}-"))
+        .tempdir()
+        .unwrap()
+}
