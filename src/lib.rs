@@ -17,6 +17,7 @@ pub mod lighthouse;
 pub mod netns;
 pub mod state;
 pub mod tun;
+pub mod tunnel;
 
 pub use attach::{AttachRequest, Attachment, Network};
 pub use config::{ConfigInput, FlatnetConfig};

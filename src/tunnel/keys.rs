@@ -1,0 +1,109 @@
+//! A host's static X25519 key pair: generated on first start, kept in a 0600 file, published
+//! (the public half) through the lighthouse.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+
+use super::handshake::noise_params;
+use crate::error::{Error, IoContext, Result};
+use crate::state::{create_private_dir, write_atomic};
+
+pub const KEY_LEN: usize = 32;
+pub type PublicKey = [u8; KEY_LEN];
+
+pub struct StaticKeys {
+    pub(crate) private: [u8; KEY_LEN],
+    pub public: PublicKey,
+}
+
+impl StaticKeys {
+    pub fn generate() -> Result<Self> {
+        let pair = snow::Builder::new(noise_params())
+            .generate_keypair()
+            .map_err(|e| Error::io("generating key pair", std::io::Error::other(e.to_string())))?;
+        let mut keys = StaticKeys {
+            private: [0; KEY_LEN],
+            public: [0; KEY_LEN],
+        };
+        keys.private.copy_from_slice(&pair.private);
+        keys.public.copy_from_slice(&pair.public);
+        Ok(keys)
+    }
+
+    /// Loads the key file (private key, then public key, base64, one per line), creating it
+    /// on first use. A key file anyone but root can read is refused, not silently fixed.
+    pub fn load_or_generate(path: &Path) -> Result<Self> {
+        match fs::metadata(path) {
+            Ok(meta) => {
+                if meta.permissions().mode() & 0o077 != 0 {
+                    return Err(Error::InvalidConfig(format!(
+                        "key file {} is readable by others (mode {:o}); it must be 0600",
+                        path.display(),
+                        meta.permissions().mode() & 0o777
+                    )));
+                }
+                let text =
+                    fs::read_to_string(path).context(|| format!("reading {}", path.display()))?;
+                Self::parse(&text).ok_or_else(|| {
+                    Error::InvalidConfig(format!(
+                        "key file {} is not a Flatnet key",
+                        path.display()
+                    ))
+                })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if let Some(dir) = path.parent() {
+                    create_private_dir(dir)?;
+                }
+                let keys = Self::generate()?;
+                let text = format!(
+                    "{}\n{}\n",
+                    BASE64.encode(keys.private),
+                    encode_key(&keys.public)
+                );
+                write_atomic(path, text.as_bytes())?;
+                Ok(keys)
+            }
+            Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
+        }
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        let mut lines = text.lines();
+        let private = decode_key(lines.next()?)?;
+        let public = decode_key(lines.next()?)?;
+        Some(StaticKeys { private, public })
+    }
+}
+
+pub fn encode_key(key: &PublicKey) -> String {
+    BASE64.encode(key)
+}
+
+pub fn decode_key(text: &str) -> Option<PublicKey> {
+    BASE64.decode(text.trim()).ok()?.try_into().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_file_is_private_and_stable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys/host.key");
+        let first = StaticKeys::load_or_generate(&path).unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let again = StaticKeys::load_or_generate(&path).unwrap();
+        assert_eq!(first.public, again.public);
+        assert_eq!(decode_key(&encode_key(&first.public)), Some(first.public));
+
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(StaticKeys::load_or_generate(&path).is_err());
+    }
+}

@@ -1,0 +1,551 @@
+//! `TunnelManager`: Noise-encrypted tunnels between hosts.
+//!
+//! A tunnel is a sequence of sessions with one peer host (known by its static public key):
+//! the handshake ([`handshake`]) makes a session ([`session`]), timers ([`timers`]) decide when
+//! to renew or give up, and [`wire`] frames it all on the UDP underlay. The manager does no
+//! I/O itself: datagrams to send are handed to a `send` callback, so the data plane decides how
+//! to batch them and the tests can wire two managers together in memory.
+
+pub mod handshake;
+pub mod keys;
+pub mod replay;
+pub mod session;
+pub mod timers;
+pub mod wire;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use handshake::Initiation;
+pub use keys::{decode_key, encode_key, PublicKey, StaticKeys};
+use session::Session;
+pub use timers::Limits;
+use wire::{Message, INIT_LEN, MAX_DATAGRAM, RESPONSE_LEN};
+
+/// Why a datagram or packet was not delivered. Counted per reason by the data plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DropReason {
+    /// Not a Flatnet datagram: wrong type, size or reserved bits.
+    Malformed,
+    /// A transport or response message for a session we do not have.
+    UnknownSession,
+    /// Authentication failed: tampered, or encrypted with other keys.
+    BadTag,
+    /// A counter seen before, or older than the replay window.
+    Replay,
+    /// A session past its lifetime or message limit.
+    Expired,
+    /// A handshake from a key no lighthouse entry lists.
+    UnknownKey,
+    /// An initiation not newer than the last one from that key (a replay).
+    StaleHandshake,
+    /// A handshake message that does not verify.
+    BadHandshake,
+    /// The inner source address does not belong to the key (or container) that sent it.
+    Spoofed,
+    /// No lighthouse entry, or no local container, for the destination.
+    NoRoute,
+    /// Not an IPv4 packet.
+    NotIpv4,
+    /// The per-peer queue overflowed while a handshake was under way.
+    QueueFull,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 12] = [
+        DropReason::Malformed,
+        DropReason::UnknownSession,
+        DropReason::BadTag,
+        DropReason::Replay,
+        DropReason::Expired,
+        DropReason::UnknownKey,
+        DropReason::StaleHandshake,
+        DropReason::BadHandshake,
+        DropReason::Spoofed,
+        DropReason::NoRoute,
+        DropReason::NotIpv4,
+        DropReason::QueueFull,
+    ];
+}
+
+/// What became of a received datagram.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Received {
+    /// A packet from `peer`, decrypted into the caller's buffer.
+    Data {
+        peer: PublicKey,
+        len: usize,
+    },
+    /// A handshake message or keepalive, fully handled.
+    Handled,
+    Dropped(DropReason),
+}
+
+/// Where the manager hands datagrams to send.
+pub type Sender<'a> = dyn FnMut(&[u8], SocketAddr) + 'a;
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct PeerStats {
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub handshakes_sent: u64,
+    pub handshakes_completed: u64,
+}
+
+struct Peer {
+    endpoint: SocketAddr,
+    /// The session used for sending.
+    current: Option<u32>,
+    /// The session before the last rekey, kept to decrypt packets still in flight.
+    previous: Option<u32>,
+    /// A responder session waiting for the initiator's first packet.
+    unconfirmed: Option<u32>,
+    /// Our initiation in flight.
+    pending: Option<u32>,
+    retry_at: Instant,
+    backoff: Duration,
+    last_handshake: Option<Instant>,
+    last_activity: Instant,
+    last_init_timestamp: u64,
+    queue: VecDeque<Vec<u8>>,
+    stats: PeerStats,
+}
+
+impl Peer {
+    fn new(endpoint: SocketAddr, now: Instant, limits: &Limits) -> Self {
+        Peer {
+            endpoint,
+            current: None,
+            previous: None,
+            unconfirmed: None,
+            pending: None,
+            retry_at: now,
+            backoff: limits.handshake_retry_base,
+            last_handshake: None,
+            last_activity: now,
+            last_init_timestamp: 0,
+            queue: VecDeque::new(),
+            stats: PeerStats::default(),
+        }
+    }
+
+    fn session_indices(&self) -> impl Iterator<Item = u32> {
+        [self.current, self.previous, self.unconfirmed]
+            .into_iter()
+            .flatten()
+    }
+
+    /// Makes `index` the sending session; the old one is kept for packets in flight.
+    fn promote(&mut self, index: u32, sessions: &mut HashMap<u32, Session>, now: Instant) {
+        if let Some(stale) = self.previous.take() {
+            sessions.remove(&stale);
+        }
+        self.previous = self.current.replace(index);
+        self.last_handshake = Some(now);
+    }
+}
+
+/// A peer as the admin view shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerStatus {
+    pub public_key: String,
+    pub endpoint: SocketAddr,
+    pub sessions: usize,
+    pub handshake_in_flight: bool,
+    /// Milliseconds since the last completed handshake.
+    pub handshake_age_ms: Option<u64>,
+    pub queued: usize,
+    #[serde(flatten)]
+    pub stats: PeerStats,
+}
+
+pub struct TunnelManager {
+    keys: StaticKeys,
+    limits: Limits,
+    peers: HashMap<PublicKey, Peer>,
+    sessions: HashMap<u32, Session>,
+    initiations: HashMap<u32, Initiation>,
+}
+
+impl TunnelManager {
+    pub fn new(keys: StaticKeys, limits: Limits) -> Self {
+        TunnelManager {
+            keys,
+            limits,
+            peers: HashMap::new(),
+            sessions: HashMap::new(),
+            initiations: HashMap::new(),
+        }
+    }
+
+    pub fn public_key(&self) -> &PublicKey {
+        &self.keys.public
+    }
+
+    /// Starts a tunnel to a peer host, unless one is up or being set up.
+    pub fn create_tunnel(
+        &mut self,
+        peer: &PublicKey,
+        endpoint: SocketAddr,
+        now: Instant,
+        send: &mut Sender,
+    ) {
+        let limits = &self.limits;
+        let entry = self
+            .peers
+            .entry(*peer)
+            .or_insert_with(|| Peer::new(endpoint, now, limits));
+        entry.last_activity = now;
+        if entry.current.is_none() && entry.pending.is_none() && now >= entry.retry_at {
+            self.start_handshake(peer, now, send);
+        }
+    }
+
+    /// Encrypts one packet for `peer` and sends it; without a session, queues it and starts a
+    /// handshake. `out` must hold the packet plus 32 bytes of framing.
+    pub fn encrypt_packet(
+        &mut self,
+        peer: &PublicKey,
+        endpoint: SocketAddr,
+        plaintext: &[u8],
+        out: &mut [u8],
+        now: Instant,
+        send: &mut Sender,
+    ) -> Result<(), DropReason> {
+        let limits = &self.limits;
+        let entry = self
+            .peers
+            .entry(*peer)
+            .or_insert_with(|| Peer::new(endpoint, now, limits));
+        entry.last_activity = now;
+        let session = entry
+            .current
+            .and_then(|i| self.sessions.get_mut(&i))
+            .filter(|s| s.can_send(now, limits));
+        let Some(session) = session else {
+            let overflow = entry.queue.len() >= limits.queue_len;
+            if overflow {
+                entry.queue.pop_front();
+            }
+            entry.queue.push_back(plaintext.to_vec());
+            if entry.pending.is_none() && now >= entry.retry_at {
+                self.start_handshake(peer, now, send);
+            }
+            return if overflow {
+                Err(DropReason::QueueFull)
+            } else {
+                Ok(())
+            };
+        };
+        let len = session.encrypt(plaintext, out).ok_or(DropReason::Expired)?;
+        let rekey = session.wants_rekey(now, limits);
+        send(&out[..len], entry.endpoint);
+        entry.stats.tx_packets += 1;
+        entry.stats.tx_bytes += plaintext.len() as u64;
+        if rekey && entry.pending.is_none() && now >= entry.retry_at {
+            self.start_handshake(peer, now, send);
+        }
+        Ok(())
+    }
+
+    /// Handles one datagram from the underlay. Packets are decrypted into `out`; handshakes are
+    /// answered through `send`. `authorize` says whether a key may open a tunnel at all.
+    pub fn decrypt_packet(
+        &mut self,
+        datagram: &[u8],
+        from: SocketAddr,
+        out: &mut [u8],
+        now: Instant,
+        authorize: &dyn Fn(&PublicKey) -> bool,
+        send: &mut Sender,
+    ) -> Received {
+        match wire::parse(datagram) {
+            None => Received::Dropped(DropReason::Malformed),
+            Some(Message::Init { sender, noise }) => {
+                self.on_init(sender, noise, from, now, authorize, send)
+            }
+            Some(Message::Response {
+                sender,
+                receiver,
+                noise,
+            }) => self.on_response(sender, receiver, noise, from, now, send),
+            Some(Message::Transport {
+                receiver,
+                counter,
+                ciphertext,
+            }) => self.on_transport(receiver, counter, ciphertext, from, out, now, send),
+        }
+    }
+
+    /// Retries unanswered handshakes, renews old sessions that are in use, and forgets
+    /// sessions that expired and peers that went idle. Call a few times a second.
+    pub fn tick(&mut self, now: Instant, send: &mut Sender) {
+        let keys: Vec<PublicKey> = self.peers.keys().copied().collect();
+        for key in keys {
+            let peer = self.peers.get_mut(&key).expect("listed peer");
+            if now.duration_since(peer.last_activity) >= self.limits.idle_timeout {
+                self.close_tunnel(&key);
+                continue;
+            }
+            for index in peer.session_indices().collect::<Vec<_>>() {
+                if self.sessions[&index].is_expired(now, &self.limits) {
+                    self.sessions.remove(&index);
+                    for slot in [&mut peer.current, &mut peer.previous, &mut peer.unconfirmed] {
+                        if *slot == Some(index) {
+                            *slot = None;
+                        }
+                    }
+                }
+            }
+            let current = peer.current.and_then(|i| self.sessions.get(&i));
+            let wanted = !peer.queue.is_empty()
+                || current.is_some_and(|s| s.initiator && s.wants_rekey(now, &self.limits));
+            if wanted && now >= peer.retry_at {
+                self.start_handshake(&key, now, send);
+            }
+        }
+    }
+
+    /// Drops every session with `peer`.
+    pub fn close_tunnel(&mut self, peer: &PublicKey) {
+        if let Some(p) = self.peers.remove(peer) {
+            for index in p.session_indices() {
+                self.sessions.remove(&index);
+            }
+            if let Some(index) = p.pending {
+                self.initiations.remove(&index);
+            }
+        }
+    }
+
+    /// The peer last seen at `endpoint`, if any.
+    pub fn peer_at(&self, endpoint: SocketAddr) -> Option<PublicKey> {
+        self.peers
+            .iter()
+            .find(|(_, p)| p.endpoint == endpoint)
+            .map(|(k, _)| *k)
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    pub fn status(&self, now: Instant) -> Vec<PeerStatus> {
+        let mut peers: Vec<PeerStatus> = self
+            .peers
+            .iter()
+            .map(|(key, p)| PeerStatus {
+                public_key: encode_key(key),
+                endpoint: p.endpoint,
+                sessions: p.session_indices().count(),
+                handshake_in_flight: p.pending.is_some(),
+                handshake_age_ms: p
+                    .last_handshake
+                    .map(|t| now.duration_since(t).as_millis() as u64),
+                queued: p.queue.len(),
+                stats: p.stats.clone(),
+            })
+            .collect();
+        peers.sort_by(|a, b| a.public_key.cmp(&b.public_key));
+        peers
+    }
+
+    fn start_handshake(&mut self, peer: &PublicKey, now: Instant, send: &mut Sender) {
+        let index = self.fresh_index();
+        let mut buf = [0u8; INIT_LEN];
+        let Ok((initiation, len)) = handshake::initiate(&self.keys, peer, index, now, &mut buf)
+        else {
+            return;
+        };
+        let Some(entry) = self.peers.get_mut(peer) else {
+            return;
+        };
+        if let Some(old) = entry.pending.replace(index) {
+            self.initiations.remove(&old);
+        }
+        self.initiations.insert(index, initiation);
+        entry.retry_at = now + entry.backoff;
+        entry.backoff = (entry.backoff * 2).min(self.limits.handshake_retry_max);
+        entry.stats.handshakes_sent += 1;
+        send(&buf[..len], entry.endpoint);
+    }
+
+    fn on_init(
+        &mut self,
+        sender: u32,
+        noise: &[u8],
+        from: SocketAddr,
+        now: Instant,
+        authorize: &dyn Fn(&PublicKey) -> bool,
+        send: &mut Sender,
+    ) -> Received {
+        let Ok(init) = handshake::read_init(&self.keys, noise) else {
+            return Received::Dropped(DropReason::BadHandshake);
+        };
+        if !authorize(&init.peer) {
+            return Received::Dropped(DropReason::UnknownKey);
+        }
+        let key = init.peer;
+        let limits = &self.limits;
+        let peer = self
+            .peers
+            .entry(key)
+            .or_insert_with(|| Peer::new(from, now, limits));
+        if init.timestamp <= peer.last_init_timestamp {
+            return Received::Dropped(DropReason::StaleHandshake);
+        }
+        let index = fresh_index(&self.sessions, &self.initiations);
+        let mut buf = [0u8; RESPONSE_LEN];
+        let timestamp = init.timestamp;
+        let Ok((transport, len)) = init.respond(index, sender, &mut buf) else {
+            return Received::Dropped(DropReason::BadHandshake);
+        };
+        peer.last_init_timestamp = timestamp;
+        peer.endpoint = from;
+        peer.last_activity = now;
+        let session = Session::new(index, sender, key, transport, false, now);
+        if let Some(old) = peer.unconfirmed.replace(index) {
+            self.sessions.remove(&old);
+        }
+        self.sessions.insert(index, session);
+        send(&buf[..len], from);
+        Received::Handled
+    }
+
+    fn on_response(
+        &mut self,
+        sender: u32,
+        receiver: u32,
+        noise: &[u8],
+        from: SocketAddr,
+        now: Instant,
+        send: &mut Sender,
+    ) -> Received {
+        let Some(initiation) = self.initiations.remove(&receiver) else {
+            return Received::Dropped(DropReason::UnknownSession);
+        };
+        let key = initiation.peer;
+        let Ok(transport) = initiation.complete(noise) else {
+            return Received::Dropped(DropReason::BadHandshake);
+        };
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return Received::Dropped(DropReason::UnknownSession);
+        };
+        if peer.pending == Some(receiver) {
+            peer.pending = None;
+        }
+        peer.endpoint = from;
+        peer.last_activity = now;
+        peer.backoff = self.limits.handshake_retry_base;
+        peer.retry_at = now;
+        peer.stats.handshakes_completed += 1;
+        let session = Session::new(receiver, sender, key, transport, true, now);
+        self.sessions.insert(receiver, session);
+        peer.promote(receiver, &mut self.sessions, now);
+        // Send what waited for the handshake; with nothing waiting, a keepalive confirms the
+        // session to the responder so it can send too.
+        if !self.flush_queue(&key, now, send) {
+            self.send_keepalive(&key, now, send);
+        }
+        Received::Handled
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_transport(
+        &mut self,
+        receiver: u32,
+        counter: u64,
+        ciphertext: &[u8],
+        from: SocketAddr,
+        out: &mut [u8],
+        now: Instant,
+        send: &mut Sender,
+    ) -> Received {
+        let Some(session) = self.sessions.get_mut(&receiver) else {
+            return Received::Dropped(DropReason::UnknownSession);
+        };
+        let len = match session.decrypt(counter, ciphertext, out, now, &self.limits) {
+            Ok(len) => len,
+            Err(reason) => return Received::Dropped(reason),
+        };
+        let key = session.peer;
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return Received::Dropped(DropReason::UnknownSession);
+        };
+        peer.endpoint = from;
+        peer.last_activity = now;
+        peer.stats.rx_packets += 1;
+        peer.stats.rx_bytes += len as u64;
+        if peer.unconfirmed == Some(receiver) {
+            peer.unconfirmed = None;
+            peer.promote(receiver, &mut self.sessions, now);
+            self.flush_queue(&key, now, send);
+        }
+        if len == 0 {
+            Received::Handled
+        } else {
+            Received::Data { peer: key, len }
+        }
+    }
+
+    /// Sends the packets queued for `peer`; returns whether there were any.
+    fn flush_queue(&mut self, key: &PublicKey, now: Instant, send: &mut Sender) -> bool {
+        let Some(peer) = self.peers.get_mut(key) else {
+            return false;
+        };
+        if peer.queue.is_empty() {
+            return false;
+        }
+        let queued: Vec<Vec<u8>> = peer.queue.drain(..).collect();
+        let endpoint = peer.endpoint;
+        let mut out = vec![0u8; MAX_DATAGRAM];
+        for packet in queued {
+            let _ = self.encrypt_packet(key, endpoint, &packet, &mut out, now, send);
+        }
+        true
+    }
+
+    fn send_keepalive(&mut self, key: &PublicKey, now: Instant, send: &mut Sender) {
+        let Some(peer) = self.peers.get_mut(key) else {
+            return;
+        };
+        let session = peer.current.and_then(|i| self.sessions.get_mut(&i));
+        let mut out = [0u8; wire::TRANSPORT_HEADER_LEN + wire::AEAD_TAG_LEN];
+        if let Some(len) = session
+            .filter(|s| s.can_send(now, &self.limits))
+            .and_then(|s| s.encrypt(&[], &mut out))
+        {
+            send(&out[..len], peer.endpoint);
+        }
+    }
+
+    fn fresh_index(&self) -> u32 {
+        fresh_index(&self.sessions, &self.initiations)
+    }
+}
+
+/// A random session index not in use: indices are visible on the wire, so they should not
+/// reveal how many sessions a host has had.
+fn fresh_index(sessions: &HashMap<u32, Session>, initiations: &HashMap<u32, Initiation>) -> u32 {
+    loop {
+        let mut bytes = [0u8; 4];
+        getrandom::fill(&mut bytes).expect("system random source");
+        let index = u32::from_le_bytes(bytes);
+        if index != 0 && !sessions.contains_key(&index) && !initiations.contains_key(&index) {
+            return index;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,111 @@
+//! One established session: transport keys, the explicit send counter used as the nonce, and
+//! the receive replay window.
+
+use std::time::Instant;
+
+use snow::StatelessTransportState;
+
+use super::keys::PublicKey;
+use super::replay::ReplayWindow;
+use super::timers::Limits;
+use super::wire::{write_transport_header, AEAD_TAG_LEN, TRANSPORT_HEADER_LEN};
+use super::DropReason;
+
+pub struct Session {
+    pub local_index: u32,
+    pub remote_index: u32,
+    pub peer: PublicKey,
+    pub initiator: bool,
+    pub created: Instant,
+    transport: StatelessTransportState,
+    next_counter: u64,
+    replay: ReplayWindow,
+    /// A responder may not send until the initiator has proven it holds the keys by sending
+    /// on them (otherwise a replayed initiation could make us talk into the void).
+    confirmed: bool,
+}
+
+impl Session {
+    pub fn new(
+        local_index: u32,
+        remote_index: u32,
+        peer: PublicKey,
+        transport: StatelessTransportState,
+        initiator: bool,
+        now: Instant,
+    ) -> Self {
+        Session {
+            local_index,
+            remote_index,
+            peer,
+            initiator,
+            created: now,
+            transport,
+            next_counter: 0,
+            replay: ReplayWindow::default(),
+            confirmed: initiator,
+        }
+    }
+
+    pub fn is_confirmed(&self) -> bool {
+        self.confirmed
+    }
+
+    pub fn can_send(&self, now: Instant, limits: &Limits) -> bool {
+        self.confirmed
+            && now.duration_since(self.created) < limits.reject_after_time
+            && self.next_counter < limits.reject_after_messages
+    }
+
+    pub fn wants_rekey(&self, now: Instant, limits: &Limits) -> bool {
+        now.duration_since(self.created) >= limits.rekey_after_time
+            || self.next_counter >= limits.rekey_after_messages
+    }
+
+    pub fn is_expired(&self, now: Instant, limits: &Limits) -> bool {
+        now.duration_since(self.created) >= limits.reject_after_time
+    }
+
+    /// Writes header and ciphertext of `plaintext` into `out`; returns the datagram length.
+    pub fn encrypt(&mut self, plaintext: &[u8], out: &mut [u8]) -> Option<usize> {
+        let needed = TRANSPORT_HEADER_LEN + plaintext.len() + AEAD_TAG_LEN;
+        if out.len() < needed {
+            return None;
+        }
+        let counter = self.next_counter;
+        let len = self
+            .transport
+            .write_message(counter, plaintext, &mut out[TRANSPORT_HEADER_LEN..needed])
+            .ok()?;
+        self.next_counter += 1;
+        write_transport_header(out, self.remote_index, counter);
+        Some(TRANSPORT_HEADER_LEN + len)
+    }
+
+    /// Authenticates and decrypts into `out`. The replay window is consulted before the AEAD
+    /// (cheap rejection) and updated only after it (a forged counter cannot poison it).
+    pub fn decrypt(
+        &mut self,
+        counter: u64,
+        ciphertext: &[u8],
+        out: &mut [u8],
+        now: Instant,
+        limits: &Limits,
+    ) -> Result<usize, DropReason> {
+        if self.is_expired(now, limits) || counter >= limits.reject_after_messages {
+            return Err(DropReason::Expired);
+        }
+        if !self.replay.is_fresh(counter) {
+            return Err(DropReason::Replay);
+        }
+        let len = self
+            .transport
+            .read_message(counter, ciphertext, out)
+            .map_err(|_| DropReason::BadTag)?;
+        if !self.replay.accept(counter) {
+            return Err(DropReason::Replay);
+        }
+        self.confirmed = true;
+        Ok(len)
+    }
+}

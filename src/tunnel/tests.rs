@@ -1,0 +1,289 @@
+//! Tunnel tests with two (or three) managers wired together in memory.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::*;
+
+struct Host {
+    tm: TunnelManager,
+    addr: SocketAddr,
+}
+
+type Wire = VecDeque<(Vec<u8>, SocketAddr, SocketAddr)>; // (datagram, from, to)
+
+fn host(n: u8, limits: Limits) -> Host {
+    Host {
+        tm: TunnelManager::new(StaticKeys::generate().unwrap(), limits),
+        addr: SocketAddr::from(([192, 0, 2, n], 4800)),
+    }
+}
+
+fn anyone(_: &PublicKey) -> bool {
+    true
+}
+
+impl Host {
+    fn send_packet(&mut self, to: &Host, packet: &[u8], wire: &mut Wire, now: Instant) {
+        let from = self.addr;
+        let mut out = vec![0u8; MAX_DATAGRAM];
+        let key = *to.tm.public_key();
+        self.tm
+            .encrypt_packet(&key, to.addr, packet, &mut out, now, &mut |d, dst| {
+                wire.push_back((d.to_vec(), from, dst))
+            })
+            .unwrap();
+    }
+
+    fn receive(
+        &mut self,
+        datagram: &[u8],
+        from: SocketAddr,
+        wire: &mut Wire,
+        now: Instant,
+    ) -> (Received, Vec<u8>) {
+        let me = self.addr;
+        let mut out = vec![0u8; MAX_DATAGRAM];
+        let r = self
+            .tm
+            .decrypt_packet(datagram, from, &mut out, now, &anyone, &mut |d, dst| {
+                wire.push_back((d.to_vec(), me, dst))
+            });
+        let data = match r {
+            Received::Data { len, .. } => out[..len].to_vec(),
+            _ => Vec::new(),
+        };
+        (r, data)
+    }
+}
+
+/// Delivers everything on the wire until it is quiet; returns the packets each side got.
+fn pump(a: &mut Host, b: &mut Host, wire: &mut Wire, now: Instant) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let (mut got_a, mut got_b) = (Vec::new(), Vec::new());
+    while let Some((d, from, to)) = wire.pop_front() {
+        let (host, got) = if to == a.addr {
+            (&mut *a, &mut got_a)
+        } else {
+            (&mut *b, &mut got_b)
+        };
+        if let (Received::Data { .. }, data) = host.receive(&d, from, wire, now) {
+            got.push(data);
+        }
+    }
+    (got_a, got_b)
+}
+
+#[test]
+fn round_trip_through_a_handshake() {
+    let now = Instant::now();
+    let (mut a, mut b) = (host(1, Limits::default()), host(2, Limits::default()));
+    let mut wire = Wire::new();
+    a.send_packet(&b, b"first, queued during the handshake", &mut wire, now);
+    assert_eq!(
+        wire.len(),
+        1,
+        "only the initiation goes out before the handshake"
+    );
+    let (_, got_b) = pump(&mut a, &mut b, &mut wire, now);
+    assert_eq!(got_b, vec![b"first, queued during the handshake".to_vec()]);
+
+    // The responder may send once the initiator's packet confirmed the session.
+    b.send_packet(&a, b"reply", &mut wire, now);
+    let (got_a, _) = pump(&mut a, &mut b, &mut wire, now);
+    assert_eq!(got_a, vec![b"reply".to_vec()]);
+    assert_eq!(a.tm.status(now)[0].stats.handshakes_completed, 1);
+}
+
+#[test]
+fn the_wire_carries_no_plaintext() {
+    let now = Instant::now();
+    let (mut a, mut b) = (host(1, Limits::default()), host(2, Limits::default()));
+    let mut wire = Wire::new();
+    a.send_packet(&b, b"warmup", &mut wire, now);
+    pump(&mut a, &mut b, &mut wire, now);
+    let marker = b"FLATNET-MARKER-0123456789";
+    a.send_packet(&b, marker, &mut wire, now);
+    let (d, _, _) = wire.front().unwrap();
+    assert!(!d.windows(marker.len()).any(|w| w == marker));
+}
+
+fn established() -> (Host, Host, Wire, Instant) {
+    let now = Instant::now();
+    let (mut a, mut b) = (host(1, Limits::default()), host(2, Limits::default()));
+    let mut wire = Wire::new();
+    a.send_packet(&b, b"hello", &mut wire, now);
+    pump(&mut a, &mut b, &mut wire, now);
+    (a, b, wire, now)
+}
+
+#[test]
+fn tampered_and_replayed_messages_are_rejected() {
+    let (mut a, mut b, mut wire, now) = established();
+    a.send_packet(&b, b"payload", &mut wire, now);
+    let (datagram, from, _) = wire.pop_front().unwrap();
+
+    for at in [0, 5, 12, 20, datagram.len() - 1] {
+        let mut tampered = datagram.clone();
+        tampered[at] ^= 0x01;
+        let (r, _) = b.receive(&tampered, from, &mut wire, now);
+        assert!(matches!(r, Received::Dropped(_)), "byte {at}: {r:?}");
+    }
+    let (r, data) = b.receive(&datagram, from, &mut wire, now);
+    assert!(matches!(r, Received::Data { .. }));
+    assert_eq!(data, b"payload");
+    let (r, _) = b.receive(&datagram, from, &mut wire, now);
+    assert_eq!(r, Received::Dropped(DropReason::Replay));
+    let (r, _) = b.receive(&datagram[..20], from, &mut wire, now);
+    assert_eq!(r, Received::Dropped(DropReason::Malformed));
+}
+
+#[test]
+fn wrongly_keyed_messages_are_rejected() {
+    let (mut a, mut b, mut wire, now) = established();
+    // A third host that knows B's index but not the keys: its ciphertext does not verify.
+    let mut c = host(3, Limits::default());
+    let mut wire_c = Wire::new();
+    c.send_packet(&b, b"x", &mut wire_c, now);
+    pump(&mut c, &mut b, &mut wire_c, now);
+    a.send_packet(&b, b"genuine", &mut wire, now);
+    let (genuine, from, _) = wire.pop_front().unwrap();
+    c.send_packet(&b, b"forged!", &mut wire_c, now);
+    let (forged, _, _) = wire_c.pop_front().unwrap();
+    let mut mixed = genuine[..16].to_vec(); // A's header (B's index for A's session)
+    mixed.extend_from_slice(&forged[16..]); // C's ciphertext
+    let (r, _) = b.receive(&mixed, from, &mut wire, now);
+    assert_eq!(r, Received::Dropped(DropReason::BadTag));
+
+    // A handshake from a key the lighthouse does not list is refused.
+    let mut d = host(4, Limits::default());
+    let mut wire_d = Wire::new();
+    d.send_packet(&b, b"let me in", &mut wire_d, now);
+    let (init, from, _) = wire_d.pop_front().unwrap();
+    let mut out = vec![0u8; MAX_DATAGRAM];
+    let only_a = *a.tm.public_key();
+    let r = b.tm.decrypt_packet(
+        &init,
+        from,
+        &mut out,
+        now,
+        &|k| *k == only_a,
+        &mut |_, _| panic!("nothing may be sent to an unknown key"),
+    );
+    assert_eq!(r, Received::Dropped(DropReason::UnknownKey));
+}
+
+#[test]
+fn replayed_initiation_is_refused() {
+    let now = Instant::now();
+    let (mut a, mut b) = (host(1, Limits::default()), host(2, Limits::default()));
+    let mut wire = Wire::new();
+    a.send_packet(&b, b"x", &mut wire, now);
+    let (init, from, _) = wire.front().cloned().unwrap();
+    pump(&mut a, &mut b, &mut wire, now);
+    let (r, _) = b.receive(&init, from, &mut wire, now);
+    assert_eq!(r, Received::Dropped(DropReason::StaleHandshake));
+}
+
+#[test]
+fn out_of_order_inside_the_window_is_accepted() {
+    let (mut a, mut b, mut wire, now) = established();
+    for i in 0..50u8 {
+        a.send_packet(&b, &[i; 20], &mut wire, now);
+    }
+    let mut datagrams: Vec<_> = wire.drain(..).collect();
+    datagrams.reverse();
+    let mut got = Vec::new();
+    for (d, from, _) in datagrams {
+        if let (Received::Data { .. }, data) = b.receive(&d, from, &mut wire, now) {
+            got.push(data[0]);
+        }
+    }
+    got.sort();
+    assert_eq!(got, (0..50).collect::<Vec<u8>>());
+}
+
+#[test]
+fn rekey_keeps_traffic_flowing() {
+    let limits = Limits {
+        rekey_after_messages: 10,
+        reject_after_messages: 15,
+        ..Limits::default()
+    };
+    let now = Instant::now();
+    let (mut a, mut b) = (host(1, limits.clone()), host(2, limits));
+    let mut wire = Wire::new();
+    let mut delivered = 0;
+    for i in 0..100u32 {
+        a.send_packet(&b, &i.to_le_bytes(), &mut wire, now);
+        delivered += pump(&mut a, &mut b, &mut wire, now).1.len();
+    }
+    assert_eq!(delivered, 100);
+    let completed = a.tm.status(now)[0].stats.handshakes_completed;
+    assert!(
+        completed >= 7,
+        "only {completed} handshakes for 100 packets at 10 per session"
+    );
+    assert!(
+        b.tm.session_count() <= 3,
+        "old sessions pile up: {}",
+        b.tm.session_count()
+    );
+
+    // Time-based renewal: sessions past their lifetime are renewed on use.
+    let later = now + Duration::from_secs(200);
+    a.send_packet(&b, b"after a long pause", &mut wire, later);
+    let (_, got) = pump(&mut a, &mut b, &mut wire, later);
+    assert_eq!(got, vec![b"after a long pause".to_vec()]);
+}
+
+#[test]
+fn lost_handshakes_back_off_and_idle_peers_are_forgotten() {
+    let now = Instant::now();
+    let (mut a, b) = (host(1, Limits::default()), host(2, Limits::default()));
+    let mut wire = Wire::new();
+    a.send_packet(&b, b"into the void", &mut wire, now);
+    wire.clear(); // the peer is gone
+    let mut sent_at = Vec::new();
+    let mut t = now;
+    while t < now + Duration::from_secs(30) {
+        t += Duration::from_millis(50);
+        a.tm.tick(t, &mut |_, _| sent_at.push(t));
+    }
+    // 250 ms, 500 ms, 1 s, 2 s, 4 s, then every 5 s: about 10 attempts in 30 s, not 600.
+    assert!(
+        (6..=12).contains(&sent_at.len()),
+        "{} retries",
+        sent_at.len()
+    );
+    let gaps: Vec<_> = sent_at.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(
+        gaps.windows(2).all(|g| g[1] >= g[0]),
+        "backoff must not shrink: {gaps:?}"
+    );
+
+    a.tm.tick(now + Duration::from_secs(400), &mut |_, _| {});
+    assert_eq!(a.tm.peer_count(), 0);
+    assert_eq!(a.tm.session_count(), 0);
+}
+
+#[test]
+fn a_host_can_tunnel_to_itself() {
+    let now = Instant::now();
+    let mut a = host(1, Limits::default());
+    let key = *a.tm.public_key();
+    let mut wire = Wire::new();
+    let mut out = vec![0u8; MAX_DATAGRAM];
+    let addr = a.addr;
+    a.tm.encrypt_packet(&key, addr, b"to myself", &mut out, now, &mut |d, to| {
+        wire.push_back((d.to_vec(), addr, to))
+    })
+    .unwrap();
+    let mut got = Vec::new();
+    while let Some((d, from, _)) = wire.pop_front() {
+        if let (Received::Data { .. }, data) = a.receive(&d, from, &mut wire, now) {
+            got.push(data);
+        }
+    }
+    assert_eq!(got, vec![b"to myself".to_vec()]);
+}

@@ -1,0 +1,38 @@
+//! When sessions are renewed, given up and retried. The defaults follow WireGuard's reasoning
+//! (renew well before the keys must be dropped; retry lost handshakes with backoff) with
+//! shorter retry intervals, since Flatnet's peers are usually one hop away.
+
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Start a new handshake once a session is this old...
+    pub rekey_after_time: Duration,
+    /// ...or has sent this many messages.
+    pub rekey_after_messages: u64,
+    /// Never use a session older than this, or past this many messages.
+    pub reject_after_time: Duration,
+    pub reject_after_messages: u64,
+    /// First retry of an unanswered handshake; doubles up to `handshake_retry_max`.
+    pub handshake_retry_base: Duration,
+    pub handshake_retry_max: Duration,
+    /// A peer with no traffic either way for this long loses its sessions.
+    pub idle_timeout: Duration,
+    /// Packets kept per peer while its handshake is under way.
+    pub queue_len: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            rekey_after_time: Duration::from_secs(120),
+            rekey_after_messages: 1 << 48,
+            reject_after_time: Duration::from_secs(180),
+            reject_after_messages: (1 << 48) + (1 << 32),
+            handshake_retry_base: Duration::from_millis(250),
+            handshake_retry_max: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(180),
+            queue_len: 32,
+        }
+    }
+}
