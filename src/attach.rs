@@ -10,11 +10,12 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use crate::config::FlatnetConfig;
+use crate::control::{self, DaemonSettings, Request};
 use crate::error::{Error, IoContext, Result};
 use crate::ipam::{DirLeaseStore, IpAddressManager, Lease};
 use crate::lighthouse::{Entry, FileLighthouse, HostInfo, Lighthouse};
 use crate::netns::NetworkNamespace;
-use crate::state::{check_name, create_private_dir, remove_if_exists, write_atomic};
+use crate::state::{check_name, create_private_dir, remove_if_exists, write_atomic, NetworkDirs};
 use crate::tun::check_ifname;
 
 const RECORD_VERSION: u32 = 1;
@@ -89,6 +90,8 @@ impl Network {
         check_ifname(req.ifname)?;
         let netns = NetworkNamespace::open(req.netns)?;
         self.clear_stale_record(req)?;
+        // The data plane first: its key is what the lighthouse entry publishes.
+        control::ensure_running(&self.daemon_settings())?;
 
         let mut undo = Undo::default();
         let ip = self.claim_address(req, &mut undo)?;
@@ -110,6 +113,14 @@ impl Network {
         undo.push(move || NetworkNamespace::teardown(&iface.netns, &iface.ifname).map(drop));
 
         self.write_record(&attachment)?;
+        undo.push(|| remove_if_exists(&self.record_path(req.container_id)));
+        control::call(
+            &self.config.state_dir,
+            &Request::Attach {
+                network: self.config.network.clone(),
+                container_id: req.container_id.to_string(),
+            },
+        )?;
         undo.commit();
         Ok(attachment)
     }
@@ -118,6 +129,7 @@ impl Network {
     /// lease) is skipped, so a runtime may call it after a failed or partial attach.
     pub fn detach(&self, container_id: &str, netns: Option<&Path>, ifname: &str) -> Result<()> {
         check_container_id(container_id)?;
+        self.stop_serving(container_id);
         let record = self.read_record(container_id)?;
         let netns = netns.or(record.as_ref().map(|r| r.netns.as_path()));
         let ifname = record.as_ref().map_or(ifname, |r| r.ifname.as_str());
@@ -178,25 +190,7 @@ impl Network {
 
     /// Every attachment recorded for this network.
     pub fn attachments(&self) -> Result<Vec<Attachment>> {
-        let dir = self.config.dirs().attachments();
-        let entries = match fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(Error::io(format!("listing {}", dir.display()), e)),
-        };
-        let mut found = Vec::new();
-        for entry in entries {
-            let name = entry
-                .context(|| format!("listing {}", dir.display()))?
-                .file_name();
-            let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
-                continue;
-            };
-            if let Some(record) = self.read_record(id)? {
-                found.push(record);
-            }
-        }
-        Ok(found)
+        attachments_in(&self.config.dirs().attachments())
     }
 
     /// Detaches every container not in `keep` and frees leases nobody records: what a runtime's
@@ -291,6 +285,29 @@ impl Network {
         }
     }
 
+    fn daemon_settings(&self) -> DaemonSettings {
+        DaemonSettings {
+            state_dir: self.config.state_dir.clone(),
+            lighthouse: self.config.lighthouse.clone(),
+            listen: self.config.endpoint,
+        }
+    }
+
+    /// Tells a running data plane to let go of the container's queue. No daemon, nothing to
+    /// let go of; an unreachable one will find the device gone on its own.
+    fn stop_serving(&self, container_id: &str) {
+        if !control::is_running(&self.config.state_dir) {
+            return;
+        }
+        let request = Request::Detach {
+            network: self.config.network.clone(),
+            container_id: container_id.to_string(),
+        };
+        if let Err(e) = control::call(&self.config.state_dir, &request) {
+            tracing::warn!("flatnetd did not detach {container_id}: {e}");
+        }
+    }
+
     fn host_info(&self) -> HostInfo {
         let public_key = fs::read_to_string(self.config.state_dir.join("host.pub"))
             .map(|k| k.trim().to_string())
@@ -302,21 +319,11 @@ impl Network {
     }
 
     fn record_path(&self, container_id: &str) -> PathBuf {
-        self.config
-            .dirs()
-            .attachments()
-            .join(format!("{container_id}.json"))
+        record_path(&self.config.dirs(), container_id)
     }
 
     fn read_record(&self, container_id: &str) -> Result<Option<Attachment>> {
-        let path = self.record_path(container_id);
-        match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| Error::io(format!("parsing attachment {}", path.display()), e.into())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
-        }
+        read_record(&self.record_path(container_id))
     }
 
     fn write_record(&self, attachment: &Attachment) -> Result<()> {
@@ -324,6 +331,70 @@ impl Network {
         let bytes = serde_json::to_vec_pretty(attachment).expect("attachment serialises");
         write_atomic(&self.record_path(&attachment.container_id), &bytes)
     }
+}
+
+fn record_path(dirs: &NetworkDirs, container_id: &str) -> PathBuf {
+    dirs.attachments().join(format!("{container_id}.json"))
+}
+
+fn read_record(path: &Path) -> Result<Option<Attachment>> {
+    match fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::io(format!("parsing attachment {}", path.display()), e.into())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
+    }
+}
+
+fn attachments_in(dir: &Path) -> Result<Vec<Attachment>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(format!("listing {}", dir.display()), e)),
+    };
+    let mut found = Vec::new();
+    for entry in entries {
+        let path = entry
+            .context(|| format!("listing {}", dir.display()))?
+            .path();
+        if path.extension().is_some_and(|e| e == "json") {
+            found.extend(read_record(&path)?);
+        }
+    }
+    Ok(found)
+}
+
+/// The attachment record of one container, as the data plane looks it up.
+pub fn load_attachment(
+    state_dir: &Path,
+    network: &str,
+    container_id: &str,
+) -> Result<Option<Attachment>> {
+    check_name("network name", network, 200).map_err(Error::InvalidRequest)?;
+    check_container_id(container_id)?;
+    read_record(&record_path(
+        &NetworkDirs::new(state_dir, network),
+        container_id,
+    ))
+}
+
+/// Every attachment recorded under a state directory, all networks.
+pub fn all_attachments(state_dir: &Path) -> Result<Vec<Attachment>> {
+    let networks = state_dir.join("networks");
+    let entries = match fs::read_dir(&networks) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(format!("listing {}", networks.display()), e)),
+    };
+    let mut found = Vec::new();
+    for entry in entries {
+        let dir = entry
+            .context(|| format!("listing {}", networks.display()))?
+            .path();
+        found.extend(attachments_in(&dir.join("attachments"))?);
+    }
+    Ok(found)
 }
 
 /// The locally administered MAC reported for an address: 02:46 ('F') then the four octets.

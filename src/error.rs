@@ -25,6 +25,8 @@ pub enum Error {
     },
     #[error("interface check failed: {0}")]
     CheckFailed(String),
+    #[error("data plane: {0}")]
+    DataPlane(String),
     #[error("netlink: {0}")]
     Netlink(String),
     #[error("{context}: {source}")]

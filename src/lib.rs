@@ -11,6 +11,8 @@
 
 pub mod attach;
 pub mod config;
+pub mod control;
+pub mod dataplane;
 pub mod error;
 pub mod ipam;
 pub mod lighthouse;

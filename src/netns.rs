@@ -60,6 +60,12 @@ impl NetworkNamespace {
 
     /// Runs `f` on a thread inside this namespace with a netlink connection opened there.
     pub fn enter<R: Send>(&self, f: impl FnOnce(&mut Inside) -> Result<R> + Send) -> Result<R> {
+        self.run_inside(|| f(&mut Inside::connect()?))
+    }
+
+    /// Runs `f` on a thread inside this namespace. Sockets and devices opened there stay in
+    /// the namespace after the thread ends (the data plane opens TUN queues this way).
+    pub fn run_inside<R: Send>(&self, f: impl FnOnce() -> Result<R> + Send) -> Result<R> {
         std::thread::scope(|scope| {
             scope
                 .spawn(|| {
@@ -71,8 +77,7 @@ impl NetworkNamespace {
                         };
                         Error::InvalidRequest(format!("{} {what}: {e}", self.path.display()))
                     })?;
-                    let mut inside = Inside::connect()?;
-                    f(&mut inside)
+                    f()
                 })
                 .join()
                 .unwrap_or_else(|_| Err(Error::Netlink("namespace worker panicked".into())))

@@ -66,6 +66,28 @@ impl FileLock {
             .map_err(|(_, errno)| Error::io(format!("locking {}", path.display()), errno.into()))?;
         Ok(FileLock { _lock: lock })
     }
+
+    /// Takes the lock only if nobody holds it; `None` if somebody does.
+    pub fn try_acquire(path: &Path) -> Result<Option<Self>> {
+        if let Some(dir) = path.parent() {
+            create_private_dir(dir)?;
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(path)
+            .context(|| format!("opening lock file {}", path.display()))?;
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(Some(FileLock { _lock: lock })),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+            Err((_, errno)) => Err(Error::io(
+                format!("locking {}", path.display()),
+                errno.into(),
+            )),
+        }
+    }
 }
 
 /// Creates a directory (and parents) readable only by root: state names containers and keys.

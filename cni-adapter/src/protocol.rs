@@ -63,6 +63,7 @@ impl From<Error> for CniError {
             Error::AddressInUse { .. } => code::ADDRESS_IN_USE,
             Error::AlreadyAttached { .. } => code::ALREADY_ATTACHED,
             Error::CheckFailed(_) => code::CHECK_FAILED,
+            Error::DataPlane(_) => code::TRY_AGAIN,
             Error::Io { source, .. } if is_transient(source) => code::TRY_AGAIN,
             Error::Netlink(_) | Error::Io { .. } => code::IO_FAILURE,
         };

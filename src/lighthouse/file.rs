@@ -137,6 +137,31 @@ impl Lighthouse for FileLighthouse {
             .map(|entries| entries.into_values().collect())
             .unwrap_or_default())
     }
+
+    fn revision(&self) -> Result<u64> {
+        use std::hash::{Hash, Hasher};
+        use std::os::unix::fs::MetadataExt;
+        match fs::metadata(&self.path) {
+            // Every write replaces the file by rename: a new inode, a new mtime.
+            Ok(meta) => {
+                let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                (meta.ino(), meta.mtime(), meta.mtime_nsec(), meta.len()).hash(&mut hasher);
+                Ok(hasher.finish())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(Error::io(format!("reading {}", self.path.display()), e)),
+        }
+    }
+
+    fn all_entries(&self) -> Result<Vec<Entry>> {
+        let _guard = FileLock::acquire(&self.lock)?;
+        Ok(self
+            .read()?
+            .networks
+            .into_values()
+            .flat_map(|entries| entries.into_values())
+            .collect())
+    }
 }
 
 #[cfg(test)]

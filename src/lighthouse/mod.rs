@@ -40,4 +40,9 @@ pub trait Lighthouse: Send + Sync {
     fn unregister(&self, network: &str, ip: Ipv4Addr, container_id: &str) -> Result<()>;
     fn lookup(&self, network: &str, ip: Ipv4Addr) -> Result<Option<Entry>>;
     fn entries(&self, network: &str) -> Result<Vec<Entry>>;
+    /// Every entry of every network: what a data plane caches.
+    fn all_entries(&self) -> Result<Vec<Entry>>;
+    /// A cheap token that changes whenever the entries may have changed, so a cache knows
+    /// when to reload (a file's identity and mtime; a store's revision).
+    fn revision(&self) -> Result<u64>;
 }

@@ -1,0 +1,290 @@
+//! The control protocol between the plugins (and the admin CLI) and `flatnetd`: one JSON
+//! request and one JSON response per line over a root-only unix socket in the state directory.
+//! Every message carries the protocol version, so a plugin and a daemon of different releases
+//! refuse each other clearly instead of misreading each other.
+//!
+//! Also here: starting the daemon on demand, the way netavark starts aardvark-dns.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, IoContext, Result};
+use crate::state::{create_private_dir, FileLock};
+
+pub const PROTOCOL_VERSION: u32 = 1;
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a plugin waits for a daemon it started to become ready.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Serve the container whose attachment record exists (the record is the source of truth).
+    Attach {
+        network: String,
+        container_id: String,
+    },
+    Detach {
+        network: String,
+        container_id: String,
+    },
+    Status,
+    Shutdown,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Envelope<T> {
+    v: u32,
+    #[serde(flatten)]
+    body: T,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<serde_json::Value>,
+}
+
+impl Response {
+    pub fn ok() -> Self {
+        Response {
+            ok: true,
+            ..Default::default()
+        }
+    }
+
+    pub fn error(msg: impl Into<String>) -> Self {
+        Response {
+            ok: false,
+            error: Some(msg.into()),
+            status: None,
+        }
+    }
+}
+
+/// Where the daemon of a state directory listens.
+pub fn socket_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("flatnetd.sock")
+}
+
+/// Encodes a request line (the daemon's side decodes it with [`decode_request`]).
+pub fn encode_request(request: &Request) -> String {
+    let mut line = serde_json::to_string(&Envelope {
+        v: PROTOCOL_VERSION,
+        body: request,
+    })
+    .expect("requests serialise");
+    line.push('\n');
+    line
+}
+
+/// Decodes a request line, refusing other protocol versions.
+pub fn decode_request(line: &str) -> std::result::Result<Request, String> {
+    let envelope: Envelope<serde_json::Value> =
+        serde_json::from_str(line).map_err(|e| format!("bad request: {e}"))?;
+    if envelope.v != PROTOCOL_VERSION {
+        return Err(format!(
+            "control protocol version {} is not supported (this daemon speaks {PROTOCOL_VERSION})",
+            envelope.v
+        ));
+    }
+    serde_json::from_value(envelope.body).map_err(|e| format!("bad request: {e}"))
+}
+
+pub fn encode_response(response: &Response) -> String {
+    let mut line = serde_json::to_string(&Envelope {
+        v: PROTOCOL_VERSION,
+        body: response,
+    })
+    .expect("responses serialise");
+    line.push('\n');
+    line
+}
+
+/// Sends one request to the daemon of `state_dir` and waits for its answer.
+pub fn request(state_dir: &Path, request: &Request) -> Result<Response> {
+    let path = socket_path(state_dir);
+    let mut stream = UnixStream::connect(&path)
+        .context(|| format!("connecting to flatnetd at {}", path.display()))?;
+    stream
+        .set_read_timeout(Some(REQUEST_TIMEOUT))
+        .and_then(|()| stream.set_write_timeout(Some(REQUEST_TIMEOUT)))
+        .and_then(|()| stream.write_all(encode_request(request).as_bytes()))
+        .context(|| "sending to flatnetd")?;
+    let mut line = String::new();
+    BufReader::new(stream)
+        .read_line(&mut line)
+        .context(|| "reading flatnetd's answer")?;
+    let envelope: Envelope<Response> = serde_json::from_str(&line).map_err(|e| {
+        Error::io(
+            "flatnetd's answer",
+            std::io::Error::other(format!("{e}: {line:?}")),
+        )
+    })?;
+    if envelope.v != PROTOCOL_VERSION {
+        return Err(Error::InvalidConfig(format!(
+            "flatnetd speaks control protocol {}, this plugin {PROTOCOL_VERSION}: upgrade both together",
+            envelope.v
+        )));
+    }
+    Ok(envelope.body)
+}
+
+/// Sends a request and turns a refusal into an error.
+pub fn call(state_dir: &Path, req: &Request) -> Result<Response> {
+    let response = request(state_dir, req)?;
+    if response.ok {
+        Ok(response)
+    } else {
+        Err(Error::DataPlane(response.error.unwrap_or_default()))
+    }
+}
+
+/// Is a daemon answering on this state directory's socket?
+pub fn is_running(state_dir: &Path) -> bool {
+    UnixStream::connect(socket_path(state_dir)).is_ok()
+}
+
+/// How a daemon for a state directory is started.
+#[derive(Debug, Clone)]
+pub struct DaemonSettings {
+    pub state_dir: PathBuf,
+    pub lighthouse: PathBuf,
+    pub listen: SocketAddr,
+}
+
+/// Makes sure the daemon of `settings.state_dir` runs, starting it if needed and waiting until
+/// it is ready. Concurrent callers (40 containers starting at once) start exactly one.
+pub fn ensure_running(settings: &DaemonSettings) -> Result<()> {
+    if is_running(&settings.state_dir) {
+        return Ok(());
+    }
+    create_private_dir(&settings.state_dir)?;
+    let _guard = FileLock::acquire(&settings.state_dir.join("flatnetd.start.lock"))?;
+    if is_running(&settings.state_dir) {
+        return Ok(());
+    }
+    start_daemon(settings)
+}
+
+fn start_daemon(settings: &DaemonSettings) -> Result<()> {
+    let binary = daemon_binary();
+    let log_path = settings.state_dir.join("flatnetd.log");
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .context(|| format!("opening {}", log_path.display()))?;
+    let (ready_read, ready_write) =
+        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| Error::io("creating pipe", e.into()))?;
+    // The write end must survive exec in the daemon, and only there.
+    let ready_fd = ready_write.as_raw_fd();
+    let mut command = Command::new(&binary);
+    command
+        .arg("run")
+        .arg("--state-dir")
+        .arg(&settings.state_dir)
+        .arg("--lighthouse")
+        .arg(&settings.lighthouse)
+        .arg("--listen")
+        .arg(settings.listen.to_string())
+        .arg("--ready-fd")
+        .arg(ready_fd.to_string())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().context(|| "duplicating log fd")?)
+        .stderr(log);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            nix::unistd::setsid()?;
+            fcntl(ready_fd, FcntlArg::F_SETFD(FdFlag::empty()))?;
+            Ok(())
+        });
+    }
+    let child = command
+        .spawn()
+        .context(|| format!("starting {}", binary.display()))?;
+    drop(ready_write);
+    wait_ready(ready_read, child.id(), &log_path)
+}
+
+/// The daemon writes one byte to the pipe once it serves; EOF first means it died.
+fn wait_ready(pipe: OwnedFd, pid: u32, log: &Path) -> Result<()> {
+    let mut fds = [PollFd::new(pipe.as_fd(), PollFlags::POLLIN)];
+    let timeout =
+        PollTimeout::try_from(START_TIMEOUT.as_millis() as i32).unwrap_or(PollTimeout::MAX);
+    let ready = poll(&mut fds, timeout).map_err(|e| Error::io("waiting for flatnetd", e.into()))?;
+    let mut byte = [0u8; 1];
+    let got = if ready > 0 {
+        File::from(pipe).read(&mut byte).unwrap_or(0)
+    } else {
+        0
+    };
+    if got == 1 {
+        return Ok(());
+    }
+    let tail = fs::read_to_string(log)
+        .map(|t| t.lines().rev().take(5).collect::<Vec<_>>().join(" | "))
+        .unwrap_or_default();
+    Err(Error::DataPlane(format!(
+        "flatnetd (pid {pid}) did not become ready: {tail}"
+    )))
+}
+
+/// The daemon binary: `FLATNETD`, else next to the running plugin, else on the usual paths.
+pub fn daemon_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("FLATNETD") {
+        return PathBuf::from(path);
+    }
+    let sibling = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join("flatnetd")));
+    let candidates = sibling.into_iter().chain(
+        ["/usr/local/bin/flatnetd", "/usr/bin/flatnetd"]
+            .into_iter()
+            .map(PathBuf::from),
+    );
+    for candidate in candidates {
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    PathBuf::from("flatnetd")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_and_versions_are_checked() {
+        let req = Request::Attach {
+            network: "n".into(),
+            container_id: "c".into(),
+        };
+        let line = encode_request(&req);
+        assert!(
+            line.contains("\"v\":1") && line.contains("\"op\":\"attach\""),
+            "{line}"
+        );
+        assert_eq!(decode_request(&line), Ok(req));
+        let future = line.replace("\"v\":1", "\"v\":99");
+        assert!(decode_request(&future).unwrap_err().contains("version 99"));
+        assert!(decode_request("{\"v\":1,\"op\":\"explode\"}").is_err());
+        assert!(decode_request("not json").is_err());
+    }
+}

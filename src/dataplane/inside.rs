@@ -1,0 +1,71 @@
+//! Packets from containers: TUN queue -> checks -> tunnel -> UDP.
+
+use std::io::{ErrorKind, Read};
+use std::time::Instant;
+
+use super::packet::{ipv4_addresses, TAG_LEN};
+use super::Daemon;
+use crate::tunnel::DropReason;
+
+/// Packets read from one queue per wake-up before others get their turn.
+const BATCH: usize = 64;
+
+impl Daemon {
+    /// Drains up to a batch of packets from a container's TUN queue. Returns false if the
+    /// device is gone (the container's namespace was destroyed) and the port should go.
+    pub(super) fn on_tun_readable(&mut self, slot: usize) -> bool {
+        for _ in 0..BATCH {
+            let Some(port) = self.ports.get_mut(slot) else {
+                return true;
+            };
+            let n = match port.queue.read(&mut self.bufs.plain[TAG_LEN..]) {
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => return false,
+            };
+            port.stats.from_container_packets += 1;
+            port.stats.from_container_bytes += n as u64;
+            let (tag, address) = (port.tag, port.address);
+            if let Err(reason) = self.send_from_container(tag, address, n, Instant::now()) {
+                self.drops.count(reason);
+            }
+        }
+        true
+    }
+
+    /// `plain[TAG_LEN..TAG_LEN + len]` holds a packet from the container at `address`.
+    fn send_from_container(
+        &mut self,
+        tag: u32,
+        address: std::net::Ipv4Addr,
+        len: usize,
+        now: Instant,
+    ) -> Result<(), DropReason> {
+        let packet = &self.bufs.plain[TAG_LEN..TAG_LEN + len];
+        let (src, dst) = ipv4_addresses(packet).ok_or(DropReason::NotIpv4)?;
+        if src != address {
+            // A container may only speak with its own address.
+            return Err(DropReason::Spoofed);
+        }
+        let route = match self.routes.lookup(tag, dst) {
+            Some(route) => *route,
+            None => {
+                self.routes.refresh(now, false);
+                *self.routes.lookup(tag, dst).ok_or(DropReason::NoRoute)?
+            }
+        };
+        self.bufs.plain[..TAG_LEN].copy_from_slice(&tag.to_be_bytes());
+        let udp = &self.udp;
+        self.tunnels.encrypt_packet(
+            &route.key,
+            route.endpoint,
+            &self.bufs.plain[..TAG_LEN + len],
+            &mut self.bufs.out,
+            now,
+            &mut |datagram, to| {
+                let _ = udp.send_to(datagram, to);
+            },
+        )
+    }
+}

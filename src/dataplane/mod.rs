@@ -1,0 +1,421 @@
+//! `flatnetd`'s data plane: one UDP socket on the underlay, one TUN queue per attached
+//! container, the tunnels between them, and the control socket the plugins talk to.
+//!
+//! Packet paths are named by where a packet comes from: [`inside`] (from a container's TUN
+//! queue, out through a tunnel) and [`outside`] (from the underlay, into a container). One
+//! thread runs both off an epoll loop with fixed buffers: no allocation, no lock and no async
+//! scheduler on the per-packet path.
+
+mod control_server;
+mod inside;
+mod outside;
+pub mod packet;
+mod ports;
+mod routes;
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use nix::sys::socket::{setsockopt, sockopt};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::attach::{all_attachments, load_attachment, Attachment};
+use crate::control::{Request, Response, PROTOCOL_VERSION};
+use crate::error::{Error, IoContext, Result};
+use crate::lighthouse::FileLighthouse;
+use crate::netns::NetworkNamespace;
+use crate::state::{create_private_dir, write_atomic, FileLock};
+use crate::tun;
+use crate::tunnel::{encode_key, DropReason, Limits, StaticKeys, TunnelManager};
+use packet::network_tag;
+use ports::{Port, Ports};
+use routes::RouteTable;
+
+const TOKEN_UDP: u64 = 0;
+const TOKEN_WAKE: u64 = 1;
+const TOKEN_FIRST_PORT: u64 = 2;
+/// How often timers run (handshake retries, expiry, lighthouse changes).
+const TICK: Duration = Duration::from_millis(100);
+const BUFFER: usize = 65536;
+const SOCKET_BUFFER: usize = 4 << 20;
+
+/// What a daemon needs to know; persisted as `flatnetd.json` so a restart needs only the
+/// state directory.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DaemonConfig {
+    pub state_dir: PathBuf,
+    pub lighthouse: PathBuf,
+    pub listen: SocketAddr,
+}
+
+impl DaemonConfig {
+    pub fn settings_path(state_dir: &Path) -> PathBuf {
+        state_dir.join("flatnetd.json")
+    }
+
+    /// The settings the last daemon of `state_dir` ran with.
+    pub fn load(state_dir: &Path) -> Result<Self> {
+        let path = Self::settings_path(state_dir);
+        let bytes = std::fs::read(&path).context(|| format!("reading {}", path.display()))?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| Error::InvalidConfig(format!("{}: {e}", path.display())))
+    }
+}
+
+type Command = (Request, SyncSender<Response>);
+
+struct Buffers {
+    datagram: Vec<u8>,
+    plain: Vec<u8>,
+    out: Vec<u8>,
+}
+
+#[derive(Default)]
+struct DropCounters(HashMap<DropReason, u64>);
+
+impl DropCounters {
+    fn count(&mut self, reason: DropReason) {
+        *self.0.entry(reason).or_default() += 1;
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        let map: serde_json::Map<String, serde_json::Value> = DropReason::ALL
+            .iter()
+            .map(|r| {
+                let name = serde_json::to_value(r)
+                    .unwrap()
+                    .as_str()
+                    .unwrap()
+                    .to_string();
+                (name, json!(self.0.get(r).copied().unwrap_or(0)))
+            })
+            .collect();
+        serde_json::Value::Object(map)
+    }
+}
+
+pub struct Daemon {
+    config: DaemonConfig,
+    udp: UdpSocket,
+    epoll: Epoll,
+    wake: Arc<EventFd>,
+    commands: Receiver<Command>,
+    tunnels: TunnelManager,
+    routes: RouteTable,
+    ports: Ports,
+    drops: DropCounters,
+    bufs: Buffers,
+    started: Instant,
+    running: bool,
+}
+
+/// Runs a daemon until it is told to stop. `ready` is written to once the daemon serves.
+pub fn run(config: DaemonConfig, ready: Option<File>) -> Result<()> {
+    create_private_dir(&config.state_dir)?;
+    let _lock =
+        FileLock::try_acquire(&config.state_dir.join("flatnetd.lock"))?.ok_or_else(|| {
+            Error::DataPlane(format!(
+                "another flatnetd already serves {}",
+                config.state_dir.display()
+            ))
+        })?;
+    let keys = StaticKeys::load_or_generate(&config.state_dir.join("host.key"))?;
+    write_atomic(
+        &config.state_dir.join("host.pub"),
+        encode_key(&keys.public).as_bytes(),
+    )?;
+    let settings = serde_json::to_vec_pretty(&config).expect("config serialises");
+    write_atomic(&DaemonConfig::settings_path(&config.state_dir), &settings)?;
+
+    let (tx, rx) = std::sync::mpsc::sync_channel(16);
+    let wake = Arc::new(
+        EventFd::from_flags(EfdFlags::EFD_NONBLOCK)
+            .map_err(|e| Error::io("creating eventfd", e.into()))?,
+    );
+    let listener = control_server::bind(&config.state_dir)?;
+    let mut daemon = Daemon::new(config, keys, rx, wake.clone())?;
+    daemon.recover();
+    control_server::spawn(listener, tx, wake);
+    if let Some(mut ready) = ready {
+        let _ = ready.write_all(b"1");
+    }
+    tracing::info!(
+        "flatnetd serving {} on {} ({} containers)",
+        daemon.config.state_dir.display(),
+        daemon.config.listen,
+        daemon.ports.len()
+    );
+    daemon.event_loop()?;
+    let _ = std::fs::remove_file(crate::control::socket_path(&daemon.config.state_dir));
+    Ok(())
+}
+
+impl Daemon {
+    fn new(
+        config: DaemonConfig,
+        keys: StaticKeys,
+        commands: Receiver<Command>,
+        wake: Arc<EventFd>,
+    ) -> Result<Self> {
+        let udp =
+            UdpSocket::bind(config.listen).context(|| format!("binding UDP {}", config.listen))?;
+        udp.set_nonblocking(true)
+            .context(|| "making the UDP socket non-blocking")?;
+        // Bursts from a TCP window arrive faster than one thread drains them; the default
+        // buffers (208 KiB) overflow and TCP mistakes that for congestion.
+        let sized = setsockopt(&udp, sockopt::RcvBufForce, &SOCKET_BUFFER)
+            .and_then(|()| setsockopt(&udp, sockopt::SndBufForce, &SOCKET_BUFFER));
+        if let Err(e) = sized {
+            tracing::warn!("enlarging UDP buffers: {e}");
+        }
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
+            .map_err(|e| Error::io("creating epoll", e.into()))?;
+        let readable = |token| EpollEvent::new(EpollFlags::EPOLLIN, token);
+        epoll
+            .add(udp.as_fd(), readable(TOKEN_UDP))
+            .and_then(|()| epoll.add(wake.as_fd(), readable(TOKEN_WAKE)))
+            .map_err(|e| Error::io("registering with epoll", e.into()))?;
+        let lighthouse = Box::new(FileLighthouse::new(config.lighthouse.clone()));
+        let mut routes = RouteTable::new(lighthouse);
+        routes.refresh(Instant::now(), true);
+        Ok(Daemon {
+            config,
+            udp,
+            epoll,
+            wake,
+            commands,
+            tunnels: TunnelManager::new(keys, Limits::default()),
+            routes,
+            ports: Ports::default(),
+            drops: DropCounters::default(),
+            bufs: Buffers {
+                datagram: vec![0; BUFFER],
+                plain: vec![0; BUFFER],
+                out: vec![0; BUFFER],
+            },
+            started: Instant::now(),
+            running: true,
+        })
+    }
+
+    /// After a restart: serve again every container recorded whose namespace still exists.
+    /// Their TUN devices are persistent, so the containers notice only a short outage.
+    fn recover(&mut self) {
+        match all_attachments(&self.config.state_dir) {
+            Ok(records) => {
+                for record in records {
+                    if let Err(e) = self.attach(&record) {
+                        tracing::warn!(
+                            "not re-attaching {} on {}: {e}",
+                            record.container_id,
+                            record.network
+                        );
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("reading attachments: {e}"),
+        }
+    }
+
+    fn event_loop(&mut self) -> Result<()> {
+        let mut events = vec![EpollEvent::empty(); 64];
+        let mut next_tick = Instant::now() + TICK;
+        while self.running {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            let timeout = u16::try_from(wait.as_millis()).unwrap_or(u16::MAX);
+            let n = match self.epoll.wait(&mut events, timeout) {
+                Ok(n) => n,
+                Err(nix::errno::Errno::EINTR) => 0,
+                Err(e) => return Err(Error::io("epoll", e.into())),
+            };
+            for event in &events[..n] {
+                match event.data() {
+                    TOKEN_UDP => self.on_udp_readable(),
+                    TOKEN_WAKE => self.on_commands(),
+                    token => {
+                        let slot = (token - TOKEN_FIRST_PORT) as usize;
+                        if !self.on_tun_readable(slot) {
+                            self.drop_dead_port(slot);
+                        }
+                    }
+                }
+            }
+            let now = Instant::now();
+            if now >= next_tick {
+                self.on_tick(now);
+                next_tick = now + TICK;
+            }
+        }
+        Ok(())
+    }
+
+    fn on_tick(&mut self, now: Instant) {
+        self.routes.refresh(now, false);
+        let udp = &self.udp;
+        self.tunnels.tick(now, &mut |datagram, to| {
+            let _ = udp.send_to(datagram, to);
+        });
+    }
+
+    fn on_commands(&mut self) {
+        let _ = self.wake.read();
+        while let Ok((request, reply)) = self.commands.try_recv() {
+            let response = self.handle(request);
+            let _ = reply.send(response);
+        }
+    }
+
+    fn handle(&mut self, request: Request) -> Response {
+        match request {
+            Request::Attach {
+                network,
+                container_id,
+            } => match load_attachment(&self.config.state_dir, &network, &container_id) {
+                Ok(Some(record)) => self
+                    .attach(&record)
+                    .map_or_else(|e| Response::error(e.to_string()), |()| Response::ok()),
+                Ok(None) => Response::error(format!(
+                    "no attachment record for {container_id} on {network}"
+                )),
+                Err(e) => Response::error(e.to_string()),
+            },
+            Request::Detach {
+                network,
+                container_id,
+            } => {
+                self.detach(&network, &container_id);
+                Response::ok()
+            }
+            Request::Status => Response {
+                ok: true,
+                error: None,
+                status: Some(self.status()),
+            },
+            Request::Shutdown => {
+                self.running = false;
+                Response::ok()
+            }
+        }
+    }
+
+    /// Opens a queue on the container's TUN device (inside its namespace) and serves it.
+    fn attach(&mut self, record: &Attachment) -> Result<()> {
+        if self.ports.contains(&record.network, &record.container_id) {
+            self.detach(&record.network, &record.container_id);
+        }
+        let netns = NetworkNamespace::open(&record.netns)?;
+        let queue = netns.run_inside(|| tun::open_queue(&record.ifname))?;
+        set_nonblocking(&queue)?;
+        let port = Port {
+            network: record.network.clone(),
+            tag: network_tag(&record.network),
+            container_id: record.container_id.clone(),
+            ifname: record.ifname.clone(),
+            address: record.address.addr(),
+            queue,
+            stats: Default::default(),
+        };
+        let slot = self.ports.insert(port);
+        let queue = &self.ports.get(slot).expect("just inserted").queue;
+        let event = EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_FIRST_PORT + slot as u64);
+        if let Err(e) = self.epoll.add(queue.as_fd(), event) {
+            self.ports.remove(&record.network, &record.container_id);
+            return Err(Error::io("registering TUN queue", e.into()));
+        }
+        self.routes.refresh(Instant::now(), true);
+        Ok(())
+    }
+
+    fn detach(&mut self, network: &str, container_id: &str) {
+        if let Some(port) = self.ports.remove(network, container_id) {
+            let _ = self.epoll.delete(port.queue.as_fd());
+        }
+        self.routes.refresh(Instant::now(), true);
+    }
+
+    /// A queue whose device vanished (namespace destroyed without a detach).
+    fn drop_dead_port(&mut self, slot: usize) {
+        let Some(port) = self.ports.get(slot) else {
+            return;
+        };
+        let (network, id) = (port.network.clone(), port.container_id.clone());
+        tracing::info!("container {id} on {network} is gone; dropping its queue");
+        self.detach(&network, &id);
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let now = Instant::now();
+        let containers: Vec<_> = self
+            .ports
+            .iter()
+            .map(|p| {
+                json!({
+                    "network": p.network,
+                    "container_id": p.container_id,
+                    "ifname": p.ifname,
+                    "address": p.address,
+                    "stats": p.stats,
+                })
+            })
+            .collect();
+        json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "pid": std::process::id(),
+            "protocol": PROTOCOL_VERSION,
+            "public_key": encode_key(self.tunnels.public_key()),
+            "listen": self.config.listen,
+            "uptime_ms": now.duration_since(self.started).as_millis() as u64,
+            "rss_kib": rss_kib(),
+            "routes": self.routes.len(),
+            "containers": containers,
+            "peers": self.tunnels.status(now),
+            "sessions": self.tunnels.session_count(),
+            "drops": self.drops.to_json(),
+        })
+    }
+}
+
+fn set_nonblocking(file: &File) -> Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    let flags = fcntl(fd, FcntlArg::F_GETFL).map_err(|e| Error::io("F_GETFL", e.into()))?;
+    let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
+    fcntl(fd, FcntlArg::F_SETFL(flags)).map_err(|e| Error::io("F_SETFL", e.into()))?;
+    Ok(())
+}
+
+/// Resident memory of this process, from /proc.
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Opens the log file a daemon started in the background writes to.
+pub fn open_log(state_dir: &Path) -> Result<File> {
+    let path = state_dir.join("flatnetd.log");
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&path)
+        .context(|| format!("opening {}", path.display()))
+}

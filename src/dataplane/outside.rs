@@ -1,0 +1,105 @@
+//! Packets from the underlay: UDP -> tunnel (authenticate, decrypt) -> checks -> TUN queue.
+
+use std::io::{ErrorKind, Write};
+use std::time::Instant;
+
+use super::packet::{ipv4_addresses, TAG_LEN};
+use super::Daemon;
+use crate::tunnel::wire::MSG_INIT;
+use crate::tunnel::{DropReason, PublicKey, Received};
+
+const BATCH: usize = 256;
+
+impl Daemon {
+    pub(super) fn on_udp_readable(&mut self) {
+        for _ in 0..BATCH {
+            let (n, from) = match self.udp.recv_from(&mut self.bufs.datagram) {
+                Ok(got) => got,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::warn!("udp receive: {e}");
+                    return;
+                }
+            };
+            let now = Instant::now();
+            if let Err(reason) = self.receive_datagram(n, from, now) {
+                self.drops.count(reason);
+            }
+        }
+    }
+
+    fn receive_datagram(
+        &mut self,
+        n: usize,
+        from: std::net::SocketAddr,
+        now: Instant,
+    ) -> Result<(), DropReason> {
+        if self.bufs.datagram.first() == Some(&MSG_INIT) {
+            // A host that attached its first container a moment ago may not be cached yet.
+            self.routes.refresh(now, false);
+        }
+        let udp = &self.udp;
+        let routes = &self.routes;
+        let received = self.tunnels.decrypt_packet(
+            &self.bufs.datagram[..n],
+            from,
+            &mut self.bufs.plain,
+            now,
+            &|key| routes.is_listed(key),
+            &mut |datagram, to| {
+                let _ = udp.send_to(datagram, to);
+            },
+        );
+        match received {
+            Received::Data { peer, len } => self.deliver(&peer, len, now),
+            Received::Handled => Ok(()),
+            Received::Dropped(DropReason::UnknownSession) => {
+                self.rehandshake(from, now);
+                Err(DropReason::UnknownSession)
+            }
+            Received::Dropped(reason) => Err(reason),
+        }
+    }
+
+    /// A peer sends on a session we do not know: we restarted and lost it. Start a new one
+    /// (rate-limited by the tunnel's backoff) instead of waiting for the peer's rekey.
+    fn rehandshake(&mut self, from: std::net::SocketAddr, now: Instant) {
+        let Some(key) = self.routes.key_at(from) else {
+            return;
+        };
+        let udp = &self.udp;
+        self.tunnels
+            .create_tunnel(&key, from, now, &mut |datagram, to| {
+                let _ = udp.send_to(datagram, to);
+            });
+    }
+
+    /// `plain[..len]` is a tag and a packet from `peer`: deliver it if the peer may send it.
+    fn deliver(&mut self, peer: &PublicKey, len: usize, now: Instant) -> Result<(), DropReason> {
+        if len < TAG_LEN {
+            return Err(DropReason::Malformed);
+        }
+        let tag = u32::from_be_bytes(self.bufs.plain[..TAG_LEN].try_into().unwrap());
+        let (src, dst) =
+            ipv4_addresses(&self.bufs.plain[TAG_LEN..len]).ok_or(DropReason::NotIpv4)?;
+        // The inner source must be an address the lighthouse gives to the sending host.
+        if self.routes.lookup(tag, src).is_none() {
+            self.routes.refresh(now, false);
+        }
+        if self.routes.lookup(tag, src).map(|r| &r.key) != Some(peer) {
+            return Err(DropReason::Spoofed);
+        }
+        let packet = &self.bufs.plain[TAG_LEN..len];
+        let slot = self.ports.slot_of(tag, dst).ok_or(DropReason::NoRoute)?;
+        let port = self.ports.get_mut(slot).ok_or(DropReason::NoRoute)?;
+        match port.queue.write(packet) {
+            Ok(_) => {
+                port.stats.to_container_packets += 1;
+                port.stats.to_container_bytes += packet.len() as u64;
+                Ok(())
+            }
+            Err(_) => Err(DropReason::QueueFull),
+        }
+    }
+}

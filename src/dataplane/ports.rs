@@ -1,0 +1,91 @@
+//! The containers this host serves: one TUN queue each, found by slot (epoll token), by
+//! Flatnet address (delivery) and by container (attach/detach).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::net::Ipv4Addr;
+
+use serde::Serialize;
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct PortStats {
+    /// Packets the container sent into Flatnet.
+    pub from_container_packets: u64,
+    pub from_container_bytes: u64,
+    /// Packets Flatnet delivered to the container.
+    pub to_container_packets: u64,
+    pub to_container_bytes: u64,
+}
+
+pub struct Port {
+    pub network: String,
+    pub tag: u32,
+    pub container_id: String,
+    pub ifname: String,
+    pub address: Ipv4Addr,
+    pub queue: File,
+    pub stats: PortStats,
+}
+
+#[derive(Default)]
+pub struct Ports {
+    slots: Vec<Option<Port>>,
+    by_address: HashMap<(u32, Ipv4Addr), usize>,
+    by_container: HashMap<(String, String), usize>,
+}
+
+impl Ports {
+    pub fn insert(&mut self, port: Port) -> usize {
+        let slot = self
+            .slots
+            .iter()
+            .position(Option::is_none)
+            .unwrap_or_else(|| {
+                self.slots.push(None);
+                self.slots.len() - 1
+            });
+        self.by_address.insert((port.tag, port.address), slot);
+        self.by_container
+            .insert((port.network.clone(), port.container_id.clone()), slot);
+        self.slots[slot] = Some(port);
+        slot
+    }
+
+    pub fn remove(&mut self, network: &str, container_id: &str) -> Option<Port> {
+        let slot = self
+            .by_container
+            .remove(&(network.to_string(), container_id.to_string()))?;
+        let port = self.slots[slot].take()?;
+        self.by_address.remove(&(port.tag, port.address));
+        // Keep the table from growing without bound after churn.
+        while self.slots.last().is_some_and(Option::is_none) {
+            self.slots.pop();
+        }
+        Some(port)
+    }
+
+    pub fn contains(&self, network: &str, container_id: &str) -> bool {
+        self.by_container
+            .contains_key(&(network.to_string(), container_id.to_string()))
+    }
+
+    pub fn get(&self, slot: usize) -> Option<&Port> {
+        self.slots.get(slot).and_then(Option::as_ref)
+    }
+
+    pub fn get_mut(&mut self, slot: usize) -> Option<&mut Port> {
+        self.slots.get_mut(slot).and_then(Option::as_mut)
+    }
+
+    pub fn slot_of(&self, tag: u32, address: Ipv4Addr) -> Option<usize> {
+        self.by_address.get(&(tag, address)).copied()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Port> {
+        self.slots.iter().flatten()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_container.len()
+    }
+}

@@ -1,0 +1,99 @@
+//! The data plane's copy of the lighthouse: Flatnet address -> (host endpoint, host key),
+//! reloaded when the lighthouse's revision changes. Lookups on the packet path never touch
+//! the lighthouse itself.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use super::packet::network_tag;
+use crate::lighthouse::Lighthouse;
+use crate::tunnel::{decode_key, PublicKey};
+
+/// A miss reloads at most this often, so a flood of packets to unknown addresses cannot turn
+/// into a flood of lighthouse reads.
+const MIN_RELOAD_INTERVAL: Duration = Duration::from_millis(50);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    pub endpoint: SocketAddr,
+    pub key: PublicKey,
+}
+
+pub struct RouteTable {
+    lighthouse: Box<dyn Lighthouse>,
+    revision: Option<u64>,
+    checked_at: Option<Instant>,
+    routes: HashMap<(u32, Ipv4Addr), Route>,
+    keys: HashSet<PublicKey>,
+}
+
+impl RouteTable {
+    pub fn new(lighthouse: Box<dyn Lighthouse>) -> Self {
+        RouteTable {
+            lighthouse,
+            revision: None,
+            checked_at: None,
+            routes: HashMap::new(),
+            keys: HashSet::new(),
+        }
+    }
+
+    pub fn lookup(&self, tag: u32, ip: Ipv4Addr) -> Option<&Route> {
+        self.routes.get(&(tag, ip))
+    }
+
+    /// May this key open tunnels? Only hosts that serve some Flatnet address may.
+    pub fn is_listed(&self, key: &PublicKey) -> bool {
+        self.keys.contains(key)
+    }
+
+    /// The key of the host whose endpoint this is.
+    pub fn key_at(&self, endpoint: SocketAddr) -> Option<PublicKey> {
+        self.routes
+            .values()
+            .find(|r| r.endpoint == endpoint)
+            .map(|r| r.key)
+    }
+
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    /// Reloads if the lighthouse changed; rate-limited unless `force`.
+    pub fn refresh(&mut self, now: Instant, force: bool) {
+        let recent = self
+            .checked_at
+            .is_some_and(|t| now.duration_since(t) < MIN_RELOAD_INTERVAL);
+        if recent && !force {
+            return;
+        }
+        self.checked_at = Some(now);
+        let Ok(revision) = self.lighthouse.revision() else {
+            return;
+        };
+        if self.revision == Some(revision) {
+            return;
+        }
+        match self.lighthouse.all_entries() {
+            Ok(entries) => {
+                self.routes.clear();
+                self.keys.clear();
+                for entry in entries {
+                    let Some(key) = decode_key(&entry.host.public_key) else {
+                        continue; // a host without a data plane yet
+                    };
+                    let route = Route {
+                        endpoint: entry.host.endpoint,
+                        key,
+                    };
+                    self.routes
+                        .insert((network_tag(&entry.network), entry.ip), route);
+                    self.keys.insert(key);
+                }
+                self.revision = Some(revision);
+            }
+            Err(e) => tracing::warn!("reading the lighthouse: {e}"),
+        }
+    }
+}
