@@ -12,13 +12,14 @@ use support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_flatnet-cni");
 
-fn conf(version: &str, state: &Path) -> String {
+fn conf(version: &str, state: &TestState) -> String {
     json!({
         "cniVersion": version,
         "name": "cnitest",
         "type": "flatnet-cni",
         "subnet": "192.0.2.0/24",
-        "stateDir": state,
+        "stateDir": state.path(),
+        "tunnelPort": state.port,
     })
     .to_string()
 }
@@ -55,7 +56,7 @@ fn add_check_del_in_every_spec_version() {
     for version in ["0.4.0", "1.0.0", "1.1.0"] {
         let state = state_dir("roundtrip");
         let ns = TestNetns::new("rt");
-        let conf = conf(version, state.path());
+        let conf = conf(version, &state);
 
         let out = cni("ADD", "ctr1", ns.path_str(), &conf, &[]);
         assert!(
@@ -107,7 +108,7 @@ fn containers_get_distinct_addresses_and_static_requests() {
         return;
     }
     let state = state_dir("distinct");
-    let conf = conf("1.0.0", state.path());
+    let conf = conf("1.0.0", &state);
     let namespaces: Vec<_> = (0..3).map(|_| TestNetns::new("d")).collect();
     let mut seen = Vec::new();
     for (i, ns) in namespaces.iter().enumerate() {
@@ -159,7 +160,7 @@ fn del_succeeds_when_things_are_already_gone() {
         return;
     }
     let state = state_dir("gone");
-    let conf = conf("1.0.0", state.path());
+    let conf = conf("1.0.0", &state);
     let ns = TestNetns::new("g");
     assert!(cni("ADD", "gone", ns.path_str(), &conf, &[])
         .status
@@ -189,7 +190,7 @@ fn bad_input_gets_the_spec_error_and_leaves_nothing() {
         return;
     }
     let state = state_dir("bad");
-    let good = conf("1.0.0", state.path());
+    let good = conf("1.0.0", &state);
     let ns = TestNetns::new("b");
     let bad_subnet = good.replace("192.0.2.0/24", "192.0.2.0/33");
     let bad_version = good.replace("\"1.0.0\"", "\"7.0.0\"");
@@ -255,7 +256,7 @@ fn failure_half_way_rolls_back() {
         return;
     }
     let state = state_dir("rollback");
-    let conf = conf("1.0.0", state.path());
+    let conf = conf("1.0.0", &state);
     let ns = TestNetns::new("rb");
     // An interface of that name already exists: the attach fails after the address was taken.
     ns.ip(&[
@@ -274,7 +275,7 @@ fn check_notices_a_missing_interface() {
         return;
     }
     let state = state_dir("check");
-    let conf = conf("1.0.0", state.path());
+    let conf = conf("1.0.0", &state);
     let ns = TestNetns::new("ck");
     assert!(cni("ADD", "ck", ns.path_str(), &conf, &[]).status.success());
     ns.ip(&["link", "del", "eth0"]);
@@ -300,7 +301,7 @@ fn version_status_and_gc() {
     assert_eq!(v["supportedVersions"], json!(["0.4.0", "1.0.0", "1.1.0"]));
 
     let state = state_dir("gc");
-    let conf = conf("1.1.0", state.path());
+    let conf = conf("1.1.0", &state);
     let status = run_plugin(BIN, &[], &[("CNI_COMMAND", "STATUS")], &conf);
     assert!(status.status.success());
 

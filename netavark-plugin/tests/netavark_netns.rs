@@ -4,7 +4,6 @@
 #[path = "../../tests/support/mod.rs"]
 mod support;
 
-use std::path::Path;
 use std::process::Output;
 
 use serde_json::{json, Value};
@@ -12,16 +11,20 @@ use support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_flatnet");
 
-fn network(state: &Path) -> Value {
+fn network(state: &TestState) -> Value {
     json!({
         "name": "nvtest", "id": "0123456789abcdef", "driver": "flatnet",
         "dns_enabled": true, "internal": false, "ipv6_enabled": false,
         "subnets": [{"subnet": "198.51.100.0/24", "gateway": "198.51.100.1"}],
-        "options": {"state_dir": state.to_str().unwrap(), "mtu": "1400"},
+        "options": {
+            "state_dir": state.path().to_str().unwrap(),
+            "mtu": "1400",
+            "tunnel_port": state.port.to_string(),
+        },
     })
 }
 
-fn exec_opts(state: &Path, id: &str, static_ips: Option<Vec<&str>>) -> String {
+fn exec_opts(state: &TestState, id: &str, static_ips: Option<Vec<&str>>) -> String {
     json!({
         "container_id": id,
         "container_name": format!("name-{id}"),
@@ -53,7 +56,7 @@ fn info_and_create() {
     assert!(info["version"].is_string());
 
     let state = state_dir("create");
-    let mut bare = network(state.path());
+    let mut bare = network(&state);
     bare.as_object_mut().unwrap().remove("subnets");
     let out = plugin(&["create"], &bare.to_string());
     assert!(
@@ -68,13 +71,13 @@ fn info_and_create() {
     assert_eq!(created["subnets"][0]["subnet"], "10.77.0.0/16");
     assert_eq!(created["subnets"][0]["gateway"], "10.77.0.1");
 
-    let mut unknown = network(state.path());
+    let mut unknown = network(&state);
     unknown["options"]["vni"] = json!("42");
     assert_error(&plugin(&["create"], &unknown.to_string()), "vni");
-    let mut bad_subnet = network(state.path());
+    let mut bad_subnet = network(&state);
     bad_subnet["subnets"][0] = json!({"subnet": "198.51.100.0/31"});
     assert_error(&plugin(&["create"], &bad_subnet.to_string()), "too small");
-    let mut v6 = network(state.path());
+    let mut v6 = network(&state);
     v6["ipv6_enabled"] = json!(true);
     assert_error(&plugin(&["create"], &v6.to_string()), "IPv6");
     assert_error(&plugin(&["create"], "{not json"), "");
@@ -88,7 +91,7 @@ fn setup_and_teardown() {
     }
     let state = state_dir("setup");
     let ns = TestNetns::new("nv");
-    let opts = exec_opts(state.path(), "c1", Some(vec!["198.51.100.23"]));
+    let opts = exec_opts(&state, "c1", Some(vec!["198.51.100.23"]));
     let out = plugin(&["setup", ns.path_str()], &opts);
     assert!(
         out.status.success(),
@@ -108,7 +111,7 @@ fn setup_and_teardown() {
 
     // A second container asking for the same address is refused and leaves nothing.
     let other = TestNetns::new("nv2");
-    let clash = exec_opts(state.path(), "c2", Some(vec!["198.51.100.23"]));
+    let clash = exec_opts(&state, "c2", Some(vec!["198.51.100.23"]));
     assert_error(&plugin(&["setup", other.path_str()], &clash), "in use");
     assert!(!other.has_link("eth0"));
 
@@ -136,7 +139,7 @@ fn teardown_with_the_namespace_gone() {
     }
     let state = state_dir("gone");
     let ns = TestNetns::new("nvg");
-    let opts = exec_opts(state.path(), "g1", None);
+    let opts = exec_opts(&state, "g1", None);
     assert!(plugin(&["setup", ns.path_str()], &opts).status.success());
     let path = ns.path_str().to_string();
     ns.delete();
@@ -155,19 +158,19 @@ fn bad_setup_input_leaves_nothing() {
     }
     let state = state_dir("badsetup");
     let ns = TestNetns::new("nvb");
-    let opts = exec_opts(state.path(), "b1", None);
+    let opts = exec_opts(&state, "b1", None);
     assert_error(
         &plugin(&["setup", "/run/netns/nope"], &opts),
         "does not exist",
     );
     assert_error(&plugin(&["setup", ns.path_str()], "{]"), "");
     assert_error(&plugin(&["setup"], &opts), "netns path");
-    let outside = exec_opts(state.path(), "b2", Some(vec!["192.0.2.9"]));
+    let outside = exec_opts(&state, "b2", Some(vec!["192.0.2.9"]));
     assert_error(
         &plugin(&["setup", ns.path_str()], &outside),
         "not assignable",
     );
-    let v6 = exec_opts(state.path(), "b3", Some(vec!["fd00::9"]));
+    let v6 = exec_opts(&state, "b3", Some(vec!["fd00::9"]));
     assert_error(&plugin(&["setup", ns.path_str()], &v6), "IPv6");
     let mut mac: Value = serde_json::from_str(&opts).unwrap();
     mac["network_options"]["static_mac"] = json!("02:00:00:00:00:01");

@@ -66,9 +66,12 @@ impl TestNetns {
 
     /// Deletes the namespace now (a container that died before its DEL).
     pub fn delete(&self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
+        if self.path.exists() {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.name])
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }
 
@@ -127,8 +130,8 @@ pub fn leaked_state(state_dir: &Path) -> Vec<PathBuf> {
     walk(state_dir, &mut found);
     found.retain(|p| {
         let name = p.file_name().unwrap().to_string_lossy();
-        name.parse::<std::net::Ipv4Addr>().is_ok()
-            || name.ends_with(".json") && !name.starts_with("lighthouse")
+        let in_attachments = p.parent().is_some_and(|d| d.ends_with("attachments"));
+        name.parse::<std::net::Ipv4Addr>().is_ok() || in_attachments
     });
     found.extend(lighthouse_entries(state_dir).into_iter().map(PathBuf::from));
     found
@@ -163,10 +166,40 @@ fn walk(dir: &Path, found: &mut Vec<PathBuf>) {
     }
 }
 
-/// A fresh state directory for one test.
-pub fn state_dir(test: &str) -> tempfile::TempDir {
-    tempfile::Builder::new()
+/// A fresh state directory for one test, with a UDP port of its own for the data plane the
+/// plugins start in it. Dropping it stops that daemon (by its control socket).
+pub struct TestState {
+    dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+static PORTS: AtomicUsize = AtomicUsize::new(0);
+
+impl TestState {
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn stop_daemon(&self) {
+        if flatnet::control::is_running(self.path()) {
+            let _ = flatnet::control::request(self.path(), &flatnet::control::Request::Shutdown);
+        }
+    }
+}
+
+impl Drop for TestState {
+    fn drop(&mut self) {
+        self.stop_daemon();
+    }
+}
+
+pub fn state_dir(test: &str) -> TestState {
+    let dir = tempfile::Builder::new()
         .prefix(&format!("flatnet-{test}-"))
         .tempdir()
-        .unwrap()
+        .unwrap();
+    // Distinct per process and per test, clear of the defaults (4800, 4801).
+    let n = PORTS.fetch_add(1, Ordering::Relaxed);
+    let port = 20000 + (std::process::id() % 400) as u16 * 100 + n as u16 % 100;
+    TestState { dir, port }
 }
