@@ -8,6 +8,14 @@ set -euo pipefail
 require_root
 cd "$FLATNET_ROOT"
 
+# The daemons the Podman tests start (one per state directory) are stopped when we finish.
+stop_daemons() {
+    /usr/local/bin/flatnetd --state-dir /run/flatnet stop 2>/dev/null || true
+    [ -x "$CHROOT_DIR/usr/local/bin/flatnetd" ] && in_chroot flatnetd --state-dir /run/flatnet stop 2>/dev/null
+    true
+}
+trap stop_daemons EXIT
+
 scripts/install-deps.sh
 scripts/setup-chroot.sh
 scripts/install.sh

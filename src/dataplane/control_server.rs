@@ -8,12 +8,13 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use nix::sys::eventfd::EventFd;
 
 use super::Command;
-use crate::control::{decode_request, encode_response, socket_path, Response};
+use crate::control::{decode_request, encode_response, socket_path, Request, Response};
 use crate::error::{IoContext, Result};
 
 const MAX_REQUEST: u64 = 64 * 1024;
@@ -28,32 +29,49 @@ pub fn bind(state_dir: &Path) -> Result<UnixListener> {
     Ok(listener)
 }
 
-pub fn spawn(listener: UnixListener, commands: SyncSender<Command>, wake: Arc<EventFd>) {
+/// Serves requests until one asks for shutdown; join the handle to know its answer was sent.
+pub fn spawn(
+    listener: UnixListener,
+    commands: SyncSender<Command>,
+    wake: Arc<EventFd>,
+) -> JoinHandle<()> {
     std::thread::Builder::new()
         .name("control".into())
         .spawn(move || {
             for stream in listener.incoming().flatten() {
-                serve(stream, &commands, &wake);
+                if serve(stream, &commands, &wake) == Served::Shutdown {
+                    return;
+                }
             }
         })
-        .expect("spawning the control thread");
+        .expect("spawning the control thread")
 }
 
-fn serve(stream: UnixStream, commands: &SyncSender<Command>, wake: &EventFd) {
+#[derive(PartialEq)]
+enum Served {
+    Request,
+    Shutdown,
+}
+
+fn serve(stream: UnixStream, commands: &SyncSender<Command>, wake: &EventFd) -> Served {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
     let mut line = String::new();
     let Ok(mut writer) = stream.try_clone() else {
-        return;
+        return Served::Request;
     };
     let mut reader = BufReader::new(stream).take(MAX_REQUEST);
     if reader.read_line(&mut line).is_err() {
-        return;
+        return Served::Request;
     }
+    let mut served = Served::Request;
     let response = match decode_request(&line) {
         Ok(request) => {
+            if request == Request::Shutdown {
+                served = Served::Shutdown;
+            }
             let (reply_tx, reply_rx) = std::sync::mpsc::sync_channel(1);
             if commands.send((request, reply_tx)).is_err() {
-                return;
+                return served;
             }
             let _ = wake.write(1);
             reply_rx
@@ -63,4 +81,5 @@ fn serve(stream: UnixStream, commands: &SyncSender<Command>, wake: &EventFd) {
         Err(msg) => Response::error(msg),
     };
     let _ = writer.write_all(encode_response(&response).as_bytes());
+    served
 }

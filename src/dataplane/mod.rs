@@ -118,6 +118,8 @@ pub struct Daemon {
     bufs: Buffers,
     started: Instant,
     running: bool,
+    /// The answer to a shutdown request, sent once everything is closed.
+    shutdown_reply: Option<SyncSender<Response>>,
 }
 
 /// Runs a daemon until it is told to stop. `ready` is written to once the daemon serves.
@@ -146,7 +148,7 @@ pub fn run(config: DaemonConfig, ready: Option<File>) -> Result<()> {
     let listener = control_server::bind(&config.state_dir)?;
     let mut daemon = Daemon::new(config, keys, rx, wake.clone())?;
     daemon.recover();
-    control_server::spawn(listener, tx, wake);
+    let control = control_server::spawn(listener, tx, wake);
     if let Some(mut ready) = ready {
         let _ = ready.write_all(b"1");
     }
@@ -157,7 +159,12 @@ pub fn run(config: DaemonConfig, ready: Option<File>) -> Result<()> {
         daemon.ports.len()
     );
     daemon.event_loop()?;
+    // Stopped by request: stop listening, then answer, then let the answer reach the caller.
     let _ = std::fs::remove_file(crate::control::socket_path(&daemon.config.state_dir));
+    if let Some(reply) = daemon.shutdown_reply.take() {
+        let _ = reply.send(Response::ok());
+        let _ = control.join();
+    }
     Ok(())
 }
 
@@ -206,6 +213,7 @@ impl Daemon {
             },
             started: Instant::now(),
             running: true,
+            shutdown_reply: None,
         })
     }
 
@@ -271,6 +279,11 @@ impl Daemon {
     fn on_commands(&mut self) {
         let _ = self.wake.read();
         while let Ok((request, reply)) = self.commands.try_recv() {
+            if request == Request::Shutdown {
+                self.running = false;
+                self.shutdown_reply = Some(reply);
+                continue;
+            }
             let response = self.handle(request);
             let _ = reply.send(response);
         }
@@ -302,10 +315,7 @@ impl Daemon {
                 error: None,
                 status: Some(self.status()),
             },
-            Request::Shutdown => {
-                self.running = false;
-                Response::ok()
-            }
+            Request::Shutdown => unreachable!("handled by on_commands"),
         }
     }
 
