@@ -10,8 +10,9 @@ mod support;
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
 use support::{leaked_state, lighthouse_entries};
@@ -74,8 +75,17 @@ impl Net {
                 std::fs::write(net.conflist(), conflist.to_string()).unwrap();
             }
             Backend::Netavark => {
+                // The host's CNI data plane holds UDP 4800 in this network namespace.
                 net.podman_ok(&[
-                    "network", "create", "-d", "flatnet", "--subnet", subnet, name,
+                    "network",
+                    "create",
+                    "-d",
+                    "flatnet",
+                    "--subnet",
+                    subnet,
+                    "-o",
+                    "tunnel_port=4801",
+                    name,
                 ]);
             }
         }
@@ -148,9 +158,99 @@ impl Net {
             .unwrap_or_else(|_| panic!("inspect IP of {container}: {out:?}"))
     }
 
+    /// Runs a command inside a running container. The chroot's runc (1.1) does not switch
+    /// `podman exec` into the container's mount namespace, so there we enter the container's
+    /// namespaces and root with nsenter from the host, which is what `exec` means.
+    fn exec(&self, container: &str, args: &[&str]) -> Command {
+        match self.backend {
+            Backend::Cni => {
+                let mut cmd = Command::new("podman");
+                cmd.args(["exec", container]).args(args);
+                cmd
+            }
+            Backend::Netavark => {
+                let pid = self.podman_ok(&["inspect", "-f", "{{.State.Pid}}", container]);
+                let mut cmd = Command::new("nsenter");
+                cmd.args([
+                    "-t",
+                    pid.trim(),
+                    "-m",
+                    "-n",
+                    "-p",
+                    "-u",
+                    "-i",
+                    "-r",
+                    "-w",
+                    "--",
+                ])
+                .args(args);
+                cmd
+            }
+        }
+    }
+
+    fn exec_ok(&self, container: &str, args: &[&str]) -> String {
+        let out = self.exec(container, args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?} in {container}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Waits until something listens on TCP `port` in the container.
+    fn wait_listening(&self, container: &str, port: u16) {
+        let needle = format!(":{port} ");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self
+            .exec_ok(container, &["netstat", "-ltn"])
+            .contains(&needle)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "nothing listens on {port} in {container}"
+            );
+            std::thread::yield_now();
+        }
+    }
+
+    /// Sends `file` (a path inside `from`) over TCP to `to`, which stores it at the same path.
+    fn send_file(&self, from: &str, to: &str, to_ip: Ipv4Addr, port: u16, file: &str) {
+        let store = format!("cat > {file}");
+        let mut receiver = self
+            .exec(
+                to,
+                &[
+                    "nc",
+                    "-l",
+                    "-p",
+                    &port.to_string(),
+                    "-e",
+                    "sh",
+                    "-c",
+                    &store,
+                ],
+            )
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.wait_listening(to, port);
+        let send = format!("nc {to_ip} {port} < {file}");
+        self.exec_ok(from, &["sh", "-c", &send]);
+        assert!(
+            receiver.wait().unwrap().success(),
+            "receiver in {to} failed"
+        );
+    }
+
     /// The address `ip addr` shows inside the container on `ifname`.
     fn address_inside(&self, container: &str, ifname: &str) -> Option<Ipv4Net> {
-        let out = self.podman(&["exec", container, "ip", "-4", "-o", "addr", "show", ifname]);
+        let out = self
+            .exec(container, &["ip", "-4", "-o", "addr", "show", ifname])
+            .output()
+            .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         text.split_whitespace()
             .skip_while(|w| *w != "inet")
@@ -300,6 +400,60 @@ fn churn(backend: Backend, name: &str, subnet: &str) {
         "churn {backend:?}: {CHURN} containers, {} unique addresses, 0 leftovers",
         unique.len()
     );
+}
+
+/// Two containers talk through Flatnet's tunnels: ping both ways, TCP both ways, 50 MB intact.
+fn traffic(backend: Backend, name: &str, subnet: &str) {
+    let net = Net::create(backend, name, subnet);
+    let (a, b) = (net.container(1), net.container(2));
+    net.run_detached(&a, &["--cap-add", "NET_RAW"]);
+    net.run_detached(&b, &["--cap-add", "NET_RAW"]);
+    let (ip_a, ip_b) = (net.inspect_ip(&a), net.inspect_ip(&b));
+
+    for (from, to) in [(&a, ip_b), (&b, ip_a)] {
+        let out = net.exec_ok(from, &["ping", "-c", "3", "-W", "2", &to.to_string()]);
+        assert!(out.contains("3 packets received"), "{from} -> {to}: {out}");
+    }
+    for (from, to, to_ip, port) in [(&a, &b, ip_b, 7001), (&b, &a, ip_a, 7002)] {
+        let message = format!("hello from {from} to {to}");
+        net.exec_ok(
+            from,
+            &["sh", "-c", &format!("echo '{message}' > /tmp/message")],
+        );
+        net.send_file(from, to, to_ip, port, "/tmp/message");
+        assert_eq!(net.exec_ok(to, &["cat", "/tmp/message"]).trim(), message);
+    }
+
+    let make = "dd if=/dev/urandom of=/tmp/blob bs=1M count=50 2>/dev/null && sha256sum /tmp/blob";
+    let sent = net.exec_ok(&a, &["sh", "-c", make]);
+    let started = Instant::now();
+    net.send_file(&a, &b, ip_b, 7003, "/tmp/blob");
+    let elapsed = started.elapsed();
+    let received = net.exec_ok(&b, &["sha256sum", "/tmp/blob"]);
+    let digest = |s: &str| s.split_whitespace().next().unwrap().to_string();
+    assert_eq!(digest(&sent), digest(&received), "50 MB arrived altered");
+    println!(
+        "{backend:?}: 50 MB in {:.2} s ({:.0} Mbit/s), sha256 {}",
+        elapsed.as_secs_f64(),
+        400.0 / elapsed.as_secs_f64(),
+        digest(&sent)
+    );
+}
+
+#[test]
+fn cni_backend_traffic() {
+    let Some(_serial) = e2e_enabled("cni_backend_traffic") else {
+        return;
+    };
+    traffic(Backend::Cni, "fne2e-cnitraffic", "10.207.0.0/24");
+}
+
+#[test]
+fn netavark_backend_traffic() {
+    let Some(_serial) = e2e_enabled("netavark_backend_traffic") else {
+        return;
+    };
+    traffic(Backend::Netavark, "fne2e-nvtraffic", "10.208.0.0/24");
 }
 
 #[test]
