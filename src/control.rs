@@ -171,14 +171,34 @@ pub struct DaemonSettings {
 /// it is ready. Concurrent callers (40 containers starting at once) start exactly one.
 pub fn ensure_running(settings: &DaemonSettings) -> Result<()> {
     if is_running(&settings.state_dir) {
-        return Ok(());
+        return check_settings(settings);
     }
     create_private_dir(&settings.state_dir)?;
     let _guard = FileLock::acquire(&settings.state_dir.join("flatnetd.start.lock"))?;
     if is_running(&settings.state_dir) {
-        return Ok(());
+        return check_settings(settings);
     }
     start_daemon(settings)
+}
+
+/// A daemon serving this state directory with another endpoint or lighthouse would publish
+/// addresses nobody can reach: refuse rather than attach into a black hole.
+fn check_settings(wanted: &DaemonSettings) -> Result<()> {
+    let status = call(&wanted.state_dir, &Request::Status)?
+        .status
+        .unwrap_or_default();
+    let listen = status["listen"].as_str().unwrap_or_default();
+    let lighthouse = status["lighthouse"].as_str().unwrap_or_default();
+    if listen != wanted.listen.to_string() || Path::new(lighthouse) != wanted.lighthouse {
+        return Err(Error::InvalidConfig(format!(
+            "flatnetd for {} runs with endpoint {listen} and lighthouse {lighthouse}, but this \
+             network wants {} and {}: give networks with other settings their own stateDir",
+            wanted.state_dir.display(),
+            wanted.listen,
+            wanted.lighthouse.display()
+        )));
+    }
+    Ok(())
 }
 
 fn start_daemon(settings: &DaemonSettings) -> Result<()> {

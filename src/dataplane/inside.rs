@@ -51,7 +51,7 @@ impl Daemon {
         let route = match self.routes.lookup(tag, dst) {
             Some(route) => *route,
             None => {
-                self.routes.refresh(now, false);
+                self.routes.refresh();
                 *self.routes.lookup(tag, dst).ok_or(DropReason::NoRoute)?
             }
         };

@@ -195,7 +195,7 @@ impl Daemon {
             .map_err(|e| Error::io("registering with epoll", e.into()))?;
         let lighthouse = Box::new(FileLighthouse::new(config.lighthouse.clone()));
         let mut routes = RouteTable::new(lighthouse);
-        routes.refresh(Instant::now(), true);
+        routes.refresh();
         Ok(Daemon {
             config,
             udp,
@@ -269,7 +269,7 @@ impl Daemon {
     }
 
     fn on_tick(&mut self, now: Instant) {
-        self.routes.refresh(now, false);
+        self.routes.refresh();
         let udp = &self.udp;
         self.tunnels.tick(now, &mut |datagram, to| {
             let _ = udp.send_to(datagram, to);
@@ -343,7 +343,7 @@ impl Daemon {
             self.ports.remove(&record.network, &record.container_id);
             return Err(Error::io("registering TUN queue", e.into()));
         }
-        self.routes.refresh(Instant::now(), true);
+        self.routes.refresh();
         Ok(())
     }
 
@@ -351,7 +351,11 @@ impl Daemon {
         if let Some(port) = self.ports.remove(network, container_id) {
             let _ = self.epoll.delete(port.queue.as_fd());
         }
-        self.routes.refresh(Instant::now(), true);
+        if self.ports.is_empty() {
+            // Nothing here to send or receive for: keep no keys around.
+            self.tunnels.close_all();
+        }
+        self.routes.refresh();
     }
 
     /// A queue whose device vanished (namespace destroyed without a detach).
@@ -385,6 +389,7 @@ impl Daemon {
             "protocol": PROTOCOL_VERSION,
             "public_key": encode_key(self.tunnels.public_key()),
             "listen": self.config.listen,
+            "lighthouse": self.config.lighthouse,
             "uptime_ms": now.duration_since(self.started).as_millis() as u64,
             "rss_kib": rss_kib(),
             "routes": self.routes.len(),

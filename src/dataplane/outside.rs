@@ -37,7 +37,7 @@ impl Daemon {
     ) -> Result<(), DropReason> {
         if self.bufs.datagram.first() == Some(&MSG_INIT) {
             // A host that attached its first container a moment ago may not be cached yet.
-            self.routes.refresh(now, false);
+            self.routes.refresh();
         }
         let udp = &self.udp;
         let routes = &self.routes;
@@ -52,7 +52,7 @@ impl Daemon {
             },
         );
         match received {
-            Received::Data { peer, len } => self.deliver(&peer, len, now),
+            Received::Data { peer, len } => self.deliver(&peer, len),
             Received::Handled => Ok(()),
             Received::Dropped(DropReason::UnknownSession) => {
                 self.rehandshake(from, now);
@@ -76,7 +76,7 @@ impl Daemon {
     }
 
     /// `plain[..len]` is a tag and a packet from `peer`: deliver it if the peer may send it.
-    fn deliver(&mut self, peer: &PublicKey, len: usize, now: Instant) -> Result<(), DropReason> {
+    fn deliver(&mut self, peer: &PublicKey, len: usize) -> Result<(), DropReason> {
         if len < TAG_LEN {
             return Err(DropReason::Malformed);
         }
@@ -85,7 +85,7 @@ impl Daemon {
             ipv4_addresses(&self.bufs.plain[TAG_LEN..len]).ok_or(DropReason::NotIpv4)?;
         // The inner source must be an address the lighthouse gives to the sending host.
         if self.routes.lookup(tag, src).is_none() {
-            self.routes.refresh(now, false);
+            self.routes.refresh();
         }
         if self.routes.lookup(tag, src).map(|r| &r.key) != Some(peer) {
             return Err(DropReason::Spoofed);
@@ -93,13 +93,14 @@ impl Daemon {
         let packet = &self.bufs.plain[TAG_LEN..len];
         let slot = self.ports.slot_of(tag, dst).ok_or(DropReason::NoRoute)?;
         let port = self.ports.get_mut(slot).ok_or(DropReason::NoRoute)?;
+        // A TUN write takes the whole packet or nothing.
         match port.queue.write(packet) {
-            Ok(_) => {
+            Ok(written) if written == packet.len() => {
                 port.stats.to_container_packets += 1;
                 port.stats.to_container_bytes += packet.len() as u64;
                 Ok(())
             }
-            Err(_) => Err(DropReason::QueueFull),
+            _ => Err(DropReason::QueueFull),
         }
     }
 }

@@ -88,4 +88,8 @@ impl Ports {
     pub fn len(&self) -> usize {
         self.by_container.len()
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_container.is_empty()
+    }
 }

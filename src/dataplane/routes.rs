@@ -1,18 +1,14 @@
 //! The data plane's copy of the lighthouse: Flatnet address -> (host endpoint, host key),
 //! reloaded when the lighthouse's revision changes. Lookups on the packet path never touch
-//! the lighthouse itself.
+//! the lighthouse itself; a miss costs one revision check (a `stat` for the file lighthouse)
+//! and reloads only if something changed.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::time::{Duration, Instant};
 
 use super::packet::network_tag;
 use crate::lighthouse::Lighthouse;
 use crate::tunnel::{decode_key, PublicKey};
-
-/// A miss reloads at most this often, so a flood of packets to unknown addresses cannot turn
-/// into a flood of lighthouse reads.
-const MIN_RELOAD_INTERVAL: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Route {
@@ -23,7 +19,6 @@ pub struct Route {
 pub struct RouteTable {
     lighthouse: Box<dyn Lighthouse>,
     revision: Option<u64>,
-    checked_at: Option<Instant>,
     routes: HashMap<(u32, Ipv4Addr), Route>,
     keys: HashSet<PublicKey>,
 }
@@ -33,7 +28,6 @@ impl RouteTable {
         RouteTable {
             lighthouse,
             revision: None,
-            checked_at: None,
             routes: HashMap::new(),
             keys: HashSet::new(),
         }
@@ -60,15 +54,8 @@ impl RouteTable {
         self.routes.len()
     }
 
-    /// Reloads if the lighthouse changed; rate-limited unless `force`.
-    pub fn refresh(&mut self, now: Instant, force: bool) {
-        let recent = self
-            .checked_at
-            .is_some_and(|t| now.duration_since(t) < MIN_RELOAD_INTERVAL);
-        if recent && !force {
-            return;
-        }
-        self.checked_at = Some(now);
+    /// Reloads if the lighthouse changed since the last load.
+    pub fn refresh(&mut self) {
         let Ok(revision) = self.lighthouse.revision() else {
             return;
         };

@@ -324,6 +324,13 @@ impl TunnelManager {
         }
     }
 
+    /// Drops every tunnel (the host serves no container any more).
+    pub fn close_all(&mut self) {
+        self.peers.clear();
+        self.sessions.clear();
+        self.initiations.clear();
+    }
+
     /// The peer last seen at `endpoint`, if any.
     pub fn peer_at(&self, endpoint: SocketAddr) -> Option<PublicKey> {
         self.peers

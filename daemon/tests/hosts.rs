@@ -1,0 +1,777 @@
+//! Several Flatnet hosts on one machine: each host is a network namespace on a bridged
+//! underlay (192.0.2.0/24) with its own flatnetd (own key, state directory, control socket and
+//! UDP address), all sharing one file lighthouse. "Containers" are namespaces attached through
+//! the real `flatnet-cni` binary run inside their host's namespace, which also starts that
+//! host's daemon. Then: reachability, faults, and what is left afterwards. Needs root.
+
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use flatnet::control::{self, Request};
+use serde_json::{json, Value};
+use support::{root_or_skip, run_plugin, stdout_json, TestNetns};
+
+const DAEMON: &str = env!("CARGO_BIN_EXE_flatnetd");
+const TUNNEL_PORT: u16 = 4800;
+
+fn cni_binary() -> PathBuf {
+    let path = Path::new(DAEMON).parent().unwrap().join("flatnet-cni");
+    assert!(
+        path.is_file(),
+        "{} is built with the workspace",
+        path.display()
+    );
+    path
+}
+
+/// Busybox (ping, nc) from the test image's root file system.
+fn busybox() -> String {
+    let path = std::env::var("FLATNET_BUSYBOX")
+        .unwrap_or_else(|_| "/var/lib/flatnet/image/rootfs/bin/busybox".into());
+    assert!(
+        Path::new(&path).is_file(),
+        "{path} missing: run scripts/build-image.sh"
+    );
+    path
+}
+
+struct Host {
+    ns: TestNetns,
+    address: Ipv4Addr,
+    state: tempfile::TempDir,
+}
+
+struct Container {
+    ns: TestNetns,
+    host: usize,
+    id: String,
+    ip: Ipv4Addr,
+}
+
+struct Cluster {
+    wire: TestNetns,
+    hosts: Vec<Host>,
+    containers: Vec<Container>,
+    shared: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn new(hosts: usize) -> Cluster {
+        let wire = TestNetns::new("wire");
+        wire.ip(&["link", "add", "br0", "type", "bridge"]);
+        wire.ip(&["link", "set", "br0", "up"]);
+        let mut cluster = Cluster {
+            wire,
+            hosts: Vec::new(),
+            containers: Vec::new(),
+            shared: tempfile::tempdir().unwrap(),
+        };
+        for _ in 0..hosts {
+            cluster.add_host();
+        }
+        cluster
+    }
+
+    fn add_host(&mut self) -> usize {
+        let i = self.hosts.len();
+        let ns = TestNetns::new("host");
+        let port = format!("h{i}");
+        self.wire.ip(&[
+            "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
+        ]);
+        self.wire.ip(&["link", "set", &port, "master", "br0", "up"]);
+        let address = Ipv4Addr::new(192, 0, 2, 10 + i as u8);
+        ns.ip(&["addr", "add", &format!("{address}/24"), "dev", "eth0"]);
+        ns.ip(&["link", "set", "eth0", "up"]);
+        ns.ip(&["link", "set", "lo", "up"]);
+        let state = tempfile::Builder::new()
+            .prefix("flatnet-host-")
+            .tempdir()
+            .unwrap();
+        self.hosts.push(Host { ns, address, state });
+        i
+    }
+
+    fn conf(&self, host: usize) -> String {
+        let h = &self.hosts[host];
+        json!({
+            "cniVersion": "1.0.0",
+            "name": "multihost",
+            "type": "flatnet-cni",
+            "subnet": "198.51.100.0/24",
+            "stateDir": h.state.path(),
+            "lighthouse": self.shared.path().join("lighthouse.json"),
+            "endpoint": format!("{}:{TUNNEL_PORT}", h.address),
+            "tunnelPort": TUNNEL_PORT,
+        })
+        .to_string()
+    }
+
+    /// Runs flatnet-cni inside the host's namespace, as that host's runtime would.
+    fn cni(&self, host: usize, command: &str, c: &TestNetns, id: &str) -> std::process::Output {
+        let host_ns = &self.hosts[host].ns.name;
+        let cni = cni_binary();
+        let env = [
+            ("CNI_COMMAND", command),
+            ("CNI_CONTAINERID", id),
+            ("CNI_NETNS", c.path_str()),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_PATH", "/usr/local/lib/cni"),
+        ];
+        let args = ["netns", "exec", host_ns, cni.to_str().unwrap()];
+        run_plugin("ip", &args, &env, &self.conf(host))
+    }
+
+    fn attach(&mut self, host: usize) -> usize {
+        let ns = TestNetns::new("ctr");
+        let id = format!("{}-{}", ns.name, host);
+        let out = self.cni(host, "ADD", &ns, &id);
+        assert!(
+            out.status.success(),
+            "ADD: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let address = stdout_json(&out)["ips"][0]["address"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let ip = address.split('/').next().unwrap().parse().unwrap();
+        ns.ip(&["link", "set", "lo", "up"]);
+        self.containers.push(Container { ns, host, id, ip });
+        self.containers.len() - 1
+    }
+
+    /// Detaches every container; their namespaces live on in what is returned.
+    fn detach_all(&mut self) -> Vec<Container> {
+        let containers = std::mem::take(&mut self.containers);
+        for c in &containers {
+            let out = self.cni(c.host, "DEL", &c.ns, &c.id);
+            assert!(
+                out.status.success(),
+                "DEL: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        containers
+    }
+
+    fn in_container(&self, c: usize, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.containers[c].ns.name, &busybox()])
+            .args(args);
+        cmd
+    }
+
+    fn ping(&self, from: usize, to: usize, count: u32) -> bool {
+        let to = self.containers[to].ip.to_string();
+        let out = self
+            .in_container(from, &["ping", "-c", &count.to_string(), "-W", "2", &to])
+            .output()
+            .unwrap();
+        out.status.success()
+    }
+
+    /// A TCP message from one container to another, checked on arrival.
+    fn tcp(&self, from: usize, to: usize, port: u16) {
+        let message = format!("from {from} to {to} over Flatnet");
+        let file = self.shared.path().join(format!("tcp-{from}-{to}-{port}"));
+        std::fs::write(&file, &message).unwrap();
+        let received = self.send_file(from, to, port, &file);
+        assert_eq!(received, message.as_bytes());
+    }
+
+    /// Sends a file's content over TCP from one container to another; returns what arrived.
+    fn send_file(&self, from: usize, to: usize, port: u16, file: &Path) -> Vec<u8> {
+        let received = file.with_extension("received");
+        let store = format!("cat > {}", received.display());
+        let bb = busybox();
+        let listen = [
+            "nc",
+            "-l",
+            "-p",
+            &port.to_string(),
+            "-e",
+            &bb,
+            "sh",
+            "-c",
+            &store,
+        ];
+        let mut listener = self
+            .in_container(to, &listen)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.wait_listening(to, port);
+        let send = format!(
+            "{bb} nc {} {port} < {}",
+            self.containers[to].ip,
+            file.display()
+        );
+        let status = self
+            .in_container(from, &["sh", "-c", &send])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        assert!(listener.wait().unwrap().success());
+        std::fs::read(&received).unwrap()
+    }
+
+    fn wait_listening(&self, c: usize, port: u16) {
+        let needle = format!(":{port} ");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = self.in_container(c, &["netstat", "-ltn"]).output().unwrap();
+            if String::from_utf8_lossy(&out.stdout).contains(&needle) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "nothing listens on {port}");
+            std::thread::yield_now();
+        }
+    }
+
+    fn status(&self, host: usize) -> Value {
+        control::call(self.hosts[host].state.path(), &Request::Status)
+            .unwrap()
+            .status
+            .unwrap()
+    }
+
+    fn drops(&self, host: usize, reason: &str) -> u64 {
+        self.status(host)["drops"][reason].as_u64().unwrap()
+    }
+
+    fn daemon_pid(&self, host: usize) -> u32 {
+        self.status(host)["pid"].as_u64().unwrap() as u32
+    }
+
+    /// `flatnetd start` in the host's namespace: what systemd's restart would do.
+    fn start_daemon(&self, host: usize) {
+        let h = &self.hosts[host];
+        let status = Command::new("ip")
+            .args(["netns", "exec", &h.ns.name, DAEMON, "--state-dir"])
+            .arg(h.state.path())
+            .arg("start")
+            .arg("--lighthouse")
+            .arg(self.shared.path().join("lighthouse.json"))
+            .arg("--listen")
+            .arg(format!("{}:{TUNNEL_PORT}", h.address))
+            .env("FLATNETD", DAEMON)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    fn stop_daemon(&self, host: usize) {
+        let dir = self.hosts[host].state.path();
+        if control::is_running(dir) {
+            let _ = control::request(dir, &Request::Shutdown);
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for c in std::mem::take(&mut self.containers) {
+            let _ = self.cni(c.host, "DEL", &c.ns, &c.id);
+        }
+        for host in 0..self.hosts.len() {
+            self.stop_daemon(host);
+        }
+    }
+}
+
+/// A continuous ping whose replies are read as they come.
+struct Pinger {
+    child: Child,
+    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+    interval: f64,
+}
+
+impl Pinger {
+    fn start(cluster: &Cluster, from: usize, to: usize, interval: f64, count: u32) -> Pinger {
+        let to = cluster.containers[to].ip.to_string();
+        let mut child = cluster
+            .in_container(
+                from,
+                &[
+                    "ping",
+                    "-i",
+                    &interval.to_string(),
+                    "-c",
+                    &count.to_string(),
+                    "-W",
+                    "1",
+                    &to,
+                ],
+            )
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        Pinger {
+            child,
+            lines,
+            interval,
+        }
+    }
+
+    /// Blocks until the next reply; returns its sequence number.
+    fn next_reply(&mut self) -> Option<u64> {
+        for line in self.lines.by_ref() {
+            let line = line.ok()?;
+            if let Some(seq) = line.split("seq=").nth(1) {
+                return seq.split_whitespace().next()?.parse().ok();
+            }
+        }
+        None
+    }
+
+    /// Reads the rest; returns (replies, the longest run of missing replies in seconds).
+    fn finish(mut self, mut seen: Vec<u64>) -> (usize, f64) {
+        while let Some(seq) = self.next_reply() {
+            seen.push(seq);
+        }
+        let _ = self.child.wait();
+        let longest = seen.windows(2).map(|w| w[1] - w[0] - 1).max().unwrap_or(0);
+        (seen.len(), longest as f64 * self.interval)
+    }
+}
+
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_name = stat.rsplit(')').next().unwrap();
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ticks as f64 / 100.0
+}
+
+#[test]
+fn two_then_three_hosts_reach_each_other() {
+    if !root_or_skip("two_then_three_hosts_reach_each_other") {
+        return;
+    }
+    let mut cluster = Cluster::new(2);
+    let (a, b) = (cluster.attach(0), cluster.attach(1));
+    assert!(cluster.ping(a, b, 2) && cluster.ping(b, a, 2));
+    cluster.tcp(a, b, 7100);
+    cluster.tcp(b, a, 7101);
+
+    cluster.add_host();
+    let c = cluster.attach(2);
+    let all = [a, b, c];
+    for &from in &all {
+        for &to in all.iter().filter(|&&t| t != from) {
+            assert!(cluster.ping(from, to, 1), "{from} -> {to}");
+        }
+    }
+    cluster.tcp(c, a, 7102);
+    cluster.tcp(b, c, 7103);
+
+    // Each host has its own key and endpoint; the addresses are unique cluster-wide.
+    let keys: std::collections::HashSet<_> = (0..3)
+        .map(|h| {
+            cluster.status(h)["public_key"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(keys.len(), 3);
+    let ips: std::collections::HashSet<_> = cluster.containers.iter().map(|c| c.ip).collect();
+    assert_eq!(ips.len(), 3);
+    for h in 0..3 {
+        let peers = cluster.status(h)["peers"].as_array().unwrap().len();
+        assert!(peers >= 2, "host {h} has tunnels to {peers} hosts");
+    }
+}
+
+#[test]
+fn kill_9_and_restart_keeps_the_outage_short() {
+    if !root_or_skip("kill_9_and_restart_keeps_the_outage_short") {
+        return;
+    }
+    let mut cluster = Cluster::new(2);
+    let (a, b) = (cluster.attach(0), cluster.attach(1));
+    assert!(cluster.ping(a, b, 1));
+    let mut pinger = Pinger::start(&cluster, a, b, 0.1, 80);
+    let mut seen = vec![pinger.next_reply().expect("ping runs")];
+
+    let victim = cluster.daemon_pid(1);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victim as i32),
+        nix::sys::signal::SIGKILL,
+    )
+    .unwrap();
+    let killed = Instant::now();
+    cluster.start_daemon(1);
+    println!("restarted in {:?}", killed.elapsed());
+    assert_ne!(cluster.daemon_pid(1), victim);
+
+    seen.push(pinger.next_reply().expect("replies resume"));
+    let (replies, outage) = pinger.finish(seen);
+    println!("kill -9: {replies}/80 replies, longest outage {outage:.1} s");
+    assert!(outage < 3.0, "outage {outage:.1} s");
+    assert!(cluster.ping(b, a, 1), "the other direction works too");
+    // The container kept its interface and address throughout.
+    assert!(cluster.containers[b]
+        .ns
+        .ip(&["addr", "show", "eth0"])
+        .contains("198.51.100."));
+}
+
+#[test]
+fn a_vanished_peer_costs_little_and_traffic_resumes() {
+    if !root_or_skip("a_vanished_peer_costs_little_and_traffic_resumes") {
+        return;
+    }
+    let mut cluster = Cluster::new(2);
+    let (a, b) = (cluster.attach(0), cluster.attach(1));
+    assert!(cluster.ping(a, b, 1));
+
+    // Host 1 drops off the underlay; host 0 restarts, so it must handshake again.
+    cluster.hosts[1].ns.ip(&["link", "set", "eth0", "down"]);
+    cluster.stop_daemon(0);
+    cluster.start_daemon(0);
+    let pid = cluster.daemon_pid(0);
+    let cpu_before = cpu_seconds(pid);
+    let window = Instant::now();
+    let pinger = Pinger::start(&cluster, a, b, 0.1, 60);
+    let (replies, _) = pinger.finish(Vec::new());
+    let elapsed = window.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(pid) - cpu_before;
+    let peer = cluster.status(0)["peers"][0].clone();
+    let handshakes = peer["handshakes_sent"].as_u64().unwrap();
+    println!(
+        "peer gone for {elapsed:.1} s: {handshakes} handshakes, daemon CPU {cpu:.2} s ({:.1}%)",
+        100.0 * cpu / elapsed
+    );
+    assert_eq!(replies, 0);
+    assert!(
+        handshakes <= 10,
+        "{handshakes} handshakes in {elapsed:.1} s: no backoff"
+    );
+    assert!(
+        cpu / elapsed < 0.05,
+        "daemon busy while its peer is gone: {cpu:.2} s CPU"
+    );
+
+    cluster.hosts[1].ns.ip(&["link", "set", "eth0", "up"]);
+    let back = Instant::now();
+    while !cluster.ping(a, b, 1) {
+        assert!(
+            back.elapsed() < Duration::from_secs(15),
+            "traffic did not resume"
+        );
+    }
+    println!(
+        "traffic resumed {:.1} s after the peer returned",
+        back.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+fn garbage_is_dropped_and_counted_while_ping_goes_on() {
+    if !root_or_skip("garbage_is_dropped_and_counted_while_ping_goes_on") {
+        return;
+    }
+    let mut cluster = Cluster::new(2);
+    let (a, b) = (cluster.attach(0), cluster.attach(1));
+    assert!(cluster.ping(a, b, 1));
+    // What garbage can be counted as (other reasons belong to the containers' own traffic).
+    let counted = |c: &Cluster| -> u64 {
+        let drops = &c.status(1)["drops"];
+        [
+            "malformed",
+            "unknown_session",
+            "bad_tag",
+            "bad_handshake",
+            "replay",
+            "expired",
+            "unknown_key",
+            "stale_handshake",
+        ]
+        .iter()
+        .map(|r| drops[r].as_u64().unwrap())
+        .sum()
+    };
+    let before = counted(&cluster);
+    let kernel_before = udp_receive_errors(&cluster.hosts[1].ns);
+    let pinger = Pinger::start(&cluster, a, b, 0.05, 100);
+
+    const GARBAGE: u64 = 100_000;
+    let target = format!("{}:{TUNNEL_PORT}", cluster.hosts[1].address);
+    let script = format!(
+        r#"
+import os, random, socket, struct
+host, port = "{target}".split(":")
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 22)
+rnd = random.Random(7)
+for i in range({GARBAGE}):
+    kind = i % 100
+    if kind < 40:   body = os.urandom(rnd.randrange(1, 1500))                      # random
+    elif kind < 60: body = os.urandom(rnd.randrange(1, 16))                        # truncated
+    elif kind < 62: body = os.urandom(rnd.randrange(9000, 65000))                  # oversized
+    elif kind < 63: body = bytes([1, 0, 0, 0]) + os.urandom(108)                   # initiation-sized
+    else:           body = struct.pack("<BxxxIQ", 4, rnd.getrandbits(32), i) + os.urandom(rnd.randrange(16, 1400))  # transport, bad tag
+    while True:
+        try:
+            s.sendto(body, (host, int(port))); break
+        except BlockingIOError:
+            pass
+"#
+    );
+    let status = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &cluster.hosts[0].ns.name,
+            "python3",
+            "-c",
+            &script,
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (replies, _) = pinger.finish(Vec::new());
+
+    // Everything sent was either counted by flatnetd or dropped by the kernel before it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let counted = counted(&cluster) - before;
+        let kernel = udp_receive_errors(&cluster.hosts[1].ns) - kernel_before;
+        if counted + kernel >= GARBAGE || Instant::now() > deadline {
+            println!("garbage: {counted} counted by flatnetd, {kernel} dropped by the kernel; ping {replies}/100");
+            assert_eq!(counted + kernel, GARBAGE);
+            break;
+        }
+        std::thread::yield_now();
+    }
+    assert!(replies >= 90, "ping suffered: {replies}/100");
+    assert!(cluster.ping(a, b, 1), "the daemon still serves");
+}
+
+/// UDP datagrams the kernel dropped for full receive buffers, in a namespace.
+fn udp_receive_errors(ns: &TestNetns) -> u64 {
+    let snmp = support::run_ok("ip", &["netns", "exec", &ns.name, "cat", "/proc/net/snmp"]);
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let names: Vec<&str> = udp.next().unwrap().split_whitespace().collect();
+    let values: Vec<&str> = udp.next().unwrap().split_whitespace().collect();
+    let at = names.iter().position(|n| *n == "RcvbufErrors").unwrap();
+    values[at].parse().unwrap()
+}
+
+#[test]
+fn spoofed_inner_source_is_dropped_and_counted() {
+    if !root_or_skip("spoofed_inner_source_is_dropped_and_counted") {
+        return;
+    }
+    let mut cluster = Cluster::new(2);
+    let (a, b, other) = (cluster.attach(0), cluster.attach(1), cluster.attach(0));
+    assert!(cluster.ping(a, b, 1));
+    let before = cluster.drops(0, "spoofed");
+    // From container a, a UDP packet claiming to come from container `other`.
+    let (src, dst) = (cluster.containers[other].ip, cluster.containers[b].ip);
+    let script = format!(
+        r#"
+import socket, struct
+src, dst = socket.inet_aton("{src}"), socket.inet_aton("{dst}")
+udp = struct.pack("!HHHH", 4000, 4001, 8 + 5, 0) + b"spoof"
+ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0, src, dst)
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+for _ in range(5):
+    s.sendto(ip + udp, ("{dst}", 0))
+"#
+    );
+    let status = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &cluster.containers[a].ns.name,
+            "python3",
+            "-c",
+            &script,
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while cluster.drops(0, "spoofed") < before + 5 {
+        assert!(
+            Instant::now() < deadline,
+            "spoofed packets were not dropped and counted"
+        );
+        std::thread::yield_now();
+    }
+    assert!(cluster.ping(a, b, 1), "genuine traffic still flows");
+}
+
+#[test]
+fn nothing_is_left_after_the_last_container() {
+    if !root_or_skip("nothing_is_left_after_the_last_container") {
+        return;
+    }
+    let mut cluster = Cluster::new(2);
+    cluster.start_daemon(0);
+    let idle = cluster.status(0)["rss_kib"].as_u64().unwrap();
+    let remote = cluster.attach(1);
+    let local: Vec<usize> = (0..30).map(|_| cluster.attach(0)).collect();
+    for &c in local.iter().step_by(5) {
+        assert!(cluster.ping(c, remote, 1));
+    }
+    let busy = cluster.status(0)["rss_kib"].as_u64().unwrap();
+    let detached = cluster.detach_all();
+
+    let status = cluster.status(0);
+    let after = status["rss_kib"].as_u64().unwrap();
+    println!("flatnetd RSS: idle {idle} KiB, 30 containers {busy} KiB, after {after} KiB");
+    assert_eq!(status["containers"].as_array().unwrap().len(), 0);
+    assert_eq!(status["peers"].as_array().unwrap().len(), 0);
+    assert_eq!(status["sessions"], 0);
+    for c in &detached {
+        assert!(
+            !c.ns.has_link("eth0"),
+            "{} still has its TUN device",
+            c.ns.name
+        );
+    }
+    assert!(after <= idle + 2048, "RSS {after} KiB vs idle {idle} KiB");
+}
+
+/// tcpdump writing a capture file, stopped (by its PID) when dropped.
+struct Capture {
+    child: Child,
+    file: PathBuf,
+}
+
+impl Capture {
+    fn start(ns: &str, interface: &str, filter: &str, file: PathBuf) -> Capture {
+        let mut child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ns,
+                "tcpdump",
+                "-i",
+                interface,
+                "--immediate-mode",
+                "-U",
+                "-n",
+                "-w",
+            ])
+            .arg(&file)
+            .arg(filter)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // tcpdump says "listening on ..." once the capture is armed.
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        stderr.read_line(&mut line).unwrap();
+        assert!(line.contains("listening on"), "tcpdump: {line}");
+        Capture { child, file }
+    }
+
+    /// Stops the capture; returns the raw capture and how many packets it holds.
+    fn stop(mut self) -> (Vec<u8>, usize) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::SIGINT).unwrap();
+        self.child.wait().unwrap();
+        let bytes = std::fs::read(&self.file).unwrap();
+        let listing = support::run_ok("tcpdump", &["-n", "-r", self.file.to_str().unwrap()]);
+        (bytes, listing.lines().count())
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn the_underlay_carries_only_ciphertext() {
+    if !root_or_skip("the_underlay_carries_only_ciphertext") {
+        return;
+    }
+    const MARKER: &str = "FLATNET-PLAINTEXT-MARKER-7f3a9c";
+    let mut cluster = Cluster::new(2);
+    let (a, b) = (cluster.attach(0), cluster.attach(1));
+    assert!(cluster.ping(a, b, 1));
+
+    let pcap = cluster.shared.path().join("flatnet.pcap");
+    let filter = format!("udp port {TUNNEL_PORT}");
+    let capture = Capture::start(&cluster.wire.name, "h1", &filter, pcap);
+    let file = cluster.shared.path().join("marker");
+    std::fs::write(&file, MARKER.repeat(200)).unwrap();
+    cluster.send_file(a, b, 7200, &file);
+    let (bytes, datagrams) = capture.stop();
+    println!("underlay capture: {datagrams} datagrams to port {TUNNEL_PORT}, marker absent");
+    assert!(datagrams >= 5, "the capture saw only {datagrams} datagrams");
+    assert!(
+        !contains(&bytes, MARKER.as_bytes()),
+        "plaintext on the wire"
+    );
+
+    // Control: the same transfer over a plain veth, captured the same way, shows the marker.
+    let (left, right) = (TestNetns::new("pl"), TestNetns::new("pr"));
+    left.ip(&[
+        "link",
+        "add",
+        "p0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "p1",
+        "netns",
+        &right.name,
+    ]);
+    left.ip(&["addr", "add", "192.0.2.1/24", "dev", "p0"]);
+    right.ip(&["addr", "add", "192.0.2.2/24", "dev", "p1"]);
+    left.ip(&["link", "set", "p0", "up"]);
+    right.ip(&["link", "set", "p1", "up"]);
+    let pcap = cluster.shared.path().join("plain.pcap");
+    let capture = Capture::start(&left.name, "p0", "tcp port 7201", pcap);
+    let received = cluster.shared.path().join("plain-received");
+    let store = format!("cat > {}", received.display());
+    let bb = busybox();
+    let mut listener = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &right.name,
+            &bb,
+            "nc",
+            "-l",
+            "-p",
+            "7201",
+            "-e",
+            &bb,
+            "sh",
+            "-c",
+            &store,
+        ])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let send = format!(
+        "until {bb} nc 192.0.2.2 7201 < {}; do {bb} usleep 50000; done",
+        file.display()
+    );
+    let sent = Command::new("ip")
+        .args(["netns", "exec", &left.name, &bb, "sh", "-c", &send])
+        .status()
+        .unwrap();
+    assert!(sent.success() && listener.wait().unwrap().success());
+    let (bytes, _) = capture.stop();
+    assert!(
+        contains(&bytes, MARKER.as_bytes()),
+        "the control capture must show the marker"
+    );
+}
