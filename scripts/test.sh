@@ -27,4 +27,12 @@ log "cargo clippy"
 cargo clippy --release --workspace --all-targets --quiet -- -D warnings
 
 log "cargo test (unit, integration, end to end)"
-FLATNET_E2E=1 cargo test --release --workspace
+results=$(mktemp)
+set +e
+FLATNET_E2E=1 cargo test --release --workspace 2>&1 | tee "$results"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole run, summed over every test binary.
+awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed\n", p, f }' "$results"
+rm -f "$results"
+exit "$status"

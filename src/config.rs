@@ -16,8 +16,8 @@ pub const DEFAULT_SUBNET: &str = "10.77.0.0/16";
 pub const DEFAULT_STATE_DIR: &str = "/run/flatnet";
 pub const DEFAULT_TUNNEL_PORT: u16 = 4800;
 /// Bytes a tunnelled packet adds on the underlay: IPv6 header (40, the worst case) + UDP (8)
-/// + Flatnet transport header (16) + AEAD tag (16).
-pub const TUNNEL_OVERHEAD: u32 = 80;
+/// + Flatnet transport header (16) + network tag (4) + AEAD tag (16).
+pub const TUNNEL_OVERHEAD: u32 = 84;
 /// Fits a 1500-byte underlay without fragmentation, IPv4 or IPv6.
 pub const DEFAULT_MTU: u32 = 1500 - TUNNEL_OVERHEAD;
 const MTU_RANGE: std::ops::RangeInclusive<u32> = 576..=(9000 - TUNNEL_OVERHEAD);
@@ -188,7 +188,7 @@ mod tests {
         let cfg = FlatnetConfig::from_input(input("flat")).unwrap();
         assert_eq!(cfg.subnet.to_string(), DEFAULT_SUBNET);
         assert_eq!(cfg.gateway, Ipv4Addr::new(10, 77, 0, 1));
-        assert_eq!(cfg.mtu, 1420);
+        assert_eq!(cfg.mtu, 1416);
         assert_eq!(
             cfg.lighthouse,
             PathBuf::from("/run/flatnet/lighthouse.json")

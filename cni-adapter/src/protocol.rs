@@ -254,7 +254,7 @@ mod tests {
             address: "10.77.0.5/16".parse().unwrap(),
             gateway: "10.77.0.1".parse().unwrap(),
             mac: "02:46:0a:4d:00:05".into(),
-            mtu: 1420,
+            mtu: 1416,
         }
     }
 
@@ -273,7 +273,7 @@ mod tests {
         let r = add_result("0.4.0", &attachment(), "/run/netns/x");
         assert_eq!(r["ips"][0]["version"], "4");
         let r = add_result("1.1.0", &attachment(), "/run/netns/x");
-        assert_eq!(r["interfaces"][0]["mtu"], 1420);
+        assert_eq!(r["interfaces"][0]["mtu"], 1416);
     }
 
     #[test]

@@ -76,7 +76,8 @@ fn add_check_del_in_every_spec_version() {
 
         let shown = ns.ip(&["-4", "addr", "show", "eth0"]);
         assert!(shown.contains(&format!("inet {address}")), "{shown}");
-        assert!(shown.contains("mtu 1420"), "{shown}");
+        let mtu = format!("mtu {}", flatnet::config::DEFAULT_MTU);
+        assert!(shown.contains(&mtu), "{shown}");
         assert!(ns.ip(&["route"]).contains("192.0.2.0/24 dev eth0"));
 
         let mut with_prev: Value = serde_json::from_str(&conf).unwrap();
