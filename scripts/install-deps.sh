@@ -10,7 +10,7 @@ apt_install ca-certificates build-essential pkg-config protobuf-compiler
 # Podman with the CNI backend; runc because crun rejects this host's hybrid cgroup layout.
 apt_install podman containernetworking-plugins runc conmon iptables iproute2
 # The trixie chroot (Podman 5 + netavark), packet captures and throughput tools.
-apt_install debootstrap tcpdump iperf3 python3
+apt_install debootstrap tcpdump iperf3 iputils-ping python3
 
 # Podman reads drop-ins after containers.conf; ours only sets what this host needs.
 nofile=$(ulimit -Hn)

@@ -1,0 +1,403 @@
+#!/usr/bin/env python3
+"""Flatnet's benchmark: the data plane against a plain veth pair, attach latency, memory.
+
+Runs as root on the machine itself; all traffic stays inside network namespaces this script
+creates (192.0.2.0/24 underlay, 198.51.100.0/24 Flatnet) and loopback. Every process it starts
+it stops by PID. Nothing here asserts a timing: it measures and reports.
+
+    scripts/bench.py                 full run (about 4 minutes)
+    scripts/bench.py --quick         short setting, what CI runs to prove the benchmark works
+
+Output: a table on the terminal, bench-results/bench.json and bench-results/bench.svg.
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RELEASE = ROOT / "target" / "release"
+CNI = RELEASE / "flatnet-cni"
+DAEMON = RELEASE / "flatnetd"
+IMAGE = "localhost/flatnet-test:latest"
+PORT = 4870  # clear of the defaults other Flatnet networks on this machine use
+PREFIX = f"fnb{os.getpid() % 10000}"
+
+
+def sh(*args, check=True, **kw):
+    return subprocess.run([str(a) for a in args], check=check, capture_output=True, text=True, **kw)
+
+
+def netns(name):
+    sh("ip", "netns", "add", name)
+    sh("ip", "-n", name, "link", "set", "lo", "up")
+    return name
+
+
+def in_ns(ns, *args):
+    return ["ip", "netns", "exec", ns, *[str(a) for a in args]]
+
+
+class Lab:
+    """Namespaces, daemons and containers made for the run; all removed on exit."""
+
+    def __init__(self):
+        self.namespaces = []
+        self.state_dirs = []
+        self.attached = []  # (host ns, conf, container ns, id)
+
+    def ns(self, role):
+        name = netns(f"{PREFIX}-{role}")
+        self.namespaces.append(name)
+        return name
+
+    def veth(self, a, b, addr_a, addr_b, names=("v0", "v1")):
+        sh("ip", "-n", a, "link", "add", names[0], "type", "veth", "peer", "name", names[1], "netns", b)
+        sh("ip", "-n", a, "addr", "add", f"{addr_a}/24", "dev", names[0])
+        sh("ip", "-n", b, "addr", "add", f"{addr_b}/24", "dev", names[1])
+        sh("ip", "-n", a, "link", "set", names[0], "up")
+        sh("ip", "-n", b, "link", "set", names[1], "up")
+
+    def host(self, role, endpoint, lighthouse):
+        ns = self.ns(role)
+        state = Path(tempfile.mkdtemp(prefix="flatnet-bench-"))
+        self.state_dirs.append(state)
+        conf = json.dumps({
+            "cniVersion": "1.0.0", "name": "bench", "type": "flatnet-cni",
+            "subnet": "198.51.100.0/24", "stateDir": str(state), "lighthouse": str(lighthouse),
+            "endpoint": endpoint, "tunnelPort": PORT,
+        })
+        return {"ns": ns, "conf": conf, "state": state}
+
+    def cni(self, host, command, container_ns, cid):
+        env = {"CNI_COMMAND": command, "CNI_CONTAINERID": cid, "CNI_NETNS": f"/run/netns/{container_ns}",
+               "CNI_IFNAME": "eth0", "CNI_PATH": str(RELEASE), "PATH": os.environ["PATH"]}
+        started = time.perf_counter()
+        out = subprocess.run(in_ns(host["ns"], CNI), input=host["conf"], env=env, capture_output=True, text=True)
+        elapsed = time.perf_counter() - started
+        if out.returncode != 0:
+            raise RuntimeError(f"{command} failed: {out.stdout} {out.stderr}")
+        return out.stdout, elapsed
+
+    def attach(self, host, role):
+        ns = self.ns(role)
+        out, _ = self.cni(host, "ADD", ns, ns)
+        self.attached.append((host, ns))
+        return ns, json.loads(out)["ips"][0]["address"].split("/")[0]
+
+    def detach(self, host, ns):
+        _, elapsed = self.cni(host, "DEL", ns, ns)
+        self.attached.remove((host, ns))
+        return elapsed
+
+    def daemon(self, host):
+        out = sh(DAEMON, "--state-dir", host["state"], "status", "--json")
+        return json.loads(out.stdout)
+
+    def close(self):
+        for host, ns in list(self.attached):
+            try:
+                self.detach(host, ns)
+            except RuntimeError:
+                pass
+        for state in self.state_dirs:
+            sh(DAEMON, "--state-dir", state, "stop", check=False)
+            shutil.rmtree(state, ignore_errors=True)
+        for ns in reversed(self.namespaces):
+            sh("ip", "netns", "del", ns, check=False)
+
+
+@contextmanager
+def lab():
+    l = Lab()
+    try:
+        yield l
+    finally:
+        l.close()
+
+
+def cpu_seconds(pids):
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def wait_port(ns, port, proto="tcp"):
+    flag = "-ltn" if proto == "tcp" else "-lun"
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        if f":{port} " in sh(*in_ns(ns, "ss", flag), check=False).stdout:
+            return
+    raise RuntimeError(f"nothing listens on {port} in {ns}")
+
+
+def iperf(client_ns, server_ns, server_ip, seconds, streams=1, udp_size=None, pids=()):
+    port = 5201
+    server = subprocess.Popen(in_ns(server_ns, "iperf3", "-s", "-1", "-p", port),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(server_ns, port)
+        args = ["iperf3", "-c", server_ip, "-p", port, "-t", seconds, "-J", "-P", streams]
+        if udp_size:
+            args += ["-u", "-b", "0", "-l", udp_size]
+        cpu0 = cpu_seconds(pids)
+        out = sh(*in_ns(client_ns, *args))
+        cpu = cpu_seconds(pids) - cpu0
+    finally:
+        server.wait(timeout=15)
+    end = json.loads(out.stdout)["end"]
+    if udp_size:
+        bps = end["sum"]["bits_per_second"] * (1 - end["sum"].get("lost_percent", 0) / 100)
+    else:
+        bps = end["sum_received"]["bits_per_second"]
+    gbit = bps * seconds / 1e9
+    return {"gbps": bps / 1e9, "cpu_s": cpu, "gbit_per_cpu_s": (gbit / cpu) if cpu > 0 else None}
+
+
+def rtt(client_ns, ip, count):
+    out = sh(*in_ns(client_ns, "ping", "-c", count, "-i", "0.01", "-n", ip))
+    times = [float(t) for t in re.findall(r"time=([\d.]+) ms", out.stdout)]
+    times.sort()
+    return {"median_ms": statistics.median(times), "p99_ms": times[min(len(times) - 1, int(len(times) * 0.99))]}
+
+
+def scenario_veth(l):
+    a, b = l.ns("va"), l.ns("vb")
+    l.veth(a, b, "192.0.2.1", "192.0.2.2")
+    return a, b, "192.0.2.2", []
+
+
+def scenario_same_host(l):
+    lighthouse = Path(tempfile.mkdtemp(prefix="flatnet-bench-lh-")) / "lighthouse.json"
+    h = l.host("sh", f"127.0.0.1:{PORT}", lighthouse)
+    a, _ = l.attach(h, "sa")
+    b, ip_b = l.attach(h, "sb")
+    return a, b, ip_b, [l.daemon(h)["pid"]]
+
+
+def scenario_two_hosts(l):
+    lighthouse = Path(tempfile.mkdtemp(prefix="flatnet-bench-lh-")) / "lighthouse.json"
+    h1 = l.host("h1", f"192.0.2.11:{PORT}", lighthouse)
+    h2 = l.host("h2", f"192.0.2.12:{PORT}", lighthouse)
+    l.veth(h1["ns"], h2["ns"], "192.0.2.11", "192.0.2.12", names=("u1", "u2"))
+    a, _ = l.attach(h1, "ta")
+    b, ip_b = l.attach(h2, "tb")
+    return a, b, ip_b, [l.daemon(h1)["pid"], l.daemon(h2)["pid"]]
+
+
+SCENARIOS = [("veth", scenario_veth), ("flatnet_same_host", scenario_same_host),
+             ("flatnet_two_hosts", scenario_two_hosts)]
+
+
+def data_plane(rounds, seconds, pings):
+    """Rounds interleave the scenarios, so machine noise shows in every one of them."""
+    results = {name: [] for name, _ in SCENARIOS}
+    for r in range(rounds):
+        for name, make in SCENARIOS:
+            with lab() as l:
+                a, b, ip_b, pids = make(l)
+                sh(*in_ns(a, "ping", "-c", "3", "-i", "0.2", "-W", "2", ip_b))  # warm: handshakes
+                row = {
+                    "tcp1": iperf(a, b, ip_b, seconds, 1, pids=pids),
+                    "tcp4": iperf(a, b, ip_b, seconds, 4, pids=pids),
+                    "udp1200": iperf(a, b, ip_b, seconds, 1, udp_size=1200, pids=pids),
+                    "rtt": rtt(a, ip_b, pings),
+                }
+                results[name].append(row)
+                print(f"  round {r + 1} {name}: tcp1 {row['tcp1']['gbps']:.2f} Gbit/s, "
+                      f"rtt {row['rtt']['median_ms']:.3f} ms", file=sys.stderr)
+    return results
+
+
+def attach_latency(count):
+    with lab() as l:
+        lighthouse = Path(tempfile.mkdtemp(prefix="flatnet-bench-lh-")) / "lighthouse.json"
+        h = l.host("at", f"127.0.0.1:{PORT}", lighthouse)
+        ns, _ = l.attach(h, "warm")  # starts the daemon: not part of the measurement
+        adds, dels = [], []
+        for i in range(count):
+            c = l.ns(f"a{i}")
+            _, t = l.cni(h, "ADD", c, c)
+            l.attached.append((h, c))
+            adds.append(t * 1000)
+            dels.append(l.detach(h, c) * 1000)
+            sh("ip", "netns", "del", c)
+            l.namespaces.remove(c)
+        return {"add_ms": percentiles(adds), "del_ms": percentiles(dels)}
+
+
+def percentiles(values):
+    values = sorted(values)
+    return {"p50": statistics.median(values), "p99": values[min(len(values) - 1, int(len(values) * 0.99))],
+            "min": values[0], "max": values[-1]}
+
+
+def podman_run(count):
+    """`podman run ... true` on a Flatnet network against Podman's default network."""
+    if not shutil.which("podman") or sh("podman", "image", "exists", IMAGE, check=False).returncode:
+        return None
+    conflist = Path("/etc/cni/net.d/flatnet-bench.conflist")
+    conflist.write_text(json.dumps({"cniVersion": "1.0.0", "name": "flatnet-bench", "plugins": [
+        {"type": "flatnet-cni", "subnet": "10.230.0.0/24", "stateDir": "/run/flatnet-bench",
+         "tunnelPort": PORT + 1}]}))
+    try:
+        times = {"default": [], "flatnet": []}
+        for i in range(count + 1):
+            for net, name in (("default", "podman"), ("flatnet", "flatnet-bench")):
+                started = time.perf_counter()
+                sh("podman", "run", "--rm", "--network", name, IMAGE, "true")
+                if i > 0:  # the first run of each warms caches and starts the daemon
+                    times[net].append((time.perf_counter() - started) * 1000)
+        return {net: percentiles(t) for net, t in times.items()}
+    finally:
+        sh(DAEMON, "--state-dir", "/run/flatnet-bench", "stop", check=False)
+        conflist.unlink()
+
+
+def memory(counts):
+    with lab() as l:
+        lighthouse = Path(tempfile.mkdtemp(prefix="flatnet-bench-lh-")) / "lighthouse.json"
+        h = l.host("mem", f"127.0.0.1:{PORT}", lighthouse)
+        sh(*in_ns(h["ns"], DAEMON, "--state-dir", h["state"], "start", "--lighthouse", lighthouse,
+                  "--listen", f"127.0.0.1:{PORT}"))
+        rss = {"idle": l.daemon(h)["rss_kib"]}
+        attached = 0
+        for target in counts:
+            while attached < target:
+                l.attach(h, f"m{attached}")
+                attached += 1
+            rss[str(target)] = l.daemon(h)["rss_kib"]
+        top = str(counts[-1])
+        rss["per_container_kib"] = (rss[top] - rss["idle"]) / counts[-1]
+        return rss
+
+
+def summarise(dp):
+    """Medians, min-max, and each Flatnet figure's ratio to the veth figure of the same round."""
+    out = {}
+    for name, rows in dp.items():
+        s = {}
+        for metric in ("tcp1", "tcp4", "udp1200"):
+            g = [r[metric]["gbps"] for r in rows]
+            s[metric] = {"median_gbps": statistics.median(g), "min": min(g), "max": max(g)}
+            eff = [r[metric]["gbit_per_cpu_s"] for r in rows if r[metric]["gbit_per_cpu_s"]]
+            if eff:
+                s[metric]["gbit_per_cpu_s"] = statistics.median(eff)
+            if name != "veth":
+                ratios = [r[metric]["gbps"] / v[metric]["gbps"] for r, v in zip(rows, dp["veth"])]
+                s[metric]["ratio_to_veth"] = statistics.median(ratios)
+        med = [r["rtt"]["median_ms"] for r in rows]
+        p99 = [r["rtt"]["p99_ms"] for r in rows]
+        s["rtt"] = {"median_ms": statistics.median(med), "p99_ms": statistics.median(p99),
+                    "min": min(med), "max": max(med)}
+        out[name] = s
+    return out
+
+
+def table(report):
+    lines = ["", "DATA PLANE (median of rounds; [min-max]; x = ratio to veth in the same round)"]
+    lines.append(f"{'scenario':<20} {'TCP 1 stream':>26} {'TCP 4 streams':>26} {'UDP 1200 B':>26} "
+                 f"{'RTT median/p99 ms':>18} {'Gbit per CPU-s':>15}")
+    for name, s in report["summary"].items():
+        def cell(m):
+            c = s[m]
+            ratio = f" x{c['ratio_to_veth']:.3f}" if "ratio_to_veth" in c else ""
+            return f"{c['median_gbps']:.2f} [{c['min']:.2f}-{c['max']:.2f}]{ratio}"
+        eff = s["tcp1"].get("gbit_per_cpu_s")
+        lines.append(f"{name:<20} {cell('tcp1'):>26} {cell('tcp4'):>26} {cell('udp1200'):>26} "
+                     f"{s['rtt']['median_ms']:>8.3f}/{s['rtt']['p99_ms']:<8.3f} "
+                     f"{(f'{eff:.2f}' if eff else '-'):>15}")
+    a = report["attach"]
+    lines += ["", "ATTACH (flatnetd running)",
+              f"  ADD p50 {a['add_ms']['p50']:.1f} ms  p99 {a['add_ms']['p99']:.1f} ms   "
+              f"DEL p50 {a['del_ms']['p50']:.1f} ms  p99 {a['del_ms']['p99']:.1f} ms"]
+    p = report.get("podman_run")
+    if p:
+        lines.append(f"  podman run ... true: default network p50 {p['default']['p50']:.0f} ms, "
+                     f"Flatnet p50 {p['flatnet']['p50']:.0f} ms "
+                     f"(+{p['flatnet']['p50'] - p['default']['p50']:.0f} ms)")
+    m = report["memory"]
+    counts = [k for k in m if k not in ("idle", "per_container_kib")]
+    lines += ["", "MEMORY (flatnetd RSS)",
+              "  idle " + f"{m['idle'] / 1024:.1f} MiB; " +
+              "; ".join(f"{k} containers {m[k] / 1024:.1f} MiB" for k in counts) +
+              f"; {m['per_container_kib']:.1f} KiB per container"]
+    return "\n".join(lines)
+
+
+def svg(report, path):
+    """Bars: single-stream TCP per scenario (log scale would hide the story; two panels instead)."""
+    s = report["summary"]
+    names = list(s)
+    w, h, left, bar = 760, 300, 170, 26
+    peak = max(s[n][m]["max"] for n in names for m in ("tcp1", "tcp4"))
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
+             f'<text x="10" y="20" font-size="15">Throughput, Gbit/s (median, whiskers min-max)</text>']
+    colors = {"tcp1": "#3b6ea8", "tcp4": "#7fb069"}
+    y = 45
+    for n in names:
+        parts.append(f'<text x="10" y="{y + 2 * bar - 8}">{n}</text>')
+        for m in ("tcp1", "tcp4"):
+            c = s[n][m]
+            scale = (w - left - 120) / peak
+            parts.append(f'<rect x="{left}" y="{y}" width="{c["median_gbps"] * scale:.1f}" height="{bar - 4}" fill="{colors[m]}"/>')
+            parts.append(f'<line x1="{left + c["min"] * scale:.1f}" x2="{left + c["max"] * scale:.1f}" '
+                         f'y1="{y + bar / 2 - 2}" y2="{y + bar / 2 - 2}" stroke="black"/>')
+            label = f'{c["median_gbps"]:.2f}' + (f' (x{c["ratio_to_veth"]:.3f} veth)' if "ratio_to_veth" in c else "")
+            parts.append(f'<text x="{left + c["median_gbps"] * scale + 6:.1f}" y="{y + bar - 10}">{m}: {label}</text>')
+            y += bar
+        y += 14
+    parts.append(f'<text x="10" y="{h - 12}">RTT median: ' +
+                 ", ".join(f'{n} {s[n]["rtt"]["median_ms"]:.3f} ms' for n in names) + "</text>")
+    parts.append("</svg>")
+    path.write_text("\n".join(parts))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="short setting (CI): proves the benchmark runs")
+    ap.add_argument("--out", default=str(ROOT / "bench-results"))
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench: run as root (namespaces, TUN devices)")
+    for tool in ("iperf3", "ss", "ping"):
+        if not shutil.which(tool):
+            sys.exit(f"bench: {tool} missing: run scripts/install-deps.sh")
+    rounds, seconds, pings, attaches, runs, mem = (
+        (1, 1, 20, 10, 2, [1, 5]) if args.quick else (3, 5, 500, 100, 10, [1, 100, 250]))
+
+    print("data plane ...", file=sys.stderr)
+    dp = data_plane(rounds, seconds, pings)
+    print("attach latency ...", file=sys.stderr)
+    attach = attach_latency(attaches)
+    print("podman run ...", file=sys.stderr)
+    podman = podman_run(runs)
+    print("memory ...", file=sys.stderr)
+    memory_report = memory(mem)
+    report = {
+        "machine": {"cores": os.cpu_count(), "kernel": os.uname().release, "quick": args.quick,
+                    "rounds": rounds, "seconds": seconds},
+        "rounds": dp, "summary": summarise(dp), "attach": attach, "podman_run": podman, "memory": memory_report,
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(report, indent=2))
+    svg(report, out / "bench.svg")
+    print(table(report))
+    print(f"\nwrote {out / 'bench.json'} and {out / 'bench.svg'}")
+
+
+if __name__ == "__main__":
+    main()
