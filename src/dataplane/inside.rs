@@ -1,10 +1,11 @@
 //! Packets from containers: TUN queue -> checks -> tunnel -> UDP.
 
 use std::io::{ErrorKind, Read};
+use std::os::fd::AsRawFd;
 use std::time::Instant;
 
 use super::packet::{ipv4_addresses, TAG_LEN};
-use super::Daemon;
+use super::{batched, Daemon};
 use crate::tunnel::DropReason;
 
 /// Packets read from one queue per wake-up before others get their turn.
@@ -56,16 +57,14 @@ impl Daemon {
             }
         };
         self.bufs.plain[..TAG_LEN].copy_from_slice(&tag.to_be_bytes());
-        let udp = &self.udp;
+        let fd = self.udp.as_raw_fd();
         self.tunnels.encrypt_packet(
             &route.key,
             route.endpoint,
             &self.bufs.plain[..TAG_LEN + len],
             &mut self.bufs.out,
             now,
-            &mut |datagram, to| {
-                let _ = udp.send_to(datagram, to);
-            },
+            &mut batched(&mut self.bufs.to_send, fd),
         )
     }
 }

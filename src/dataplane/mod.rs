@@ -6,6 +6,7 @@
 //! thread runs both off an epoll loop with fixed buffers: no allocation, no lock and no async
 //! scheduler on the per-packet path.
 
+mod batch;
 mod control_server;
 mod inside;
 mod outside;
@@ -17,7 +18,7 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, SyncSender};
@@ -38,6 +39,7 @@ use crate::netns::NetworkNamespace;
 use crate::state::{create_private_dir, write_atomic, FileLock};
 use crate::tun;
 use crate::tunnel::{encode_key, DropReason, Limits, StaticKeys, TunnelManager};
+use batch::{RecvBatch, SendBatch};
 use packet::network_tag;
 use ports::{Port, Ports};
 use routes::RouteTable;
@@ -76,9 +78,13 @@ impl DaemonConfig {
 type Command = (Request, SyncSender<Response>);
 
 struct Buffers {
-    datagram: Vec<u8>,
+    /// A decrypted datagram, or a container's packet behind room for the network tag.
     plain: Vec<u8>,
+    /// An encrypted datagram before it joins the send batch.
     out: Vec<u8>,
+    /// Always `Some` except while a batch is being handled.
+    received: Option<Box<RecvBatch>>,
+    to_send: Box<SendBatch>,
 }
 
 #[derive(Default)]
@@ -207,9 +213,10 @@ impl Daemon {
             ports: Ports::default(),
             drops: DropCounters::default(),
             bufs: Buffers {
-                datagram: vec![0; BUFFER],
                 plain: vec![0; BUFFER],
                 out: vec![0; BUFFER],
+                received: Some(RecvBatch::new()),
+                to_send: SendBatch::new(),
             },
             started: Instant::now(),
             running: true,
@@ -264,16 +271,16 @@ impl Daemon {
                 self.on_tick(now);
                 next_tick = now + TICK;
             }
+            self.bufs.to_send.flush(self.udp.as_raw_fd());
         }
         Ok(())
     }
 
     fn on_tick(&mut self, now: Instant) {
         self.routes.refresh();
-        let udp = &self.udp;
-        self.tunnels.tick(now, &mut |datagram, to| {
-            let _ = udp.send_to(datagram, to);
-        });
+        let fd = self.udp.as_raw_fd();
+        self.tunnels
+            .tick(now, &mut batched(&mut self.bufs.to_send, fd));
     }
 
     fn on_commands(&mut self) {
@@ -398,6 +405,16 @@ impl Daemon {
             "sessions": self.tunnels.session_count(),
             "drops": self.drops.to_json(),
         })
+    }
+}
+
+/// The `send` callback of the tunnel manager: queue in the batch, send when it is full.
+fn batched(batch: &mut SendBatch, fd: RawFd) -> impl FnMut(&[u8], SocketAddr) + '_ {
+    move |datagram, to| {
+        batch.push(datagram, to);
+        if batch.is_full() {
+            batch.flush(fd);
+        }
     }
 }
 

@@ -1,55 +1,66 @@
 //! Packets from the underlay: UDP -> tunnel (authenticate, decrypt) -> checks -> TUN queue.
 
 use std::io::{ErrorKind, Write};
+use std::os::fd::AsRawFd;
 use std::time::Instant;
 
+use super::batch::BATCH;
 use super::packet::{ipv4_addresses, TAG_LEN};
-use super::Daemon;
+use super::{batched, Daemon};
 use crate::tunnel::wire::MSG_INIT;
 use crate::tunnel::{DropReason, PublicKey, Received};
 
-const BATCH: usize = 256;
-
 impl Daemon {
+    /// Receives batches until the socket is empty (or a bound of batches, for fairness with
+    /// the containers' queues).
     pub(super) fn on_udp_readable(&mut self) {
-        for _ in 0..BATCH {
-            let (n, from) = match self.udp.recv_from(&mut self.bufs.datagram) {
-                Ok(got) => got,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+        let fd = self.udp.as_raw_fd();
+        // The batch is taken out while its datagrams are handled (they borrow it), then put back.
+        let mut batch = self.bufs.received.take().expect("receive batch in place");
+        for _ in 0..8 {
+            let received = match batch.receive(fd) {
+                Ok(n) => n,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    tracing::warn!("udp receive: {e}");
-                    return;
+                    if e.kind() != ErrorKind::WouldBlock {
+                        tracing::warn!("udp receive: {e}");
+                    }
+                    break;
                 }
             };
             let now = Instant::now();
-            if let Err(reason) = self.receive_datagram(n, from, now) {
-                self.drops.count(reason);
+            for i in 0..received {
+                let (datagram, from) = batch.get(i).expect("received datagram");
+                if let Err(reason) = self.receive_datagram(datagram, from, now) {
+                    self.drops.count(reason);
+                }
+            }
+            if received < BATCH {
+                break;
             }
         }
+        self.bufs.received = Some(batch);
     }
 
     fn receive_datagram(
         &mut self,
-        n: usize,
+        datagram: &[u8],
         from: std::net::SocketAddr,
         now: Instant,
     ) -> Result<(), DropReason> {
-        if self.bufs.datagram.first() == Some(&MSG_INIT) {
+        if datagram.first() == Some(&MSG_INIT) {
             // A host that attached its first container a moment ago may not be cached yet.
             self.routes.refresh();
         }
-        let udp = &self.udp;
+        let fd = self.udp.as_raw_fd();
         let routes = &self.routes;
         let received = self.tunnels.decrypt_packet(
-            &self.bufs.datagram[..n],
+            datagram,
             from,
             &mut self.bufs.plain,
             now,
             &|key| routes.is_listed(key),
-            &mut |datagram, to| {
-                let _ = udp.send_to(datagram, to);
-            },
+            &mut batched(&mut self.bufs.to_send, fd),
         );
         match received {
             Received::Data { peer, len } => self.deliver(&peer, len),
@@ -68,11 +79,9 @@ impl Daemon {
         let Some(key) = self.routes.key_at(from) else {
             return;
         };
-        let udp = &self.udp;
+        let fd = self.udp.as_raw_fd();
         self.tunnels
-            .create_tunnel(&key, from, now, &mut |datagram, to| {
-                let _ = udp.send_to(datagram, to);
-            });
+            .create_tunnel(&key, from, now, &mut batched(&mut self.bufs.to_send, fd));
     }
 
     /// `plain[..len]` is a tag and a packet from `peer`: deliver it if the peer may send it.
