@@ -26,6 +26,9 @@ cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --release --workspace --all-targets --quiet -- -D warnings
 
+log "benchmark, short setting (proves it still runs; asserts no timing)"
+python3 scripts/bench.py --quick --out "$(mktemp -d)"
+
 log "cargo test (unit, integration, end to end)"
 results=$(mktemp)
 set +e
