@@ -28,6 +28,15 @@ nix::ioctl_write_int_bad!(
     tun_set_persist,
     nix::request_code_write!(b'T', 203, std::mem::size_of::<libc::c_int>())
 );
+nix::ioctl_write_int_bad!(
+    tun_set_offload,
+    nix::request_code_write!(b'T', 208, std::mem::size_of::<libc::c_uint>())
+);
+
+/// Offloads the data plane accepts: the container's stack may hand over TCP segment trains up
+/// to 64 KiB and leave checksums to us (we segment and checksum in `dataplane::offload`).
+const TUN_F_CSUM: libc::c_int = 0x01;
+const TUN_F_TSO4: libc::c_int = 0x02;
 
 /// Flags every Flatnet TUN queue uses: layer 3, no packet-info prefix, multi-queue.
 const QUEUE_FLAGS: libc::c_int = libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_MULTI_QUEUE;
@@ -50,9 +59,19 @@ pub fn check_ifname(name: &str) -> Result<()> {
     }
 }
 
+/// Opens the data plane's queue of the TUN device `name` (in the calling thread's network
+/// namespace): every packet carries a virtio-net header, and TCP segmentation is offloaded.
+pub fn open_offload_queue(name: &str) -> Result<File> {
+    let queue = open(name, QUEUE_FLAGS | libc::IFF_VNET_HDR)?;
+    // SAFETY: plain integer ioctl on a TUN queue we own.
+    unsafe { tun_set_offload(queue.as_raw_fd(), TUN_F_CSUM | TUN_F_TSO4) }
+        .map_err(|e| Error::io(format!("enabling offloads on {name}"), e.into()))?;
+    Ok(queue)
+}
+
 /// Opens a queue of the TUN device `name` in the calling thread's network namespace, creating
 /// the device if it does not exist.
-pub fn open_queue(name: &str) -> Result<File> {
+fn open(name: &str, flags: libc::c_int) -> Result<File> {
     check_ifname(name)?;
     let file = OpenOptions::new()
         .read(true)
@@ -61,7 +80,7 @@ pub fn open_queue(name: &str) -> Result<File> {
         .context(|| format!("opening {TUN_DEVICE}"))?;
     let mut req = IfReq {
         name: [0; IFNAMSIZ],
-        flags: QUEUE_FLAGS as libc::c_short,
+        flags: flags as libc::c_short,
         _pad: [0; 22],
     };
     req.name[..name.len()].copy_from_slice(name.as_bytes());
@@ -73,7 +92,7 @@ pub fn open_queue(name: &str) -> Result<File> {
 
 /// Creates a persistent TUN device in the calling thread's network namespace.
 pub fn create_persistent(name: &str) -> Result<()> {
-    let queue = open_queue(name)?;
+    let queue = open(name, QUEUE_FLAGS)?;
     // SAFETY: plain integer ioctl on a TUN queue we own.
     unsafe { tun_set_persist(queue.as_raw_fd(), 1) }
         .map_err(|e| Error::io(format!("making TUN device {name} persistent"), e.into()))?;

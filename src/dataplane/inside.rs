@@ -4,6 +4,7 @@ use std::io::{ErrorKind, Read};
 use std::os::fd::AsRawFd;
 use std::time::Instant;
 
+use super::offload::{Segments, VNET_HDR_LEN};
 use super::packet::{ipv4_addresses, TAG_LEN};
 use super::{batched, Daemon};
 use crate::tunnel::DropReason;
@@ -19,17 +20,26 @@ impl Daemon {
             let Some(port) = self.ports.get_mut(slot) else {
                 return true;
             };
-            let n = match port.queue.read(&mut self.bufs.plain[TAG_LEN..]) {
+            let n = match port.queue.read(&mut self.bufs.frame) {
                 Ok(n) => n,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(_) => return false,
             };
             port.stats.from_container_packets += 1;
-            port.stats.from_container_bytes += n as u64;
+            port.stats.from_container_bytes += n.saturating_sub(VNET_HDR_LEN) as u64;
             let (tag, address) = (port.tag, port.address);
-            if let Err(reason) = self.send_from_container(tag, address, n, Instant::now()) {
-                self.drops.count(reason);
+            let Some(mut segments) = Segments::new(&self.bufs.frame[..n]) else {
+                self.drops.count(DropReason::Malformed);
+                continue;
+            };
+            let now = Instant::now();
+            while let Some(len) =
+                segments.next_into(&self.bufs.frame[..n], &mut self.bufs.plain[TAG_LEN..])
+            {
+                if let Err(reason) = self.send_from_container(tag, address, len, now) {
+                    self.drops.count(reason);
+                }
             }
         }
         true

@@ -9,6 +9,7 @@
 mod batch;
 mod control_server;
 mod inside;
+mod offload;
 mod outside;
 pub mod packet;
 mod ports;
@@ -78,6 +79,8 @@ impl DaemonConfig {
 type Command = (Request, SyncSender<Response>);
 
 struct Buffers {
+    /// What a container's queue gave: a virtio-net header and a packet or segment train.
+    frame: Vec<u8>,
     /// A decrypted datagram, or a container's packet behind room for the network tag.
     plain: Vec<u8>,
     /// An encrypted datagram before it joins the send batch.
@@ -213,7 +216,8 @@ impl Daemon {
             ports: Ports::default(),
             drops: DropCounters::default(),
             bufs: Buffers {
-                plain: vec![0; BUFFER],
+                frame: vec![0; BUFFER + offload::VNET_HDR_LEN],
+                plain: vec![0; BUFFER + offload::VNET_HDR_LEN],
                 out: vec![0; BUFFER],
                 received: Some(RecvBatch::new()),
                 to_send: SendBatch::new(),
@@ -332,7 +336,7 @@ impl Daemon {
             self.detach(&record.network, &record.container_id);
         }
         let netns = NetworkNamespace::open(&record.netns)?;
-        let queue = netns.run_inside(|| tun::open_queue(&record.ifname))?;
+        let queue = netns.run_inside(|| tun::open_offload_queue(&record.ifname))?;
         set_nonblocking(&queue)?;
         let port = Port {
             network: record.network.clone(),

@@ -5,6 +5,7 @@ use std::os::fd::AsRawFd;
 use std::time::Instant;
 
 use super::batch::BATCH;
+use super::offload::{DECRYPT_OFFSET, DELIVERY_HEADER, VNET_HDR_LEN};
 use super::packet::{ipv4_addresses, TAG_LEN};
 use super::{batched, Daemon};
 use crate::tunnel::wire::MSG_INIT;
@@ -57,7 +58,7 @@ impl Daemon {
         let received = self.tunnels.decrypt_packet(
             datagram,
             from,
-            &mut self.bufs.plain,
+            &mut self.bufs.plain[DECRYPT_OFFSET..],
             now,
             &|key| routes.is_listed(key),
             &mut batched(&mut self.bufs.to_send, fd),
@@ -84,14 +85,21 @@ impl Daemon {
             .create_tunnel(&key, from, now, &mut batched(&mut self.bufs.to_send, fd));
     }
 
-    /// `plain[..len]` is a tag and a packet from `peer`: deliver it if the peer may send it.
+    /// `plain[DECRYPT_OFFSET..][..len]` is a tag and a packet from `peer`: deliver it if the
+    /// peer may send it, behind a virtio-net header written over the tag's room.
     fn deliver(&mut self, peer: &PublicKey, len: usize) -> Result<(), DropReason> {
         if len < TAG_LEN {
             return Err(DropReason::Malformed);
         }
-        let tag = u32::from_be_bytes(self.bufs.plain[..TAG_LEN].try_into().unwrap());
+        let end = DECRYPT_OFFSET + len;
+        let tag_at = DECRYPT_OFFSET;
+        let tag = u32::from_be_bytes(
+            self.bufs.plain[tag_at..tag_at + TAG_LEN]
+                .try_into()
+                .unwrap(),
+        );
         let (src, dst) =
-            ipv4_addresses(&self.bufs.plain[TAG_LEN..len]).ok_or(DropReason::NotIpv4)?;
+            ipv4_addresses(&self.bufs.plain[VNET_HDR_LEN..end]).ok_or(DropReason::NotIpv4)?;
         // The inner source must be an address the lighthouse gives to the sending host.
         if self.routes.lookup(tag, src).is_none() {
             self.routes.refresh();
@@ -99,14 +107,15 @@ impl Daemon {
         if self.routes.lookup(tag, src).map(|r| &r.key) != Some(peer) {
             return Err(DropReason::Spoofed);
         }
-        let packet = &self.bufs.plain[TAG_LEN..len];
         let slot = self.ports.slot_of(tag, dst).ok_or(DropReason::NoRoute)?;
         let port = self.ports.get_mut(slot).ok_or(DropReason::NoRoute)?;
+        self.bufs.plain[..VNET_HDR_LEN].copy_from_slice(&DELIVERY_HEADER);
+        let frame = &self.bufs.plain[..end];
         // A TUN write takes the whole packet or nothing.
-        match port.queue.write(packet) {
-            Ok(written) if written == packet.len() => {
+        match port.queue.write(frame) {
+            Ok(written) if written == frame.len() => {
                 port.stats.to_container_packets += 1;
-                port.stats.to_container_bytes += packet.len() as u64;
+                port.stats.to_container_bytes += (end - VNET_HDR_LEN) as u64;
                 Ok(())
             }
             _ => Err(DropReason::QueueFull),

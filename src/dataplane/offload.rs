@@ -1,0 +1,318 @@
+//! TUN offloads: the container's TCP stack hands the data plane whole segment trains (up to
+//! 64 KiB, one read) with checksums left to fill in, and the data plane cuts them into MTU-sized
+//! packets here, just before encryption. One read and one pass through the container's stack
+//! per train instead of per packet is most of what a userspace tunnel spends.
+//!
+//! Every packet on an offload queue starts with a virtio-net header (legacy layout, native
+//! byte order, as TUN uses by default).
+
+use super::packet::TAG_LEN;
+
+pub const VNET_HDR_LEN: usize = 10;
+const F_NEEDS_CSUM: u8 = 1;
+/// On packets we write: the AEAD already proved integrity; skip the stack's checksum pass.
+const F_DATA_VALID: u8 = 2;
+const GSO_NONE: u8 = 0;
+const GSO_TCPV4: u8 = 1;
+const GSO_ECN: u8 = 0x80;
+const TCP_FIN: u8 = 0x01;
+const TCP_PSH: u8 = 0x08;
+const TCP_CWR: u8 = 0x80;
+
+/// The header written in front of each packet delivered to a container.
+pub const DELIVERY_HEADER: [u8; VNET_HDR_LEN] = [F_DATA_VALID, GSO_NONE, 0, 0, 0, 0, 0, 0, 0, 0];
+
+#[derive(Debug, Clone, Copy)]
+struct Header {
+    flags: u8,
+    gso_type: u8,
+    gso_size: usize,
+    csum_start: usize,
+    csum_offset: usize,
+}
+
+/// Cuts one frame read from an offload queue into the packets to tunnel.
+pub struct Segments {
+    header: Header,
+    /// For segmentation: IP + TCP header length, payload length, bytes already emitted.
+    headers_len: usize,
+    payload_len: usize,
+    offset: usize,
+    index: u16,
+    done: bool,
+}
+
+impl Segments {
+    /// Parses the frame's header. `None` for a frame Flatnet cannot cut (it is dropped).
+    pub fn new(frame: &[u8]) -> Option<Segments> {
+        if frame.len() <= VNET_HDR_LEN {
+            return None;
+        }
+        let u16_at = |i: usize| u16::from_ne_bytes([frame[i], frame[i + 1]]) as usize;
+        let header = Header {
+            flags: frame[0],
+            gso_type: frame[1] & !GSO_ECN,
+            gso_size: u16_at(4),
+            csum_start: u16_at(6),
+            csum_offset: u16_at(8),
+        };
+        let packet = &frame[VNET_HDR_LEN..];
+        let mut segments = Segments {
+            header,
+            headers_len: 0,
+            payload_len: 0,
+            offset: 0,
+            index: 0,
+            done: false,
+        };
+        match header.gso_type {
+            GSO_NONE => {
+                let field = header.csum_start + header.csum_offset + 2;
+                if header.flags & F_NEEDS_CSUM != 0 && field > packet.len() {
+                    return None;
+                }
+            }
+            GSO_TCPV4 => {
+                let ip_len = usize::from(*packet.first()? & 0x0f) * 4;
+                let tcp_len = usize::from(*packet.get(ip_len + 12)? >> 4) * 4;
+                let headers_len = ip_len + tcp_len;
+                if ip_len < 20 || tcp_len < 20 || packet[9] != 6 || headers_len > packet.len() {
+                    return None;
+                }
+                if header.gso_size == 0 {
+                    return None;
+                }
+                segments.headers_len = headers_len;
+                segments.payload_len = packet.len() - headers_len;
+            }
+            _ => return None,
+        }
+        Some(segments)
+    }
+
+    /// Writes the next packet of `frame` into `out`; returns its length, `None` when done.
+    pub fn next_into(&mut self, frame: &[u8], out: &mut [u8]) -> Option<usize> {
+        if self.done {
+            return None;
+        }
+        let packet = &frame[VNET_HDR_LEN..];
+        if self.header.gso_type == GSO_NONE {
+            self.done = true;
+            out[..packet.len()].copy_from_slice(packet);
+            if self.header.flags & F_NEEDS_CSUM != 0 {
+                complete_checksum(
+                    &mut out[..packet.len()],
+                    self.header.csum_start,
+                    self.header.csum_offset,
+                );
+            }
+            return Some(packet.len());
+        }
+        let chunk = self.header.gso_size.min(self.payload_len - self.offset);
+        let last = self.offset + chunk >= self.payload_len;
+        let len = self.headers_len + chunk;
+        out[..self.headers_len].copy_from_slice(&packet[..self.headers_len]);
+        let payload =
+            &packet[self.headers_len + self.offset..self.headers_len + self.offset + chunk];
+        out[self.headers_len..len].copy_from_slice(payload);
+        fix_segment(
+            &mut out[..len],
+            self.headers_len,
+            self.offset as u32,
+            self.index,
+            last,
+        );
+        self.offset += chunk;
+        self.index += 1;
+        self.done = last;
+        Some(len)
+    }
+}
+
+/// IP length, id and checksum; TCP sequence number, flags and checksum of one segment.
+fn fix_segment(seg: &mut [u8], headers_len: usize, offset: u32, index: u16, last: bool) {
+    let ip_len = usize::from(seg[0] & 0x0f) * 4;
+    let total = seg.len() as u16;
+    seg[2..4].copy_from_slice(&total.to_be_bytes());
+    let id = u16::from_be_bytes([seg[4], seg[5]]).wrapping_add(index);
+    seg[4..6].copy_from_slice(&id.to_be_bytes());
+    seg[10..12].copy_from_slice(&[0, 0]);
+    let ip_sum = !fold(sum(&seg[..ip_len], 0));
+    seg[10..12].copy_from_slice(&ip_sum.to_be_bytes());
+
+    let tcp = ip_len;
+    let seq = u32::from_be_bytes(seg[tcp + 4..tcp + 8].try_into().unwrap()).wrapping_add(offset);
+    seg[tcp + 4..tcp + 8].copy_from_slice(&seq.to_be_bytes());
+    if !last {
+        seg[tcp + 13] &= !(TCP_FIN | TCP_PSH);
+    }
+    if index > 0 {
+        seg[tcp + 13] &= !TCP_CWR;
+    }
+    debug_assert!(headers_len >= tcp + 20);
+    seg[tcp + 16..tcp + 18].copy_from_slice(&[0, 0]);
+    let tcp_len = (seg.len() - tcp) as u32;
+    let pseudo = sum(&seg[12..20], 6 + u64::from(tcp_len));
+    let tcp_sum = !fold(sum(&seg[tcp..], pseudo));
+    seg[tcp + 16..tcp + 18].copy_from_slice(&tcp_sum.to_be_bytes());
+}
+
+/// Finishes a checksum the sending stack left partial: the field already holds the folded
+/// pseudo-header sum; add the data from `start` on and store the complement.
+fn complete_checksum(packet: &mut [u8], start: usize, offset: usize) {
+    let at = start + offset;
+    let value = !fold(sum(&packet[start..], 0));
+    packet[at..at + 2].copy_from_slice(&value.to_be_bytes());
+}
+
+/// Internet checksum accumulation (RFC 1071) over big-endian 16-bit words.
+fn sum(data: &[u8], initial: u64) -> u64 {
+    let mut acc = initial;
+    let mut chunks = data.chunks_exact(8);
+    for c in chunks.by_ref() {
+        acc += u64::from(u16::from_be_bytes([c[0], c[1]]))
+            + u64::from(u16::from_be_bytes([c[2], c[3]]))
+            + u64::from(u16::from_be_bytes([c[4], c[5]]))
+            + u64::from(u16::from_be_bytes([c[6], c[7]]));
+    }
+    let mut words = chunks.remainder().chunks_exact(2);
+    for w in words.by_ref() {
+        acc += u64::from(u16::from_be_bytes([w[0], w[1]]));
+    }
+    if let [b] = words.remainder() {
+        acc += u64::from(u16::from_be_bytes([*b, 0]));
+    }
+    acc
+}
+
+fn fold(mut acc: u64) -> u16 {
+    while acc >> 16 != 0 {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    acc as u16
+}
+
+/// Where a decrypted packet should land so that the tag sits just before it and the delivery
+/// header can be written over the tag's space without moving the packet.
+pub const DECRYPT_OFFSET: usize = VNET_HDR_LEN - TAG_LEN;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tso_frame(payload: &[u8], gso_size: u16) -> Vec<u8> {
+        let mut f = vec![F_NEEDS_CSUM, GSO_TCPV4, 0, 0];
+        f.extend_from_slice(&gso_size.to_ne_bytes());
+        f.extend_from_slice(&20u16.to_ne_bytes());
+        f.extend_from_slice(&16u16.to_ne_bytes());
+        let total = (40 + payload.len()) as u16;
+        let mut ip = vec![
+            0x45, 0, 0, 0, 0x12, 0x34, 0x40, 0, 64, 6, 0, 0, 198, 51, 100, 2, 198, 51, 100, 3,
+        ];
+        ip[2..4].copy_from_slice(&total.to_be_bytes());
+        let mut tcp = vec![
+            0x1f,
+            0x90,
+            0x1b,
+            0x59,
+            0,
+            0,
+            0x10,
+            0,
+            0,
+            0,
+            0,
+            1,
+            0x50,
+            0x18 | TCP_FIN,
+            0xff,
+            0xff,
+            0,
+            0,
+            0,
+            0,
+        ];
+        tcp[4..8].copy_from_slice(&1000u32.to_be_bytes());
+        f.extend(ip);
+        f.extend(tcp);
+        f.extend_from_slice(payload);
+        f
+    }
+
+    #[test]
+    fn a_segment_train_is_cut_into_valid_packets() {
+        let payload: Vec<u8> = (0..4500u32).map(|i| (i * 7) as u8).collect();
+        let frame = tso_frame(&payload, 1400);
+        let mut segs = Segments::new(&frame).unwrap();
+        let mut out = vec![0u8; 2000];
+        let mut rebuilt = Vec::new();
+        let mut count = 0u32;
+        while let Some(len) = segs.next_into(&frame, &mut out) {
+            let p = &out[..len];
+            assert_eq!(u16::from_be_bytes([p[2], p[3]]) as usize, len);
+            assert_eq!(
+                fold(sum(&p[..20], 0)),
+                0xffff,
+                "IP checksum of segment {count}"
+            );
+            let pseudo = sum(&p[12..20], 6 + (len as u64 - 20));
+            assert_eq!(
+                fold(sum(&p[20..], pseudo)),
+                0xffff,
+                "TCP checksum of segment {count}"
+            );
+            let seq = u32::from_be_bytes(p[24..28].try_into().unwrap());
+            assert_eq!(seq, 1000 + 1400 * count);
+            assert_eq!(u16::from_be_bytes([p[4], p[5]]), 0x1234 + count as u16);
+            let last = rebuilt.len() + (len - 40) == payload.len();
+            assert_eq!(
+                p[33] & (TCP_FIN | TCP_PSH) != 0,
+                last,
+                "FIN/PSH only on the last"
+            );
+            rebuilt.extend_from_slice(&p[40..]);
+            count += 1;
+        }
+        assert_eq!(count, 4);
+        assert_eq!(rebuilt, payload);
+    }
+
+    #[test]
+    fn a_partial_checksum_is_completed() {
+        // A UDP packet whose checksum field holds only the pseudo-header sum.
+        let mut packet = vec![
+            0x45, 0, 0, 32, 0, 0, 0, 0, 64, 17, 0, 0, 198, 51, 100, 2, 198, 51, 100, 3,
+        ];
+        let ip_sum = !fold(sum(&packet[..20], 0));
+        packet[10..12].copy_from_slice(&ip_sum.to_be_bytes());
+        let udp_len = 12u16;
+        let mut udp = vec![0x10, 0x00, 0x20, 0x00, 0, 12, 0, 0, b'p', b'i', b'n', b'g'];
+        let pseudo = fold(sum(&packet[12..20], 17 + u64::from(udp_len)));
+        udp[6..8].copy_from_slice(&pseudo.to_be_bytes());
+        packet.extend(udp);
+        let mut frame = vec![F_NEEDS_CSUM, GSO_NONE, 0, 0, 0, 0];
+        frame.extend_from_slice(&20u16.to_ne_bytes());
+        frame.extend_from_slice(&6u16.to_ne_bytes());
+        frame.extend_from_slice(&packet);
+        let mut segs = Segments::new(&frame).unwrap();
+        let mut out = vec![0u8; 100];
+        let len = segs.next_into(&frame, &mut out).unwrap();
+        assert_eq!(len, packet.len());
+        let full = sum(&out[12..20], 17 + u64::from(udp_len));
+        assert_eq!(fold(sum(&out[20..len], full)), 0xffff);
+        assert_eq!(segs.next_into(&frame, &mut out), None);
+    }
+
+    #[test]
+    fn frames_it_cannot_cut_are_refused() {
+        assert!(Segments::new(&[0; 5]).is_none());
+        let mut bad = tso_frame(&[1, 2, 3], 0);
+        assert!(Segments::new(&bad).is_none(), "gso_size 0");
+        bad = tso_frame(&[1, 2, 3], 100);
+        bad[VNET_HDR_LEN + 9] = 17; // not TCP
+        assert!(Segments::new(&bad).is_none());
+        bad = tso_frame(&[1, 2, 3], 100);
+        bad[1] = 3; // UDP fragmentation offload: never enabled
+        assert!(Segments::new(&bad).is_none());
+    }
+}
