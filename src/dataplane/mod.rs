@@ -7,6 +7,7 @@
 //! scheduler on the per-packet path.
 
 mod batch;
+mod coalesce;
 mod control_server;
 mod inside;
 mod offload;
@@ -41,6 +42,7 @@ use crate::state::{create_private_dir, write_atomic, FileLock};
 use crate::tun;
 use crate::tunnel::{encode_key, DropReason, Limits, StaticKeys, TunnelManager};
 use batch::{RecvBatch, SendBatch};
+use coalesce::Coalescer;
 use packet::network_tag;
 use ports::{Port, Ports};
 use routes::RouteTable;
@@ -87,6 +89,8 @@ struct Buffers {
     out: Vec<u8>,
     /// Always `Some` except while a batch is being handled.
     received: Option<Box<RecvBatch>>,
+    /// Segments for one container joined while a received batch is handled.
+    train: Coalescer,
     to_send: Box<SendBatch>,
 }
 
@@ -220,6 +224,7 @@ impl Daemon {
                 plain: vec![0; BUFFER + offload::VNET_HDR_LEN],
                 out: vec![0; BUFFER],
                 received: Some(RecvBatch::new()),
+                train: Coalescer::new(),
                 to_send: SendBatch::new(),
             },
             started: Instant::now(),

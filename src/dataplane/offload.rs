@@ -6,7 +6,7 @@
 //! Every packet on an offload queue starts with a virtio-net header (legacy layout, native
 //! byte order, as TUN uses by default).
 
-use super::packet::TAG_LEN;
+use super::packet::{checksum_fold as fold, checksum_sum as sum, TAG_LEN};
 
 pub const VNET_HDR_LEN: usize = 10;
 const F_NEEDS_CSUM: u8 = 1;
@@ -163,33 +163,6 @@ fn complete_checksum(packet: &mut [u8], start: usize, offset: usize) {
     let at = start + offset;
     let value = !fold(sum(&packet[start..], 0));
     packet[at..at + 2].copy_from_slice(&value.to_be_bytes());
-}
-
-/// Internet checksum accumulation (RFC 1071) over big-endian 16-bit words.
-fn sum(data: &[u8], initial: u64) -> u64 {
-    let mut acc = initial;
-    let mut chunks = data.chunks_exact(8);
-    for c in chunks.by_ref() {
-        acc += u64::from(u16::from_be_bytes([c[0], c[1]]))
-            + u64::from(u16::from_be_bytes([c[2], c[3]]))
-            + u64::from(u16::from_be_bytes([c[4], c[5]]))
-            + u64::from(u16::from_be_bytes([c[6], c[7]]));
-    }
-    let mut words = chunks.remainder().chunks_exact(2);
-    for w in words.by_ref() {
-        acc += u64::from(u16::from_be_bytes([w[0], w[1]]));
-    }
-    if let [b] = words.remainder() {
-        acc += u64::from(u16::from_be_bytes([*b, 0]));
-    }
-    acc
-}
-
-fn fold(mut acc: u64) -> u16 {
-    while acc >> 16 != 0 {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    acc as u16
 }
 
 /// Where a decrypted packet should land so that the tag sits just before it and the delivery

@@ -7,6 +7,7 @@ use std::time::Instant;
 use super::batch::BATCH;
 use super::offload::{DECRYPT_OFFSET, DELIVERY_HEADER, VNET_HDR_LEN};
 use super::packet::{ipv4_addresses, TAG_LEN};
+use super::ports::Port;
 use super::{batched, Daemon};
 use crate::tunnel::wire::MSG_INIT;
 use crate::tunnel::{DropReason, PublicKey, Received};
@@ -36,6 +37,7 @@ impl Daemon {
                     self.drops.count(reason);
                 }
             }
+            self.write_train();
             if received < BATCH {
                 break;
             }
@@ -108,17 +110,43 @@ impl Daemon {
             return Err(DropReason::Spoofed);
         }
         let slot = self.ports.slot_of(tag, dst).ok_or(DropReason::NoRoute)?;
-        let port = self.ports.get_mut(slot).ok_or(DropReason::NoRoute)?;
-        self.bufs.plain[..VNET_HDR_LEN].copy_from_slice(&DELIVERY_HEADER);
-        let frame = &self.bufs.plain[..end];
-        // A TUN write takes the whole packet or nothing.
-        match port.queue.write(frame) {
-            Ok(written) if written == frame.len() => {
-                port.stats.to_container_packets += 1;
-                port.stats.to_container_bytes += (end - VNET_HDR_LEN) as u64;
-                Ok(())
-            }
-            _ => Err(DropReason::QueueFull),
+        let packet = &self.bufs.plain[VNET_HDR_LEN..end];
+        if self.bufs.train.append(slot, packet) {
+            return Ok(());
         }
+        self.write_train();
+        if self
+            .bufs
+            .train
+            .start(slot, &self.bufs.plain[VNET_HDR_LEN..end])
+        {
+            return Ok(());
+        }
+        self.bufs.plain[..VNET_HDR_LEN].copy_from_slice(&DELIVERY_HEADER);
+        write_to(self.ports.get_mut(slot), &self.bufs.plain[..end], 1)
+    }
+
+    /// Writes the segment train being built, if any, to its container.
+    pub(super) fn write_train(&mut self) {
+        if let Some(train) = self.bufs.train.finish() {
+            let port = self.ports.get_mut(train.slot);
+            if let Err(reason) = write_to(port, train.frame, train.segments) {
+                self.drops.count(reason);
+            }
+        }
+    }
+}
+
+/// One TUN write: a packet or a train of `packets`, behind its virtio-net header.
+fn write_to(port: Option<&mut Port>, frame: &[u8], packets: u16) -> Result<(), DropReason> {
+    let port = port.ok_or(DropReason::NoRoute)?;
+    // A TUN write takes the whole frame or nothing.
+    match port.queue.write(frame) {
+        Ok(written) if written == frame.len() => {
+            port.stats.to_container_packets += u64::from(packets);
+            port.stats.to_container_bytes += (frame.len() - VNET_HDR_LEN) as u64;
+            Ok(())
+        }
+        _ => Err(DropReason::QueueFull),
     }
 }

@@ -22,6 +22,34 @@ pub fn ipv4_addresses(packet: &[u8]) -> Option<(Ipv4Addr, Ipv4Addr)> {
     Some((at(12), at(16)))
 }
 
+/// Internet checksum accumulation (RFC 1071) over big-endian 16-bit words.
+pub fn checksum_sum(data: &[u8], initial: u64) -> u64 {
+    let mut acc = initial;
+    let mut chunks = data.chunks_exact(8);
+    for c in chunks.by_ref() {
+        acc += u64::from(u16::from_be_bytes([c[0], c[1]]))
+            + u64::from(u16::from_be_bytes([c[2], c[3]]))
+            + u64::from(u16::from_be_bytes([c[4], c[5]]))
+            + u64::from(u16::from_be_bytes([c[6], c[7]]));
+    }
+    let mut words = chunks.remainder().chunks_exact(2);
+    for w in words.by_ref() {
+        acc += u64::from(u16::from_be_bytes([w[0], w[1]]));
+    }
+    if let [b] = words.remainder() {
+        acc += u64::from(u16::from_be_bytes([*b, 0]));
+    }
+    acc
+}
+
+/// Folds a checksum accumulation to 16 bits (not complemented).
+pub fn checksum_fold(mut acc: u64) -> u16 {
+    while acc >> 16 != 0 {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    acc as u16
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
