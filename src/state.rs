@@ -52,23 +52,23 @@ pub struct FileLock {
 
 impl FileLock {
     pub fn acquire(path: &Path) -> Result<Self> {
-        if let Some(dir) = path.parent() {
-            create_private_dir(dir)?;
-        }
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(path)
-            .context(|| format!("opening lock file {}", path.display()))?;
-        let lock = Flock::lock(file, FlockArg::LockExclusive)
-            .map_err(|(_, errno)| Error::io(format!("locking {}", path.display()), errno.into()))?;
-        Ok(FileLock { _lock: lock })
+        Self::lock(path, FlockArg::LockExclusive)
     }
 
     /// Takes the lock only if nobody holds it; `None` if somebody does.
     pub fn try_acquire(path: &Path) -> Result<Option<Self>> {
+        match Self::lock(path, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(Some(lock)),
+            Err(Error::Io { source, .. })
+                if source.raw_os_error() == Some(nix::errno::Errno::EWOULDBLOCK as i32) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn lock(path: &Path, how: FlockArg) -> Result<Self> {
         if let Some(dir) = path.parent() {
             create_private_dir(dir)?;
         }
@@ -79,14 +79,9 @@ impl FileLock {
             .mode(0o600)
             .open(path)
             .context(|| format!("opening lock file {}", path.display()))?;
-        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => Ok(Some(FileLock { _lock: lock })),
-            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
-            Err((_, errno)) => Err(Error::io(
-                format!("locking {}", path.display()),
-                errno.into(),
-            )),
-        }
+        let lock = Flock::lock(file, how)
+            .map_err(|(_, errno)| Error::io(format!("locking {}", path.display()), errno.into()))?;
+        Ok(FileLock { _lock: lock })
     }
 }
 

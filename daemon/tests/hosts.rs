@@ -78,6 +78,14 @@ impl Cluster {
         cluster
     }
 
+    /// Two hosts with one container each that already reach each other.
+    fn connected_pair() -> (Cluster, usize, usize) {
+        let mut cluster = Cluster::new(2);
+        let (a, b) = (cluster.attach(0), cluster.attach(1));
+        assert!(cluster.ping(a, b, 1), "the pair does not connect");
+        (cluster, a, b)
+    }
+
     fn add_host(&mut self) -> usize {
         let i = self.hosts.len();
         let ns = TestNetns::new("host");
@@ -397,9 +405,7 @@ fn kill_9_and_restart_keeps_the_outage_short() {
     if !root_or_skip("kill_9_and_restart_keeps_the_outage_short") {
         return;
     }
-    let mut cluster = Cluster::new(2);
-    let (a, b) = (cluster.attach(0), cluster.attach(1));
-    assert!(cluster.ping(a, b, 1));
+    let (cluster, a, b) = Cluster::connected_pair();
     let mut pinger = Pinger::start(&cluster, a, b, 0.1, 80);
     let mut seen = vec![pinger.next_reply().expect("ping runs")];
 
@@ -431,9 +437,7 @@ fn a_vanished_peer_costs_little_and_traffic_resumes() {
     if !root_or_skip("a_vanished_peer_costs_little_and_traffic_resumes") {
         return;
     }
-    let mut cluster = Cluster::new(2);
-    let (a, b) = (cluster.attach(0), cluster.attach(1));
-    assert!(cluster.ping(a, b, 1));
+    let (cluster, a, b) = Cluster::connected_pair();
 
     // Host 1 drops off the underlay; host 0 restarts, so it must handshake again.
     cluster.hosts[1].ns.ip(&["link", "set", "eth0", "down"]);
@@ -481,9 +485,7 @@ fn garbage_is_dropped_and_counted_while_ping_goes_on() {
     if !root_or_skip("garbage_is_dropped_and_counted_while_ping_goes_on") {
         return;
     }
-    let mut cluster = Cluster::new(2);
-    let (a, b) = (cluster.attach(0), cluster.attach(1));
-    assert!(cluster.ping(a, b, 1));
+    let (cluster, a, b) = Cluster::connected_pair();
     // What garbage can be counted as (other reasons belong to the containers' own traffic).
     let counted = |c: &Cluster| -> u64 {
         let drops = &c.status(1)["drops"];
@@ -700,9 +702,7 @@ fn the_underlay_carries_only_ciphertext() {
         return;
     }
     const MARKER: &str = "FLATNET-PLAINTEXT-MARKER-7f3a9c";
-    let mut cluster = Cluster::new(2);
-    let (a, b) = (cluster.attach(0), cluster.attach(1));
-    assert!(cluster.ping(a, b, 1));
+    let (cluster, a, b) = Cluster::connected_pair();
 
     let pcap = cluster.shared.path().join("flatnet.pcap");
     let filter = format!("udp port {TUNNEL_PORT}");

@@ -196,12 +196,7 @@ impl TunnelManager {
         now: Instant,
         send: &mut Sender,
     ) {
-        let limits = &self.limits;
-        let entry = self
-            .peers
-            .entry(*peer)
-            .or_insert_with(|| Peer::new(endpoint, now, limits));
-        entry.last_activity = now;
+        let entry = touch_peer(&mut self.peers, &self.limits, peer, endpoint, now);
         if entry.current.is_none() && entry.pending.is_none() && now >= entry.retry_at {
             self.start_handshake(peer, now, send);
         }
@@ -219,11 +214,7 @@ impl TunnelManager {
         send: &mut Sender,
     ) -> Result<(), DropReason> {
         let limits = &self.limits;
-        let entry = self
-            .peers
-            .entry(*peer)
-            .or_insert_with(|| Peer::new(endpoint, now, limits));
-        entry.last_activity = now;
+        let entry = touch_peer(&mut self.peers, limits, peer, endpoint, now);
         let session = entry
             .current
             .and_then(|i| self.sessions.get_mut(&i))
@@ -539,6 +530,21 @@ impl TunnelManager {
     fn fresh_index(&self) -> u32 {
         fresh_index(&self.sessions, &self.initiations)
     }
+}
+
+/// The peer's entry, made on first contact, marked active now.
+fn touch_peer<'a>(
+    peers: &'a mut HashMap<PublicKey, Peer>,
+    limits: &Limits,
+    peer: &PublicKey,
+    endpoint: SocketAddr,
+    now: Instant,
+) -> &'a mut Peer {
+    let entry = peers
+        .entry(*peer)
+        .or_insert_with(|| Peer::new(endpoint, now, limits));
+    entry.last_activity = now;
+    entry
 }
 
 /// A random session index not in use: indices are visible on the wire, so they should not
