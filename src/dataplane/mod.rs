@@ -295,43 +295,44 @@ impl Daemon {
     fn on_commands(&mut self) {
         let _ = self.wake.read();
         while let Ok((request, reply)) = self.commands.try_recv() {
-            if request == Request::Shutdown {
-                self.running = false;
-                self.shutdown_reply = Some(reply);
-                continue;
-            }
-            let response = self.handle(request);
+            let response = match request {
+                Request::Attach {
+                    network,
+                    container_id,
+                } => self.attach_recorded(&network, &container_id),
+                Request::Detach {
+                    network,
+                    container_id,
+                } => {
+                    self.detach(&network, &container_id);
+                    Response::ok()
+                }
+                Request::Status => Response {
+                    ok: true,
+                    error: None,
+                    status: Some(self.status()),
+                },
+                Request::Shutdown => {
+                    // Answered by `run` once everything is closed.
+                    self.running = false;
+                    self.shutdown_reply = Some(reply);
+                    continue;
+                }
+            };
             let _ = reply.send(response);
         }
     }
 
-    fn handle(&mut self, request: Request) -> Response {
-        match request {
-            Request::Attach {
-                network,
-                container_id,
-            } => match load_attachment(&self.config.state_dir, &network, &container_id) {
-                Ok(Some(record)) => self
-                    .attach(&record)
-                    .map_or_else(|e| Response::error(e.to_string()), |()| Response::ok()),
-                Ok(None) => Response::error(format!(
-                    "no attachment record for {container_id} on {network}"
-                )),
-                Err(e) => Response::error(e.to_string()),
-            },
-            Request::Detach {
-                network,
-                container_id,
-            } => {
-                self.detach(&network, &container_id);
-                Response::ok()
-            }
-            Request::Status => Response {
-                ok: true,
-                error: None,
-                status: Some(self.status()),
-            },
-            Request::Shutdown => unreachable!("handled by on_commands"),
+    /// Serves the container its attachment record describes.
+    fn attach_recorded(&mut self, network: &str, container_id: &str) -> Response {
+        match load_attachment(&self.config.state_dir, network, container_id) {
+            Ok(Some(record)) => self
+                .attach(&record)
+                .map_or_else(|e| Response::error(e.to_string()), |()| Response::ok()),
+            Ok(None) => Response::error(format!(
+                "no attachment record for {container_id} on {network}"
+            )),
+            Err(e) => Response::error(e.to_string()),
         }
     }
 
