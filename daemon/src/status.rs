@@ -21,50 +21,63 @@ pub fn show(state_dir: &Path, json: bool) -> Result<()> {
 fn render(s: &Value) -> String {
     let mut out = format!(
         "flatnetd {} (protocol {}), listening on {}, up {} s, RSS {} KiB\nhost key {}\n",
-        s["version"].as_str().unwrap_or("?"),
-        s["protocol"],
-        s["listen"].as_str().unwrap_or("?"),
-        s["uptime_ms"].as_u64().unwrap_or(0) / 1000,
-        s["rss_kib"],
-        s["public_key"].as_str().unwrap_or("?"),
+        text(&s["version"]),
+        num(&s["protocol"]),
+        text(&s["listen"]),
+        num(&s["uptime_ms"]) / 1000,
+        num(&s["rss_kib"]),
+        text(&s["public_key"]),
     );
-    out +=
-        "\nCONTAINER     NETWORK       ADDRESS          FROM-CTR PKTS/BYTES   TO-CTR PKTS/BYTES\n";
+    out += &format!(
+        "\n{:<13} {:<14} {:<16} {:>22} {:>22}\n",
+        "CONTAINER", "NETWORK", "ADDRESS", "FROM CONTAINER PKT/B", "TO CONTAINER PKT/B"
+    );
     for c in s["containers"].as_array().into_iter().flatten() {
         let st = &c["stats"];
         out += &format!(
-            "{:<13} {:<13} {:<16} {:>8}/{:<12} {:>8}/{}\n",
-            short(c["container_id"].as_str().unwrap_or("")),
-            c["network"].as_str().unwrap_or(""),
-            c["address"].as_str().unwrap_or(""),
-            st["from_container_packets"],
-            st["from_container_bytes"],
-            st["to_container_packets"],
-            st["to_container_bytes"],
+            "{:<13} {:<14} {:<16} {:>22} {:>22}\n",
+            short(text(&c["container_id"])),
+            text(&c["network"]),
+            text(&c["address"]),
+            pair(&st["from_container_packets"], &st["from_container_bytes"]),
+            pair(&st["to_container_packets"], &st["to_container_bytes"]),
         );
     }
-    out += "\nPEER          ENDPOINT              SESSIONS HANDSHAKE-AGE  TX PKTS/BYTES        RX PKTS/BYTES\n";
+    out += &format!(
+        "\n{:<13} {:<21} {:>8} {:>13} {:>22} {:>22}\n",
+        "PEER", "ENDPOINT", "SESSIONS", "HANDSHAKE AGE", "TX PKT/B", "RX PKT/B"
+    );
     for p in s["peers"].as_array().into_iter().flatten() {
         let age = p["handshake_age_ms"]
             .as_u64()
             .map_or("-".to_string(), |ms| format!("{:.1} s", ms as f64 / 1000.0));
         out += &format!(
-            "{:<13} {:<21} {:>8} {:>13}  {:>8}/{:<11} {:>8}/{}\n",
-            short(p["public_key"].as_str().unwrap_or("")),
-            p["endpoint"].as_str().unwrap_or(""),
-            p["sessions"],
+            "{:<13} {:<21} {:>8} {:>13} {:>22} {:>22}\n",
+            short(text(&p["public_key"])),
+            text(&p["endpoint"]),
+            num(&p["sessions"]),
             age,
-            p["tx_packets"],
-            p["tx_bytes"],
-            p["rx_packets"],
-            p["rx_bytes"],
+            pair(&p["tx_packets"], &p["tx_bytes"]),
+            pair(&p["rx_packets"], &p["rx_bytes"]),
         );
     }
     out += "\nDROPS\n";
     for (reason, count) in s["drops"].as_object().into_iter().flatten() {
-        out += &format!("  {reason:<16} {count}\n");
+        out += &format!("  {reason:<16} {}\n", num(count));
     }
     out
+}
+
+fn text(v: &Value) -> &str {
+    v.as_str().unwrap_or("?")
+}
+
+fn num(v: &Value) -> u64 {
+    v.as_u64().unwrap_or(0)
+}
+
+fn pair(packets: &Value, bytes: &Value) -> String {
+    format!("{}/{}", num(packets), num(bytes))
 }
 
 fn short(id: &str) -> &str {
