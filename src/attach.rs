@@ -185,6 +185,12 @@ impl Network {
                 state.mtu, record.mtu
             ));
         }
+        if !self.is_served(container_id)? {
+            return failed(format!(
+                "flatnetd for {} does not serve {container_id}",
+                self.config.state_dir.display()
+            ));
+        }
         Ok(record)
     }
 
@@ -306,6 +312,20 @@ impl Network {
         if let Err(e) = control::call(&self.config.state_dir, &request) {
             tracing::warn!("flatnetd did not detach {container_id}: {e}");
         }
+    }
+
+    /// Does the data plane hold the container's queue?
+    fn is_served(&self, container_id: &str) -> Result<bool> {
+        if !control::is_running(&self.config.state_dir) {
+            return Ok(false);
+        }
+        let status = control::call(&self.config.state_dir, &Request::Status)?.status;
+        let containers = status
+            .as_ref()
+            .and_then(|s| s["containers"].as_array().cloned());
+        Ok(containers.into_iter().flatten().any(|c| {
+            c["network"] == self.config.network.as_str() && c["container_id"] == container_id
+        }))
     }
 
     fn host_info(&self) -> HostInfo {

@@ -287,6 +287,26 @@ fn check_notices_a_missing_interface() {
 }
 
 #[test]
+fn check_notices_a_stopped_data_plane() {
+    if !root_or_skip("check_notices_a_stopped_data_plane") {
+        return;
+    }
+    let state = state_dir("checkdp");
+    let conf = conf("1.0.0", &state);
+    let ns = TestNetns::new("cd");
+    assert!(cni("ADD", "cd", ns.path_str(), &conf, &[]).status.success());
+    assert!(cni("CHECK", "cd", ns.path_str(), &conf, &[])
+        .status
+        .success());
+    state.stop_daemon();
+    let err = assert_cni_error(&cni("CHECK", "cd", ns.path_str(), &conf, &[]), 102);
+    assert!(err["msg"].as_str().unwrap().contains("flatnetd"), "{err}");
+    // DEL needs no data plane.
+    assert!(cni("DEL", "cd", ns.path_str(), &conf, &[]).status.success());
+    assert_no_leaks(state.path());
+}
+
+#[test]
 fn version_status_and_gc() {
     if !root_or_skip("version_status_and_gc") {
         return;
