@@ -97,30 +97,13 @@ impl Network {
         let ip = self.claim_address(req, &mut undo)?;
         let attachment = self.attachment_for(req, ip);
 
-        netns.enter(|inside| {
-            let device = inside.create_interface(req.ifname, attachment.mtu)?;
-            let configured = inside
-                .assign_ip(&device, attachment.address)
-                .and_then(|()| inside.setup_routes(&device, &[]))
-                .and_then(|()| inside.set_up(&device));
-            if configured.is_err() {
-                // Only what this attach created is removed; an existing interface never is.
-                let _ = inside.remove_interface(&device.name);
-            }
-            configured
-        })?;
+        make_interface(&netns, &attachment)?;
         let iface = attachment.clone();
         undo.push(move || NetworkNamespace::teardown(&iface.netns, &iface.ifname).map(drop));
 
         self.write_record(&attachment)?;
         undo.push(|| remove_if_exists(&self.record_path(req.container_id)));
-        control::call(
-            &self.config.state_dir,
-            &Request::Attach {
-                network: self.config.network.clone(),
-                container_id: req.container_id.to_string(),
-            },
-        )?;
+        self.start_serving(req.container_id)?;
         undo.commit();
         Ok(attachment)
     }
@@ -299,6 +282,15 @@ impl Network {
         }
     }
 
+    /// Tells the data plane to serve the container (it reads the record just written).
+    fn start_serving(&self, container_id: &str) -> Result<()> {
+        let request = Request::Attach {
+            network: self.config.network.clone(),
+            container_id: container_id.to_string(),
+        };
+        control::call(&self.config.state_dir, &request).map(drop)
+    }
+
     /// Tells a running data plane to let go of the container's queue. No daemon, nothing to
     /// let go of; an unreachable one will find the device gone on its own.
     fn stop_serving(&self, container_id: &str) {
@@ -351,6 +343,22 @@ impl Network {
         let bytes = serde_json::to_vec_pretty(attachment).expect("attachment serialises");
         write_atomic(&self.record_path(&attachment.container_id), &bytes)
     }
+}
+
+/// Creates, addresses and raises the container's TUN device. If a step after the creation
+/// fails, the device is removed again; an interface that existed before is never touched.
+fn make_interface(netns: &NetworkNamespace, attachment: &Attachment) -> Result<()> {
+    netns.enter(|inside| {
+        let device = inside.create_interface(&attachment.ifname, attachment.mtu)?;
+        let configured = inside
+            .assign_ip(&device, attachment.address)
+            .and_then(|()| inside.setup_routes(&device, &[]))
+            .and_then(|()| inside.set_up(&device));
+        if configured.is_err() {
+            let _ = inside.remove_interface(&device.name);
+        }
+        configured
+    })
 }
 
 fn record_path(dirs: &NetworkDirs, container_id: &str) -> PathBuf {
