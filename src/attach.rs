@@ -11,11 +11,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::FlatnetConfig;
 use crate::control::{self, DaemonSettings, Request};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::ipam::{DirLeaseStore, IpAddressManager, Lease};
 use crate::lighthouse::{Entry, FileLighthouse, HostInfo, Lighthouse};
 use crate::netns::NetworkNamespace;
-use crate::state::{check_name, create_private_dir, remove_if_exists, write_atomic, NetworkDirs};
+use crate::state::{
+    check_name, create_private_dir, list_dir, read_if_exists, remove_if_exists, write_atomic,
+    NetworkDirs,
+};
 use crate::tun::check_ifname;
 
 const RECORD_VERSION: u32 = 1;
@@ -366,26 +369,17 @@ fn record_path(dirs: &NetworkDirs, container_id: &str) -> PathBuf {
 }
 
 fn read_record(path: &Path) -> Result<Option<Attachment>> {
-    match fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| Error::io(format!("parsing attachment {}", path.display()), e.into())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
-    }
+    let Some(bytes) = read_if_exists(path)? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| Error::io(format!("parsing attachment {}", path.display()), e.into()))
 }
 
 fn attachments_in(dir: &Path) -> Result<Vec<Attachment>> {
-    let entries = match fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io(format!("listing {}", dir.display()), e)),
-    };
     let mut found = Vec::new();
-    for entry in entries {
-        let path = entry
-            .context(|| format!("listing {}", dir.display()))?
-            .path();
+    for path in list_dir(dir)? {
         if path.extension().is_some_and(|e| e == "json") {
             found.extend(read_record(&path)?);
         }
@@ -409,18 +403,9 @@ pub fn load_attachment(
 
 /// Every attachment recorded under a state directory, all networks.
 pub fn all_attachments(state_dir: &Path) -> Result<Vec<Attachment>> {
-    let networks = state_dir.join("networks");
-    let entries = match fs::read_dir(&networks) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io(format!("listing {}", networks.display()), e)),
-    };
     let mut found = Vec::new();
-    for entry in entries {
-        let dir = entry
-            .context(|| format!("listing {}", networks.display()))?
-            .path();
-        found.extend(attachments_in(&dir.join("attachments"))?);
+    for network in list_dir(&state_dir.join("networks"))? {
+        found.extend(attachments_in(&network.join("attachments"))?);
     }
     Ok(found)
 }

@@ -235,9 +235,11 @@ fn start_daemon(settings: &DaemonSettings) -> Result<()> {
             Ok(())
         });
     }
+    // Not being able to start the data plane is the data plane's failure (try again later),
+    // not an I/O error of the request.
     let child = command
         .spawn()
-        .context(|| format!("starting {}", binary.display()))?;
+        .map_err(|e| Error::DataPlane(format!("cannot start {}: {e}", binary.display())))?;
     drop(ready_write);
     wait_ready(ready_read, child.id(), &log_path)
 }

@@ -131,6 +131,28 @@ pub fn create_exclusive(path: &Path, bytes: &[u8]) -> Result<bool> {
     }
 }
 
+/// Reads a file; `None` if it does not exist (state that was never written, or released).
+pub fn read_if_exists(path: &Path) -> Result<Option<Vec<u8>>> {
+    match fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
+    }
+}
+
+/// The entries of a directory; none if it does not exist yet.
+pub fn list_dir(dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(format!("listing {}", dir.display()), e)),
+    };
+    entries
+        .map(|entry| entry.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()
+        .context(|| format!("listing {}", dir.display()))
+}
+
 /// Removes a file; a file that is already gone is not an error (every release is idempotent).
 pub fn remove_if_exists(path: &Path) -> Result<()> {
     match fs::remove_file(path) {

@@ -287,6 +287,21 @@ fn check_notices_a_missing_interface() {
 }
 
 #[test]
+fn no_data_plane_means_try_again_and_nothing_left() {
+    if !root_or_skip("no_data_plane_means_try_again_and_nothing_left") {
+        return;
+    }
+    let state = state_dir("nodp");
+    let conf = conf("1.0.0", &state);
+    let ns = TestNetns::new("nd");
+    let missing = ("FLATNETD", "/nonexistent/flatnetd");
+    let err = assert_cni_error(&cni("ADD", "nd", ns.path_str(), &conf, &[missing]), 11);
+    assert!(err["msg"].as_str().unwrap().contains("flatnetd"), "{err}");
+    assert!(!ns.has_link("eth0"));
+    assert_no_leaks(state.path());
+}
+
+#[test]
 fn check_notices_a_stopped_data_plane() {
     if !root_or_skip("check_notices_a_stopped_data_plane") {
         return;

@@ -169,10 +169,10 @@ impl Cluster {
         containers
     }
 
+    /// A busybox applet run inside a container.
     fn in_container(&self, c: usize, args: &[&str]) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.containers[c].ns.name, &busybox()])
-            .args(args);
+        let mut cmd = in_ns(&self.containers[c].ns.name, &[&busybox()]);
+        cmd.args(args);
         cmd
     }
 
@@ -197,27 +197,11 @@ impl Cluster {
     /// Sends a file's content over TCP from one container to another; returns what arrived.
     fn send_file(&self, from: usize, to: usize, port: u16, file: &Path) -> Vec<u8> {
         let received = file.with_extension("received");
-        let store = format!("cat > {}", received.display());
-        let bb = busybox();
-        let listen = [
-            "nc",
-            "-l",
-            "-p",
-            &port.to_string(),
-            "-e",
-            &bb,
-            "sh",
-            "-c",
-            &store,
-        ];
-        let mut listener = self
-            .in_container(to, &listen)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut listener = nc_receiver(&self.containers[to].ns.name, port, &received);
         self.wait_listening(to, port);
         let send = format!(
-            "{bb} nc {} {port} < {}",
+            "{} nc {} {port} < {}",
+            busybox(),
             self.containers[to].ip,
             file.display()
         );
@@ -261,8 +245,7 @@ impl Cluster {
     /// `flatnetd start` in the host's namespace: what systemd's restart would do.
     fn start_daemon(&self, host: usize) {
         let h = &self.hosts[host];
-        let status = Command::new("ip")
-            .args(["netns", "exec", &h.ns.name, DAEMON, "--state-dir"])
+        let status = in_ns(&h.ns.name, &[DAEMON, "--state-dir"])
             .arg(h.state.path())
             .arg("start")
             .arg("--lighthouse")
@@ -292,6 +275,43 @@ impl Drop for Cluster {
             self.stop_daemon(host);
         }
     }
+}
+
+/// A command run inside a network namespace.
+fn in_ns(ns: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns]).args(args);
+    cmd
+}
+
+/// Runs a Python script inside a network namespace; it must succeed.
+fn python_in(ns: &str, script: &str) {
+    let status = in_ns(ns, &["python3", "-c", script]).status().unwrap();
+    assert!(status.success(), "python in {ns} failed");
+}
+
+/// Busybox nc listening on `port` in `ns`, storing what one connection sends in `into`.
+fn nc_receiver(ns: &str, port: u16, into: &Path) -> Child {
+    let bb = busybox();
+    let store = format!("cat > {}", into.display());
+    in_ns(
+        ns,
+        &[
+            &bb,
+            "nc",
+            "-l",
+            "-p",
+            &port.to_string(),
+            "-e",
+            &bb,
+            "sh",
+            "-c",
+            &store,
+        ],
+    )
+    .stdin(Stdio::null())
+    .spawn()
+    .unwrap()
 }
 
 /// A continuous ping whose replies are read as they come.
@@ -530,18 +550,7 @@ for i in range({GARBAGE}):
             pass
 "#
     );
-    let status = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &cluster.hosts[0].ns.name,
-            "python3",
-            "-c",
-            &script,
-        ])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    python_in(&cluster.hosts[0].ns.name, &script);
     let (replies, _) = pinger.finish(Vec::new());
 
     // Everything sent was either counted by flatnetd or dropped by the kernel before it.
@@ -592,18 +601,7 @@ for _ in range(5):
     s.sendto(ip + udp, ("{dst}", 0))
 "#
     );
-    let status = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &cluster.containers[a].ns.name,
-            "python3",
-            "-c",
-            &script,
-        ])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    python_in(&cluster.containers[a].ns.name, &script);
     let deadline = Instant::now() + Duration::from_secs(5);
     while cluster.drops(0, "spoofed") < before + 5 {
         assert!(
@@ -655,11 +653,9 @@ struct Capture {
 
 impl Capture {
     fn start(ns: &str, interface: &str, filter: &str, file: PathBuf) -> Capture {
-        let mut child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                ns,
+        let mut child = in_ns(
+            ns,
+            &[
                 "tcpdump",
                 "-i",
                 interface,
@@ -667,12 +663,13 @@ impl Capture {
                 "-U",
                 "-n",
                 "-w",
-            ])
-            .arg(&file)
-            .arg(filter)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+            ],
+        )
+        .arg(&file)
+        .arg(filter)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
         // tcpdump says "listening on ..." once the capture is armed.
         let mut stderr = BufReader::new(child.stderr.take().unwrap());
         let mut line = String::new();
@@ -739,33 +736,13 @@ fn the_underlay_carries_only_ciphertext() {
     let pcap = cluster.shared.path().join("plain.pcap");
     let capture = Capture::start(&left.name, "p0", "tcp port 7201", pcap);
     let received = cluster.shared.path().join("plain-received");
-    let store = format!("cat > {}", received.display());
+    let mut listener = nc_receiver(&right.name, 7201, &received);
     let bb = busybox();
-    let mut listener = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &right.name,
-            &bb,
-            "nc",
-            "-l",
-            "-p",
-            "7201",
-            "-e",
-            &bb,
-            "sh",
-            "-c",
-            &store,
-        ])
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
     let send = format!(
         "until {bb} nc 192.0.2.2 7201 < {}; do {bb} usleep 50000; done",
         file.display()
     );
-    let sent = Command::new("ip")
-        .args(["netns", "exec", &left.name, &bb, "sh", "-c", &send])
+    let sent = in_ns(&left.name, &[&bb, "sh", "-c", &send])
         .status()
         .unwrap();
     assert!(sent.success() && listener.wait().unwrap().success());

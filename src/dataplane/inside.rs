@@ -59,13 +59,7 @@ impl Daemon {
             // A container may only speak with its own address.
             return Err(DropReason::Spoofed);
         }
-        let route = match self.routes.lookup(tag, dst) {
-            Some(route) => *route,
-            None => {
-                self.routes.refresh();
-                *self.routes.lookup(tag, dst).ok_or(DropReason::NoRoute)?
-            }
-        };
+        let route = self.routes.resolve(tag, dst).ok_or(DropReason::NoRoute)?;
         self.bufs.plain[..TAG_LEN].copy_from_slice(&tag.to_be_bytes());
         let fd = self.udp.as_raw_fd();
         self.tunnels.encrypt_packet(

@@ -103,10 +103,7 @@ impl Daemon {
         let (src, dst) =
             ipv4_addresses(&self.bufs.plain[VNET_HDR_LEN..end]).ok_or(DropReason::NotIpv4)?;
         // The inner source must be an address the lighthouse gives to the sending host.
-        if self.routes.lookup(tag, src).is_none() {
-            self.routes.refresh();
-        }
-        if self.routes.lookup(tag, src).map(|r| &r.key) != Some(peer) {
+        if self.routes.resolve(tag, src).map(|r| r.key) != Some(*peer) {
             return Err(DropReason::Spoofed);
         }
         let slot = self.ports.slot_of(tag, dst).ok_or(DropReason::NoRoute)?;

@@ -33,8 +33,14 @@ impl RouteTable {
         }
     }
 
-    pub fn lookup(&self, tag: u32, ip: Ipv4Addr) -> Option<&Route> {
-        self.routes.get(&(tag, ip))
+    /// Looks up a route; on a miss, reloads the lighthouse if it changed and looks again
+    /// (a container attached on another host a moment ago).
+    pub fn resolve(&mut self, tag: u32, ip: Ipv4Addr) -> Option<Route> {
+        if let Some(route) = self.routes.get(&(tag, ip)) {
+            return Some(*route);
+        }
+        self.refresh();
+        self.routes.get(&(tag, ip)).copied()
     }
 
     /// May this key open tunnels? Only hosts that serve some Flatnet address may.

@@ -1,13 +1,13 @@
 //! Where leases live. The allocator's policy (`super`) talks only to [`LeaseStore`], so a
 //! networked store can replace the directory one without touching the policy.
 
-use std::fs;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::Result;
 use crate::state::{
-    create_exclusive, create_private_dir, remove_if_exists, write_atomic, FileLock,
+    create_exclusive, create_private_dir, list_dir, read_if_exists, remove_if_exists, write_atomic,
+    FileLock,
 };
 
 /// Who holds an address.
@@ -50,19 +50,15 @@ impl DirLeaseStore {
 }
 
 fn read_lease(path: &Path) -> Result<Option<Lease>> {
-    match fs::read_to_string(path) {
-        Ok(text) => {
-            let mut lines = text.lines();
-            let container_id = lines.next().unwrap_or_default().to_string();
-            let ifname = lines.next().unwrap_or_default().to_string();
-            Ok(Some(Lease {
-                container_id,
-                ifname,
-            }))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::io(format!("reading lease {}", path.display()), e)),
-    }
+    let Some(bytes) = read_if_exists(path)? else {
+        return Ok(None);
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let mut lines = text.lines();
+    Ok(Some(Lease {
+        container_id: lines.next().unwrap_or_default().to_string(),
+        ifname: lines.next().unwrap_or_default().to_string(),
+    }))
 }
 
 impl LeaseStore for DirLeaseStore {
@@ -86,18 +82,13 @@ impl LeaseStore for DirLeaseStore {
     }
 
     fn leases(&self) -> Result<Vec<(Ipv4Addr, Lease)>> {
-        let entries = match fs::read_dir(&self.dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(Error::io(format!("listing {}", self.dir.display()), e)),
-        };
         let mut leases = Vec::new();
-        for entry in entries {
-            let entry = entry.context(|| format!("listing {}", self.dir.display()))?;
-            let Some(ip) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+        for path in list_dir(&self.dir)? {
+            let name = path.file_name().and_then(|n| n.to_str());
+            let Some(ip) = name.and_then(|n| n.parse().ok()) else {
                 continue; // last_reserved_ip, temporary files
             };
-            if let Some(lease) = read_lease(&entry.path())? {
+            if let Some(lease) = read_lease(&path)? {
                 leases.push((ip, lease));
             }
         }
@@ -106,11 +97,8 @@ impl LeaseStore for DirLeaseStore {
     }
 
     fn last_reserved(&self) -> Result<Option<Ipv4Addr>> {
-        match fs::read_to_string(self.dir.join(LAST_RESERVED)) {
-            Ok(text) => Ok(text.trim().parse().ok()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::io("reading last reserved address", e)),
-        }
+        let bytes = read_if_exists(&self.dir.join(LAST_RESERVED))?;
+        Ok(bytes.and_then(|b| String::from_utf8_lossy(&b).trim().parse().ok()))
     }
 
     fn set_last_reserved(&self, ip: Ipv4Addr) -> Result<()> {

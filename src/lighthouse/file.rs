@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Entry, Lighthouse};
 use crate::error::{Error, Result};
-use crate::state::{write_atomic, FileLock};
+use crate::state::{read_if_exists, write_atomic, FileLock};
 
 const FORMAT_VERSION: u32 = 1;
 
@@ -52,10 +52,8 @@ impl FileLighthouse {
     }
 
     fn read(&self) -> Result<Document> {
-        let bytes = match fs::read(&self.path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Document::default()),
-            Err(e) => return Err(Error::io(format!("reading {}", self.path.display()), e)),
+        let Some(bytes) = read_if_exists(&self.path)? else {
+            return Ok(Document::default());
         };
         let doc: Document = serde_json::from_slice(&bytes).map_err(|e| {
             Error::io(
