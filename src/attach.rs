@@ -282,6 +282,7 @@ impl Network {
             state_dir: self.config.state_dir.clone(),
             lighthouse: self.config.lighthouse.clone(),
             listen: self.config.endpoint,
+            poll_us: None,
         }
     }
 

@@ -165,6 +165,8 @@ pub struct DaemonSettings {
     pub state_dir: PathBuf,
     pub lighthouse: PathBuf,
     pub listen: SocketAddr,
+    /// The daemon's poll window in µs; `None` keeps the last run's or the default.
+    pub poll_us: Option<u32>,
 }
 
 /// Makes sure the daemon of `settings.state_dir` runs, starting it if needed and waiting until
@@ -222,6 +224,7 @@ fn start_daemon(settings: &DaemonSettings) -> Result<()> {
         .arg(&settings.lighthouse)
         .arg("--listen")
         .arg(settings.listen.to_string())
+        .args(settings.poll_us.map(|us| format!("--poll-us={us}")))
         .arg("--ready-fd")
         .arg(ready_fd.to_string())
         .stdin(Stdio::null())

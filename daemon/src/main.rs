@@ -59,6 +59,10 @@ struct Settings {
     /// [default: 127.0.0.1:4800, or the last run's]
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// After sending, poll this many µs for the answer before sleeping; 0 never polls
+    /// (lowest CPU use, higher latency on virtual machines) [default: 50, or the last run's]
+    #[arg(long)]
+    poll_us: Option<u32>,
 }
 
 impl Settings {
@@ -74,6 +78,10 @@ impl Settings {
                 .listen
                 .or_else(|| last.as_ref().map(|c| c.listen))
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], DEFAULT_TUNNEL_PORT))),
+            poll_us: self
+                .poll_us
+                .or_else(|| last.as_ref().map(|c| c.poll_us))
+                .unwrap_or(dataplane::DEFAULT_POLL_US),
             state_dir,
         }
     }
@@ -101,6 +109,7 @@ fn main() -> ExitCode {
                 state_dir: config.state_dir,
                 lighthouse: config.lighthouse,
                 listen: config.listen,
+                poll_us: Some(config.poll_us),
             })
         }
         Cmd::Stop => match control::is_running(&cli.state_dir) {

@@ -85,6 +85,8 @@ pub struct SendBatch {
     addrs: [libc::sockaddr_storage; BATCH],
     addr_lens: [u32; BATCH],
     count: usize,
+    /// Datagrams handed to the kernel since the start.
+    flushed: u64,
 }
 
 impl SendBatch {
@@ -96,6 +98,7 @@ impl SendBatch {
             addrs: unsafe { zeroed() },
             addr_lens: [0; BATCH],
             count: 0,
+            flushed: 0,
         })
     }
 
@@ -138,7 +141,13 @@ impl SendBatch {
             // On an error the first datagram is the culprit: skip it and go on.
             sent += if n > 0 { n as usize } else { 1 };
         }
+        self.flushed += self.count as u64;
         self.count = 0;
+    }
+
+    /// Datagrams handed to the kernel (sent, or dropped by it) so far.
+    pub fn flushed(&self) -> u64 {
+        self.flushed
     }
 }
 

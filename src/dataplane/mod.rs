@@ -9,6 +9,7 @@
 mod batch;
 mod coalesce;
 mod control_server;
+mod idle_poll;
 mod inside;
 mod offload;
 mod outside;
@@ -43,6 +44,8 @@ use crate::tun;
 use crate::tunnel::{encode_key, DropReason, Limits, StaticKeys, TunnelManager};
 use batch::{RecvBatch, SendBatch};
 use coalesce::Coalescer;
+use idle_poll::IdlePoll;
+pub use idle_poll::DEFAULT_WINDOW_US as DEFAULT_POLL_US;
 use packet::network_tag;
 use ports::{Port, Ports};
 use routes::RouteTable;
@@ -62,6 +65,13 @@ pub struct DaemonConfig {
     pub state_dir: PathBuf,
     pub lighthouse: PathBuf,
     pub listen: SocketAddr,
+    /// How long to poll for an answer after sending before sleeping, in µs (0: never).
+    #[serde(default = "default_poll_us")]
+    pub poll_us: u32,
+}
+
+fn default_poll_us() -> u32 {
+    DEFAULT_POLL_US
 }
 
 impl DaemonConfig {
@@ -129,6 +139,7 @@ pub struct Daemon {
     ports: Ports,
     drops: DropCounters,
     bufs: Buffers,
+    poll: IdlePoll,
     started: Instant,
     running: bool,
     /// The answer to a shutdown request, sent once everything is closed.
@@ -209,6 +220,7 @@ impl Daemon {
         let lighthouse = Box::new(FileLighthouse::new(config.lighthouse.clone()));
         let mut routes = RouteTable::new(lighthouse);
         routes.refresh();
+        let poll = IdlePoll::new(config.poll_us, TICK);
         Ok(Daemon {
             config,
             udp,
@@ -227,6 +239,7 @@ impl Daemon {
                 train: Coalescer::new(),
                 to_send: SendBatch::new(),
             },
+            poll,
             started: Instant::now(),
             running: true,
             shutdown_reply: None,
@@ -256,13 +269,24 @@ impl Daemon {
         let mut events = vec![EpollEvent::empty(); 64];
         let mut next_tick = Instant::now() + TICK;
         while self.running {
-            let wait = next_tick.saturating_duration_since(Instant::now());
-            let timeout = u16::try_from(wait.as_millis()).unwrap_or(u16::MAX);
+            let waited_from = Instant::now();
+            let polling = self.poll.polling(waited_from);
+            let timeout = if polling {
+                std::thread::yield_now();
+                0
+            } else {
+                millis_until(next_tick, waited_from)
+            };
             let n = match self.epoll.wait(&mut events, timeout) {
                 Ok(n) => n,
                 Err(nix::errno::Errno::EINTR) => 0,
                 Err(e) => return Err(Error::io("epoll", e.into())),
             };
+            if polling && n == 0 {
+                self.poll.charge(waited_from.elapsed());
+                continue;
+            }
+            let flushed = self.bufs.to_send.flushed();
             for event in &events[..n] {
                 match event.data() {
                     TOKEN_UDP => self.on_udp_readable(),
@@ -281,11 +305,14 @@ impl Daemon {
                 next_tick = now + TICK;
             }
             self.bufs.to_send.flush(self.udp.as_raw_fd());
+            let sent = self.bufs.to_send.flushed() != flushed;
+            self.poll.after_round(Instant::now(), sent);
         }
         Ok(())
     }
 
     fn on_tick(&mut self, now: Instant) {
+        self.poll.renew();
         self.routes.refresh();
         let fd = self.udp.as_raw_fd();
         self.tunnels
@@ -414,6 +441,7 @@ impl Daemon {
             "peers": self.tunnels.status(now),
             "sessions": self.tunnels.session_count(),
             "drops": self.drops.to_json(),
+            "poll": {"window_us": self.poll.window_us(), "stats": self.poll.stats()},
         })
     }
 }
@@ -426,6 +454,13 @@ fn batched(batch: &mut SendBatch, fd: RawFd) -> impl FnMut(&[u8], SocketAddr) + 
             batch.flush(fd);
         }
     }
+}
+
+/// An epoll timeout that does not wake before `deadline` (rounded up: rounding down would
+/// spin through the last millisecond).
+fn millis_until(deadline: Instant, now: Instant) -> u16 {
+    let micros = deadline.saturating_duration_since(now).as_micros();
+    u16::try_from(micros.div_ceil(1000)).unwrap_or(u16::MAX)
 }
 
 fn set_nonblocking(file: &File) -> Result<()> {
