@@ -65,6 +65,15 @@ fn render(s: &Value) -> String {
     for (reason, count) in s["drops"].as_object().into_iter().flatten() {
         out += &format!("  {reason:<16} {}\n", num(count));
     }
+    let poll = &s["poll"]["stats"];
+    out += &format!(
+        "\nPOLL window {} µs: caught {}, missed {}, over budget {}, {} ms in empty polls\n",
+        num(&s["poll"]["window_us"]),
+        num(&poll["caught"]),
+        num(&poll["missed"]),
+        num(&poll["over_budget"]),
+        num(&poll["empty_us"]) / 1000,
+    );
     out
 }
 
