@@ -1,22 +1,32 @@
-//! Batched UDP I/O: many datagrams per system call (`recvmmsg`, `sendmmsg`). Per-packet
-//! syscalls are what makes userspace tunnels slow; a batch turns two syscalls per packet into
-//! two per batch on the underlay side.
+//! Batched UDP I/O: many datagrams per system call (`recvmmsg`, `sendmmsg`), and many
+//! datagrams per trip through the kernel's UDP stack (UDP GSO on the way out, GRO on the way
+//! in). Per-packet syscalls are what makes userspace tunnels slow; per-packet stack traversal
+//! is what is left after batching.
 
 use std::io;
 use std::mem::{size_of, zeroed};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::RawFd;
 
-/// Datagrams per system call.
+/// Messages per system call.
 pub const BATCH: usize = 32;
-/// Room per datagram: the largest UDP payload, so nothing is ever truncated.
+/// Room per message: the largest UDP payload, so nothing is ever truncated.
 const SLOT: usize = 65536;
+/// Bytes one GSO message may carry: the largest UDP payload over IPv4.
+const GSO_BYTES: usize = 65507;
+/// Datagrams one GSO message may carry (the kernel's UDP_MAX_SEGMENTS on older kernels).
+const GSO_SEGMENTS: u16 = 64;
+/// Room for one cmsg carrying a u16 or an int, in u64s for alignment.
+const CONTROL_WORDS: usize = 4;
 
-/// Receive side: slots the kernel fills in one `recvmmsg`.
+/// Receive side: slots the kernel fills in one `recvmmsg`. With UDP GRO on the socket, a slot
+/// may hold several datagrams of one sender, back to back, all of `segment` bytes but the last.
 pub struct RecvBatch {
     buffers: Vec<u8>,
     lens: [usize; BATCH],
+    segments: [usize; BATCH],
     addrs: [libc::sockaddr_storage; BATCH],
+    control: [[u64; CONTROL_WORDS]; BATCH],
     count: usize,
 }
 
@@ -25,13 +35,15 @@ impl RecvBatch {
         Box::new(RecvBatch {
             buffers: vec![0; BATCH * SLOT],
             lens: [0; BATCH],
+            segments: [0; BATCH],
             // SAFETY: sockaddr_storage is plain data; all-zero is a valid (unspecified) value.
             addrs: unsafe { zeroed() },
+            control: [[0; CONTROL_WORDS]; BATCH],
             count: 0,
         })
     }
 
-    /// Receives up to [`BATCH`] datagrams without blocking; returns how many arrived.
+    /// Receives up to [`BATCH`] messages without blocking; returns how many arrived.
     pub fn receive(&mut self, fd: RawFd) -> io::Result<usize> {
         let mut iovecs: [libc::iovec; BATCH] = unsafe { zeroed() };
         let mut headers: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
@@ -45,6 +57,8 @@ impl RecvBatch {
             hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as u32;
             hdr.msg_iov = &mut iovecs[i];
             hdr.msg_iovlen = 1;
+            hdr.msg_control = self.control[i].as_mut_ptr().cast();
+            hdr.msg_controllen = size_of::<[u64; CONTROL_WORDS]>();
         }
         // SAFETY: every header points into buffers owned by `self` or this frame, sized as
         // declared; the kernel writes at most that much.
@@ -63,28 +77,90 @@ impl RecvBatch {
         }
         self.count = n as usize;
         for (i, header) in headers.iter().enumerate().take(self.count) {
-            self.lens[i] = header.msg_len as usize;
+            let len = header.msg_len as usize;
+            self.lens[i] = len;
+            self.segments[i] = gro_segment(&header.msg_hdr).unwrap_or(len);
         }
         Ok(self.count)
     }
 
-    /// Datagram `i` of the last receive, with its sender.
-    pub fn get(&self, i: usize) -> Option<(&[u8], SocketAddr)> {
-        if i >= self.count {
-            return None;
-        }
-        let from = from_storage(&self.addrs[i])?;
-        Some((&self.buffers[i * SLOT..i * SLOT + self.lens[i]], from))
+    /// Every datagram of the last receive, with its sender, in arrival order.
+    pub fn datagrams(&self) -> impl Iterator<Item = (&[u8], SocketAddr)> + '_ {
+        (0..self.count).flat_map(move |i| {
+            let from = from_storage(&self.addrs[i]);
+            let message = &self.buffers[i * SLOT..i * SLOT + self.lens[i]];
+            // An empty datagram is still one datagram (to be counted as garbage).
+            let empty = std::iter::once(message).filter(|m| m.is_empty());
+            empty
+                .chain(message.chunks(self.segments[i].max(1)))
+                .filter_map(move |d| from.map(|from| (d, from)))
+        })
     }
 }
 
-/// Send side: datagrams queued during one round of work, sent with one `sendmmsg`.
+/// Lets the kernel hand over trains of datagrams from one sender as one message (UDP GRO);
+/// [`RecvBatch`] takes them apart again.
+pub fn enable_gro(fd: RawFd) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: a plain setsockopt with an int value.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_UDP,
+            libc::UDP_GRO,
+            (&on as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as u32,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The segment size a GRO'd message was received with, from its control data.
+fn gro_segment(hdr: &libc::msghdr) -> Option<usize> {
+    // SAFETY: the kernel filled msg_control with well-formed cmsgs up to msg_controllen.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(hdr);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_UDP && (*cmsg).cmsg_type == libc::UDP_GRO {
+                let size = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::c_int);
+                return usize::try_from(size).ok().filter(|&s| s > 0);
+            }
+            cmsg = libc::CMSG_NXTHDR(hdr, cmsg);
+        }
+    }
+    None
+}
+
+/// One message of a send batch: `segments` datagrams for `to`, back to back, all of
+/// `segment` bytes but possibly the last.
+#[derive(Clone, Copy)]
+struct Message {
+    to: Option<SocketAddr>,
+    len: usize,
+    segment: usize,
+    segments: u16,
+}
+
+const EMPTY: Message = Message {
+    to: None,
+    len: 0,
+    segment: 0,
+    segments: 0,
+};
+
+/// Send side: datagrams queued during one round of work. Consecutive datagrams to one peer
+/// of one size (the segments of a TCP train) share a message that the kernel sends as UDP GSO,
+/// cutting it apart as late as possible; all messages leave with one `sendmmsg`.
 pub struct SendBatch {
     buffers: Vec<u8>,
-    lens: [usize; BATCH],
-    addrs: [libc::sockaddr_storage; BATCH],
-    addr_lens: [u32; BATCH],
+    messages: [Message; BATCH],
     count: usize,
+    /// Off once the kernel refused a GSO message (a device without checksum offload).
+    gso: bool,
     /// Datagrams handed to the kernel since the start.
     flushed: u64,
 }
@@ -93,11 +169,9 @@ impl SendBatch {
     pub fn new() -> Box<Self> {
         Box::new(SendBatch {
             buffers: vec![0; BATCH * SLOT],
-            lens: [0; BATCH],
-            // SAFETY: as above.
-            addrs: unsafe { zeroed() },
-            addr_lens: [0; BATCH],
+            messages: [EMPTY; BATCH],
             count: 0,
+            gso: true,
             flushed: 0,
         })
     }
@@ -108,46 +182,143 @@ impl SendBatch {
 
     /// Queues a datagram; the caller flushes when [`SendBatch::is_full`].
     pub fn push(&mut self, datagram: &[u8], to: SocketAddr) {
-        debug_assert!(!self.is_full() && datagram.len() <= SLOT);
-        let i = self.count;
-        self.buffers[i * SLOT..i * SLOT + datagram.len()].copy_from_slice(datagram);
-        self.lens[i] = datagram.len();
-        self.addr_lens[i] = to_storage(to, &mut self.addrs[i]);
-        self.count += 1;
+        debug_assert!(datagram.len() <= SLOT);
+        if !self.joins_last(datagram.len(), to) {
+            debug_assert!(!self.is_full());
+            self.messages[self.count] = Message {
+                to: Some(to),
+                len: 0,
+                segment: datagram.len(),
+                segments: 0,
+            };
+            self.count += 1;
+        }
+        let i = self.count - 1;
+        let message = &mut self.messages[i];
+        let at = i * SLOT + message.len;
+        self.buffers[at..at + datagram.len()].copy_from_slice(datagram);
+        message.len += datagram.len();
+        message.segments += 1;
+    }
+
+    /// Can `len` bytes for `to` ride in the last message? Only after full-size segments:
+    /// a shorter one ends a GSO message.
+    fn joins_last(&self, len: usize, to: SocketAddr) -> bool {
+        let Some(last) = self.count.checked_sub(1).map(|i| &self.messages[i]) else {
+            return false;
+        };
+        self.gso
+            && last.to == Some(to)
+            && len > 0
+            && len <= last.segment
+            && last.len == last.segment * last.segments as usize
+            && last.len + len <= GSO_BYTES
+            && last.segments < GSO_SEGMENTS
     }
 
     /// Sends everything queued. Datagrams the kernel refuses (a full socket buffer, an
     /// unreachable peer) are dropped, as a network would.
     pub fn flush(&mut self, fd: RawFd) {
-        let mut sent = 0;
-        while sent < self.count {
-            let mut iovecs: [libc::iovec; BATCH] = unsafe { zeroed() };
-            let mut headers: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
-            let pending = self.count - sent;
-            for k in 0..pending {
-                let i = sent + k;
-                iovecs[k] = libc::iovec {
-                    iov_base: self.buffers[i * SLOT..].as_mut_ptr().cast(),
-                    iov_len: self.lens[i],
-                };
-                let hdr = &mut headers[k].msg_hdr;
-                hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
-                hdr.msg_namelen = self.addr_lens[i];
-                hdr.msg_iov = &mut iovecs[k];
-                hdr.msg_iovlen = 1;
+        let mut done = 0;
+        while done < self.count {
+            match self.send_from(fd, done) {
+                Ok(n) => done += n,
+                Err(e) if self.messages[done].segments > 1 && gso_refused(&e) => {
+                    tracing::warn!("UDP GSO refused ({e}); sending datagrams one by one");
+                    self.gso = false;
+                    self.send_one_by_one(fd, done);
+                    done += 1;
+                }
+                // The first message is the culprit: drop it and go on.
+                Err(_) => done += 1,
             }
-            // SAFETY: headers point at our buffers with their true lengths.
-            let n = unsafe { libc::sendmmsg(fd, headers.as_mut_ptr(), pending as u32, 0) };
-            // On an error the first datagram is the culprit: skip it and go on.
-            sent += if n > 0 { n as usize } else { 1 };
         }
-        self.flushed += self.count as u64;
+        self.flushed += self.messages[..self.count]
+            .iter()
+            .map(|m| u64::from(m.segments))
+            .sum::<u64>();
         self.count = 0;
+    }
+
+    /// One `sendmmsg` of messages `first..`; returns how many the kernel took.
+    fn send_from(&mut self, fd: RawFd, first: usize) -> io::Result<usize> {
+        let mut iovecs: [libc::iovec; BATCH] = unsafe { zeroed() };
+        let mut headers: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
+        let mut addrs: [libc::sockaddr_storage; BATCH] = unsafe { zeroed() };
+        let mut control = [[0u64; CONTROL_WORDS]; BATCH];
+        let pending = self.count - first;
+        for k in 0..pending {
+            let i = first + k;
+            let message = self.messages[i];
+            iovecs[k] = libc::iovec {
+                iov_base: self.buffers[i * SLOT..].as_mut_ptr().cast(),
+                iov_len: message.len,
+            };
+            let hdr = &mut headers[k].msg_hdr;
+            hdr.msg_namelen = to_storage(message.to.expect("queued"), &mut addrs[k]);
+            hdr.msg_name = (&mut addrs[k] as *mut libc::sockaddr_storage).cast();
+            hdr.msg_iov = &mut iovecs[k];
+            hdr.msg_iovlen = 1;
+            if message.segments > 1 {
+                set_gso_segment(hdr, &mut control[k], message.segment as u16);
+            }
+        }
+        // SAFETY: headers point at our buffers with their true lengths.
+        let n = unsafe { libc::sendmmsg(fd, headers.as_mut_ptr(), pending as u32, 0) };
+        if n > 0 {
+            Ok(n as usize)
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// The datagrams of message `i`, each on its own.
+    fn send_one_by_one(&self, fd: RawFd, i: usize) {
+        let message = self.messages[i];
+        let to = message.to.expect("queued");
+        let bytes = &self.buffers[i * SLOT..i * SLOT + message.len];
+        for datagram in bytes.chunks(message.segment) {
+            let mut addr: libc::sockaddr_storage = unsafe { zeroed() };
+            let addr_len = to_storage(to, &mut addr);
+            // SAFETY: a plain sendto of a buffer we own.
+            unsafe {
+                libc::sendto(
+                    fd,
+                    datagram.as_ptr().cast(),
+                    datagram.len(),
+                    0,
+                    (&addr as *const libc::sockaddr_storage).cast(),
+                    addr_len,
+                );
+            }
+        }
     }
 
     /// Datagrams handed to the kernel (sent, or dropped by it) so far.
     pub fn flushed(&self) -> u64 {
         self.flushed
+    }
+}
+
+/// Errors that mean "no GSO here" rather than "this datagram cannot go".
+fn gso_refused(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EIO) | Some(libc::EINVAL) | Some(libc::ENOPROTOOPT) | Some(libc::EOPNOTSUPP)
+    )
+}
+
+/// Attaches a UDP_SEGMENT cmsg to `hdr`, in `control`.
+fn set_gso_segment(hdr: &mut libc::msghdr, control: &mut [u64; CONTROL_WORDS], segment: u16) {
+    hdr.msg_control = control.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE(2) fits in `control`; the header is written where CMSG_FIRSTHDR says.
+    unsafe {
+        hdr.msg_controllen = libc::CMSG_SPACE(size_of::<u16>() as u32) as usize;
+        let cmsg = libc::CMSG_FIRSTHDR(hdr);
+        (*cmsg).cmsg_level = libc::SOL_UDP;
+        (*cmsg).cmsg_type = libc::UDP_SEGMENT;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut u16, segment);
     }
 }
 
@@ -210,25 +381,35 @@ mod tests {
     use std::net::UdpSocket;
     use std::os::fd::AsRawFd;
 
-    #[test]
-    fn a_batch_goes_out_and_comes_back_whole() {
-        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let to = rx.local_addr().unwrap();
+    /// Sends `datagrams` to `to` through a batch, flushing as the daemon does.
+    fn send(tx: &UdpSocket, datagrams: &[(Vec<u8>, SocketAddr)]) {
         let mut out = SendBatch::new();
-        for i in 0..BATCH {
-            out.push(&vec![i as u8; 100 + i], to);
+        for (d, to) in datagrams {
+            out.push(d, *to);
+            if out.is_full() {
+                out.flush(tx.as_raw_fd());
+            }
         }
-        assert!(out.is_full());
         out.flush(tx.as_raw_fd());
-        let mut got = Vec::new();
+        assert_eq!(out.flushed(), datagrams.len() as u64);
+    }
+
+    /// The first `count` datagrams from `from`, and how many messages carried them.
+    fn receive(rx: &UdpSocket, count: usize, from: SocketAddr) -> (Vec<Vec<u8>>, usize) {
+        let (mut got, mut messages) = (Vec::new(), 0);
         let mut batch = RecvBatch::new();
-        while got.len() < BATCH {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while got.len() < count {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "only {} arrived",
+                got.len()
+            );
             match batch.receive(rx.as_raw_fd()) {
                 Ok(n) => {
-                    for i in 0..n {
-                        let (data, from) = batch.get(i).unwrap();
-                        assert_eq!(from, tx.local_addr().unwrap());
+                    messages += n;
+                    for (data, sender) in batch.datagrams() {
+                        assert_eq!(sender, from);
                         got.push(data.to_vec());
                     }
                 }
@@ -236,8 +417,72 @@ mod tests {
                 Err(e) => panic!("{e}"),
             }
         }
-        for (i, data) in got.iter().enumerate() {
-            assert_eq!(data, &vec![i as u8; 100 + i]);
+        (got, messages)
+    }
+
+    fn pair(gro: bool) -> (UdpSocket, UdpSocket) {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_nonblocking(true).unwrap();
+        if gro {
+            enable_gro(rx.as_raw_fd()).unwrap();
         }
+        (rx, UdpSocket::bind("127.0.0.1:0").unwrap())
+    }
+
+    #[test]
+    fn datagrams_of_different_sizes_come_back_whole() {
+        let (rx, tx) = pair(false);
+        let to = rx.local_addr().unwrap();
+        let sent: Vec<_> = (0..BATCH * 2)
+            .map(|i| (vec![i as u8; 100 + i], to))
+            .collect();
+        send(&tx, &sent);
+        let (got, _) = receive(&rx, sent.len(), tx.local_addr().unwrap());
+        assert_eq!(got, sent.into_iter().map(|(d, _)| d).collect::<Vec<_>>());
+    }
+
+    /// A TCP train's segments: equal sizes to one peer, then a short one. They travel as GSO
+    /// messages and come back apart, in order, whether or not the receiver takes GRO.
+    #[test]
+    fn a_train_of_equal_datagrams_keeps_its_boundaries() {
+        for gro in [true, false] {
+            let (rx, tx) = pair(gro);
+            let to = rx.local_addr().unwrap();
+            // More than one GSO message's worth, small enough for the default socket buffer.
+            let mut sent: Vec<_> = (0..100u32)
+                .map(|i| (i.to_be_bytes().repeat(50), to))
+                .collect();
+            sent.push((vec![7; 30], to));
+            send(&tx, &sent);
+            let (got, messages) = receive(&rx, sent.len(), tx.local_addr().unwrap());
+            assert_eq!(got.len(), sent.len());
+            if gro {
+                assert!(
+                    messages < got.len() / 10,
+                    "{messages} messages: GSO/GRO unused"
+                );
+            }
+            assert_eq!(got, sent.into_iter().map(|(d, _)| d).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn datagrams_for_other_peers_do_not_share_a_message() {
+        let (rx1, tx) = pair(true);
+        let (rx2, _) = pair(true);
+        let (to1, to2) = (rx1.local_addr().unwrap(), rx2.local_addr().unwrap());
+        let sent: Vec<_> = (0..40u8)
+            .map(|i| (vec![i; 500], if i % 3 == 0 { to2 } else { to1 }))
+            .collect();
+        send(&tx, &sent);
+        let from = tx.local_addr().unwrap();
+        let for_peer = |to| -> Vec<Vec<u8>> {
+            sent.iter()
+                .filter(|(_, t)| *t == to)
+                .map(|(d, _)| d.clone())
+                .collect()
+        };
+        assert_eq!(receive(&rx1, for_peer(to1).len(), from).0, for_peer(to1));
+        assert_eq!(receive(&rx2, for_peer(to2).len(), from).0, for_peer(to2));
     }
 }

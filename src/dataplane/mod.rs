@@ -210,6 +210,10 @@ impl Daemon {
         if let Err(e) = sized {
             tracing::warn!("enlarging UDP buffers: {e}");
         }
+        // Trains of datagrams from one peer arrive as one message (split in `RecvBatch`).
+        if let Err(e) = batch::enable_gro(udp.as_raw_fd()) {
+            tracing::warn!("enabling UDP GRO: {e}");
+        }
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
             .map_err(|e| Error::io("creating epoll", e.into()))?;
         let readable = |token| EpollEvent::new(EpollFlags::EPOLLIN, token);

@@ -31,8 +31,7 @@ impl Daemon {
                 }
             };
             let now = Instant::now();
-            for i in 0..received {
-                let (datagram, from) = batch.get(i).expect("received datagram");
+            for (datagram, from) in batch.datagrams() {
                 if let Err(reason) = self.receive_datagram(datagram, from, now) {
                     self.drops.count(reason);
                 }
