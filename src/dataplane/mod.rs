@@ -273,23 +273,9 @@ impl Daemon {
         let mut events = vec![EpollEvent::empty(); 64];
         let mut next_tick = Instant::now() + TICK;
         while self.running {
-            let waited_from = Instant::now();
-            let polling = self.poll.polling(waited_from);
-            let timeout = if polling {
-                std::thread::yield_now();
-                0
-            } else {
-                millis_until(next_tick, waited_from)
-            };
-            let n = match self.epoll.wait(&mut events, timeout) {
-                Ok(n) => n,
-                Err(nix::errno::Errno::EINTR) => 0,
-                Err(e) => return Err(Error::io("epoll", e.into())),
-            };
-            if polling && n == 0 {
-                self.poll.charge(waited_from.elapsed());
+            let Some(n) = self.wait(&mut events, next_tick)? else {
                 continue;
-            }
+            };
             let flushed = self.bufs.to_send.flushed();
             for event in &events[..n] {
                 match event.data() {
@@ -313,6 +299,30 @@ impl Daemon {
             self.poll.after_round(Instant::now(), sent);
         }
         Ok(())
+    }
+
+    /// Waits for events until the next tick, or only polls while a poll window is open.
+    /// `None`: a poll that found nothing.
+    fn wait(&mut self, events: &mut [EpollEvent], next_tick: Instant) -> Result<Option<usize>> {
+        let started = Instant::now();
+        let polling = self.poll.polling(started);
+        let timeout = if polling {
+            // Whatever else is runnable on this CPU goes first.
+            std::thread::yield_now();
+            0
+        } else {
+            millis_until(next_tick, started)
+        };
+        let n = match self.epoll.wait(events, timeout) {
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR) => 0,
+            Err(e) => return Err(Error::io("epoll", e.into())),
+        };
+        if polling && n == 0 {
+            self.poll.charge(started.elapsed());
+            return Ok(None);
+        }
+        Ok(Some(n))
     }
 
     fn on_tick(&mut self, now: Instant) {
@@ -499,4 +509,18 @@ pub fn open_log(state_dir: &Path) -> Result<File> {
         .mode(0o600)
         .open(&path)
         .context(|| format!("opening {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epoll_timeouts_round_up_so_the_loop_never_spins_before_a_tick() {
+        let now = Instant::now();
+        assert_eq!(millis_until(now + Duration::from_micros(300), now), 1);
+        assert_eq!(millis_until(now + Duration::from_micros(1001), now), 2);
+        assert_eq!(millis_until(now + Duration::from_millis(100), now), 100);
+        assert_eq!(millis_until(now, now + Duration::from_millis(5)), 0);
+    }
 }
