@@ -306,6 +306,11 @@ def summarise(dp):
             p99 = [r[key]["p99_ms"] for r in rows]
             s[key] = {"median_ms": statistics.median(med), "p99_ms": statistics.median(p99),
                       "min": min(med), "max": max(med)}
+            if name != "veth":
+                ratios = [r[key]["median_ms"] / v[key]["median_ms"] for r, v in zip(rows, dp["veth"])
+                          if v[key]["median_ms"] > 0]
+                if ratios:
+                    s[key]["ratio_to_veth"] = statistics.median(ratios)
         out[name] = s
     return out
 
@@ -314,6 +319,7 @@ def table(report):
     lines = ["", "DATA PLANE (median of rounds; [min-max]; x = ratio to veth in the same round)"]
     lines.append(f"{'scenario':<20} {'TCP 1 stream':>26} {'TCP 4 streams':>26} {'UDP 1200 B':>26} "
                  f"{'RTT med/p99 ms':>17} {'(1 ms pings)':>17} {'Gbit per CPU-s':>15}")
+    rtt_ratios = []
     for name, s in report["summary"].items():
         def cell(m):
             c = s[m]
@@ -324,6 +330,11 @@ def table(report):
                      f"{s['rtt']['median_ms']:>8.3f}/{s['rtt']['p99_ms']:<8.3f} "
                      f"{s['rtt_1ms']['median_ms']:>8.3f}/{s['rtt_1ms']['p99_ms']:<8.3f} "
                      f"{(f'{eff:.2f}' if eff else '-'):>15}")
+        if "ratio_to_veth" in s["rtt"]:
+            rtt_ratios.append(f"{name} x{s['rtt']['ratio_to_veth']:.1f} "
+                              f"(1 ms pings x{s['rtt_1ms'].get('ratio_to_veth', 0):.1f})")
+    if rtt_ratios:
+        lines.append("RTT median as a multiple of veth's: " + ", ".join(rtt_ratios))
     a = report["attach"]
     lines += ["", "ATTACH (flatnetd running)",
               f"  ADD p50 {a['add_ms']['p50']:.1f} ms  p99 {a['add_ms']['p99']:.1f} ms   "
