@@ -3,6 +3,7 @@
 //! in). Per-packet syscalls are what makes userspace tunnels slow; per-packet stack traversal
 //! is what is left after batching.
 
+use std::collections::HashSet;
 use std::io;
 use std::mem::{size_of, zeroed};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
@@ -161,6 +162,9 @@ pub struct SendBatch {
     count: usize,
     /// Off once the kernel refused a GSO message (a device without checksum offload).
     gso: bool,
+    /// Peers behind a path narrower than our datagrams: the kernel fragments those one by
+    /// one but refuses to cut a GSO message into fragments.
+    narrow: HashSet<SocketAddr>,
     /// Datagrams handed to the kernel since the start.
     flushed: u64,
 }
@@ -172,6 +176,7 @@ impl SendBatch {
             messages: [EMPTY; BATCH],
             count: 0,
             gso: true,
+            narrow: HashSet::new(),
             flushed: 0,
         })
     }
@@ -214,6 +219,8 @@ impl SendBatch {
             && last.len == last.segment * last.segments as usize
             && last.len + len <= GSO_BYTES
             && last.segments < GSO_SEGMENTS
+            // Asked once per message, not per datagram.
+            && (last.segments > 1 || !self.narrow.contains(&to))
     }
 
     /// Sends everything queued. Datagrams the kernel refuses (a full socket buffer, an
@@ -223,9 +230,8 @@ impl SendBatch {
         while done < self.count {
             match self.send_from(fd, done) {
                 Ok(n) => done += n,
-                Err(e) if self.messages[done].segments > 1 && gso_refused(&e) => {
-                    tracing::warn!("UDP GSO refused ({e}); sending datagrams one by one");
-                    self.gso = false;
+                Err(e) if self.messages[done].segments > 1 && refuses_gso(&e) => {
+                    self.give_up_gso(&e, done);
                     self.send_one_by_one(fd, done);
                     done += 1;
                 }
@@ -272,6 +278,24 @@ impl SendBatch {
         }
     }
 
+    /// After the kernel refused GSO message `i`: for its peer only if the path is too narrow
+    /// (the datagrams still go, fragmented), else for good.
+    fn give_up_gso(&mut self, e: &io::Error, i: usize) {
+        let to = self.messages[i].to.expect("queued");
+        if e.raw_os_error() == Some(libc::EMSGSIZE) {
+            if self.narrow.insert(to) {
+                tracing::warn!(
+                    "the path to {to} is narrower than Flatnet's datagrams ({} bytes): they \
+                     leave fragmented; a smaller network MTU avoids that",
+                    self.messages[i].segment
+                );
+            }
+        } else {
+            tracing::warn!("UDP GSO refused ({e}); sending datagrams one by one");
+            self.gso = false;
+        }
+    }
+
     /// The datagrams of message `i`, each on its own.
     fn send_one_by_one(&self, fd: RawFd, i: usize) {
         let message = self.messages[i];
@@ -300,11 +324,12 @@ impl SendBatch {
     }
 }
 
-/// Errors that mean "no GSO here" rather than "this datagram cannot go".
-fn gso_refused(e: &io::Error) -> bool {
+/// Errors that mean "not as one GSO message" rather than "not now" (a full buffer) or "not
+/// there" (an unreachable peer), which drop the datagrams as a network would.
+fn refuses_gso(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
-        Some(libc::EIO) | Some(libc::EINVAL) | Some(libc::ENOPROTOOPT) | Some(libc::EOPNOTSUPP)
+        Some(libc::EMSGSIZE | libc::EIO | libc::EINVAL | libc::ENOPROTOOPT | libc::EOPNOTSUPP)
     )
 }
 
