@@ -301,9 +301,9 @@ impl SendBatch {
         let message = self.messages[i];
         let to = message.to.expect("queued");
         let bytes = &self.buffers[i * SLOT..i * SLOT + message.len];
+        let mut addr: libc::sockaddr_storage = unsafe { zeroed() };
+        let addr_len = to_storage(to, &mut addr);
         for datagram in bytes.chunks(message.segment) {
-            let mut addr: libc::sockaddr_storage = unsafe { zeroed() };
-            let addr_len = to_storage(to, &mut addr);
             // SAFETY: a plain sendto of a buffer we own.
             unsafe {
                 libc::sendto(
