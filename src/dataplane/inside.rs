@@ -1,11 +1,13 @@
 //! Packets from containers: TUN queue -> checks -> tunnel -> UDP.
 
 use std::io::{ErrorKind, Read};
+use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::time::Instant;
 
 use super::offload::{Segments, VNET_HDR_LEN};
 use super::packet::{ipv4_addresses, TAG_LEN};
+use super::routes::Route;
 use super::{batched, Daemon};
 use crate::tunnel::DropReason;
 
@@ -33,11 +35,20 @@ impl Daemon {
                 self.drops.count(DropReason::Malformed);
                 continue;
             };
+            // Every segment of a train has the train's addresses: check and route once.
+            let addresses = ipv4_addresses(&self.bufs.frame[VNET_HDR_LEN..n]);
+            let route = match self.route_from_container(tag, address, addresses) {
+                Ok(route) => route,
+                Err(reason) => {
+                    self.drops.count(reason);
+                    continue;
+                }
+            };
             let now = Instant::now();
             while let Some(len) =
                 segments.next_into(&self.bufs.frame[..n], &mut self.bufs.plain[TAG_LEN..])
             {
-                if let Err(reason) = self.send_from_container(tag, address, len, now) {
+                if let Err(reason) = self.send_from_container(tag, route, len, now) {
                     self.drops.count(reason);
                 }
             }
@@ -45,21 +56,29 @@ impl Daemon {
         true
     }
 
-    /// `plain[TAG_LEN..TAG_LEN + len]` holds a packet from the container at `address`.
-    fn send_from_container(
+    /// Where a packet with `addresses` from the container at `address` goes, if it may go.
+    fn route_from_container(
         &mut self,
         tag: u32,
-        address: std::net::Ipv4Addr,
-        len: usize,
-        now: Instant,
-    ) -> Result<(), DropReason> {
-        let packet = &self.bufs.plain[TAG_LEN..TAG_LEN + len];
-        let (src, dst) = ipv4_addresses(packet).ok_or(DropReason::NotIpv4)?;
+        address: Ipv4Addr,
+        addresses: Option<(Ipv4Addr, Ipv4Addr)>,
+    ) -> Result<Route, DropReason> {
+        let (src, dst) = addresses.ok_or(DropReason::NotIpv4)?;
         if src != address {
             // A container may only speak with its own address.
             return Err(DropReason::Spoofed);
         }
-        let route = self.routes.resolve(tag, dst).ok_or(DropReason::NoRoute)?;
+        self.routes.resolve(tag, dst).ok_or(DropReason::NoRoute)
+    }
+
+    /// `plain[TAG_LEN..TAG_LEN + len]` holds a packet for `route`: tag, seal and queue it.
+    fn send_from_container(
+        &mut self,
+        tag: u32,
+        route: Route,
+        len: usize,
+        now: Instant,
+    ) -> Result<(), DropReason> {
         self.bufs.plain[..TAG_LEN].copy_from_slice(&tag.to_be_bytes());
         let fd = self.udp.as_raw_fd();
         self.tunnels.encrypt_packet(
