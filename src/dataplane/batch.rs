@@ -491,6 +491,38 @@ mod tests {
         }
     }
 
+    /// A kernel that refuses GSO (here: a socket without UDP checksums, which GSO needs)
+    /// still gets every datagram, one by one, and is not asked again.
+    #[test]
+    fn a_refused_gso_message_goes_one_by_one() {
+        let (rx, tx) = pair(true);
+        let on: libc::c_int = 1;
+        // SAFETY: a plain setsockopt with an int value.
+        let rc = unsafe {
+            libc::setsockopt(
+                tx.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_NO_CHECK,
+                (&on as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as u32,
+            )
+        };
+        assert_eq!(rc, 0);
+        let to = rx.local_addr().unwrap();
+        let sent: Vec<_> = (0..20u32)
+            .map(|i| (i.to_be_bytes().repeat(25), to))
+            .collect();
+        let mut out = SendBatch::new();
+        for (d, to) in &sent {
+            out.push(d, *to);
+        }
+        assert_eq!(out.count, 1, "the train should have been one GSO message");
+        out.flush(tx.as_raw_fd());
+        assert!(!out.gso, "the refusal should turn GSO off");
+        let (got, _) = receive(&rx, sent.len(), tx.local_addr().unwrap());
+        assert_eq!(got, sent.into_iter().map(|(d, _)| d).collect::<Vec<_>>());
+    }
+
     #[test]
     fn datagrams_for_other_peers_do_not_share_a_message() {
         let (rx1, tx) = pair(true);
