@@ -393,6 +393,25 @@ impl Pinger {
     }
 }
 
+/// Waits until `pid` has exited (gone, or a zombie nobody reaped yet).
+fn wait_gone(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit(')')
+                    .next()
+                    .map(|r| r.trim_start().starts_with('Z'))
+            });
+        if state.unwrap_or(true) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "process {pid} does not die");
+        std::thread::yield_now();
+    }
+}
+
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     let after_name = stat.rsplit(')').next().unwrap();
@@ -458,6 +477,8 @@ fn kill_9_and_restart_keeps_the_outage_short() {
     )
     .unwrap();
     let killed = Instant::now();
+    // kill(2) returns before the process is gone; a start before that finds it still answering.
+    wait_gone(victim);
     cluster.start_daemon(1);
     println!("restarted in {:?}", killed.elapsed());
     assert_ne!(cluster.daemon_pid(1), victim);
