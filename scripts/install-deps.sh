@@ -8,7 +8,10 @@ require_root
 # Build: netavark's build script compiles protobuf definitions.
 apt_install ca-certificates build-essential pkg-config protobuf-compiler
 # Podman with the CNI backend; runc because crun rejects this host's hybrid cgroup layout.
-apt_install podman containernetworking-plugins runc conmon iptables iproute2
+# nftables: Flatnet's published ports and egress live in an nft table of its own.
+apt_install podman containernetworking-plugins runc conmon iptables iproute2 nftables
+# The tests' stand-in for the outside world's resolver (in a test namespace, never the host's).
+apt_install dnsmasq-base
 # The trixie chroot (Podman 5 + netavark), packet captures and throughput tools.
 apt_install debootstrap tcpdump iperf3 iputils-ping python3
 

@@ -31,12 +31,19 @@ mount_chroot() {
 }
 mount_chroot
 
-if [ ! -x "$CHROOT_DIR/usr/bin/podman" ]; then
-    log "installing podman + netavark inside the chroot"
+# nftables: the plugin runs in the chroot and writes Flatnet's nft table from there.
+chroot_packages=(podman netavark runc conmon iptables iproute2 nftables ca-certificates)
+missing=()
+for pkg in "${chroot_packages[@]}"; do
+    in_chroot dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' \
+        || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    log "installing ${missing[*]} inside the chroot"
     cp /etc/resolv.conf "$CHROOT_DIR/etc/resolv.conf" 2>/dev/null || true
     in_chroot apt-get -o DPkg::Lock::Timeout=600 update -q >/dev/null
     in_chroot env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q \
-        --no-install-recommends podman netavark runc conmon iptables iproute2 ca-certificates \
+        --no-install-recommends "${missing[@]}" \
         >/var/log/flatnet-chroot-apt.log 2>&1 || die "apt in chroot failed; see /var/log/flatnet-chroot-apt.log"
 fi
 

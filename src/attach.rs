@@ -11,13 +11,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::FlatnetConfig;
 use crate::control::{self, DaemonSettings, Request};
+use crate::dns::normalise_name;
 use crate::error::{Error, Result};
+use crate::firewall;
+use crate::host_member::{self, HostMember};
 use crate::ipam::{DirLeaseStore, IpAddressManager, Lease};
 use crate::lighthouse::{Entry, FileLighthouse, HostInfo, Lighthouse};
 use crate::netns::NetworkNamespace;
+use crate::portmap::{find_conflict, PortMapping};
 use crate::state::{
     check_name, create_private_dir, list_dir, read_if_exists, remove_if_exists, write_atomic,
-    NetworkDirs,
+    FileLock, NetworkDirs,
 };
 use crate::tun::check_ifname;
 
@@ -33,6 +37,10 @@ pub struct AttachRequest<'a> {
     pub ifname: &'a str,
     /// A specific address (`--ip`); `None` lets IPAM choose.
     pub static_ip: Option<Ipv4Addr>,
+    /// DNS names on the network: the container's name and aliases.
+    pub names: &'a [String],
+    /// Host ports to forward to the container (`-p`).
+    pub ports: &'a [PortMapping],
 }
 
 /// A container's membership of a network, as recorded on disk and reported to the runtime.
@@ -50,6 +58,14 @@ pub struct Attachment {
     /// administered one derived from the address.
     pub mac: String,
     pub mtu: u32,
+    /// DNS names, normalised (lower case).
+    #[serde(default)]
+    pub names: Vec<String>,
+    #[serde(default)]
+    pub ports: Vec<PortMapping>,
+    /// Whether the container has a default route through the gateway (not on `--internal`).
+    #[serde(default)]
+    pub egress: bool,
 }
 
 /// One Flatnet network on this host.
@@ -91,14 +107,26 @@ impl Network {
     pub fn attach(&self, req: &AttachRequest) -> Result<Attachment> {
         check_container_id(req.container_id)?;
         check_ifname(req.ifname)?;
+        let names = normalise_names(req.names)?;
+        if self.config.internal && !req.ports.is_empty() {
+            return Err(Error::InvalidRequest(format!(
+                "network {} is internal: it publishes no ports (asked for {})",
+                self.config.network, req.ports[0]
+            )));
+        }
         let netns = NetworkNamespace::open(req.netns)?;
-        self.clear_stale_record(req)?;
         // The data plane first: its key is what the lighthouse entry publishes.
         control::ensure_running(&self.daemon_settings())?;
+        let _members = self.lock_members()?;
+        self.clear_stale_record(req)?;
+        self.refuse_taken_ports(req)?;
 
         let mut undo = Undo::default();
-        let ip = self.claim_address(req, &mut undo)?;
-        let attachment = self.attachment_for(req, ip);
+        // Runs last on failure: the table then says what the state left on disk says.
+        undo.push(|| self.sync_firewall());
+        let member_created = self.ensure_host_member(&mut undo)?;
+        let ip = self.claim_address(req, &names, &mut undo)?;
+        let attachment = self.attachment_for(req, ip, names);
 
         make_interface(&netns, &attachment)?;
         let iface = attachment.clone();
@@ -106,15 +134,24 @@ impl Network {
 
         self.write_record(&attachment)?;
         undo.push(|| remove_if_exists(&self.record_path(req.container_id)));
+        if member_created || !attachment.ports.is_empty() {
+            self.sync_firewall()?;
+        }
         self.start_serving(req.container_id)?;
         undo.commit();
         Ok(attachment)
     }
 
     /// Undoes an attach. Idempotent: whatever is already gone (namespace, interface, record,
-    /// lease) is skipped, so a runtime may call it after a failed or partial attach.
+    /// lease) is skipped, so a runtime may call it after a failed or partial attach. The last
+    /// container of the network on this host takes the host member with it.
     pub fn detach(&self, container_id: &str, netns: Option<&Path>, ifname: &str) -> Result<()> {
         check_container_id(container_id)?;
+        let _members = self.lock_members()?;
+        self.detach_locked(container_id, netns, ifname)
+    }
+
+    fn detach_locked(&self, container_id: &str, netns: Option<&Path>, ifname: &str) -> Result<()> {
         self.stop_serving(container_id);
         let record = self.read_record(container_id)?;
         let netns = netns.or(record.as_ref().map(|r| r.netns.as_path()));
@@ -133,7 +170,13 @@ impl Network {
                 container_id,
             )?;
         }
-        remove_if_exists(&self.record_path(container_id))
+        remove_if_exists(&self.record_path(container_id))?;
+        let had_ports = record.is_some_and(|r| !r.ports.is_empty());
+        let member_removed = self.attachments()?.is_empty() && self.remove_host_member()?;
+        if had_ports || member_removed {
+            self.sync_firewall()?;
+        }
+        Ok(())
     }
 
     /// Verifies that an attachment is whole: record, lease, lighthouse entry, and an interface
@@ -195,30 +238,139 @@ impl Network {
                 cleaned += 1;
             }
         }
+        let member = host_member::member_id(&self.config);
         for (_, lease) in self.ipam.leases()? {
-            if !keep.contains(&lease.container_id.as_str()) {
-                self.detach(&lease.container_id, None, &lease.ifname)?;
+            let id = lease.container_id.as_str();
+            if !keep.contains(&id) && id != member {
+                self.detach(id, None, &lease.ifname)?;
                 cleaned += 1;
             }
         }
         Ok(cleaned)
     }
 
+    /// The host member of this network on this host, if it has one now.
+    pub fn host_member(&self) -> Result<Option<HostMember>> {
+        HostMember::load(&self.config.dirs())
+    }
+
+    /// Attach and detach of every network of this state directory take turns: they decide
+    /// whether a host member comes or goes, and which host ports are taken.
+    fn lock_members(&self) -> Result<FileLock> {
+        FileLock::acquire(&self.config.state_dir.join("members.lock"))
+    }
+
+    /// Makes sure the network has its host member here; true if this call created it.
+    fn ensure_host_member<'a>(&'a self, undo: &mut Undo<'a>) -> Result<bool> {
+        let dirs = self.config.dirs();
+        if HostMember::load(&dirs)?.is_some() {
+            return Ok(false);
+        }
+        undo.push(|| self.remove_host_member().map(drop));
+        let id = host_member::member_id(&self.config);
+        let lease = Lease {
+            container_id: id.clone(),
+            ifname: host_member::member_ifname(&self.config),
+        };
+        let mut taken = Vec::new();
+        let address = loop {
+            let ip = self.ipam.allocate_highest(&lease, &taken)?;
+            match self.lighthouse.register(&self.entry(ip, &id, Vec::new())) {
+                Ok(()) => break ip,
+                // Another host's member (or container) holds it in the lighthouse.
+                Err(Error::AddressInUse { .. }) if taken.len() < CLAIM_ATTEMPTS => {
+                    self.ipam.release_exact(&id, ip)?;
+                    taken.push(ip);
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        // The record first: whatever exists of a member, its record says how to remove it.
+        let member = HostMember::describe(&self.config, address)?;
+        member.save(&dirs)?;
+        member.create_interface()?;
+        Ok(true)
+    }
+
+    /// Removes the host member: interface, lease, lighthouse entry, record. Every part is
+    /// derived from the configuration, so a member whose creation was cut short goes too.
+    /// Returns whether there was anything of it.
+    fn remove_host_member(&self) -> Result<bool> {
+        let dirs = self.config.dirs();
+        let recorded = HostMember::load(&dirs)?;
+        let id = host_member::member_id(&self.config);
+        if let Some(member) = &recorded {
+            member.remove_interface()?;
+        }
+        let released = self.ipam.release_ip(&id)?;
+        for ip in released
+            .into_iter()
+            .chain(recorded.as_ref().map(|m| m.address))
+        {
+            self.lighthouse.unregister(&self.config.network, ip, &id)?;
+        }
+        HostMember::forget(&dirs)?;
+        Ok(recorded.is_some() || released.is_some())
+    }
+
+    /// A host port another Flatnet container of this state directory publishes is refused.
+    fn refuse_taken_ports(&self, req: &AttachRequest) -> Result<()> {
+        if req.ports.is_empty() {
+            return Ok(());
+        }
+        let others: Vec<Attachment> = all_attachments(&self.config.state_dir)?
+            .into_iter()
+            .filter(|a| a.container_id != req.container_id)
+            .collect();
+        let held = others
+            .iter()
+            .flat_map(|a| a.ports.iter().map(|p| (a.container_id.as_str(), p)));
+        match find_conflict(req.ports, held) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Rewrites this state directory's nftables table from the records on disk.
+    fn sync_firewall(&self) -> Result<()> {
+        let state_dir = &self.config.state_dir;
+        let mut rules = firewall::Ruleset::default();
+        for network in list_dir(&state_dir.join("networks"))? {
+            let dirs = NetworkDirs { root: network };
+            if let Some(member) = HostMember::load(&dirs)? {
+                rules.networks.push(firewall::NetworkRules {
+                    ifname: member.ifname,
+                    subnet: member.subnet,
+                    internal: member.internal,
+                });
+            }
+            for record in attachments_in(&dirs.attachments())? {
+                rules
+                    .forwards
+                    .extend(record.ports.iter().map(|mapping| firewall::Forward {
+                        container: record.address.addr(),
+                        mapping: *mapping,
+                    }));
+            }
+        }
+        firewall::apply(&host_member::firewall_table(&self.config), &rules)
+    }
+
     /// Reserves an address locally and claims it in the lighthouse. Another host may hold an
     /// address our local leases think is free; then the next one is tried.
-    fn claim_address<'a>(&'a self, req: &AttachRequest, undo: &mut Undo<'a>) -> Result<Ipv4Addr> {
+    fn claim_address<'a>(
+        &'a self,
+        req: &AttachRequest,
+        names: &[String],
+        undo: &mut Undo<'a>,
+    ) -> Result<Ipv4Addr> {
         let lease = Lease {
             container_id: req.container_id.to_string(),
             ifname: req.ifname.to_string(),
         };
         for _ in 0..CLAIM_ATTEMPTS {
             let ip = self.ipam.allocate_ip(&lease, req.static_ip)?;
-            let entry = Entry {
-                network: self.config.network.clone(),
-                ip,
-                container_id: req.container_id.to_string(),
-                host: self.host_info(),
-            };
+            let entry = self.entry(ip, req.container_id, names.to_vec());
             match self.lighthouse.register(&entry) {
                 Ok(()) => {
                     let id = req.container_id.to_string();
@@ -260,10 +412,20 @@ impl Network {
                 network: self.config.network.clone(),
             });
         }
-        self.detach(req.container_id, None, &record.ifname)
+        self.detach_locked(req.container_id, None, &record.ifname)
     }
 
-    fn attachment_for(&self, req: &AttachRequest, ip: Ipv4Addr) -> Attachment {
+    fn entry(&self, ip: Ipv4Addr, id: &str, names: Vec<String>) -> Entry {
+        Entry {
+            network: self.config.network.clone(),
+            ip,
+            container_id: id.to_string(),
+            names,
+            host: self.host_info(),
+        }
+    }
+
+    fn attachment_for(&self, req: &AttachRequest, ip: Ipv4Addr, names: Vec<String>) -> Attachment {
         Attachment {
             version: RECORD_VERSION,
             network: self.config.network.clone(),
@@ -274,6 +436,9 @@ impl Network {
             gateway: self.config.gateway,
             mac: mac_for(ip),
             mtu: self.config.mtu,
+            names,
+            ports: req.ports.to_vec(),
+            egress: !self.config.internal,
         }
     }
 
@@ -356,8 +521,14 @@ fn make_interface(netns: &NetworkNamespace, attachment: &Attachment) -> Result<(
         let device = inside.create_interface(&attachment.ifname, attachment.mtu)?;
         let configured = inside
             .assign_ip(&device, attachment.address)
-            .and_then(|()| inside.setup_routes(&device, &[]))
-            .and_then(|()| inside.set_up(&device));
+            .and_then(|()| inside.set_up(&device))
+            .and_then(|()| {
+                if !attachment.egress {
+                    return Ok(());
+                }
+                let default = Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 0).expect("valid prefix");
+                inside.add_route(&device, default, Some(attachment.gateway), None)
+            });
         if configured.is_err() {
             let _ = inside.remove_interface(&device.name);
         }
@@ -415,6 +586,22 @@ pub fn all_attachments(state_dir: &Path) -> Result<Vec<Attachment>> {
 pub fn mac_for(ip: Ipv4Addr) -> String {
     let [a, b, c, d] = ip.octets();
     format!("02:46:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
+}
+
+/// The container's DNS names, normalised and deduplicated; a name DNS cannot carry is refused.
+fn normalise_names(names: &[String]) -> Result<Vec<String>> {
+    let mut normalised: Vec<String> = Vec::new();
+    for name in names {
+        let name = normalise_name(name).ok_or_else(|| {
+            Error::InvalidRequest(format!(
+                "name {name:?} is not a DNS name (letters, digits, '-', '_' and '.', labels up to 63)"
+            ))
+        })?;
+        if !normalised.contains(&name) {
+            normalised.push(name);
+        }
+    }
+    Ok(normalised)
 }
 
 fn check_container_id(id: &str) -> Result<()> {

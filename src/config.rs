@@ -4,7 +4,7 @@
 //! Network options) and call [`FlatnetConfig::from_input`]; every complaint names the field
 //! and the value.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use ipnet::Ipv4Net;
@@ -38,6 +38,11 @@ pub struct FlatnetConfig {
     pub tunnel_port: u16,
     /// Underlay address other hosts reach this host's data plane at.
     pub endpoint: SocketAddr,
+    /// An internal network reaches only Flatnet and the host member: no default route, no
+    /// masquerading, no published ports, and DNS names outside the network are refused.
+    pub internal: bool,
+    /// Where names outside the network are forwarded; `None`: the host's resolv.conf.
+    pub dns_upstreams: Option<Vec<SocketAddr>>,
 }
 
 /// Raw, unvalidated settings as text, the common denominator of JSON numbers and netavark's
@@ -52,6 +57,9 @@ pub struct ConfigInput {
     pub lighthouse: Option<String>,
     pub tunnel_port: Option<String>,
     pub endpoint: Option<String>,
+    pub internal: bool,
+    /// Comma-separated `ip` or `ip:port` resolvers.
+    pub dns_upstreams: Option<String>,
 }
 
 impl FlatnetConfig {
@@ -82,6 +90,11 @@ impl FlatnetConfig {
             })?,
             None => SocketAddr::from((Ipv4Addr::LOCALHOST, tunnel_port)),
         };
+        let dns_upstreams = input
+            .dns_upstreams
+            .as_deref()
+            .map(parse_upstreams)
+            .transpose()?;
         Ok(FlatnetConfig {
             network: input.network,
             subnet,
@@ -91,6 +104,8 @@ impl FlatnetConfig {
             lighthouse,
             tunnel_port,
             endpoint,
+            internal: input.internal,
+            dns_upstreams,
         })
     }
 
@@ -167,6 +182,25 @@ fn parse_abs_path(field: &str, text: Option<&str>, default: &str) -> Result<Path
     Ok(path)
 }
 
+/// `192.0.2.53` or `192.0.2.53:5353`, comma-separated; port 53 unless given.
+fn parse_upstreams(text: &str) -> Result<Vec<SocketAddr>> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| {
+            t.parse::<SocketAddr>()
+                .or_else(|_| t.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                .ok()
+                .filter(SocketAddr::is_ipv4)
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "dnsUpstreams entry {t:?} is not an IPv4 address or address:port"
+                    ))
+                })
+        })
+        .collect()
+}
+
 /// The first host address of a subnet: 10.77.0.0/16 -> 10.77.0.1.
 pub fn first_host(subnet: Ipv4Net) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(subnet.network()) + 1)
@@ -194,6 +228,20 @@ mod tests {
             PathBuf::from("/run/flatnet/lighthouse.json")
         );
         assert_eq!(cfg.endpoint.to_string(), "127.0.0.1:4800");
+        assert!(!cfg.internal);
+        assert_eq!(cfg.dns_upstreams, None);
+    }
+
+    #[test]
+    fn dns_upstreams_take_a_default_port() {
+        let mut i = input("flat");
+        i.dns_upstreams = Some("192.0.2.53, 198.51.100.9:5353".into());
+        let cfg = FlatnetConfig::from_input(i).unwrap();
+        let want: Vec<SocketAddr> = vec![
+            "192.0.2.53:53".parse().unwrap(),
+            "198.51.100.9:5353".parse().unwrap(),
+        ];
+        assert_eq!(cfg.dns_upstreams, Some(want));
     }
 
     #[test]
@@ -269,6 +317,14 @@ mod tests {
             (
                 Box::new(|i| i.endpoint = Some("host".into())),
                 "endpoint \"host\"",
+            ),
+            (
+                Box::new(|i| i.dns_upstreams = Some("resolver".into())),
+                "dnsUpstreams entry \"resolver\"",
+            ),
+            (
+                Box::new(|i| i.dns_upstreams = Some("2001:db8::53".into())),
+                "dnsUpstreams",
             ),
             (Box::new(|i| i.network = "../x".into()), "network name"),
             (Box::new(|i| i.network = String::new()), "network name"),

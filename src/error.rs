@@ -18,6 +18,12 @@ pub enum Error {
     AddressExhausted { network: String, subnet: String },
     #[error("address {ip} is already in use by container {owner}")]
     AddressInUse { ip: Ipv4Addr, owner: String },
+    #[error("host port {port} is already published by container {owner} ({held})")]
+    PortInUse {
+        port: String,
+        owner: String,
+        held: String,
+    },
     #[error("container {container_id} is already attached to network {network}")]
     AlreadyAttached {
         container_id: String,
@@ -27,6 +33,8 @@ pub enum Error {
     CheckFailed(String),
     #[error("data plane: {0}")]
     DataPlane(String),
+    #[error("firewall: {0}")]
+    Firewall(String),
     #[error("netlink: {0}")]
     Netlink(String),
     #[error("{context}: {source}")]

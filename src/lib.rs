@@ -8,15 +8,23 @@
 //! | [`ipam`]      | `IPAddressManager` |
 //! | [`lighthouse`]| `LighthouseClient` |
 //! | [`attach`]    | attach / detach / check, tying them together with rollback |
+//!
+//! Around them, one module per concept of a complete network: [`host_member`] (the host's own
+//! interface on each network), [`portmap`] and [`firewall`] (published ports, egress), [`dns`]
+//! (names), and [`dataplane`] with [`tunnel`] (flatnetd's packet paths and Noise tunnels).
 
 pub mod attach;
 pub mod config;
 pub mod control;
 pub mod dataplane;
+pub mod dns;
 pub mod error;
+pub mod firewall;
+pub mod host_member;
 pub mod ipam;
 pub mod lighthouse;
 pub mod netns;
+pub mod portmap;
 pub mod state;
 pub mod tun;
 pub mod tunnel;
@@ -24,3 +32,4 @@ pub mod tunnel;
 pub use attach::{AttachRequest, Attachment, Network};
 pub use config::{ConfigInput, FlatnetConfig};
 pub use error::{Error, Result};
+pub use portmap::PortMapping;

@@ -95,7 +95,14 @@ impl NetworkNamespace {
     }
 }
 
-/// Netlink operations inside one namespace. Obtained from [`NetworkNamespace::enter`].
+/// Runs `f` with a netlink connection in the calling thread's own namespace (the host side:
+/// where the plugin and the daemon run).
+pub fn here<R>(f: impl FnOnce(&mut Inside) -> Result<R>) -> Result<R> {
+    f(&mut Inside::connect()?)
+}
+
+/// Netlink operations inside one namespace. Obtained from [`NetworkNamespace::enter`] or
+/// [`here`].
 pub struct Inside {
     runtime: tokio::runtime::Runtime,
     handle: Handle,
@@ -153,19 +160,27 @@ impl Inside {
             .map_err(netlink_err("assigning address"))
     }
 
-    /// Routes each destination through the device. The subnet's own route comes with the
-    /// address; these are the others (none in Phase 1, a default route once the host egresses).
-    pub fn setup_routes(&mut self, device: &TunDevice, routes: &[Ipv4Net]) -> Result<()> {
-        for route in routes {
-            let msg = RouteMessageBuilder::<Ipv4Addr>::new()
-                .destination_prefix(route.network(), route.prefix_len())
-                .output_interface(device.index)
-                .build();
-            self.runtime
-                .block_on(self.handle.route().add(msg).execute())
-                .map_err(netlink_err("adding route"))?;
+    /// Routes `destination` through the device, via `gateway` if given, preferring `source` as
+    /// the source address of what the namespace sends that way.
+    pub fn add_route(
+        &mut self,
+        device: &TunDevice,
+        destination: Ipv4Net,
+        gateway: Option<Ipv4Addr>,
+        source: Option<Ipv4Addr>,
+    ) -> Result<()> {
+        let mut builder = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(destination.network(), destination.prefix_len())
+            .output_interface(device.index);
+        if let Some(gateway) = gateway {
+            builder = builder.gateway(gateway);
         }
-        Ok(())
+        if let Some(source) = source {
+            builder = builder.pref_source(source);
+        }
+        self.runtime
+            .block_on(self.handle.route().add(builder.build()).execute())
+            .map_err(netlink_err(&format!("adding route to {destination}")))
     }
 
     pub fn set_up(&mut self, device: &TunDevice) -> Result<()> {

@@ -55,11 +55,14 @@ fn add(conf: &NetConf, network: &Network) -> Result<Value, CniError> {
     let netns = required_env("CNI_NETNS")?;
     let ifname = required_env("CNI_IFNAME")?;
     let args = CniArgs::parse(&env::var("CNI_ARGS").unwrap_or_default())?;
+    let names: Vec<String> = args.name.into_iter().chain(conf.aliases()).collect();
     let attachment = network.attach(&AttachRequest {
         container_id: &container_id,
         netns: Path::new(&netns),
         ifname: &ifname,
         static_ip: args.ip,
+        names: &names,
+        ports: &conf.port_mappings()?,
     })?;
     Ok(protocol::add_result(&conf.cni_version, &attachment, &netns))
 }

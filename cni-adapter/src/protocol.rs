@@ -1,9 +1,10 @@
 //! The CNI wire format: the network config the runtime sends on stdin, the result and error
 //! objects the plugin prints, in the config's own spec version.
 
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
-use flatnet::{Attachment, ConfigInput, Error};
+use flatnet::{Attachment, ConfigInput, Error, PortMapping};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -24,6 +25,7 @@ pub mod code {
     pub const ADDRESS_IN_USE: u32 = 101;
     pub const CHECK_FAILED: u32 = 102;
     pub const ALREADY_ATTACHED: u32 = 103;
+    pub const PORT_IN_USE: u32 = 104;
 }
 
 /// A CNI error: printed as the spec's error object on stdout, with a non-zero exit.
@@ -62,10 +64,11 @@ impl From<Error> for CniError {
             Error::AddressExhausted { .. } => code::ADDRESS_EXHAUSTED,
             Error::AddressInUse { .. } => code::ADDRESS_IN_USE,
             Error::AlreadyAttached { .. } => code::ALREADY_ATTACHED,
+            Error::PortInUse { .. } => code::PORT_IN_USE,
             Error::CheckFailed(_) => code::CHECK_FAILED,
             Error::DataPlane(_) => code::TRY_AGAIN,
             Error::Io { source, .. } if is_transient(source) => code::TRY_AGAIN,
-            Error::Netlink(_) | Error::Io { .. } => code::IO_FAILURE,
+            Error::Netlink(_) | Error::Firewall(_) | Error::Io { .. } => code::IO_FAILURE,
         };
         CniError {
             code,
@@ -93,10 +96,38 @@ pub struct NetConf {
     pub lighthouse: Option<String>,
     pub tunnel_port: Option<u16>,
     pub endpoint: Option<String>,
+    /// Containers reach only Flatnet and the host: no default route, no published ports.
+    pub internal: Option<bool>,
+    /// Resolvers for names outside the network (`ip` or `ip:port`); default: the host's.
+    pub dns_upstreams: Option<Vec<String>>,
+    /// What the runtime fills in for the capabilities the conflist declares.
+    pub runtime_config: Option<RuntimeConfig>,
     pub prev_result: Option<Value>,
     /// GC: the attachments the runtime still knows about.
     #[serde(rename = "cni.dev/valid-attachments")]
     pub valid_attachments: Option<Vec<ValidAttachment>>,
+}
+
+/// `portMappings` and `aliases` capabilities (the CNI conventions' shapes).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RuntimeConfig {
+    #[serde(default)]
+    pub port_mappings: Vec<CniPortMapping>,
+    /// Network name -> the container's aliases on it (Podman's `--network-alias`).
+    #[serde(default)]
+    pub aliases: HashMap<String, Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CniPortMapping {
+    pub host_port: u16,
+    pub container_port: u16,
+    #[serde(default)]
+    pub protocol: String,
+    #[serde(rename = "hostIP", default)]
+    pub host_ip: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -134,7 +165,27 @@ impl NetConf {
             lighthouse: self.lighthouse.clone(),
             tunnel_port: self.tunnel_port.map(|v| v.to_string()),
             endpoint: self.endpoint.clone(),
+            internal: self.internal.unwrap_or(false),
+            dns_upstreams: self.dns_upstreams.as_ref().map(|list| list.join(",")),
         }
+    }
+
+    /// Published ports from `runtimeConfig.portMappings` (Podman sends one per port of a range).
+    pub fn port_mappings(&self) -> Result<Vec<PortMapping>, CniError> {
+        let mappings = self.runtime_config.iter().flat_map(|r| &r.port_mappings);
+        mappings
+            .map(|m| PortMapping::new(&m.host_ip, m.host_port, m.container_port, &m.protocol, 1))
+            .collect::<Result<_, _>>()
+            .map_err(CniError::from)
+    }
+
+    /// The container's aliases on this network.
+    pub fn aliases(&self) -> Vec<String> {
+        self.runtime_config
+            .as_ref()
+            .and_then(|r| r.aliases.get(&self.name))
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Addresses a previous ADD reported (CHECK compares them with what is there now).
@@ -192,19 +243,26 @@ pub fn add_result(version: &str, attachment: &Attachment, sandbox: &str) -> Valu
     if version == "0.4.0" {
         ip["version"] = json!("4");
     }
+    let mut routes = vec![json!({ "dst": attachment.address.trunc().to_string() })];
+    if attachment.egress {
+        routes.push(json!({ "dst": "0.0.0.0/0", "gw": attachment.gateway.to_string() }));
+    }
     json!({
         "cniVersion": version,
         "interfaces": [interface],
         "ips": [ip],
-        "routes": [{ "dst": attachment.address.trunc().to_string() }],
-        "dns": {},
+        "routes": routes,
+        // flatnetd answers DNS at the gateway address.
+        "dns": { "nameservers": [attachment.gateway.to_string()] },
     })
 }
 
-/// Options from CNI_ARGS (`K=V;K=V`): `IP` asks for a static address (Podman's `--ip`).
+/// Options from CNI_ARGS (`K=V;K=V`): `IP` asks for a static address (Podman's `--ip`);
+/// `K8S_POD_NAME` is the container's name (Podman sets it), which becomes a DNS name.
 #[derive(Debug, Default, PartialEq)]
 pub struct CniArgs {
     pub ip: Option<Ipv4Addr>,
+    pub name: Option<String>,
 }
 
 impl CniArgs {
@@ -233,7 +291,8 @@ impl CniArgs {
                         "Flatnet interfaces are layer-3 TUN devices and cannot take a MAC address",
                     ))
                 }
-                _ => {} // IgnoreUnknown, K8S_POD_NAME and the like carry nothing for Flatnet
+                "K8S_POD_NAME" if !value.is_empty() => args.name = Some(value.to_string()),
+                _ => {} // IgnoreUnknown and the like carry nothing for Flatnet
             }
         }
         Ok(args)
@@ -255,6 +314,9 @@ mod tests {
             gateway: "10.77.0.1".parse().unwrap(),
             mac: "02:46:0a:4d:00:05".into(),
             mtu: 1416,
+            names: vec!["web".into()],
+            ports: Vec::new(),
+            egress: true,
         }
     }
 
@@ -269,6 +331,15 @@ mod tests {
         assert!(r["interfaces"][0].get("mtu").is_none());
         assert_eq!(r["interfaces"][0]["sandbox"], "/run/netns/x");
         assert_eq!(r["routes"][0]["dst"], "10.77.0.0/16");
+        assert_eq!(r["routes"][1]["dst"], "0.0.0.0/0");
+        assert_eq!(r["routes"][1]["gw"], "10.77.0.1");
+        assert_eq!(r["dns"]["nameservers"][0], "10.77.0.1");
+        let internal = Attachment {
+            egress: false,
+            ..attachment()
+        };
+        let r = add_result("1.0.0", &internal, "/run/netns/x");
+        assert_eq!(r["routes"].as_array().unwrap().len(), 1);
 
         let r = add_result("0.4.0", &attachment(), "/run/netns/x");
         assert_eq!(r["ips"][0]["version"], "4");
@@ -329,9 +400,34 @@ mod tests {
     }
 
     #[test]
+    fn runtime_config_gives_ports_and_aliases() {
+        let conf = NetConf::parse(
+            br#"{"cniVersion":"1.0.0","name":"n","type":"flatnet-cni","internal":true,
+                "dnsUpstreams":["192.0.2.53"],
+                "runtimeConfig":{"portMappings":[
+                    {"hostPort":8080,"containerPort":80,"protocol":"tcp","hostIP":"127.0.0.1"},
+                    {"hostPort":5353,"containerPort":53,"protocol":"udp"}],
+                 "aliases":{"n":["www"],"other":["nope"]}}}"#,
+        )
+        .unwrap();
+        let ports: Vec<String> = conf
+            .port_mappings()
+            .unwrap()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(ports, ["127.0.0.1:8080:80/tcp", "5353:53/udp"]);
+        assert_eq!(conf.aliases(), ["www"]);
+        let input = conf.config_input();
+        assert!(input.internal);
+        assert_eq!(input.dns_upstreams.as_deref(), Some("192.0.2.53"));
+    }
+
+    #[test]
     fn cni_args() {
         let a = CniArgs::parse("IgnoreUnknown=1;K8S_POD_NAME=web;IP=10.77.0.9").unwrap();
         assert_eq!(a.ip, Some("10.77.0.9".parse().unwrap()));
+        assert_eq!(a.name.as_deref(), Some("web"));
         assert_eq!(CniArgs::parse("").unwrap(), CniArgs::default());
         assert_eq!(
             CniArgs::parse("IP=nope").unwrap_err().code,

@@ -27,6 +27,8 @@ impl Plugin for FlatnetPlugin {
             netns: Path::new(&netns),
             ifname: &options.interface_name,
             static_ip: translate::static_ip(options)?,
+            names: &translate::names(&opts),
+            ports: &translate::ports(&opts)?,
         })?;
         Ok(translate::status_block(&attachment))
     }

@@ -5,14 +5,21 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 
 use flatnet::config::{first_host, DEFAULT_SUBNET};
-use flatnet::{Attachment, ConfigInput, Error, FlatnetConfig};
+use flatnet::{Attachment, ConfigInput, Error, FlatnetConfig, PortMapping};
 use ipnet::IpNet;
 use netavark::network::types::{
-    NetAddress, NetInterface, Network, PerNetworkOptions, StatusBlock, Subnet,
+    NetAddress, NetInterface, Network, NetworkPluginExec, PerNetworkOptions, StatusBlock, Subnet,
 };
 
 /// `-o key=value` options a Flatnet network accepts, and the config field each sets.
-const OPTIONS: &[&str] = &["mtu", "tunnel_port", "state_dir", "lighthouse", "endpoint"];
+const OPTIONS: &[&str] = &[
+    "mtu",
+    "tunnel_port",
+    "state_dir",
+    "lighthouse",
+    "endpoint",
+    "dns_upstreams",
+];
 
 /// Validates a network at `podman network create` and fills in what was left out (a subnet and
 /// its gateway), leaving name, id and driver as they are.
@@ -38,8 +45,9 @@ pub fn normalise(mut network: Network) -> Result<Network, Error> {
         subnet.gateway.get_or_insert(IpAddr::V4(first_host(v4)));
     }
     network.subnets = Some(subnets);
-    // Podman gives plugin networks no aardvark-dns; saying so keeps it from warning on every run.
-    network.dns_enabled = false;
+    // Flatnet answers DNS itself (netavark starts aardvark-dns for bridge networks only);
+    // Podman accepts `--network-alias` only on networks with DNS enabled.
+    network.dns_enabled = true;
     config_of(&network)?;
     Ok(network)
 }
@@ -64,7 +72,35 @@ pub fn config_of(network: &Network) -> Result<FlatnetConfig, Error> {
         lighthouse: option("lighthouse"),
         tunnel_port: option("tunnel_port"),
         endpoint: option("endpoint"),
+        internal: network.internal,
+        dns_upstreams: option("dns_upstreams"),
     })
+}
+
+/// The container's DNS names on the network: its name, then its aliases.
+pub fn names(opts: &NetworkPluginExec) -> Vec<String> {
+    let aliases = opts.network_options.aliases.iter().flatten();
+    std::iter::once(&opts.container_name)
+        .chain(aliases)
+        .filter(|name| !name.is_empty())
+        .cloned()
+        .collect()
+}
+
+/// `podman run -p` as netavark passes it (`range` counts ports, 0 or 1 for one).
+pub fn ports(opts: &NetworkPluginExec) -> Result<Vec<PortMapping>, Error> {
+    let mappings = opts.port_mappings.iter().flatten();
+    mappings
+        .map(|m| {
+            PortMapping::new(
+                &m.host_ip,
+                m.host_port,
+                m.container_port,
+                &m.protocol,
+                m.range,
+            )
+        })
+        .collect()
 }
 
 /// The address Podman picked (it allocates whenever the network has subnets) or `--ip` asked for.
@@ -97,9 +133,10 @@ pub fn status_block(attachment: &Attachment) -> StatusBlock {
         mac_address: attachment.mac.clone(),
         subnets: Some(vec![address]),
     };
+    // Podman writes these into the container's resolv.conf (unless `--dns` overrides them).
     StatusBlock {
         dns_search_domains: Some(Vec::new()),
-        dns_server_ips: Some(Vec::new()),
+        dns_server_ips: Some(vec![IpAddr::V4(attachment.gateway)]),
         interfaces: Some(HashMap::from([(attachment.ifname.clone(), interface)])),
     }
 }
@@ -133,6 +170,58 @@ mod tests {
         let subnet = &out.subnets.unwrap()[0];
         assert_eq!(subnet.subnet.to_string(), DEFAULT_SUBNET);
         assert_eq!(subnet.gateway.unwrap().to_string(), "10.77.0.1");
+        assert!(
+            out.dns_enabled,
+            "Podman refuses aliases on networks without DNS"
+        );
+    }
+
+    #[test]
+    fn internal_and_dns_upstreams_reach_the_config() {
+        let mut json = base();
+        json["internal"] = serde_json::json!(true);
+        json["options"] = serde_json::json!({"dns_upstreams": "192.0.2.53"});
+        let config = config_of(&normalise(network(json)).unwrap()).unwrap();
+        assert!(config.internal);
+        assert_eq!(
+            config.dns_upstreams,
+            Some(vec!["192.0.2.53:53".parse().unwrap()])
+        );
+    }
+
+    fn exec(json: serde_json::Value) -> NetworkPluginExec {
+        let mut full = serde_json::json!({
+            "container_id": "c1", "container_name": "web",
+            "network": base(),
+            "network_options": {"interface_name": "eth0", "aliases": ["www", "front"]},
+        });
+        for (k, v) in json.as_object().unwrap() {
+            full[k] = v.clone();
+        }
+        serde_json::from_value(full).unwrap()
+    }
+
+    #[test]
+    fn names_are_the_container_name_then_its_aliases() {
+        assert_eq!(names(&exec(serde_json::json!({}))), ["web", "www", "front"]);
+    }
+
+    #[test]
+    fn port_mappings_translate_with_ranges_and_protocols() {
+        let opts = exec(serde_json::json!({"port_mappings": [
+            {"host_ip": "", "container_port": 80, "host_port": 8080, "range": 1, "protocol": "tcp"},
+            {"host_ip": "127.0.0.1", "container_port": 9000, "host_port": 9000, "range": 3, "protocol": "udp"},
+        ]}));
+        let printed: Vec<String> = ports(&opts)
+            .unwrap()
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        assert_eq!(printed, ["8080:80/tcp", "127.0.0.1:9000-9002:9000-9002/udp"]);
+        let sctp = exec(serde_json::json!({"port_mappings": [
+            {"host_ip": "", "container_port": 80, "host_port": 80, "range": 1, "protocol": "sctp"},
+        ]}));
+        assert!(ports(&sctp).unwrap_err().to_string().contains("sctp"));
     }
 
     #[test]

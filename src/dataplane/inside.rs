@@ -1,15 +1,28 @@
-//! Packets from containers: TUN queue -> checks -> tunnel -> UDP.
+//! Packets from members (containers and host members): TUN queue -> checks -> a tunnel to
+//! another host, or straight to a local member's queue when the host member is one end (the
+//! host reaching a container, a container reaching its gateway or egressing through it), or
+//! the DNS resolver for a query to the gateway.
 
-use std::io::{ErrorKind, Read};
+use std::io::{ErrorKind, Read, Write};
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::time::Instant;
 
 use super::offload::{Segments, VNET_HDR_LEN};
-use super::packet::{ipv4_addresses, TAG_LEN};
+use super::packet::{ipv4_addresses, udp_datagram, TAG_LEN};
 use super::routes::Route;
 use super::{batched, Daemon};
 use crate::tunnel::DropReason;
+
+/// Where a member's packet goes next.
+enum Hop {
+    /// Sealed for another host (or this one, for container-to-container traffic).
+    Tunnel(Route),
+    /// Written as it is (virtio-net header and all) to the member in this port slot.
+    Local(usize),
+    /// A DNS query to the gateway: answered by the data plane.
+    Resolver,
+}
 
 /// Packets read from one queue per wake-up before others get their turn.
 const BATCH: usize = 64;
@@ -30,45 +43,105 @@ impl Daemon {
             };
             port.stats.from_container_packets += 1;
             port.stats.from_container_bytes += n.saturating_sub(VNET_HDR_LEN) as u64;
-            let (tag, address) = (port.tag, port.address);
-            let Some(mut segments) = Segments::new(&self.bufs.frame[..n]) else {
-                self.drops.count(DropReason::Malformed);
-                continue;
-            };
+            let (tag, address, from_host) = (port.tag, port.address, port.is_host());
             // Every segment of a train has the train's addresses: check and route once.
             let addresses = ipv4_addresses(&self.bufs.frame[VNET_HDR_LEN..n]);
-            let route = match self.route_from_container(tag, address, addresses) {
-                Ok(route) => route,
-                Err(reason) => {
-                    self.drops.count(reason);
-                    continue;
+            let hop = addresses
+                .ok_or(DropReason::NotIpv4)
+                .and_then(|(src, dst)| self.next_hop(tag, address, from_host, src, dst, n));
+            let result = match hop {
+                Ok(Hop::Tunnel(route)) => self.send_train(tag, route, n),
+                Ok(Hop::Local(to)) => self.write_local(to, n),
+                Ok(Hop::Resolver) => {
+                    self.answer_query(slot, tag, n);
+                    Ok(())
                 }
+                Err(reason) => Err(reason),
             };
-            let now = Instant::now();
-            while let Some(len) =
-                segments.next_into(&self.bufs.frame[..n], &mut self.bufs.plain[TAG_LEN..])
-            {
-                if let Err(reason) = self.send_from_container(tag, route, len, now) {
-                    self.drops.count(reason);
-                }
+            if let Err(reason) = result {
+                self.drops.count(reason);
             }
         }
         true
     }
 
-    /// Where a packet with `addresses` from the container at `address` goes, if it may go.
-    fn route_from_container(
+    /// Where a packet from `src` to `dst`, read from the member at `own` (`from_host`: the host
+    /// member), goes, if it may go. The first `n` bytes of `frame` hold it.
+    fn next_hop(
         &mut self,
         tag: u32,
-        address: Ipv4Addr,
-        addresses: Option<(Ipv4Addr, Ipv4Addr)>,
-    ) -> Result<Route, DropReason> {
-        let (src, dst) = addresses.ok_or(DropReason::NotIpv4)?;
-        if src != address {
+        own: Ipv4Addr,
+        from_host: bool,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        n: usize,
+    ) -> Result<Hop, DropReason> {
+        if !from_host && src != own {
             // A container may only speak with its own address.
             return Err(DropReason::Spoofed);
         }
-        self.routes.resolve(tag, dst).ok_or(DropReason::NoRoute)
+        let Some(network) = self.networks.get(tag) else {
+            // No host member here: containers reach each other only.
+            return self
+                .routes
+                .resolve(tag, dst)
+                .map(Hop::Tunnel)
+                .ok_or(DropReason::NoRoute);
+        };
+        let member = &network.member;
+        if dst == member.gateway && !from_host && is_dns_query(&self.bufs.frame[VNET_HDR_LEN..n]) {
+            return Ok(Hop::Resolver);
+        }
+        if let Some(local) = self.ports.slot_of(tag, dst) {
+            // The host member is one end: a local route, no tunnel.
+            if from_host || self.ports.get(local).is_some_and(|p| p.is_host()) {
+                return Ok(Hop::Local(local));
+            }
+        }
+        if member.subnet.contains(&dst) {
+            // Other hosts know this host's member by its own address only.
+            if from_host && src != member.address {
+                return Err(DropReason::Spoofed);
+            }
+            return self
+                .routes
+                .resolve(tag, dst)
+                .map(Hop::Tunnel)
+                .ok_or(DropReason::NoRoute);
+        }
+        // Beyond the network: out through the host member, unless the network is internal.
+        match (from_host, member.internal, network.host_slot) {
+            (false, false, Some(host)) => Ok(Hop::Local(host)),
+            _ => Err(DropReason::NoRoute),
+        }
+    }
+
+    /// Cuts the frame's train into packets, then tags, seals and queues each for `route`.
+    fn send_train(&mut self, tag: u32, route: Route, n: usize) -> Result<(), DropReason> {
+        let mut segments = Segments::new(&self.bufs.frame[..n]).ok_or(DropReason::Malformed)?;
+        let now = Instant::now();
+        while let Some(len) =
+            segments.next_into(&self.bufs.frame[..n], &mut self.bufs.plain[TAG_LEN..])
+        {
+            if let Err(reason) = self.send_from_container(tag, route, len, now) {
+                self.drops.count(reason);
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands the frame to a local member's queue as it is: the virtio-net header travels with
+    /// it, so a segment train stays one write (the receiving stack segments if it must).
+    fn write_local(&mut self, to: usize, n: usize) -> Result<(), DropReason> {
+        let port = self.ports.get_mut(to).ok_or(DropReason::NoRoute)?;
+        match port.queue.write(&self.bufs.frame[..n]) {
+            Ok(written) if written == n => {
+                port.stats.to_container_packets += 1;
+                port.stats.to_container_bytes += (n - VNET_HDR_LEN) as u64;
+                Ok(())
+            }
+            _ => Err(DropReason::QueueFull),
+        }
     }
 
     /// `plain[TAG_LEN..TAG_LEN + len]` holds a packet for `route`: tag, seal and queue it.
@@ -90,4 +163,9 @@ impl Daemon {
             &mut batched(&mut self.bufs.to_send, fd),
         )
     }
+}
+
+/// A UDP datagram to port 53.
+fn is_dns_query(packet: &[u8]) -> bool {
+    udp_datagram(packet).is_some_and(|(_, to, _)| to.port() == 53)
 }

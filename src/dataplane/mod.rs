@@ -1,20 +1,24 @@
 //! `flatnetd`'s data plane: one UDP socket on the underlay, one TUN queue per attached
 //! container, the tunnels between them, and the control socket the plugins talk to.
 //!
-//! Packet paths are named by where a packet comes from: [`inside`] (from a container's TUN
-//! queue, out through a tunnel) and [`outside`] (from the underlay, into a container). One
-//! thread runs both off an epoll loop with fixed buffers: no allocation, no lock and no async
-//! scheduler on the per-packet path.
+//! Packet paths are named by where a packet comes from: [`inside`] (from a member's TUN queue:
+//! out through a tunnel, or to a local member) and [`outside`] (from the underlay, into a
+//! member). Members are containers and each network's host member ([`members`]); DNS queries to
+//! the gateway are answered in the data plane ([`resolver`]). One thread runs it all off an
+//! epoll loop with fixed buffers: no allocation, no lock and no async scheduler on the
+//! per-packet path.
 
 mod batch;
 mod coalesce;
 mod control_server;
 mod idle_poll;
 mod inside;
+mod members;
 mod offload;
 mod outside;
 pub mod packet;
 mod ports;
+mod resolver;
 mod routes;
 
 use std::collections::HashMap;
@@ -34,25 +38,25 @@ use nix::sys::socket::{setsockopt, sockopt};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::attach::{all_attachments, load_attachment, Attachment};
+use crate::attach::{all_attachments, load_attachment};
 use crate::control::{Request, Response, PROTOCOL_VERSION};
 use crate::error::{Error, IoContext, Result};
 use crate::lighthouse::FileLighthouse;
-use crate::netns::NetworkNamespace;
 use crate::state::{create_private_dir, write_atomic, FileLock};
-use crate::tun;
 use crate::tunnel::{encode_key, DropReason, Limits, StaticKeys, TunnelManager};
 use batch::{RecvBatch, SendBatch};
 use coalesce::Coalescer;
 use idle_poll::IdlePoll;
 pub use idle_poll::DEFAULT_WINDOW_US as DEFAULT_POLL_US;
-use packet::network_tag;
-use ports::{Port, Ports};
+use members::LocalNetworks;
+use ports::Ports;
+use resolver::Resolver;
 use routes::RouteTable;
 
 const TOKEN_UDP: u64 = 0;
 const TOKEN_WAKE: u64 = 1;
-const TOKEN_FIRST_PORT: u64 = 2;
+const TOKEN_DNS: u64 = 2;
+const TOKEN_FIRST_PORT: u64 = 3;
 /// How often timers run (handshake retries, expiry, lighthouse changes).
 const TICK: Duration = Duration::from_millis(100);
 const BUFFER: usize = 65536;
@@ -137,6 +141,9 @@ pub struct Daemon {
     tunnels: TunnelManager,
     routes: RouteTable,
     ports: Ports,
+    /// Networks with members here: their host member and DNS settings.
+    networks: LocalNetworks,
+    resolver: Resolver,
     drops: DropCounters,
     bufs: Buffers,
     poll: IdlePoll,
@@ -180,7 +187,7 @@ pub fn run(config: DaemonConfig, ready: Option<File>) -> Result<()> {
         "flatnetd serving {} on {} ({} containers)",
         daemon.config.state_dir.display(),
         daemon.config.listen,
-        daemon.ports.len()
+        daemon.ports.containers()
     );
     daemon.event_loop()?;
     // Stopped by request: stop listening, then answer, then let the answer reach the caller.
@@ -217,9 +224,11 @@ impl Daemon {
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
             .map_err(|e| Error::io("creating epoll", e.into()))?;
         let readable = |token| EpollEvent::new(EpollFlags::EPOLLIN, token);
+        let resolver = Resolver::new()?;
         epoll
             .add(udp.as_fd(), readable(TOKEN_UDP))
             .and_then(|()| epoll.add(wake.as_fd(), readable(TOKEN_WAKE)))
+            .and_then(|()| epoll.add(resolver.socket().as_fd(), readable(TOKEN_DNS)))
             .map_err(|e| Error::io("registering with epoll", e.into()))?;
         let lighthouse = Box::new(FileLighthouse::new(config.lighthouse.clone()));
         let mut routes = RouteTable::new(lighthouse);
@@ -234,6 +243,8 @@ impl Daemon {
             tunnels: TunnelManager::new(keys, Limits::default()),
             routes,
             ports: Ports::default(),
+            networks: LocalNetworks::default(),
+            resolver,
             drops: DropCounters::default(),
             bufs: Buffers {
                 frame: vec![0; BUFFER + offload::VNET_HDR_LEN],
@@ -281,6 +292,7 @@ impl Daemon {
                 match event.data() {
                     TOKEN_UDP => self.on_udp_readable(),
                     TOKEN_WAKE => self.on_commands(),
+                    TOKEN_DNS => self.on_upstream_answers(),
                     token => {
                         let slot = (token - TOKEN_FIRST_PORT) as usize;
                         if !self.on_tun_readable(slot) {
@@ -328,6 +340,7 @@ impl Daemon {
     fn on_tick(&mut self, now: Instant) {
         self.poll.renew();
         self.routes.refresh();
+        self.expire_dns_queries(now);
         let fd = self.udp.as_raw_fd();
         self.tunnels
             .tick(now, &mut batched(&mut self.bufs.to_send, fd));
@@ -377,55 +390,6 @@ impl Daemon {
         }
     }
 
-    /// Opens a queue on the container's TUN device (inside its namespace) and serves it.
-    fn attach(&mut self, record: &Attachment) -> Result<()> {
-        if self.ports.contains(&record.network, &record.container_id) {
-            self.detach(&record.network, &record.container_id);
-        }
-        let netns = NetworkNamespace::open(&record.netns)?;
-        let queue = netns.run_inside(|| tun::open_offload_queue(&record.ifname))?;
-        set_nonblocking(&queue)?;
-        let port = Port {
-            network: record.network.clone(),
-            tag: network_tag(&record.network),
-            container_id: record.container_id.clone(),
-            ifname: record.ifname.clone(),
-            address: record.address.addr(),
-            queue,
-            stats: Default::default(),
-        };
-        let slot = self.ports.insert(port);
-        let queue = &self.ports.get(slot).expect("just inserted").queue;
-        let event = EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_FIRST_PORT + slot as u64);
-        if let Err(e) = self.epoll.add(queue.as_fd(), event) {
-            self.ports.remove(&record.network, &record.container_id);
-            return Err(Error::io("registering TUN queue", e.into()));
-        }
-        self.routes.refresh();
-        Ok(())
-    }
-
-    fn detach(&mut self, network: &str, container_id: &str) {
-        if let Some(port) = self.ports.remove(network, container_id) {
-            let _ = self.epoll.delete(port.queue.as_fd());
-        }
-        if self.ports.is_empty() {
-            // Nothing here to send or receive for: keep no keys around.
-            self.tunnels.close_all();
-        }
-        self.routes.refresh();
-    }
-
-    /// A queue whose device vanished (namespace destroyed without a detach).
-    fn drop_dead_port(&mut self, slot: usize) {
-        let Some(port) = self.ports.get(slot) else {
-            return;
-        };
-        let (network, id) = (port.network.clone(), port.container_id.clone());
-        tracing::info!("container {id} on {network} is gone; dropping its queue");
-        self.detach(&network, &id);
-    }
-
     fn status(&self) -> serde_json::Value {
         let now = Instant::now();
         let containers: Vec<_> = self
@@ -437,6 +401,8 @@ impl Daemon {
                     "container_id": p.container_id,
                     "ifname": p.ifname,
                     "address": p.address,
+                    "host_member": p.is_host(),
+                    "published_ports": p.published.iter().map(ToString::to_string).collect::<Vec<_>>(),
                     "stats": p.stats,
                 })
             })
@@ -454,6 +420,8 @@ impl Daemon {
             "containers": containers,
             "peers": self.tunnels.status(now),
             "sessions": self.tunnels.session_count(),
+            "networks": self.networks.status(),
+            "dns": self.resolver.stats,
             "drops": self.drops.to_json(),
             "poll": {"window_us": self.poll.window_us(), "stats": self.poll.stats()},
         })
@@ -477,7 +445,7 @@ fn millis_until(deadline: Instant, now: Instant) -> u16 {
     u16::try_from(micros.div_ceil(1000)).unwrap_or(u16::MAX)
 }
 
-fn set_nonblocking(file: &File) -> Result<()> {
+pub(crate) fn set_nonblocking(file: &File) -> Result<()> {
     use nix::fcntl::{fcntl, FcntlArg, OFlag};
     use std::os::fd::AsRawFd;
     let fd = file.as_raw_fd();

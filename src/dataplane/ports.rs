@@ -1,11 +1,14 @@
-//! The containers this host serves: one TUN queue each, found by slot (epoll token), by
-//! Flatnet address (delivery) and by container (attach/detach).
+//! The members this host serves: one TUN queue each, found by slot (epoll token), by Flatnet
+//! address (delivery) and by container (attach/detach). A member is a container, or the host
+//! itself on one network (its host member, which also answers to the gateway address).
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::net::Ipv4Addr;
 
 use serde::Serialize;
+
+use crate::portmap::PortMapping;
 
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct PortStats {
@@ -17,14 +20,33 @@ pub struct PortStats {
     pub to_container_bytes: u64,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Member {
+    Container,
+    /// The host's own interface on the network: trusted with any source address (it carries
+    /// the host's replies, forwarded and published traffic), reached also at `aliases`.
+    Host,
+}
+
 pub struct Port {
     pub network: String,
     pub tag: u32,
     pub container_id: String,
     pub ifname: String,
     pub address: Ipv4Addr,
+    /// Further addresses delivered to this port (the host member's gateway address).
+    pub aliases: Vec<Ipv4Addr>,
+    pub member: Member,
+    /// Host ports published to this container, for `flatnetd status`.
+    pub published: Vec<PortMapping>,
     pub queue: File,
     pub stats: PortStats,
+}
+
+impl Port {
+    pub fn is_host(&self) -> bool {
+        self.member == Member::Host
+    }
 }
 
 #[derive(Default)]
@@ -44,7 +66,9 @@ impl Ports {
                 self.slots.push(None);
                 self.slots.len() - 1
             });
-        self.by_address.insert((port.tag, port.address), slot);
+        for address in std::iter::once(port.address).chain(port.aliases.iter().copied()) {
+            self.by_address.insert((port.tag, address), slot);
+        }
         self.by_container
             .insert((port.network.clone(), port.container_id.clone()), slot);
         self.slots[slot] = Some(port);
@@ -56,7 +80,9 @@ impl Ports {
             .by_container
             .remove(&(network.to_string(), container_id.to_string()))?;
         let port = self.slots[slot].take()?;
-        self.by_address.remove(&(port.tag, port.address));
+        for address in std::iter::once(port.address).chain(port.aliases.iter().copied()) {
+            self.by_address.remove(&(port.tag, address));
+        }
         // Keep the table from growing without bound after churn.
         while self.slots.last().is_some_and(Option::is_none) {
             self.slots.pop();
@@ -85,11 +111,13 @@ impl Ports {
         self.slots.iter().flatten()
     }
 
-    pub fn len(&self) -> usize {
-        self.by_container.len()
+    /// How many containers (not host members) are served.
+    pub fn containers(&self) -> usize {
+        self.iter().filter(|p| !p.is_host()).count()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.by_container.is_empty()
+    /// Does any container of this network remain?
+    pub fn network_has_containers(&self, network: &str) -> bool {
+        self.iter().any(|p| !p.is_host() && p.network == network)
     }
 }

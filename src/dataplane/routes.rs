@@ -21,6 +21,8 @@ pub struct RouteTable {
     revision: Option<u64>,
     routes: HashMap<(u32, Ipv4Addr), Route>,
     keys: HashSet<PublicKey>,
+    /// Network tag -> DNS name -> addresses (a shared alias may name several containers).
+    names: HashMap<u32, HashMap<String, Vec<Ipv4Addr>>>,
 }
 
 impl RouteTable {
@@ -30,7 +32,13 @@ impl RouteTable {
             revision: None,
             routes: HashMap::new(),
             keys: HashSet::new(),
+            names: HashMap::new(),
         }
+    }
+
+    /// The addresses a name has on a network (lower case, no trailing dot).
+    pub fn addresses_of(&self, tag: u32, name: &str) -> Option<&[Ipv4Addr]> {
+        self.names.get(&tag)?.get(name).map(Vec::as_slice)
     }
 
     /// Looks up a route; on a miss, reloads the lighthouse if it changed and looks again
@@ -72,6 +80,7 @@ impl RouteTable {
             Ok(entries) => {
                 self.routes.clear();
                 self.keys.clear();
+                self.names.clear();
                 for entry in entries {
                     let Some(key) = decode_key(&entry.host.public_key) else {
                         continue; // a host without a data plane yet
@@ -80,9 +89,13 @@ impl RouteTable {
                         endpoint: entry.host.endpoint,
                         key,
                     };
-                    self.routes
-                        .insert((network_tag(&entry.network), entry.ip), route);
+                    let tag = network_tag(&entry.network);
+                    self.routes.insert((tag, entry.ip), route);
                     self.keys.insert(key);
+                    let names = self.names.entry(tag).or_default();
+                    for name in entry.names {
+                        names.entry(name).or_default().push(entry.ip);
+                    }
                 }
                 self.revision = Some(revision);
             }

@@ -55,6 +55,28 @@ impl<S: LeaseStore> IpAddressManager<S> {
         })
     }
 
+    /// Reserves the highest free address not in `skip`, for the host's member: Podman allocates
+    /// its containers' addresses from the bottom of the subnet (and passes them as static
+    /// requests), so the member stays out of its way. A holder gets its address back.
+    pub fn allocate_highest(&self, lease: &Lease, skip: &[Ipv4Addr]) -> Result<Ipv4Addr> {
+        self.store.transaction(|store| {
+            if let Some(ip) = held_by(store, &lease.container_id)? {
+                return Ok(ip);
+            }
+            let first = u32::from(self.subnet.network()) + 1;
+            let last = u32::from(self.subnet.broadcast()) - 1;
+            for ip in (first..=last).rev().map(Ipv4Addr::from) {
+                if self.is_assignable(ip) && !skip.contains(&ip) && store.reserve(ip, lease)? {
+                    return Ok(ip);
+                }
+            }
+            Err(Error::AddressExhausted {
+                network: self.network.clone(),
+                subnet: self.subnet.to_string(),
+            })
+        })
+    }
+
     /// Frees whatever the container holds; releasing twice, or something never held, is fine.
     pub fn release_ip(&self, container_id: &str) -> Result<Option<Ipv4Addr>> {
         self.store.transaction(|store| {
@@ -216,6 +238,22 @@ mod tests {
             .map(|i| ipam.allocate_ip(&lease(&format!("d{i}")), None).unwrap())
             .collect();
         assert!(!ips.contains(&want));
+    }
+
+    #[test]
+    fn the_host_member_takes_from_the_top_and_keeps_its_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let ipam = manager(dir.path(), "192.0.2.0/29");
+        let top = ipam.allocate_highest(&lease("host"), &[]).unwrap();
+        assert_eq!(top, Ipv4Addr::new(192, 0, 2, 6));
+        assert_eq!(ipam.allocate_highest(&lease("host"), &[]).unwrap(), top);
+        let skipping = [Ipv4Addr::new(192, 0, 2, 5)];
+        let other = ipam.allocate_highest(&lease("other"), &skipping).unwrap();
+        assert_eq!(other, Ipv4Addr::new(192, 0, 2, 4));
+        assert_eq!(
+            ipam.allocate_ip(&lease("c"), None).unwrap(),
+            Ipv4Addr::new(192, 0, 2, 2)
+        );
     }
 
     #[test]

@@ -172,6 +172,7 @@ mod tests {
             network: "n".into(),
             ip: ip.parse().unwrap(),
             container_id: id.into(),
+            names: Vec::new(),
             host: HostInfo {
                 endpoint: "192.0.2.1:4800".parse().unwrap(),
                 public_key: String::new(),

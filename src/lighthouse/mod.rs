@@ -28,6 +28,9 @@ pub struct Entry {
     pub network: String,
     pub ip: Ipv4Addr,
     pub container_id: String,
+    /// DNS names of the container on its network: its name and aliases, normalised.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
     pub host: HostInfo,
 }
 

@@ -1,0 +1,176 @@
+//! Whom the daemon serves: containers (a queue on their TUN device, opened inside their
+//! namespace) and, for each network with containers here, the host member (a queue on the
+//! host-side device the plugin created; see `crate::host_member`). A network's host member is
+//! served from its first container's attach until its last container leaves.
+
+use std::collections::HashMap;
+use std::os::fd::AsFd;
+
+use nix::sys::epoll::{EpollEvent, EpollFlags};
+use serde_json::json;
+
+use super::packet::network_tag;
+use super::ports::{Member, Port};
+use super::{set_nonblocking, Daemon, TOKEN_FIRST_PORT};
+use crate::attach::Attachment;
+use crate::error::{Error, Result};
+use crate::host_member::HostMember;
+use crate::netns::NetworkNamespace;
+use crate::state::NetworkDirs;
+use crate::tun;
+
+/// A network with members on this host.
+pub struct LocalNetwork {
+    pub member: HostMember,
+    /// The host member's port; `None` if its device could not be opened (containers still
+    /// reach each other; the host, egress and DNS forwarding do not).
+    pub host_slot: Option<usize>,
+}
+
+#[derive(Default)]
+pub struct LocalNetworks(HashMap<u32, LocalNetwork>);
+
+impl LocalNetworks {
+    pub fn get(&self, tag: u32) -> Option<&LocalNetwork> {
+        self.0.get(&tag)
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        let networks: Vec<_> = self
+            .0
+            .values()
+            .map(|n| {
+                let m = &n.member;
+                json!({
+                    "network": m.network,
+                    "host_member": m.ifname,
+                    "address": m.address,
+                    "gateway": m.gateway,
+                    "subnet": m.subnet,
+                    "internal": m.internal,
+                    "dns_upstreams": m.dns_upstreams,
+                    "served": n.host_slot.is_some(),
+                })
+            })
+            .collect();
+        json!(networks)
+    }
+}
+
+impl Daemon {
+    /// Opens a queue on the container's TUN device (inside its namespace) and serves it, and
+    /// the network's host member with it.
+    pub(super) fn attach(&mut self, record: &Attachment) -> Result<()> {
+        if self.ports.contains(&record.network, &record.container_id) {
+            self.detach(&record.network, &record.container_id);
+        }
+        let netns = NetworkNamespace::open(&record.netns)?;
+        let queue = netns.run_inside(|| tun::open_offload_queue(&record.ifname))?;
+        self.serve(Port {
+            network: record.network.clone(),
+            tag: network_tag(&record.network),
+            container_id: record.container_id.clone(),
+            ifname: record.ifname.clone(),
+            address: record.address.addr(),
+            aliases: Vec::new(),
+            member: Member::Container,
+            published: record.ports.clone(),
+            queue,
+            stats: Default::default(),
+        })?;
+        self.serve_host_member(&record.network);
+        self.routes.refresh();
+        Ok(())
+    }
+
+    pub(super) fn detach(&mut self, network: &str, container_id: &str) {
+        self.unserve(network, container_id);
+        if !self.ports.network_has_containers(network) {
+            if let Some(local) = self.networks.0.remove(&network_tag(network)) {
+                self.unserve(network, &local.member.id);
+            }
+        }
+        if self.ports.containers() == 0 {
+            // Nothing here to send or receive for: keep no keys around.
+            self.tunnels.close_all();
+        }
+        self.routes.refresh();
+    }
+
+    /// A queue whose device vanished (namespace destroyed without a detach, or a host member
+    /// removed while we served it).
+    pub(super) fn drop_dead_port(&mut self, slot: usize) {
+        let Some(port) = self.ports.get(slot) else {
+            return;
+        };
+        let (network, id, host) = (
+            port.network.clone(),
+            port.container_id.clone(),
+            port.is_host(),
+        );
+        tracing::info!("{id} on {network} is gone; dropping its queue");
+        if host {
+            self.unserve(&network, &id);
+            self.networks.0.remove(&network_tag(&network));
+        } else {
+            self.detach(&network, &id);
+        }
+    }
+
+    /// Serves the network's host member if it has one and it is not served yet.
+    fn serve_host_member(&mut self, network: &str) {
+        let tag = network_tag(network);
+        if self.networks.0.contains_key(&tag) {
+            return;
+        }
+        let dirs = NetworkDirs::new(&self.config.state_dir, network);
+        let member = match HostMember::load(&dirs) {
+            Ok(Some(member)) => member,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!("reading the host member of {network}: {e}");
+                return;
+            }
+        };
+        let host_slot = tun::open_offload_queue(&member.ifname)
+            .and_then(|queue| {
+                self.serve(Port {
+                    network: member.network.clone(),
+                    tag,
+                    container_id: member.id.clone(),
+                    ifname: member.ifname.clone(),
+                    address: member.address,
+                    aliases: vec![member.gateway],
+                    member: Member::Host,
+                    published: Vec::new(),
+                    queue,
+                    stats: Default::default(),
+                })
+            })
+            .map_err(|e| tracing::warn!("serving the host member of {network}: {e}"))
+            .ok();
+        self.networks
+            .0
+            .insert(tag, LocalNetwork { member, host_slot });
+    }
+
+    /// Registers a member's queue with epoll and the port table.
+    fn serve(&mut self, port: Port) -> Result<usize> {
+        set_nonblocking(&port.queue)?;
+        let (network, id) = (port.network.clone(), port.container_id.clone());
+        let slot = self.ports.insert(port);
+        let queue = &self.ports.get(slot).expect("just inserted").queue;
+        let event = EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_FIRST_PORT + slot as u64);
+        if let Err(e) = self.epoll.add(queue.as_fd(), event) {
+            self.ports.remove(&network, &id);
+            return Err(Error::io("registering TUN queue", e.into()));
+        }
+        Ok(slot)
+    }
+
+    fn unserve(&mut self, network: &str, id: &str) {
+        if let Some(port) = self.ports.remove(network, id) {
+            let _ = self.epoll.delete(port.queue.as_fd());
+        }
+    }
+}

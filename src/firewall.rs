@@ -1,0 +1,277 @@
+//! The host's packet filter for Flatnet: published ports (DNAT) and egress (masquerading), in an
+//! nftables table of Flatnet's own. Nothing else is touched.
+//!
+//! The table is not edited rule by rule: it is computed from the state on disk (host members
+//! and attachment records) and replaced in one `nft` transaction. A crashed plugin, a killed
+//! daemon or a setup that failed half-way therefore leaves no rule behind after the next
+//! attach or detach: what is not recorded is not in the table.
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use nftables::batch::Batch;
+use nftables::expr::{Expression, Fib, FibFlag, FibResult, Meta, MetaKey, NamedExpression};
+use nftables::expr::{Payload, PayloadField, Prefix};
+use nftables::schema::{Chain, NfListObject, Rule, Table};
+use nftables::stmt::{JumpTarget, Match, NATFamily, Operator, Statement, NAT};
+use nftables::types::{NfChainType, NfFamily, NfHook};
+
+use crate::error::{Error, Result};
+use crate::portmap::PortMapping;
+
+/// Chain that holds one DNAT rule per published port; jumped to for local destinations.
+const PORTS_CHAIN: &str = "published-ports";
+
+/// What the table must say for one network on this host.
+#[derive(Debug, Clone)]
+pub struct NetworkRules {
+    /// The host member's interface.
+    pub ifname: String,
+    pub subnet: Ipv4Net,
+    pub internal: bool,
+}
+
+/// A published port and the container address it goes to.
+#[derive(Debug, Clone)]
+pub struct Forward {
+    pub container: Ipv4Addr,
+    pub mapping: PortMapping,
+}
+
+/// Everything the table holds; empty means "no table".
+#[derive(Debug, Clone, Default)]
+pub struct Ruleset {
+    pub networks: Vec<NetworkRules>,
+    pub forwards: Vec<Forward>,
+}
+
+/// Replaces the table `name` with what `rules` says, atomically; removes it when empty.
+pub fn apply(name: &str, rules: &Ruleset) -> Result<()> {
+    let batch = build(name, rules);
+    nftables::helper::apply_ruleset(&batch.to_nftables())
+        .map_err(|e| Error::Firewall(format!("replacing nftables table inet {name}: {e}")))
+}
+
+/// The transaction: create-if-missing then delete (so the delete never fails), then the new
+/// table. nft applies a batch as one transaction: no moment without rules.
+fn build(name: &str, rules: &Ruleset) -> Batch<'static> {
+    let name: Cow<'static, str> = Cow::Owned(name.to_string());
+    let table = || Table {
+        family: NfFamily::INet,
+        name: name.clone(),
+        handle: None,
+    };
+    let mut batch = Batch::new();
+    batch.add(NfListObject::Table(table()));
+    batch.delete(NfListObject::Table(table()));
+    if rules.networks.is_empty() && rules.forwards.is_empty() {
+        return batch;
+    }
+    batch.add(NfListObject::Table(table()));
+    let chain = |chain: &str, hook: Option<(NfHook, i32)>| Chain {
+        family: NfFamily::INet,
+        table: name.clone(),
+        name: chain.to_string().into(),
+        _type: hook.map(|_| NfChainType::NAT),
+        hook: hook.map(|(h, _)| h),
+        prio: hook.map(|(_, p)| p),
+        ..Chain::default()
+    };
+    let rule = |chain: &str, expr: Vec<Statement<'static>>| Rule {
+        family: NfFamily::INet,
+        table: name.clone(),
+        chain: chain.to_string().into(),
+        expr: expr.into(),
+        ..Rule::default()
+    };
+    // Published ports are for packets to this host's own addresses, from outside
+    // (prerouting) and from the host itself (output: curl 127.0.0.1:PORT).
+    batch.add(NfListObject::Chain(chain(PORTS_CHAIN, None)));
+    for (hook_chain, hook) in [
+        ("prerouting", NfHook::Prerouting),
+        ("output", NfHook::Output),
+    ] {
+        batch.add(NfListObject::Chain(chain(hook_chain, Some((hook, -100)))));
+        batch.add(NfListObject::Rule(rule(
+            hook_chain,
+            vec![
+                is_eq(fib_daddr_type(), string("local")),
+                Statement::Jump(JumpTarget {
+                    target: PORTS_CHAIN.into(),
+                }),
+            ],
+        )));
+    }
+    for forward in &rules.forwards {
+        for (host_port, container_port) in forward.mapping.ports() {
+            batch.add(NfListObject::Rule(rule(
+                PORTS_CHAIN,
+                dnat_rule(forward, host_port, container_port),
+            )));
+        }
+    }
+    batch.add(NfListObject::Chain(chain(
+        "postrouting",
+        Some((NfHook::Postrouting, 100)),
+    )));
+    for network in &rules.networks {
+        for expr in masquerade_rules(network) {
+            batch.add(NfListObject::Rule(rule("postrouting", expr)));
+        }
+    }
+    batch
+}
+
+/// `[ip daddr H] meta l4proto P th dport HP dnat ip to C:CP`
+fn dnat_rule(forward: &Forward, host_port: u16, container_port: u16) -> Vec<Statement<'static>> {
+    let mapping = &forward.mapping;
+    let mut expr = vec![is_eq(meta(MetaKey::Nfproto), string("ipv4"))];
+    if let Some(ip) = mapping.host_ip {
+        expr.push(is_eq(payload("ip", "daddr"), string(ip.to_string())));
+    }
+    expr.push(is_eq(
+        meta(MetaKey::L4proto),
+        string(mapping.protocol.as_str()),
+    ));
+    expr.push(is_eq(
+        payload("th", "dport"),
+        Expression::Number(u32::from(host_port)),
+    ));
+    expr.push(Statement::DNAT(Some(NAT {
+        addr: Some(string(forward.container.to_string())),
+        family: Some(NATFamily::IP),
+        port: Some(Expression::Number(u32::from(container_port))),
+        flags: None,
+    })));
+    expr
+}
+
+/// A connection from the host's loopback to a published port leaves through the host member
+/// with source 127.0.0.1, which the container cannot answer: give it the member's address
+/// (with `route_localnet` on the member, as Podman's bridge does). A network that is not
+/// internal also masquerades its containers' traffic to the host's other networks.
+fn masquerade_rules(network: &NetworkRules) -> Vec<Vec<Statement<'static>>> {
+    let oifname = || meta(MetaKey::Oifname);
+    let masquerade = || Statement::Masquerade(None);
+    let mut rules = vec![vec![
+        is_eq(oifname(), string(network.ifname.clone())),
+        is_eq(payload("ip", "saddr"), prefix(Ipv4Addr::LOCALHOST, 8)),
+        masquerade(),
+    ]];
+    if !network.internal {
+        rules.push(vec![
+            is_eq(
+                payload("ip", "saddr"),
+                prefix(network.subnet.network(), network.subnet.prefix_len()),
+            ),
+            Statement::Match(Match {
+                left: oifname(),
+                right: string(network.ifname.clone()),
+                op: Operator::NEQ,
+            }),
+            masquerade(),
+        ]);
+    }
+    rules
+}
+
+fn is_eq(left: Expression<'static>, right: Expression<'static>) -> Statement<'static> {
+    Statement::Match(Match {
+        left,
+        right,
+        op: Operator::EQ,
+    })
+}
+
+fn string(text: impl Into<String>) -> Expression<'static> {
+    Expression::String(Cow::Owned(text.into()))
+}
+
+fn meta(key: MetaKey) -> Expression<'static> {
+    Expression::Named(NamedExpression::Meta(Meta { key }))
+}
+
+fn payload(protocol: &'static str, field: &'static str) -> Expression<'static> {
+    Expression::Named(NamedExpression::Payload(Payload::PayloadField(
+        PayloadField {
+            protocol: protocol.into(),
+            field: field.into(),
+        },
+    )))
+}
+
+fn prefix(addr: Ipv4Addr, len: u8) -> Expression<'static> {
+    Expression::Named(NamedExpression::Prefix(Prefix {
+        addr: Box::new(string(addr.to_string())),
+        len: u32::from(len),
+    }))
+}
+
+fn fib_daddr_type() -> Expression<'static> {
+    Expression::Named(NamedExpression::Fib(Fib {
+        result: FibResult::Type,
+        flags: HashSet::from([FibFlag::Daddr]),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json(name: &str, rules: &Ruleset) -> String {
+        serde_json::to_string(&build(name, rules).to_nftables()).unwrap()
+    }
+
+    #[test]
+    fn an_empty_ruleset_only_removes_the_table() {
+        let text = json("flatnet-t", &Ruleset::default());
+        assert!(text.contains(r#"{"delete":{"table""#), "{text}");
+        assert!(!text.contains("chain"), "{text}");
+    }
+
+    #[test]
+    fn published_ports_become_dnat_rules_one_per_port() {
+        let rules = Ruleset {
+            networks: vec![NetworkRules {
+                ifname: "fn-1".into(),
+                subnet: "10.77.0.0/16".parse().unwrap(),
+                internal: false,
+            }],
+            forwards: vec![Forward {
+                container: "10.77.0.5".parse().unwrap(),
+                mapping: PortMapping::new("127.0.0.1", 9000, 7000, "udp", 2).unwrap(),
+            }],
+        };
+        let text = json("flatnet-t", &rules);
+        let dnats = text.matches(r#""dnat""#).count();
+        assert_eq!(dnats, 2, "{text}");
+        for needle in [
+            r#""addr":"10.77.0.5""#,
+            r#""port":7001"#,
+            r#""right":9001"#,
+            r#""right":"127.0.0.1""#,
+            r#""right":"udp""#,
+            r#""masquerade""#,
+            r#""op":"!=""#,
+        ] {
+            assert!(text.contains(needle), "{needle} missing from {text}");
+        }
+    }
+
+    #[test]
+    fn an_internal_network_does_not_masquerade_its_containers() {
+        let network = NetworkRules {
+            ifname: "fn-1".into(),
+            subnet: "10.77.0.0/16".parse().unwrap(),
+            internal: true,
+        };
+        assert_eq!(masquerade_rules(&network).len(), 1);
+        let open = NetworkRules {
+            internal: false,
+            ..network
+        };
+        assert_eq!(masquerade_rules(&open).len(), 2);
+    }
+}
