@@ -4,7 +4,7 @@
 #[path = "../../tests/support/mod.rs"]
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Output;
 
 use serde_json::{json, Value};
@@ -24,7 +24,14 @@ fn conf(version: &str, state: &TestState) -> String {
     .to_string()
 }
 
-fn cni(command: &str, id: &str, netns: &str, stdin: &str, extra: &[(&str, &str)]) -> Output {
+fn cni(
+    state: &TestState,
+    command: &str,
+    id: &str,
+    netns: &str,
+    stdin: &str,
+    extra: &[(&str, &str)],
+) -> Output {
     let mut env = vec![
         ("CNI_COMMAND", command),
         ("CNI_CONTAINERID", id),
@@ -33,7 +40,7 @@ fn cni(command: &str, id: &str, netns: &str, stdin: &str, extra: &[(&str, &str)]
         ("CNI_PATH", "/usr/local/lib/cni"),
     ];
     env.extend_from_slice(extra);
-    run_plugin(BIN, &[], &env, stdin)
+    state.plugin(BIN, &[], &env, stdin)
 }
 
 fn assert_cni_error(out: &Output, code: u64) -> Value {
@@ -44,8 +51,9 @@ fn assert_cni_error(out: &Output, code: u64) -> Value {
     err
 }
 
-fn assert_no_leaks(state: &Path) {
-    assert_eq!(leaked_state(state), Vec::<PathBuf>::new());
+fn assert_no_leaks(state: &TestState) {
+    assert_eq!(leaked_state(state.path()), Vec::<PathBuf>::new());
+    assert_eq!(state.host_leftovers(), Vec::<String>::new());
 }
 
 #[test]
@@ -58,7 +66,7 @@ fn add_check_del_in_every_spec_version() {
         let ns = TestNetns::new("rt");
         let conf = conf(version, &state);
 
-        let out = cni("ADD", "ctr1", ns.path_str(), &conf, &[]);
+        let out = cni(&state, "ADD", "ctr1", ns.path_str(), &conf, &[]);
         assert!(
             out.status.success(),
             "{}",
@@ -82,7 +90,14 @@ fn add_check_del_in_every_spec_version() {
 
         let mut with_prev: Value = serde_json::from_str(&conf).unwrap();
         with_prev["prevResult"] = result.clone();
-        let out = cni("CHECK", "ctr1", ns.path_str(), &with_prev.to_string(), &[]);
+        let out = cni(
+            &state,
+            "CHECK",
+            "ctr1",
+            ns.path_str(),
+            &with_prev.to_string(),
+            &[],
+        );
         assert!(
             out.status.success(),
             "{}",
@@ -90,7 +105,14 @@ fn add_check_del_in_every_spec_version() {
         );
 
         for _ in 0..2 {
-            let out = cni("DEL", "ctr1", ns.path_str(), &with_prev.to_string(), &[]);
+            let out = cni(
+                &state,
+                "DEL",
+                "ctr1",
+                ns.path_str(),
+                &with_prev.to_string(),
+                &[],
+            );
             assert!(
                 out.status.success(),
                 "{}",
@@ -99,7 +121,7 @@ fn add_check_del_in_every_spec_version() {
             assert!(out.stdout.is_empty());
         }
         assert!(!ns.has_link("eth0"));
-        assert_no_leaks(state.path());
+        assert_no_leaks(&state);
     }
 }
 
@@ -113,7 +135,7 @@ fn containers_get_distinct_addresses_and_static_requests() {
     let namespaces: Vec<_> = (0..3).map(|_| TestNetns::new("d")).collect();
     let mut seen = Vec::new();
     for (i, ns) in namespaces.iter().enumerate() {
-        let out = cni("ADD", &format!("c{i}"), ns.path_str(), &conf, &[]);
+        let out = cni(&state, "ADD", &format!("c{i}"), ns.path_str(), &conf, &[]);
         assert!(out.status.success());
         seen.push(
             stdout_json(&out)["ips"][0]["address"]
@@ -131,28 +153,30 @@ fn containers_get_distinct_addresses_and_static_requests() {
         "CNI_ARGS",
         "IgnoreUnknown=1;K8S_POD_NAME=web;IP=192.0.2.200",
     );
-    let out = cni("ADD", "static", fixed.path_str(), &conf, &[args]);
+    let out = cni(&state, "ADD", "static", fixed.path_str(), &conf, &[args]);
     assert_eq!(stdout_json(&out)["ips"][0]["address"], "192.0.2.200/24");
     assert!(fixed.ip(&["addr"]).contains("inet 192.0.2.200/24"));
 
     // The same address for another container is refused and leaves nothing behind.
     let other = TestNetns::new("s2");
-    let out = cni("ADD", "static2", other.path_str(), &conf, &[args]);
+    let out = cni(&state, "ADD", "static2", other.path_str(), &conf, &[args]);
     assert_cni_error(&out, 101);
     assert!(!other.has_link("eth0"));
 
     for (i, ns) in namespaces.iter().enumerate() {
-        assert!(cni("DEL", &format!("c{i}"), ns.path_str(), &conf, &[])
-            .status
-            .success());
+        assert!(
+            cni(&state, "DEL", &format!("c{i}"), ns.path_str(), &conf, &[])
+                .status
+                .success()
+        );
     }
-    assert!(cni("DEL", "static", fixed.path_str(), &conf, &[])
+    assert!(cni(&state, "DEL", "static", fixed.path_str(), &conf, &[])
         .status
         .success());
-    assert!(cni("DEL", "static2", other.path_str(), &conf, &[])
+    assert!(cni(&state, "DEL", "static2", other.path_str(), &conf, &[])
         .status
         .success());
-    assert_no_leaks(state.path());
+    assert_no_leaks(&state);
 }
 
 #[test]
@@ -163,26 +187,26 @@ fn del_succeeds_when_things_are_already_gone() {
     let state = state_dir("gone");
     let conf = conf("1.0.0", &state);
     let ns = TestNetns::new("g");
-    assert!(cni("ADD", "gone", ns.path_str(), &conf, &[])
+    assert!(cni(&state, "ADD", "gone", ns.path_str(), &conf, &[])
         .status
         .success());
     let path = ns.path_str().to_string();
     ns.delete();
     // The namespace died with the container; DEL still frees the address.
-    let out = cni("DEL", "gone", &path, &conf, &[]);
+    let out = cni(&state, "DEL", "gone", &path, &conf, &[]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    assert_no_leaks(state.path());
+    assert_no_leaks(&state);
     // DEL without CNI_NETNS, for a container never added.
     let env = [
         ("CNI_COMMAND", "DEL"),
         ("CNI_CONTAINERID", "never"),
         ("CNI_IFNAME", "eth0"),
     ];
-    assert!(run_plugin(BIN, &[], &env, &conf).status.success());
+    assert!(state.plugin(BIN, &[], &env, &conf).status.success());
 }
 
 #[test]
@@ -199,47 +223,54 @@ fn bad_input_gets_the_spec_error_and_leaves_nothing() {
     let cases: Vec<(&str, Output, u64)> = vec![
         (
             "malformed JSON",
-            cni("ADD", "b1", ns.path_str(), "{\"cniVersion\":", &[]),
+            cni(&state, "ADD", "b1", ns.path_str(), "{\"cniVersion\":", &[]),
             6,
         ),
         (
             "unknown cniVersion",
-            cni("ADD", "b2", ns.path_str(), &bad_version, &[]),
+            cni(&state, "ADD", "b2", ns.path_str(), &bad_version, &[]),
             1,
         ),
         (
             "invalid subnet",
-            cni("ADD", "b3", ns.path_str(), &bad_subnet, &[]),
+            cni(&state, "ADD", "b3", ns.path_str(), &bad_subnet, &[]),
             7,
         ),
         (
             "missing netns",
-            cni("ADD", "b4", "/run/netns/does-not-exist", &good, &[]),
+            cni(&state, "ADD", "b4", "/run/netns/does-not-exist", &good, &[]),
             3,
         ),
         (
             "missing env",
-            run_plugin(BIN, &[], &[("CNI_COMMAND", "ADD")], &good),
+            state.plugin(BIN, &[], &[("CNI_COMMAND", "ADD")], &good),
             4,
         ),
         (
             "bad container id",
-            cni("ADD", "../evil", ns.path_str(), &good, &[]),
+            cni(&state, "ADD", "../evil", ns.path_str(), &good, &[]),
             4,
         ),
         (
             "bad CNI_ARGS",
-            cni("ADD", "b5", ns.path_str(), &good, &[("CNI_ARGS", "IP=x")]),
+            cni(
+                &state,
+                "ADD",
+                "b5",
+                ns.path_str(),
+                &good,
+                &[("CNI_ARGS", "IP=x")],
+            ),
             4,
         ),
         (
             "static MAC",
-            cni("ADD", "b6", ns.path_str(), &good, &[mac]),
+            cni(&state, "ADD", "b6", ns.path_str(), &good, &[mac]),
             4,
         ),
         (
             "unknown command",
-            cni("FROB", "b7", ns.path_str(), &good, &[]),
+            cni(&state, "FROB", "b7", ns.path_str(), &good, &[]),
             4,
         ),
     ];
@@ -248,7 +279,7 @@ fn bad_input_gets_the_spec_error_and_leaves_nothing() {
         println!("{what}: {err}");
     }
     assert!(!ns.has_link("eth0"));
-    assert_no_leaks(state.path());
+    assert_no_leaks(&state);
 }
 
 #[test]
@@ -263,9 +294,9 @@ fn failure_half_way_rolls_back() {
     ns.ip(&[
         "link", "add", "eth0", "type", "veth", "peer", "name", "peer0",
     ]);
-    let out = cni("ADD", "rb", ns.path_str(), &conf, &[]);
+    let out = cni(&state, "ADD", "rb", ns.path_str(), &conf, &[]);
     assert_cni_error(&out, 4);
-    assert_no_leaks(state.path());
+    assert_no_leaks(&state);
     // The rollback removed only what the attach made: the pre-existing link is untouched.
     assert!(ns.ip(&["-d", "link", "show", "eth0"]).contains("veth"));
 }
@@ -278,12 +309,19 @@ fn check_notices_a_missing_interface() {
     let state = state_dir("check");
     let conf = conf("1.0.0", &state);
     let ns = TestNetns::new("ck");
-    assert!(cni("ADD", "ck", ns.path_str(), &conf, &[]).status.success());
+    assert!(cni(&state, "ADD", "ck", ns.path_str(), &conf, &[])
+        .status
+        .success());
     ns.ip(&["link", "del", "eth0"]);
-    assert_cni_error(&cni("CHECK", "ck", ns.path_str(), &conf, &[]), 102);
-    assert_cni_error(&cni("CHECK", "nobody", ns.path_str(), &conf, &[]), 102);
-    assert!(cni("DEL", "ck", ns.path_str(), &conf, &[]).status.success());
-    assert_no_leaks(state.path());
+    assert_cni_error(&cni(&state, "CHECK", "ck", ns.path_str(), &conf, &[]), 102);
+    assert_cni_error(
+        &cni(&state, "CHECK", "nobody", ns.path_str(), &conf, &[]),
+        102,
+    );
+    assert!(cni(&state, "DEL", "ck", ns.path_str(), &conf, &[])
+        .status
+        .success());
+    assert_no_leaks(&state);
 }
 
 #[test]
@@ -295,10 +333,13 @@ fn no_data_plane_means_try_again_and_nothing_left() {
     let conf = conf("1.0.0", &state);
     let ns = TestNetns::new("nd");
     let missing = ("FLATNETD", "/nonexistent/flatnetd");
-    let err = assert_cni_error(&cni("ADD", "nd", ns.path_str(), &conf, &[missing]), 11);
+    let err = assert_cni_error(
+        &cni(&state, "ADD", "nd", ns.path_str(), &conf, &[missing]),
+        11,
+    );
     assert!(err["msg"].as_str().unwrap().contains("flatnetd"), "{err}");
     assert!(!ns.has_link("eth0"));
-    assert_no_leaks(state.path());
+    assert_no_leaks(&state);
 }
 
 #[test]
@@ -309,16 +350,20 @@ fn check_notices_a_stopped_data_plane() {
     let state = state_dir("checkdp");
     let conf = conf("1.0.0", &state);
     let ns = TestNetns::new("cd");
-    assert!(cni("ADD", "cd", ns.path_str(), &conf, &[]).status.success());
-    assert!(cni("CHECK", "cd", ns.path_str(), &conf, &[])
+    assert!(cni(&state, "ADD", "cd", ns.path_str(), &conf, &[])
+        .status
+        .success());
+    assert!(cni(&state, "CHECK", "cd", ns.path_str(), &conf, &[])
         .status
         .success());
     state.stop_daemon();
-    let err = assert_cni_error(&cni("CHECK", "cd", ns.path_str(), &conf, &[]), 102);
+    let err = assert_cni_error(&cni(&state, "CHECK", "cd", ns.path_str(), &conf, &[]), 102);
     assert!(err["msg"].as_str().unwrap().contains("flatnetd"), "{err}");
     // DEL needs no data plane.
-    assert!(cni("DEL", "cd", ns.path_str(), &conf, &[]).status.success());
-    assert_no_leaks(state.path());
+    assert!(cni(&state, "DEL", "cd", ns.path_str(), &conf, &[])
+        .status
+        .success());
+    assert_no_leaks(&state);
 }
 
 #[test]
@@ -338,20 +383,21 @@ fn version_status_and_gc() {
 
     let state = state_dir("gc");
     let conf = conf("1.1.0", &state);
-    let status = run_plugin(BIN, &[], &[("CNI_COMMAND", "STATUS")], &conf);
+    let status = state.plugin(BIN, &[], &[("CNI_COMMAND", "STATUS")], &conf);
     assert!(status.status.success());
 
     let keep = TestNetns::new("keep");
     let dropped = TestNetns::new("drop");
-    assert!(cni("ADD", "keep", keep.path_str(), &conf, &[])
-        .status
-        .success());
-    assert!(cni("ADD", "drop", dropped.path_str(), &conf, &[])
-        .status
-        .success());
+    let address_of = |out: Output| {
+        let result = stdout_json(&out);
+        let cidr = result["ips"][0]["address"].as_str().unwrap().to_string();
+        cidr.split('/').next().unwrap().to_string()
+    };
+    let kept_ip = address_of(cni(&state, "ADD", "keep", keep.path_str(), &conf, &[]));
+    let dropped_ip = address_of(cni(&state, "ADD", "drop", dropped.path_str(), &conf, &[]));
     let mut gc: Value = serde_json::from_str(&conf).unwrap();
     gc["cni.dev/valid-attachments"] = json!([{"containerID": "keep", "ifname": "eth0"}]);
-    let out = run_plugin(BIN, &[], &[("CNI_COMMAND", "GC")], &gc.to_string());
+    let out = state.plugin(BIN, &[], &[("CNI_COMMAND", "GC")], &gc.to_string());
     assert!(
         out.status.success(),
         "{}",
@@ -359,9 +405,15 @@ fn version_status_and_gc() {
     );
     assert!(keep.has_link("eth0"));
     assert!(!dropped.has_link("eth0"));
-    assert_eq!(lighthouse_entries(state.path()).len(), 1);
-    assert!(cni("DEL", "keep", keep.path_str(), &conf, &[])
+    let entries = lighthouse_entries(state.path());
+    assert!(entries.iter().any(|e| e.ends_with(&format!("/{kept_ip}"))));
+    assert!(!entries
+        .iter()
+        .any(|e| e.ends_with(&format!("/{dropped_ip}"))));
+    // The host member stays while the network has a container here.
+    assert!(state.host.ip(&["-o", "link"]).contains("fn-"));
+    assert!(cni(&state, "DEL", "keep", keep.path_str(), &conf, &[])
         .status
         .success());
-    assert_no_leaks(state.path());
+    assert_no_leaks(&state);
 }

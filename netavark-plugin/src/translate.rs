@@ -217,7 +217,10 @@ mod tests {
             .iter()
             .map(|p| p.to_string())
             .collect();
-        assert_eq!(printed, ["8080:80/tcp", "127.0.0.1:9000-9002:9000-9002/udp"]);
+        assert_eq!(
+            printed,
+            ["8080:80/tcp", "127.0.0.1:9000-9002:9000-9002/udp"]
+        );
         let sctp = exec(serde_json::json!({"port_mappings": [
             {"host_ip": "", "container_port": 80, "host_port": 80, "range": 1, "protocol": "sctp"},
         ]}));

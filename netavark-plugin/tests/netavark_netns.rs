@@ -38,8 +38,8 @@ fn exec_opts(state: &TestState, id: &str, static_ips: Option<Vec<&str>>) -> Stri
     .to_string()
 }
 
-fn plugin(args: &[&str], stdin: &str) -> Output {
-    run_plugin(BIN, args, &[], stdin)
+fn plugin(state: &TestState, args: &[&str], stdin: &str) -> Output {
+    state.plugin(BIN, args, &[], stdin)
 }
 
 fn assert_error(out: &Output, needle: &str) {
@@ -51,14 +51,14 @@ fn assert_error(out: &Output, needle: &str) {
 
 #[test]
 fn info_and_create() {
-    let info = stdout_json(&plugin(&["info"], ""));
+    let state = state_dir("create");
+    let info = stdout_json(&plugin(&state, &["info"], ""));
     assert_eq!(info["api_version"], "1.0.0");
     assert!(info["version"].is_string());
 
-    let state = state_dir("create");
     let mut bare = network(&state);
     bare.as_object_mut().unwrap().remove("subnets");
-    let out = plugin(&["create"], &bare.to_string());
+    let out = plugin(&state, &["create"], &bare.to_string());
     assert!(
         out.status.success(),
         "{}",
@@ -73,15 +73,18 @@ fn info_and_create() {
 
     let mut unknown = network(&state);
     unknown["options"]["vni"] = json!("42");
-    assert_error(&plugin(&["create"], &unknown.to_string()), "vni");
+    assert_error(&plugin(&state, &["create"], &unknown.to_string()), "vni");
     let mut bad_subnet = network(&state);
     bad_subnet["subnets"][0] = json!({"subnet": "198.51.100.0/31"});
-    assert_error(&plugin(&["create"], &bad_subnet.to_string()), "too small");
+    assert_error(
+        &plugin(&state, &["create"], &bad_subnet.to_string()),
+        "too small",
+    );
     let mut v6 = network(&state);
     v6["ipv6_enabled"] = json!(true);
-    assert_error(&plugin(&["create"], &v6.to_string()), "IPv6");
-    assert_error(&plugin(&["create"], "{not json"), "");
-    assert_error(&plugin(&["frobnicate"], "{}"), "unknown subcommand");
+    assert_error(&plugin(&state, &["create"], &v6.to_string()), "IPv6");
+    assert_error(&plugin(&state, &["create"], "{not json"), "");
+    assert_error(&plugin(&state, &["frobnicate"], "{}"), "unknown subcommand");
 }
 
 #[test]
@@ -92,7 +95,7 @@ fn setup_and_teardown() {
     let state = state_dir("setup");
     let ns = TestNetns::new("nv");
     let opts = exec_opts(&state, "c1", Some(vec!["198.51.100.23"]));
-    let out = plugin(&["setup", ns.path_str()], &opts);
+    let out = plugin(&state, &["setup", ns.path_str()], &opts);
     assert!(
         out.status.success(),
         "{}",
@@ -103,6 +106,14 @@ fn setup_and_teardown() {
     assert_eq!(eth0["subnets"][0]["ipnet"], "198.51.100.23/24");
     assert_eq!(eth0["subnets"][0]["gateway"], "198.51.100.1");
     assert_eq!(eth0["mac_address"], "02:46:c6:33:64:17");
+    // flatnetd answers DNS at the gateway; Podman writes it into resolv.conf.
+    assert_eq!(
+        status["dns_server_ips"],
+        serde_json::json!(["198.51.100.1"])
+    );
+    assert!(ns
+        .ip(&["route"])
+        .contains("default via 198.51.100.1 dev eth0"));
     let shown = ns.ip(&["-4", "addr", "show", "eth0"]);
     assert!(
         shown.contains("inet 198.51.100.23/24") && shown.contains("mtu 1400"),
@@ -112,11 +123,14 @@ fn setup_and_teardown() {
     // A second container asking for the same address is refused and leaves nothing.
     let other = TestNetns::new("nv2");
     let clash = exec_opts(&state, "c2", Some(vec!["198.51.100.23"]));
-    assert_error(&plugin(&["setup", other.path_str()], &clash), "in use");
+    assert_error(
+        &plugin(&state, &["setup", other.path_str()], &clash),
+        "in use",
+    );
     assert!(!other.has_link("eth0"));
 
     for _ in 0..2 {
-        let out = plugin(&["teardown", ns.path_str()], &opts);
+        let out = plugin(&state, &["teardown", ns.path_str()], &opts);
         assert!(
             out.status.success(),
             "{}",
@@ -130,6 +144,7 @@ fn setup_and_teardown() {
         "{:?}",
         leaked_state(state.path())
     );
+    assert_eq!(state.host_leftovers(), Vec::<String>::new());
 }
 
 #[test]
@@ -140,15 +155,18 @@ fn teardown_with_the_namespace_gone() {
     let state = state_dir("gone");
     let ns = TestNetns::new("nvg");
     let opts = exec_opts(&state, "g1", None);
-    assert!(plugin(&["setup", ns.path_str()], &opts).status.success());
+    assert!(plugin(&state, &["setup", ns.path_str()], &opts)
+        .status
+        .success());
     let path = ns.path_str().to_string();
     ns.delete();
-    assert!(plugin(&["teardown", &path], &opts).status.success());
+    assert!(plugin(&state, &["teardown", &path], &opts).status.success());
     assert!(
         leaked_state(state.path()).is_empty(),
         "{:?}",
         leaked_state(state.path())
     );
+    assert_eq!(state.host_leftovers(), Vec::<String>::new());
 }
 
 #[test]
@@ -160,25 +178,107 @@ fn bad_setup_input_leaves_nothing() {
     let ns = TestNetns::new("nvb");
     let opts = exec_opts(&state, "b1", None);
     assert_error(
-        &plugin(&["setup", "/run/netns/nope"], &opts),
+        &plugin(&state, &["setup", "/run/netns/nope"], &opts),
         "does not exist",
     );
-    assert_error(&plugin(&["setup", ns.path_str()], "{]"), "");
-    assert_error(&plugin(&["setup"], &opts), "netns path");
+    assert_error(&plugin(&state, &["setup", ns.path_str()], "{]"), "");
+    assert_error(&plugin(&state, &["setup"], &opts), "netns path");
     let outside = exec_opts(&state, "b2", Some(vec!["192.0.2.9"]));
     assert_error(
-        &plugin(&["setup", ns.path_str()], &outside),
+        &plugin(&state, &["setup", ns.path_str()], &outside),
         "not assignable",
     );
     let v6 = exec_opts(&state, "b3", Some(vec!["fd00::9"]));
-    assert_error(&plugin(&["setup", ns.path_str()], &v6), "IPv6");
+    assert_error(&plugin(&state, &["setup", ns.path_str()], &v6), "IPv6");
     let mut mac: Value = serde_json::from_str(&opts).unwrap();
     mac["network_options"]["static_mac"] = json!("02:00:00:00:00:01");
-    assert_error(&plugin(&["setup", ns.path_str()], &mac.to_string()), "MAC");
+    assert_error(
+        &plugin(&state, &["setup", ns.path_str()], &mac.to_string()),
+        "MAC",
+    );
     assert!(!ns.has_link("eth0"));
     assert!(
         leaked_state(state.path()).is_empty(),
         "{:?}",
         leaked_state(state.path())
     );
+    assert_eq!(state.host_leftovers(), Vec::<String>::new());
+}
+
+#[test]
+fn published_ports_are_forwarded_refused_when_taken_and_removed() {
+    if !root_or_skip("published_ports_are_forwarded_refused_when_taken_and_removed") {
+        return;
+    }
+    let state = state_dir("ports");
+    let with_ports = |id: &str, ports: serde_json::Value| {
+        let mut opts: serde_json::Value =
+            serde_json::from_str(&exec_opts(&state, id, None)).unwrap();
+        opts["port_mappings"] = ports;
+        opts.to_string()
+    };
+    let web = TestNetns::new("nvp");
+    let web_opts = with_ports(
+        "web",
+        serde_json::json!([
+            {"host_ip": "", "container_port": 80, "host_port": 18080, "range": 1, "protocol": "tcp"},
+            {"host_ip": "127.0.0.1", "container_port": 9000, "host_port": 19000, "range": 3, "protocol": "udp"},
+        ]),
+    );
+    let out = plugin(&state, &["setup", web.path_str()], &web_opts);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let address = stdout_json(&out)["interfaces"]["eth0"]["subnets"][0]["ipnet"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let table = || {
+        support::run_ok(
+            "ip",
+            &["netns", "exec", &state.host.name, "nft", "list", "ruleset"],
+        )
+    };
+    let rules = table();
+    assert!(
+        rules.contains(&format!("tcp dport 18080 dnat ip to {address}:80")),
+        "{rules}"
+    );
+    for port in 0..3 {
+        let rule = format!(
+            "ip daddr 127.0.0.1 udp dport {} dnat ip to {address}:{}",
+            19000 + port,
+            9000 + port
+        );
+        assert!(rules.contains(&rule), "{rule} missing from {rules}");
+    }
+
+    // Another container asking for a taken host port: refused, named, nothing left of it.
+    let thief = TestNetns::new("nvq");
+    let thief_opts = with_ports(
+        "thief",
+        serde_json::json!([{"host_ip": "", "container_port": 8080, "host_port": 18080, "range": 1, "protocol": "tcp"}]),
+    );
+    assert_error(
+        &plugin(&state, &["setup", thief.path_str()], &thief_opts),
+        "18080",
+    );
+    assert!(!thief.has_link("eth0"));
+    assert_eq!(table(), rules, "a refused setup changed the rules");
+
+    assert!(plugin(&state, &["teardown", web.path_str()], &web_opts)
+        .status
+        .success());
+    assert!(!table().contains("dnat"));
+    assert!(
+        leaked_state(state.path()).is_empty(),
+        "{:?}",
+        leaked_state(state.path())
+    );
+    assert_eq!(state.host_leftovers(), Vec::<String>::new());
 }

@@ -167,10 +167,13 @@ fn walk(dir: &Path, found: &mut Vec<PathBuf>) {
 }
 
 /// A fresh state directory for one test, with a UDP port of its own for the data plane the
-/// plugins start in it. Dropping it stops that daemon (by its control socket).
+/// plugins start in it, and a host namespace of its own for the plugins to run in (the host
+/// member, its routes and the nft table land there, not in the machine's own namespace).
+/// Dropping it stops that daemon (by its control socket) and deletes the namespace.
 pub struct TestState {
     dir: tempfile::TempDir,
     pub port: u16,
+    pub host: TestNetns,
 }
 
 static PORTS: AtomicUsize = AtomicUsize::new(0);
@@ -178,6 +181,18 @@ static PORTS: AtomicUsize = AtomicUsize::new(0);
 impl TestState {
     pub fn path(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Runs a plugin binary in this test's host namespace, as a runtime on that host would.
+    pub fn plugin(&self, bin: &str, args: &[&str], env: &[(&str, &str)], stdin: &str) -> Output {
+        let mut full = vec!["netns", "exec", &self.host.name, bin];
+        full.extend_from_slice(args);
+        run_plugin("ip", &full, env, stdin)
+    }
+
+    /// Host members and Flatnet nft tables left in this test's host namespace.
+    pub fn host_leftovers(&self) -> Vec<String> {
+        host_leftovers(&["ip", "netns", "exec", &self.host.name])
     }
 
     pub fn stop_daemon(&self) {
@@ -201,5 +216,30 @@ pub fn state_dir(test: &str) -> TestState {
     // Distinct per process and per test, clear of the defaults (4800, 4801).
     let n = PORTS.fetch_add(1, Ordering::Relaxed);
     let port = 20000 + (std::process::id() % 400) as u16 * 100 + n as u16 % 100;
-    TestState { dir, port }
+    let host = TestNetns::new("h");
+    host.ip(&["link", "set", "lo", "up"]);
+    TestState { dir, port, host }
+}
+
+/// Host-member interfaces (`fn-*`) and Flatnet nft tables (`inet flatnet-*`) visible to a
+/// command run with `prefix` (empty: this process's namespace).
+pub fn host_leftovers(prefix: &[&str]) -> Vec<String> {
+    let run = |args: &[&str]| {
+        let full: Vec<&str> = prefix.iter().chain(args).copied().collect();
+        run_ok(full[0], &full[1..])
+    };
+    let links = run(&["ip", "-o", "link", "show"]);
+    let tables = run(&["nft", "list", "tables"]);
+    links
+        .lines()
+        .filter_map(|l| l.split(':').nth(1).map(str::trim))
+        .filter(|name| name.starts_with("fn-"))
+        .map(|name| format!("interface {name}"))
+        .chain(
+            tables
+                .lines()
+                .filter(|l| l.contains("flatnet-"))
+                .map(str::to_string),
+        )
+        .collect()
 }
