@@ -123,6 +123,17 @@ impl Cluster {
 
     /// Runs flatnet-cni inside the host's namespace, as that host's runtime would.
     fn cni(&self, host: usize, command: &str, c: &TestNetns, id: &str) -> std::process::Output {
+        self.cni_with(host, command, c, id, "")
+    }
+
+    fn cni_with(
+        &self,
+        host: usize,
+        command: &str,
+        c: &TestNetns,
+        id: &str,
+        args: &str,
+    ) -> std::process::Output {
         let host_ns = &self.hosts[host].ns.name;
         let cni = cni_binary();
         let env = [
@@ -131,15 +142,22 @@ impl Cluster {
             ("CNI_NETNS", c.path_str()),
             ("CNI_IFNAME", "eth0"),
             ("CNI_PATH", "/usr/local/lib/cni"),
+            ("CNI_ARGS", args),
         ];
-        let args = ["netns", "exec", host_ns, cni.to_str().unwrap()];
-        run_plugin("ip", &args, &env, &self.conf(host))
+        let argv = ["netns", "exec", host_ns, cni.to_str().unwrap()];
+        run_plugin("ip", &argv, &env, &self.conf(host))
     }
 
     fn attach(&mut self, host: usize) -> usize {
+        self.attach_named(host, "")
+    }
+
+    /// Attaches a container whose name (as Podman passes it in CNI_ARGS) is `name`.
+    fn attach_named(&mut self, host: usize, name: &str) -> usize {
         let ns = TestNetns::new("ctr");
         let id = format!("{}-{}", ns.name, host);
-        let out = self.cni(host, "ADD", &ns, &id);
+        let args = format!("IgnoreUnknown=1;K8S_POD_NAME={name}");
+        let out = self.cni_with(host, "ADD", &ns, &id, &args);
         assert!(
             out.status.success(),
             "ADD: {}",
@@ -276,6 +294,18 @@ impl Drop for Cluster {
             self.stop_daemon(host);
         }
     }
+}
+
+/// The gateway of the test network: every host's member answers to it, locally.
+const GATEWAY: &str = "198.51.100.1";
+
+/// Asks the gateway's resolver (flatnetd) for `name` from inside container `c`.
+fn lookup(cluster: &Cluster, c: usize, name: &str) -> String {
+    let out = cluster
+        .in_container(c, &["nslookup", name, GATEWAY])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
 }
 
 /// A command run inside a network namespace.
@@ -686,6 +716,66 @@ fn nothing_is_left_after_the_last_container() {
         );
     }
     assert!(after <= idle + 2048, "RSS {after} KiB vs idle {idle} KiB");
+}
+
+#[test]
+fn names_resolve_and_host_members_answer_across_hosts() {
+    if !root_or_skip("names_resolve_and_host_members_answer_across_hosts") {
+        return;
+    }
+    let mut cluster = Cluster::new(2);
+    let web = cluster.attach_named(0, "web");
+    let db = cluster.attach_named(1, "DB");
+    let (web_ip, db_ip) = (cluster.containers[web].ip, cluster.containers[db].ip);
+
+    // Names resolve on their own host and across hosts (the lighthouse carries them).
+    let answer = lookup(&cluster, web, "db");
+    assert!(answer.contains(&db_ip.to_string()), "{answer}");
+    let answer = lookup(&cluster, db, "web");
+    assert!(answer.contains(&web_ip.to_string()), "{answer}");
+    assert!(lookup(&cluster, web, "nobody").contains("NXDOMAIN"));
+
+    // The host reaches containers by Flatnet address, its own and the other host's.
+    for (host, target) in [(0, web_ip), (0, db_ip), (1, web_ip)] {
+        let ping = in_ns(
+            &cluster.hosts[host].ns.name,
+            &["ping", "-c", "1", "-W", "2"],
+        )
+        .arg(target.to_string())
+        .output()
+        .unwrap();
+        assert!(ping.status.success(), "host {host} -> {target}");
+    }
+    // Containers reach their own host at the gateway, another host at its member's address.
+    let members: Vec<String> = (0..2)
+        .map(|h| {
+            cluster.status(h)["networks"][0]["address"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_ne!(
+        members[0], members[1],
+        "member addresses are unique across hosts"
+    );
+    for (c, target) in [(web, GATEWAY), (db, GATEWAY), (db, members[0].as_str())] {
+        let ping = cluster
+            .in_container(c, &["ping", "-c", "1", "-W", "2", target])
+            .status()
+            .unwrap();
+        assert!(ping.success(), "container {c} -> {target}");
+    }
+
+    // A container that leaves takes its name with it, on every host.
+    let gone = cluster.containers.remove(db);
+    assert!(cluster.cni(1, "DEL", &gone.ns, &gone.id).status.success());
+    assert!(lookup(&cluster, web, "db").contains("NXDOMAIN"));
+    cluster.detach_all();
+    for h in &cluster.hosts {
+        let left = support::host_leftovers(&["ip", "netns", "exec", &h.ns.name]);
+        assert_eq!(left, Vec::<String>::new());
+    }
 }
 
 /// tcpdump writing a capture file, stopped (by its PID) when dropped.
