@@ -1,0 +1,381 @@
+//! Real Podman for the end-to-end tests, both backends:
+//! - CNI: the host's Podman 4.3 runs `flatnet-cni` from /usr/local/lib/cni;
+//! - netavark: Podman 5 in the trixie chroot runs the `flatnet` plugin.
+//!
+//! Included by the e2e test files with `#[path]`; `scripts/test.sh` installs both Podmans,
+//! builds the image and sets FLATNET_E2E=1. Without it the tests skip on a developer machine
+//! and fail in CI, where skipping would hide a regression.
+#![allow(dead_code)]
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use ipnet::Ipv4Net;
+
+use crate::support::{leaked_state, lighthouse_entries};
+
+pub const IMAGE: &str = "localhost/flatnet-test:latest";
+
+/// Podman tests share the engines' locks and the machine's two cores: one at a time.
+pub static SERIAL: Mutex<()> = Mutex::new(());
+
+pub fn e2e_enabled(test: &str) -> Option<MutexGuard<'static, ()>> {
+    if std::env::var_os("FLATNET_E2E").is_none() {
+        if std::env::var_os("CI").is_some() {
+            panic!("{test}: CI must run the Podman tests; run them through scripts/test.sh");
+        }
+        eprintln!("skipping {test}: run scripts/test.sh (sets FLATNET_E2E=1) for Podman tests");
+        return None;
+    }
+    Some(
+        SERIAL
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()),
+    )
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Backend {
+    Cni,
+    Netavark,
+}
+
+pub fn chroot_dir() -> PathBuf {
+    std::env::var_os("FLATNET_CHROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/flatnet/trixie"))
+}
+
+/// Network settings beyond the subnet.
+#[derive(Debug, Default)]
+pub struct NetOptions {
+    pub internal: bool,
+    /// The resolver names outside the network go to (tests bring their own; never the host's).
+    pub dns_upstream: Option<&'static str>,
+}
+
+/// A Flatnet network on one backend, removed with its containers when dropped.
+pub struct Net {
+    pub backend: Backend,
+    pub name: String,
+    pub subnet: Ipv4Net,
+}
+
+impl Net {
+    pub fn create(backend: Backend, name: &str, subnet: &str) -> Net {
+        Net::create_with(backend, name, subnet, &NetOptions::default())
+    }
+
+    /// A network as a user would make it: the CNI conflist declares the `portMappings` and
+    /// `aliases` capabilities (as `examples/cni/flatnet.conflist` does); netavark needs none.
+    pub fn create_with(backend: Backend, name: &str, subnet: &str, options: &NetOptions) -> Net {
+        let net = Net {
+            backend,
+            name: name.to_string(),
+            subnet: subnet.parse().unwrap(),
+        };
+        net.remove_leftovers();
+        match backend {
+            Backend::Cni => {
+                let mut plugin = serde_json::json!({
+                    "type": "flatnet-cni",
+                    "subnet": subnet,
+                    "capabilities": {"portMappings": true, "aliases": true},
+                    "internal": options.internal,
+                });
+                if let Some(upstream) = options.dns_upstream {
+                    plugin["dnsUpstreams"] = serde_json::json!([upstream]);
+                }
+                let conflist = serde_json::json!({
+                    "cniVersion": "1.0.0",
+                    "name": name,
+                    "plugins": [plugin],
+                });
+                std::fs::write(net.conflist(), conflist.to_string()).unwrap();
+            }
+            Backend::Netavark => {
+                // The host's CNI data plane holds UDP 4800 in this network namespace.
+                let mut args = vec!["network", "create", "-d", "flatnet", "--subnet", subnet];
+                args.extend(["-o", "tunnel_port=4801"]);
+                let upstream = options.dns_upstream.map(|u| format!("dns_upstreams={u}"));
+                if let Some(upstream) = &upstream {
+                    args.extend(["-o", upstream]);
+                }
+                if options.internal {
+                    args.push("--internal");
+                }
+                args.push(name);
+                net.podman_ok(&args);
+            }
+        }
+        net
+    }
+
+    pub fn conflist(&self) -> PathBuf {
+        PathBuf::from(format!("/etc/cni/net.d/{}.conflist", self.name))
+    }
+
+    pub fn podman(&self, args: &[&str]) -> Output {
+        let mut cmd = match self.backend {
+            Backend::Cni => Command::new("podman"),
+            Backend::Netavark => {
+                let mut cmd = Command::new("chroot");
+                cmd.env_clear()
+                    .env(
+                        "PATH",
+                        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                    )
+                    .env("HOME", "/root")
+                    .env("PODMAN_IGNORE_CGROUPSV1_WARNING", "1")
+                    .arg(chroot_dir())
+                    .arg("podman");
+                cmd
+            }
+        };
+        cmd.args(args).output().unwrap()
+    }
+
+    pub fn podman_ok(&self, args: &[&str]) -> String {
+        let out = self.podman(args);
+        assert!(
+            out.status.success(),
+            "podman {args:?} ({:?}) failed: {}",
+            self.backend,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// The state directory the plugin uses, as seen from the host.
+    pub fn state_dir(&self) -> PathBuf {
+        match self.backend {
+            Backend::Cni => PathBuf::from("/run/flatnet"),
+            Backend::Netavark => chroot_dir().join("run/flatnet"),
+        }
+    }
+
+    pub fn container(&self, n: usize) -> String {
+        format!("{}-c{n}", self.name)
+    }
+
+    pub fn run_detached(&self, name: &str, extra: &[&str]) {
+        self.run_command(name, extra, &["sleep", "600"]);
+    }
+
+    /// `podman run -d` with extra flags and a command of the test image.
+    pub fn run_command(&self, name: &str, extra: &[&str], command: &[&str]) {
+        let out = self.try_run(name, extra, command);
+        assert!(
+            out.status.success(),
+            "podman run {name} ({:?}) failed: {}",
+            self.backend,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn try_run(&self, name: &str, extra: &[&str], command: &[&str]) -> Output {
+        let mut args = vec!["run", "-d", "--name", name, "--network", &self.name];
+        args.extend_from_slice(extra);
+        args.push(IMAGE);
+        args.extend_from_slice(command);
+        self.podman(&args)
+    }
+
+    /// The state directory's daemon status, read with `flatnetd status --json` as an
+    /// operator would (inside the chroot for the netavark backend).
+    pub fn daemon_status(&self) -> serde_json::Value {
+        let out = match self.backend {
+            Backend::Cni => Command::new("flatnetd")
+                .args(["status", "--json"])
+                .output()
+                .unwrap(),
+            Backend::Netavark => Command::new("chroot")
+                .arg(chroot_dir())
+                .args(["flatnetd", "status", "--json"])
+                .output()
+                .unwrap(),
+        };
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// The address Podman reports for the container on this network.
+    pub fn inspect_ip(&self, container: &str) -> Ipv4Addr {
+        let format = format!(
+            "{{{{(index .NetworkSettings.Networks \"{}\").IPAddress}}}}",
+            self.name
+        );
+        let out = self.podman_ok(&["inspect", "-f", &format, container]);
+        out.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("inspect IP of {container}: {out:?}"))
+    }
+
+    /// Runs a command inside a running container. The chroot's runc (1.1) does not switch
+    /// `podman exec` into the container's mount namespace, so there we enter the container's
+    /// namespaces and root with nsenter from the host, which is what `exec` means.
+    pub fn exec(&self, container: &str, args: &[&str]) -> Command {
+        match self.backend {
+            Backend::Cni => {
+                let mut cmd = Command::new("podman");
+                cmd.args(["exec", container]).args(args);
+                cmd
+            }
+            Backend::Netavark => {
+                let pid = self.podman_ok(&["inspect", "-f", "{{.State.Pid}}", container]);
+                let mut cmd = Command::new("nsenter");
+                cmd.args([
+                    "-t",
+                    pid.trim(),
+                    "-m",
+                    "-n",
+                    "-p",
+                    "-u",
+                    "-i",
+                    "-r",
+                    "-w",
+                    "--",
+                ])
+                .args(args);
+                cmd
+            }
+        }
+    }
+
+    pub fn exec_ok(&self, container: &str, args: &[&str]) -> String {
+        let out = self.exec(container, args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?} in {container}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Waits until something listens on TCP `port` in the container.
+    pub fn wait_listening(&self, container: &str, port: u16) {
+        let needle = format!(":{port} ");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self
+            .exec_ok(container, &["netstat", "-ltn"])
+            .contains(&needle)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "nothing listens on {port} in {container}"
+            );
+            std::thread::yield_now();
+        }
+    }
+
+    /// Sends `file` (a path inside `from`) over TCP to `to`, which stores it at the same path.
+    pub fn send_file(&self, from: &str, to: &str, to_ip: Ipv4Addr, port: u16, file: &str) {
+        let store = format!("cat > {file}");
+        let mut receiver = self
+            .exec(
+                to,
+                &[
+                    "nc",
+                    "-l",
+                    "-p",
+                    &port.to_string(),
+                    "-e",
+                    "sh",
+                    "-c",
+                    &store,
+                ],
+            )
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.wait_listening(to, port);
+        let send = format!("nc {to_ip} {port} < {file}");
+        self.exec_ok(from, &["sh", "-c", &send]);
+        assert!(
+            receiver.wait().unwrap().success(),
+            "receiver in {to} failed"
+        );
+    }
+
+    /// The address `ip addr` shows inside the container on `ifname`.
+    pub fn address_inside(&self, container: &str, ifname: &str) -> Option<Ipv4Net> {
+        let out = self
+            .exec(container, &["ip", "-4", "-o", "addr", "show", ifname])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split_whitespace()
+            .skip_while(|w| *w != "inet")
+            .nth(1)
+            .and_then(|a| a.parse().ok())
+    }
+
+    pub fn leases(&self) -> usize {
+        let dir = self
+            .state_dir()
+            .join("networks")
+            .join(&self.name)
+            .join("leases");
+        std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter(|e| e.file_name().to_string_lossy().parse::<Ipv4Addr>().is_ok())
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Leases, attachment records and lighthouse entries of this network that remain.
+    pub fn leftovers(&self) -> Vec<String> {
+        let dir = self.state_dir().join("networks").join(&self.name);
+        let mut left: Vec<String> = leaked_state(&dir)
+            .into_iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        let prefix = format!("lighthouse:{}/", self.name);
+        left.extend(
+            lighthouse_entries(&self.state_dir())
+                .into_iter()
+                .filter(|e| e.starts_with(&prefix)),
+        );
+        left
+    }
+
+    pub fn remove_containers(&self) {
+        let filter = format!("name=^{}-", self.name);
+        let ids = self.podman_ok(&["ps", "-aq", "--filter", &filter]);
+        let ids: Vec<&str> = ids.split_whitespace().collect();
+        if !ids.is_empty() {
+            let mut args = vec!["rm", "-f", "-t", "0"];
+            args.extend(ids);
+            self.podman_ok(&args);
+        }
+    }
+
+    pub fn remove_leftovers(&self) {
+        self.remove_containers();
+        match self.backend {
+            Backend::Cni => {
+                let _ = std::fs::remove_file(self.conflist());
+            }
+            Backend::Netavark => {
+                let _ = self.podman(&["network", "rm", "-f", &self.name]);
+            }
+        }
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        self.remove_leftovers();
+    }
+}
