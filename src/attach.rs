@@ -522,12 +522,9 @@ fn make_interface(netns: &NetworkNamespace, attachment: &Attachment) -> Result<(
         let configured = inside
             .assign_ip(&device, attachment.address)
             .and_then(|()| inside.set_up(&device))
-            .and_then(|()| {
-                if !attachment.egress {
-                    return Ok(());
-                }
-                let default = Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 0).expect("valid prefix");
-                inside.add_route(&device, default, Some(attachment.gateway), None)
+            .and_then(|()| match attachment.egress {
+                true => inside.add_default_route(&device, attachment.gateway),
+                false => Ok(()),
             });
         if configured.is_err() {
             let _ = inside.remove_interface(&device.name);

@@ -102,7 +102,7 @@ impl HostMember {
                 .assign_ip(&device, single(self.gateway))
                 .and_then(|()| host.assign_ip(&device, single(self.address)))
                 .and_then(|()| host.set_up(&device))
-                .and_then(|()| host.add_route(&device, self.subnet, None, Some(self.address)))
+                .and_then(|()| host.add_route(&device, self.subnet, self.address))
                 .and_then(|()| self.set_sysctls());
             if configured.is_err() {
                 let _ = host.remove_interface(&device.name);

@@ -160,27 +160,36 @@ impl Inside {
             .map_err(netlink_err("assigning address"))
     }
 
-    /// Routes `destination` through the device, via `gateway` if given, preferring `source` as
-    /// the source address of what the namespace sends that way.
+    /// Routes `destination` through the device, with `source` as the source address of what
+    /// the namespace sends that way.
     pub fn add_route(
         &mut self,
         device: &TunDevice,
         destination: Ipv4Net,
-        gateway: Option<Ipv4Addr>,
-        source: Option<Ipv4Addr>,
+        source: Ipv4Addr,
     ) -> Result<()> {
-        let mut builder = RouteMessageBuilder::<Ipv4Addr>::new()
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(destination.network(), destination.prefix_len())
-            .output_interface(device.index);
-        if let Some(gateway) = gateway {
-            builder = builder.gateway(gateway);
-        }
-        if let Some(source) = source {
-            builder = builder.pref_source(source);
-        }
+            .output_interface(device.index)
+            .pref_source(source)
+            .build();
         self.runtime
-            .block_on(self.handle.route().add(builder.build()).execute())
+            .block_on(self.handle.route().add(msg).execute())
             .map_err(netlink_err(&format!("adding route to {destination}")))
+    }
+
+    /// A default route via `gateway` through the device. Each interface's default route gets
+    /// its own metric (100 + the interface index), so a container on several networks has one
+    /// per network: the first attached is preferred, and the others remain when it leaves.
+    pub fn add_default_route(&mut self, device: &TunDevice, gateway: Ipv4Addr) -> Result<()> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .output_interface(device.index)
+            .gateway(gateway)
+            .priority(100 + device.index)
+            .build();
+        self.runtime
+            .block_on(self.handle.route().add(msg).execute())
+            .map_err(netlink_err("adding the default route"))
     }
 
     pub fn set_up(&mut self, device: &TunDevice) -> Result<()> {

@@ -191,9 +191,14 @@ fn netavark_connect_and_disconnect() {
     assert!(second.subnet.contains(&eth1.addr()), "{eth1}");
     assert_eq!(second.inspect_ip(&c), eth1.addr());
     assert_eq!(second.leases(), 1);
+    // One default route per network, each with its own metric (the first is preferred).
+    let routes = first.exec_ok(&c, &["ip", "route"]);
+    assert_eq!(routes.matches("default via").count(), 2, "{routes}");
 
     second.podman_ok(&["network", "disconnect", &second.name, &c]);
     assert_eq!(first.address_inside(&c, "eth1"), None);
+    let routes = first.exec_ok(&c, &["ip", "route"]);
+    assert_eq!(routes.matches("default via").count(), 1, "{routes}");
     assert!(first.address_inside(&c, "eth0").is_some());
     assert!(second.leftovers().is_empty(), "{:?}", second.leftovers());
 

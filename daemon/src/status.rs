@@ -29,18 +29,52 @@ fn render(s: &Value) -> String {
         text(&s["public_key"]),
     );
     out += &format!(
-        "\n{:<13} {:<14} {:<16} {:>22} {:>22}\n",
-        "CONTAINER", "NETWORK", "ADDRESS", "FROM CONTAINER PKT/B", "TO CONTAINER PKT/B"
+        "\n{:<14} {:<12} {:<16} {:<16} {:<18} {:<8} {}\n",
+        "NETWORK", "HOST MEMBER", "MEMBER ADDRESS", "GATEWAY", "SUBNET", "EGRESS", "DNS UPSTREAMS"
+    );
+    for n in s["networks"].as_array().into_iter().flatten() {
+        let upstreams: Vec<&str> = n["dns_upstreams"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(text)
+            .collect();
+        out += &format!(
+            "{:<14} {:<12} {:<16} {:<16} {:<18} {:<8} {}\n",
+            text(&n["network"]),
+            text(&n["host_member"]),
+            text(&n["address"]),
+            text(&n["gateway"]),
+            text(&n["subnet"]),
+            if n["internal"] == true { "no" } else { "yes" },
+            upstreams.join(","),
+        );
+    }
+    out += &format!(
+        "\n{:<13} {:<14} {:<16} {:>22} {:>22}  {}\n",
+        "MEMBER", "NETWORK", "ADDRESS", "FROM MEMBER PKT/B", "TO MEMBER PKT/B", "PUBLISHED"
     );
     for c in s["containers"].as_array().into_iter().flatten() {
         let st = &c["stats"];
+        let member = if c["host_member"] == true {
+            "(host)"
+        } else {
+            short(text(&c["container_id"]))
+        };
+        let published: Vec<&str> = c["published_ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(text)
+            .collect();
         out += &format!(
-            "{:<13} {:<14} {:<16} {:>22} {:>22}\n",
-            short(text(&c["container_id"])),
+            "{:<13} {:<14} {:<16} {:>22} {:>22}  {}\n",
+            member,
             text(&c["network"]),
             text(&c["address"]),
             pair(&st["from_container_packets"], &st["from_container_bytes"]),
             pair(&st["to_container_packets"], &st["to_container_bytes"]),
+            published.join(" "),
         );
     }
     out += &format!(
@@ -61,6 +95,15 @@ fn render(s: &Value) -> String {
             pair(&p["rx_packets"], &p["rx_bytes"]),
         );
     }
+    let dns = &s["dns"];
+    out += &format!(
+        "\nDNS queries {}: answered here {}, forwarded {}, upstream answers {}, failures {}\n",
+        num(&dns["queries"]),
+        num(&dns["local_answers"]),
+        num(&dns["forwarded"]),
+        num(&dns["upstream_answers"]),
+        num(&dns["failures"]),
+    );
     out += "\nDROPS\n";
     for (reason, count) in s["drops"].as_object().into_iter().flatten() {
         out += &format!("  {reason:<16} {}\n", num(count));

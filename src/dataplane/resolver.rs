@@ -283,3 +283,128 @@ impl Daemon {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::op::{Message, Query, ResponseCode};
+    use hickory_proto::rr::{Name, RecordType};
+    use std::str::FromStr;
+
+    const CLIENT: &str = "10.77.0.5:40000";
+    const SERVER: &str = "10.77.0.1:53";
+
+    fn query(id: u16) -> Vec<u8> {
+        let mut message = Message::query();
+        message.metadata.id = id;
+        message.add_query(Query::query(
+            Name::from_str("example.test.").unwrap(),
+            RecordType::A,
+        ));
+        message.to_vec().unwrap()
+    }
+
+    fn forward(resolver: &mut Resolver, upstream: SocketAddr, id: u16) -> Option<Vec<u8>> {
+        let (client, server) = (CLIENT.parse().unwrap(), SERVER.parse().unwrap());
+        resolver.forward(
+            &query(id),
+            &[upstream],
+            3,
+            7,
+            client,
+            server,
+            Instant::now(),
+        )
+    }
+
+    /// Polls the resolver until it has answers (bounded).
+    fn receive(resolver: &mut Resolver) -> Vec<Reply> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let replies = resolver.receive();
+            if !replies.is_empty() || Instant::now() > deadline {
+                return replies;
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn an_upstream_answer_goes_back_with_the_containers_id() {
+        let upstream = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut resolver = Resolver::new().unwrap();
+        assert_eq!(
+            forward(&mut resolver, upstream.local_addr().unwrap(), 4242),
+            None
+        );
+        let mut buf = [0u8; 512];
+        let (n, from) = upstream.recv_from(&mut buf).unwrap();
+        let forwarded = Message::from_vec(&buf[..n]).unwrap();
+        assert_eq!(
+            forwarded.queries,
+            Message::from_vec(&query(4242)).unwrap().queries
+        );
+        upstream.send_to(&buf[..n], from).unwrap();
+
+        let replies = receive(&mut resolver);
+        assert_eq!(replies.len(), 1);
+        let reply = &replies[0];
+        assert_eq!((reply.slot, reply.tag), (3, 7));
+        assert_eq!(reply.to, CLIENT.parse().unwrap());
+        assert_eq!(reply.from, SERVER.parse().unwrap());
+        assert_eq!(Message::from_vec(&reply.message).unwrap().metadata.id, 4242);
+        assert_eq!(resolver.stats.upstream_answers, 1);
+    }
+
+    #[test]
+    fn answers_from_anyone_but_the_upstream_asked_are_ignored() {
+        let upstream = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let stranger = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut resolver = Resolver::new().unwrap();
+        forward(&mut resolver, upstream.local_addr().unwrap(), 1);
+        let mut buf = [0u8; 512];
+        let (n, from) = upstream.recv_from(&mut buf).unwrap();
+        // Right ID, wrong source: a spoofer on the host cannot answer for the upstream.
+        let mut forged = buf[..n].to_vec();
+        forged[3] |= 0x05; // REFUSED
+        stranger.send_to(&forged, from).unwrap();
+        // Then the genuine answer, sent after the forged one.
+        upstream.send_to(&buf[..n], from).unwrap();
+        let replies = receive(&mut resolver);
+        assert_eq!(replies.len(), 1);
+        assert_eq!(
+            &replies[0].message[2..],
+            &buf[2..n],
+            "the forged answer got through"
+        );
+        assert_eq!(resolver.stats.upstream_answers, 1);
+    }
+
+    #[test]
+    fn a_silent_upstream_means_servfail_after_the_timeout() {
+        let upstream = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut resolver = Resolver::new().unwrap();
+        forward(&mut resolver, upstream.local_addr().unwrap(), 9);
+        assert!(resolver.expire(Instant::now()).is_empty(), "expired early");
+        let replies = resolver.expire(Instant::now() + UPSTREAM_TIMEOUT);
+        assert_eq!(replies.len(), 1);
+        let message = Message::from_vec(&replies[0].message).unwrap();
+        assert_eq!(message.metadata.id, 9);
+        assert_eq!(message.metadata.response_code, ResponseCode::ServFail);
+        assert!(resolver
+            .expire(Instant::now() + UPSTREAM_TIMEOUT)
+            .is_empty());
+    }
+
+    #[test]
+    fn no_upstream_at_all_is_servfail_at_once() {
+        let mut resolver = Resolver::new().unwrap();
+        let (client, server) = (CLIENT.parse().unwrap(), SERVER.parse().unwrap());
+        let reply = resolver
+            .forward(&query(5), &[], 0, 0, client, server, Instant::now())
+            .expect("an immediate answer");
+        let message = Message::from_vec(&reply).unwrap();
+        assert_eq!(message.metadata.response_code, ResponseCode::ServFail);
+        assert_eq!(resolver.stats.failures, 1);
+    }
+}

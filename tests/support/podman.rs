@@ -318,19 +318,25 @@ impl Net {
             .and_then(|a| a.parse().ok())
     }
 
+    /// Addresses leased to containers (the host member's own lease is not counted).
     pub fn leases(&self) -> usize {
         let dir = self
             .state_dir()
             .join("networks")
             .join(&self.name)
             .join("leases");
+        let is_container_lease = |entry: &std::fs::DirEntry| {
+            entry
+                .file_name()
+                .to_string_lossy()
+                .parse::<Ipv4Addr>()
+                .is_ok()
+                && !std::fs::read_to_string(entry.path())
+                    .unwrap_or_default()
+                    .starts_with("flatnet-host-")
+        };
         std::fs::read_dir(dir)
-            .map(|entries| {
-                entries
-                    .flatten()
-                    .filter(|e| e.file_name().to_string_lossy().parse::<Ipv4Addr>().is_ok())
-                    .count()
-            })
+            .map(|entries| entries.flatten().filter(is_container_lease).count())
             .unwrap_or(0)
     }
 
