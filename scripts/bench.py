@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Flatnet's benchmark: the data plane against a plain veth pair, attach latency, memory.
+"""Flatnet's benchmark: the data plane against a plain veth pair, DNS answers against dnsmasq
+over veth, a published port against Podman's bridge with -p, attach latency, memory.
 
 Runs as root on the machine itself; all traffic stays inside network namespaces this script
 creates (192.0.2.0/24 underlay, 198.51.100.0/24 Flatnet) and loopback. Every process it starts
@@ -79,9 +80,10 @@ class Lab:
         })
         return {"ns": ns, "conf": conf, "state": state}
 
-    def cni(self, host, command, container_ns, cid):
+    def cni(self, host, command, container_ns, cid, name=""):
         env = {"CNI_COMMAND": command, "CNI_CONTAINERID": cid, "CNI_NETNS": f"/run/netns/{container_ns}",
-               "CNI_IFNAME": "eth0", "CNI_PATH": str(RELEASE), "PATH": os.environ["PATH"]}
+               "CNI_IFNAME": "eth0", "CNI_PATH": str(RELEASE), "PATH": os.environ["PATH"],
+               "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAME={name}"}
         started = time.perf_counter()
         out = subprocess.run(in_ns(host["ns"], CNI), input=host["conf"], env=env, capture_output=True, text=True)
         elapsed = time.perf_counter() - started
@@ -89,9 +91,9 @@ class Lab:
             raise RuntimeError(f"{command} failed: {out.stdout} {out.stderr}")
         return out.stdout, elapsed
 
-    def attach(self, host, role):
+    def attach(self, host, role, name=""):
         ns = self.ns(role)
-        out, _ = self.cni(host, "ADD", ns, ns)
+        out, _ = self.cni(host, "ADD", ns, ns, name)
         self.attached.append((host, ns))
         return ns, json.loads(out)["ips"][0]["address"].split("/")[0]
 
@@ -241,6 +243,111 @@ def attach_latency(count):
         return {"add_ms": percentiles(adds), "del_ms": percentiles(dels)}
 
 
+# Sends `count` DNS queries for NAME (type A) to SERVER:53 one after another, from inside a
+# namespace; prints each round trip in ms as JSON. Hand-built: a measuring tool, not a resolver.
+DNS_CLIENT = r"""
+import json, socket, struct, sys, time
+server, name, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+qname = b"".join(bytes([len(l)]) + l.encode() for l in name.split(".")) + b"\0"
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(2)
+s.connect((server, 53))
+times = []
+for i in range(count):
+    query = struct.pack(">HHHHHH", i & 0xffff, 0x0100, 1, 0, 0, 0) + qname + struct.pack(">HH", 1, 1)
+    start = time.perf_counter()
+    s.send(query)
+    while True:
+        reply = s.recv(512)
+        if reply[:2] == query[:2]:
+            break
+    assert struct.unpack(">H", reply[6:8])[0] >= 1, "no answer record"
+    times.append((time.perf_counter() - start) * 1000)
+print(json.dumps(times))
+"""
+
+
+def dns_queries(client_ns, server, name, count):
+    out = sh(*in_ns(client_ns, "python3", "-c", DNS_CLIENT, server, name, count))
+    return json.loads(out.stdout)
+
+
+def dns_latency(rounds, count):
+    """A Flatnet name answered by flatnetd at the gateway, against dnsmasq answering a local
+    name over a veth pair (the kernel-only path), in interleaved rounds."""
+    if not shutil.which("dnsmasq"):
+        return None
+    results = {"flatnet": [], "dnsmasq_veth": []}
+    for _ in range(rounds):
+        with lab() as l:
+            lighthouse = Path(tempfile.mkdtemp(prefix="flatnet-bench-lh-")) / "lighthouse.json"
+            h = l.host("dns", f"127.0.0.1:{PORT}", lighthouse)
+            l.attach(h, "dweb", name="web")
+            client, _ = l.attach(h, "dcl")
+            results["flatnet"] += dns_queries(client, "198.51.100.1", "web", count)
+        with lab() as l:
+            a, b = l.ns("dva"), l.ns("dvb")
+            l.veth(a, b, "192.0.2.1", "192.0.2.2")
+            server = subprocess.Popen(in_ns(b, "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null",
+                                            "--no-resolv", "--no-hosts", "--bind-interfaces",
+                                            "--listen-address=192.0.2.2", "--address=/web/192.0.2.5",
+                                            "--user=root", "--pid-file="),
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                wait_port(b, 53, "udp")
+                results["dnsmasq_veth"] += dns_queries(a, "192.0.2.2", "web", count)
+            finally:
+                server.kill()
+                server.wait()
+    report = {k: percentiles(v) for k, v in results.items()}
+    report["ratio_p50"] = report["flatnet"]["p50"] / report["dnsmasq_veth"]["p50"]
+    return report
+
+
+def published_port(rounds, seconds):
+    """TCP from the host into a container through `-p 127.0.0.1:PORT:5201`, on a Flatnet network
+    and on Podman's own bridge network, in interleaved rounds (host Podman, CNI backend). The
+    container is the host's root as an overlay (`--rootfs /:O`), for its iperf3."""
+    if not shutil.which("podman"):
+        return None
+    results = {"bridge": [], "flatnet": []}
+    with bench_network() as flatnet:
+        for _ in range(rounds):
+            for kind, network, port in (("bridge", "podman", 18771), ("flatnet", flatnet, 18772)):
+                name = f"{PREFIX}-pp-{kind}"
+                sh("podman", "rm", "-f", name, check=False)
+                sh("podman", "run", "-d", "--name", name, "--network", network,
+                   "-p", f"127.0.0.1:{port}:5201", "--rootfs", "/:O", "iperf3", "-s")
+                try:
+                    deadline = time.time() + 10
+                    while ":5201 " not in sh("podman", "exec", name, "ss", "-ltn", check=False).stdout:
+                        if time.time() > deadline:
+                            raise RuntimeError(f"iperf3 does not listen in {name}")
+                    out = sh("iperf3", "-c", "127.0.0.1", "-p", port, "-t", seconds, "-J")
+                    results[kind].append(json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9)
+                finally:
+                    sh("podman", "rm", "-f", "-t", "0", name, check=False)
+    report = {k: {"median_gbps": statistics.median(v), "min": min(v), "max": max(v)}
+              for k, v in results.items()}
+    report["ratio_to_bridge"] = statistics.median(
+        [f / b for f, b in zip(results["flatnet"], results["bridge"])])
+    return report
+
+
+@contextmanager
+def bench_network():
+    """A Flatnet CNI network of the benchmark's own (own state directory and port)."""
+    conflist = Path("/etc/cni/net.d/flatnet-bench.conflist")
+    conflist.write_text(json.dumps({"cniVersion": "1.0.0", "name": "flatnet-bench", "plugins": [
+        {"type": "flatnet-cni", "subnet": "10.230.0.0/24", "stateDir": "/run/flatnet-bench",
+         "tunnelPort": PORT + 1, "capabilities": {"portMappings": True}}]}))
+    try:
+        yield "flatnet-bench"
+    finally:
+        sh(DAEMON, "--state-dir", "/run/flatnet-bench", "stop", check=False)
+        conflist.unlink()
+
+
 def percentiles(values):
     values = sorted(values)
     return {"p50": statistics.median(values), "p99": values[min(len(values) - 1, int(len(values) * 0.99))],
@@ -251,22 +358,15 @@ def podman_run(count):
     """`podman run ... true` on a Flatnet network against Podman's default network."""
     if not shutil.which("podman") or sh("podman", "image", "exists", IMAGE, check=False).returncode:
         return None
-    conflist = Path("/etc/cni/net.d/flatnet-bench.conflist")
-    conflist.write_text(json.dumps({"cniVersion": "1.0.0", "name": "flatnet-bench", "plugins": [
-        {"type": "flatnet-cni", "subnet": "10.230.0.0/24", "stateDir": "/run/flatnet-bench",
-         "tunnelPort": PORT + 1}]}))
-    try:
+    with bench_network() as flatnet:
         times = {"default": [], "flatnet": []}
         for i in range(count + 1):
-            for net, name in (("default", "podman"), ("flatnet", "flatnet-bench")):
+            for net, name in (("default", "podman"), ("flatnet", flatnet)):
                 started = time.perf_counter()
                 sh("podman", "run", "--rm", "--network", name, IMAGE, "true")
                 if i > 0:  # the first run of each warms caches and starts the daemon
                     times[net].append((time.perf_counter() - started) * 1000)
         return {net: percentiles(t) for net, t in times.items()}
-    finally:
-        sh(DAEMON, "--state-dir", "/run/flatnet-bench", "stop", check=False)
-        conflist.unlink()
 
 
 def memory(counts):
@@ -344,6 +444,20 @@ def table(report):
         lines.append(f"  podman run ... true: default network p50 {p['default']['p50']:.0f} ms, "
                      f"Flatnet p50 {p['flatnet']['p50']:.0f} ms "
                      f"(+{p['flatnet']['p50'] - p['default']['p50']:.0f} ms)")
+    d = report.get("dns")
+    if d:
+        lines += ["", "DNS (a Flatnet name from a container; anchor: dnsmasq over veth, same rounds)",
+                  f"  flatnetd p50 {d['flatnet']['p50']:.3f} ms  p99 {d['flatnet']['p99']:.3f} ms   "
+                  f"dnsmasq over veth p50 {d['dnsmasq_veth']['p50']:.3f} ms  "
+                  f"p99 {d['dnsmasq_veth']['p99']:.3f} ms   x{d['ratio_p50']:.2f}"]
+    pp = report.get("published_port")
+    if pp:
+        lines += ["", "PUBLISHED PORT (TCP host -> container, -p 127.0.0.1:P:5201, same rounds)",
+                  f"  Podman bridge {pp['bridge']['median_gbps']:.2f} Gbit/s "
+                  f"[{pp['bridge']['min']:.2f}-{pp['bridge']['max']:.2f}]   "
+                  f"Flatnet {pp['flatnet']['median_gbps']:.2f} Gbit/s "
+                  f"[{pp['flatnet']['min']:.2f}-{pp['flatnet']['max']:.2f}]   "
+                  f"x{pp['ratio_to_bridge']:.3f} bridge"]
     m = report["memory"]
     counts = [k for k in m if k not in ("idle", "per_container_kib")]
     lines += ["", "MEMORY (flatnetd RSS)",
@@ -391,11 +505,15 @@ def main():
     for tool in ("iperf3", "ss", "ping"):
         if not shutil.which(tool):
             sys.exit(f"bench: {tool} missing: run scripts/install-deps.sh")
-    rounds, seconds, pings, attaches, runs, mem = (
-        (1, 1, 20, 10, 2, [1, 5]) if args.quick else (3, 5, 500, 100, 10, [1, 100, 250]))
+    rounds, seconds, pings, attaches, runs, mem, queries = (
+        (1, 1, 20, 10, 2, [1, 5], 50) if args.quick else (3, 5, 500, 100, 10, [1, 100, 250], 2000))
 
     print("data plane ...", file=sys.stderr)
     dp = data_plane(rounds, seconds, pings)
+    print("DNS ...", file=sys.stderr)
+    dns = dns_latency(rounds, queries)
+    print("published port ...", file=sys.stderr)
+    published = published_port(rounds, seconds)
     print("attach latency ...", file=sys.stderr)
     attach = attach_latency(attaches)
     print("podman run ...", file=sys.stderr)
@@ -406,6 +524,7 @@ def main():
         "machine": {"cores": os.cpu_count(), "kernel": os.uname().release, "quick": args.quick,
                     "rounds": rounds, "seconds": seconds},
         "rounds": dp, "summary": summarise(dp), "attach": attach, "podman_run": podman, "memory": memory_report,
+        "dns": dns, "published_port": published,
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
