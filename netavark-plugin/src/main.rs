@@ -22,6 +22,7 @@ impl Plugin for FlatnetPlugin {
     fn setup(&self, netns: String, opts: NetworkPluginExec) -> Result<StatusBlock, Box<dyn Error>> {
         let network = Network::open(translate::config_of(&opts.network)?);
         let options = &opts.network_options;
+        translate::refuse_container_options(options)?;
         let attachment = network.attach(&AttachRequest {
             container_id: &opts.container_id,
             netns: Path::new(&netns),

@@ -61,8 +61,27 @@ pub fn config_of(network: &Network) -> Result<FlatnetConfig, Error> {
             OPTIONS.join(", ")
         )));
     }
+    refuse_unsupported(network)?;
     let subnet = network.subnets.as_ref().and_then(|s| s.first());
     let option = |key: &str| options.get(key).cloned();
+    // `podman network create --dns` names the network's upstream resolvers, as `-o dns_upstreams`.
+    let dns_servers = network.network_dns_servers.as_deref().unwrap_or_default();
+    let dns_upstreams = match (option("dns_upstreams"), dns_servers) {
+        (Some(_), [_, ..]) => {
+            return Err(invalid(
+                "give the upstream resolvers once: --dns or -o dns_upstreams, not both",
+            ))
+        }
+        (Some(list), []) => Some(list),
+        (None, []) => None,
+        (None, servers) => Some(
+            servers
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+    };
     FlatnetConfig::from_input(ConfigInput {
         network: network.name.clone(),
         subnet: subnet.map(|s| s.subnet.to_string()),
@@ -73,8 +92,43 @@ pub fn config_of(network: &Network) -> Result<FlatnetConfig, Error> {
         tunnel_port: option("tunnel_port"),
         endpoint: option("endpoint"),
         internal: network.internal,
-        dns_upstreams: option("dns_upstreams"),
+        dns_upstreams,
     })
+}
+
+/// Network fields netavark carries that a Flatnet network cannot honour: refused, not ignored.
+fn refuse_unsupported(network: &Network) -> Result<(), Error> {
+    if network
+        .network_interface
+        .as_deref()
+        .is_some_and(|i| !i.is_empty())
+    {
+        return Err(invalid(
+            "a Flatnet network has no host interface to name (--interface-name)",
+        ));
+    }
+    if network.routes.as_ref().is_some_and(|r| !r.is_empty()) {
+        return Err(invalid(
+            "extra routes (--route) are not supported on Flatnet networks",
+        ));
+    }
+    let ipam = network.ipam_options.as_ref();
+    match ipam.and_then(|o| o.get("driver")).map(String::as_str) {
+        None | Some("host-local") => Ok(()),
+        Some(other) => Err(invalid(&format!(
+            "IPAM driver {other:?} is not supported: Flatnet networks use host-local addressing"
+        ))),
+    }
+}
+
+/// Per-container network options (`--network NAME:opt=value`) beyond the interface name.
+pub fn refuse_container_options(options: &PerNetworkOptions) -> Result<(), Error> {
+    match options.options.as_ref().and_then(|o| o.keys().next()) {
+        Some(key) => Err(Error::InvalidRequest(format!(
+            "per-container network option {key:?} is not supported on Flatnet networks"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// The container's DNS names on the network: its name, then its aliases.
@@ -177,6 +231,25 @@ mod tests {
     }
 
     #[test]
+    fn podman_network_dns_names_the_upstreams() {
+        let mut json = base();
+        json["network_dns_servers"] = serde_json::json!(["192.0.2.53", "198.51.100.53"]);
+        json["ipam_options"] = serde_json::json!({"driver": "host-local"});
+        let config = config_of(&normalise(network(json)).unwrap()).unwrap();
+        let want = ["192.0.2.53:53", "198.51.100.53:53"].map(|a| a.parse().unwrap());
+        assert_eq!(config.dns_upstreams, Some(want.to_vec()));
+    }
+
+    #[test]
+    fn per_container_options_are_refused() {
+        let mut opts = exec(serde_json::json!({})).network_options;
+        assert!(refuse_container_options(&opts).is_ok());
+        opts.options = Some(HashMap::from([("mtu".to_string(), "9000".to_string())]));
+        let err = refuse_container_options(&opts).unwrap_err().to_string();
+        assert!(err.contains("mtu"), "{err}");
+    }
+
+    #[test]
     fn internal_and_dns_upstreams_reach_the_config() {
         let mut json = base();
         json["internal"] = serde_json::json!(true);
@@ -238,11 +311,25 @@ mod tests {
         let mut two = base();
         two["subnets"] =
             serde_json::json!([{"subnet": "192.0.2.0/24"}, {"subnet": "198.51.100.0/24"}]);
+        let mut routes = base();
+        routes["routes"] =
+            serde_json::json!([{"destination": "192.0.2.0/24", "gateway": "10.77.0.1"}]);
+        let mut parent = base();
+        parent["network_interface"] = serde_json::json!("eth0");
+        let mut dhcp = base();
+        dhcp["ipam_options"] = serde_json::json!({"driver": "dhcp"});
+        let mut twice = base();
+        twice["network_dns_servers"] = serde_json::json!(["192.0.2.53"]);
+        twice["options"] = serde_json::json!({"dns_upstreams": "192.0.2.54"});
         for (case, needle) in [
             (v6, "IPv4"),
             (unknown, "colour"),
             (bad_mtu, "mtu"),
             (two, "one subnet"),
+            (routes, "--route"),
+            (parent, "--interface-name"),
+            (dhcp, "dhcp"),
+            (twice, "not both"),
         ] {
             let err = normalise(network(case)).unwrap_err().to_string();
             assert!(err.contains(needle), "{err}");
