@@ -186,9 +186,17 @@ pub fn ensure_running(settings: &DaemonSettings) -> Result<()> {
 /// A daemon serving this state directory with another endpoint or lighthouse would publish
 /// addresses nobody can reach: refuse rather than attach into a black hole.
 fn check_settings(wanted: &DaemonSettings) -> Result<()> {
-    let status = call(&wanted.state_dir, &Request::Status)?
-        .status
-        .unwrap_or_default();
+    let status = match call(&wanted.state_dir, &Request::Status) {
+        Ok(response) => response.status.unwrap_or_default(),
+        // It accepted and then went away: a daemon dying at this moment (killed, stopping).
+        Err(Error::Io { source, .. }) => {
+            return Err(Error::DataPlane(format!(
+                "flatnetd for {} went away while answering ({source}); try again",
+                wanted.state_dir.display()
+            )))
+        }
+        Err(e) => return Err(e),
+    };
     let listen = status["listen"].as_str().unwrap_or_default();
     let lighthouse = status["lighthouse"].as_str().unwrap_or_default();
     if listen != wanted.listen.to_string() || Path::new(lighthouse) != wanted.lighthouse {

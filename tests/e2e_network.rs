@@ -13,7 +13,6 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -549,10 +548,22 @@ fn killed_daemon(backend: Backend, name: &str, subnet: &str, port: u16) {
 fn nix_kill(pid: i32) {
     // SAFETY: kill(2) with a PID this test read from the daemon it is testing.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    // Gone when every thread is (the leader turns zombie before the others finish dying).
     let deadline = Instant::now() + Duration::from_secs(5);
-    while PathBuf::from(format!("/proc/{pid}/cmdline")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z"))
-    {
+    let alive = || {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task"));
+        tasks.into_iter().flatten().flatten().any(|task| {
+            std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+                !stat
+                    .rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+        })
+    };
+    while alive() {
         assert!(Instant::now() < deadline, "flatnetd {pid} does not die");
         std::thread::yield_now();
     }

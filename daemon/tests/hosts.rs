@@ -423,18 +423,25 @@ impl Pinger {
     }
 }
 
-/// Waits until `pid` has exited (gone, or a zombie nobody reaped yet).
+/// Waits until every thread of `pid` has exited (a zombie nobody reaped yet counts as gone).
+/// The leader turns zombie before its other threads finish dying, and until the last one is
+/// gone the process's sockets are open: a `flatnetd start` then still reaches the dying daemon.
 fn wait_gone(pid: u32) {
     let deadline = Instant::now() + Duration::from_secs(5);
+    let exited = |stat: &str| {
+        stat.rsplit(')')
+            .next()
+            .is_some_and(|r| r.trim_start().starts_with('Z'))
+    };
     loop {
-        let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| {
-                s.rsplit(')')
-                    .next()
-                    .map(|r| r.trim_start().starts_with('Z'))
-            });
-        if state.unwrap_or(true) {
+        let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|tasks| tasks.flatten().map(|t| t.path().join("stat")).collect())
+            .unwrap_or_else(|_| Vec::new());
+        let alive = threads
+            .iter()
+            .filter_map(|stat| std::fs::read_to_string(stat).ok())
+            .any(|stat| !exited(&stat));
+        if !alive {
             return;
         }
         assert!(Instant::now() < deadline, "process {pid} does not die");
