@@ -30,3 +30,6 @@ in_chroot() {
     env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
         HOME=/root PODMAN_IGNORE_CGROUPSV1_WARNING=1 chroot "$CHROOT_DIR" "$@"
 }
+
+# The root file system of the Forgejo stand-in's containers (scripts/build-forge-rootfs.sh).
+FORGE_ROOTFS=/var/lib/flatnet/forge-rootfs

@@ -108,12 +108,6 @@ impl Network {
         check_container_id(req.container_id)?;
         check_ifname(req.ifname)?;
         let names = normalise_names(req.names)?;
-        if self.config.internal && !req.ports.is_empty() {
-            return Err(Error::InvalidRequest(format!(
-                "network {} is internal: it publishes no ports (asked for {})",
-                self.config.network, req.ports[0]
-            )));
-        }
         let netns = NetworkNamespace::open(req.netns)?;
         // The data plane first: its key is what the lighthouse entry publishes.
         control::ensure_running(&self.daemon_settings())?;

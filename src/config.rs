@@ -39,7 +39,8 @@ pub struct FlatnetConfig {
     /// Underlay address other hosts reach this host's data plane at.
     pub endpoint: SocketAddr,
     /// An internal network reaches only Flatnet and the host member: no default route, no
-    /// masquerading, no published ports, and DNS names outside the network are refused.
+    /// egress, and DNS names outside the network are refused. Published ports still work
+    /// (their connections come from the host member's address).
     pub internal: bool,
     /// Where names outside the network are forwarded; `None`: the host's resolv.conf.
     pub dns_upstreams: Option<Vec<SocketAddr>>,

@@ -12,7 +12,7 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use nftables::batch::Batch;
-use nftables::expr::{Expression, Fib, FibFlag, FibResult, Meta, MetaKey, NamedExpression};
+use nftables::expr::{Expression, Fib, FibFlag, FibResult, Meta, MetaKey, NamedExpression, CT};
 use nftables::expr::{Payload, PayloadField, Prefix};
 use nftables::schema::{Chain, NfListObject, Rule, Table};
 use nftables::stmt::{JumpTarget, Match, NATFamily, Operator, Statement, NAT};
@@ -150,17 +150,34 @@ fn dnat_rule(forward: &Forward, host_port: u16, container_port: u16) -> Vec<Stat
 
 /// A connection from the host's loopback to a published port leaves through the host member
 /// with source 127.0.0.1, which the container cannot answer: give it the member's address
-/// (with `route_localnet` on the member, as Podman's bridge does). A network that is not
-/// internal also masquerades its containers' traffic to the host's other networks.
+/// (with `route_localnet` on the member, as Podman's bridge does). On an internal network the
+/// containers have no route out, so every connection to a published port gets the member's
+/// address. A network that is not internal masquerades its containers' traffic to the host's
+/// other networks.
 fn masquerade_rules(network: &NetworkRules) -> Vec<Vec<Statement<'static>>> {
     let oifname = || meta(MetaKey::Oifname);
     let masquerade = || Statement::Masquerade(None);
+    let into_member = || is_eq(oifname(), string(network.ifname.clone()));
     let mut rules = vec![vec![
-        is_eq(oifname(), string(network.ifname.clone())),
+        into_member(),
         is_eq(payload("ip", "saddr"), prefix(Ipv4Addr::LOCALHOST, 8)),
         masquerade(),
     ]];
-    if !network.internal {
+    if network.internal {
+        rules.push(vec![
+            into_member(),
+            Statement::Match(Match {
+                left: Expression::Named(NamedExpression::CT(CT {
+                    key: "status".into(),
+                    family: None,
+                    dir: None,
+                })),
+                right: string("dnat"),
+                op: Operator::IN,
+            }),
+            masquerade(),
+        ]);
+    } else {
         rules.push(vec![
             is_eq(
                 payload("ip", "saddr"),
@@ -260,18 +277,25 @@ mod tests {
         }
     }
 
+    fn text(rules: &[Vec<Statement<'static>>]) -> String {
+        serde_json::to_string(rules).unwrap()
+    }
+
     #[test]
-    fn an_internal_network_does_not_masquerade_its_containers() {
+    fn an_internal_network_masquerades_published_connections_not_its_containers() {
         let network = NetworkRules {
             ifname: "fn-1".into(),
             subnet: "10.77.0.0/16".parse().unwrap(),
             internal: true,
         };
-        assert_eq!(masquerade_rules(&network).len(), 1);
-        let open = NetworkRules {
+        let internal = text(&masquerade_rules(&network));
+        assert!(internal.contains(r#""ct":{"key":"status"}"#), "{internal}");
+        assert!(!internal.contains("10.77.0.0"), "{internal}");
+        let open = text(&masquerade_rules(&NetworkRules {
             internal: false,
             ..network
-        };
-        assert_eq!(masquerade_rules(&open).len(), 2);
+        }));
+        assert!(!open.contains(r#""ct""#), "{open}");
+        assert!(open.contains("10.77.0.0"), "{open}");
     }
 }

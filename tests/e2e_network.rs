@@ -518,10 +518,14 @@ fn internal_network(backend: Backend, name: &str, subnet: &str) {
         outside.queries()
     );
 
-    // Publishing a port on an internal network is refused, clearly.
-    let refused = net.try_run(&net.container(3), &["-p", "18999:80"], &["sleep", "600"]);
-    assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("internal"));
+    // A port published from an internal network works: the connection comes from the host
+    // member's address, so the container answers without a route out.
+    let web = net.container(3);
+    let serve = "echo internal-web > /tmp/index.html && exec httpd -f -p 80 -h /tmp";
+    net.run_command(&web, &["-p", "127.0.0.1:18999:80"], &["sh", "-c", serve]);
+    net.wait_listening(&web, 80);
+    let body = http_get(([127, 0, 0, 1], 18999).into()).unwrap();
+    assert!(body.contains("internal-web"), "{body}");
 
     net.remove_containers();
     assert_nothing_left(&net, &member, &[18999]);
