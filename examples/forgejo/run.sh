@@ -90,9 +90,12 @@ git -C "$work" push -q "http://$ADMIN:$PASSWORD@127.0.0.1:$WEB_PORT/$ADMIN/hello
     || fail "git push" "podman logs forgejo"
 
 stage running "the workflow runs on the runner"
-status() { api "repos/$ADMIN/hello/actions/tasks" | python3 -c 'import json, sys; print(json.load(sys.stdin)["workflow_runs"][0]["status"])'; }
-wait_until 60 sh -c "[ -n \"\$(curl -sf -u '$ADMIN:$PASSWORD' http://127.0.0.1:$WEB_PORT/api/v1/repos/$ADMIN/hello/actions/tasks | grep workflow_runs)\" ]" \
-    || fail "no workflow run appeared" "http://127.0.0.1:$WEB_PORT/$ADMIN/hello/actions"
+# The newest run's status: waiting, running, success, failure, ...
+status() {
+    api "repos/$ADMIN/hello/actions/tasks" \
+        | python3 -c 'import json, sys; print(json.load(sys.stdin)["workflow_runs"][0]["status"])'
+}
+wait_until 60 status || fail "no workflow run appeared" "http://127.0.0.1:$WEB_PORT/$ADMIN/hello/actions"
 
 stage done "the job finishes"
 for _ in $(seq 180); do
