@@ -21,6 +21,8 @@ use nftables::types::{NfChainType, NfFamily, NfHook};
 use crate::error::{Error, Result};
 use crate::portmap::PortMapping;
 
+/// 127.0.0.0/8.
+const LOOPBACK_NET: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 0);
 /// Chain that holds one DNAT rule per published port; jumped to for local destinations.
 const PORTS_CHAIN: &str = "published-ports";
 
@@ -112,6 +114,22 @@ fn build(name: &str, rules: &Ruleset) -> Batch<'static> {
             )));
         }
     }
+    // Defence in depth for `route_localnet` on the members: nothing arriving on a member may
+    // reach the host's loopback (flatnetd already drops it; see kube-proxy's CVE-2020-8558).
+    batch.add(NfListObject::Chain(Chain {
+        _type: Some(NfChainType::Filter),
+        ..chain("members-in", Some((NfHook::Prerouting, -300)))
+    }));
+    for network in &rules.networks {
+        batch.add(NfListObject::Rule(rule(
+            "members-in",
+            vec![
+                is_eq(meta(MetaKey::Iifname), string(network.ifname.clone())),
+                is_eq(payload("ip", "daddr"), prefix(LOOPBACK_NET, 8)),
+                Statement::Drop(None),
+            ],
+        )));
+    }
     batch.add(NfListObject::Chain(chain(
         "postrouting",
         Some((NfHook::Postrouting, 100)),
@@ -160,7 +178,7 @@ fn masquerade_rules(network: &NetworkRules) -> Vec<Vec<Statement<'static>>> {
     let into_member = || is_eq(oifname(), string(network.ifname.clone()));
     let mut rules = vec![vec![
         into_member(),
-        is_eq(payload("ip", "saddr"), prefix(Ipv4Addr::LOCALHOST, 8)),
+        is_eq(payload("ip", "saddr"), prefix(LOOPBACK_NET, 8)),
         masquerade(),
     ]];
     if network.internal {
@@ -272,6 +290,8 @@ mod tests {
             r#""right":"udp""#,
             r#""masquerade""#,
             r#""op":"!=""#,
+            r#"{"meta":{"key":"iifname"}},"right":"fn-1""#,
+            r#""drop""#,
         ] {
             assert!(text.contains(needle), "{needle} missing from {text}");
         }

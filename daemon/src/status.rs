@@ -33,12 +33,6 @@ fn render(s: &Value) -> String {
         "NETWORK", "HOST MEMBER", "MEMBER ADDRESS", "GATEWAY", "SUBNET", "EGRESS", "DNS UPSTREAMS"
     );
     for n in s["networks"].as_array().into_iter().flatten() {
-        let upstreams: Vec<&str> = n["dns_upstreams"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(text)
-            .collect();
         out += &format!(
             "{:<14} {:<12} {:<16} {:<16} {:<18} {:<8} {}\n",
             text(&n["network"]),
@@ -47,7 +41,7 @@ fn render(s: &Value) -> String {
             text(&n["gateway"]),
             text(&n["subnet"]),
             if n["internal"] == true { "no" } else { "yes" },
-            upstreams.join(","),
+            texts(&n["dns_upstreams"], ","),
         );
     }
     out += &format!(
@@ -61,12 +55,6 @@ fn render(s: &Value) -> String {
         } else {
             short(text(&c["container_id"]))
         };
-        let published: Vec<&str> = c["published_ports"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(text)
-            .collect();
         out += &format!(
             "{:<13} {:<14} {:<16} {:>22} {:>22}  {}\n",
             member,
@@ -74,7 +62,7 @@ fn render(s: &Value) -> String {
             text(&c["address"]),
             pair(&st["from_container_packets"], &st["from_container_bytes"]),
             pair(&st["to_container_packets"], &st["to_container_bytes"]),
-            published.join(" "),
+            texts(&c["published_ports"], " "),
         );
     }
     out += &format!(
@@ -122,6 +110,12 @@ fn render(s: &Value) -> String {
 
 fn text(v: &Value) -> &str {
     v.as_str().unwrap_or("?")
+}
+
+/// A JSON list of strings, joined.
+fn texts(v: &Value, separator: &str) -> String {
+    let items: Vec<&str> = v.as_array().into_iter().flatten().map(text).collect();
+    items.join(separator)
 }
 
 fn num(v: &Value) -> u64 {

@@ -111,7 +111,7 @@ impl Daemon {
         }
         // Beyond the network: out through the host member, unless the network is internal.
         match (from_host, member.internal, network.host_slot) {
-            (false, false, Some(host)) => Ok(Hop::Local(host)),
+            (false, false, Some(host)) if may_leave_for(dst) => Ok(Hop::Local(host)),
             _ => Err(DropReason::NoRoute),
         }
     }
@@ -165,7 +165,41 @@ impl Daemon {
     }
 }
 
+/// May a container's packet to `dst` leave through the host member? Never to the host's
+/// loopback: the member has `route_localnet` on (for published ports reached from 127.0.0.1),
+/// so the host would deliver it to services that listen on 127.0.0.1 only. Nor to addresses
+/// that are no one host's (unspecified, broadcast, multicast, link-local).
+fn may_leave_for(dst: Ipv4Addr) -> bool {
+    !(dst.is_loopback()
+        || dst.is_unspecified()
+        || dst.is_broadcast()
+        || dst.is_multicast()
+        || dst.is_link_local())
+}
+
 /// A UDP datagram to port 53.
 fn is_dns_query(packet: &[u8]) -> bool {
     udp_datagram(packet).is_some_and(|(_, to, _)| to.port() == 53)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn egress_never_reaches_the_hosts_loopback() {
+        for dst in [
+            "127.0.0.1",
+            "127.1.2.3",
+            "0.0.0.0",
+            "255.255.255.255",
+            "224.0.0.1",
+            "169.254.1.1",
+        ] {
+            assert!(!may_leave_for(dst.parse().unwrap()), "{dst}");
+        }
+        for dst in ["198.51.100.2", "192.0.2.2", "10.255.255.53"] {
+            assert!(may_leave_for(dst.parse().unwrap()), "{dst}");
+        }
+    }
 }
