@@ -8,6 +8,8 @@ it stops by PID. Nothing here asserts a timing: it measures and reports.
 
     scripts/bench.py                 full run (about 4 minutes)
     scripts/bench.py --quick         short setting, what CI runs to prove the benchmark works
+    scripts/bench.py --previous DIR  also the data plane of another build (DIR holds its release
+                                     binaries), in the same interleaved rounds: ratios to it
 
 Output: a table on the terminal, bench-results/bench.json and bench-results/bench.svg.
 """
@@ -28,7 +30,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RELEASE = ROOT / "target" / "release"
-CNI = RELEASE / "flatnet-cni"
 DAEMON = RELEASE / "flatnetd"
 IMAGE = "localhost/flatnet-test:latest"
 PORT = 4870  # clear of the defaults other Flatnet networks on this machine use
@@ -50,9 +51,11 @@ def in_ns(ns, *args):
 
 
 class Lab:
-    """Namespaces, daemons and containers made for the run; all removed on exit."""
+    """Namespaces, daemons and containers made for the run; all removed on exit. `release` is
+    the directory of the build under test (flatnet-cni starts the flatnetd beside it)."""
 
-    def __init__(self):
+    def __init__(self, release=RELEASE):
+        self.release = Path(release)
         self.namespaces = []
         self.state_dirs = []
         self.attached = []  # (host ns, conf, container ns, id)
@@ -82,10 +85,11 @@ class Lab:
 
     def cni(self, host, command, container_ns, cid, name=""):
         env = {"CNI_COMMAND": command, "CNI_CONTAINERID": cid, "CNI_NETNS": f"/run/netns/{container_ns}",
-               "CNI_IFNAME": "eth0", "CNI_PATH": str(RELEASE), "PATH": os.environ["PATH"],
+               "CNI_IFNAME": "eth0", "CNI_PATH": str(self.release), "PATH": os.environ["PATH"],
                "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAME={name}"}
         started = time.perf_counter()
-        out = subprocess.run(in_ns(host["ns"], CNI), input=host["conf"], env=env, capture_output=True, text=True)
+        cni = self.release / "flatnet-cni"
+        out = subprocess.run(in_ns(host["ns"], cni), input=host["conf"], env=env, capture_output=True, text=True)
         elapsed = time.perf_counter() - started
         if out.returncode != 0:
             raise RuntimeError(f"{command} failed: {out.stdout} {out.stderr}")
@@ -103,7 +107,7 @@ class Lab:
         return elapsed
 
     def daemon(self, host):
-        out = sh(DAEMON, "--state-dir", host["state"], "status", "--json")
+        out = sh(self.release / "flatnetd", "--state-dir", host["state"], "status", "--json")
         return json.loads(out.stdout)
 
     def close(self):
@@ -113,15 +117,15 @@ class Lab:
             except RuntimeError:
                 pass
         for state in self.state_dirs:
-            sh(DAEMON, "--state-dir", state, "stop", check=False)
+            sh(self.release / "flatnetd", "--state-dir", state, "stop", check=False)
             shutil.rmtree(state, ignore_errors=True)
         for ns in reversed(self.namespaces):
             sh("ip", "netns", "del", ns, check=False)
 
 
 @contextmanager
-def lab():
-    l = Lab()
+def lab(release=RELEASE):
+    l = Lab(release)
     try:
         yield l
     finally:
@@ -203,12 +207,17 @@ SCENARIOS = [("veth", scenario_veth), ("flatnet_same_host", scenario_same_host),
              ("flatnet_two_hosts", scenario_two_hosts)]
 
 
-def data_plane(rounds, seconds, pings):
-    """Rounds interleave the scenarios, so machine noise shows in every one of them."""
-    results = {name: [] for name, _ in SCENARIOS}
+def data_plane(rounds, seconds, pings, previous=None):
+    """Rounds interleave the scenarios, so machine noise shows in every one of them. With
+    `previous`, the Flatnet scenarios run with that build's binaries too."""
+    scenarios = [(name, make, RELEASE) for name, make in SCENARIOS]
+    if previous:
+        scenarios += [(name.replace("flatnet_", "previous_"), make, previous)
+                      for name, make in SCENARIOS if name.startswith("flatnet_")]
+    results = {name: [] for name, _, _ in scenarios}
     for r in range(rounds):
-        for name, make in SCENARIOS:
-            with lab() as l:
+        for name, make, release in scenarios:
+            with lab(release) as l:
                 a, b, ip_b, pids = make(l)
                 sh(*in_ns(a, "ping", "-c", "3", "-i", "0.2", "-W", "2", ip_b))  # warm: handshakes
                 row = {
@@ -435,6 +444,13 @@ def table(report):
                               f"(1 ms pings x{s['rtt_1ms'].get('ratio_to_veth', 0):.1f})")
     if rtt_ratios:
         lines.append("RTT median as a multiple of veth's: " + ", ".join(rtt_ratios))
+    for where in ("same_host", "two_hosts"):
+        now, before = report["rounds"].get(f"flatnet_{where}"), report["rounds"].get(f"previous_{where}")
+        if now and before:
+            tcp = statistics.median([a["tcp1"]["gbps"] / b["tcp1"]["gbps"] for a, b in zip(now, before)])
+            rtt = statistics.median([a["rtt"]["median_ms"] / b["rtt"]["median_ms"] for a, b in zip(now, before)])
+            lines.append(f"this build / previous build, {where}, same rounds: TCP 1 stream x{tcp:.3f}, "
+                         f"RTT x{rtt:.2f}")
     a = report["attach"]
     lines += ["", "ATTACH (flatnetd running)",
               f"  ADD p50 {a['add_ms']['p50']:.1f} ms  p99 {a['add_ms']['p99']:.1f} ms   "
@@ -499,6 +515,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="short setting (CI): proves the benchmark runs")
     ap.add_argument("--out", default=str(ROOT / "bench-results"))
+    ap.add_argument("--previous", help="release directory of another build to compare with")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench: run as root (namespaces, TUN devices)")
@@ -509,7 +526,7 @@ def main():
         (1, 1, 20, 10, 2, [1, 5], 50) if args.quick else (3, 5, 500, 100, 10, [1, 100, 250], 2000))
 
     print("data plane ...", file=sys.stderr)
-    dp = data_plane(rounds, seconds, pings)
+    dp = data_plane(rounds, seconds, pings, args.previous)
     print("DNS ...", file=sys.stderr)
     dns = dns_latency(rounds, queries)
     print("published port ...", file=sys.stderr)

@@ -449,6 +449,17 @@ fn complete_network(backend: Backend, name: &str, subnet: &str, ports: Ports) {
     );
     assert!(net.daemon_status()["dns"]["forwarded"].as_u64().unwrap() > 0);
 
+    // `--dns` still works: the container asks that server itself, through the gateway.
+    let own_dns = net.container(5);
+    net.run_detached(&own_dns, &["--dns", OUTSIDE_SERVER]);
+    let resolv = net.exec_ok(&own_dns, &["cat", "/etc/resolv.conf"]);
+    assert!(
+        resolv.contains(&format!("nameserver {OUTSIDE_SERVER}")),
+        "{resolv}"
+    );
+    let page = net.exec_ok(&own_dns, &["wget", "-q", "-O", "-", &by_name]);
+    assert_eq!(page.trim(), "outside-web");
+
     // A removed container's name is gone, and so are its ports.
     net.podman_ok(&["rm", "-f", "-t", "0", &web]);
     let answer = nslookup(&net, &client, &web);
