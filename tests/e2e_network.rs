@@ -449,12 +449,18 @@ fn complete_network(backend: Backend, name: &str, subnet: &str, ports: Ports) {
     );
     assert!(net.daemon_status()["dns"]["forwarded"].as_u64().unwrap() > 0);
 
-    // `--dns` still works: the container asks that server itself, through the gateway.
+    // `--dns` keeps name resolution working. Podman 4.3 writes the server into resolv.conf
+    // and the container asks it through the gateway; Podman 5 writes the network's resolver
+    // (flatnetd) whatever `--dns` says, and passes plugins no per-container servers.
     let own_dns = net.container(5);
     net.run_detached(&own_dns, &["--dns", OUTSIDE_SERVER]);
     let resolv = net.exec_ok(&own_dns, &["cat", "/etc/resolv.conf"]);
+    let written = match backend {
+        Backend::Cni => OUTSIDE_SERVER.to_string(),
+        Backend::Netavark => gateway(&net),
+    };
     assert!(
-        resolv.contains(&format!("nameserver {OUTSIDE_SERVER}")),
+        resolv.contains(&format!("nameserver {written}")),
         "{resolv}"
     );
     let page = net.exec_ok(&own_dns, &["wget", "-q", "-O", "-", &by_name]);
