@@ -166,7 +166,7 @@ impl Network {
         }
         remove_if_exists(&self.record_path(container_id))?;
         let had_ports = record.is_some_and(|r| !r.ports.is_empty());
-        let member_removed = self.attachments()?.is_empty() && self.remove_host_member()?;
+        let member_removed = !self.has_attachments()? && self.remove_host_member()?;
         if had_ports || member_removed {
             self.sync_firewall()?;
         }
@@ -222,6 +222,14 @@ impl Network {
         attachments_in(&self.config.dirs().attachments())
     }
 
+    /// Is any container recorded on this network? (Without reading the records.)
+    fn has_attachments(&self) -> Result<bool> {
+        let records = list_dir(&self.config.dirs().attachments())?;
+        Ok(records
+            .iter()
+            .any(|p| p.extension().is_some_and(|e| e == "json")))
+    }
+
     /// Detaches every container not in `keep` and frees leases nobody records: what a runtime's
     /// garbage collection (CNI GC) asks for after crashes. Returns how many were cleaned.
     pub fn collect_garbage(&self, keep: &[&str]) -> Result<usize> {
@@ -257,8 +265,13 @@ impl Network {
     /// Makes sure the network has its host member here; true if this call created it.
     fn ensure_host_member<'a>(&'a self, undo: &mut Undo<'a>) -> Result<bool> {
         let dirs = self.config.dirs();
-        if HostMember::load(&dirs)?.is_some() {
-            return Ok(false);
+        if let Some(member) = HostMember::load(&dirs)? {
+            if member.has_interface()? {
+                return Ok(false);
+            }
+            // Recorded but gone (deleted by hand): make it again, and the rules that name it.
+            member.create_interface()?;
+            return Ok(true);
         }
         undo.push(|| self.remove_host_member().map(drop));
         let id = host_member::member_id(&self.config);

@@ -52,8 +52,19 @@ pub struct Ruleset {
 /// Replaces the table `name` with what `rules` says, atomically; removes it when empty.
 pub fn apply(name: &str, rules: &Ruleset) -> Result<()> {
     let batch = build(name, rules);
-    nftables::helper::apply_ruleset(&batch.to_nftables())
+    let nft = nft_program();
+    nftables::helper::apply_ruleset_with_args(&batch.to_nftables(), Some(nft), NO_ARGS)
         .map_err(|e| Error::Firewall(format!("replacing nftables table inet {name}: {e}")))
+}
+
+const NO_ARGS: &[&str] = &[];
+
+/// `nft` where Debian installs it: a runtime may run plugins with a PATH without /usr/sbin.
+fn nft_program() -> &'static str {
+    ["/usr/sbin/nft", "/sbin/nft"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).is_file())
+        .unwrap_or("nft")
 }
 
 /// The transaction: create-if-missing then delete (so the delete never fails), then the new

@@ -111,6 +111,10 @@ impl HostMember {
         })
     }
 
+    pub fn has_interface(&self) -> Result<bool> {
+        netns::here(|host| Ok(host.interface_state(&self.ifname)?.is_some()))
+    }
+
     pub fn remove_interface(&self) -> Result<()> {
         netns::here(|host| host.remove_interface(&self.ifname).map(drop))
     }

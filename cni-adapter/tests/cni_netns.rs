@@ -417,3 +417,39 @@ fn version_status_and_gc() {
         .success());
     assert_no_leaks(&state);
 }
+
+#[test]
+fn a_host_member_deleted_by_hand_comes_back_with_the_next_attach() {
+    if !root_or_skip("a_host_member_deleted_by_hand_comes_back_with_the_next_attach") {
+        return;
+    }
+    let state = state_dir("member");
+    let conf = conf("1.0.0", &state);
+    let (a, b) = (TestNetns::new("ma"), TestNetns::new("mb"));
+    assert!(cni(&state, "ADD", "ma", a.path_str(), &conf, &[])
+        .status
+        .success());
+    let members = state.host_leftovers();
+    let member = members
+        .iter()
+        .find_map(|l| l.strip_prefix("interface "))
+        .expect("a host member")
+        .to_string();
+    state.host.ip(&["link", "del", &member]);
+
+    assert!(cni(&state, "ADD", "mb", b.path_str(), &conf, &[])
+        .status
+        .success());
+    assert!(state.host.has_link(&member), "{member} was not made again");
+    let rules = run_ok(
+        "ip",
+        &["netns", "exec", &state.host.name, "nft", "list", "ruleset"],
+    );
+    assert!(rules.contains(&member), "{rules}");
+    for (id, ns) in [("ma", &a), ("mb", &b)] {
+        assert!(cni(&state, "DEL", id, ns.path_str(), &conf, &[])
+            .status
+            .success());
+    }
+    assert_no_leaks(&state);
+}
