@@ -59,9 +59,18 @@ pub fn check_ifname(name: &str) -> Result<()> {
     }
 }
 
-/// Opens the data plane's queue of the TUN device `name` (in the calling thread's network
-/// namespace): every packet carries a virtio-net header, and TCP segmentation is offloaded.
+/// Opens the data plane's queue of the existing TUN device `name` (in the calling thread's
+/// network namespace): every packet carries a virtio-net header, and TCP segmentation is
+/// offloaded. A device that is gone is an error: TUNSETIFF would quietly make a new, bare one.
 pub fn open_offload_queue(name: &str) -> Result<File> {
+    check_ifname(name)?;
+    let cname = std::ffi::CString::new(name).expect("checked: no NUL in the name");
+    // SAFETY: a valid NUL-terminated string that lives across the call.
+    if unsafe { libc::if_nametoindex(cname.as_ptr()) } == 0 {
+        return Err(Error::InvalidRequest(format!(
+            "TUN device {name} does not exist"
+        )));
+    }
     let queue = open(name, QUEUE_FLAGS | libc::IFF_VNET_HDR)?;
     // SAFETY: plain integer ioctl on a TUN queue we own.
     unsafe { tun_set_offload(queue.as_raw_fd(), TUN_F_CSUM | TUN_F_TSO4) }
@@ -97,4 +106,15 @@ pub fn create_persistent(name: &str) -> Result<()> {
     unsafe { tun_set_persist(queue.as_raw_fd(), 1) }
         .map_err(|e| Error::io(format!("making TUN device {name} persistent"), e.into()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serving_a_device_that_is_gone_is_an_error_not_a_new_device() {
+        let err = open_offload_queue("fn-nosuchdev").unwrap_err();
+        assert!(err.to_string().contains("does not exist"), "{err}");
+    }
 }
