@@ -701,6 +701,83 @@ for _ in range(5):
     assert!(cluster.ping(a, b, 1), "genuine traffic still flows");
 }
 
+/// A UDP listener in a namespace that reports whether a datagram arrived within 3 s.
+fn udp_listener(ns: &str, address: &str, port: u16) -> Child {
+    let script = format!(
+        "import socket\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         s.bind(('{address}', {port}))\n\
+         s.settimeout(3)\n\
+         print('ready', flush=True)\n\
+         try:\n    print('received', s.recv(100))\n\
+         except socket.timeout:\n    print('nothing')\n"
+    );
+    let mut child = in_ns(ns, &["python3", "-c", &script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready");
+    child
+}
+
+/// Writes a UDP packet from `src` to `dst:port` straight onto the container's eth0 (a packet
+/// socket: no routing decides where it goes, the data plane does).
+fn inject_udp(ns: &str, src: Ipv4Addr, dst: &str, port: u16) {
+    let script = format!(
+        r#"
+import socket, struct
+def checksum(b):
+    s = sum(struct.unpack("!10H", b))
+    s = (s >> 16) + (s & 0xffff)
+    return ~(s + (s >> 16)) & 0xffff
+udp = struct.pack("!HHHH", 4000, {port}, 8 + 5, 0) + b"probe"
+header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0,
+                     socket.inet_aton("{src}"), socket.inet_aton("{dst}"))
+header = header[:10] + struct.pack("!H", checksum(header)) + header[12:]
+s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))
+for _ in range(3):
+    s.sendto(header + udp, ("eth0", 0x0800))
+"#
+    );
+    python_in(ns, &script);
+}
+
+#[test]
+fn a_container_cannot_reach_the_hosts_loopback_through_its_gateway() {
+    if !root_or_skip("a_container_cannot_reach_the_hosts_loopback_through_its_gateway") {
+        return;
+    }
+    let mut cluster = Cluster::new(1);
+    let c = cluster.attach(0);
+    let (host, ctr) = (
+        cluster.hosts[0].ns.name.clone(),
+        cluster.containers[c].ns.name.clone(),
+    );
+    let src = cluster.containers[c].ip;
+    // Control: the same crafted packet to the host's own underlay address arrives (egress).
+    let underlay = cluster.hosts[0].address.to_string();
+    let listener = udp_listener(&host, &underlay, 5301);
+    inject_udp(&ctr, src, &underlay, 5301);
+    let heard = listener.wait_with_output().unwrap();
+    assert!(String::from_utf8_lossy(&heard.stdout).contains("received"));
+
+    // To 127.0.0.1 it must not arrive (the member has route_localnet on), and flatnetd counts it.
+    let before = cluster.drops(0, "no_route");
+    let listener = udp_listener(&host, "127.0.0.1", 5302);
+    inject_udp(&ctr, src, "127.0.0.1", 5302);
+    let heard = listener.wait_with_output().unwrap();
+    let heard = String::from_utf8_lossy(&heard.stdout);
+    assert!(
+        heard.contains("nothing"),
+        "a container reached 127.0.0.1: {heard}"
+    );
+    assert!(cluster.drops(0, "no_route") >= before + 3);
+}
+
 #[test]
 fn nothing_is_left_after_the_last_container() {
     if !root_or_skip("nothing_is_left_after_the_last_container") {
