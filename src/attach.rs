@@ -251,11 +251,6 @@ impl Network {
         Ok(cleaned)
     }
 
-    /// The host member of this network on this host, if it has one now.
-    pub fn host_member(&self) -> Result<Option<HostMember>> {
-        HostMember::load(&self.config.dirs())
-    }
-
     /// Attach and detach of every network of this state directory take turns: they decide
     /// whether a host member comes or goes, and which host ports are taken.
     fn lock_members(&self) -> Result<FileLock> {
