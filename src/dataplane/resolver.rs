@@ -46,7 +46,7 @@ struct Pending {
     original_id: u16,
     upstream: SocketAddr,
     deadline: Instant,
-    /// Kept to build a SERVFAIL if the upstream stays silent.
+    /// The query as forwarded (under our ID), to build a SERVFAIL if the upstream stays silent.
     query: Vec<u8>,
 }
 
@@ -126,7 +126,7 @@ impl Resolver {
                 original_id,
                 upstream,
                 deadline: now + UPSTREAM_TIMEOUT,
-                query: query.to_vec(),
+                query: forwarded,
             },
         );
         None
@@ -150,32 +150,26 @@ impl Resolver {
             let Some(pending) = self.pending.remove(&(from, id)) else {
                 continue;
             };
-            let mut message = self.buf[..n].to_vec();
-            message[..2].copy_from_slice(&pending.original_id.to_be_bytes());
             self.stats.upstream_answers += 1;
-            replies.push(reply_for(&pending, message));
+            replies.push(reply_for(&pending, self.buf[..n].to_vec()));
         }
         replies
     }
 
     /// SERVFAIL for every query whose upstream stayed silent.
     pub fn expire(&mut self, now: Instant) -> Vec<Reply> {
-        let late: Vec<_> = self
+        let late: Vec<Pending> = self
             .pending
-            .iter()
-            .filter(|(_, p)| p.deadline <= now)
-            .map(|(key, _)| *key)
+            .extract_if(|_, p| p.deadline <= now)
+            .map(|(_, p)| p)
             .collect();
-        let mut replies = Vec::new();
-        for key in late {
-            let pending = self.pending.remove(&key).expect("listed just now");
-            tracing::debug!("DNS upstream {} did not answer", pending.upstream);
-            self.stats.failures += 1;
-            if let Some(message) = dns::server_failure(&pending.query) {
-                replies.push(reply_for(&pending, message));
-            }
-        }
-        replies
+        self.stats.failures += late.len() as u64;
+        late.iter()
+            .filter_map(|pending| {
+                tracing::debug!("DNS upstream {} did not answer", pending.upstream);
+                Some(reply_for(pending, dns::server_failure(&pending.query)?))
+            })
+            .collect()
     }
 
     /// A random ID not in flight to this upstream: an off-path attacker must guess it (and
@@ -190,7 +184,9 @@ impl Resolver {
     }
 }
 
-fn reply_for(pending: &Pending, message: Vec<u8>) -> Reply {
+/// The reply for a pending query, under the ID the container asked with.
+fn reply_for(pending: &Pending, mut message: Vec<u8>) -> Reply {
+    message[..2].copy_from_slice(&pending.original_id.to_be_bytes());
     Reply {
         slot: pending.slot,
         tag: pending.tag,
