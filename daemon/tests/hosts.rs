@@ -285,11 +285,15 @@ impl Cluster {
         assert!(status.success());
     }
 
+    /// `flatnetd stop`, as an operator runs it.
     fn stop_daemon(&self, host: usize) {
-        let dir = self.hosts[host].state.path();
-        if control::is_running(dir) {
-            let _ = control::request(dir, &Request::Shutdown);
-        }
+        let h = &self.hosts[host];
+        let status = in_ns(&h.ns.name, &[DAEMON, "--state-dir"])
+            .arg(h.state.path())
+            .arg("stop")
+            .status()
+            .unwrap();
+        assert!(status.success());
     }
 }
 
@@ -538,6 +542,24 @@ fn kill_9_and_restart_keeps_the_outage_short() {
         .ns
         .ip(&["addr", "show", "eth0"])
         .contains("198.51.100."));
+}
+
+#[test]
+fn stop_returns_once_the_lock_and_port_are_free() {
+    if !root_or_skip("stop_returns_once_the_lock_and_port_are_free") {
+        return;
+    }
+    let (cluster, a, b) = Cluster::connected_pair();
+    let lock = cluster.hosts[0].state.path().join("flatnetd.lock");
+    for round in 0..5 {
+        cluster.stop_daemon(0);
+        // Right after `stop` returns, a new daemon must be able to take over.
+        let free = flatnet::state::FileLock::try_acquire(&lock).unwrap();
+        assert!(free.is_some(), "round {round}: the lock is still held");
+        drop(free);
+        cluster.start_daemon(0);
+    }
+    assert!(cluster.ping(a, b, 1), "the restarted daemon serves");
 }
 
 #[test]

@@ -156,7 +156,7 @@ pub struct Daemon {
 /// Runs a daemon until it is told to stop. `ready` is written to once the daemon serves.
 pub fn run(config: DaemonConfig, ready: Option<File>) -> Result<()> {
     create_private_dir(&config.state_dir)?;
-    let _lock =
+    let lock =
         FileLock::try_acquire(&config.state_dir.join("flatnetd.lock"))?.ok_or_else(|| {
             Error::DataPlane(format!(
                 "another flatnetd already serves {}",
@@ -190,9 +190,13 @@ pub fn run(config: DaemonConfig, ready: Option<File>) -> Result<()> {
         daemon.ports.containers()
     );
     daemon.event_loop()?;
-    // Stopped by request: stop listening, then answer, then let the answer reach the caller.
+    // Stopped by request: stop listening, release the port, the devices and the lock, and only
+    // then answer, so a `flatnetd start` right after `stop` finds everything free.
     let _ = std::fs::remove_file(crate::control::socket_path(&daemon.config.state_dir));
-    if let Some(reply) = daemon.shutdown_reply.take() {
+    let reply = daemon.shutdown_reply.take();
+    drop(daemon);
+    drop(lock);
+    if let Some(reply) = reply {
         let _ = reply.send(Response::ok());
         let _ = control.join();
     }
