@@ -1,5 +1,81 @@
-# Conveniences; the scripts are the real entry points.
-.PHONY: demo test bench bench-quick
+# Build, install and package Flatnet. The scripts in scripts/ are the entry points for the
+# quick start (scripts/demo.sh) and the tests (scripts/test.sh); this file holds the steps.
+#
+#   make                      build (release)
+#   make install              into PREFIX (/usr/local), DESTDIR for staging
+#   make uninstall            the same files out again; the user's config stays
+#   make deb                  target/debian/flatnet_<version>-1_<arch>.deb (cargo-deb)
+#   make bench, bench-quick   measurements (docs/benchmark.md)
+
+PREFIX ?= /usr/local
+DESTDIR ?=
+BINDIR ?= $(PREFIX)/bin
+CNI_PLUGIN_DIR ?= $(PREFIX)/lib/cni
+NETAVARK_PLUGIN_DIR ?= $(PREFIX)/libexec/netavark
+MANDIR ?= $(PREFIX)/share/man
+DOCDIR ?= $(PREFIX)/share/doc/flatnet
+SYSTEMD_UNIT_DIR ?= $(PREFIX)/lib/systemd/system
+CNI_CONF_DIR ?= /etc/cni/net.d
+# The unit is installed where systemd runs; SYSTEMD=yes or no overrides.
+SYSTEMD ?= $(if $(wildcard /run/systemd/system),yes,no)
+CARGO_DEB_VERSION = 2.12.1
+
+RELEASE = target/release
+BINARIES = $(RELEASE)/flatnetd $(RELEASE)/flatnet-cni $(RELEASE)/flatnet
+MAN_DIR = $(RELEASE)/man
+
+.PHONY: all build man unit install uninstall deb demo test bench bench-quick
+
+all: build
+
+build:
+	cargo build --release --workspace --locked
+
+# Pages from the clap definitions, plus the hand-written overview flatnet(7).
+man: build
+	rm -rf $(MAN_DIR) && mkdir -p $(MAN_DIR)
+	$(RELEASE)/flatnetd generate-man $(MAN_DIR)
+	$(RELEASE)/flatnet-cni --generate-man $(MAN_DIR)
+	$(RELEASE)/flatnet --generate-man $(MAN_DIR)
+	cp docs/man/flatnet.7 $(MAN_DIR)/
+	gzip -n -9 $(MAN_DIR)/*.[78]
+
+unit:
+	mkdir -p $(RELEASE)/systemd
+	sed 's|@BINDIR@|$(BINDIR)|g' packaging/flatnetd.service.in > $(RELEASE)/systemd/flatnetd.service
+
+install: man unit
+	install -D -m 0755 $(RELEASE)/flatnetd $(DESTDIR)$(BINDIR)/flatnetd
+	install -D -m 0755 $(RELEASE)/flatnet-cni $(DESTDIR)$(CNI_PLUGIN_DIR)/flatnet-cni
+	install -D -m 0755 $(RELEASE)/flatnet $(DESTDIR)$(NETAVARK_PLUGIN_DIR)/flatnet
+	install -d $(DESTDIR)$(MANDIR)/man7 $(DESTDIR)$(MANDIR)/man8
+	install -m 0644 $(MAN_DIR)/*.7.gz $(DESTDIR)$(MANDIR)/man7/
+	install -m 0644 $(MAN_DIR)/*.8.gz $(DESTDIR)$(MANDIR)/man8/
+	install -D -m 0644 examples/cni/flatnet.conflist $(DESTDIR)$(DOCDIR)/examples/flatnet.conflist
+	@# The example network only where there is none: never overwrite the user's.
+	@if [ -e $(DESTDIR)$(CNI_CONF_DIR)/flatnet.conflist ]; then \
+		echo "keeping $(DESTDIR)$(CNI_CONF_DIR)/flatnet.conflist"; \
+	else \
+		install -D -m 0644 examples/cni/flatnet.conflist $(DESTDIR)$(CNI_CONF_DIR)/flatnet.conflist; \
+	fi
+	@if [ "$(SYSTEMD)" = yes ]; then \
+		install -D -m 0644 $(RELEASE)/systemd/flatnetd.service $(DESTDIR)$(SYSTEMD_UNIT_DIR)/flatnetd.service; \
+	fi
+
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/flatnetd $(DESTDIR)$(CNI_PLUGIN_DIR)/flatnet-cni \
+		$(DESTDIR)$(NETAVARK_PLUGIN_DIR)/flatnet $(DESTDIR)$(SYSTEMD_UNIT_DIR)/flatnetd.service \
+		$(DESTDIR)$(MANDIR)/man7/flatnet.7.gz $(DESTDIR)$(MANDIR)/man8/flatnet.8.gz \
+		$(DESTDIR)$(MANDIR)/man8/flatnet-cni.8.gz $(DESTDIR)$(MANDIR)/man8/flatnetd.8.gz \
+		$(DESTDIR)$(MANDIR)/man8/flatnetd-*.8.gz
+	rm -rf $(DESTDIR)$(DOCDIR)
+	@echo "left in place: $(DESTDIR)$(CNI_CONF_DIR)/flatnet.conflist (your network), $(DESTDIR)/run/flatnet (state)"
+
+# cargo-deb is installed (pinned) on first use.
+deb: man
+	$(MAKE) unit BINDIR=/usr/bin
+	command -v cargo-deb >/dev/null || cargo install cargo-deb --version $(CARGO_DEB_VERSION) --locked
+	cargo deb -p flatnetd --no-build
 
 demo:
 	scripts/demo.sh
@@ -7,11 +83,8 @@ demo:
 test:
 	scripts/test.sh
 
-# Builds in release mode, then measures (see docs/benchmark.md).
-bench:
-	cargo build --release --workspace --quiet
+bench: build
 	python3 scripts/bench.py
 
-bench-quick:
-	cargo build --release --workspace --quiet
+bench-quick: build
 	python3 scripts/bench.py --quick

@@ -1,29 +1,42 @@
 #!/usr/bin/env bash
-# Builds Flatnet in release mode and installs it:
-#   host:   /usr/local/bin/flatnetd, /usr/local/lib/cni/flatnet-cni, /etc/cni/net.d/flatnet.conflist
-#           (Podman 4.3, CNI backend)
-#   chroot: /usr/local/bin/flatnetd, /usr/local/libexec/netavark/flatnet (Podman 5 + netavark)
-# A running flatnetd is restarted on the new binary; it re-attaches its containers itself.
+# Builds the Debian package (`make deb`) and installs it, as an operator would:
+#   host:   dpkg -i: flatnetd in /usr/bin, flatnet-cni in /usr/lib/cni (Podman 4.3, CNI backend)
+#   chroot: dpkg -i in the trixie chroot: the netavark plugin in /usr/libexec/netavark (Podman 5)
+# Copies an earlier `make install` put in /usr/local are removed first: Podman would find those
+# before the package's. A running flatnetd is restarted on the new binary; it re-attaches its
+# containers itself. The example network goes to /etc/cni/net.d only if there is none.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 require_root
 cd "$FLATNET_ROOT"
 
-log "cargo build --release"
-cargo build --release --workspace --quiet
-install -D -m 0755 target/release/flatnetd /usr/local/bin/flatnetd
-install -D -m 0755 target/release/flatnet-cni /usr/local/lib/cni/flatnet-cni
-install -D -m 0755 target/release/flatnet /usr/local/libexec/netavark/flatnet
-install -D -m 0644 examples/cni/flatnet.conflist /etc/cni/net.d/flatnet.conflist
-if [ -d "$CHROOT_DIR/usr/bin" ]; then
-    install -D -m 0755 target/release/flatnet "$CHROOT_DIR/usr/local/libexec/netavark/flatnet"
-    install -D -m 0755 target/release/flatnetd "$CHROOT_DIR/usr/local/bin/flatnetd"
+log "make deb"
+make -s deb >/dev/null
+version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+deb="$FLATNET_ROOT/target/debian/flatnet_${version}-1_$(dpkg --print-architecture).deb"
+[ -f "$deb" ] || die "make deb did not produce $deb"
+
+# Was a daemon serving? Then stop it now and start it again on the new binary.
+running() { "$@" flatnetd --state-dir /run/flatnet status --json >/dev/null 2>&1; }
+restart_host=no restart_chroot=no
+if running env; then restart_host=yes; env flatnetd --state-dir /run/flatnet stop; fi
+if [ -d "$CHROOT_DIR/usr/bin" ] && running in_chroot; then
+    restart_chroot=yes
+    in_chroot flatnetd --state-dir /run/flatnet stop
 fi
-restart_daemon() { # command prefix...
-    if "$@" flatnetd --state-dir /run/flatnet status --json >/dev/null 2>&1; then
-        "$@" flatnetd --state-dir /run/flatnet stop && "$@" flatnetd --state-dir /run/flatnet start
-    fi
-}
-restart_daemon env
-[ -x "$CHROOT_DIR/usr/local/bin/flatnetd" ] && restart_daemon in_chroot
-log "installed flatnetd, flatnet-cni and flatnet"
+
+make -s uninstall PREFIX=/usr/local >/dev/null
+log "dpkg -i $(basename "$deb")"
+dpkg -i "$deb" >/dev/null
+if [ -d "$CHROOT_DIR/usr/bin" ]; then
+    make -s uninstall PREFIX=/usr/local DESTDIR="$CHROOT_DIR" >/dev/null
+    cp "$deb" "$CHROOT_DIR/tmp/flatnet.deb"
+    in_chroot dpkg -i /tmp/flatnet.deb >/dev/null
+    rm -f "$CHROOT_DIR/tmp/flatnet.deb"
+fi
+[ -e /etc/cni/net.d/flatnet.conflist ] ||
+    install -D -m 0644 /usr/share/doc/flatnet/examples/flatnet.conflist /etc/cni/net.d/flatnet.conflist
+
+[ "$restart_host" = no ] || flatnetd --state-dir /run/flatnet start
+[ "$restart_chroot" = no ] || in_chroot flatnetd --state-dir /run/flatnet start
+log "installed the flatnet package ($(du -k "$deb" | cut -f1) KiB): flatnetd, flatnet-cni, flatnet"

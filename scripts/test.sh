@@ -10,8 +10,8 @@ cd "$FLATNET_ROOT"
 
 # The daemons the Podman tests start (one per state directory) are stopped when we finish.
 stop_daemons() {
-    /usr/local/bin/flatnetd --state-dir /run/flatnet stop 2>/dev/null || true
-    [ -x "$CHROOT_DIR/usr/local/bin/flatnetd" ] && in_chroot flatnetd --state-dir /run/flatnet stop 2>/dev/null
+    /usr/bin/flatnetd --state-dir /run/flatnet stop 2>/dev/null || true
+    [ -x "$CHROOT_DIR/usr/bin/flatnetd" ] && in_chroot flatnetd --state-dir /run/flatnet stop 2>/dev/null
     true
 }
 trap stop_daemons EXIT

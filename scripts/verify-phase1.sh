@@ -17,7 +17,7 @@ refuse() { ! grep -q -- "$1" "$out" || die "step $current: did not expect '$1' i
 cleanup() {
     podman rm -f -t 0 verify-a verify-b forge runner >/dev/null 2>&1 || true
     for ns in p1 p2; do
-        CNI_COMMAND=DEL CNI_CONTAINERID=$ns CNI_NETNS=/run/netns/$ns CNI_IFNAME=eth0 CNI_PATH=/usr/local/lib/cni /usr/local/lib/cni/flatnet-cni < examples/cni/flatnet-verify.json >/dev/null 2>&1 || true
+        CNI_COMMAND=DEL CNI_CONTAINERID=$ns CNI_NETNS=/run/netns/$ns CNI_IFNAME=eth0 CNI_PATH=/usr/lib/cni /usr/lib/cni/flatnet-cni < examples/cni/flatnet-verify.json >/dev/null 2>&1 || true
         ip netns del $ns 2>/dev/null || true
     done
     rm -f /etc/cni/net.d/flatnet-verify.conflist "$out"
@@ -34,13 +34,13 @@ expect "installed flatnetd, flatnet-cni and flatnet"
 
 step 1.2 "CNI ADD into a fresh network namespace"
 ip netns add p1
-CNI_COMMAND=ADD CNI_CONTAINERID=p1 CNI_NETNS=/run/netns/p1 CNI_IFNAME=eth0 CNI_PATH=/usr/local/lib/cni /usr/local/lib/cni/flatnet-cni < examples/cni/flatnet-verify.json | tee "$out"
+CNI_COMMAND=ADD CNI_CONTAINERID=p1 CNI_NETNS=/run/netns/p1 CNI_IFNAME=eth0 CNI_PATH=/usr/lib/cni /usr/lib/cni/flatnet-cni < examples/cni/flatnet-verify.json | tee "$out"
 expect '"address":"10.79.0.'
 expect '"nameservers":\["10.79.0.1"\]'
 ip1=$(grep -o '10\.79\.0\.[0-9]*/24' "$out" | head -1 | cut -d/ -f1)
 
 step 1.3 "CNI CHECK agrees"
-CNI_COMMAND=CHECK CNI_CONTAINERID=p1 CNI_NETNS=/run/netns/p1 CNI_IFNAME=eth0 CNI_PATH=/usr/local/lib/cni /usr/local/lib/cni/flatnet-cni < examples/cni/flatnet-verify.json | tee "$out"
+CNI_COMMAND=CHECK CNI_CONTAINERID=p1 CNI_NETNS=/run/netns/p1 CNI_IFNAME=eth0 CNI_PATH=/usr/lib/cni /usr/lib/cni/flatnet-cni < examples/cni/flatnet-verify.json | tee "$out"
 refuse '"code"'
 
 step 1.4 "podman run on the network"
@@ -72,7 +72,7 @@ expect '"endpoint": "127.0.0.1:4800"'
 
 step 4.1 "a second container; ping through the encrypted tunnel"
 ip netns add p2
-CNI_COMMAND=ADD CNI_CONTAINERID=p2 CNI_NETNS=/run/netns/p2 CNI_IFNAME=eth0 CNI_PATH=/usr/local/lib/cni /usr/local/lib/cni/flatnet-cni < examples/cni/flatnet-verify.json | tee "$out"
+CNI_COMMAND=ADD CNI_CONTAINERID=p2 CNI_NETNS=/run/netns/p2 CNI_IFNAME=eth0 CNI_PATH=/usr/lib/cni /usr/lib/cni/flatnet-cni < examples/cni/flatnet-verify.json | tee "$out"
 ip2=$(grep -o '10\.79\.0\.[0-9]*/24' "$out" | head -1 | cut -d/ -f1)
 ip netns exec p1 ping -c 3 "$ip2" | tee "$out"
 expect "3 packets transmitted, 3 received"
@@ -100,7 +100,7 @@ expect "flatnet-verify"
 expect "127.0.0.1:4800"
 
 step 4.5 "negative: bad input is refused in the protocol's form and leaves nothing"
-CNI_COMMAND=ADD CNI_CONTAINERID=bad CNI_NETNS=/run/netns/does-not-exist CNI_IFNAME=eth0 CNI_PATH=/usr/local/lib/cni /usr/local/lib/cni/flatnet-cni < examples/cni/flatnet-verify.json | tee "$out" || true
+CNI_COMMAND=ADD CNI_CONTAINERID=bad CNI_NETNS=/run/netns/does-not-exist CNI_IFNAME=eth0 CNI_PATH=/usr/lib/cni /usr/lib/cni/flatnet-cni < examples/cni/flatnet-verify.json | tee "$out" || true
 expect '"code":3'
 ls /run/flatnet/networks/flatnet-verify/attachments/ | tee "$out"
 refuse "bad"
@@ -112,8 +112,8 @@ ip netns exec p1 ping -c 3 "$ip2" | tee "$out"
 expect "3 packets transmitted, 3 received"
 
 step 4.7 "CNI DEL leaves nothing"
-CNI_COMMAND=DEL CNI_CONTAINERID=p1 CNI_NETNS=/run/netns/p1 CNI_IFNAME=eth0 CNI_PATH=/usr/local/lib/cni /usr/local/lib/cni/flatnet-cni < examples/cni/flatnet-verify.json
-CNI_COMMAND=DEL CNI_CONTAINERID=p2 CNI_NETNS=/run/netns/p2 CNI_IFNAME=eth0 CNI_PATH=/usr/local/lib/cni /usr/local/lib/cni/flatnet-cni < examples/cni/flatnet-verify.json
+CNI_COMMAND=DEL CNI_CONTAINERID=p1 CNI_NETNS=/run/netns/p1 CNI_IFNAME=eth0 CNI_PATH=/usr/lib/cni /usr/lib/cni/flatnet-cni < examples/cni/flatnet-verify.json
+CNI_COMMAND=DEL CNI_CONTAINERID=p2 CNI_NETNS=/run/netns/p2 CNI_IFNAME=eth0 CNI_PATH=/usr/lib/cni /usr/lib/cni/flatnet-cni < examples/cni/flatnet-verify.json
 ls /run/flatnet/networks/flatnet-verify/leases/ /run/flatnet/networks/flatnet-verify/attachments/ | tee "$out"
 refuse "10.79.0"
 ip -o link | tee "$out"

@@ -230,6 +230,37 @@ impl Network {
             .any(|p| p.extension().is_some_and(|e| e == "json")))
     }
 
+    /// Could an attach go ahead? The state directory (or where it would be made) must be
+    /// writable. Changes nothing, so a readiness probe never leaves state behind.
+    pub fn readiness(&self) -> Result<()> {
+        let dir = &self.config.state_dir;
+        let existing = dir
+            .ancestors()
+            .find(|d| d.exists())
+            .unwrap_or(Path::new("/"));
+        if !existing.is_dir() {
+            return Err(Error::InvalidConfig(format!(
+                "state directory {}: {} is not a directory",
+                dir.display(),
+                existing.display()
+            )));
+        }
+        nix::unistd::access(existing, nix::unistd::AccessFlags::W_OK).map_err(|e| {
+            Error::io(
+                format!(
+                    "state directory {}: {} is not writable",
+                    dir.display(),
+                    existing.display()
+                ),
+                e.into(),
+            )
+        })?;
+        if self.config.dirs().leases().exists() {
+            self.ipam.leases()?;
+        }
+        Ok(())
+    }
+
     /// Detaches every container not in `keep` and frees leases nobody records: what a runtime's
     /// garbage collection (CNI GC) asks for after crashes. Returns how many were cleaned.
     pub fn collect_garbage(&self, keep: &[&str]) -> Result<usize> {
@@ -450,6 +481,7 @@ impl Network {
             lighthouse: self.config.lighthouse.clone(),
             listen: self.config.endpoint,
             poll_us: None,
+            metrics: None,
         }
     }
 

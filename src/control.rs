@@ -5,7 +5,7 @@
 //!
 //! Also here: starting the daemon on demand, the way netavark starts aardvark-dns.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -167,6 +167,8 @@ pub struct DaemonSettings {
     pub listen: SocketAddr,
     /// The daemon's poll window in µs; `None` keeps the last run's or the default.
     pub poll_us: Option<u32>,
+    /// Where the daemon serves metrics; `None` keeps the last run's setting.
+    pub metrics: Option<crate::dataplane::MetricsAddress>,
 }
 
 /// Makes sure the daemon of `settings.state_dir` runs, starting it if needed and waiting until
@@ -214,10 +216,8 @@ fn check_settings(wanted: &DaemonSettings) -> Result<()> {
 fn start_daemon(settings: &DaemonSettings) -> Result<()> {
     let binary = daemon_binary();
     let log_path = settings.state_dir.join("flatnetd.log");
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
+    // The daemon logs there itself, rotated; stdout and stderr catch what comes before that.
+    let log = crate::logging::open_log_file(&log_path)
         .context(|| format!("opening {}", log_path.display()))?;
     let (ready_read, ready_write) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| Error::io("creating pipe", e.into()))?;
@@ -233,8 +233,11 @@ fn start_daemon(settings: &DaemonSettings) -> Result<()> {
         .arg("--listen")
         .arg(settings.listen.to_string())
         .args(settings.poll_us.map(|us| format!("--poll-us={us}")))
+        .args(settings.metrics.as_ref().map(|m| format!("--metrics={m}")))
         .arg("--ready-fd")
         .arg(ready_fd.to_string())
+        .arg("--log-file")
+        .arg(&log_path)
         .stdin(Stdio::null())
         .stdout(log.try_clone().context(|| "duplicating log fd")?)
         .stderr(log);

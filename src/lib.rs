@@ -23,6 +23,8 @@ pub mod firewall;
 pub mod host_member;
 pub mod ipam;
 pub mod lighthouse;
+pub mod logging;
+pub mod metrics;
 pub mod netns;
 pub mod portmap;
 pub mod state;

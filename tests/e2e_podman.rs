@@ -1,5 +1,5 @@
 //! End to end with real Podman, both backends:
-//! - CNI: the host's Podman 4.3 runs `flatnet-cni` from /usr/local/lib/cni;
+//! - CNI: the host's Podman 4.3 runs `flatnet-cni` from /usr/lib/cni;
 //! - netavark: Podman 5 in the trixie chroot runs the `flatnet` plugin.
 //!
 //! `scripts/test.sh` installs both, builds the image and sets FLATNET_E2E=1. Without it these

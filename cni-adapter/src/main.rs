@@ -2,6 +2,7 @@
 //! network config from stdin, translates them into the core's attach / detach / check, and
 //! prints the CNI result or error object.
 
+mod cli;
 mod protocol;
 
 use std::env;
@@ -14,6 +15,10 @@ use protocol::{code, CniArgs, CniError, NetConf};
 use serde_json::Value;
 
 fn main() -> ExitCode {
+    if cli::answer_person() {
+        return ExitCode::SUCCESS;
+    }
+    flatnet::logging::init_plugin();
     let mut stdin = Vec::new();
     if let Err(e) = std::io::stdin().read_to_end(&mut stdin) {
         return fail(
@@ -95,9 +100,9 @@ fn check(conf: &NetConf, network: &Network) -> Result<(), CniError> {
     Ok(())
 }
 
-/// STATUS: ready when the network's state can be read and written.
+/// STATUS: ready when the network's state can be read and written (nothing is made).
 fn status(network: &Network) -> Result<(), CniError> {
-    network.ipam().leases()?;
+    network.readiness()?;
     Ok(())
 }
 

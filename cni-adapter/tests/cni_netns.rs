@@ -4,6 +4,7 @@
 #[path = "../../tests/support/mod.rs"]
 mod support;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::Output;
 
@@ -37,7 +38,7 @@ fn cni(
         ("CNI_CONTAINERID", id),
         ("CNI_NETNS", netns),
         ("CNI_IFNAME", "eth0"),
-        ("CNI_PATH", "/usr/local/lib/cni"),
+        ("CNI_PATH", "/usr/lib/cni"),
     ];
     env.extend_from_slice(extra);
     state.plugin(BIN, &[], &env, stdin)
@@ -87,6 +88,12 @@ fn add_check_del_in_every_spec_version() {
         let mtu = format!("mtu {}", flatnet::config::DEFAULT_MTU);
         assert!(shown.contains(&mtu), "{shown}");
         assert!(ns.ip(&["route"]).contains("192.0.2.0/24 dev eth0"));
+        // The daemon the plugin started logs each attach to a private file.
+        let log = state.path().join("flatnetd.log");
+        let mode = std::fs::metadata(&log).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", log.display());
+        let logged = std::fs::read_to_string(&log).unwrap();
+        assert!(logged.contains("attached ctr1 on"), "{logged}");
 
         let mut with_prev: Value = serde_json::from_str(&conf).unwrap();
         with_prev["prevResult"] = result.clone();
@@ -385,6 +392,22 @@ fn version_status_and_gc() {
     let conf = conf("1.1.0", &state);
     let status = state.plugin(BIN, &[], &[("CNI_COMMAND", "STATUS")], &conf);
     assert!(status.status.success());
+    // A state directory that cannot be made is not ready, and STATUS makes nothing.
+    let blocker = state.path().join("a-file");
+    std::fs::write(&blocker, "").unwrap();
+    let mut unusable: Value = serde_json::from_str(&conf).unwrap();
+    unusable["stateDir"] = json!(blocker.join("state"));
+    let out = state.plugin(
+        BIN,
+        &[],
+        &[("CNI_COMMAND", "STATUS")],
+        &unusable.to_string(),
+    );
+    let error = assert_cni_error(&out, 7);
+    assert!(
+        error["msg"].as_str().unwrap().contains("not a directory"),
+        "{error}"
+    );
 
     let keep = TestNetns::new("keep");
     let dropped = TestNetns::new("drop");

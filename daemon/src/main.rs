@@ -1,22 +1,33 @@
 //! `flatnetd`: runs a host's data plane (`run`), starts one in the background (`start`), stops
-//! it (`stop`) and shows what it does (`status`).
+//! it (`stop`), shows what it does (`status`) and checks a host and a network config (`check`).
 
+mod check;
 mod status;
 
 use std::fs::File;
-use std::io::IsTerminal;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::os::fd::FromRawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use flatnet::config::{DEFAULT_STATE_DIR, DEFAULT_TUNNEL_PORT};
 use flatnet::control::{self, DaemonSettings, Request};
-use flatnet::dataplane::{self, DaemonConfig};
+use flatnet::dataplane::{self, DaemonConfig, MetricsAddress};
+use flatnet::logging::{self, DaemonLog};
 
 #[derive(Parser)]
-#[command(name = "flatnetd", version, about = "Flatnet data plane daemon")]
+#[command(
+    name = "flatnetd",
+    version,
+    about = "Flatnet data plane daemon",
+    long_about = "flatnetd carries the packets of a host's containers on Flatnet networks: it \
+                  reads their TUN devices, encrypts what goes to other hosts in Noise tunnels \
+                  over UDP, answers DNS for Flatnet names and serves the host member. The \
+                  plugins (flatnet-cni, the netavark plugin flatnet) start it on first use; \
+                  under systemd the flatnetd unit runs it instead."
+)]
 struct Cli {
     /// The state directory the daemon serves (one daemon per state directory).
     #[arg(long, global = true, default_value = DEFAULT_STATE_DIR)]
@@ -34,6 +45,9 @@ enum Cmd {
         /// Write one byte to this file descriptor once serving (used by the plugins).
         #[arg(long)]
         ready_fd: Option<i32>,
+        /// Log to this file (0600, rotated by size) instead of stderr or the journal.
+        #[arg(long)]
+        log_file: Option<PathBuf>,
     },
     /// Start the data plane in the background unless it runs, and wait until it serves.
     Start {
@@ -48,6 +62,11 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Check this host's readiness and, if given, a network's configuration; exit 1 on a fault.
+    Check(check::CheckArgs),
+    /// Write the manual pages (roff) into a directory and exit.
+    #[command(hide = true)]
+    GenerateMan { dir: PathBuf },
 }
 
 #[derive(clap::Args)]
@@ -63,6 +82,10 @@ struct Settings {
     /// (lowest CPU use, higher latency on virtual machines) [default: 50, or the last run's]
     #[arg(long)]
     poll_us: Option<u32>,
+    /// Serve Prometheus metrics at GET /metrics on this loopback ip:port or unix:/path
+    /// [default: off, or the last run's]
+    #[arg(long)]
+    metrics: Option<MetricsAddress>,
 }
 
 impl Settings {
@@ -82,23 +105,21 @@ impl Settings {
                 .poll_us
                 .or_else(|| last.as_ref().map(|c| c.poll_us))
                 .unwrap_or(dataplane::DEFAULT_POLL_US),
+            metrics: self.metrics.or_else(|| last.and_then(|c| c.metrics)),
             state_dir,
         }
     }
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FLATNET_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Cmd::Run { settings, ready_fd } => {
+        Cmd::Run {
+            settings,
+            ready_fd,
+            log_file,
+        } => {
+            init_logging(log_file.as_deref());
             // SAFETY: the fd was handed to us for exactly this, by our parent.
             let ready = ready_fd.map(|fd| unsafe { File::from_raw_fd(fd) });
             dataplane::run(settings.resolve(cli.state_dir), ready)
@@ -110,6 +131,7 @@ fn main() -> ExitCode {
                 lighthouse: config.lighthouse,
                 listen: config.listen,
                 poll_us: Some(config.poll_us),
+                metrics: config.metrics,
             })
         }
         Cmd::Stop => match control::is_running(&cli.state_dir) {
@@ -117,6 +139,8 @@ fn main() -> ExitCode {
             false => Ok(()),
         },
         Cmd::Status { json } => status::show(&cli.state_dir, json),
+        Cmd::Check(args) => return check::run(&cli.state_dir, &args),
+        Cmd::GenerateMan { dir } => return write_manual(&dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -125,4 +149,43 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn init_logging(log_file: Option<&std::path::Path>) {
+    let log = log_file.map_or(DaemonLog::Stderr, DaemonLog::File);
+    if let Err(e) = logging::init_daemon(log) {
+        eprintln!("flatnetd: opening the log: {e}");
+    }
+}
+
+/// The manual pages, flatnetd(8) and one per subcommand (flatnetd-check(8), ...), into `dir`.
+fn write_manual(dir: &Path) -> ExitCode {
+    let top = Cli::command();
+    let mut pages = vec![(top.clone(), include_str!("manual.roff"))];
+    for sub in top
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+    {
+        let name = format!("flatnetd-{}", sub.get_name());
+        pages.push((
+            sub.clone().name(name),
+            "\n.SH \"SEE ALSO\"\n\\fBflatnetd\\fR(8)\n",
+        ));
+    }
+    for (command, extra) in pages {
+        let path = dir.join(format!("{}.8", command.get_name()));
+        let man = clap_mangen::Man::new(command)
+            .section("8")
+            .manual("Flatnet");
+        let mut page = Vec::new();
+        let written = man
+            .render(&mut page)
+            .and_then(|()| page.write_all(extra.as_bytes()))
+            .and_then(|()| std::fs::write(&path, &page));
+        if let Err(e) = written {
+            eprintln!("flatnetd: writing {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
 }

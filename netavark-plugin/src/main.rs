@@ -2,6 +2,7 @@
 //! name is the driver name: `podman network create -d flatnet`. Translates netavark's create /
 //! setup / teardown into the core's config validation, attach and detach.
 
+mod cli;
 mod translate;
 
 use std::collections::HashMap;
@@ -44,6 +45,10 @@ impl Plugin for FlatnetPlugin {
 }
 
 fn main() {
+    if cli::answer_person() {
+        return;
+    }
+    flatnet::logging::init_plugin();
     let extra = HashMap::from([(
         "description".to_string(),
         "Flatnet: encrypted flat overlay network".to_string(),

@@ -12,7 +12,7 @@ use netavark::network::types::{
 };
 
 /// `-o key=value` options a Flatnet network accepts, and the config field each sets.
-const OPTIONS: &[&str] = &[
+pub const OPTIONS: &[&str] = &[
     "mtu",
     "tunnel_port",
     "state_dir",

@@ -80,10 +80,19 @@ impl Daemon {
         })?;
         self.serve_host_member(&record.network);
         self.routes.refresh();
+        tracing::info!(
+            "attached {} on {} at {}",
+            record.container_id,
+            record.network,
+            record.address.addr()
+        );
         Ok(())
     }
 
     pub(super) fn detach(&mut self, network: &str, container_id: &str) {
+        if self.ports.contains(network, container_id) {
+            tracing::info!("detached {container_id} from {network}");
+        }
         self.unserve(network, container_id);
         if !self.ports.network_has_containers(network) {
             if let Some(local) = self.networks.0.remove(&network_tag(network)) {

@@ -14,6 +14,7 @@ mod control_server;
 mod idle_poll;
 mod inside;
 mod members;
+mod metrics_server;
 mod offload;
 mod outside;
 pub mod packet;
@@ -22,11 +23,10 @@ mod resolver;
 mod routes;
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::Arc;
@@ -49,6 +49,7 @@ use coalesce::Coalescer;
 use idle_poll::IdlePoll;
 pub use idle_poll::DEFAULT_WINDOW_US as DEFAULT_POLL_US;
 use members::LocalNetworks;
+pub use metrics_server::MetricsAddress;
 use ports::Ports;
 use resolver::Resolver;
 use routes::RouteTable;
@@ -72,6 +73,9 @@ pub struct DaemonConfig {
     /// How long to poll for an answer after sending before sleeping, in µs (0: never).
     #[serde(default = "default_poll_us")]
     pub poll_us: u32,
+    /// Where Prometheus metrics are served; none when off (the default).
+    #[serde(default)]
+    pub metrics: Option<MetricsAddress>,
 }
 
 fn default_poll_us() -> u32 {
@@ -148,6 +152,8 @@ pub struct Daemon {
     bufs: Buffers,
     poll: IdlePoll,
     started: Instant,
+    /// Time the packet thread spent handling events (not waiting for them).
+    busy: Duration,
     running: bool,
     /// The answer to a shutdown request, sent once everything is closed.
     shutdown_reply: Option<SyncSender<Response>>,
@@ -179,6 +185,9 @@ pub fn run(config: DaemonConfig, ready: Option<File>) -> Result<()> {
     let listener = control_server::bind(&config.state_dir)?;
     let mut daemon = Daemon::new(config, keys, rx, wake.clone())?;
     daemon.recover();
+    if let Some(address) = &daemon.config.metrics {
+        metrics_server::spawn(address, tx.clone(), wake.clone())?;
+    }
     let control = control_server::spawn(listener, tx, wake);
     if let Some(mut ready) = ready {
         let _ = ready.write_all(b"1");
@@ -193,6 +202,9 @@ pub fn run(config: DaemonConfig, ready: Option<File>) -> Result<()> {
     // Stopped by request: stop listening, release the port, the devices and the lock, and only
     // then answer, so a `flatnetd start` right after `stop` finds everything free.
     let _ = std::fs::remove_file(crate::control::socket_path(&daemon.config.state_dir));
+    if let Some(MetricsAddress::Unix(path)) = &daemon.config.metrics {
+        let _ = std::fs::remove_file(path);
+    }
     let reply = daemon.shutdown_reply.take();
     drop(daemon);
     drop(lock);
@@ -260,6 +272,7 @@ impl Daemon {
             },
             poll,
             started: Instant::now(),
+            busy: Duration::ZERO,
             running: true,
             shutdown_reply: None,
         })
@@ -291,6 +304,7 @@ impl Daemon {
             let Some(n) = self.wait(&mut events, next_tick)? else {
                 continue;
             };
+            let woke = Instant::now();
             let flushed = self.bufs.to_send.flushed();
             for event in &events[..n] {
                 match event.data() {
@@ -312,7 +326,9 @@ impl Daemon {
             }
             self.bufs.to_send.flush(self.udp.as_raw_fd());
             let sent = self.bufs.to_send.flushed() != flushed;
-            self.poll.after_round(Instant::now(), sent);
+            let done = Instant::now();
+            self.busy += done - woke;
+            self.poll.after_round(done, sent);
         }
         Ok(())
     }
@@ -418,6 +434,9 @@ impl Daemon {
             "public_key": encode_key(self.tunnels.public_key()),
             "listen": self.config.listen,
             "lighthouse": self.config.lighthouse,
+            "lighthouse_state": self.routes.health(),
+            "metrics": self.config.metrics,
+            "busy_us": self.busy.as_micros() as u64,
             "uptime_ms": now.duration_since(self.started).as_millis() as u64,
             "rss_kib": rss_kib(),
             "routes": self.routes.len(),
@@ -470,17 +489,6 @@ fn rss_kib() -> u64 {
                 .and_then(|v| v.parse().ok())
         })
         .unwrap_or(0)
-}
-
-/// Opens the log file a daemon started in the background writes to.
-pub fn open_log(state_dir: &Path) -> Result<File> {
-    let path = state_dir.join("flatnetd.log");
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(&path)
-        .context(|| format!("opening {}", path.display()))
 }
 
 #[cfg(test)]

@@ -23,6 +23,8 @@ pub struct RouteTable {
     keys: HashSet<PublicKey>,
     /// Network tag -> DNS name -> addresses (a shared alias may name several containers).
     names: HashMap<u32, HashMap<String, Vec<Ipv4Addr>>>,
+    /// Why the last read of the lighthouse failed, until one succeeds.
+    last_error: Option<String>,
 }
 
 impl RouteTable {
@@ -33,6 +35,7 @@ impl RouteTable {
             routes: HashMap::new(),
             keys: HashSet::new(),
             names: HashMap::new(),
+            last_error: None,
         }
     }
 
@@ -64,14 +67,27 @@ impl RouteTable {
             .map(|r| r.key)
     }
 
+    /// The lighthouse as status and metrics show it.
+    pub fn health(&self) -> serde_json::Value {
+        serde_json::json!({
+            "backend": "file",
+            "healthy": self.last_error.is_none() && self.revision.is_some(),
+            "error": self.last_error,
+        })
+    }
+
     pub fn len(&self) -> usize {
         self.routes.len()
     }
 
     /// Reloads if the lighthouse changed since the last load.
     pub fn refresh(&mut self) {
-        let Ok(revision) = self.lighthouse.revision() else {
-            return;
+        let revision = match self.lighthouse.revision() {
+            Ok(revision) => revision,
+            Err(e) => {
+                self.last_error = Some(e.to_string());
+                return;
+            }
         };
         if self.revision == Some(revision) {
             return;
@@ -98,8 +114,12 @@ impl RouteTable {
                     }
                 }
                 self.revision = Some(revision);
+                self.last_error = None;
             }
-            Err(e) => tracing::warn!("reading the lighthouse: {e}"),
+            Err(e) => {
+                tracing::warn!("reading the lighthouse: {e}");
+                self.last_error = Some(e.to_string());
+            }
         }
     }
 }

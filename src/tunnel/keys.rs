@@ -35,41 +35,43 @@ impl StaticKeys {
     }
 
     /// Loads the key file (private key, then public key, base64, one per line), creating it
-    /// on first use. A key file anyone but root can read is refused, not silently fixed.
+    /// on first use.
     pub fn load_or_generate(path: &Path) -> Result<Self> {
-        match fs::metadata(path) {
-            Ok(meta) => {
-                if meta.permissions().mode() & 0o077 != 0 {
-                    return Err(Error::InvalidConfig(format!(
-                        "key file {} is readable by others (mode {:o}); it must be 0600",
-                        path.display(),
-                        meta.permissions().mode() & 0o777
-                    )));
-                }
-                let text =
-                    fs::read_to_string(path).context(|| format!("reading {}", path.display()))?;
-                Self::parse(&text).ok_or_else(|| {
-                    Error::InvalidConfig(format!(
-                        "key file {} is not a Flatnet key",
-                        path.display()
-                    ))
-                })
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                if let Some(dir) = path.parent() {
-                    create_private_dir(dir)?;
-                }
-                let keys = Self::generate()?;
-                let text = format!(
-                    "{}\n{}\n",
-                    BASE64.encode(keys.private),
-                    encode_key(&keys.public)
-                );
-                write_atomic(path, text.as_bytes())?;
-                Ok(keys)
-            }
-            Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
+        if let Some(keys) = Self::load(path)? {
+            return Ok(keys);
         }
+        if let Some(dir) = path.parent() {
+            create_private_dir(dir)?;
+        }
+        let keys = Self::generate()?;
+        let text = format!(
+            "{}\n{}\n",
+            BASE64.encode(keys.private),
+            encode_key(&keys.public)
+        );
+        write_atomic(path, text.as_bytes())?;
+        Ok(keys)
+    }
+
+    /// Loads the key file if there is one. A key file anyone but root can read is refused,
+    /// not silently fixed.
+    pub fn load(path: &Path) -> Result<Option<Self>> {
+        let meta = match fs::metadata(path) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
+        };
+        if meta.permissions().mode() & 0o077 != 0 {
+            return Err(Error::InvalidConfig(format!(
+                "key file {} is readable by others (mode {:o}); it must be 0600",
+                path.display(),
+                meta.permissions().mode() & 0o777
+            )));
+        }
+        let text = fs::read_to_string(path).context(|| format!("reading {}", path.display()))?;
+        Self::parse(&text).map(Some).ok_or_else(|| {
+            Error::InvalidConfig(format!("key file {} is not a Flatnet key", path.display()))
+        })
     }
 
     fn parse(text: &str) -> Option<Self> {

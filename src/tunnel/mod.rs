@@ -96,6 +96,8 @@ pub struct PeerStats {
     pub rx_bytes: u64,
     pub handshakes_sent: u64,
     pub handshakes_completed: u64,
+    /// Our initiations that timed out or drew a response that did not verify.
+    pub handshakes_failed: u64,
 }
 
 struct Peer {
@@ -370,11 +372,13 @@ impl TunnelManager {
         };
         if let Some(old) = entry.pending.replace(index) {
             self.initiations.remove(&old);
+            entry.stats.handshakes_failed += 1;
         }
         self.initiations.insert(index, initiation);
         entry.retry_at = now + entry.backoff;
         entry.backoff = (entry.backoff * 2).min(self.limits.handshake_retry_max);
         entry.stats.handshakes_sent += 1;
+        tracing::debug!("handshake to {} at {}", encode_key(peer), entry.endpoint);
         send(&buf[..len], entry.endpoint);
     }
 
@@ -416,6 +420,7 @@ impl TunnelManager {
             self.sessions.remove(&old);
         }
         self.sessions.insert(index, session);
+        tracing::debug!("answered a handshake from {} at {from}", encode_key(&key));
         send(&buf[..len], from);
         Received::Handled
     }
@@ -434,6 +439,9 @@ impl TunnelManager {
         };
         let key = initiation.peer;
         let Ok(transport) = initiation.complete(noise) else {
+            if let Some(peer) = self.peers.get_mut(&key) {
+                peer.stats.handshakes_failed += 1;
+            }
             return Received::Dropped(DropReason::BadHandshake);
         };
         let Some(peer) = self.peers.get_mut(&key) else {
@@ -447,6 +455,7 @@ impl TunnelManager {
         peer.backoff = self.limits.handshake_retry_base;
         peer.retry_at = now;
         peer.stats.handshakes_completed += 1;
+        tracing::debug!("handshake with {} at {from} complete", encode_key(&key));
         let session = Session::new(receiver, sender, key, transport, true, now);
         self.sessions.insert(receiver, session);
         peer.promote(receiver, &mut self.sessions, now);

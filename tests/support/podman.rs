@@ -1,5 +1,5 @@
 //! Real Podman for the end-to-end tests, both backends:
-//! - CNI: the host's Podman 4.3 runs `flatnet-cni` from /usr/local/lib/cni;
+//! - CNI: the host's Podman 4.3 runs `flatnet-cni` from /usr/lib/cni;
 //! - netavark: Podman 5 in the trixie chroot runs the `flatnet` plugin.
 //!
 //! Included by the e2e test files with `#[path]`; `scripts/test.sh` installs both Podmans,

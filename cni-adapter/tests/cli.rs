@@ -1,0 +1,98 @@
+//! `flatnet-cni` for a person: help, version and the manual answer at once (stdin is left
+//! open, so a plugin that read it would hang), and a runtime's call is still a CNI call.
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_flatnet-cni");
+
+/// Runs with stdin open and never written: answers must not wait for it.
+fn run_with_open_stdin(args: &[&str]) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env_remove("CNI_COMMAND")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("flatnet-cni {args:?} waited on stdin");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn help_and_version_answer_without_reading_stdin() {
+    let help = run_with_open_stdin(&["--help"]);
+    assert!(help.status.success());
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        text.contains("CNI plugin") && text.contains("Usage: flatnet-cni"),
+        "{text}"
+    );
+    let version = run_with_open_stdin(&["--version"]);
+    assert!(version.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&version.stdout).trim(),
+        format!("flatnet-cni {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn an_unknown_argument_is_an_error_not_a_cni_call() {
+    let out = run_with_open_stdin(&["--frobnicate"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--frobnicate"));
+}
+
+#[test]
+fn without_arguments_it_is_a_cni_plugin() {
+    let out = Command::new(BIN)
+        .env_remove("CNI_COMMAND")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let error: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(error["code"], 4, "{error}");
+}
+
+#[test]
+fn the_manual_documents_every_network_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_with_open_stdin(&["--generate-man", dir.path().to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let page = std::fs::read_to_string(dir.path().join("flatnet-cni.8")).unwrap();
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH flatnet-cni 8"),
+        "{page}"
+    );
+    let keys = [
+        "subnet",
+        "gateway",
+        "mtu",
+        "stateDir",
+        "lighthouse",
+        "tunnelPort",
+        "endpoint",
+        "internal",
+        "dnsUpstreams",
+        "capabilities",
+    ];
+    for key in keys {
+        assert!(
+            page.contains(&format!("\\fB{key}\\fR")),
+            "{key} is not documented"
+        );
+    }
+}

@@ -1,0 +1,77 @@
+//! `flatnet` (the netavark plugin) for a person: help, version and the manual answer at once,
+//! without reading stdin; netavark's own subcommands still go to the plugin protocol.
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_flatnet");
+
+fn run_with_open_stdin(args: &[&str]) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("flatnet {args:?} waited on stdin");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn help_and_version_answer_without_reading_stdin() {
+    for flag in ["--help", "-h"] {
+        let help = run_with_open_stdin(&[flag]);
+        assert!(help.status.success());
+        let text = String::from_utf8_lossy(&help.stdout);
+        assert!(
+            text.contains("netavark") && text.contains("teardown"),
+            "{text}"
+        );
+    }
+    let version = run_with_open_stdin(&["--version"]);
+    assert_eq!(
+        String::from_utf8_lossy(&version.stdout).trim(),
+        format!("flatnet {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn info_still_speaks_the_plugin_protocol() {
+    let out = run_with_open_stdin(&["info"]);
+    assert!(out.status.success());
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info["version"], env!("CARGO_PKG_VERSION"));
+}
+
+#[test]
+fn the_manual_documents_every_network_option() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_with_open_stdin(&["--generate-man", dir.path().to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let page = std::fs::read_to_string(dir.path().join("flatnet.8")).unwrap();
+    for option in [
+        "mtu",
+        "tunnel_port",
+        "endpoint",
+        "state_dir",
+        "lighthouse",
+        "dns_upstreams",
+    ] {
+        assert!(
+            page.contains(&format!("\\fB{option}\\fR")),
+            "{option} is not documented"
+        );
+    }
+}

@@ -1,0 +1,321 @@
+//! flatnetd's Prometheus metrics: the same snapshot `flatnetd status` shows, in the OpenMetrics
+//! text format (`prometheus-client`). A scrape costs the packet thread one status snapshot.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::{Registry, Unit};
+use serde_json::Value;
+
+/// The content type of what [`render`] returns.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+type Labels = Vec<(String, String)>;
+type Counters = Family<Labels, Counter>;
+type Gauges = Family<Labels, Gauge>;
+
+/// Renders a daemon status snapshot (the `status` control answer) as metrics.
+pub fn render(status: &Value) -> String {
+    let mut registry = Registry::default();
+    register_peers(&mut registry, status);
+    register_drops(&mut registry, status);
+    register_containers(&mut registry, status);
+    register_daemon(&mut registry, status);
+    let mut text = String::new();
+    encode(&mut text, &registry).expect("writing to a String cannot fail");
+    text
+}
+
+fn u64_at(value: &Value, key: &str) -> u64 {
+    value[key].as_u64().unwrap_or(0)
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn counter_family(registry: &mut Registry, name: &str, help: &str, unit: Option<Unit>) -> Counters {
+    let family = Counters::default();
+    match unit {
+        Some(unit) => registry.register_with_unit(name, help, unit, family.clone()),
+        None => registry.register(name, help, family.clone()),
+    }
+    family
+}
+
+fn gauge(registry: &mut Registry, name: &str, help: &str, value: u64) {
+    let gauge: Gauge = Gauge::default();
+    gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
+    registry.register(name, help, gauge);
+}
+
+/// Per peer host: traffic and handshakes, labelled by its public key and endpoint.
+fn register_peers(registry: &mut Registry, status: &Value) {
+    let series = [
+        (
+            "flatnet_peer_transmit",
+            "Bytes sent to the peer, before encryption",
+            Some(Unit::Bytes),
+            "tx_bytes",
+        ),
+        (
+            "flatnet_peer_receive",
+            "Bytes received from the peer, after decryption",
+            Some(Unit::Bytes),
+            "rx_bytes",
+        ),
+        (
+            "flatnet_peer_transmit_packets",
+            "Packets sent to the peer",
+            None,
+            "tx_packets",
+        ),
+        (
+            "flatnet_peer_receive_packets",
+            "Packets received from the peer",
+            None,
+            "rx_packets",
+        ),
+        (
+            "flatnet_handshakes_initiated",
+            "Handshakes this host started with the peer",
+            None,
+            "handshakes_sent",
+        ),
+        (
+            "flatnet_handshakes_completed",
+            "Handshakes this host started that completed",
+            None,
+            "handshakes_completed",
+        ),
+        (
+            "flatnet_handshakes_failed",
+            "Handshakes this host started that timed out or did not verify",
+            None,
+            "handshakes_failed",
+        ),
+    ];
+    let families: Vec<(Counters, &str)> = series
+        .into_iter()
+        .map(|(name, help, unit, field)| (counter_family(registry, name, help, unit), field))
+        .collect();
+    let peers = status["peers"].as_array().cloned().unwrap_or_default();
+    let sessions = Gauges::default();
+    registry.register(
+        "flatnet_peer_sessions",
+        "Live Noise sessions with the peer",
+        sessions.clone(),
+    );
+    for peer in &peers {
+        let peer_labels = labels(&[
+            ("peer", peer["public_key"].as_str().unwrap_or_default()),
+            ("endpoint", peer["endpoint"].as_str().unwrap_or_default()),
+        ]);
+        for (family, field) in &families {
+            family
+                .get_or_create(&peer_labels)
+                .inc_by(u64_at(peer, field));
+        }
+        sessions
+            .get_or_create(&peer_labels)
+            .set(u64_at(peer, "sessions") as i64);
+    }
+    gauge(
+        registry,
+        "flatnet_peers",
+        "Peer hosts this host knows",
+        peers.len() as u64,
+    );
+    gauge(
+        registry,
+        "flatnet_sessions",
+        "Live Noise sessions",
+        u64_at(status, "sessions"),
+    );
+}
+
+fn register_drops(registry: &mut Registry, status: &Value) {
+    let drops = counter_family(
+        registry,
+        "flatnet_drops",
+        "Packets dropped, by reason",
+        None,
+    );
+    if let Some(reasons) = status["drops"].as_object() {
+        for (reason, count) in reasons {
+            drops
+                .get_or_create(&labels(&[("reason", reason)]))
+                .inc_by(count.as_u64().unwrap_or(0));
+        }
+    }
+}
+
+/// Attached containers per network (the host member is not a container).
+fn register_containers(registry: &mut Registry, status: &Value) {
+    let attached = Gauges::default();
+    registry.register(
+        "flatnet_containers",
+        "Containers attached, by network",
+        attached.clone(),
+    );
+    for container in status["containers"].as_array().into_iter().flatten() {
+        if container["host_member"].as_bool() == Some(true) {
+            continue;
+        }
+        let network = container["network"].as_str().unwrap_or_default();
+        attached
+            .get_or_create(&labels(&[("network", network)]))
+            .inc();
+    }
+}
+
+fn register_daemon(registry: &mut Registry, status: &Value) {
+    let lighthouse = &status["lighthouse_state"];
+    let healthy = lighthouse["healthy"].as_bool().unwrap_or(false);
+    gauge(
+        registry,
+        "flatnet_lighthouse_healthy",
+        "1 when the last lighthouse read succeeded",
+        healthy as u64,
+    );
+    gauge(
+        registry,
+        "flatnet_lighthouse_routes",
+        "Flatnet addresses the lighthouse maps to hosts",
+        u64_at(status, "routes"),
+    );
+    let busy: Counter<f64, AtomicU64> = Counter::default();
+    busy.inc_by(u64_at(status, "busy_us") as f64 / 1e6);
+    registry.register_with_unit(
+        "flatnet_packet_thread_busy",
+        "Time the packet thread spent handling events rather than waiting",
+        Unit::Seconds,
+        busy,
+    );
+    let dns = counter_family(
+        registry,
+        "flatnet_dns_queries",
+        "DNS queries from containers, by outcome",
+        None,
+    );
+    for outcome in ["local_answers", "forwarded", "failures"] {
+        dns.get_or_create(&labels(&[("outcome", outcome)]))
+            .inc_by(u64_at(&status["dns"], outcome));
+    }
+    gauge(
+        registry,
+        "flatnet_uptime_seconds",
+        "Seconds since flatnetd started",
+        u64_at(status, "uptime_ms") / 1000,
+    );
+    gauge(
+        registry,
+        "process_resident_memory_bytes",
+        "Resident memory of flatnetd",
+        u64_at(status, "rss_kib") * 1024,
+    );
+    let info = Gauges::default();
+    registry.register("flatnet_build_info", "flatnetd's version", info.clone());
+    let version = status["version"].as_str().unwrap_or_default();
+    info.get_or_create(&labels(&[("version", version)])).set(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn sample() -> Value {
+        json!({
+            "version": "9.9.9",
+            "sessions": 2,
+            "routes": 5,
+            "busy_us": 1_500_000,
+            "uptime_ms": 61_000,
+            "rss_kib": 4096,
+            "lighthouse_state": {"healthy": true},
+            "peers": [{
+                "public_key": "KEY", "endpoint": "192.0.2.11:4800", "sessions": 2,
+                "tx_bytes": 1000, "rx_bytes": 2000, "tx_packets": 10, "rx_packets": 20,
+                "handshakes_sent": 3, "handshakes_completed": 2, "handshakes_failed": 1
+            }],
+            "drops": {"replay": 7, "bad_tag": 0},
+            "containers": [
+                {"network": "a", "host_member": false},
+                {"network": "a", "host_member": false},
+                {"network": "a", "host_member": true},
+                {"network": "b", "host_member": false}
+            ],
+            "dns": {"local_answers": 4, "forwarded": 1, "failures": 0}
+        })
+    }
+
+    fn line_value(text: &str, series: &str) -> f64 {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"));
+        line[series.len()..].trim().parse().unwrap()
+    }
+
+    #[test]
+    fn status_fields_become_named_series() {
+        let text = render(&sample());
+        let peer = r#"{peer="KEY",endpoint="192.0.2.11:4800"}"#;
+        assert_eq!(
+            line_value(&text, &format!("flatnet_peer_transmit_bytes_total{peer}")),
+            1000.0
+        );
+        assert_eq!(
+            line_value(&text, &format!("flatnet_peer_receive_bytes_total{peer}")),
+            2000.0
+        );
+        assert_eq!(
+            line_value(&text, &format!("flatnet_handshakes_failed_total{peer}")),
+            1.0
+        );
+        assert_eq!(
+            line_value(&text, r#"flatnet_drops_total{reason="replay"}"#),
+            7.0
+        );
+        assert_eq!(line_value(&text, r#"flatnet_containers{network="a"}"#), 2.0);
+        assert_eq!(line_value(&text, r#"flatnet_containers{network="b"}"#), 1.0);
+        assert_eq!(
+            line_value(&text, "flatnet_packet_thread_busy_seconds_total"),
+            1.5
+        );
+        assert_eq!(line_value(&text, "flatnet_lighthouse_healthy"), 1.0);
+        assert_eq!(
+            line_value(&text, "process_resident_memory_bytes"),
+            4096.0 * 1024.0
+        );
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn every_counter_ends_in_total_and_every_name_is_flatnet_or_process() {
+        let text = render(&sample());
+        for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+            let mut words = line.split_whitespace().skip(2);
+            let (name, kind) = (words.next().unwrap(), words.next().unwrap());
+            assert!(
+                name.starts_with("flatnet_") || name.starts_with("process_"),
+                "{name}"
+            );
+            if kind == "counter" {
+                let series = text
+                    .lines()
+                    .find(|l| l.starts_with(name) && !l.starts_with('#'));
+                if let Some(series) = series {
+                    assert!(series.starts_with(&format!("{name}_total")), "{series}");
+                }
+            }
+        }
+    }
+}
