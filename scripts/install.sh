@@ -39,4 +39,4 @@ fi
 
 [ "$restart_host" = no ] || flatnetd --state-dir /run/flatnet start
 [ "$restart_chroot" = no ] || in_chroot flatnetd --state-dir /run/flatnet start
-log "installed the flatnet package ($(du -k "$deb" | cut -f1) KiB): flatnetd, flatnet-cni, flatnet"
+log "installed flatnetd, flatnet-cni and flatnet (package $(basename "$deb"), $(du -k "$deb" | cut -f1) KiB)"
