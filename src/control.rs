@@ -201,6 +201,15 @@ fn check_settings(wanted: &DaemonSettings) -> Result<()> {
     };
     let listen = status["listen"].as_str().unwrap_or_default();
     let lighthouse = status["lighthouse"].as_str().unwrap_or_default();
+    if let Some(metrics) = &wanted.metrics {
+        let serving = status["metrics"].as_str().unwrap_or("off");
+        if serving != metrics.to_string() {
+            return Err(Error::InvalidConfig(format!(
+                "flatnetd for {} already runs with metrics {serving}: stop it to serve them at {metrics}",
+                wanted.state_dir.display()
+            )));
+        }
+    }
     if listen != wanted.listen.to_string() || Path::new(lighthouse) != wanted.lighthouse {
         return Err(Error::InvalidConfig(format!(
             "flatnetd for {} runs with endpoint {listen} and lighthouse {lighthouse}, but this \

@@ -20,13 +20,20 @@ pub fn show(state_dir: &Path, json: bool) -> Result<()> {
 
 fn render(s: &Value) -> String {
     let mut out = format!(
-        "flatnetd {} (protocol {}), listening on {}, up {} s, RSS {} KiB\nhost key {}\n",
+        "flatnetd {} (protocol {}), listening on {}, up {} s, RSS {} KiB\nhost key {}\n\
+         lighthouse {} ({}), metrics {}\n",
         text(&s["version"]),
         num(&s["protocol"]),
         text(&s["listen"]),
         num(&s["uptime_ms"]) / 1000,
         num(&s["rss_kib"]),
         text(&s["public_key"]),
+        text(&s["lighthouse"]),
+        match s["lighthouse_state"]["error"].as_str() {
+            Some(error) => format!("unhealthy: {error}"),
+            None => "healthy".to_string(),
+        },
+        s["metrics"].as_str().unwrap_or("off"),
     );
     out += &format!(
         "\n{:<14} {:<12} {:<16} {:<16} {:<18} {:<8} {}\n",

@@ -628,6 +628,15 @@ fn metrics_are_served_when_asked_and_move_with_traffic() {
     );
     assert_eq!(series(&after, "flatnet_lighthouse_healthy"), 1.0);
     assert!(scrape(&socket, "/").0.contains("404"));
+    // Asking a running daemon for metrics elsewhere is refused, not silently ignored.
+    let h = &cluster.hosts[0];
+    let elsewhere = in_ns(&h.ns.name, &[DAEMON, "--state-dir"])
+        .arg(h.state.path())
+        .args(["start", "--metrics", "127.0.0.1:9808"])
+        .output()
+        .unwrap();
+    assert!(!elsewhere.status.success());
+    assert!(String::from_utf8_lossy(&elsewhere.stderr).contains("already runs with metrics unix:"));
 
     // What it costs: resident memory with metrics on, and the time of a scrape.
     let started = Instant::now();
