@@ -24,6 +24,7 @@ pub mod host_member;
 pub mod ipam;
 pub mod lighthouse;
 pub mod logging;
+pub mod manual;
 pub mod metrics;
 pub mod netns;
 pub mod portmap;

@@ -41,11 +41,8 @@ pub fn answer_person() -> bool {
     }
     let matches = command().get_matches();
     if let Some(dir) = matches.get_one::<PathBuf>("generate-man") {
-        let path = dir.join("flatnet-cni.8");
-        let mut page = Vec::new();
-        let written = render_manual(&mut page).and_then(|()| std::fs::write(&path, page));
-        if let Err(e) = written {
-            eprintln!("flatnet-cni: writing {}: {e}", path.display());
+        if let Err(e) = flatnet::manual::write_page(dir, "flatnet-cni.8", render_manual) {
+            eprintln!("flatnet-cni: {e}");
             std::process::exit(1);
         }
     }
@@ -56,10 +53,6 @@ fn render_manual(out: &mut dyn Write) -> std::io::Result<()> {
     let man = clap_mangen::Man::new(command())
         .section("8")
         .manual("Flatnet");
-    man.render_title(out)?;
-    man.render_name_section(out)?;
-    man.render_synopsis_section(out)?;
-    man.render_description_section(out)?;
-    man.render_options_section(out)?;
+    man.render(out)?;
     out.write_all(MANUAL_SECTIONS.as_bytes())
 }

@@ -1,30 +1,15 @@
 //! `flatnet-cni` for a person: help, version and the manual answer at once (stdin is left
 //! open, so a plugin that read it would hang), and a runtime's call is still a CNI call.
 
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_flatnet-cni");
 
-/// Runs with stdin open and never written: answers must not wait for it.
 fn run_with_open_stdin(args: &[&str]) -> Output {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .env_remove("CNI_COMMAND")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("flatnet-cni {args:?} waited on stdin");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    child.wait_with_output().unwrap()
+    support::run_with_open_stdin(BIN, args)
 }
 
 #[test]

@@ -173,17 +173,16 @@ fn write_manual(dir: &Path) -> ExitCode {
         ));
     }
     for (command, extra) in pages {
-        let path = dir.join(format!("{}.8", command.get_name()));
+        let file = format!("{}.8", command.get_name());
         let man = clap_mangen::Man::new(command)
             .section("8")
             .manual("Flatnet");
-        let mut page = Vec::new();
-        let written = man
-            .render(&mut page)
-            .and_then(|()| page.write_all(extra.as_bytes()))
-            .and_then(|()| std::fs::write(&path, &page));
-        if let Err(e) = written {
-            eprintln!("flatnetd: writing {}: {e}", path.display());
+        let render = |out: &mut dyn Write| {
+            man.render(out)?;
+            out.write_all(extra.as_bytes())
+        };
+        if let Err(e) = flatnet::manual::write_page(dir, &file, render) {
+            eprintln!("flatnetd: {e}");
             return ExitCode::FAILURE;
         }
     }

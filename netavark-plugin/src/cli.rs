@@ -62,17 +62,15 @@ pub fn answer_person() -> bool {
     }
     let matches = command().get_matches();
     if let Some(dir) = matches.get_one::<PathBuf>("generate-man") {
-        let path = dir.join("flatnet.8");
-        let mut page = Vec::new();
-        let written = render_manual(&mut page).and_then(|()| std::fs::write(&path, page));
-        if let Err(e) = written {
-            eprintln!("flatnet: writing {}: {e}", path.display());
+        if let Err(e) = flatnet::manual::write_page(dir, "flatnet.8", render_manual) {
+            eprintln!("flatnet: {e}");
             std::process::exit(1);
         }
     }
     true
 }
 
+/// The subcommands are netavark's protocol, described in the extra sections, not pages of their own.
 fn render_manual(out: &mut dyn Write) -> std::io::Result<()> {
     let man = clap_mangen::Man::new(command())
         .section("8")
@@ -81,7 +79,7 @@ fn render_manual(out: &mut dyn Write) -> std::io::Result<()> {
     man.render_name_section(out)?;
     man.render_synopsis_section(out)?;
     man.render_description_section(out)?;
-    man.render_subcommands_section(out)?;
+    man.render_options_section(out)?;
     out.write_all(MANUAL_SECTIONS.as_bytes())
 }
 

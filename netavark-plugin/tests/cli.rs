@@ -1,28 +1,15 @@
 //! `flatnet` (the netavark plugin) for a person: help, version and the manual answer at once,
 //! without reading stdin; netavark's own subcommands still go to the plugin protocol.
 
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
+use std::process::Output;
 
 const BIN: &str = env!("CARGO_BIN_EXE_flatnet");
 
 fn run_with_open_stdin(args: &[&str]) -> Output {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("flatnet {args:?} waited on stdin");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    child.wait_with_output().unwrap()
+    support::run_with_open_stdin(BIN, args)
 }
 
 #[test]

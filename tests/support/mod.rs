@@ -243,3 +243,25 @@ pub fn host_leftovers(prefix: &[&str]) -> Vec<String> {
         )
         .collect()
 }
+
+/// Runs a program with stdin open and never written, as a person at a terminal would leave it:
+/// a `--help` that read stdin would hang here, so it fails after 10 s instead.
+pub fn run_with_open_stdin(binary: &str, args: &[&str]) -> Output {
+    let mut child = Command::new(binary)
+        .args(args)
+        .env_remove("CNI_COMMAND")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{binary} {args:?} waited on stdin");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.wait_with_output().unwrap()
+}
