@@ -106,13 +106,19 @@ impl ReceivedInit {
 }
 
 impl Initiation {
-    /// Reads message 2 and finishes the handshake.
-    pub fn complete(mut self, noise: &[u8]) -> Result<StatelessTransportState, snow::Error> {
+    /// Reads message 2. One that does not verify leaves the initiation as it was (snow restores
+    /// its state on a failed read), so a forged response cannot kill a handshake in flight.
+    pub fn read_response(&mut self, noise: &[u8]) -> Result<(), snow::Error> {
         let mut payload = [0u8; 16];
         let len = self.state.read_message(noise, &mut payload)?;
         if len != 0 {
             return Err(snow::Error::Input);
         }
+        Ok(())
+    }
+
+    /// The session keys, once [`Initiation::read_response`] accepted the answer.
+    pub fn into_transport(self) -> Result<StatelessTransportState, snow::Error> {
         self.state.into_stateless_transport_mode()
     }
 }

@@ -96,7 +96,7 @@ pub struct PeerStats {
     pub rx_bytes: u64,
     pub handshakes_sent: u64,
     pub handshakes_completed: u64,
-    /// Our initiations that timed out or drew a response that did not verify.
+    /// Our initiations that drew no valid response before the next attempt.
     pub handshakes_failed: u64,
 }
 
@@ -434,14 +434,18 @@ impl TunnelManager {
         now: Instant,
         send: &mut Sender,
     ) -> Received {
+        let Some(initiation) = self.initiations.get_mut(&receiver) else {
+            return Received::Dropped(DropReason::UnknownSession);
+        };
+        // Verified before anything changes: anyone can send a response with our index.
+        if initiation.read_response(noise).is_err() {
+            return Received::Dropped(DropReason::BadHandshake);
+        }
         let Some(initiation) = self.initiations.remove(&receiver) else {
             return Received::Dropped(DropReason::UnknownSession);
         };
         let key = initiation.peer;
-        let Ok(transport) = initiation.complete(noise) else {
-            if let Some(peer) = self.peers.get_mut(&key) {
-                peer.stats.handshakes_failed += 1;
-            }
+        let Ok(transport) = initiation.into_transport() else {
             return Received::Dropped(DropReason::BadHandshake);
         };
         let Some(peer) = self.peers.get_mut(&key) else {

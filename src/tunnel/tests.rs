@@ -186,6 +186,33 @@ fn replayed_initiation_is_refused() {
 }
 
 #[test]
+fn a_forged_response_does_not_kill_the_pending_handshake() {
+    let now = Instant::now();
+    let (mut a, mut b) = (host(1, Limits::default()), host(2, Limits::default()));
+    let mut wire = Wire::new();
+    a.send_packet(&b, b"waiting for the handshake", &mut wire, now);
+    let (init, from_a, _) = wire.pop_front().unwrap();
+    b.receive(&init, from_a, &mut wire, now);
+    let (response, from_b, _) = wire.pop_front().unwrap();
+
+    // Whoever saw the initiation knows its index: a response with it and a made-up body.
+    let mut forged = response.clone();
+    for byte in &mut forged[12..] {
+        *byte ^= 0x5a;
+    }
+    let attacker = SocketAddr::from(([198, 51, 100, 66], 4800));
+    let (r, _) = a.receive(&forged, attacker, &mut wire, now);
+    assert_eq!(r, Received::Dropped(DropReason::BadHandshake));
+    assert!(wire.is_empty(), "nothing goes to the forger");
+
+    // The genuine answer still completes the handshake, and the waiting packet goes through.
+    a.receive(&response, from_b, &mut wire, now);
+    let (_, got_b) = pump(&mut a, &mut b, &mut wire, now);
+    assert_eq!(got_b, vec![b"waiting for the handshake".to_vec()]);
+    assert_eq!(a.tm.status(now)[0].endpoint, b.addr);
+}
+
+#[test]
 fn out_of_order_inside_the_window_is_accepted() {
     let (mut a, mut b, mut wire, now) = established();
     for i in 0..50u8 {
