@@ -114,7 +114,6 @@ struct Peer {
     backoff: Duration,
     last_handshake: Option<Instant>,
     last_activity: Instant,
-    last_init_timestamp: u64,
     queue: VecDeque<Vec<u8>>,
     stats: PeerStats,
 }
@@ -131,7 +130,6 @@ impl Peer {
             backoff: limits.handshake_retry_base,
             last_handshake: None,
             last_activity: now,
-            last_init_timestamp: 0,
             queue: VecDeque::new(),
             stats: PeerStats::default(),
         }
@@ -173,6 +171,10 @@ pub struct TunnelManager {
     peers: HashMap<PublicKey, Peer>,
     sessions: HashMap<u32, Session>,
     initiations: HashMap<u32, Initiation>,
+    /// The newest initiation timestamp accepted from each key. Kept when the peer entry goes
+    /// (idle, last container detached), so a captured initiation stays stale for as long as
+    /// this daemon runs; only keys the lighthouse lists get here, which bounds it.
+    init_timestamps: HashMap<PublicKey, u64>,
 }
 
 impl TunnelManager {
@@ -183,6 +185,7 @@ impl TunnelManager {
             peers: HashMap::new(),
             sessions: HashMap::new(),
             initiations: HashMap::new(),
+            init_timestamps: HashMap::new(),
         }
     }
 
@@ -398,21 +401,25 @@ impl TunnelManager {
             return Received::Dropped(DropReason::UnknownKey);
         }
         let key = init.peer;
+        if self
+            .init_timestamps
+            .get(&key)
+            .is_some_and(|&newest| init.timestamp <= newest)
+        {
+            return Received::Dropped(DropReason::StaleHandshake);
+        }
         let limits = &self.limits;
         let peer = self
             .peers
             .entry(key)
             .or_insert_with(|| Peer::new(from, now, limits));
-        if init.timestamp <= peer.last_init_timestamp {
-            return Received::Dropped(DropReason::StaleHandshake);
-        }
         let index = fresh_index(&self.sessions, &self.initiations);
         let mut buf = [0u8; RESPONSE_LEN];
         let timestamp = init.timestamp;
         let Ok((transport, len)) = init.respond(index, sender, &mut buf) else {
             return Received::Dropped(DropReason::BadHandshake);
         };
-        peer.last_init_timestamp = timestamp;
+        self.init_timestamps.insert(key, timestamp);
         peer.endpoint = from;
         peer.last_activity = now;
         let session = Session::new(index, sender, key, transport, false, now);

@@ -213,6 +213,38 @@ fn a_forged_response_does_not_kill_the_pending_handshake() {
 }
 
 #[test]
+fn a_captured_initiation_stays_stale_after_the_peer_is_forgotten() {
+    let now = Instant::now();
+    let (mut a, mut b) = (host(1, Limits::default()), host(2, Limits::default()));
+    let mut wire = Wire::new();
+    a.send_packet(&b, b"x", &mut wire, now);
+    let (init, from, _) = wire.front().cloned().unwrap();
+    pump(&mut a, &mut b, &mut wire, now);
+
+    // B forgets A: idle for longer than the idle timeout (a fake clock), then all tunnels
+    // closed as when the last container detaches.
+    let later = now + Limits::default().idle_timeout + Duration::from_secs(1);
+    b.tm.tick(later, &mut |_, _| {});
+    assert_eq!(b.tm.peer_count(), 0, "the idle peer is forgotten");
+    b.tm.close_all();
+
+    // The captured initiation, from anywhere, is refused and moves nothing.
+    let attacker = SocketAddr::from(([198, 51, 100, 66], 4800));
+    for source in [from, attacker] {
+        let (r, _) = b.receive(&init, source, &mut wire, later);
+        assert_eq!(r, Received::Dropped(DropReason::StaleHandshake));
+    }
+    assert!(wire.is_empty(), "no response to a replay");
+    assert_eq!(b.tm.peer_count(), 0);
+
+    // A's next, newer initiation is welcome.
+    a.tm.close_all();
+    a.send_packet(&b, b"fresh", &mut wire, later);
+    let (_, got) = pump(&mut a, &mut b, &mut wire, later);
+    assert_eq!(got, vec![b"fresh".to_vec()]);
+}
+
+#[test]
 fn out_of_order_inside_the_window_is_accepted() {
     let (mut a, mut b, mut wire, now) = established();
     for i in 0..50u8 {
