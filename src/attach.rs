@@ -263,23 +263,30 @@ impl Network {
 
     /// Detaches every container not in `keep` and frees leases nobody records: what a runtime's
     /// garbage collection (CNI GC) asks for after crashes. Returns how many were cleaned.
+    /// One stale container that cannot be cleaned does not stop the others: every one is
+    /// tried, and the first failure is reported.
     pub fn collect_garbage(&self, keep: &[&str]) -> Result<usize> {
         let mut cleaned = 0;
+        let mut first_error = None;
+        let mut clean = |id: &str, ifname: &str| match self.detach(id, None, ifname) {
+            Ok(()) => cleaned += 1,
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        };
         for record in self.attachments()? {
             if !keep.contains(&record.container_id.as_str()) {
-                self.detach(&record.container_id, None, &record.ifname)?;
-                cleaned += 1;
+                clean(&record.container_id, &record.ifname);
             }
         }
         let member = host_member::member_id(&self.config);
         for (_, lease) in self.ipam.leases()? {
             let id = lease.container_id.as_str();
             if !keep.contains(&id) && id != member {
-                self.detach(id, None, &lease.ifname)?;
-                cleaned += 1;
+                clean(id, &lease.ifname);
             }
         }
-        Ok(cleaned)
+        first_error.map_or(Ok(cleaned), Err)
     }
 
     /// Attach and detach of every network of this state directory take turns: they decide

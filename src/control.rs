@@ -13,7 +13,7 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -172,33 +172,57 @@ pub struct DaemonSettings {
 }
 
 /// Makes sure the daemon of `settings.state_dir` runs, starting it if needed and waiting until
-/// it is ready. Concurrent callers (40 containers starting at once) start exactly one.
+/// it is ready. Concurrent callers (40 containers starting at once) start exactly one; a daemon
+/// that is dying (killed a moment ago, stopping) is waited out and replaced.
 pub fn ensure_running(settings: &DaemonSettings) -> Result<()> {
-    if is_running(&settings.state_dir) {
-        return check_settings(settings);
+    if let Some(answer) = ask_running(settings) {
+        return answer;
     }
     create_private_dir(&settings.state_dir)?;
     let _guard = FileLock::acquire(&settings.state_dir.join("flatnetd.start.lock"))?;
-    if is_running(&settings.state_dir) {
-        return check_settings(settings);
+    if let Some(answer) = ask_running(settings) {
+        return answer;
     }
+    wait_until_gone(&settings.state_dir)?;
     start_daemon(settings)
+}
+
+/// Whether the running daemon serves these settings; `None` when no daemon answers (none runs,
+/// or one accepted and went away: it is dying).
+fn ask_running(settings: &DaemonSettings) -> Option<Result<()>> {
+    if !is_running(&settings.state_dir) {
+        return None;
+    }
+    match call(&settings.state_dir, &Request::Status) {
+        Ok(response) => Some(check_settings(
+            settings,
+            &response.status.unwrap_or_default(),
+        )),
+        Err(Error::Io { .. }) => None,
+        Err(e) => Some(Err(e)),
+    }
+}
+
+/// A dying daemon holds its lock until its last thread is gone (the kernel drops the lock with
+/// the process): wait for that, so the new daemon can take it.
+fn wait_until_gone(state_dir: &Path) -> Result<()> {
+    let lock = state_dir.join("flatnetd.lock");
+    let deadline = Instant::now() + START_TIMEOUT;
+    while FileLock::try_acquire(&lock)?.is_none() {
+        if Instant::now() > deadline {
+            return Err(Error::DataPlane(format!(
+                "a flatnetd holds {} but does not answer; try again",
+                lock.display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
 }
 
 /// A daemon serving this state directory with another endpoint or lighthouse would publish
 /// addresses nobody can reach: refuse rather than attach into a black hole.
-fn check_settings(wanted: &DaemonSettings) -> Result<()> {
-    let status = match call(&wanted.state_dir, &Request::Status) {
-        Ok(response) => response.status.unwrap_or_default(),
-        // It accepted and then went away: a daemon dying at this moment (killed, stopping).
-        Err(Error::Io { source, .. }) => {
-            return Err(Error::DataPlane(format!(
-                "flatnetd for {} went away while answering ({source}); try again",
-                wanted.state_dir.display()
-            )))
-        }
-        Err(e) => return Err(e),
-    };
+fn check_settings(wanted: &DaemonSettings, status: &serde_json::Value) -> Result<()> {
     let listen = status["listen"].as_str().unwrap_or_default();
     let lighthouse = status["lighthouse"].as_str().unwrap_or_default();
     if let Some(metrics) = &wanted.metrics {

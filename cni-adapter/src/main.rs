@@ -106,8 +106,15 @@ fn status(network: &Network) -> Result<(), CniError> {
     Ok(())
 }
 
+/// GC: everything of the network not in `cni.dev/valid-attachments` is stale. The spec makes
+/// the list required; without it nothing is known to be stale, so nothing is removed.
 fn gc(conf: &NetConf, network: &Network) -> Result<(), CniError> {
-    let valid = conf.valid_attachments.as_deref().unwrap_or_default();
+    let Some(valid) = conf.valid_attachments.as_deref() else {
+        return Err(CniError::new(
+            code::INVALID_CONFIG,
+            "GC needs cni.dev/valid-attachments (the attachments still in use); refusing to guess",
+        ));
+    };
     let keep: Vec<&str> = valid.iter().map(|a| a.container_id.as_str()).collect();
     network.collect_garbage(&keep)?;
     Ok(())

@@ -418,6 +418,14 @@ fn version_status_and_gc() {
     };
     let kept_ip = address_of(cni(&state, "ADD", "keep", keep.path_str(), &conf, &[]));
     let dropped_ip = address_of(cni(&state, "ADD", "drop", dropped.path_str(), &conf, &[]));
+    // Without the list of valid attachments nothing is known to be stale: refused, all kept.
+    let out = state.plugin(BIN, &[], &[("CNI_COMMAND", "GC")], &conf);
+    let error = assert_cni_error(&out, 7);
+    assert!(
+        error["msg"].as_str().unwrap().contains("valid-attachments"),
+        "{error}"
+    );
+    assert!(keep.has_link("eth0") && dropped.has_link("eth0"));
     let mut gc: Value = serde_json::from_str(&conf).unwrap();
     gc["cni.dev/valid-attachments"] = json!([{"containerID": "keep", "ifname": "eth0"}]);
     let out = state.plugin(BIN, &[], &[("CNI_COMMAND", "GC")], &gc.to_string());
