@@ -34,6 +34,15 @@ pub fn command() -> Command {
         )
 }
 
+/// One line for a person who ran the plugin without a CNI command.
+pub fn about() -> String {
+    format!(
+        "flatnet-cni {}: Flatnet as a CNI plugin (CNI spec versions {}); see flatnet-cni --help",
+        env!("CARGO_PKG_VERSION"),
+        crate::protocol::SUPPORTED_VERSIONS.join(", ")
+    )
+}
+
 /// Answers a person's command line. Returns false when there is none (a runtime's call).
 pub fn answer_person() -> bool {
     if std::env::args_os().len() < 2 {

@@ -18,6 +18,12 @@ fn main() -> ExitCode {
     if cli::answer_person() {
         return ExitCode::SUCCESS;
     }
+    // A runtime always sets CNI_COMMAND; without it this is a person, who gets the "about"
+    // line the CNI library's plugins print, rather than a plugin waiting on stdin.
+    if env::var_os("CNI_COMMAND").is_none_or(|c| c.is_empty()) {
+        eprintln!("{}", cli::about());
+        return ExitCode::SUCCESS;
+    }
     flatnet::logging::init_plugin();
     let mut stdin = Vec::new();
     if let Err(e) = std::io::stdin().read_to_end(&mut stdin) {

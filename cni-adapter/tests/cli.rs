@@ -37,15 +37,32 @@ fn an_unknown_argument_is_an_error_not_a_cni_call() {
 }
 
 #[test]
-fn without_arguments_it_is_a_cni_plugin() {
+fn without_a_cni_command_it_says_what_it_is_without_reading_stdin() {
+    let out = run_with_open_stdin(&[]);
+    assert!(out.status.success());
+    let about = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        about.contains("flatnet-cni") && about.contains("1.1.0"),
+        "{about}"
+    );
+    assert!(out.stdout.is_empty(), "nothing for a runtime to parse");
+}
+
+#[test]
+fn with_a_cni_command_it_is_a_cni_plugin() {
     let out = Command::new(BIN)
-        .env_remove("CNI_COMMAND")
+        .env("CNI_COMMAND", "ADD")
         .stdin(Stdio::null())
         .output()
         .unwrap();
+    // It read stdin (empty here) and answered in the protocol's form.
     assert!(!out.status.success());
     let error: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(error["code"], 4, "{error}");
+    assert_eq!(error["code"], 6, "{error}");
+    assert!(
+        error["msg"].as_str().unwrap().contains("network config"),
+        "{error}"
+    );
 }
 
 #[test]
