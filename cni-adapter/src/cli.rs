@@ -21,8 +21,8 @@ pub fn command() -> Command {
              network configuration on stdin. ADD gives the container a TUN interface and a \
              Flatnet address and has flatnetd carry its packets through Noise tunnels; DEL, \
              CHECK, STATUS, GC and VERSION follow the CNI specification 1.1.\n\n\
-             Run by a person, it only answers --help and --version: see flatnet-cni(8) for the \
-             network configuration keys.",
+             Run by a person it answers --help and --version, and without CNI_COMMAND prints \
+             one line about itself; flatnet-cni(8) lists the network configuration keys.",
         )
         .arg(
             Arg::new("generate-man")
