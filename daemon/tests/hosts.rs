@@ -546,6 +546,9 @@ fn stop_returns_once_the_lock_and_port_are_free() {
 fn scrape(socket: &Path, path: &str) -> (String, String) {
     use std::io::{Read, Write};
     let mut stream = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     write!(stream, "GET {path} HTTP/1.1\r\nHost: flatnetd\r\n\r\n").unwrap();
     let mut answer = String::new();
     stream.read_to_string(&mut answer).unwrap();
@@ -602,6 +605,10 @@ fn metrics_are_served_when_asked_and_move_with_traffic() {
     );
     assert_eq!(series(&after, "flatnet_lighthouse_healthy"), 1.0);
     assert!(scrape(&socket, "/").0.contains("404"));
+    // A client that connects and says nothing holds the endpoint only until its timeout.
+    let silent = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    assert_eq!(scrape(&socket, "/metrics").0, "HTTP/1.1 200 OK");
+    drop(silent);
     // Asking a running daemon for metrics elsewhere is refused, not silently ignored.
     let h = &cluster.hosts[0];
     let elsewhere = in_ns(&h.ns.name, &[DAEMON, "--state-dir"])

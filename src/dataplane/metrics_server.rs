@@ -20,6 +20,9 @@ use super::Command;
 use crate::control::Request;
 use crate::error::{Error, IoContext, Result};
 
+/// How long one scrape may take to send its request and read the answer.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Where metrics are served: `127.0.0.1:9808` (loopback only) or `unix:/run/flatnet/metrics.sock`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -100,9 +103,18 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("metrics".into())
         .spawn(move || loop {
+            // A client that connects and says nothing must not hold the endpoint for long.
             let served = match &listener {
-                Listener::Tcp(l) => l.accept().map(|(s, _)| answer(s, &commands, &wake)),
-                Listener::Unix(l) => l.accept().map(|(s, _)| answer(s, &commands, &wake)),
+                Listener::Tcp(l) => l.accept().and_then(|(s, _)| {
+                    s.set_read_timeout(Some(CLIENT_TIMEOUT))?;
+                    s.set_write_timeout(Some(CLIENT_TIMEOUT))?;
+                    Ok(answer(s, &commands, &wake))
+                }),
+                Listener::Unix(l) => l.accept().and_then(|(s, _)| {
+                    s.set_read_timeout(Some(CLIENT_TIMEOUT))?;
+                    s.set_write_timeout(Some(CLIENT_TIMEOUT))?;
+                    Ok(answer(s, &commands, &wake))
+                }),
             };
             if let Err(e) = served {
                 tracing::warn!("metrics endpoint: {e}");
