@@ -108,12 +108,14 @@ pub fn spawn(
                 Listener::Tcp(l) => l.accept().and_then(|(s, _)| {
                     s.set_read_timeout(Some(CLIENT_TIMEOUT))?;
                     s.set_write_timeout(Some(CLIENT_TIMEOUT))?;
-                    Ok(answer(s, &commands, &wake))
+                    answer(s, &commands, &wake);
+                    Ok(())
                 }),
                 Listener::Unix(l) => l.accept().and_then(|(s, _)| {
                     s.set_read_timeout(Some(CLIENT_TIMEOUT))?;
                     s.set_write_timeout(Some(CLIENT_TIMEOUT))?;
-                    Ok(answer(s, &commands, &wake))
+                    answer(s, &commands, &wake);
+                    Ok(())
                 }),
             };
             if let Err(e) = served {
