@@ -664,6 +664,45 @@ fn metrics_refuse_a_non_loopback_address() {
 }
 
 #[test]
+fn sigterm_and_sigint_stop_cleanly_and_a_restart_serves_again() {
+    if !root_or_skip("sigterm_and_sigint_stop_cleanly_and_a_restart_serves_again") {
+        return;
+    }
+    let (cluster, a, b) = Cluster::connected_pair();
+    let state = cluster.hosts[1].state.path();
+    for signal in [nix::sys::signal::SIGTERM, nix::sys::signal::SIGINT] {
+        let pid = cluster.daemon_pid(1);
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).unwrap();
+        // A clean stop removes the control socket, then releases the lock.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while control::socket_path(state).exists()
+            || flatnet::state::FileLock::try_acquire(&state.join("flatnetd.lock"))
+                .unwrap()
+                .is_none()
+        {
+            assert!(Instant::now() < deadline, "{signal} did not stop flatnetd");
+            std::thread::yield_now();
+        }
+        let log = std::fs::read_to_string(state.join("flatnetd.log")).unwrap();
+        assert!(log.contains(&format!("{signal}: stopping")), "{log}");
+        // The container kept its interface and address; a new daemon serves it again.
+        assert!(cluster.containers[b]
+            .ns
+            .ip(&["addr", "show", "eth0"])
+            .contains("198.51.100."));
+        cluster.start_daemon(1);
+        // The peer still holds the old daemon's session: the first packets re-handshake.
+        let back = Instant::now();
+        while !cluster.ping(a, b, 1) {
+            assert!(
+                back.elapsed() < Duration::from_secs(10),
+                "not served after {signal}"
+            );
+        }
+    }
+}
+
+#[test]
 fn a_vanished_peer_costs_little_and_traffic_resumes() {
     if !root_or_skip("a_vanished_peer_costs_little_and_traffic_resumes") {
         return;

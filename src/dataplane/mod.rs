@@ -21,6 +21,7 @@ pub mod packet;
 mod ports;
 mod resolver;
 mod routes;
+mod signals;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -161,6 +162,7 @@ pub struct Daemon {
 
 /// Runs a daemon until it is told to stop. `ready` is written to once the daemon serves.
 pub fn run(config: DaemonConfig, ready: Option<File>) -> Result<()> {
+    signals::block()?;
     create_private_dir(&config.state_dir)?;
     let lock =
         FileLock::try_acquire(&config.state_dir.join("flatnetd.lock"))?.ok_or_else(|| {
@@ -189,6 +191,7 @@ pub fn run(config: DaemonConfig, ready: Option<File>) -> Result<()> {
         metrics_server::spawn(address, tx.clone(), wake.clone())?;
     }
     let control = control_server::spawn(listener, tx, wake);
+    signals::spawn(daemon.config.state_dir.clone());
     if let Some(mut ready) = ready {
         let _ = ready.write_all(b"1");
     }
