@@ -20,7 +20,8 @@ fn filter(default: &str) -> EnvFilter {
     EnvFilter::try_from_env("FLATNET_LOG").unwrap_or_else(|_| EnvFilter::new(default))
 }
 
-/// Plugins: warnings and errors on stderr, without colours or timestamps (the runtime adds its own).
+/// Plugins and short-lived commands: warnings and errors on stderr, without colours or
+/// timestamps (the runtime adds its own).
 pub fn init_plugin() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter("warn"))

@@ -113,6 +113,10 @@ impl Settings {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // `run` chooses its own log; the short-lived commands print warnings on stderr.
+    if !matches!(cli.command, Cmd::Run { .. }) {
+        logging::init_plugin();
+    }
     let result = match cli.command {
         Cmd::Run {
             settings,
