@@ -69,17 +69,24 @@ fn serve(stream: UnixStream, commands: &SyncSender<Command>, wake: &EventFd) -> 
             if request == Request::Shutdown {
                 served = Served::Shutdown;
             }
-            let (reply_tx, reply_rx) = std::sync::mpsc::sync_channel(1);
-            if commands.send((request, reply_tx)).is_err() {
-                return served;
-            }
-            let _ = wake.write(1);
-            reply_rx
-                .recv()
-                .unwrap_or_else(|_| Response::error("the data plane stopped"))
+            ask(commands, wake, request)
+                .unwrap_or_else(|| Response::error("the data plane stopped"))
         }
         Err(msg) => Response::error(msg),
     };
     let _ = writer.write_all(encode_response(&response).as_bytes());
     served
+}
+
+/// Hands a request to the packet thread and waits for its answer; `None` once it has stopped.
+/// Both the control socket and the metrics endpoint ask this way.
+pub(super) fn ask(
+    commands: &SyncSender<Command>,
+    wake: &EventFd,
+    request: Request,
+) -> Option<Response> {
+    let (reply_tx, reply_rx) = std::sync::mpsc::sync_channel(1);
+    commands.send((request, reply_tx)).ok()?;
+    let _ = wake.write(1);
+    reply_rx.recv().ok()
 }

@@ -171,10 +171,7 @@ fn answer<S: Read + Write>(mut stream: S, commands: &SyncSender<Command>, wake: 
 }
 
 fn snapshot(commands: &SyncSender<Command>, wake: &EventFd) -> Option<serde_json::Value> {
-    let (reply_tx, reply_rx) = std::sync::mpsc::sync_channel(1);
-    commands.send((Request::Status, reply_tx)).ok()?;
-    let _ = wake.write(1);
-    reply_rx.recv_timeout(Duration::from_secs(5)).ok()?.status
+    super::control_server::ask(commands, wake, Request::Status)?.status
 }
 
 #[cfg(test)]
