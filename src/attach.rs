@@ -489,6 +489,7 @@ impl Network {
             listen: self.config.endpoint,
             poll_us: None,
             metrics: None,
+            persistent_keepalive_s: None,
         }
     }
 

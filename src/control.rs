@@ -169,6 +169,8 @@ pub struct DaemonSettings {
     pub poll_us: Option<u32>,
     /// Where the daemon serves metrics; `None` keeps the last run's setting.
     pub metrics: Option<crate::dataplane::MetricsAddress>,
+    /// The daemon's persistent keepalive in seconds (0: off); `None` keeps the last run's.
+    pub persistent_keepalive_s: Option<u32>,
 }
 
 /// Makes sure the daemon of `settings.state_dir` runs, starting it if needed and waiting until
@@ -267,6 +269,11 @@ fn start_daemon(settings: &DaemonSettings) -> Result<()> {
         .arg(settings.listen.to_string())
         .args(settings.poll_us.map(|us| format!("--poll-us={us}")))
         .args(settings.metrics.as_ref().map(|m| format!("--metrics={m}")))
+        .args(
+            settings
+                .persistent_keepalive_s
+                .map(|s| format!("--persistent-keepalive={s}")),
+        )
         .arg("--ready-fd")
         .arg(ready_fd.to_string())
         .arg("--log-file")

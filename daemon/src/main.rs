@@ -86,6 +86,10 @@ struct Settings {
     /// [default: off, or the last run's]
     #[arg(long)]
     metrics: Option<MetricsAddress>,
+    /// Send a keepalive on every tunnel at least every SECS seconds and keep idle tunnels
+    /// open, for peers behind NAT; 0 turns it off [default: off, or the last run's]
+    #[arg(long, value_name = "SECS")]
+    persistent_keepalive: Option<u32>,
 }
 
 impl Settings {
@@ -105,7 +109,14 @@ impl Settings {
                 .poll_us
                 .or_else(|| last.as_ref().map(|c| c.poll_us))
                 .unwrap_or(dataplane::DEFAULT_POLL_US),
-            metrics: self.metrics.or_else(|| last.and_then(|c| c.metrics)),
+            metrics: self
+                .metrics
+                .or_else(|| last.as_ref().and_then(|c| c.metrics.clone())),
+            persistent_keepalive_s: match self.persistent_keepalive {
+                Some(0) => None,
+                Some(s) => Some(s),
+                None => last.and_then(|c| c.persistent_keepalive_s),
+            },
             state_dir,
         }
     }
@@ -136,6 +147,7 @@ fn main() -> ExitCode {
                 listen: config.listen,
                 poll_us: Some(config.poll_us),
                 metrics: config.metrics,
+                persistent_keepalive_s: Some(config.persistent_keepalive_s.unwrap_or(0)),
             })
         }
         Cmd::Stop => match control::is_running(&cli.state_dir) {

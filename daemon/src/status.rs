@@ -73,19 +73,21 @@ fn render(s: &Value) -> String {
         );
     }
     out += &format!(
-        "\n{:<13} {:<21} {:>8} {:>13} {:>22} {:>22}\n",
-        "PEER", "ENDPOINT", "SESSIONS", "HANDSHAKE AGE", "TX PKT/B", "RX PKT/B"
+        "\n{:<13} {:<21} {:>8} {:>13} {:>9} {:>22} {:>22}\n",
+        "PEER", "ENDPOINT", "SESSIONS", "HANDSHAKE AGE", "LAST RX", "TX PKT/B", "RX PKT/B"
     );
+    let seconds = |ms: &Value| {
+        ms.as_u64()
+            .map_or("-".to_string(), |ms| format!("{:.1} s", ms as f64 / 1000.0))
+    };
     for p in s["peers"].as_array().into_iter().flatten() {
-        let age = p["handshake_age_ms"]
-            .as_u64()
-            .map_or("-".to_string(), |ms| format!("{:.1} s", ms as f64 / 1000.0));
         out += &format!(
-            "{:<13} {:<21} {:>8} {:>13} {:>22} {:>22}\n",
+            "{:<13} {:<21} {:>8} {:>13} {:>9} {:>22} {:>22}\n",
             short(text(&p["public_key"])),
             text(&p["endpoint"]),
             num(&p["sessions"]),
-            age,
+            seconds(&p["handshake_age_ms"]),
+            seconds(&p["last_received_ms"]),
             pair(&p["tx_packets"], &p["tx_bytes"]),
             pair(&p["rx_packets"], &p["rx_bytes"]),
         );
@@ -101,7 +103,7 @@ fn render(s: &Value) -> String {
     );
     out += "\nDROPS\n";
     for (reason, count) in s["drops"].as_object().into_iter().flatten() {
-        out += &format!("  {reason:<16} {}\n", num(count));
+        out += &format!("  {reason:<24} {}\n", num(count));
     }
     let poll = &s["poll"]["stats"];
     out += &format!(

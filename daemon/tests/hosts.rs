@@ -768,6 +768,8 @@ fn garbage_is_dropped_and_counted_while_ping_goes_on() {
             "expired",
             "unknown_key",
             "stale_handshake",
+            "bad_mac",
+            "rate_limited",
         ]
         .iter()
         .map(|r| drops[r].as_u64().unwrap())
@@ -791,7 +793,7 @@ for i in range({GARBAGE}):
     if kind < 40:   body = os.urandom(rnd.randrange(1, 1500))                      # random
     elif kind < 60: body = os.urandom(rnd.randrange(1, 16))                        # truncated
     elif kind < 62: body = os.urandom(rnd.randrange(9000, 65000))                  # oversized
-    elif kind < 63: body = bytes([1, 0, 0, 0]) + os.urandom(108)                   # initiation-sized
+    elif kind < 63: body = bytes([1, 0, 0, 0]) + os.urandom(124)                   # initiation-sized
     else:           body = struct.pack("<BxxxIQ", 4, rnd.getrandbits(32), i) + os.urandom(rnd.randrange(16, 1400))  # transport, bad tag
     while True:
         try:
@@ -817,6 +819,108 @@ for i in range({GARBAGE}):
     }
     assert!(replies >= 90, "ping suffered: {replies}/100");
     assert!(cluster.ping(a, b, 1), "the daemon still serves");
+}
+
+#[test]
+fn a_handshake_flood_costs_little_and_no_ping_is_lost() {
+    if !root_or_skip("a_handshake_flood_costs_little_and_no_ping_is_lost") {
+        return;
+    }
+    // Hosts 0 and 1 serve a container each; host 2 is the attacker on the same underlay.
+    let mut cluster = Cluster::new(3);
+    let (a, b) = (cluster.attach(0), cluster.attach(1));
+    assert!(cluster.ping(a, b, 1), "the pair does not connect");
+    let target_key = cluster.status(1)["public_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let pid = cluster.daemon_pid(1);
+    let cpu_before = cpu_seconds(pid);
+    let (drops_before, status_before) = (cluster.status(1)["drops"].clone(), Instant::now());
+
+    const RATE: u64 = 10_000;
+    const SECONDS: u64 = 10;
+    let pinger = Pinger::start(&cluster, a, b, 0.01, (SECONDS * 100) as u32);
+    // Initiations with a valid header from one address: nine in ten with a random body (an
+    // unknown key that does not even know ours), one in ten with a valid MAC (an attacker who
+    // read our public key from the lighthouse) and a random Noise message.
+    let target = format!("{}:{TUNNEL_PORT}", cluster.hosts[1].address);
+    let script = format!(
+        r#"
+import base64, hashlib, os, socket, time
+host, port = "{target}".split(":")
+public = base64.b64decode("{target_key}")
+mac_key = hashlib.blake2s(b"flatnet mac1 v1" + public).digest()
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 22)
+start = time.monotonic()
+for i in range({RATE} * {SECONDS}):
+    body = bytes([1, 0, 0, 0]) + os.urandom(108)
+    if i % 10 == 0:
+        body += hashlib.blake2s(body, key=mac_key, digest_size=16).digest()
+    else:
+        body += os.urandom(16)
+    s.sendto(body, (host, int(port)))
+    if i % 100 == 99:
+        ahead = start + (i + 1) / {RATE} - time.monotonic()
+        if ahead > 0:
+            time.sleep(ahead)
+"#
+    );
+    python_in(&cluster.hosts[2].ns.name, &script);
+    let flood_seconds = status_before.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(pid) - cpu_before;
+    let (replies, longest_gap) = pinger.finish(Vec::new());
+
+    let sent = RATE * SECONDS;
+    let delta = |status: &Value, reason: &str| {
+        status["drops"][reason].as_u64().unwrap() - drops_before[reason].as_u64().unwrap()
+    };
+    // Every datagram is counted by its reason once flatnetd has read them all.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        let status = cluster.status(1);
+        let counted: u64 = [
+            "bad_mac",
+            "rate_limited",
+            "bad_handshake",
+            "receive_buffer_overflow",
+        ]
+        .iter()
+        .map(|r| delta(&status, r))
+        .sum();
+        if counted >= sent || Instant::now() > deadline {
+            break status;
+        }
+        std::thread::yield_now();
+    };
+    let (bad_mac, limited, bad_handshake, overflow) = (
+        delta(&status, "bad_mac"),
+        delta(&status, "rate_limited"),
+        delta(&status, "bad_handshake"),
+        delta(&status, "receive_buffer_overflow"),
+    );
+    println!(
+        "flood: {sent} initiations in {flood_seconds:.1} s; flatnetd CPU {cpu:.2} s ({:.0}% of a core); \
+         drops: bad_mac {bad_mac}, rate_limited {limited}, bad_handshake {bad_handshake}, \
+         receive_buffer_overflow {overflow}; ping {replies}/{}, longest gap {longest_gap:.2} s",
+        100.0 * cpu / flood_seconds,
+        SECONDS * 100
+    );
+    assert_eq!(bad_mac + limited + bad_handshake + overflow, sent);
+    // Only what passed the MAC and the per-source budget (20 at once, 20 a second) cost a
+    // Diffie-Hellman.
+    assert!(bad_handshake <= 20 + 20 * (flood_seconds.ceil() as u64 + 1));
+    assert!(bad_mac >= sent * 8 / 10, "{bad_mac} dropped by the MAC");
+    assert_eq!(
+        replies as u64,
+        SECONDS * 100,
+        "pings were lost during the flood"
+    );
+    assert!(
+        cpu < 0.5 * flood_seconds,
+        "the flood took {cpu:.2} s of CPU in {flood_seconds:.1} s"
+    );
 }
 
 /// UDP datagrams the kernel dropped for full receive buffers, in a namespace.

@@ -19,6 +19,8 @@ const GSO_BYTES: usize = 65507;
 const GSO_SEGMENTS: u16 = 64;
 /// Room for one cmsg carrying a u16 or an int, in u64s for alignment.
 const CONTROL_WORDS: usize = 4;
+/// Room for the two cmsgs a received message may carry (GRO segment size, drop counter).
+const RECV_CONTROL_WORDS: usize = 2 * CONTROL_WORDS;
 
 /// Receive side: slots the kernel fills in one `recvmmsg`. With UDP GRO on the socket, a slot
 /// may hold several datagrams of one sender, back to back, all of `segment` bytes but the last.
@@ -27,8 +29,11 @@ pub struct RecvBatch {
     lens: [usize; BATCH],
     segments: [usize; BATCH],
     addrs: [libc::sockaddr_storage; BATCH],
-    control: [[u64; CONTROL_WORDS]; BATCH],
+    control: [[u64; RECV_CONTROL_WORDS]; BATCH],
     count: usize,
+    /// Datagrams the kernel dropped on this socket for a full receive buffer, as last told
+    /// (SO_RXQ_OVFL).
+    kernel_drops: u32,
 }
 
 impl RecvBatch {
@@ -39,8 +44,9 @@ impl RecvBatch {
             segments: [0; BATCH],
             // SAFETY: sockaddr_storage is plain data; all-zero is a valid (unspecified) value.
             addrs: unsafe { zeroed() },
-            control: [[0; CONTROL_WORDS]; BATCH],
+            control: [[0; RECV_CONTROL_WORDS]; BATCH],
             count: 0,
+            kernel_drops: 0,
         })
     }
 
@@ -59,7 +65,7 @@ impl RecvBatch {
             hdr.msg_iov = &mut iovecs[i];
             hdr.msg_iovlen = 1;
             hdr.msg_control = self.control[i].as_mut_ptr().cast();
-            hdr.msg_controllen = size_of::<[u64; CONTROL_WORDS]>();
+            hdr.msg_controllen = size_of::<[u64; RECV_CONTROL_WORDS]>();
         }
         // SAFETY: every header points into buffers owned by `self` or this frame, sized as
         // declared; the kernel writes at most that much.
@@ -79,10 +85,19 @@ impl RecvBatch {
         self.count = n as usize;
         for (i, header) in headers.iter().enumerate().take(self.count) {
             let len = header.msg_len as usize;
+            let control = read_control(&header.msg_hdr);
             self.lens[i] = len;
-            self.segments[i] = gro_segment(&header.msg_hdr).unwrap_or(len);
+            self.segments[i] = control.gro_segment.unwrap_or(len);
+            if let Some(drops) = control.kernel_drops {
+                self.kernel_drops = self.kernel_drops.max(drops);
+            }
         }
         Ok(self.count)
+    }
+
+    /// Datagrams the kernel dropped before we could read them (needs [`count_kernel_drops`]).
+    pub fn kernel_drops(&self) -> u64 {
+        self.kernel_drops.into()
     }
 
     /// Every datagram of the last receive, with its sender, in arrival order.
@@ -102,13 +117,24 @@ impl RecvBatch {
 /// Lets the kernel hand over trains of datagrams from one sender as one message (UDP GRO);
 /// [`RecvBatch`] takes them apart again.
 pub fn enable_gro(fd: RawFd) -> io::Result<()> {
+    set_int_option(fd, libc::SOL_UDP, libc::UDP_GRO)
+}
+
+/// Has the kernel tell, with every message, how many datagrams it dropped on this socket
+/// because the receive buffer was full: a flood's cost that would otherwise go unseen.
+pub fn count_kernel_drops(fd: RawFd) -> io::Result<()> {
+    set_int_option(fd, libc::SOL_SOCKET, libc::SO_RXQ_OVFL)
+}
+
+/// Turns a boolean socket option on.
+fn set_int_option(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Result<()> {
     let on: libc::c_int = 1;
-    // SAFETY: a plain setsockopt with an int value.
+    // SAFETY: a plain setsockopt with an int value that outlives the call.
     let rc = unsafe {
         libc::setsockopt(
             fd,
-            libc::SOL_UDP,
-            libc::UDP_GRO,
+            level,
+            name,
             (&on as *const libc::c_int).cast(),
             size_of::<libc::c_int>() as u32,
         )
@@ -120,20 +146,37 @@ pub fn enable_gro(fd: RawFd) -> io::Result<()> {
     }
 }
 
-/// The segment size a GRO'd message was received with, from its control data.
-fn gro_segment(hdr: &libc::msghdr) -> Option<usize> {
-    // SAFETY: the kernel filled msg_control with well-formed cmsgs up to msg_controllen.
+/// What a received message's control data says.
+#[derive(Default)]
+struct ReceivedControl {
+    /// The segment size of a GRO'd message.
+    gro_segment: Option<usize>,
+    /// The socket's drop counter (SO_RXQ_OVFL).
+    kernel_drops: Option<u32>,
+}
+
+fn read_control(hdr: &libc::msghdr) -> ReceivedControl {
+    let mut control = ReceivedControl::default();
+    // SAFETY: the kernel filled msg_control with well-formed cmsgs up to msg_controllen, and
+    // each data item read is the size the kernel writes for that cmsg type.
     unsafe {
         let mut cmsg = libc::CMSG_FIRSTHDR(hdr);
         while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_UDP && (*cmsg).cmsg_type == libc::UDP_GRO {
-                let size = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::c_int);
-                return usize::try_from(size).ok().filter(|&s| s > 0);
+            let data = libc::CMSG_DATA(cmsg);
+            match ((*cmsg).cmsg_level, (*cmsg).cmsg_type) {
+                (libc::SOL_UDP, libc::UDP_GRO) => {
+                    let size = std::ptr::read_unaligned(data as *const libc::c_int);
+                    control.gro_segment = usize::try_from(size).ok().filter(|&s| s > 0);
+                }
+                (libc::SOL_SOCKET, libc::SO_RXQ_OVFL) => {
+                    control.kernel_drops = Some(std::ptr::read_unaligned(data as *const u32));
+                }
+                _ => {}
             }
             cmsg = libc::CMSG_NXTHDR(hdr, cmsg);
         }
     }
-    None
+    control
 }
 
 /// One message of a send batch: `segments` datagrams for `to`, back to back, all of
@@ -452,6 +495,31 @@ mod tests {
             enable_gro(rx.as_raw_fd()).unwrap();
         }
         (rx, UdpSocket::bind("127.0.0.1:0").unwrap())
+    }
+
+    #[test]
+    fn datagrams_the_kernel_dropped_are_counted() {
+        let (rx, tx) = pair(true);
+        count_kernel_drops(rx.as_raw_fd()).unwrap();
+        let to = rx.local_addr().unwrap();
+        // Far more than the default receive buffer holds, before anything is read.
+        let sent = 5000;
+        for _ in 0..sent {
+            tx.send_to(&[7u8; 1000], to).unwrap();
+        }
+        let mut batch = RecvBatch::new();
+        let mut received = 0;
+        while let Ok(n) = batch.receive(rx.as_raw_fd()) {
+            received += batch.datagrams().count();
+            assert!(n > 0);
+        }
+        assert!(received > 0 && received < sent, "{received} received");
+        // The kernel tells the count with the next datagram queued after the drops.
+        tx.send_to(b"after", to).unwrap();
+        while batch.receive(rx.as_raw_fd()).is_err() {
+            std::thread::yield_now();
+        }
+        assert_eq!(batch.kernel_drops(), (sent - received) as u64);
     }
 
     #[test]

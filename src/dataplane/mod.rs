@@ -77,6 +77,10 @@ pub struct DaemonConfig {
     /// Where Prometheus metrics are served; none when off (the default).
     #[serde(default)]
     pub metrics: Option<MetricsAddress>,
+    /// Keepalive interval in seconds for every tunnel, for peers behind NAT; none when off
+    /// (the default).
+    #[serde(default)]
+    pub persistent_keepalive_s: Option<u32>,
 }
 
 fn default_poll_us() -> u32 {
@@ -114,15 +118,19 @@ struct Buffers {
 }
 
 #[derive(Default)]
-struct DropCounters(HashMap<DropReason, u64>);
+struct DropCounters {
+    by_reason: HashMap<DropReason, u64>,
+    /// Datagrams the kernel dropped for a full socket buffer before flatnetd saw them.
+    receive_buffer_overflow: u64,
+}
 
 impl DropCounters {
     fn count(&mut self, reason: DropReason) {
-        *self.0.entry(reason).or_default() += 1;
+        *self.by_reason.entry(reason).or_default() += 1;
     }
 
     fn to_json(&self) -> serde_json::Value {
-        let map: serde_json::Map<String, serde_json::Value> = DropReason::ALL
+        let mut map: serde_json::Map<String, serde_json::Value> = DropReason::ALL
             .iter()
             .map(|r| {
                 let name = serde_json::to_value(r)
@@ -130,9 +138,13 @@ impl DropCounters {
                     .as_str()
                     .unwrap()
                     .to_string();
-                (name, json!(self.0.get(r).copied().unwrap_or(0)))
+                (name, json!(self.by_reason.get(r).copied().unwrap_or(0)))
             })
             .collect();
+        map.insert(
+            "receive_buffer_overflow".into(),
+            json!(self.receive_buffer_overflow),
+        );
         serde_json::Value::Object(map)
     }
 }
@@ -240,6 +252,9 @@ impl Daemon {
         if let Err(e) = batch::enable_gro(udp.as_raw_fd()) {
             tracing::warn!("enabling UDP GRO: {e}");
         }
+        if let Err(e) = batch::count_kernel_drops(udp.as_raw_fd()) {
+            tracing::warn!("enabling SO_RXQ_OVFL: {e}");
+        }
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
             .map_err(|e| Error::io("creating epoll", e.into()))?;
         let readable = |token| EpollEvent::new(EpollFlags::EPOLLIN, token);
@@ -253,13 +268,19 @@ impl Daemon {
         let mut routes = RouteTable::new(lighthouse);
         routes.refresh();
         let poll = IdlePoll::new(config.poll_us, TICK);
+        let limits = Limits {
+            persistent_keepalive: config
+                .persistent_keepalive_s
+                .map(|s| Duration::from_secs(s.into())),
+            ..Limits::default()
+        };
         Ok(Daemon {
             config,
             udp,
             epoll,
             wake,
             commands,
-            tunnels: TunnelManager::new(keys, Limits::default()),
+            tunnels: TunnelManager::new(keys, limits),
             routes,
             ports: Ports::default(),
             networks: LocalNetworks::default(),
@@ -439,6 +460,7 @@ impl Daemon {
             "lighthouse": self.config.lighthouse,
             "lighthouse_state": self.routes.health(),
             "metrics": self.config.metrics,
+            "persistent_keepalive_s": self.config.persistent_keepalive_s,
             "busy_us": self.busy.as_micros() as u64,
             "uptime_ms": now.duration_since(self.started).as_millis() as u64,
             "rss_kib": rss_kib(),

@@ -9,7 +9,6 @@ use super::offload::{DECRYPT_OFFSET, DELIVERY_HEADER, VNET_HDR_LEN};
 use super::packet::{ipv4_addresses, TAG_LEN};
 use super::ports::Port;
 use super::{batched, Daemon};
-use crate::tunnel::wire::MSG_INIT;
 use crate::tunnel::{DropReason, PublicKey, Received};
 
 impl Daemon {
@@ -31,6 +30,7 @@ impl Daemon {
                 }
             };
             let now = Instant::now();
+            self.drops.receive_buffer_overflow = batch.kernel_drops();
             for (datagram, from) in batch.datagrams() {
                 if let Err(reason) = self.receive_datagram(datagram, from, now) {
                     self.drops.count(reason);
@@ -50,18 +50,22 @@ impl Daemon {
         from: std::net::SocketAddr,
         now: Instant,
     ) -> Result<(), DropReason> {
-        if datagram.first() == Some(&MSG_INIT) {
-            // A host that attached its first container a moment ago may not be cached yet.
-            self.routes.refresh();
-        }
         let fd = self.udp.as_raw_fd();
-        let routes = &self.routes;
+        let routes = &mut self.routes;
+        // Asked only for a handshake whose MAC and Noise message verified: a host that attached
+        // its first container a moment ago may not be cached yet, so look again then.
+        let mut authorize = |key: &PublicKey| {
+            if !routes.is_listed(key) {
+                routes.refresh();
+            }
+            routes.is_listed(key)
+        };
         let received = self.tunnels.decrypt_packet(
             datagram,
             from,
             &mut self.bufs.plain[DECRYPT_OFFSET..],
             now,
-            &|key| routes.is_listed(key),
+            &mut authorize,
             &mut batched(&mut self.bufs.to_send, fd),
         );
         match received {
@@ -76,14 +80,18 @@ impl Daemon {
     }
 
     /// A peer sends on a session we do not know: we restarted and lost it. Start a new one
-    /// (rate-limited by the tunnel's backoff) instead of waiting for the peer's rekey.
+    /// instead of waiting for the peer's rekey (rate-limited: the sender may be spoofed).
     fn rehandshake(&mut self, from: std::net::SocketAddr, now: Instant) {
         let Some(key) = self.routes.key_at(from) else {
             return;
         };
         let fd = self.udp.as_raw_fd();
-        self.tunnels
-            .create_tunnel(&key, from, now, &mut batched(&mut self.bufs.to_send, fd));
+        self.tunnels.restart_from_outside(
+            &key,
+            from,
+            now,
+            &mut batched(&mut self.bufs.to_send, fd),
+        );
     }
 
     /// `plain[DECRYPT_OFFSET..][..len]` is a tag and a packet from `peer`: deliver it if the

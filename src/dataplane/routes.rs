@@ -21,6 +21,8 @@ pub struct RouteTable {
     revision: Option<u64>,
     routes: HashMap<(u32, Ipv4Addr), Route>,
     keys: HashSet<PublicKey>,
+    /// Host endpoint -> its key: a datagram for an unknown session is matched in O(1).
+    by_endpoint: HashMap<SocketAddr, PublicKey>,
     /// Network tag -> DNS name -> addresses (a shared alias may name several containers).
     names: HashMap<u32, HashMap<String, Vec<Ipv4Addr>>>,
     /// Why the last read of the lighthouse failed, until one succeeds.
@@ -34,6 +36,7 @@ impl RouteTable {
             revision: None,
             routes: HashMap::new(),
             keys: HashSet::new(),
+            by_endpoint: HashMap::new(),
             names: HashMap::new(),
             last_error: None,
         }
@@ -61,10 +64,7 @@ impl RouteTable {
 
     /// The key of the host whose endpoint this is.
     pub fn key_at(&self, endpoint: SocketAddr) -> Option<PublicKey> {
-        self.routes
-            .values()
-            .find(|r| r.endpoint == endpoint)
-            .map(|r| r.key)
+        self.by_endpoint.get(&endpoint).copied()
     }
 
     /// The lighthouse as status and metrics show it.
@@ -96,6 +96,7 @@ impl RouteTable {
             Ok(entries) => {
                 self.routes.clear();
                 self.keys.clear();
+                self.by_endpoint.clear();
                 self.names.clear();
                 for entry in entries {
                     let Some(key) = decode_key(&entry.host.public_key) else {
@@ -108,6 +109,7 @@ impl RouteTable {
                     let tag = network_tag(&entry.network);
                     self.routes.insert((tag, entry.ip), route);
                     self.keys.insert(key);
+                    self.by_endpoint.insert(entry.host.endpoint, key);
                     let names = self.names.entry(tag).or_default();
                     for name in entry.names {
                         names.entry(name).or_default().push(entry.ip);

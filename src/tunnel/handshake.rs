@@ -10,14 +10,15 @@ use snow::params::NoiseParams;
 use snow::{HandshakeState, StatelessTransportState};
 
 use super::keys::{PublicKey, StaticKeys, KEY_LEN};
+use super::mac::MacKey;
 use super::wire::{
-    write_init_header, write_response_header, INIT_HEADER_LEN, INIT_LEN, RESPONSE_HEADER_LEN,
-    RESPONSE_LEN, TIMESTAMP_LEN,
+    write_init_header, write_response_header, INIT_HEADER_LEN, INIT_LEN, MAC_LEN,
+    RESPONSE_HEADER_LEN, RESPONSE_LEN, TIMESTAMP_LEN,
 };
 
 pub const NOISE_PATTERN: &str = "Noise_IK_25519_ChaChaPoly_BLAKE2s";
 /// Mixed into the handshake hash: both sides must speak this protocol version.
-const PROLOGUE: &[u8] = b"flatnet tunnel v1";
+const PROLOGUE: &[u8] = b"flatnet tunnel v2";
 
 pub fn noise_params() -> NoiseParams {
     static PARAMS: OnceLock<NoiseParams> = OnceLock::new();
@@ -49,7 +50,8 @@ pub fn initiate(
         .build_initiator()?;
     write_init_header(out, local_index);
     let timestamp = wall_clock_nanos().to_be_bytes();
-    state.write_message(&timestamp, &mut out[INIT_HEADER_LEN..INIT_LEN])?;
+    state.write_message(&timestamp, &mut out[INIT_HEADER_LEN..INIT_LEN - MAC_LEN])?;
+    MacKey::for_receiver(peer).seal(&mut out[..INIT_LEN]);
     let initiation = Initiation {
         state,
         local_index,
@@ -100,7 +102,8 @@ impl ReceivedInit {
     ) -> Result<(StatelessTransportState, usize), snow::Error> {
         write_response_header(out, local_index, remote_index);
         self.state
-            .write_message(&[], &mut out[RESPONSE_HEADER_LEN..RESPONSE_LEN])?;
+            .write_message(&[], &mut out[RESPONSE_HEADER_LEN..RESPONSE_LEN - MAC_LEN])?;
+        MacKey::for_receiver(&self.peer).seal(&mut out[..RESPONSE_LEN]);
         Ok((self.state.into_stateless_transport_mode()?, RESPONSE_LEN))
     }
 }

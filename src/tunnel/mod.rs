@@ -8,6 +8,8 @@
 
 pub mod handshake;
 pub mod keys;
+pub mod mac;
+pub mod ratelimit;
 pub mod replay;
 pub mod session;
 pub mod timers;
@@ -21,6 +23,8 @@ use serde::Serialize;
 
 use handshake::Initiation;
 pub use keys::{decode_key, encode_key, PublicKey, StaticKeys};
+use mac::MacKey;
+use ratelimit::{HandshakeLimiter, OUTSIDE_TRIGGER_INTERVAL};
 use session::Session;
 pub use timers::Limits;
 use wire::{Message, INIT_LEN, MAX_DATAGRAM, RESPONSE_LEN};
@@ -45,6 +49,10 @@ pub enum DropReason {
     StaleHandshake,
     /// A handshake message that does not verify.
     BadHandshake,
+    /// A handshake message without a valid MAC: from a sender that does not know our key.
+    BadMac,
+    /// A handshake over the budget of its source address or of all sources.
+    RateLimited,
     /// The inner source address does not belong to the key (or container) that sent it.
     Spoofed,
     /// No lighthouse entry, or no local container, for the destination.
@@ -56,7 +64,7 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 12] = [
+    pub const ALL: [DropReason; 14] = [
         DropReason::Malformed,
         DropReason::UnknownSession,
         DropReason::BadTag,
@@ -65,6 +73,8 @@ impl DropReason {
         DropReason::UnknownKey,
         DropReason::StaleHandshake,
         DropReason::BadHandshake,
+        DropReason::BadMac,
+        DropReason::RateLimited,
         DropReason::Spoofed,
         DropReason::NoRoute,
         DropReason::NotIpv4,
@@ -98,10 +108,19 @@ pub struct PeerStats {
     pub handshakes_completed: u64,
     /// Our initiations that drew no valid response before the next attempt.
     pub handshakes_failed: u64,
+    /// Keepalives sent (passive and persistent).
+    pub keepalives_sent: u64,
+    /// Times the peer fell silent after we sent it data, and was looked for again.
+    pub presumed_dead: u64,
+    /// Times its handshakes went unanswered long enough to give it up.
+    pub given_up: u64,
 }
 
 struct Peer {
+    /// Where the peer was last heard from (it may roam), and where the lighthouse says it is:
+    /// handshakes fall back to the latter when the former stops answering.
     endpoint: SocketAddr,
+    lighthouse_endpoint: SocketAddr,
     /// The session used for sending.
     current: Option<u32>,
     /// The session before the last rekey, kept to decrypt packets still in flight.
@@ -114,6 +133,16 @@ struct Peer {
     backoff: Duration,
     last_handshake: Option<Instant>,
     last_activity: Instant,
+    last_sent: Option<Instant>,
+    last_received: Option<Instant>,
+    /// When to send a keepalive unless something else is sent first.
+    keepalive_due: Option<Instant>,
+    /// When to presume the peer dead unless something is heard from it first.
+    reply_due: Option<Instant>,
+    /// When the current series of unanswered handshakes began.
+    trying_since: Option<Instant>,
+    /// The last handshake a datagram from outside made us start.
+    outside_trigger: Option<Instant>,
     queue: VecDeque<Vec<u8>>,
     stats: PeerStats,
 }
@@ -122,6 +151,7 @@ impl Peer {
     fn new(endpoint: SocketAddr, now: Instant, limits: &Limits) -> Self {
         Peer {
             endpoint,
+            lighthouse_endpoint: endpoint,
             current: None,
             previous: None,
             unconfirmed: None,
@@ -130,8 +160,34 @@ impl Peer {
             backoff: limits.handshake_retry_base,
             last_handshake: None,
             last_activity: now,
+            last_sent: None,
+            last_received: None,
+            keepalive_due: None,
+            reply_due: None,
+            trying_since: None,
+            outside_trigger: None,
             queue: VecDeque::new(),
             stats: PeerStats::default(),
+        }
+    }
+
+    /// Something was sent to the peer; `data` unless it was a keepalive.
+    fn sent(&mut self, data: bool, now: Instant, limits: &Limits) {
+        self.last_sent = Some(now);
+        self.keepalive_due = None;
+        if data && self.reply_due.is_none() {
+            self.reply_due = Some(now + limits.dead_after);
+        }
+    }
+
+    /// Something authenticated came from the peer; `data` unless it was a keepalive or
+    /// a handshake message.
+    fn heard(&mut self, data: bool, now: Instant, limits: &Limits) {
+        self.last_received = Some(now);
+        self.last_activity = now;
+        self.reply_due = None;
+        if data && self.keepalive_due.is_none() {
+            self.keepalive_due = Some(now + limits.keepalive_after);
         }
     }
 
@@ -160,6 +216,8 @@ pub struct PeerStatus {
     pub handshake_in_flight: bool,
     /// Milliseconds since the last completed handshake.
     pub handshake_age_ms: Option<u64>,
+    /// Milliseconds since anything authenticated came from the peer.
+    pub last_received_ms: Option<u64>,
     pub queued: usize,
     #[serde(flatten)]
     pub stats: PeerStats,
@@ -175,11 +233,17 @@ pub struct TunnelManager {
     /// (idle, last container detached), so a captured initiation stays stale for as long as
     /// this daemon runs; only keys the lighthouse lists get here, which bounds it.
     init_timestamps: HashMap<PublicKey, u64>,
+    /// Verifies the MAC on handshake messages sent to us.
+    mac_key: MacKey,
+    limiter: HandshakeLimiter,
 }
 
 impl TunnelManager {
     pub fn new(keys: StaticKeys, limits: Limits) -> Self {
+        let mac_key = MacKey::for_receiver(&keys.public);
         TunnelManager {
+            mac_key,
+            limiter: HandshakeLimiter::new(Instant::now()),
             keys,
             limits,
             peers: HashMap::new(),
@@ -242,6 +306,7 @@ impl TunnelManager {
         let len = session.encrypt(plaintext, out).ok_or(DropReason::Expired)?;
         let rekey = session.wants_rekey(now, limits);
         send(&out[..len], entry.endpoint);
+        entry.sent(true, now, limits);
         entry.stats.tx_packets += 1;
         entry.stats.tx_bytes += plaintext.len() as u64;
         if rekey && entry.pending.is_none() && now >= entry.retry_at {
@@ -258,19 +323,33 @@ impl TunnelManager {
         from: SocketAddr,
         out: &mut [u8],
         now: Instant,
-        authorize: &dyn Fn(&PublicKey) -> bool,
+        authorize: &mut dyn FnMut(&PublicKey) -> bool,
         send: &mut Sender,
     ) -> Received {
         match wire::parse(datagram) {
             None => Received::Dropped(DropReason::Malformed),
             Some(Message::Init { sender, noise }) => {
+                if !self.mac_key.verify(datagram) {
+                    return Received::Dropped(DropReason::BadMac);
+                }
+                if !self.limiter.allow(from.ip(), now) {
+                    return Received::Dropped(DropReason::RateLimited);
+                }
                 self.on_init(sender, noise, from, now, authorize, send)
             }
             Some(Message::Response {
                 sender,
                 receiver,
                 noise,
-            }) => self.on_response(sender, receiver, noise, from, now, send),
+            }) => {
+                if !self.initiations.contains_key(&receiver) {
+                    return Received::Dropped(DropReason::UnknownSession);
+                }
+                if !self.mac_key.verify(datagram) {
+                    return Received::Dropped(DropReason::BadMac);
+                }
+                self.on_response(sender, receiver, noise, from, now, send)
+            }
             Some(Message::Transport {
                 receiver,
                 counter,
@@ -279,9 +358,11 @@ impl TunnelManager {
         }
     }
 
-    /// Retries unanswered handshakes, renews old sessions that are in use, and forgets
-    /// sessions that expired and peers that went idle. Call a few times a second.
+    /// Runs the timers: retries unanswered handshakes and gives up on peers that never
+    /// answer, renews old sessions that are in use, sends keepalives, looks again for peers
+    /// that fell silent, and forgets expired sessions and idle peers. Call a few times a second.
     pub fn tick(&mut self, now: Instant, send: &mut Sender) {
+        self.limiter.forget_idle(now);
         let keys: Vec<PublicKey> = self.peers.keys().copied().collect();
         for key in keys {
             let peer = self.peers.get_mut(&key).expect("listed peer");
@@ -289,22 +370,120 @@ impl TunnelManager {
                 self.close_tunnel(&key);
                 continue;
             }
-            for index in peer.session_indices().collect::<Vec<_>>() {
-                if self.sessions[&index].is_expired(now, &self.limits) {
-                    self.sessions.remove(&index);
-                    for slot in [&mut peer.current, &mut peer.previous, &mut peer.unconfirmed] {
-                        if *slot == Some(index) {
-                            *slot = None;
-                        }
-                    }
-                }
+            self.drop_expired_sessions(&key, now);
+            if self.give_up_if_unanswered(&key, now) {
+                continue;
+            }
+            self.send_due_keepalive(&key, now, send);
+            let peer = self.peers.get_mut(&key).expect("listed peer");
+            let silent = peer.reply_due.is_some_and(|due| now >= due);
+            if silent {
+                // Data went out and nothing came back: wherever the peer roamed to, it is not
+                // there now. Look for it where the lighthouse says it is.
+                peer.reply_due = None;
+                peer.endpoint = peer.lighthouse_endpoint;
+                peer.stats.presumed_dead += 1;
+                tracing::debug!("{} fell silent", encode_key(&key));
             }
             let current = peer.current.and_then(|i| self.sessions.get(&i));
-            let wanted = !peer.queue.is_empty()
+            let wanted = silent
+                || !peer.queue.is_empty()
                 || current.is_some_and(|s| s.initiator && s.wants_rekey(now, &self.limits));
             if wanted && now >= peer.retry_at {
                 self.start_handshake(&key, now, send);
             }
+        }
+    }
+
+    fn drop_expired_sessions(&mut self, key: &PublicKey, now: Instant) {
+        let peer = self.peers.get_mut(key).expect("listed peer");
+        for index in peer.session_indices().collect::<Vec<_>>() {
+            if self.sessions[&index].is_expired(now, &self.limits) {
+                self.sessions.remove(&index);
+                for slot in [&mut peer.current, &mut peer.previous, &mut peer.unconfirmed] {
+                    if *slot == Some(index) {
+                        *slot = None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// A peer whose handshakes went unanswered for `give_up_after` loses its queue and
+    /// sessions; it is tried again only when traffic for it comes.
+    fn give_up_if_unanswered(&mut self, key: &PublicKey, now: Instant) -> bool {
+        let peer = self.peers.get_mut(key).expect("listed peer");
+        let Some(since) = peer.trying_since else {
+            return false;
+        };
+        if now.duration_since(since) < self.limits.give_up_after {
+            return false;
+        }
+        tracing::info!(
+            "giving up on {} at {}: no answer for {:?}",
+            encode_key(key),
+            peer.endpoint,
+            self.limits.give_up_after
+        );
+        for index in peer
+            .session_indices()
+            .chain(peer.pending)
+            .collect::<Vec<_>>()
+        {
+            self.sessions.remove(&index);
+            self.initiations.remove(&index);
+        }
+        peer.current = None;
+        peer.previous = None;
+        peer.unconfirmed = None;
+        peer.pending = None;
+        peer.trying_since = None;
+        peer.reply_due = None;
+        peer.queue.clear();
+        peer.endpoint = peer.lighthouse_endpoint;
+        peer.backoff = self.limits.handshake_retry_base;
+        peer.stats.given_up += 1;
+        true
+    }
+
+    /// Sends a keepalive if one is due: passive (we received data and sent nothing back) or
+    /// persistent (configured, for peers behind NAT).
+    fn send_due_keepalive(&mut self, key: &PublicKey, now: Instant, send: &mut Sender) {
+        let peer = self.peers.get_mut(key).expect("listed peer");
+        let passive = peer.keepalive_due.is_some_and(|due| now >= due);
+        let persistent = self.limits.persistent_keepalive.is_some_and(|every| {
+            peer.current.is_some() && peer.last_sent.is_none_or(|at| now >= at + every)
+        });
+        if persistent {
+            peer.last_activity = now;
+        }
+        if passive || persistent {
+            self.send_keepalive(key, now, send);
+        }
+    }
+
+    /// A datagram from `endpoint` says its sender lost our session (it restarted): start a new
+    /// handshake with the host the lighthouse lists there, at most once a second, since the
+    /// datagram may be spoofed.
+    pub fn restart_from_outside(
+        &mut self,
+        peer: &PublicKey,
+        endpoint: SocketAddr,
+        now: Instant,
+        send: &mut Sender,
+    ) {
+        if let Some(entry) = self.peers.get(peer) {
+            let recent = entry
+                .outside_trigger
+                .is_some_and(|at| now.duration_since(at) < OUTSIDE_TRIGGER_INTERVAL);
+            if recent || entry.current.is_some() || entry.pending.is_some() {
+                return;
+            }
+        }
+        let entry = touch_peer(&mut self.peers, &self.limits, peer, endpoint, now);
+        entry.outside_trigger = Some(now);
+        if now >= entry.retry_at {
+            self.start_handshake(peer, now, send);
         }
     }
 
@@ -327,14 +506,6 @@ impl TunnelManager {
         self.initiations.clear();
     }
 
-    /// The peer last seen at `endpoint`, if any.
-    pub fn peer_at(&self, endpoint: SocketAddr) -> Option<PublicKey> {
-        self.peers
-            .iter()
-            .find(|(_, p)| p.endpoint == endpoint)
-            .map(|(k, _)| *k)
-    }
-
     pub fn session_count(&self) -> usize {
         self.sessions.len()
     }
@@ -355,6 +526,9 @@ impl TunnelManager {
                 handshake_age_ms: p
                     .last_handshake
                     .map(|t| now.duration_since(t).as_millis() as u64),
+                last_received_ms: p
+                    .last_received
+                    .map(|t| now.duration_since(t).as_millis() as u64),
                 queued: p.queue.len(),
                 stats: p.stats.clone(),
             })
@@ -374,9 +548,13 @@ impl TunnelManager {
             return;
         };
         if let Some(old) = entry.pending.replace(index) {
+            // The last one went unanswered: the peer may have roamed away, or a spoofed
+            // datagram moved our idea of its endpoint. Ask where the lighthouse says it is.
             self.initiations.remove(&old);
             entry.stats.handshakes_failed += 1;
+            entry.endpoint = entry.lighthouse_endpoint;
         }
+        entry.trying_since.get_or_insert(now);
         self.initiations.insert(index, initiation);
         entry.retry_at = now + entry.backoff;
         entry.backoff = (entry.backoff * 2).min(self.limits.handshake_retry_max);
@@ -391,7 +569,7 @@ impl TunnelManager {
         noise: &[u8],
         from: SocketAddr,
         now: Instant,
-        authorize: &dyn Fn(&PublicKey) -> bool,
+        authorize: &mut dyn FnMut(&PublicKey) -> bool,
         send: &mut Sender,
     ) -> Received {
         let Ok(init) = handshake::read_init(&self.keys, noise) else {
@@ -421,7 +599,7 @@ impl TunnelManager {
         };
         self.init_timestamps.insert(key, timestamp);
         peer.endpoint = from;
-        peer.last_activity = now;
+        peer.heard(false, now, &self.limits);
         let session = Session::new(index, sender, key, transport, false, now);
         if let Some(old) = peer.unconfirmed.replace(index) {
             self.sessions.remove(&old);
@@ -462,7 +640,8 @@ impl TunnelManager {
             peer.pending = None;
         }
         peer.endpoint = from;
-        peer.last_activity = now;
+        peer.heard(false, now, &self.limits);
+        peer.trying_since = None;
         peer.backoff = self.limits.handshake_retry_base;
         peer.retry_at = now;
         peer.stats.handshakes_completed += 1;
@@ -501,7 +680,7 @@ impl TunnelManager {
             return Received::Dropped(DropReason::UnknownSession);
         };
         peer.endpoint = from;
-        peer.last_activity = now;
+        peer.heard(len > 0, now, &self.limits);
         peer.stats.rx_packets += 1;
         peer.stats.rx_bytes += len as u64;
         if peer.unconfirmed == Some(receiver) {
@@ -544,6 +723,8 @@ impl TunnelManager {
             .and_then(|s| s.encrypt(&[], &mut out))
         {
             send(&out[..len], peer.endpoint);
+            peer.sent(false, now, &self.limits);
+            peer.stats.keepalives_sent += 1;
         }
     }
 
@@ -564,6 +745,7 @@ fn touch_peer<'a>(
         .entry(*peer)
         .or_insert_with(|| Peer::new(endpoint, now, limits));
     entry.last_activity = now;
+    entry.lighthouse_endpoint = endpoint;
     entry
 }
 

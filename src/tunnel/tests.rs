@@ -1,6 +1,6 @@
 //! Tunnel tests with two (or three) managers wired together in memory.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -45,11 +45,11 @@ impl Host {
     ) -> (Received, Vec<u8>) {
         let me = self.addr;
         let mut out = vec![0u8; MAX_DATAGRAM];
-        let r = self
-            .tm
-            .decrypt_packet(datagram, from, &mut out, now, &anyone, &mut |d, dst| {
-                wire.push_back((d.to_vec(), me, dst))
-            });
+        let r =
+            self.tm
+                .decrypt_packet(datagram, from, &mut out, now, &mut anyone, &mut |d, dst| {
+                    wire.push_back((d.to_vec(), me, dst))
+                });
         let data = match r {
             Received::Data { len, .. } => out[..len].to_vec(),
             _ => Vec::new(),
@@ -167,7 +167,7 @@ fn wrongly_keyed_messages_are_rejected() {
         from,
         &mut out,
         now,
-        &|k| *k == only_a,
+        &mut |k: &PublicKey| *k == only_a,
         &mut |_, _| panic!("nothing may be sent to an unknown key"),
     );
     assert_eq!(r, Received::Dropped(DropReason::UnknownKey));
@@ -195,11 +195,13 @@ fn a_forged_response_does_not_kill_the_pending_handshake() {
     b.receive(&init, from_a, &mut wire, now);
     let (response, from_b, _) = wire.pop_front().unwrap();
 
-    // Whoever saw the initiation knows its index: a response with it and a made-up body.
+    // Whoever saw the initiation knows its index, and A's public key is no secret: a response
+    // with that index, a made-up body and a valid MAC.
     let mut forged = response.clone();
     for byte in &mut forged[12..] {
         *byte ^= 0x5a;
     }
+    mac::MacKey::for_receiver(a.tm.public_key()).seal(&mut forged);
     let attacker = SocketAddr::from(([198, 51, 100, 66], 4800));
     let (r, _) = a.receive(&forged, attacker, &mut wire, now);
     assert_eq!(r, Received::Dropped(DropReason::BadHandshake));
@@ -345,4 +347,217 @@ fn a_host_can_tunnel_to_itself() {
         }
     }
     assert_eq!(got, vec![b"to myself".to_vec()]);
+}
+
+/// An initiation with a valid header and a random body, as a flood would send.
+fn random_initiation() -> Vec<u8> {
+    let mut datagram = vec![0u8; INIT_LEN];
+    getrandom::fill(&mut datagram).unwrap();
+    wire::write_init_header(&mut datagram, 7);
+    datagram
+}
+
+#[test]
+fn random_initiations_are_dropped_by_the_mac_before_any_key_work() {
+    let (mut a, mut b, mut wire, now) = established();
+    let flooder = SocketAddr::from(([198, 51, 100, 66], 4800));
+    for _ in 0..10_000 {
+        let (r, _) = b.receive(&random_initiation(), flooder, &mut wire, now);
+        assert_eq!(r, Received::Dropped(DropReason::BadMac));
+    }
+    assert!(wire.is_empty(), "nothing answers a flood");
+    assert_eq!(b.tm.peer_count(), 1);
+    // The tunnel is untouched.
+    a.send_packet(&b, b"still here", &mut wire, now);
+    let (_, got) = pump(&mut a, &mut b, &mut wire, now);
+    assert_eq!(got, vec![b"still here".to_vec()]);
+}
+
+#[test]
+fn handshakes_that_know_our_key_are_rate_limited_per_source() {
+    let now = Instant::now();
+    let mut b = host(2, Limits::default());
+    let flooder = SocketAddr::from(([198, 51, 100, 66], 4800));
+    let mut wire = Wire::new();
+    let mut outcomes: HashMap<String, u32> = HashMap::new();
+    // Fresh keys that know B's public key pass the MAC; each costs B a Diffie-Hellman.
+    for _ in 0..200 {
+        let mut c = host(3, Limits::default());
+        c.addr = flooder;
+        c.send_packet(&b, b"x", &mut wire, now);
+        let (init, _, _) = wire.pop_front().unwrap();
+        let (r, _) = b.receive(&init, flooder, &mut wire, now);
+        wire.clear();
+        *outcomes.entry(format!("{r:?}")).or_insert(0) += 1;
+    }
+    let answered = outcomes.get("Handled").copied().unwrap_or(0);
+    let limited = outcomes["Dropped(RateLimited)"];
+    assert_eq!(answered + limited, 200, "{outcomes:?}");
+    assert!(
+        answered <= 20,
+        "{answered} handshakes answered from one source at once"
+    );
+
+    // Another source still gets its handshake answered at that very moment.
+    let mut a = host(1, Limits::default());
+    wire.clear();
+    a.send_packet(&b, b"from elsewhere", &mut wire, now);
+    let (_, got) = pump(&mut a, &mut b, &mut wire, now);
+    assert_eq!(got, vec![b"from elsewhere".to_vec()]);
+}
+
+#[test]
+fn a_quiet_receiver_sends_a_keepalive_and_both_see_it() {
+    let (mut a, mut b, mut wire, now) = established();
+    let limits = Limits::default();
+    let mut sent = Vec::new();
+    b.tm.tick(now + limits.keepalive_after / 2, &mut |d, to| {
+        sent.push((d.to_vec(), to))
+    });
+    assert!(sent.is_empty(), "no keepalive before it is due");
+    let later = now + limits.keepalive_after;
+    b.tm.tick(later, &mut |d, to| sent.push((d.to_vec(), to)));
+    assert_eq!(sent.len(), 1, "one keepalive when due");
+    let (keepalive, to) = sent.pop().unwrap();
+    assert_eq!(to, a.addr);
+    assert_eq!(
+        keepalive.len(),
+        wire::TRANSPORT_HEADER_LEN + wire::AEAD_TAG_LEN
+    );
+    let (r, _) = a.receive(&keepalive, b.addr, &mut wire, later);
+    assert_eq!(r, Received::Handled);
+    assert_eq!(a.tm.status(later)[0].last_received_ms, Some(0));
+    assert_eq!(b.tm.status(later)[0].stats.keepalives_sent, 1);
+    // One keepalive per data received, not one per tick.
+    b.tm.tick(later + limits.keepalive_after, &mut |d, to| {
+        sent.push((d.to_vec(), to))
+    });
+    assert!(sent.is_empty());
+}
+
+#[test]
+fn a_peer_that_roamed_and_fell_silent_is_looked_for_at_its_lighthouse_endpoint() {
+    let (mut a, mut b, mut wire, now) = established();
+    let limits = Limits::default();
+    // B moves to a new address (its packets are authentic, so A follows it)...
+    let home = b.addr;
+    b.addr = SocketAddr::from(([192, 0, 2, 99], 4800));
+    b.send_packet(&a, b"from my new address", &mut wire, now);
+    pump(&mut a, &mut b, &mut wire, now);
+    assert_eq!(a.tm.status(now)[0].endpoint, b.addr);
+    // ...and falls silent there. A keeps sending (into the void); the lighthouse still says
+    // B is at home.
+    let t = now + Duration::from_secs(1);
+    b.addr = home;
+    a.send_packet(&b, b"anyone?", &mut wire, t);
+    wire.clear();
+    let mut sent = Vec::new();
+    a.tm.tick(
+        t + limits.dead_after - Duration::from_millis(1),
+        &mut |d, to| sent.push((d.to_vec(), to)),
+    );
+    assert!(sent.is_empty(), "not presumed dead early");
+    let dead = t + limits.dead_after;
+    a.tm.tick(dead, &mut |d, to| sent.push((d.to_vec(), to)));
+    assert_eq!(sent.len(), 1, "a new handshake");
+    let (init, to) = sent.pop().unwrap();
+    assert_eq!(init.len(), INIT_LEN);
+    assert_eq!(to, home, "sent where the lighthouse says B is");
+    assert_eq!(a.tm.status(dead)[0].stats.presumed_dead, 1);
+    // B is back home and answers; traffic flows there again.
+    wire.push_back((init, a.addr, home));
+    pump(&mut a, &mut b, &mut wire, dead);
+    a.send_packet(&b, b"found you", &mut wire, dead);
+    let (_, got) = pump(&mut a, &mut b, &mut wire, dead);
+    assert_eq!(got, vec![b"found you".to_vec()]);
+    assert_eq!(a.tm.status(dead)[0].endpoint, home);
+}
+
+#[test]
+fn a_dead_peer_is_given_up_and_costs_nothing_after() {
+    let (mut a, b, mut wire, now) = established();
+    let limits = Limits::default();
+    a.send_packet(&b, b"are you there", &mut wire, now);
+    wire.clear(); // B is gone for good
+    let mut attempts = 0;
+    let mut t = now;
+    let end = now + limits.dead_after + limits.give_up_after + Duration::from_secs(60);
+    let mut given_up_at = None;
+    while t < end {
+        t += Duration::from_millis(100);
+        a.tm.tick(t, &mut |_, _| attempts += 1);
+        if given_up_at.is_none() && a.tm.status(t)[0].stats.given_up == 1 {
+            given_up_at = Some(t);
+        }
+    }
+    let given_up_at = given_up_at.expect("the peer was never given up");
+    let after = given_up_at.duration_since(now);
+    assert!(
+        after >= limits.dead_after + limits.give_up_after
+            && after <= limits.dead_after + limits.give_up_after + limits.handshake_retry_max,
+        "given up after {after:?}"
+    );
+    assert!(attempts < 30, "{attempts} handshakes to a dead peer");
+    let status = &a.tm.status(t)[0];
+    assert_eq!((status.sessions, status.queued), (0, 0));
+    assert!(!status.handshake_in_flight);
+    assert_eq!(a.tm.session_count(), 0);
+}
+
+#[test]
+fn persistent_keepalive_keeps_an_idle_tunnel_open() {
+    let every = Duration::from_secs(25);
+    let limits = Limits {
+        persistent_keepalive: Some(every),
+        ..Limits::default()
+    };
+    let now = Instant::now();
+    let (mut a, mut b) = (host(1, limits.clone()), host(2, Limits::default()));
+    let mut wire = Wire::new();
+    a.send_packet(&b, b"hello", &mut wire, now);
+    pump(&mut a, &mut b, &mut wire, now);
+    let mut t = now;
+    let from = a.addr;
+    while t < now + limits.idle_timeout * 2 {
+        t += Duration::from_secs(1);
+        a.tm.tick(t, &mut |d, to| wire.push_back((d.to_vec(), from, to)));
+        pump(&mut a, &mut b, &mut wire, t);
+    }
+    // One every 25 s, and the tunnel is still there on both sides, with no packet sent.
+    let expected = (limits.idle_timeout * 2).as_secs() / every.as_secs();
+    let keepalives = a.tm.status(t)[0].stats.keepalives_sent;
+    assert!(
+        (expected..=expected + 1).contains(&keepalives),
+        "{keepalives} keepalives"
+    );
+    assert_eq!((a.tm.peer_count(), b.tm.peer_count()), (1, 1));
+    // Without it, the same quiet tunnel goes idle.
+    let (mut a, _, _, now) = established();
+    a.tm.tick(now + Limits::default().idle_timeout, &mut |_, _| {});
+    assert_eq!(a.tm.peer_count(), 0);
+}
+
+#[test]
+fn spoofed_datagrams_start_at_most_one_handshake_a_second() {
+    let now = Instant::now();
+    let (mut a, b) = (host(1, Limits::default()), host(2, Limits::default()));
+    let key = *b.tm.public_key();
+    let mut initiations = 0;
+    // A datagram for an unknown session "from B" every millisecond for 3 s; B never answers
+    // (the datagrams are spoofed), and A's own timers run as usual.
+    let mut t = now;
+    for i in 0..3000u32 {
+        t = now + Duration::from_millis(i.into());
+        a.tm.restart_from_outside(&key, b.addr, t, &mut |_, _| initiations += 1);
+        if i % 100 == 0 {
+            a.tm.tick(t, &mut |_, _| initiations += 1);
+        }
+    }
+    // The backoff alone allows 250 ms, 500 ms, 1 s: five attempts in 3 s.
+    assert!(
+        initiations <= 5,
+        "{initiations} handshakes in {:?}",
+        t - now
+    );
+    assert!(initiations >= 1);
 }

@@ -20,6 +20,18 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Packets kept per peer while its handshake is under way.
     pub queue_len: usize,
+    /// Received data and sent nothing back for this long: send an empty packet, so the peer
+    /// knows the session is alive (WireGuard's passive keepalive).
+    pub keepalive_after: Duration,
+    /// Sent data and heard nothing back for this long: the peer is presumed gone from where
+    /// it was, and a new handshake goes to its lighthouse endpoint.
+    pub dead_after: Duration,
+    /// Handshakes unanswered for this long: give the peer up (drop its queue and sessions)
+    /// until traffic for it comes again.
+    pub give_up_after: Duration,
+    /// Send a keepalive at least this often on an established tunnel, and keep it from going
+    /// idle: for peers behind NAT, whose mapping must be kept open. Off by default.
+    pub persistent_keepalive: Option<Duration>,
 }
 
 impl Default for Limits {
@@ -33,6 +45,10 @@ impl Default for Limits {
             handshake_retry_max: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(180),
             queue_len: 32,
+            keepalive_after: Duration::from_secs(10),
+            dead_after: Duration::from_secs(15),
+            give_up_after: Duration::from_secs(90),
+            persistent_keepalive: None,
         }
     }
 }

@@ -3,10 +3,12 @@
 //! session without trying keys.
 //!
 //! ```text
-//! init      1 0 0 0 | sender u32 | Noise IK message 1 (e, s, timestamp)        = 112 bytes
-//! response  2 0 0 0 | sender u32 | receiver u32 | Noise IK message 2 (e)      =  60 bytes
+//! init      1 0 0 0 | sender u32 | Noise IK message 1 (e, s, timestamp) | mac  = 128 bytes
+//! response  2 0 0 0 | sender u32 | receiver u32 | Noise IK message 2 (e) | mac =  76 bytes
 //! transport 4 0 0 0 | receiver u32 | counter u64 | AEAD(network tag u32 + IP packet)
 //! ```
+//!
+//! `mac` is a MAC over the bytes before it, keyed by the receiver's public key ([`super::mac`]).
 
 pub const MSG_INIT: u8 = 1;
 pub const MSG_RESPONSE: u8 = 2;
@@ -15,13 +17,14 @@ pub const MSG_TRANSPORT: u8 = 4;
 pub const DH_LEN: usize = 32;
 pub const AEAD_TAG_LEN: usize = 16;
 pub const TIMESTAMP_LEN: usize = 8;
+pub use super::mac::MAC_LEN;
 pub const INIT_NOISE_LEN: usize = DH_LEN + (DH_LEN + AEAD_TAG_LEN) + (TIMESTAMP_LEN + AEAD_TAG_LEN);
 pub const RESPONSE_NOISE_LEN: usize = DH_LEN + AEAD_TAG_LEN;
 pub const INIT_HEADER_LEN: usize = 8;
 pub const RESPONSE_HEADER_LEN: usize = 12;
 pub const TRANSPORT_HEADER_LEN: usize = 16;
-pub const INIT_LEN: usize = INIT_HEADER_LEN + INIT_NOISE_LEN;
-pub const RESPONSE_LEN: usize = RESPONSE_HEADER_LEN + RESPONSE_NOISE_LEN;
+pub const INIT_LEN: usize = INIT_HEADER_LEN + INIT_NOISE_LEN + MAC_LEN;
+pub const RESPONSE_LEN: usize = RESPONSE_HEADER_LEN + RESPONSE_NOISE_LEN + MAC_LEN;
 /// The largest datagram Flatnet sends or accepts.
 pub const MAX_DATAGRAM: usize = 65535;
 
@@ -52,12 +55,12 @@ pub fn parse(buf: &[u8]) -> Option<Message<'_>> {
     match buf[0] {
         MSG_INIT if buf.len() == INIT_LEN => Some(Message::Init {
             sender: u32_at(4),
-            noise: &buf[INIT_HEADER_LEN..],
+            noise: &buf[INIT_HEADER_LEN..INIT_LEN - MAC_LEN],
         }),
         MSG_RESPONSE if buf.len() == RESPONSE_LEN => Some(Message::Response {
             sender: u32_at(4),
             receiver: u32_at(8),
-            noise: &buf[RESPONSE_HEADER_LEN..],
+            noise: &buf[RESPONSE_HEADER_LEN..RESPONSE_LEN - MAC_LEN],
         }),
         MSG_TRANSPORT if buf.len() >= TRANSPORT_HEADER_LEN + AEAD_TAG_LEN => {
             Some(Message::Transport {
