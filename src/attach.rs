@@ -112,6 +112,7 @@ impl Network {
         // The data plane first: its key is what the lighthouse entry publishes.
         control::ensure_running(&self.daemon_settings())?;
         let _members = self.lock_members()?;
+        self.remove_stale_temps();
         self.clear_stale_record(req)?;
         self.refuse_taken_ports(req)?;
 
@@ -142,7 +143,19 @@ impl Network {
     pub fn detach(&self, container_id: &str, netns: Option<&Path>, ifname: &str) -> Result<()> {
         check_container_id(container_id)?;
         let _members = self.lock_members()?;
+        self.remove_stale_temps();
         self.detach_locked(container_id, netns, ifname)
+    }
+
+    /// Removes what writers killed half-way left (their temporary files); called with the
+    /// members lock held, under which records and host members are written.
+    fn remove_stale_temps(&self) {
+        let dirs = self.config.dirs();
+        for dir in [dirs.attachments(), dirs.root.clone()] {
+            if let Err(e) = crate::state::remove_stale_temps(&dir) {
+                tracing::warn!("cleaning {}: {e}", dir.display());
+            }
+        }
     }
 
     fn detach_locked(&self, container_id: &str, netns: Option<&Path>, ifname: &str) -> Result<()> {
@@ -266,6 +279,10 @@ impl Network {
     /// One stale container that cannot be cleaned does not stop the others: every one is
     /// tried, and the first failure is reported.
     pub fn collect_garbage(&self, keep: &[&str]) -> Result<usize> {
+        {
+            let _members = self.lock_members()?;
+            self.remove_stale_temps();
+        }
         let mut cleaned = 0;
         let mut first_error = None;
         let mut clean = |id: &str, ifname: &str| match self.detach(id, None, ifname) {

@@ -14,7 +14,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
@@ -72,11 +72,14 @@ impl FileLock {
         if let Some(dir) = path.parent() {
             create_private_dir(dir)?;
         }
+        // O_NOFOLLOW: a symlink planted at the lock's name must not make us create or
+        // truncate whatever it points to.
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(path)
             .context(|| format!("opening lock file {}", path.display()))?;
         let lock = Flock::lock(file, how)
@@ -86,34 +89,43 @@ impl FileLock {
 }
 
 /// Creates a directory (and parents) readable only by root: state names containers and keys.
+/// A directory that exists must be one nobody else could have planted files in: owned by us
+/// (root) and not writable by group or others.
 pub fn create_private_dir(dir: &Path) -> Result<()> {
     if dir.is_dir() {
-        return Ok(());
+        return check_private_dir(dir);
     }
     fs::create_dir_all(dir).context(|| format!("creating {}", dir.display()))?;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
         .context(|| format!("setting mode of {}", dir.display()))
 }
 
+/// Refuses a state directory another user owns or may write to: whoever can write there can
+/// plant leases, records or symlinks that root would then act on.
+pub fn check_private_dir(dir: &Path) -> Result<()> {
+    let meta = fs::metadata(dir).context(|| format!("inspecting {}", dir.display()))?;
+    let uid = nix::unistd::geteuid().as_raw();
+    if meta.uid() != uid || meta.mode() & 0o022 != 0 {
+        return Err(Error::InvalidConfig(format!(
+            "{} is owned by uid {} with mode {:o}: a Flatnet state directory must belong to \
+             uid {uid} and not be writable by group or others",
+            dir.display(),
+            meta.uid(),
+            meta.mode() & 0o7777
+        )));
+    }
+    Ok(())
+}
+
 /// Writes `bytes` to a temporary sibling, syncs it and renames it over `path`: readers see the
 /// old content or the new, never a torn file, even if the writer is killed half-way.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = temp_sibling(path);
-    let result = (|| {
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_data()?;
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
+    write_new(&tmp, bytes)?;
+    fs::rename(&tmp, path).map_err(|e| {
         let _ = fs::remove_file(&tmp);
-    }
-    result.context(|| format!("writing {}", path.display()))
+        Error::io(format!("writing {}", path.display()), e)
+    })
 }
 
 /// Creates `path` with `bytes` only if it does not exist yet; returns false if it does.
@@ -121,7 +133,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// so a concurrent reader never sees an empty lease and a killed writer leaves no name behind.
 pub fn create_exclusive(path: &Path, bytes: &[u8]) -> Result<bool> {
     let tmp = temp_sibling(path);
-    write_atomic(&tmp, bytes)?;
+    write_new(&tmp, bytes)?;
     let linked = fs::hard_link(&tmp, path);
     let _ = fs::remove_file(&tmp);
     match linked {
@@ -129,6 +141,88 @@ pub fn create_exclusive(path: &Path, bytes: &[u8]) -> Result<bool> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
         Err(e) => Err(Error::io(format!("creating {}", path.display()), e)),
     }
+}
+
+/// Writes a new file (mode 0600) that must not exist, and syncs it. A leftover regular file
+/// of ours at that name (a writer with our pid was killed) is replaced; anything else there
+/// (a planted symlink) is refused, and what it points to is never opened.
+fn write_new(tmp: &Path, bytes: &[u8]) -> Result<()> {
+    let create = || {
+        OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(tmp)
+    };
+    // A failed write removes what it created, never what it found.
+    let written = |file: File| {
+        let result = write_all_synced(file, bytes);
+        if result.is_err() {
+            let _ = fs::remove_file(tmp);
+        }
+        result
+    };
+    let file = match create() {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let meta =
+                fs::symlink_metadata(tmp).context(|| format!("inspecting {}", tmp.display()))?;
+            if !meta.file_type().is_file() {
+                return Err(Error::InvalidConfig(format!(
+                    "{} exists and is not a regular file: refusing to write through it",
+                    tmp.display()
+                )));
+            }
+            remove_if_exists(tmp)?;
+            create()
+        }
+        other => other,
+    };
+    file.and_then(written)
+        .context(|| format!("writing {}", tmp.display()))
+}
+
+fn write_all_synced(mut file: File, bytes: &[u8]) -> std::io::Result<()> {
+    file.write_all(bytes)?;
+    file.sync_data()
+}
+
+/// Removes the temporary files of writers that were killed (`.<name>.tmp.<pid>` whose pid is
+/// gone) from `dir`; returns how many. A live writer's are left alone, so this is safe while
+/// others write.
+pub fn remove_stale_temps(dir: &Path) -> Result<usize> {
+    let mut removed = 0;
+    for path in list_dir(dir)? {
+        let Some(pid) = path
+            .file_name()
+            .and_then(|n| temp_owner(&n.to_string_lossy()))
+        else {
+            continue;
+        };
+        if !process_exists(pid) {
+            remove_if_exists(&path)?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// The pid in a temporary file's name, `.<name>.tmp.<pid>`.
+fn temp_owner(name: &str) -> Option<i32> {
+    let (stem, pid) = name.rsplit_once(".tmp.")?;
+    if !stem.starts_with('.') {
+        return None;
+    }
+    pid.parse().ok().filter(|&pid| pid > 0)
+}
+
+fn process_exists(pid: i32) -> bool {
+    use nix::sys::signal::kill;
+    use nix::unistd::Pid;
+    !matches!(
+        kill(Pid::from_raw(pid), None),
+        Err(nix::errno::Errno::ESRCH)
+    )
 }
 
 /// Reads a file; `None` if it does not exist (state that was never written, or released).
@@ -189,5 +283,86 @@ pub fn check_name(what: &str, name: &str, max_len: usize) -> std::result::Result
         Err(format!(
             "{what} {name:?} must be 1-{max_len} characters of [A-Za-z0-9_.-], starting with a letter or digit"
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_symlink_planted_at_the_temporary_name_is_refused_and_its_target_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("victim");
+        fs::write(&target, "precious").unwrap();
+        let path = dir.path().join("lease");
+        std::os::unix::fs::symlink(&target, temp_sibling(&path)).unwrap();
+        assert!(write_atomic(&path, b"attacker's").is_err());
+        assert!(create_exclusive(&path, b"attacker's").is_err());
+        assert_eq!(fs::read_to_string(&target).unwrap(), "precious");
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_leftover_temporary_file_of_ours_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("record");
+        fs::write(temp_sibling(&path), "half-written").unwrap();
+        write_atomic(&path, b"whole").unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "whole");
+        assert_eq!(list_dir(dir.path()).unwrap(), vec![path]);
+    }
+
+    #[test]
+    fn a_directory_others_may_write_is_refused() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("state");
+        create_private_dir(&dir).unwrap();
+        assert_eq!(fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
+        for mode in [0o777, 0o770, 0o702] {
+            fs::set_permissions(&dir, fs::Permissions::from_mode(mode)).unwrap();
+            let err = create_private_dir(&dir).unwrap_err().to_string();
+            assert!(err.contains("not be writable by group or others"), "{err}");
+            assert!(FileLock::acquire(&dir.join("lock")).is_err());
+        }
+        assert!(!dir.join("lock").exists(), "nothing was created in it");
+    }
+
+    #[test]
+    fn stale_temporary_files_are_removed_and_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        // A pid that is gone: a child that has been reaped.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let stale = dir.path().join(format!(".10.0.0.2.tmp.{dead}"));
+        let live = dir
+            .path()
+            .join(format!(".10.0.0.3.tmp.{}", std::process::id()));
+        let lease = dir.path().join("10.0.0.4");
+        for path in [&stale, &live, &lease] {
+            fs::write(path, "x").unwrap();
+        }
+        assert_eq!(remove_stale_temps(dir.path()).unwrap(), 1);
+        assert!(!stale.exists() && live.exists() && lease.exists());
+    }
+
+    #[test]
+    fn exclusive_creation_uses_one_temporary_suffix() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("10.0.0.2");
+        // Stop half-way (a killed writer): the temporary file must have one suffix.
+        let tmp = temp_sibling(&path);
+        assert_eq!(
+            tmp.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .matches(".tmp.")
+                .count(),
+            1
+        );
+        assert!(create_exclusive(&path, b"a").unwrap());
+        assert!(!create_exclusive(&path, b"b").unwrap());
+        assert_eq!(list_dir(dir.path()).unwrap(), vec![path]);
     }
 }

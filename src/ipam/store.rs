@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use crate::error::Result;
 use crate::state::{
-    create_exclusive, create_private_dir, list_dir, read_if_exists, remove_if_exists, write_atomic,
-    FileLock,
+    create_exclusive, create_private_dir, list_dir, read_if_exists, remove_if_exists,
+    remove_stale_temps, write_atomic, FileLock,
 };
 
 /// Who holds an address.
@@ -65,6 +65,8 @@ impl LeaseStore for DirLeaseStore {
     fn transaction<R>(&self, f: impl FnOnce(&Self) -> Result<R>) -> Result<R> {
         let _guard = FileLock::acquire(&self.lock)?;
         create_private_dir(&self.dir)?;
+        // Leases half-written by a killed plugin: only their temporary files can be left.
+        remove_stale_temps(&self.dir)?;
         f(self)
     }
 

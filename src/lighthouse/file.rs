@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Entry, Lighthouse};
 use crate::error::{Error, Result};
-use crate::state::{read_if_exists, write_atomic, FileLock};
+use crate::state::{read_if_exists, remove_stale_temps, write_atomic, FileLock};
 
 const FORMAT_VERSION: u32 = 1;
 
@@ -74,6 +74,9 @@ impl FileLighthouse {
     /// Read-modify-write under the lock; the file is only rewritten when `f` changed something.
     fn update(&self, f: impl FnOnce(&mut Document) -> Result<bool>) -> Result<()> {
         let _guard = FileLock::acquire(&self.lock)?;
+        if let Some(dir) = self.path.parent() {
+            remove_stale_temps(dir)?;
+        }
         let mut doc = self.read()?;
         if f(&mut doc)? {
             doc.networks.retain(|_, entries| !entries.is_empty());
