@@ -923,6 +923,73 @@ for i in range({RATE} * {SECONDS}):
     );
 }
 
+#[test]
+fn a_silent_control_client_blocks_nobody_and_is_cut_off() {
+    if !root_or_skip("a_silent_control_client_blocks_nobody_and_is_cut_off") {
+        return;
+    }
+    let mut cluster = Cluster::new(1);
+    let first = cluster.attach(0);
+    let socket = control::socket_path(cluster.hosts[0].state.path());
+    // Connects and sends nothing.
+    let mut silent = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    // Attaches and status are served meanwhile, and the silent client is still connected.
+    let second = cluster.attach(0);
+    assert!(cluster.ping(first, second, 1));
+    assert!(cluster.status(0)["containers"].as_array().unwrap().len() >= 2);
+    silent.set_nonblocking(true).unwrap();
+    let mut byte = [0u8; 1];
+    let pending = std::io::Read::read(&mut silent, &mut byte);
+    assert!(
+        matches!(&pending, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the silent client was served or cut off before the others: {pending:?}"
+    );
+    // Then the daemon hangs up on it.
+    silent.set_nonblocking(false).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert_eq!(std::io::Read::read(&mut silent, &mut byte).unwrap(), 0);
+}
+
+#[test]
+fn the_control_socket_refuses_callers_of_other_users() {
+    if !root_or_skip("the_control_socket_refuses_callers_of_other_users") {
+        return;
+    }
+    let mut cluster = Cluster::new(1);
+    cluster.attach(0);
+    let socket = control::socket_path(cluster.hosts[0].state.path());
+    // Effective uid nobody, file-system uid root: the path is reachable (its directory is
+    // root's), so only the credentials check stands in the way.
+    let script = format!(
+        r#"
+import ctypes, os, socket
+os.seteuid(65534)
+ctypes.CDLL(None).setfsuid(0)
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect("{}")
+s.sendall(b'{{"v":1,"op":"status"}}\n')
+print(s.recv(65536).decode())
+"#,
+        socket.display()
+    );
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        answer.contains("uid 65534") && answer.contains("not allowed"),
+        "{answer} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!answer.contains("public_key"), "status leaked: {answer}");
+    // Root still gets its answer.
+    assert!(cluster.status(0)["public_key"].is_string());
+}
+
 /// UDP datagrams the kernel dropped for full receive buffers, in a namespace.
 fn udp_receive_errors(ns: &TestNetns) -> u64 {
     let snmp = support::run_ok("ip", &["netns", "exec", &ns.name, "cat", "/proc/net/snmp"]);

@@ -1,32 +1,43 @@
-//! The daemon's end of the control socket: a thread that accepts connections, decodes one
-//! request each, hands it to the data-plane thread and writes back the answer.
+//! The daemon's end of the control socket: a thread that accepts connections and one short
+//! thread per connection that checks who is calling, decodes one request, hands it to the
+//! data-plane thread and writes back the answer.
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::eventfd::EventFd;
+use nix::sys::socket::{getsockopt, shutdown, sockopt::PeerCredentials, Shutdown};
+use nix::sys::stat::{umask, Mode};
 
 use super::Command;
 use crate::control::{decode_request, encode_response, socket_path, Request, Response};
 use crate::error::{IoContext, Result};
 
 const MAX_REQUEST: u64 = 64 * 1024;
+/// A client has this long to send its request and take the answer, however it trickles:
+/// one that connects and sends nothing costs a thread for this long, and blocks nobody.
+const CLIENT_DEADLINE: Duration = Duration::from_secs(2);
+/// Connections served at once; more are closed at once (requests are short).
+const MAX_CLIENTS: usize = 64;
 
-/// Binds the socket, root-only. A leftover socket file is stale: the daemon lock is ours.
+/// Binds the socket, root-only from its first moment: created under umask 0177 rather than
+/// restricted after the bind. A leftover socket file is stale: the daemon lock is ours.
 pub fn bind(state_dir: &Path) -> Result<UnixListener> {
     let path = socket_path(state_dir);
     let _ = fs::remove_file(&path);
-    let listener = UnixListener::bind(&path).context(|| format!("binding {}", path.display()))?;
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
-        .context(|| format!("restricting {}", path.display()))?;
-    Ok(listener)
+    // The umask is per process; the daemon creates no other file while it starts.
+    let previous = umask(Mode::from_bits_truncate(0o177));
+    let bound = UnixListener::bind(&path);
+    umask(previous);
+    bound.context(|| format!("binding {}", path.display()))
 }
 
 /// Serves requests until one asks for shutdown; join the handle to know its answer was sent.
@@ -37,14 +48,65 @@ pub fn spawn(
 ) -> JoinHandle<()> {
     std::thread::Builder::new()
         .name("control".into())
-        .spawn(move || {
-            for stream in listener.incoming().flatten() {
-                if serve(stream, &commands, &wake) == Served::Shutdown {
-                    return;
-                }
-            }
-        })
+        .spawn(move || accept_loop(Arc::new(listener), commands, wake))
         .expect("spawning the control thread")
+}
+
+fn accept_loop(listener: Arc<UnixListener>, commands: SyncSender<Command>, wake: Arc<EventFd>) {
+    let clients = Arc::new(AtomicUsize::new(0));
+    let stopping = Arc::new(AtomicBool::new(false));
+    loop {
+        let stream = match listener.accept() {
+            Ok((stream, _)) => stream,
+            Err(_) if stopping.load(Ordering::SeqCst) => break,
+            Err(e) => {
+                tracing::warn!("control socket: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        if clients.fetch_add(1, Ordering::SeqCst) >= MAX_CLIENTS {
+            clients.fetch_sub(1, Ordering::SeqCst);
+            continue;
+        }
+        let client = Client {
+            commands: commands.clone(),
+            wake: wake.clone(),
+            clients: clients.clone(),
+            stopping: stopping.clone(),
+            listener: listener.clone(),
+        };
+        let spawned = std::thread::Builder::new()
+            .name("control-client".into())
+            .spawn(move || client.serve(stream));
+        if spawned.is_err() {
+            clients.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+    // The answer to the shutdown request is being written: wait for it.
+    while clients.load(Ordering::SeqCst) > 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// What a connection's thread shares with the accepting one.
+struct Client {
+    commands: SyncSender<Command>,
+    wake: Arc<EventFd>,
+    clients: Arc<AtomicUsize>,
+    stopping: Arc<AtomicBool>,
+    listener: Arc<UnixListener>,
+}
+
+impl Client {
+    fn serve(self, stream: UnixStream) {
+        if serve(stream, &self.commands, &self.wake) == Served::Shutdown {
+            // Wake the accepting thread out of accept() for good.
+            self.stopping.store(true, Ordering::SeqCst);
+            let _ = shutdown(self.listener.as_raw_fd(), Shutdown::Both);
+        }
+        self.clients.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 #[derive(PartialEq)]
@@ -54,15 +116,17 @@ enum Served {
 }
 
 fn serve(stream: UnixStream, commands: &SyncSender<Command>, wake: &EventFd) -> Served {
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    let mut line = String::new();
     let Ok(mut writer) = stream.try_clone() else {
         return Served::Request;
     };
-    let mut reader = BufReader::new(stream).take(MAX_REQUEST);
-    if reader.read_line(&mut line).is_err() {
+    if let Err(refusal) = check_caller(&stream) {
+        tracing::warn!("control socket: {refusal}");
+        let _ = writer.write_all(encode_response(&Response::error(refusal)).as_bytes());
         return Served::Request;
     }
+    let Some(line) = read_request(stream) else {
+        return Served::Request;
+    };
     let mut served = Served::Request;
     let response = match decode_request(&line) {
         Ok(request) => {
@@ -74,8 +138,53 @@ fn serve(stream: UnixStream, commands: &SyncSender<Command>, wake: &EventFd) -> 
         }
         Err(msg) => Response::error(msg),
     };
+    let _ = writer.set_write_timeout(Some(CLIENT_DEADLINE));
     let _ = writer.write_all(encode_response(&response).as_bytes());
     served
+}
+
+/// Only root, or the user the daemon runs as, may give it orders. The socket's directory
+/// already keeps others out; this holds even if a descriptor is passed on.
+fn check_caller(stream: &UnixStream) -> std::result::Result<(), String> {
+    let creds = getsockopt(stream, PeerCredentials)
+        .map_err(|e| format!("reading the caller's credentials: {e}"))?;
+    let own = nix::unistd::geteuid().as_raw();
+    if creds.uid() == 0 || creds.uid() == own {
+        Ok(())
+    } else {
+        Err(format!(
+            "uid {} (pid {}) is not allowed to use the control socket",
+            creds.uid(),
+            creds.pid()
+        ))
+    }
+}
+
+/// One request line, read within [`CLIENT_DEADLINE`] however slowly it comes.
+fn read_request(stream: UnixStream) -> Option<String> {
+    let deadline = Instant::now() + CLIENT_DEADLINE;
+    let mut reader = BufReader::new(DeadlineReader { stream, deadline }).take(MAX_REQUEST);
+    let mut line = String::new();
+    reader.read_line(&mut line).ok()?;
+    Some(line)
+}
+
+/// Reads that fail once the deadline has passed: a per-read timeout alone would let a client
+/// that sends a byte a second hold its thread for a day.
+struct DeadlineReader {
+    stream: UnixStream,
+    deadline: Instant,
+}
+
+impl Read for DeadlineReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        self.stream.read(buf)
+    }
 }
 
 /// Hands a request to the packet thread and waits for its answer; `None` once it has stopped.
