@@ -17,7 +17,7 @@ use crate::firewall;
 use crate::host_member::{self, HostMember};
 use crate::ipam::{DirLeaseStore, IpAddressManager, Lease};
 use crate::lighthouse::{Entry, FileLighthouse, HostInfo, Lighthouse};
-use crate::netns::NetworkNamespace;
+use crate::netns::{NetnsId, NetworkNamespace};
 use crate::portmap::{find_conflict, PortMapping};
 use crate::state::{
     check_name, create_private_dir, list_dir, read_if_exists, remove_if_exists, write_atomic,
@@ -66,6 +66,10 @@ pub struct Attachment {
     /// Whether the container has a default route through the gateway (not on `--internal`).
     #[serde(default)]
     pub egress: bool,
+    /// Which namespace `netns` named at attach time: a path can be reused by another
+    /// container's namespace once this one is gone, and must not be served as this one.
+    #[serde(default)]
+    pub netns_id: Option<NetnsId>,
 }
 
 /// One Flatnet network on this host.
@@ -121,7 +125,7 @@ impl Network {
         undo.push(|| self.sync_firewall());
         let member_created = self.ensure_host_member(&mut undo)?;
         let ip = self.claim_address(req, &names, &mut undo)?;
-        let attachment = self.attachment_for(req, ip, names);
+        let attachment = self.attachment_for(req, ip, names, netns.identity()?);
 
         make_interface(&netns, &attachment)?;
         let iface = attachment.clone();
@@ -482,7 +486,13 @@ impl Network {
         }
     }
 
-    fn attachment_for(&self, req: &AttachRequest, ip: Ipv4Addr, names: Vec<String>) -> Attachment {
+    fn attachment_for(
+        &self,
+        req: &AttachRequest,
+        ip: Ipv4Addr,
+        names: Vec<String>,
+        netns_id: NetnsId,
+    ) -> Attachment {
         Attachment {
             version: RECORD_VERSION,
             network: self.config.network.clone(),
@@ -496,6 +506,7 @@ impl Network {
             names,
             ports: req.ports.to_vec(),
             egress: !self.config.internal,
+            netns_id: Some(netns_id),
         }
     }
 

@@ -249,7 +249,7 @@ fn check_settings(wanted: &DaemonSettings, status: &serde_json::Value) -> Result
 }
 
 fn start_daemon(settings: &DaemonSettings) -> Result<()> {
-    let binary = daemon_binary();
+    let binary = daemon_binary()?;
     let log_path = settings.state_dir.join("flatnetd.log");
     // The daemon logs there itself, rotated; stdout and stderr catch what comes before that.
     let log = crate::logging::open_log_file(&log_path)
@@ -322,9 +322,13 @@ fn wait_ready(pipe: OwnedFd, pid: u32, log: &Path) -> Result<()> {
 }
 
 /// The daemon binary: `FLATNETD`, else next to the running plugin, else on the usual paths.
-pub fn daemon_binary() -> PathBuf {
+/// The plugins run as root and start what this names as root, so a `FLATNETD` anyone but
+/// root could have written (the file or a directory above it) is refused.
+pub fn daemon_binary() -> Result<PathBuf> {
     if let Some(path) = std::env::var_os("FLATNETD") {
-        return PathBuf::from(path);
+        let path = PathBuf::from(path);
+        check_root_owned(&path)?;
+        return Ok(path);
     }
     let sibling = std::env::current_exe()
         .ok()
@@ -336,15 +340,66 @@ pub fn daemon_binary() -> PathBuf {
     );
     for candidate in candidates {
         if candidate.is_file() {
-            return candidate;
+            return Ok(candidate);
         }
     }
-    PathBuf::from("flatnetd")
+    Ok(PathBuf::from("flatnetd"))
+}
+
+/// The file and every directory above it belong to root and are writable by nobody else.
+fn check_root_owned(path: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let absolute = fs::canonicalize(path)
+        .map_err(|e| Error::InvalidConfig(format!("FLATNETD={}: {e}", path.display())))?;
+    for step in absolute.ancestors() {
+        let meta = fs::metadata(step)
+            .map_err(|e| Error::InvalidConfig(format!("FLATNETD: {}: {e}", step.display())))?;
+        // Sticky directories (/tmp) let only owners replace entries; anything else writable
+        // by group or others lets them swap the binary.
+        let sticky = meta.is_dir() && meta.mode() & 0o1000 != 0;
+        if meta.uid() != 0 || (meta.mode() & 0o022 != 0 && !sticky) {
+            return Err(Error::InvalidConfig(format!(
+                "FLATNETD={}: {} must belong to root and not be writable by group or others",
+                path.display(),
+                step.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn flatnetd_from_a_path_others_could_write_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let binary = dir.path().join("flatnetd");
+        fs::write(&binary, "#!/bin/sh\n").unwrap();
+        let mode = |path: &Path, mode| fs::set_permissions(path, fs::Permissions::from_mode(mode));
+        mode(&binary, 0o755).unwrap();
+        assert!(
+            check_root_owned(&binary).is_ok(),
+            "root's own file in root's directory"
+        );
+
+        mode(dir.path(), 0o777).unwrap();
+        let err = check_root_owned(&binary).unwrap_err().to_string();
+        assert!(err.contains("not be writable by group or others"), "{err}");
+        mode(dir.path(), 0o700).unwrap();
+
+        mode(&binary, 0o775).unwrap();
+        assert!(
+            check_root_owned(&binary).is_err(),
+            "a group-writable binary"
+        );
+        mode(&binary, 0o755).unwrap();
+
+        std::os::unix::fs::chown(&binary, Some(65534), None).unwrap();
+        assert!(check_root_owned(&binary).is_err(), "a binary nobody owns");
+    }
 
     #[test]
     fn requests_round_trip_and_versions_are_checked() {

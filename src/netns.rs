@@ -15,12 +15,19 @@ use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::tun;
 
 pub struct NetworkNamespace {
     path: PathBuf,
     file: File,
+}
+
+/// A network namespace's identity, which outlives no reuse of its path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NetnsId {
+    pub dev: u64,
+    pub ino: u64,
 }
 
 /// A TUN device created in a namespace, by name and kernel index.
@@ -56,6 +63,33 @@ impl NetworkNamespace {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The namespace itself, whatever path names it: device and inode of its nsfs file.
+    pub fn identity(&self) -> Result<NetnsId> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = self
+            .file
+            .metadata()
+            .context(|| format!("inspecting netns {}", self.path.display()))?;
+        Ok(NetnsId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
+
+    /// Opens the namespace at `path` only if it is the one `expected` names: a recorded path
+    /// may have been reused for another container's namespace since.
+    pub fn open_recorded(path: &Path, expected: Option<NetnsId>) -> Result<Self> {
+        let netns = Self::open(path)?;
+        let found = netns.identity()?;
+        match expected {
+            Some(expected) if expected != found => Err(Error::DataPlane(format!(
+                "{} is not the namespace recorded at attach (its path was reused): not serving it",
+                path.display()
+            ))),
+            _ => Ok(netns),
+        }
     }
 
     /// Runs `f` on a thread inside this namespace with a netlink connection opened there.

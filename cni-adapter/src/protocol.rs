@@ -317,6 +317,7 @@ mod tests {
             names: vec!["web".into()],
             ports: Vec::new(),
             egress: true,
+            netns_id: None,
         }
     }
 

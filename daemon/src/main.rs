@@ -135,9 +135,10 @@ fn main() -> ExitCode {
             log_file,
         } => {
             init_logging(log_file.as_deref());
-            // SAFETY: the fd was handed to us for exactly this, by our parent.
-            let ready = ready_fd.map(|fd| unsafe { File::from_raw_fd(fd) });
-            dataplane::run(settings.resolve(cli.state_dir), ready)
+            match ready_fd.map(ready_file).transpose() {
+                Ok(ready) => dataplane::run(settings.resolve(cli.state_dir), ready),
+                Err(e) => Err(e),
+            }
         }
         Cmd::Start { settings } => {
             let config = settings.resolve(cli.state_dir);
@@ -165,6 +166,22 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The descriptor `--ready-fd` names, which the parent left open for us: never stdin, stdout
+/// or stderr (a byte written there would go to the wrong reader), and it must be open.
+fn ready_file(fd: i32) -> flatnet::Result<File> {
+    use nix::fcntl::{fcntl, FcntlArg};
+    let refuse = |why: &str| flatnet::Error::InvalidConfig(format!("--ready-fd {fd}: {why}"));
+    if fd < 3 {
+        return Err(refuse(
+            "must be 3 or above (0-2 are stdin, stdout and stderr)",
+        ));
+    }
+    fcntl(fd, FcntlArg::F_GETFD).map_err(|e| refuse(&format!("not an open descriptor ({e})")))?;
+    // SAFETY: the descriptor is open, not one of the standard ones, and ours from here on:
+    // the parent handed it to us for exactly this.
+    Ok(unsafe { File::from_raw_fd(fd) })
 }
 
 fn init_logging(log_file: Option<&std::path::Path>) {

@@ -213,3 +213,32 @@ fn check_validates_a_podman_network_through_the_plugin() {
     let (ok, out) = setup.check(&["--network", "absent", "--networks-dir", dir]);
     assert!(!ok && out.contains("absent.json"), "{out}");
 }
+
+#[test]
+fn ready_fd_must_be_an_open_descriptor_above_stderr() {
+    let state = tempfile::tempdir().unwrap();
+    let dir = state.path().join("state");
+    for (fd, complaint) in [
+        ("1", "must be 3 or above"),
+        ("0", "must be 3 or above"),
+        ("57", "not an open descriptor"),
+    ] {
+        let out = Command::new(DAEMON)
+            .args([
+                "--state-dir",
+                dir.to_str().unwrap(),
+                "run",
+                "--ready-fd",
+                fd,
+            ])
+            .args(["--listen", "127.0.0.1:0"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "--ready-fd {fd} was accepted");
+        assert!(text(&out).contains(complaint), "{}", text(&out));
+        assert!(
+            !dir.exists(),
+            "--ready-fd {fd}: state was made before the refusal"
+        );
+    }
+}

@@ -990,6 +990,39 @@ print(s.recv(65536).decode())
     assert!(cluster.status(0)["public_key"].is_string());
 }
 
+#[test]
+fn a_reused_namespace_path_is_not_served_after_a_restart() {
+    if !root_or_skip("a_reused_namespace_path_is_not_served_after_a_restart") {
+        return;
+    }
+    let mut cluster = Cluster::new(1);
+    let (kept, gone) = (cluster.attach(0), cluster.attach(0));
+    cluster.stop_daemon(0);
+    // While no daemon runs, one container dies and its namespace path is taken by another's.
+    let old = &cluster.containers[gone].ns;
+    old.delete();
+    support::run_ok("ip", &["netns", "add", &old.name]);
+    cluster.start_daemon(0);
+
+    let served: Vec<String> = cluster.status(0)["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["container_id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(served.contains(&cluster.containers[kept].id));
+    assert!(
+        !served.contains(&cluster.containers[gone].id),
+        "the reused path is served: {served:?}"
+    );
+    assert!(
+        !old.has_link("eth0"),
+        "a TUN device was made in the stranger's namespace"
+    );
+    let log = std::fs::read_to_string(cluster.hosts[0].state.path().join("flatnetd.log")).unwrap();
+    assert!(log.contains("path was reused"), "{log}");
+}
+
 /// UDP datagrams the kernel dropped for full receive buffers, in a namespace.
 fn udp_receive_errors(ns: &TestNetns) -> u64 {
     let snmp = support::run_ok("ip", &["netns", "exec", &ns.name, "cat", "/proc/net/snmp"]);

@@ -64,7 +64,7 @@ impl Daemon {
         if self.ports.contains(&record.network, &record.container_id) {
             self.detach(&record.network, &record.container_id);
         }
-        let netns = NetworkNamespace::open(&record.netns)?;
+        let netns = NetworkNamespace::open_recorded(&record.netns, record.netns_id)?;
         let queue = netns.run_inside(|| tun::open_offload_queue(&record.ifname))?;
         self.serve(Port {
             network: record.network.clone(),
