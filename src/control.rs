@@ -258,7 +258,7 @@ fn start_daemon(settings: &DaemonSettings) -> Result<()> {
         nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| Error::io("creating pipe", e.into()))?;
     // The write end must survive exec in the daemon, and only there.
     let ready_fd = ready_write.as_raw_fd();
-    let mut command = Command::new(&binary);
+    let mut command = launcher(&binary, Path::new("/"));
     command
         .arg("run")
         .arg("--state-dir")
@@ -296,6 +296,29 @@ fn start_daemon(settings: &DaemonSettings) -> Result<()> {
         .map_err(|e| Error::DataPlane(format!("cannot start {}: {e}", binary.display())))?;
     drop(ready_write);
     wait_ready(ready_read, child.id(), &log_path)
+}
+
+/// How the daemon is started. Where systemd runs, in a scope of its own (`systemd-run
+/// --scope`, as netavark starts aardvark-dns): started from a plugin it would otherwise land in
+/// the caller's cgroup, and a Podman run from a systemd unit (quadlet) would take it down when
+/// that unit stops. Elsewhere a plain process, detached into its own session. `root` is where
+/// to look for systemd (`/`; a test's directory in tests).
+fn launcher(binary: &Path, root: &Path) -> Command {
+    let systemd_run = ["usr/bin/systemd-run", "bin/systemd-run"]
+        .iter()
+        .map(|p| root.join(p))
+        .find(|p| p.is_file());
+    match systemd_run {
+        Some(systemd_run) if root.join("run/systemd/system").is_dir() => {
+            let mut command = Command::new(systemd_run);
+            command
+                .args(["--scope", "--quiet", "--collect"])
+                .arg("--description=Flatnet data plane")
+                .arg(binary);
+            command
+        }
+        _ => Command::new(binary),
+    }
 }
 
 /// The daemon writes one byte to the pipe once it serves; EOF first means it died.
@@ -372,6 +395,32 @@ fn check_root_owned(path: &Path) -> Result<()> {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_daemon_gets_a_scope_of_its_own_only_where_systemd_runs() {
+        let root = tempfile::tempdir().unwrap();
+        let binary = Path::new("/usr/bin/flatnetd");
+        let argv = |c: &Command| {
+            std::iter::once(c.get_program())
+                .chain(c.get_args())
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+        };
+        // No systemd (this machine, containers, chroots): the daemon itself.
+        assert_eq!(argv(&launcher(binary, root.path())), ["/usr/bin/flatnetd"]);
+        // systemd-run installed but systemd not running: still the daemon itself.
+        let systemd_run = root.path().join("usr/bin/systemd-run");
+        fs::create_dir_all(systemd_run.parent().unwrap()).unwrap();
+        fs::write(&systemd_run, "").unwrap();
+        assert_eq!(argv(&launcher(binary, root.path())), ["/usr/bin/flatnetd"]);
+        // systemd running: in a transient scope.
+        fs::create_dir_all(root.path().join("run/systemd/system")).unwrap();
+        let command = launcher(binary, root.path());
+        let args = argv(&command);
+        assert_eq!(args[0], systemd_run.to_string_lossy());
+        assert!(args.contains(&"--scope".to_string()));
+        assert_eq!(args.last().unwrap(), "/usr/bin/flatnetd");
+    }
 
     #[test]
     fn flatnetd_from_a_path_others_could_write_is_refused() {

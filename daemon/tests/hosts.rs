@@ -1023,6 +1023,123 @@ fn a_reused_namespace_path_is_not_served_after_a_restart() {
     assert!(log.contains("path was reused"), "{log}");
 }
 
+/// The capabilities the systemd unit leaves flatnetd, as `setpriv --bounding-set` takes them.
+fn unit_capabilities() -> String {
+    let unit = include_str!("../../packaging/flatnetd.service.in");
+    let line = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .expect("the unit bounds capabilities");
+    let caps: Vec<String> = line
+        .split_whitespace()
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect();
+    format!("-all,{}", caps.join(","))
+}
+
+#[test]
+fn the_capabilities_the_unit_grants_are_enough() {
+    if !root_or_skip("the_capabilities_the_unit_grants_are_enough") {
+        return;
+    }
+    let mut cluster = Cluster::new(2);
+    // Host 0's daemon runs with only what the unit leaves it; host 1's as the plugins start it.
+    let bounding = format!("--bounding-set={}", unit_capabilities());
+    let h = &cluster.hosts[0];
+    let started = in_ns(&h.ns.name, &["setpriv", &bounding, DAEMON, "--state-dir"])
+        .arg(h.state.path())
+        .arg("start")
+        .arg("--lighthouse")
+        .arg(cluster.shared.path().join("lighthouse.json"))
+        .arg("--listen")
+        .arg(format!("{}:{TUNNEL_PORT}", h.address))
+        .status()
+        .unwrap();
+    assert!(started.success());
+    let pid = cluster.daemon_pid(0);
+    let proc_status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let bounded = proc_status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .map(|hex| u64::from_str_radix(hex.trim(), 16).unwrap())
+        .unwrap();
+    // CAP_NET_BIND_SERVICE (10), CAP_NET_ADMIN (12), CAP_SYS_ADMIN (21).
+    assert_eq!(bounded, 1 << 10 | 1 << 12 | 1 << 21, "CapBnd {bounded:x}");
+
+    let web = cluster.attach_named(0, "web");
+    let local = cluster.attach(0);
+    let remote = cluster.attach(1);
+    assert!(cluster.ping(local, web, 1) && cluster.ping(remote, web, 1));
+    assert!(cluster.ping(web, remote, 1));
+    let answer = lookup(&cluster, local, "web");
+    assert!(
+        answer.contains(&cluster.containers[web].ip.to_string()),
+        "{answer}"
+    );
+    assert_eq!(
+        cluster.daemon_pid(0),
+        pid,
+        "the bounded daemon served it all"
+    );
+}
+
+#[test]
+fn a_daemon_started_by_a_plugin_is_detached_from_it() {
+    if !root_or_skip("a_daemon_started_by_a_plugin_is_detached_from_it") {
+        return;
+    }
+    // Without systemd (here), the fallback: a process in a session of its own. Under
+    // systemd-run --scope the same process (it execs flatnetd) would be just as detached.
+    let mut cluster = Cluster::new(1);
+    cluster.attach(0);
+    let pid = cluster.daemon_pid(0);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    // After the name: state, ppid, pgrp, session.
+    let (pgrp, session): (u32, u32) = (fields[2].parse().unwrap(), fields[3].parse().unwrap());
+    assert_eq!(
+        (pgrp, session),
+        (pid, pid),
+        "not a session leader of its own"
+    );
+}
+
+#[test]
+fn the_unit_is_told_when_flatnetd_serves_and_stops() {
+    if !root_or_skip("the_unit_is_told_when_flatnetd_serves_and_stops") {
+        return;
+    }
+    let cluster = Cluster::new(1);
+    let h = &cluster.hosts[0];
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify");
+    let systemd = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    systemd
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut daemon = in_ns(&h.ns.name, &[DAEMON, "--state-dir"])
+        .arg(h.state.path())
+        .args(["run", "--listen", &format!("{}:{TUNNEL_PORT}", h.address)])
+        .env("NOTIFY_SOCKET", &socket_path)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut message = [0u8; 64];
+    let n = systemd.recv(&mut message).unwrap();
+    assert_eq!(&message[..n], b"READY=1");
+    // Ready means serving: the control socket answers at once.
+    assert!(cluster.status(0)["pid"].as_u64().is_some());
+    cluster.stop_daemon(0);
+    let n = systemd.recv(&mut message).unwrap();
+    assert_eq!(&message[..n], b"STOPPING=1");
+    assert!(daemon.wait().unwrap().success());
+}
+
 /// UDP datagrams the kernel dropped for full receive buffers, in a namespace.
 fn udp_receive_errors(ns: &TestNetns) -> u64 {
     let snmp = support::run_ok("ip", &["netns", "exec", &ns.name, "cat", "/proc/net/snmp"]);

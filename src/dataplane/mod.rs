@@ -15,6 +15,7 @@ mod idle_poll;
 mod inside;
 mod members;
 mod metrics_server;
+mod notify;
 mod offload;
 mod outside;
 pub mod packet;
@@ -25,7 +26,6 @@ mod signals;
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::Write;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
@@ -204,9 +204,7 @@ pub fn run(config: DaemonConfig, ready: Option<File>) -> Result<()> {
     }
     let control = control_server::spawn(listener, tx, wake);
     signals::spawn(daemon.config.state_dir.clone());
-    if let Some(mut ready) = ready {
-        let _ = ready.write_all(b"1");
-    }
+    notify::ready(ready);
     tracing::info!(
         "flatnetd serving {} on {} ({} containers)",
         daemon.config.state_dir.display(),
@@ -214,6 +212,7 @@ pub fn run(config: DaemonConfig, ready: Option<File>) -> Result<()> {
         daemon.ports.containers()
     );
     daemon.event_loop()?;
+    notify::systemd("STOPPING=1");
     // Stopped by request: stop listening, release the port, the devices and the lock, and only
     // then answer, so a `flatnetd start` right after `stop` finds everything free.
     let _ = std::fs::remove_file(crate::control::socket_path(&daemon.config.state_dir));
