@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::FlatnetConfig;
 use crate::control::{self, DaemonSettings, Request};
 use crate::dns::normalise_name;
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::firewall;
 use crate::host_member::{self, HostMember};
 use crate::ipam::{DirLeaseStore, IpAddressManager, Lease};
@@ -24,6 +24,7 @@ use crate::state::{
     FileLock, NetworkDirs,
 };
 use crate::tun::check_ifname;
+use crate::tunnel::StaticKeys;
 
 const RECORD_VERSION: u32 = 1;
 /// How many addresses an attach tries when other hosts have claimed the ones it picked.
@@ -275,7 +276,32 @@ impl Network {
         if self.config.dirs().leases().exists() {
             self.ipam.leases()?;
         }
+        self.data_plane_readiness()
+    }
+
+    /// What an attach needs of this host besides its state: a daemon binary to start, TUN
+    /// devices, a readable lighthouse and, once there is one, a usable host key.
+    fn data_plane_readiness(&self) -> Result<()> {
+        let binary = control::daemon_binary()?;
+        if binary.is_absolute() && !binary.is_file() {
+            return Err(Error::DataPlane(format!("{} is missing", binary.display())));
+        }
+        fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/net/tun")
+            .context(|| "opening /dev/net/tun")?;
+        if self.config.lighthouse.exists() {
+            self.lighthouse.all_entries()?;
+        }
+        StaticKeys::load(&self.config.state_dir.join("host.key"))?;
         Ok(())
+    }
+
+    /// Whether containers attached here are without a data plane right now (none runs): what
+    /// makes a failed readiness worse for those already running.
+    pub fn containers_cut_off(&self) -> bool {
+        self.has_attachments().unwrap_or(false) && !control::is_running(&self.config.state_dir)
     }
 
     /// Detaches every container not in `keep` and frees leases nobody records: what a runtime's

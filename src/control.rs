@@ -372,8 +372,17 @@ pub fn daemon_binary() -> Result<PathBuf> {
 /// The file and every directory above it belong to root and are writable by nobody else.
 fn check_root_owned(path: &Path) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
-    let absolute = fs::canonicalize(path)
-        .map_err(|e| Error::InvalidConfig(format!("FLATNETD={}: {e}", path.display())))?;
+    let absolute = match fs::canonicalize(path) {
+        Ok(absolute) => absolute,
+        // Nothing there to trust or distrust: starting it fails, as with no daemon at all.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(Error::InvalidConfig(format!(
+                "FLATNETD={}: {e}",
+                path.display()
+            )))
+        }
+    };
     for step in absolute.ancestors() {
         let meta = fs::metadata(step)
             .map_err(|e| Error::InvalidConfig(format!("FLATNETD: {}: {e}", step.display())))?;

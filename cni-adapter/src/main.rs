@@ -75,7 +75,8 @@ fn add(conf: &NetConf, network: &Network) -> Result<Value, CniError> {
         names: &names,
         ports: &conf.port_mappings()?,
     })?;
-    Ok(protocol::add_result(&conf.cni_version, &attachment, &netns))
+    let ours = protocol::add_result(&conf.cni_version, &attachment, &netns);
+    Ok(protocol::chain_result(ours, conf.prev_result.as_ref()))
 }
 
 /// DEL must succeed whatever is already gone: the namespace (CNI_NETNS may be empty), the
@@ -95,21 +96,23 @@ fn check(conf: &NetConf, network: &Network) -> Result<(), CniError> {
     let netns = required_env("CNI_NETNS")?;
     let ifname = required_env("CNI_IFNAME")?;
     let attachment = network.check(&container_id, Path::new(&netns), &ifname)?;
-    let expected = attachment.address.to_string();
-    let reported = conf.prev_result_ips();
-    if !reported.is_empty() && !reported.contains(&expected) {
-        return Err(CniError::new(
-            code::CHECK_FAILED,
-            format!("prevResult reports {reported:?}, the interface has {expected}"),
-        ));
+    match &conf.prev_result {
+        Some(prev) => protocol::check_prev_result(prev, &ifname, &attachment.address.to_string()),
+        None => Ok(()),
     }
-    Ok(())
 }
 
-/// STATUS: ready when the network's state can be read and written (nothing is made).
+/// STATUS: ready when an ADD could be served: state readable and writable, daemon binary,
+/// TUN, lighthouse and host key usable. Nothing is made. Not ready is code 50, or 51 when the
+/// containers already attached have no data plane either.
 fn status(network: &Network) -> Result<(), CniError> {
-    network.readiness()?;
-    Ok(())
+    network.readiness().map_err(|e| {
+        let code = match network.containers_cut_off() {
+            true => code::NOT_AVAILABLE_CONTAINERS_AFFECTED,
+            false => code::NOT_AVAILABLE,
+        };
+        CniError::new(code, e.to_string())
+    })
 }
 
 /// GC: everything of the network not in `cni.dev/valid-attachments` is stale. The spec makes

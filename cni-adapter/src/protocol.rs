@@ -21,6 +21,10 @@ pub mod code {
     pub const DECODE_FAILURE: u32 = 6;
     pub const INVALID_CONFIG: u32 = 7;
     pub const TRY_AGAIN: u32 = 11;
+    /// STATUS: ADD cannot be served.
+    pub const NOT_AVAILABLE: u32 = 50;
+    /// STATUS: ADD cannot be served, and running containers have no data plane either.
+    pub const NOT_AVAILABLE_CONTAINERS_AFFECTED: u32 = 51;
     pub const ADDRESS_EXHAUSTED: u32 = 100;
     pub const ADDRESS_IN_USE: u32 = 101;
     pub const CHECK_FAILED: u32 = 102;
@@ -187,17 +191,64 @@ impl NetConf {
             .cloned()
             .unwrap_or_default()
     }
+}
 
-    /// Addresses a previous ADD reported (CHECK compares them with what is there now).
-    pub fn prev_result_ips(&self) -> Vec<String> {
-        let ips = self.prev_result.as_ref().and_then(|r| r.get("ips"));
-        ips.and_then(Value::as_array)
-            .map(|ips| {
-                ips.iter()
-                    .filter_map(|ip| ip.get("address")?.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default()
+/// A chained plugin's ADD result: what the plugins before it reported (`prevResult`), then this
+/// plugin's interface, address and routes, its address pointing at its interface's new index.
+pub fn chain_result(ours: Value, prev: Option<&Value>) -> Value {
+    let Some(prev) = prev else {
+        return ours;
+    };
+    let list = |v: &Value, key: &str| v[key].as_array().cloned().unwrap_or_default();
+    let mut merged = ours.clone();
+    let mut interfaces = list(prev, "interfaces");
+    let shift = interfaces.len() as u64;
+    interfaces.extend(list(&ours, "interfaces"));
+    let mut ips = list(prev, "ips");
+    ips.extend(list(&ours, "ips").into_iter().map(|mut ip| {
+        if let Some(index) = ip["interface"].as_u64() {
+            ip["interface"] = json!(index + shift);
+        }
+        ip
+    }));
+    let mut routes = list(prev, "routes");
+    routes.extend(list(&ours, "routes"));
+    let mut nameservers = list(&prev["dns"], "nameservers");
+    for server in list(&ours["dns"], "nameservers") {
+        if !nameservers.contains(&server) {
+            nameservers.push(server);
+        }
+    }
+    merged["interfaces"] = json!(interfaces);
+    merged["ips"] = json!(ips);
+    merged["routes"] = json!(routes);
+    let mut dns = prev.get("dns").cloned().unwrap_or_else(|| json!({}));
+    dns["nameservers"] = json!(nameservers);
+    merged["dns"] = dns;
+    merged
+}
+
+/// CHECK against the ADD result the runtime kept: it must list the interface `ifname` and, on
+/// it, the address the interface has now.
+pub fn check_prev_result(prev: &Value, ifname: &str, address: &str) -> Result<(), CniError> {
+    let failed = |msg: String| Err(CniError::new(code::CHECK_FAILED, msg));
+    let interfaces = prev["interfaces"].as_array().cloned().unwrap_or_default();
+    let Some(index) = interfaces.iter().position(|i| i["name"] == ifname) else {
+        return failed(format!("prevResult has no interface {ifname}"));
+    };
+    let reported: Vec<&str> = prev["ips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|ip| ip["interface"].as_u64() == Some(index as u64))
+        .filter_map(|ip| ip["address"].as_str())
+        .collect();
+    if reported.contains(&address) {
+        Ok(())
+    } else {
+        failed(format!(
+            "prevResult reports {reported:?} on {ifname}, the interface has {address}"
+        ))
     }
 }
 
@@ -346,6 +397,42 @@ mod tests {
         assert_eq!(r["ips"][0]["version"], "4");
         let r = add_result("1.1.0", &attachment(), "/run/netns/x");
         assert_eq!(r["interfaces"][0]["mtu"], 1416);
+    }
+
+    #[test]
+    fn a_chained_result_keeps_what_came_before_and_checks_against_it() {
+        let prev = json!({
+            "cniVersion": "1.0.0",
+            "interfaces": [{"name": "lo"}, {"name": "bond0", "sandbox": "/run/netns/x"}],
+            "ips": [{"address": "192.0.2.9/24", "interface": 1}],
+            "routes": [{"dst": "192.0.2.0/24"}],
+            "dns": {"nameservers": ["192.0.2.53"], "search": ["example.org"]},
+        });
+        let ours = add_result("1.0.0", &attachment(), "/run/netns/x");
+        let merged = chain_result(ours.clone(), Some(&prev));
+        assert_eq!(merged["interfaces"].as_array().unwrap().len(), 3);
+        assert_eq!(merged["interfaces"][2]["name"], "eth0");
+        assert_eq!(merged["ips"][0]["address"], "192.0.2.9/24");
+        assert_eq!(merged["ips"][1]["address"], "10.77.0.5/16");
+        assert_eq!(
+            merged["ips"][1]["interface"], 2,
+            "our address points at our interface"
+        );
+        assert_eq!(merged["routes"][0]["dst"], "192.0.2.0/24");
+        assert_eq!(merged["routes"].as_array().unwrap().len(), 3);
+        assert_eq!(
+            merged["dns"]["nameservers"],
+            json!(["192.0.2.53", "10.77.0.1"])
+        );
+        assert_eq!(merged["dns"]["search"], json!(["example.org"]));
+        assert_eq!(chain_result(ours.clone(), None), ours);
+
+        assert!(check_prev_result(&merged, "eth0", "10.77.0.5/16").is_ok());
+        let moved = check_prev_result(&merged, "eth0", "10.77.0.6/16").unwrap_err();
+        assert_eq!(moved.code, code::CHECK_FAILED);
+        assert!(check_prev_result(&prev, "eth0", "10.77.0.5/16").is_err());
+        // The address on another interface does not count.
+        assert!(check_prev_result(&merged, "bond0", "10.77.0.5/16").is_err());
     }
 
     #[test]

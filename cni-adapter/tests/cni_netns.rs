@@ -309,6 +309,59 @@ fn failure_half_way_rolls_back() {
 }
 
 #[test]
+fn a_chained_add_passes_the_previous_result_through_and_check_uses_it() {
+    if !root_or_skip("a_chained_add_passes_the_previous_result_through_and_check_uses_it") {
+        return;
+    }
+    let state = state_dir("chain");
+    let ns = TestNetns::new("ch");
+    let mut conf: Value = serde_json::from_str(&conf("1.0.0", &state)).unwrap();
+    conf["prevResult"] = json!({
+        "cniVersion": "1.0.0",
+        "interfaces": [{"name": "lo", "sandbox": ns.path_str()}],
+        "ips": [{"address": "127.0.0.1/8", "interface": 0}],
+    });
+    let out = cni(&state, "ADD", "ch", ns.path_str(), &conf.to_string(), &[]);
+    let result = stdout_json(&out);
+    assert_eq!(result["interfaces"][0]["name"], "lo");
+    assert_eq!(result["interfaces"][1]["name"], "eth0");
+    assert_eq!(result["ips"][0]["address"], "127.0.0.1/8");
+    assert_eq!(result["ips"][1]["interface"], 1);
+    let ours = result["ips"][1]["address"].as_str().unwrap().to_string();
+    assert!(ns.ip(&["-4", "addr", "show", "eth0"]).contains(&ours));
+
+    // CHECK against the kept result passes; against one that does not list eth0 it fails.
+    let mut check = conf.clone();
+    check["prevResult"] = result.clone();
+    let out = cni(
+        &state,
+        "CHECK",
+        "ch",
+        ns.path_str(),
+        &check.to_string(),
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = cni(&state, "CHECK", "ch", ns.path_str(), &conf.to_string(), &[]);
+    let error = assert_cni_error(&out, 102);
+    assert!(
+        error["msg"].as_str().unwrap().contains("no interface eth0"),
+        "{error}"
+    );
+
+    assert!(
+        cni(&state, "DEL", "ch", ns.path_str(), &conf.to_string(), &[])
+            .status
+            .success()
+    );
+    assert_no_leaks(&state);
+}
+
+#[test]
 fn check_notices_a_missing_interface() {
     if !root_or_skip("check_notices_a_missing_interface") {
         return;
@@ -403,11 +456,16 @@ fn version_status_and_gc() {
         &[("CNI_COMMAND", "STATUS")],
         &unusable.to_string(),
     );
-    let error = assert_cni_error(&out, 7);
+    let error = assert_cni_error(&out, 50);
     assert!(
         error["msg"].as_str().unwrap().contains("not a directory"),
         "{error}"
     );
+    // Without a daemon binary an ADD cannot be served either.
+    let no_daemon = ("FLATNETD", "/nonexistent/flatnetd");
+    let status_without_daemon =
+        || state.plugin(BIN, &[], &[("CNI_COMMAND", "STATUS"), no_daemon], &conf);
+    assert_cni_error(&status_without_daemon(), 50);
 
     let keep = TestNetns::new("keep");
     let dropped = TestNetns::new("drop");
@@ -443,6 +501,15 @@ fn version_status_and_gc() {
         .any(|e| e.ends_with(&format!("/{dropped_ip}"))));
     // The host member stays while the network has a container here.
     assert!(state.host.ip(&["-o", "link"]).contains("fn-"));
+    // Serving: ready. Without a daemon binary and with the daemon gone, the running
+    // container is cut off too: 51.
+    assert!(state
+        .plugin(BIN, &[], &[("CNI_COMMAND", "STATUS")], &conf)
+        .status
+        .success());
+    assert_cni_error(&status_without_daemon(), 50);
+    state.stop_daemon();
+    assert_cni_error(&status_without_daemon(), 51);
     assert!(cni(&state, "DEL", "keep", keep.path_str(), &conf, &[])
         .status
         .success());
