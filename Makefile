@@ -6,6 +6,7 @@
 #   make uninstall            the same files out again; the user's config stays
 #   make deb                  target/debian/flatnet_<version>-1_<arch>.deb (cargo-deb)
 #   make bench, bench-quick   measurements (docs/benchmark.md)
+#   make fuzz                 every fuzz target for FUZZ_SECONDS (300) each (cargo fuzz)
 
 PREFIX ?= /usr/local
 DESTDIR ?=
@@ -24,7 +25,7 @@ RELEASE = target/release
 BINARIES = $(RELEASE)/flatnetd $(RELEASE)/flatnet-cni $(RELEASE)/flatnet
 MAN_DIR = $(RELEASE)/man
 
-.PHONY: all build man unit install uninstall deb demo test bench bench-quick
+.PHONY: all build man unit install uninstall deb demo test bench bench-quick fuzz
 
 all: build
 
@@ -88,3 +89,7 @@ bench: build
 
 bench-quick: build
 	python3 scripts/bench.py --quick
+
+FUZZ_SECONDS ?= 300
+fuzz:
+	scripts/fuzz.sh $(FUZZ_SECONDS)

@@ -30,6 +30,9 @@ cargo clippy --release --workspace --all-targets --quiet -- -D warnings
 log "benchmark, short setting (proves it still runs; asserts no timing)"
 python3 scripts/bench.py --quick --out "$(mktemp -d)"
 
+log "fuzzing, bounded (make fuzz runs longer)"
+scripts/fuzz.sh 15
+
 log "cargo test (unit, integration, end to end)"
 results=$(mktemp)
 set +e

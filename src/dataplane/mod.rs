@@ -11,6 +11,8 @@
 mod batch;
 mod coalesce;
 mod control_server;
+#[cfg(fuzzing)]
+pub mod fuzzing;
 mod idle_poll;
 mod inside;
 mod members;

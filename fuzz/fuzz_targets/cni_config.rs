@@ -1,0 +1,20 @@
+//! The network config a CNI runtime writes to flatnet-cni's stdin, parsed as the plugin does
+//! (its own protocol module, compiled in here), down to the core's validated config.
+#![no_main]
+
+#[allow(dead_code)]
+#[path = "../../cni-adapter/src/protocol.rs"]
+mod protocol;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let _ = protocol::version_result(data);
+    let Ok(conf) = protocol::NetConf::parse(data) else {
+        return;
+    };
+    let _ = conf.port_mappings();
+    let _ = conf.aliases();
+    let _ = flatnet::FlatnetConfig::from_input(conf.config_input());
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = protocol::CniArgs::parse(text);
+    }
+});
