@@ -7,6 +7,7 @@
 #   make deb                  target/debian/flatnet_<version>-1_<arch>.deb (cargo-deb)
 #   make bench, bench-quick   measurements (docs/benchmark.md)
 #   make fuzz                 every fuzz target for FUZZ_SECONDS (300) each (cargo fuzz)
+#   make kill-campaign        200 kills at random points and 1000 start/stop cycles a backend
 
 PREFIX ?= /usr/local
 DESTDIR ?=
@@ -25,7 +26,7 @@ RELEASE = target/release
 BINARIES = $(RELEASE)/flatnetd $(RELEASE)/flatnet-cni $(RELEASE)/flatnet
 MAN_DIR = $(RELEASE)/man
 
-.PHONY: all build man unit install uninstall deb demo test bench bench-quick fuzz
+.PHONY: all build man unit install uninstall deb demo test bench bench-quick fuzz kill-campaign
 
 all: build
 
@@ -89,6 +90,11 @@ bench: build
 
 bench-quick: build
 	python3 scripts/bench.py --quick
+
+# Kill points on both backends (200 kills, 1000 start/stop cycles each); CI runs 20 and 30.
+kill-campaign: build
+	FLATNET_E2E=1 FLATNET_KILLS=200 FLATNET_CYCLES=1000 cargo test --release -p flatnetd \
+		--test kill_points -- --nocapture --test-threads 1
 
 FUZZ_SECONDS ?= 300
 fuzz:

@@ -16,6 +16,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::firewall;
 use crate::host_member::{self, HostMember};
 use crate::ipam::{DirLeaseStore, IpAddressManager, Lease};
+use crate::killpoint;
 use crate::lighthouse::{Entry, FileLighthouse, HostInfo, Lighthouse};
 use crate::netns::{NetnsId, NetworkNamespace};
 use crate::portmap::{find_conflict, PortMapping};
@@ -116,8 +117,10 @@ impl Network {
         let netns = NetworkNamespace::open(req.netns)?;
         // The data plane first: its key is what the lighthouse entry publishes.
         control::ensure_running(&self.daemon_settings())?;
+        killpoint::here("attach.daemon_started");
         let _members = self.lock_members()?;
         self.remove_stale_temps();
+        self.collect_orphans();
         self.clear_stale_record(req)?;
         self.refuse_taken_ports(req)?;
 
@@ -126,18 +129,22 @@ impl Network {
         undo.push(|| self.sync_firewall());
         let member_created = self.ensure_host_member(&mut undo)?;
         let ip = self.claim_address(req, &names, &mut undo)?;
+        killpoint::here("attach.address_claimed");
         let attachment = self.attachment_for(req, ip, names, netns.identity()?);
 
         make_interface(&netns, &attachment)?;
         let iface = attachment.clone();
         undo.push(move || NetworkNamespace::teardown(&iface.netns, &iface.ifname).map(drop));
+        killpoint::here("attach.interface_made");
 
         self.write_record(&attachment)?;
         undo.push(|| remove_if_exists(&self.record_path(req.container_id)));
+        killpoint::here("attach.record_written");
         if member_created || !attachment.ports.is_empty() {
             self.sync_firewall()?;
         }
         self.start_serving(req.container_id)?;
+        killpoint::here("attach.served");
         undo.commit();
         Ok(attachment)
     }
@@ -149,7 +156,40 @@ impl Network {
         check_container_id(container_id)?;
         let _members = self.lock_members()?;
         self.remove_stale_temps();
+        self.collect_orphans();
         self.detach_locked(container_id, netns, ifname)
+    }
+
+    /// Cleans what attaches and detaches that were killed half-way left, when the runtime will
+    /// not ask again (netavark has no GC): records whose namespace is gone, and leases with no
+    /// record. Called with the members lock held, under which every attach and detach runs
+    /// from start to end, so a lease without a record cannot be one being made right now.
+    fn collect_orphans(&self) {
+        if let Err(e) = self.try_collect_orphans() {
+            tracing::warn!("cleaning after killed plugins: {e}");
+        }
+    }
+
+    fn try_collect_orphans(&self) -> Result<()> {
+        let mut recorded = Vec::new();
+        for record in self.attachments()? {
+            if NetworkNamespace::open_recorded(&record.netns, record.netns_id).is_ok() {
+                recorded.push(record.container_id);
+            } else {
+                tracing::info!("{} is gone: detaching it", record.container_id);
+                self.detach_locked(&record.container_id, None, &record.ifname)?;
+            }
+        }
+        let member = host_member::member_id(&self.config);
+        for (ip, lease) in self.ipam.leases()? {
+            let id = lease.container_id;
+            if id != member && !recorded.contains(&id) {
+                tracing::info!("releasing {ip}, leased to {id} by an attach that did not finish");
+                self.ipam.release_exact(&id, ip)?;
+                self.lighthouse.unregister(&self.config.network, ip, &id)?;
+            }
+        }
+        Ok(())
     }
 
     /// Removes what writers killed half-way left (their temporary files); called with the
@@ -165,12 +205,14 @@ impl Network {
 
     fn detach_locked(&self, container_id: &str, netns: Option<&Path>, ifname: &str) -> Result<()> {
         self.stop_serving(container_id);
+        killpoint::here("detach.unserved");
         let record = self.read_record(container_id)?;
         let netns = netns.or(record.as_ref().map(|r| r.netns.as_path()));
         let ifname = record.as_ref().map_or(ifname, |r| r.ifname.as_str());
         if let Some(netns) = netns {
             NetworkNamespace::teardown(netns, ifname)?;
         }
+        killpoint::here("detach.interface_removed");
         if let Some(ip) = self.ipam.release_ip(container_id)? {
             self.lighthouse
                 .unregister(&self.config.network, ip, container_id)?;
@@ -182,6 +224,7 @@ impl Network {
                 container_id,
             )?;
         }
+        killpoint::here("detach.address_released");
         remove_if_exists(&self.record_path(container_id))?;
         let had_ports = record.is_some_and(|r| !r.ports.is_empty());
         let member_removed = !self.has_attachments()? && self.remove_host_member()?;

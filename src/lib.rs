@@ -22,6 +22,7 @@ pub mod error;
 pub mod firewall;
 pub mod host_member;
 pub mod ipam;
+pub mod killpoint;
 pub mod lighthouse;
 pub mod logging;
 pub mod manual;

@@ -184,7 +184,9 @@ fn write_new(tmp: &Path, bytes: &[u8]) -> Result<()> {
 
 fn write_all_synced(mut file: File, bytes: &[u8]) -> std::io::Result<()> {
     file.write_all(bytes)?;
-    file.sync_data()
+    file.sync_data()?;
+    crate::killpoint::here("state.temp_written");
+    Ok(())
 }
 
 /// Removes the temporary files of writers that were killed (`.<name>.tmp.<pid>` whose pid is

@@ -110,6 +110,7 @@ fn forge_and_runner(backend: Backend, name: &str, subnet: &str, git_port: u16, w
     let options = NetOptions {
         internal: true,
         dns_upstream: None,
+        ..NetOptions::default()
     };
     let net = Net::create_with(backend, name, subnet, &options);
     let rootfs = format!("{FORGE_ROOTFS}:O");

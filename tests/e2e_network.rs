@@ -308,6 +308,7 @@ fn complete_network(backend: Backend, name: &str, subnet: &str, ports: Ports) {
     let options = NetOptions {
         internal: false,
         dns_upstream: Some(OUTSIDE_SERVER),
+        ..NetOptions::default()
     };
     let net = Net::create_with(backend, name, subnet, &options);
     let (web, client, ranged) = (net.container(1), net.container(2), net.container(3));
@@ -486,6 +487,7 @@ fn internal_network(backend: Backend, name: &str, subnet: &str) {
     let options = NetOptions {
         internal: true,
         dns_upstream: Some(OUTSIDE_SERVER),
+        ..NetOptions::default()
     };
     let net = Net::create_with(backend, name, subnet, &options);
     let (a, b) = (net.container(1), net.container(2));

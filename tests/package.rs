@@ -116,6 +116,12 @@ fn podman_finds_the_packaged_plugins_and_no_other_copy() {
             in_chroot.starts_with("flatnet:"),
             "chroot {path}: {in_chroot}"
         );
+        // The kill points of the test builds (src/killpoint.rs) are not in what ships.
+        let binary = std::fs::read(path).unwrap();
+        assert!(
+            !binary.windows(15).any(|w| w == b"FLATNET_KILL_AT"),
+            "{path} carries the kill points"
+        );
     }
     // Directories Podman searches before the package's: a stale copy there would win.
     for earlier in [

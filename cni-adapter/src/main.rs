@@ -62,6 +62,7 @@ fn run(stdin: &[u8]) -> Result<Option<Value>, CniError> {
 }
 
 fn add(conf: &NetConf, network: &Network) -> Result<Value, CniError> {
+    flatnet::killpoint::here("cni.add");
     let container_id = required_env("CNI_CONTAINERID")?;
     let netns = required_env("CNI_NETNS")?;
     let ifname = required_env("CNI_IFNAME")?;
@@ -82,6 +83,7 @@ fn add(conf: &NetConf, network: &Network) -> Result<Value, CniError> {
 /// DEL must succeed whatever is already gone: the namespace (CNI_NETNS may be empty), the
 /// interface, the lease, or the result of an ADD that failed.
 fn del(network: &Network) -> Result<(), CniError> {
+    flatnet::killpoint::here("cni.del");
     let container_id = required_env("CNI_CONTAINERID")?;
     let ifname = required_env("CNI_IFNAME")?;
     let netns = env::var_os("CNI_NETNS")

@@ -21,6 +21,7 @@ impl Plugin for FlatnetPlugin {
     }
 
     fn setup(&self, netns: String, opts: NetworkPluginExec) -> Result<StatusBlock, Box<dyn Error>> {
+        flatnet::killpoint::here("netavark.setup");
         let network = Network::open(translate::config_of(&opts.network)?);
         let options = &opts.network_options;
         translate::refuse_container_options(options)?;
@@ -37,6 +38,7 @@ impl Plugin for FlatnetPlugin {
 
     /// Called on stop, rm and disconnect, also when the namespace is already gone.
     fn teardown(&self, netns: String, opts: NetworkPluginExec) -> Result<(), Box<dyn Error>> {
+        flatnet::killpoint::here("netavark.teardown");
         let network = Network::open(translate::config_of(&opts.network)?);
         let ifname = &opts.network_options.interface_name;
         network.detach(&opts.container_id, Some(Path::new(&netns)), ifname)?;

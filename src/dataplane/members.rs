@@ -66,6 +66,7 @@ impl Daemon {
         }
         let netns = NetworkNamespace::open_recorded(&record.netns, record.netns_id)?;
         let queue = netns.run_inside(|| tun::open_offload_queue(&record.ifname))?;
+        crate::killpoint::here("daemon.attach");
         self.serve(Port {
             network: record.network.clone(),
             tag: network_tag(&record.network),

@@ -55,6 +55,12 @@ pub struct NetOptions {
     pub internal: bool,
     /// The resolver names outside the network go to (tests bring their own; never the host's).
     pub dns_upstream: Option<&'static str>,
+    /// A state directory and tunnel port of the network's own (a daemon of its own).
+    pub state_dir: Option<&'static str>,
+    pub tunnel_port: Option<u16>,
+    /// A containers.conf to run Podman with instead of the usual (`CONTAINERS_CONF`), as seen
+    /// by that Podman (inside the chroot for netavark).
+    pub containers_conf: Option<String>,
 }
 
 /// A Flatnet network on one backend, removed with its containers when dropped.
@@ -62,6 +68,8 @@ pub struct Net {
     pub backend: Backend,
     pub name: String,
     pub subnet: Ipv4Net,
+    own_state_dir: Option<&'static str>,
+    containers_conf: Option<String>,
 }
 
 impl Net {
@@ -76,6 +84,8 @@ impl Net {
             backend,
             name: name.to_string(),
             subnet: subnet.parse().unwrap(),
+            own_state_dir: options.state_dir,
+            containers_conf: options.containers_conf.clone(),
         };
         net.remove_leftovers();
         match backend {
@@ -89,6 +99,12 @@ impl Net {
                 if let Some(upstream) = options.dns_upstream {
                     plugin["dnsUpstreams"] = serde_json::json!([upstream]);
                 }
+                if let Some(dir) = options.state_dir {
+                    plugin["stateDir"] = serde_json::json!(dir);
+                }
+                if let Some(port) = options.tunnel_port {
+                    plugin["tunnelPort"] = serde_json::json!(port);
+                }
                 let conflist = serde_json::json!({
                     "cniVersion": "1.0.0",
                     "name": name,
@@ -99,7 +115,12 @@ impl Net {
             Backend::Netavark => {
                 // The host's CNI data plane holds UDP 4800 in this network namespace.
                 let mut args = vec!["network", "create", "-d", "flatnet", "--subnet", subnet];
-                args.extend(["-o", "tunnel_port=4801"]);
+                let port = format!("tunnel_port={}", options.tunnel_port.unwrap_or(4801));
+                args.extend(["-o", &port]);
+                let state_dir = options.state_dir.map(|d| format!("state_dir={d}"));
+                if let Some(state_dir) = &state_dir {
+                    args.extend(["-o", state_dir]);
+                }
                 let upstream = options.dns_upstream.map(|u| format!("dns_upstreams={u}"));
                 if let Some(upstream) = &upstream {
                     args.extend(["-o", upstream]);
@@ -119,6 +140,11 @@ impl Net {
     }
 
     pub fn podman(&self, args: &[&str]) -> Output {
+        self.podman_env(args, &[])
+    }
+
+    /// Podman with extra environment variables (which it passes on to the plugins).
+    pub fn podman_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         let mut cmd = match self.backend {
             Backend::Cni => Command::new("podman"),
             Backend::Netavark => {
@@ -135,7 +161,10 @@ impl Net {
                 cmd
             }
         };
-        cmd.args(args).output().unwrap()
+        if let Some(conf) = &self.containers_conf {
+            cmd.env("CONTAINERS_CONF", conf);
+        }
+        cmd.envs(env.iter().copied()).args(args).output().unwrap()
     }
 
     pub fn podman_ok(&self, args: &[&str]) -> String {
@@ -151,9 +180,10 @@ impl Net {
 
     /// The state directory the plugin uses, as seen from the host.
     pub fn state_dir(&self) -> PathBuf {
+        let dir = self.own_state_dir.unwrap_or("/run/flatnet");
         match self.backend {
-            Backend::Cni => PathBuf::from("/run/flatnet"),
-            Backend::Netavark => chroot_dir().join("run/flatnet"),
+            Backend::Cni => PathBuf::from(dir),
+            Backend::Netavark => chroot_dir().join(dir.trim_start_matches('/')),
         }
     }
 
@@ -177,11 +207,21 @@ impl Net {
     }
 
     pub fn try_run(&self, name: &str, extra: &[&str], command: &[&str]) -> Output {
+        self.try_run_env(name, extra, command, &[])
+    }
+
+    pub fn try_run_env(
+        &self,
+        name: &str,
+        extra: &[&str],
+        command: &[&str],
+        env: &[(&str, &str)],
+    ) -> Output {
         let mut args = vec!["run", "-d", "--name", name, "--network", &self.name];
         args.extend_from_slice(extra);
         args.push(IMAGE);
         args.extend_from_slice(command);
-        self.podman(&args)
+        self.podman_env(&args, env)
     }
 
     /// The state directory's daemon status, read with `flatnetd status --json` as an
