@@ -196,7 +196,8 @@ impl Network {
     /// members lock held, under which records and host members are written.
     fn remove_stale_temps(&self) {
         let dirs = self.config.dirs();
-        for dir in [dirs.attachments(), dirs.root.clone()] {
+        let state_dir = self.config.state_dir.clone();
+        for dir in [dirs.attachments(), dirs.root.clone(), state_dir] {
             if let Err(e) = crate::state::remove_stale_temps(&dir) {
                 tracing::warn!("cleaning {}: {e}", dir.display());
             }

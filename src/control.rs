@@ -295,7 +295,19 @@ fn start_daemon(settings: &DaemonSettings) -> Result<()> {
         .spawn()
         .map_err(|e| Error::DataPlane(format!("cannot start {}: {e}", binary.display())))?;
     drop(ready_write);
-    wait_ready(ready_read, child.id(), &log_path)
+    let ready = wait_ready(ready_read, child.id(), &log_path);
+    if ready.is_err() {
+        // Reap a daemon that died starting, so that no zombie keeps its pid looking alive
+        // (stale temporary files are recognised by their writer's pid being gone).
+        let mut child = child;
+        for _ in 0..100 {
+            if !matches!(child.try_wait(), Ok(None)) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    ready
 }
 
 /// How the daemon is started. Where systemd runs, in a scope of its own (`systemd-run

@@ -218,13 +218,17 @@ fn temp_owner(name: &str) -> Option<i32> {
     pid.parse().ok().filter(|&pid| pid > 0)
 }
 
+/// Whether `pid` is a live process. A zombie is not: it writes nothing any more, and may
+/// stay unreaped for long where the container's init does not reap.
 fn process_exists(pid: i32) -> bool {
-    use nix::sys::signal::kill;
-    use nix::unistd::Pid;
-    !matches!(
-        kill(Pid::from_raw(pid), None),
-        Err(nix::errno::Errno::ESRCH)
-    )
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state follows the parenthesised command name, which may itself hold ") ".
+    let state = stat
+        .rsplit_once(") ")
+        .and_then(|(_, rest)| rest.chars().next());
+    state.is_some_and(|s| s != 'Z' && s != 'X')
 }
 
 /// Reads a file; `None` if it does not exist (state that was never written, or released).
@@ -337,16 +341,24 @@ mod tests {
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let dead = child.id();
         child.wait().unwrap();
+        // A writer killed and not reaped yet (a zombie) is as dead.
+        let zombie = std::process::Command::new("true").spawn().unwrap();
+        let stat = format!("/proc/{}/stat", zombie.id());
+        while !fs::read_to_string(&stat).unwrap().contains(") Z ") {
+            std::thread::yield_now();
+        }
         let stale = dir.path().join(format!(".10.0.0.2.tmp.{dead}"));
+        let unreaped = dir.path().join(format!(".10.0.0.5.tmp.{}", zombie.id()));
         let live = dir
             .path()
             .join(format!(".10.0.0.3.tmp.{}", std::process::id()));
         let lease = dir.path().join("10.0.0.4");
-        for path in [&stale, &live, &lease] {
+        for path in [&stale, &unreaped, &live, &lease] {
             fs::write(path, "x").unwrap();
         }
-        assert_eq!(remove_stale_temps(dir.path()).unwrap(), 1);
-        assert!(!stale.exists() && live.exists() && lease.exists());
+        assert_eq!(remove_stale_temps(dir.path()).unwrap(), 2);
+        assert!(!stale.exists() && !unreaped.exists() && live.exists() && lease.exists());
+        drop(zombie);
     }
 
     #[test]

@@ -102,7 +102,35 @@ fn install_test_builds(backend: Backend) -> String {
     }
 }
 
-fn kill_net(backend: Backend) -> Net {
+/// The test's network, its own flatnetd and the test builds Podman runs, all gone when
+/// dropped: the daemon stopped, the builds and the containers.conf removed.
+struct KillNet {
+    /// Always `Some` until dropped: removed first, while Podman can still read its config.
+    net: Option<Net>,
+    backend: Backend,
+}
+
+impl std::ops::Deref for KillNet {
+    type Target = Net;
+    fn deref(&self) -> &Net {
+        self.net.as_ref().expect("network in place")
+    }
+}
+
+impl Drop for KillNet {
+    fn drop(&mut self) {
+        drop(self.net.take());
+        flatnetd(self.backend, &["stop"]);
+        let root = match self.backend {
+            Backend::Cni => PathBuf::from("/"),
+            Backend::Netavark => chroot_dir(),
+        };
+        let _ = std::fs::remove_file(root.join("etc/containers/flatnet-kill.conf"));
+        let _ = std::fs::remove_dir_all(root.join("usr/local/lib/flatnet-kill"));
+    }
+}
+
+fn kill_net(backend: Backend) -> KillNet {
     let (name, subnet, port) = match backend {
         Backend::Cni => ("fnkill-cni", "10.91.0.0/24", 4810),
         Backend::Netavark => ("fnkill-nv", "10.92.0.0/24", 4811),
@@ -113,7 +141,10 @@ fn kill_net(backend: Backend) -> Net {
         containers_conf: Some(install_test_builds(backend)),
         ..NetOptions::default()
     };
-    Net::create_with(backend, name, subnet, &options)
+    KillNet {
+        net: Some(Net::create_with(backend, name, subnet, &options)),
+        backend,
+    }
 }
 
 /// `flatnetd` of the test's state directory, as that backend's host sees it.
