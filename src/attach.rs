@@ -397,6 +397,9 @@ impl Network {
             member.create_interface()?;
             return Ok(true);
         }
+        // No record, yet a member whose creation was killed half-way may have left its lease
+        // and lighthouse entry: clear them first (we hold the members lock).
+        self.remove_host_member()?;
         undo.push(|| self.remove_host_member().map(drop));
         let id = host_member::member_id(&self.config);
         let lease = Lease {

@@ -12,6 +12,7 @@ mod podman;
 #[path = "../../tests/support/mod.rs"]
 mod support;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -60,9 +61,16 @@ fn install_test_builds(backend: Backend) -> String {
     let built = Path::new(DAEMON).parent().unwrap();
     // Copied beside and renamed over: a running flatnetd keeps its old file.
     let copy = |binary: &str, into: &Path| {
+        let built = std::fs::read(built.join(binary)).unwrap();
+        assert!(
+            built.windows(15).any(|w| w == b"FLATNET_KILL_AT"),
+            "{binary} has no kill points: build the workspace's tests (cargo test --workspace, \
+             or make kill-campaign)"
+        );
         std::fs::create_dir_all(into).unwrap();
         let staged = into.join(format!(".{binary}.new"));
-        std::fs::copy(built.join(binary), &staged).unwrap();
+        std::fs::write(&staged, built).unwrap();
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::rename(&staged, into.join(binary)).unwrap();
     };
     match backend {
@@ -133,7 +141,9 @@ impl Drop for KillNet {
 fn kill_net(backend: Backend) -> KillNet {
     let (name, subnet, port) = match backend {
         Backend::Cni => ("fnkill-cni", "10.91.0.0/24", 4810),
-        Backend::Netavark => ("fnkill-nv", "10.92.0.0/24", 4811),
+        // Podman allocates netavark plugin networks' addresses itself, round robin, unaware of
+        // the host member at the top of the range (issue 10): room for a campaign's setups.
+        Backend::Netavark => ("fnkill-nv", "10.92.0.0/21", 4811),
     };
     let options = NetOptions {
         state_dir: Some(STATE_DIR),
