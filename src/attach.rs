@@ -397,9 +397,8 @@ impl Network {
             member.create_interface()?;
             return Ok(true);
         }
-        // No record, yet a member whose creation was killed half-way may have left its lease
-        // and lighthouse entry: clear them first (we hold the members lock).
-        self.remove_host_member()?;
+        // A member whose creation was killed half-way left at most its lease and lighthouse
+        // entry: `allocate_highest` hands the same lease back and the entry is re-registered.
         undo.push(|| self.remove_host_member().map(drop));
         let id = host_member::member_id(&self.config);
         let lease = Lease {
