@@ -5,8 +5,12 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 require_root
 
-# Build: netavark's build script compiles protobuf definitions.
-apt_install ca-certificates build-essential pkg-config protobuf-compiler
+# Build: netavark's and etcd-client's build scripts compile protobuf definitions (etcd's import
+# Google's well-known types, from libprotobuf-dev).
+apt_install ca-certificates build-essential pkg-config protobuf-compiler libprotobuf-dev
+# The etcd lighthouse's tests run their own etcd members (never a system-wide one) and make
+# their own CA and certificates.
+apt_install etcd-server etcd-client openssl
 # Podman with the CNI backend; runc because crun rejects this host's hybrid cgroup layout.
 # nftables: Flatnet's published ports and egress live in an nft table of its own.
 apt_install podman containernetworking-plugins runc conmon iptables iproute2 nftables

@@ -17,7 +17,9 @@ use crate::firewall;
 use crate::host_member::{self, HostMember};
 use crate::ipam::{DirLeaseStore, IpAddressManager, Lease};
 use crate::killpoint;
-use crate::lighthouse::{Entry, FileLighthouse, HostInfo, Lighthouse};
+use crate::lighthouse::{
+    Entry, FileLighthouse, HostInfo, Lighthouse, LighthouseSettings, ViaDaemon,
+};
 use crate::netns::{NetnsId, NetworkNamespace};
 use crate::portmap::{find_conflict, PortMapping};
 use crate::state::{
@@ -82,8 +84,12 @@ pub struct Network {
 }
 
 impl Network {
+    /// The network with its lighthouse: the file itself, or (etcd) this host's daemon.
     pub fn open(config: FlatnetConfig) -> Self {
-        let lighthouse = Box::new(FileLighthouse::new(config.lighthouse.clone()));
+        let lighthouse: Box<dyn Lighthouse> = match &config.lighthouse {
+            LighthouseSettings::File(path) => Box::new(FileLighthouse::new(path.clone())),
+            LighthouseSettings::Etcd(_) => Box::new(ViaDaemon::new(&config.state_dir)),
+        };
         Self::with_lighthouse(config, lighthouse)
     }
 
@@ -335,10 +341,36 @@ impl Network {
             .write(true)
             .open("/dev/net/tun")
             .context(|| "opening /dev/net/tun")?;
-        if self.config.lighthouse.exists() {
-            self.lighthouse.all_entries()?;
-        }
+        self.lighthouse_readiness()?;
         StaticKeys::load(&self.config.state_dir.join("host.key"))?;
+        Ok(())
+    }
+
+    /// A file lighthouse must be readable once it exists. An etcd one is the daemon's: its
+    /// TLS files must be readable, and a running daemon must be following it.
+    fn lighthouse_readiness(&self) -> Result<()> {
+        match &self.config.lighthouse {
+            LighthouseSettings::File(path) => {
+                if path.exists() {
+                    self.lighthouse.all_entries()?;
+                }
+            }
+            LighthouseSettings::Etcd(etcd) => {
+                for file in [&etcd.ca_file, &etcd.cert_file, &etcd.key_file] {
+                    fs::File::open(file).context(|| format!("opening {}", file.display()))?;
+                }
+                if control::is_running(&self.config.state_dir) {
+                    let status = control::call(&self.config.state_dir, &Request::Status)?.status;
+                    let state = status.unwrap_or_default()["lighthouse_state"].clone();
+                    if state["healthy"] != true {
+                        return Err(Error::LighthouseUnavailable(format!(
+                            "flatnetd cannot follow etcd: {}",
+                            state["error"].as_str().unwrap_or("not following yet")
+                        )));
+                    }
+                }
+            }
+        }
         Ok(())
     }
 

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use ipnet::Ipv4Net;
 
 use crate::error::{Error, Result};
+use crate::lighthouse::{LighthouseInput, LighthouseSettings};
 use crate::state::check_name;
 
 pub const DEFAULT_SUBNET: &str = "10.77.0.0/16";
@@ -32,8 +33,8 @@ pub struct FlatnetConfig {
     pub gateway: Ipv4Addr,
     pub mtu: u32,
     pub state_dir: PathBuf,
-    /// The file lighthouse (Phase 1's LighthouseClient backend).
-    pub lighthouse: PathBuf,
+    /// The file lighthouse (Phase 1's LighthouseClient backend) or an etcd cluster.
+    pub lighthouse: LighthouseSettings,
     /// UDP port of this host's data plane.
     pub tunnel_port: u16,
     /// Underlay address other hosts reach this host's data plane at.
@@ -55,7 +56,7 @@ pub struct ConfigInput {
     pub gateway: Option<String>,
     pub mtu: Option<String>,
     pub state_dir: Option<String>,
-    pub lighthouse: Option<String>,
+    pub lighthouse: LighthouseInput,
     pub tunnel_port: Option<String>,
     pub endpoint: Option<String>,
     pub internal: bool,
@@ -76,11 +77,8 @@ impl FlatnetConfig {
             None => DEFAULT_MTU,
         };
         let state_dir = parse_abs_path("stateDir", input.state_dir.as_deref(), DEFAULT_STATE_DIR)?;
-        let default_lighthouse = state_dir.join("lighthouse.json");
-        let lighthouse = match input.lighthouse.as_deref() {
-            Some(text) => parse_abs_path("lighthouse", Some(text), "")?,
-            None => default_lighthouse,
-        };
+        let lighthouse =
+            LighthouseSettings::from_input(&input.lighthouse, &state_dir.join("lighthouse.json"))?;
         let tunnel_port = match input.tunnel_port.as_deref() {
             Some(text) => parse_port(text)?,
             None => DEFAULT_TUNNEL_PORT,
@@ -226,7 +224,7 @@ mod tests {
         assert_eq!(cfg.mtu, 1416);
         assert_eq!(
             cfg.lighthouse,
-            PathBuf::from("/run/flatnet/lighthouse.json")
+            LighthouseSettings::File("/run/flatnet/lighthouse.json".into())
         );
         assert_eq!(cfg.endpoint.to_string(), "127.0.0.1:4800");
         assert!(!cfg.internal);
@@ -260,7 +258,10 @@ mod tests {
         .unwrap();
         assert_eq!(cfg.gateway, Ipv4Addr::new(192, 0, 2, 254));
         assert_eq!(cfg.mtu, 1380);
-        assert_eq!(cfg.lighthouse, PathBuf::from("/tmp/fn/lighthouse.json"));
+        assert_eq!(
+            cfg.lighthouse,
+            LighthouseSettings::File("/tmp/fn/lighthouse.json".into())
+        );
         assert_eq!(cfg.tunnel_port, 5000);
     }
 
@@ -312,7 +313,7 @@ mod tests {
                 "stateDir \"relative\"",
             ),
             (
-                Box::new(|i| i.lighthouse = Some("/a/../b".into())),
+                Box::new(|i| i.lighthouse.lighthouse = Some("/a/../b".into())),
                 "lighthouse",
             ),
             (

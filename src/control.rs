@@ -7,7 +7,7 @@
 
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -20,6 +20,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoContext, Result};
+use crate::lighthouse::{Entry, LighthouseSettings};
 use crate::state::{create_private_dir, FileLock};
 
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -41,6 +42,50 @@ pub enum Request {
     },
     Status,
     Shutdown,
+    /// Lighthouse operations for a daemon that holds the lighthouse (etcd): the plugins do not
+    /// talk to etcd themselves. Answered off the packet thread.
+    Register {
+        entry: Entry,
+    },
+    Unregister {
+        network: String,
+        ip: Ipv4Addr,
+        container_id: String,
+    },
+    Lookup {
+        network: String,
+        ip: Ipv4Addr,
+    },
+    /// Every entry; with a network, that network's.
+    Entries {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        network: Option<String>,
+    },
+}
+
+impl Request {
+    /// Whether the daemon answers this from the lighthouse rather than the data plane.
+    pub fn is_lighthouse_op(&self) -> bool {
+        matches!(
+            self,
+            Request::Register { .. }
+                | Request::Unregister { .. }
+                | Request::Lookup { .. }
+                | Request::Entries { .. }
+        )
+    }
+}
+
+/// Why a request failed, where the caller acts on the reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Failure {
+    AddressInUse {
+        ip: Ipv4Addr,
+        owner: String,
+    },
+    /// The lighthouse cannot be reached or has no quorum: try again later.
+    LighthouseUnavailable,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -57,6 +102,11 @@ pub struct Response {
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<Failure>,
+    /// Lighthouse entries asked for (lookup: none or one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entries: Option<Vec<Entry>>,
 }
 
 impl Response {
@@ -71,7 +121,45 @@ impl Response {
         Response {
             ok: false,
             error: Some(msg.into()),
-            status: None,
+            ..Default::default()
+        }
+    }
+
+    /// A core error as an answer, keeping the reasons a caller acts on.
+    pub fn from_error(error: &Error) -> Self {
+        let failure = match error {
+            Error::AddressInUse { ip, owner } => Some(Failure::AddressInUse {
+                ip: *ip,
+                owner: owner.clone(),
+            }),
+            Error::LighthouseUnavailable(_) => Some(Failure::LighthouseUnavailable),
+            _ => None,
+        };
+        let error = match error {
+            // The variant's own text, not wrapped again on the other side.
+            Error::LighthouseUnavailable(msg) => msg.clone(),
+            e => e.to_string(),
+        };
+        Response {
+            failure,
+            ..Response::error(error)
+        }
+    }
+
+    pub fn with_entries(entries: Vec<Entry>) -> Self {
+        Response {
+            entries: Some(entries),
+            ..Response::ok()
+        }
+    }
+
+    /// A refusal as the core error it stands for.
+    fn into_error(self) -> Error {
+        let msg = self.error.unwrap_or_default();
+        match self.failure {
+            Some(Failure::AddressInUse { ip, owner }) => Error::AddressInUse { ip, owner },
+            Some(Failure::LighthouseUnavailable) => Error::LighthouseUnavailable(msg),
+            None => Error::DataPlane(msg),
         }
     }
 }
@@ -150,7 +238,7 @@ pub fn call(state_dir: &Path, req: &Request) -> Result<Response> {
     if response.ok {
         Ok(response)
     } else {
-        Err(Error::DataPlane(response.error.unwrap_or_default()))
+        Err(response.into_error())
     }
 }
 
@@ -163,7 +251,7 @@ pub fn is_running(state_dir: &Path) -> bool {
 #[derive(Debug, Clone)]
 pub struct DaemonSettings {
     pub state_dir: PathBuf,
-    pub lighthouse: PathBuf,
+    pub lighthouse: LighthouseSettings,
     pub listen: SocketAddr,
     /// The daemon's poll window in µs; `None` keeps the last run's or the default.
     pub poll_us: Option<u32>,
@@ -236,13 +324,13 @@ fn check_settings(wanted: &DaemonSettings, status: &serde_json::Value) -> Result
             )));
         }
     }
-    if listen != wanted.listen.to_string() || Path::new(lighthouse) != wanted.lighthouse {
+    if listen != wanted.listen.to_string() || lighthouse != wanted.lighthouse.to_string() {
         return Err(Error::InvalidConfig(format!(
             "flatnetd for {} runs with endpoint {listen} and lighthouse {lighthouse}, but this \
              network wants {} and {}: give networks with other settings their own stateDir",
             wanted.state_dir.display(),
             wanted.listen,
-            wanted.lighthouse.display()
+            wanted.lighthouse
         )));
     }
     Ok(())
@@ -263,8 +351,7 @@ fn start_daemon(settings: &DaemonSettings) -> Result<()> {
         .arg("run")
         .arg("--state-dir")
         .arg(&settings.state_dir)
-        .arg("--lighthouse")
-        .arg(&settings.lighthouse)
+        .args(settings.lighthouse.daemon_args())
         .arg("--listen")
         .arg(settings.listen.to_string())
         .args(settings.poll_us.map(|us| format!("--poll-us={us}")))

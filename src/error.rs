@@ -33,6 +33,9 @@ pub enum Error {
     CheckFailed(String),
     #[error("data plane: {0}")]
     DataPlane(String),
+    /// etcd unreachable or without quorum: nothing was changed, the caller may try again.
+    #[error("lighthouse unavailable, try again: {0}")]
+    LighthouseUnavailable(String),
     #[error("firewall: {0}")]
     Firewall(String),
     #[error("netlink: {0}")]

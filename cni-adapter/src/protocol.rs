@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
+use flatnet::lighthouse::LighthouseInput;
 use flatnet::{Attachment, ConfigInput, Error, PortMapping};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -70,7 +71,7 @@ impl From<Error> for CniError {
             Error::AlreadyAttached { .. } => code::ALREADY_ATTACHED,
             Error::PortInUse { .. } => code::PORT_IN_USE,
             Error::CheckFailed(_) => code::CHECK_FAILED,
-            Error::DataPlane(_) => code::TRY_AGAIN,
+            Error::DataPlane(_) | Error::LighthouseUnavailable(_) => code::TRY_AGAIN,
             Error::Io { source, .. } if is_transient(source) => code::TRY_AGAIN,
             Error::Netlink(_) | Error::Firewall(_) | Error::Io { .. } => code::IO_FAILURE,
         };
@@ -97,7 +98,15 @@ pub struct NetConf {
     pub gateway: Option<String>,
     pub mtu: Option<u32>,
     pub state_dir: Option<String>,
+    /// A file path, or `etcd` with the `etcd*` keys below.
     pub lighthouse: Option<String>,
+    /// `https://host:port` of each etcd member.
+    pub etcd_endpoints: Option<Vec<String>>,
+    pub etcd_ca_file: Option<String>,
+    pub etcd_cert_file: Option<String>,
+    pub etcd_key_file: Option<String>,
+    /// Seconds a dead host's entries outlive it.
+    pub lease_ttl: Option<u32>,
     pub tunnel_port: Option<u16>,
     pub endpoint: Option<String>,
     /// Containers reach only Flatnet and the host: no default route, no published ports.
@@ -166,7 +175,14 @@ impl NetConf {
             gateway: self.gateway.clone(),
             mtu: self.mtu.map(|v| v.to_string()),
             state_dir: self.state_dir.clone(),
-            lighthouse: self.lighthouse.clone(),
+            lighthouse: LighthouseInput {
+                lighthouse: self.lighthouse.clone(),
+                etcd_endpoints: self.etcd_endpoints.as_ref().map(|list| list.join(",")),
+                etcd_ca_file: self.etcd_ca_file.clone(),
+                etcd_cert_file: self.etcd_cert_file.clone(),
+                etcd_key_file: self.etcd_key_file.clone(),
+                lease_ttl: self.lease_ttl.map(|v| v.to_string()),
+            },
             tunnel_port: self.tunnel_port.map(|v| v.to_string()),
             endpoint: self.endpoint.clone(),
             internal: self.internal.unwrap_or(false),

@@ -11,7 +11,9 @@ use std::process::{Command, ExitCode, Stdio};
 
 use flatnet::config::DEFAULT_TUNNEL_PORT;
 use flatnet::control::{self, Request};
-use flatnet::lighthouse::{FileLighthouse, Lighthouse};
+use flatnet::lighthouse::{
+    EtcdSettings, FileLighthouse, Lighthouse, LighthouseInput, LighthouseSettings,
+};
 use flatnet::tunnel::{encode_key, StaticKeys};
 use serde_json::{json, Value};
 
@@ -50,21 +52,23 @@ pub struct CheckArgs {
 /// What a network needs of this host: its state directory, lighthouse and endpoint.
 struct Wants {
     state_dir: PathBuf,
-    lighthouse: PathBuf,
+    /// What the network's lighthouse settings say, or why they are wrong.
+    lighthouse: Result<LighthouseSettings, String>,
     endpoint: SocketAddr,
 }
 
 impl Wants {
     fn from_options(
         state_dir: Option<&str>,
-        lighthouse: Option<&str>,
+        lighthouse: &LighthouseInput,
         port: Option<u16>,
         endpoint: Option<&str>,
         default_state: &Path,
     ) -> Wants {
         let state_dir = state_dir.map_or_else(|| default_state.to_path_buf(), PathBuf::from);
         let lighthouse =
-            lighthouse.map_or_else(|| state_dir.join("lighthouse.json"), PathBuf::from);
+            LighthouseSettings::from_input(lighthouse, &state_dir.join("lighthouse.json"))
+                .map_err(|e| e.to_string());
         let port = port.unwrap_or(DEFAULT_TUNNEL_PORT);
         let endpoint = endpoint
             .and_then(|e| e.parse().ok())
@@ -113,14 +117,15 @@ pub fn run(state_dir: &Path, args: &CheckArgs) -> ExitCode {
     } else if let Some(name) = &args.network {
         check_netavark_network(name, args, state_dir, &mut report)
     } else {
-        vec![Wants::from_options(None, None, None, None, state_dir)]
+        let defaults = LighthouseInput::default();
+        vec![Wants::from_options(None, &defaults, None, None, state_dir)]
     };
     report.check(check_tun());
     report.check(check_root());
     for want in &wants {
         report.check(check_state_dir(&want.state_dir));
         report.check(check_key(&want.state_dir.join("host.key")));
-        report.check(check_lighthouse(&want.lighthouse));
+        report.check(check_lighthouse(want));
         report.check(check_daemon(want));
     }
     if which("nft").is_none() {
@@ -184,9 +189,21 @@ fn check_conflist(
         let port = plugin["tunnelPort"]
             .as_u64()
             .and_then(|p| u16::try_from(p).ok());
+        let endpoints = plugin["etcdEndpoints"].as_array().map(|list| {
+            let urls: Vec<&str> = list.iter().filter_map(Value::as_str).collect();
+            urls.join(",")
+        });
+        let lighthouse = LighthouseInput {
+            lighthouse: text("lighthouse").map(str::to_string),
+            etcd_endpoints: endpoints,
+            etcd_ca_file: text("etcdCaFile").map(str::to_string),
+            etcd_cert_file: text("etcdCertFile").map(str::to_string),
+            etcd_key_file: text("etcdKeyFile").map(str::to_string),
+            lease_ttl: plugin["leaseTtl"].as_u64().map(|t| t.to_string()),
+        };
         wants.push(Wants::from_options(
             text("stateDir"),
-            text("lighthouse"),
+            &lighthouse,
             port,
             text("endpoint"),
             state_dir,
@@ -231,9 +248,18 @@ fn check_netavark_network(
     }
     let option = |key: &str| network["options"][key].as_str();
     let port = option("tunnel_port").and_then(|p| p.parse().ok());
+    let owned = |key: &str| option(key).map(str::to_string);
+    let lighthouse = LighthouseInput {
+        lighthouse: owned("lighthouse"),
+        etcd_endpoints: owned("etcd_endpoints"),
+        etcd_ca_file: owned("etcd_ca_file"),
+        etcd_cert_file: owned("etcd_cert_file"),
+        etcd_key_file: owned("etcd_key_file"),
+        lease_ttl: owned("lease_ttl"),
+    };
     vec![Wants::from_options(
         option("state_dir"),
-        option("lighthouse"),
+        &lighthouse,
         port,
         option("endpoint"),
         state_dir,
@@ -368,7 +394,43 @@ fn check_key(path: &Path) -> Result<String, String> {
     }
 }
 
-fn check_lighthouse(path: &Path) -> Result<String, String> {
+fn check_lighthouse(wants: &Wants) -> Result<String, String> {
+    match &wants.lighthouse {
+        Err(e) => Err(e.clone()),
+        Ok(LighthouseSettings::File(path)) => check_file_lighthouse(path),
+        Ok(LighthouseSettings::Etcd(etcd)) => check_etcd_lighthouse(etcd, &wants.state_dir),
+    }
+}
+
+/// The TLS files flatnetd reads, and whether a running flatnetd follows etcd.
+fn check_etcd_lighthouse(etcd: &EtcdSettings, state_dir: &Path) -> Result<String, String> {
+    for file in [&etcd.ca_file, &etcd.cert_file, &etcd.key_file] {
+        std::fs::File::open(file).map_err(|e| format!("etcd TLS file {}: {e}", file.display()))?;
+    }
+    let endpoints = etcd.endpoints.join(",");
+    if !control::is_running(state_dir) {
+        return Ok(format!("lighthouse etcd {endpoints} (TLS files readable)"));
+    }
+    let status = control::call(state_dir, &Request::Status)
+        .map_err(|e| e.to_string())?
+        .status
+        .unwrap_or_default();
+    let state = &status["lighthouse_state"];
+    if state["healthy"] == true {
+        Ok(format!(
+            "lighthouse etcd {endpoints}: followed at revision {}, lease {} s left",
+            state["revision"],
+            state["lease_ttl_left_ms"].as_u64().unwrap_or(0) / 1000
+        ))
+    } else {
+        Err(format!(
+            "lighthouse etcd {endpoints}: {}",
+            state["error"].as_str().unwrap_or("not followed yet")
+        ))
+    }
+}
+
+fn check_file_lighthouse(path: &Path) -> Result<String, String> {
     if !path.exists() {
         return match path.ancestors().skip(1).find(|d| d.exists()) {
             Some(dir) if dir.is_dir() => {
@@ -400,12 +462,15 @@ fn check_daemon(wants: &Wants) -> Result<String, String> {
         .unwrap_or_default();
     let listen = status["listen"].as_str().unwrap_or_default();
     let lighthouse = status["lighthouse"].as_str().unwrap_or_default();
-    if listen != wants.endpoint.to_string() || Path::new(lighthouse) != wants.lighthouse {
+    let wanted = wants
+        .lighthouse
+        .as_ref()
+        .map_or_else(|e| e.clone(), ToString::to_string);
+    if listen != wants.endpoint.to_string() || lighthouse != wanted {
         return Err(format!(
-            "flatnetd of {} runs with endpoint {listen} and lighthouse {lighthouse}; the network wants {} and {}",
+            "flatnetd of {} runs with endpoint {listen} and lighthouse {lighthouse}; the network wants {} and {wanted}",
             wants.state_dir.display(),
             wants.endpoint,
-            wants.lighthouse.display()
         ));
     }
     Ok(format!(

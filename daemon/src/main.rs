@@ -15,6 +15,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 use flatnet::config::{DEFAULT_STATE_DIR, DEFAULT_TUNNEL_PORT};
 use flatnet::control::{self, DaemonSettings, Request};
 use flatnet::dataplane::{self, DaemonConfig, MetricsAddress};
+use flatnet::lighthouse::{LighthouseInput, LighthouseSettings};
 use flatnet::logging::{self, DaemonLog};
 
 #[derive(Parser)]
@@ -71,9 +72,25 @@ enum Cmd {
 
 #[derive(clap::Args)]
 struct Settings {
-    /// The file lighthouse [default: <state-dir>/lighthouse.json, or the last run's]
+    /// The lighthouse: a file's path, or `etcd` with the --etcd-* flags
+    /// [default: <state-dir>/lighthouse.json, or the last run's]
     #[arg(long)]
-    lighthouse: Option<PathBuf>,
+    lighthouse: Option<String>,
+    /// The etcd members, comma-separated https://host:port
+    #[arg(long, value_name = "URLS")]
+    etcd_endpoints: Option<String>,
+    /// The CA certificate that signed the etcd members' certificates (PEM)
+    #[arg(long, value_name = "FILE")]
+    etcd_ca_file: Option<String>,
+    /// This host's etcd client certificate (PEM)
+    #[arg(long, value_name = "FILE")]
+    etcd_cert_file: Option<String>,
+    /// This host's etcd client key (PEM)
+    #[arg(long, value_name = "FILE")]
+    etcd_key_file: Option<String>,
+    /// Seconds this host's entries outlive it after its last keepalive to etcd [default: 10]
+    #[arg(long, value_name = "SECS")]
+    lease_ttl: Option<String>,
     /// UDP address to listen on, which is also the endpoint other hosts are told
     /// [default: 127.0.0.1:4800, or the last run's]
     #[arg(long)]
@@ -94,13 +111,22 @@ struct Settings {
 
 impl Settings {
     /// Explicit flags, else what the last daemon of this state directory used, else defaults.
-    fn resolve(self, state_dir: PathBuf) -> DaemonConfig {
+    fn resolve(self, state_dir: PathBuf) -> flatnet::Result<DaemonConfig> {
         let last = DaemonConfig::load(&state_dir).ok();
-        DaemonConfig {
-            lighthouse: self
-                .lighthouse
-                .or_else(|| last.as_ref().map(|c| c.lighthouse.clone()))
-                .unwrap_or_else(|| state_dir.join("lighthouse.json")),
+        let input = LighthouseInput {
+            lighthouse: self.lighthouse,
+            etcd_endpoints: self.etcd_endpoints,
+            etcd_ca_file: self.etcd_ca_file,
+            etcd_cert_file: self.etcd_cert_file,
+            etcd_key_file: self.etcd_key_file,
+            lease_ttl: self.lease_ttl,
+        };
+        let lighthouse = match (&input.lighthouse, &last) {
+            (None, Some(last)) if !input.etcd_options_given() => last.lighthouse.clone(),
+            _ => LighthouseSettings::from_input(&input, &state_dir.join("lighthouse.json"))?,
+        };
+        Ok(DaemonConfig {
+            lighthouse,
             listen: self
                 .listen
                 .or_else(|| last.as_ref().map(|c| c.listen))
@@ -118,7 +144,7 @@ impl Settings {
                 None => last.and_then(|c| c.persistent_keepalive_s),
             },
             state_dir,
-        }
+        })
     }
 }
 
@@ -135,13 +161,13 @@ fn main() -> ExitCode {
             log_file,
         } => {
             init_logging(log_file.as_deref());
-            match ready_fd.map(ready_file).transpose() {
-                Ok(ready) => dataplane::run(settings.resolve(cli.state_dir), ready),
-                Err(e) => Err(e),
+            let config = settings.resolve(cli.state_dir);
+            match (config, ready_fd.map(ready_file).transpose()) {
+                (Ok(config), Ok(ready)) => dataplane::run(config, ready),
+                (Err(e), _) | (_, Err(e)) => Err(e),
             }
         }
-        Cmd::Start { settings } => {
-            let config = settings.resolve(cli.state_dir);
+        Cmd::Start { settings } => settings.resolve(cli.state_dir).and_then(|config| {
             control::ensure_running(&DaemonSettings {
                 state_dir: config.state_dir,
                 lighthouse: config.lighthouse,
@@ -150,7 +176,7 @@ fn main() -> ExitCode {
                 metrics: config.metrics,
                 persistent_keepalive_s: Some(config.persistent_keepalive_s.unwrap_or(0)),
             })
-        }
+        }),
         Cmd::Stop => match control::is_running(&cli.state_dir) {
             true => control::call(&cli.state_dir, &Request::Shutdown).map(drop),
             false => Ok(()),

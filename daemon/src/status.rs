@@ -18,6 +18,29 @@ pub fn show(state_dir: &Path, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// Health, the revision followed and, with etcd, the lease time left.
+fn lighthouse_state(state: &Value) -> String {
+    let health = match (state["healthy"].as_bool(), state["error"].as_str()) {
+        (_, Some(error)) => format!("unhealthy: {error}"),
+        (Some(false), None) => "not following yet".to_string(),
+        _ => "healthy".to_string(),
+    };
+    let mut text = format!("{health}, revision {}", num(&state["revision"]));
+    if let Some(left) = state["lease_ttl_left_ms"].as_u64() {
+        text += &format!(
+            ", lease {} left {:.1} of {} s",
+            text_or(&state["lease_id"], "?"),
+            left as f64 / 1000.0,
+            num(&state["lease_ttl_s"])
+        );
+    }
+    text
+}
+
+fn text_or<'a>(value: &'a Value, default: &'a str) -> &'a str {
+    value.as_str().unwrap_or(default)
+}
+
 fn render(s: &Value) -> String {
     let mut out = format!(
         "flatnetd {} (protocol {}), listening on {}, up {} s, RSS {} KiB\nhost key {}\n\
@@ -29,10 +52,7 @@ fn render(s: &Value) -> String {
         num(&s["rss_kib"]),
         text(&s["public_key"]),
         text(&s["lighthouse"]),
-        match s["lighthouse_state"]["error"].as_str() {
-            Some(error) => format!("unhealthy: {error}"),
-            None => "healthy".to_string(),
-        },
+        lighthouse_state(&s["lighthouse_state"]),
         s["metrics"].as_str().unwrap_or("off"),
     );
     out += &format!(

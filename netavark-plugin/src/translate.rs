@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 
 use flatnet::config::{first_host, DEFAULT_SUBNET};
+use flatnet::lighthouse::LighthouseInput;
 use flatnet::{Attachment, ConfigInput, Error, FlatnetConfig, PortMapping};
 use ipnet::IpNet;
 use netavark::network::types::{
@@ -17,6 +18,11 @@ pub const OPTIONS: &[&str] = &[
     "tunnel_port",
     "state_dir",
     "lighthouse",
+    "etcd_endpoints",
+    "etcd_ca_file",
+    "etcd_cert_file",
+    "etcd_key_file",
+    "lease_ttl",
     "endpoint",
     "dns_upstreams",
 ];
@@ -88,7 +94,14 @@ pub fn config_of(network: &Network) -> Result<FlatnetConfig, Error> {
         gateway: subnet.and_then(|s| s.gateway).map(|g| g.to_string()),
         mtu: option("mtu"),
         state_dir: option("state_dir"),
-        lighthouse: option("lighthouse"),
+        lighthouse: LighthouseInput {
+            lighthouse: option("lighthouse"),
+            etcd_endpoints: option("etcd_endpoints"),
+            etcd_ca_file: option("etcd_ca_file"),
+            etcd_cert_file: option("etcd_cert_file"),
+            etcd_key_file: option("etcd_key_file"),
+            lease_ttl: option("lease_ttl"),
+        },
         tunnel_port: option("tunnel_port"),
         endpoint: option("endpoint"),
         internal: network.internal,

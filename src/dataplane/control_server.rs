@@ -20,6 +20,7 @@ use nix::sys::stat::{umask, Mode};
 use super::Command;
 use crate::control::{decode_request, encode_response, socket_path, Request, Response};
 use crate::error::{IoContext, Result};
+use crate::lighthouse::{Entry, HostInfo, Lighthouse};
 
 const MAX_REQUEST: u64 = 64 * 1024;
 /// A client has this long to send its request and take the answer, however it trickles:
@@ -45,14 +46,75 @@ pub fn spawn(
     listener: UnixListener,
     commands: SyncSender<Command>,
     wake: Arc<EventFd>,
+    lighthouse: Arc<dyn Lighthouse>,
+    host: HostInfo,
 ) -> JoinHandle<()> {
+    let handlers = Handlers {
+        commands,
+        wake,
+        lighthouse,
+        host,
+    };
     std::thread::Builder::new()
         .name("control".into())
-        .spawn(move || accept_loop(Arc::new(listener), commands, wake))
+        .spawn(move || accept_loop(Arc::new(listener), Arc::new(handlers)))
         .expect("spawning the control thread")
 }
 
-fn accept_loop(listener: Arc<UnixListener>, commands: SyncSender<Command>, wake: Arc<EventFd>) {
+/// Where requests go: the packet thread, or the lighthouse for lighthouse operations (which
+/// may wait on etcd, and must not stall packets meanwhile).
+struct Handlers {
+    commands: SyncSender<Command>,
+    wake: Arc<EventFd>,
+    lighthouse: Arc<dyn Lighthouse>,
+    /// This host's endpoint and key: what every entry registered through it publishes.
+    host: HostInfo,
+}
+
+impl Handlers {
+    fn answer(&self, request: Request) -> Response {
+        if request.is_lighthouse_op() {
+            return self.answer_from_lighthouse(request);
+        }
+        ask(&self.commands, &self.wake, request)
+            .unwrap_or_else(|| Response::error("the data plane stopped"))
+    }
+
+    fn answer_from_lighthouse(&self, request: Request) -> Response {
+        let lighthouse = self.lighthouse.as_ref();
+        let answer = match request {
+            Request::Register { entry } => {
+                let entry = Entry {
+                    host: self.host.clone(),
+                    ..entry
+                };
+                lighthouse.register(&entry).map(|()| Response::ok())
+            }
+            Request::Unregister {
+                network,
+                ip,
+                container_id,
+            } => lighthouse
+                .unregister(&network, ip, &container_id)
+                .map(|()| Response::ok()),
+            Request::Lookup { network, ip } => lighthouse
+                .lookup(&network, ip)
+                .map(|entry| Response::with_entries(entry.into_iter().collect())),
+            Request::Entries { network: Some(n) } => {
+                lighthouse.entries(&n).map(Response::with_entries)
+            }
+            Request::Entries { network: None } => {
+                lighthouse.all_entries().map(Response::with_entries)
+            }
+            other => Ok(Response::error(format!(
+                "not a lighthouse request: {other:?}"
+            ))),
+        };
+        answer.unwrap_or_else(|e| Response::from_error(&e))
+    }
+}
+
+fn accept_loop(listener: Arc<UnixListener>, handlers: Arc<Handlers>) {
     let clients = Arc::new(AtomicUsize::new(0));
     let stopping = Arc::new(AtomicBool::new(false));
     loop {
@@ -70,8 +132,7 @@ fn accept_loop(listener: Arc<UnixListener>, commands: SyncSender<Command>, wake:
             continue;
         }
         let client = Client {
-            commands: commands.clone(),
-            wake: wake.clone(),
+            handlers: handlers.clone(),
             clients: clients.clone(),
             stopping: stopping.clone(),
             listener: listener.clone(),
@@ -91,8 +152,7 @@ fn accept_loop(listener: Arc<UnixListener>, commands: SyncSender<Command>, wake:
 
 /// What a connection's thread shares with the accepting one.
 struct Client {
-    commands: SyncSender<Command>,
-    wake: Arc<EventFd>,
+    handlers: Arc<Handlers>,
     clients: Arc<AtomicUsize>,
     stopping: Arc<AtomicBool>,
     listener: Arc<UnixListener>,
@@ -100,7 +160,7 @@ struct Client {
 
 impl Client {
     fn serve(self, stream: UnixStream) {
-        if serve(stream, &self.commands, &self.wake) == Served::Shutdown {
+        if serve(stream, &self.handlers) == Served::Shutdown {
             // Wake the accepting thread out of accept() for good.
             self.stopping.store(true, Ordering::SeqCst);
             let _ = shutdown(self.listener.as_raw_fd(), Shutdown::Both);
@@ -115,7 +175,7 @@ enum Served {
     Shutdown,
 }
 
-fn serve(stream: UnixStream, commands: &SyncSender<Command>, wake: &EventFd) -> Served {
+fn serve(stream: UnixStream, handlers: &Handlers) -> Served {
     let Ok(mut writer) = stream.try_clone() else {
         return Served::Request;
     };
@@ -133,8 +193,7 @@ fn serve(stream: UnixStream, commands: &SyncSender<Command>, wake: &EventFd) -> 
             if request == Request::Shutdown {
                 served = Served::Shutdown;
             }
-            ask(commands, wake, request)
-                .unwrap_or_else(|| Response::error("the data plane stopped"))
+            handlers.answer(request)
         }
         Err(msg) => Response::error(msg),
     };

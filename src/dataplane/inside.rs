@@ -84,7 +84,7 @@ impl Daemon {
             // No host member here: containers reach each other only.
             return self
                 .routes
-                .resolve(tag, dst)
+                .route(tag, dst)
                 .map(Hop::Tunnel)
                 .ok_or(DropReason::NoRoute);
         };
@@ -105,7 +105,7 @@ impl Daemon {
             }
             return self
                 .routes
-                .resolve(tag, dst)
+                .route(tag, dst)
                 .map(Hop::Tunnel)
                 .ok_or(DropReason::NoRoute);
         }

@@ -80,7 +80,14 @@ impl Daemon {
             stats: Default::default(),
         })?;
         self.serve_host_member(&record.network);
-        self.routes.refresh();
+        // Registered a moment ago by the plugin: known here before the feed brings it back.
+        let own = self.own_entry(
+            &record.network,
+            record.address.addr(),
+            &record.container_id,
+            record.names.clone(),
+        );
+        self.routes.put(own);
         tracing::info!(
             "attached {} on {} at {}",
             record.container_id,
@@ -91,8 +98,9 @@ impl Daemon {
     }
 
     pub(super) fn detach(&mut self, network: &str, container_id: &str) {
-        if self.ports.contains(network, container_id) {
+        if let Some(address) = self.ports.address_of(network, container_id) {
             tracing::info!("detached {container_id} from {network}");
+            self.routes.delete(network_tag(network), address);
         }
         self.unserve(network, container_id);
         if !self.ports.network_has_containers(network) {
@@ -104,7 +112,6 @@ impl Daemon {
             // Nothing here to send or receive for: keep no keys around.
             self.tunnels.close_all();
         }
-        self.routes.refresh();
     }
 
     /// A queue whose device vanished (namespace destroyed without a detach, or a host member

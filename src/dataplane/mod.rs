@@ -11,6 +11,7 @@
 mod batch;
 mod coalesce;
 mod control_server;
+mod follower;
 #[cfg(fuzzing)]
 pub mod fuzzing;
 mod idle_poll;
@@ -44,11 +45,14 @@ use serde_json::json;
 use crate::attach::{all_attachments, load_attachment};
 use crate::control::{Request, Response, PROTOCOL_VERSION};
 use crate::error::{Error, IoContext, Result};
-use crate::lighthouse::FileLighthouse;
+use crate::host_member::HostMember;
+use crate::lighthouse::{EtcdLighthouse, FileLighthouse, HostInfo, Lighthouse, LighthouseSettings};
+use crate::state::NetworkDirs;
 use crate::state::{create_private_dir, write_atomic, FileLock};
 use crate::tunnel::{encode_key, DropReason, Limits, StaticKeys, TunnelManager};
 use batch::{RecvBatch, SendBatch};
 use coalesce::Coalescer;
+use follower::Follower;
 use idle_poll::IdlePoll;
 pub use idle_poll::DEFAULT_WINDOW_US as DEFAULT_POLL_US;
 use members::LocalNetworks;
@@ -71,7 +75,7 @@ const SOCKET_BUFFER: usize = 4 << 20;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DaemonConfig {
     pub state_dir: PathBuf,
-    pub lighthouse: PathBuf,
+    pub lighthouse: LighthouseSettings,
     pub listen: SocketAddr,
     /// How long to poll for an answer after sending before sleeping, in µs (0: never).
     #[serde(default = "default_poll_us")]
@@ -159,6 +163,7 @@ pub struct Daemon {
     commands: Receiver<Command>,
     tunnels: TunnelManager,
     routes: RouteTable,
+    follower: Follower,
     ports: Ports,
     /// Networks with members here: their host member and DNS settings.
     networks: LocalNetworks,
@@ -199,12 +204,18 @@ pub fn run(config: DaemonConfig, ready: Option<File>) -> Result<()> {
             .map_err(|e| Error::io("creating eventfd", e.into()))?,
     );
     let listener = control_server::bind(&config.state_dir)?;
-    let mut daemon = Daemon::new(config, keys, rx, wake.clone())?;
+    let host = HostInfo {
+        endpoint: config.listen,
+        public_key: encode_key(&keys.public),
+    };
+    let lighthouse = open_lighthouse(&config, &host)?;
+    let follower = Follower::spawn(lighthouse.as_ref(), wake.clone(), FIRST_READ)?;
+    let mut daemon = Daemon::new(config, keys, rx, wake.clone(), follower)?;
     daemon.recover();
     if let Some(address) = &daemon.config.metrics {
         metrics_server::spawn(address, tx.clone(), wake.clone())?;
     }
-    let control = control_server::spawn(listener, tx, wake);
+    let control = control_server::spawn(listener, tx, wake, lighthouse, host);
     signals::spawn(daemon.config.state_dir.clone());
     notify::ready(ready);
     tracing::info!(
@@ -231,12 +242,59 @@ pub fn run(config: DaemonConfig, ready: Option<File>) -> Result<()> {
     Ok(())
 }
 
+/// How long a starting daemon waits for its first read of the lighthouse (and an etcd lease).
+const FIRST_READ: Duration = Duration::from_secs(3);
+
+/// The daemon's lighthouse. With etcd, the daemon holds the host's lease, and the entries of
+/// every container recorded here are (re)claimed under it: after a restart they are served
+/// again without their containers noticing.
+fn open_lighthouse(config: &DaemonConfig, host: &HostInfo) -> Result<Arc<dyn Lighthouse>> {
+    match &config.lighthouse {
+        LighthouseSettings::File(path) => Ok(Arc::new(FileLighthouse::new(path.clone()))),
+        LighthouseSettings::Etcd(settings) => {
+            let etcd = EtcdLighthouse::connect(settings)?;
+            etcd.adopt(recorded_entries(&config.state_dir, host));
+            etcd.hold_lease(config.state_dir.join("etcd-lease"));
+            if !etcd.wait_for_lease(FIRST_READ) {
+                tracing::warn!("no etcd lease yet: attaches wait for etcd");
+            }
+            Ok(Arc::new(etcd))
+        }
+    }
+}
+
+/// The lighthouse entries this host's records stand for: containers and host members.
+fn recorded_entries(state_dir: &Path, host: &HostInfo) -> Vec<crate::lighthouse::Entry> {
+    let records = all_attachments(state_dir).unwrap_or_default();
+    let networks: std::collections::BTreeSet<&str> =
+        records.iter().map(|r| r.network.as_str()).collect();
+    let members = networks.into_iter().filter_map(|network| {
+        let member = HostMember::load(&NetworkDirs::new(state_dir, network)).ok()??;
+        Some(crate::lighthouse::Entry {
+            network: member.network,
+            ip: member.address,
+            container_id: member.id,
+            names: Vec::new(),
+            host: host.clone(),
+        })
+    });
+    let containers = records.iter().map(|r| crate::lighthouse::Entry {
+        network: r.network.clone(),
+        ip: r.address.addr(),
+        container_id: r.container_id.clone(),
+        names: r.names.clone(),
+        host: host.clone(),
+    });
+    containers.chain(members).collect()
+}
+
 impl Daemon {
     fn new(
         config: DaemonConfig,
         keys: StaticKeys,
         commands: Receiver<Command>,
         wake: Arc<EventFd>,
+        follower: Follower,
     ) -> Result<Self> {
         let udp =
             UdpSocket::bind(config.listen).context(|| format!("binding UDP {}", config.listen))?;
@@ -265,9 +323,6 @@ impl Daemon {
             .and_then(|()| epoll.add(wake.as_fd(), readable(TOKEN_WAKE)))
             .and_then(|()| epoll.add(resolver.socket().as_fd(), readable(TOKEN_DNS)))
             .map_err(|e| Error::io("registering with epoll", e.into()))?;
-        let lighthouse = Box::new(FileLighthouse::new(config.lighthouse.clone()));
-        let mut routes = RouteTable::new(lighthouse);
-        routes.refresh();
         let poll = IdlePoll::new(config.poll_us, TICK);
         let limits = Limits {
             persistent_keepalive: config
@@ -282,7 +337,8 @@ impl Daemon {
             wake,
             commands,
             tunnels: TunnelManager::new(keys, limits),
-            routes,
+            routes: RouteTable::default(),
+            follower,
             ports: Ports::default(),
             networks: LocalNetworks::default(),
             resolver,
@@ -306,6 +362,7 @@ impl Daemon {
     /// After a restart: serve again every container recorded whose namespace still exists.
     /// Their TUN devices are persistent, so the containers notice only a short outage.
     fn recover(&mut self) {
+        self.apply_lighthouse_changes();
         match all_attachments(&self.config.state_dir) {
             Ok(records) => {
                 for record in records {
@@ -384,7 +441,6 @@ impl Daemon {
 
     fn on_tick(&mut self, now: Instant) {
         self.poll.renew();
-        self.routes.refresh();
         self.expire_dns_queries(now);
         let fd = self.udp.as_raw_fd();
         self.tunnels
@@ -393,6 +449,7 @@ impl Daemon {
 
     fn on_commands(&mut self) {
         let _ = self.wake.read();
+        self.apply_lighthouse_changes();
         while let Ok((request, reply)) = self.commands.try_recv() {
             let response = match request {
                 Request::Attach {
@@ -407,9 +464,8 @@ impl Daemon {
                     Response::ok()
                 }
                 Request::Status => Response {
-                    ok: true,
-                    error: None,
                     status: Some(self.status()),
+                    ..Response::ok()
                 },
                 Request::Shutdown => {
                     // Answered by `run` once everything is closed.
@@ -417,8 +473,38 @@ impl Daemon {
                     self.shutdown_reply = Some(reply);
                     continue;
                 }
+                // The control server answers these from the lighthouse, off this thread.
+                lighthouse_op => {
+                    Response::error(format!("not a data plane request: {lighthouse_op:?}"))
+                }
             };
             let _ = reply.send(response);
+        }
+    }
+
+    fn apply_lighthouse_changes(&mut self) {
+        for change in self.follower.pending() {
+            self.routes.apply(change);
+        }
+    }
+
+    /// This host's own entry, as the lighthouse has it (or will in a moment).
+    fn own_entry(
+        &self,
+        network: &str,
+        ip: std::net::Ipv4Addr,
+        id: &str,
+        names: Vec<String>,
+    ) -> crate::lighthouse::Entry {
+        crate::lighthouse::Entry {
+            network: network.to_string(),
+            ip,
+            container_id: id.to_string(),
+            names,
+            host: HostInfo {
+                endpoint: self.config.listen,
+                public_key: encode_key(self.tunnels.public_key()),
+            },
         }
     }
 
@@ -458,8 +544,8 @@ impl Daemon {
             "protocol": PROTOCOL_VERSION,
             "public_key": encode_key(self.tunnels.public_key()),
             "listen": self.config.listen,
-            "lighthouse": self.config.lighthouse,
-            "lighthouse_state": self.routes.health(),
+            "lighthouse": self.config.lighthouse.to_string(),
+            "lighthouse_state": self.follower.health(),
             "metrics": self.config.metrics,
             "persistent_keepalive_s": self.config.persistent_keepalive_s,
             "busy_us": self.busy.as_micros() as u64,

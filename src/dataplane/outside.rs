@@ -51,15 +51,9 @@ impl Daemon {
         now: Instant,
     ) -> Result<(), DropReason> {
         let fd = self.udp.as_raw_fd();
-        let routes = &mut self.routes;
-        // Asked only for a handshake whose MAC and Noise message verified: a host that attached
-        // its first container a moment ago may not be cached yet, so look again then.
-        let mut authorize = |key: &PublicKey| {
-            if !routes.is_listed(key) {
-                routes.refresh();
-            }
-            routes.is_listed(key)
-        };
+        let routes = &self.routes;
+        // Asked only for a handshake whose MAC and Noise message verified.
+        let mut authorize = |key: &PublicKey| routes.is_listed(key);
         let received = self.tunnels.decrypt_packet(
             datagram,
             from,
@@ -110,7 +104,7 @@ impl Daemon {
         let (src, dst) =
             ipv4_addresses(&self.bufs.plain[VNET_HDR_LEN..end]).ok_or(DropReason::NotIpv4)?;
         // The inner source must be an address the lighthouse gives to the sending host.
-        if self.routes.resolve(tag, src).map(|r| r.key) != Some(*peer) {
+        if self.routes.route(tag, src).map(|r| r.key) != Some(*peer) {
             return Err(DropReason::Spoofed);
         }
         let slot = self.ports.slot_of(tag, dst).ok_or(DropReason::NoRoute)?;

@@ -95,6 +95,14 @@ impl Ports {
             .contains_key(&(network.to_string(), container_id.to_string()))
     }
 
+    /// The address of a container served here.
+    pub fn address_of(&self, network: &str, container_id: &str) -> Option<std::net::Ipv4Addr> {
+        let slot = self
+            .by_container
+            .get(&(network.to_string(), container_id.to_string()))?;
+        self.get(*slot).map(|port| port.address)
+    }
+
     pub fn get(&self, slot: usize) -> Option<&Port> {
         self.slots.get(slot).and_then(Option::as_ref)
     }

@@ -207,9 +207,6 @@ impl Daemon {
             return;
         };
         self.resolver.stats.queries += 1;
-        // A container attached on another host a moment ago: one revision check, like a route
-        // miss (a reload only if the lighthouse changed).
-        self.routes.refresh();
         let routes = &self.routes;
         let verdict = dns::answer(
             query,

@@ -9,7 +9,13 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Entry, Lighthouse};
+use std::os::fd::AsFd;
+use std::time::Duration;
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+
+use super::{Change, Entry, Feed, Lighthouse};
 use crate::error::{Error, Result};
 use crate::state::{read_if_exists, remove_stale_temps, write_atomic, FileLock};
 
@@ -49,6 +55,22 @@ impl FileLighthouse {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// A token that changes whenever the file may have changed.
+    fn revision(&self) -> Result<u64> {
+        use std::hash::{Hash, Hasher};
+        use std::os::unix::fs::MetadataExt;
+        match fs::metadata(&self.path) {
+            // Every write replaces the file by rename: a new inode, a new mtime.
+            Ok(meta) => {
+                let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                (meta.ino(), meta.mtime(), meta.mtime_nsec(), meta.len()).hash(&mut hasher);
+                Ok(hasher.finish())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(Error::io(format!("reading {}", self.path.display()), e)),
+        }
     }
 
     fn read(&self) -> Result<Document> {
@@ -139,21 +161,6 @@ impl Lighthouse for FileLighthouse {
             .unwrap_or_default())
     }
 
-    fn revision(&self) -> Result<u64> {
-        use std::hash::{Hash, Hasher};
-        use std::os::unix::fs::MetadataExt;
-        match fs::metadata(&self.path) {
-            // Every write replaces the file by rename: a new inode, a new mtime.
-            Ok(meta) => {
-                let mut hasher = std::collections::hash_map::DefaultHasher::new();
-                (meta.ino(), meta.mtime(), meta.mtime_nsec(), meta.len()).hash(&mut hasher);
-                Ok(hasher.finish())
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
-            Err(e) => Err(Error::io(format!("reading {}", self.path.display()), e)),
-        }
-    }
-
     fn all_entries(&self) -> Result<Vec<Entry>> {
         let _guard = FileLock::acquire(&self.lock)?;
         Ok(self
@@ -162,6 +169,95 @@ impl Lighthouse for FileLighthouse {
             .into_values()
             .flat_map(|entries| entries.into_values())
             .collect())
+    }
+
+    fn follow(&self) -> Result<Box<dyn Feed>> {
+        Ok(Box::new(FileFeed {
+            lighthouse: FileLighthouse::new(self.path.clone()),
+            inotify: None,
+            revision: None,
+            changes_seen: 0,
+            last_error: None,
+        }))
+    }
+}
+
+/// Follows the file: every write replaces it by rename in its directory, which inotify
+/// reports at once; each change is read whole and reported as a [`Change::Reset`].
+struct FileFeed {
+    lighthouse: FileLighthouse,
+    /// Watches the file's directory; `None` until the directory exists.
+    inotify: Option<Inotify>,
+    revision: Option<u64>,
+    changes_seen: u64,
+    last_error: Option<String>,
+}
+
+/// How often the file is looked at when inotify cannot watch its directory (not made yet).
+const POLL_WITHOUT_INOTIFY: Duration = Duration::from_millis(100);
+
+impl FileFeed {
+    fn watch_directory(&mut self) {
+        if self.inotify.is_some() {
+            return;
+        }
+        let Some(dir) = self.lighthouse.path.parent().filter(|d| d.is_dir()) else {
+            return;
+        };
+        let watched = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK).and_then(|i| {
+            let events = AddWatchFlags::IN_MOVED_TO
+                | AddWatchFlags::IN_CLOSE_WRITE
+                | AddWatchFlags::IN_DELETE
+                | AddWatchFlags::IN_CREATE;
+            i.add_watch(dir, events).map(|_| i)
+        });
+        match watched {
+            Ok(inotify) => self.inotify = Some(inotify),
+            Err(e) => tracing::debug!("inotify on {}: {e}", dir.display()),
+        }
+    }
+
+    /// Waits until the directory reports something, or `wait` passes.
+    fn wait_for_event(&mut self, wait: Duration) {
+        let Some(inotify) = &self.inotify else {
+            std::thread::sleep(wait.min(POLL_WITHOUT_INOTIFY));
+            return;
+        };
+        let timeout = PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX);
+        let mut fds = [PollFd::new(inotify.as_fd(), PollFlags::POLLIN)];
+        if matches!(poll(&mut fds, timeout), Ok(n) if n > 0) {
+            // Only that something happened matters: the revision tells whether it was us.
+            while inotify.read_events().is_ok_and(|events| !events.is_empty()) {}
+        }
+    }
+}
+
+impl Feed for FileFeed {
+    fn changes(&mut self, wait: Duration) -> Result<Vec<Change>> {
+        self.watch_directory();
+        if self.revision.is_some() && self.revision == self.lighthouse.revision().ok() {
+            self.wait_for_event(wait);
+        }
+        let result = self.lighthouse.revision().and_then(|revision| {
+            if self.revision == Some(revision) {
+                return Ok(Vec::new());
+            }
+            let entries = self.lighthouse.all_entries()?;
+            self.revision = Some(revision);
+            self.changes_seen += 1;
+            Ok(vec![Change::Reset(entries)])
+        });
+        self.last_error = result.as_ref().err().map(ToString::to_string);
+        result
+    }
+
+    fn health(&self) -> serde_json::Value {
+        serde_json::json!({
+            "backend": "file",
+            "healthy": self.last_error.is_none() && self.revision.is_some(),
+            "error": self.last_error,
+            "revision": self.changes_seen,
+        })
     }
 }
 
@@ -208,6 +304,31 @@ mod tests {
         lh.register(&entry("10.0.0.2", "a")).unwrap();
         let err = lh.register(&entry("10.0.0.2", "b")).unwrap_err();
         assert!(matches!(err, Error::AddressInUse { ref owner, .. } if owner == "a"));
+    }
+
+    #[test]
+    fn a_feed_reports_the_entries_then_each_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lh.json");
+        let lh = FileLighthouse::new(&path);
+        let mut feed = lh.follow().unwrap();
+        assert_eq!(
+            feed.changes(Duration::ZERO).unwrap(),
+            [Change::Reset(vec![])]
+        );
+        assert!(feed.changes(Duration::ZERO).unwrap().is_empty());
+        let e = entry("10.0.0.2", "a");
+        let writer = std::thread::spawn(move || lh.register(&e).unwrap());
+        // Woken by the write, not by the timeout.
+        let started = std::time::Instant::now();
+        let mut changes = feed.changes(Duration::from_secs(10)).unwrap();
+        while changes.is_empty() {
+            changes = feed.changes(Duration::from_secs(10)).unwrap();
+        }
+        assert!(started.elapsed() < Duration::from_secs(5));
+        writer.join().unwrap();
+        assert_eq!(changes, [Change::Reset(vec![entry("10.0.0.2", "a")])]);
+        assert_eq!(feed.health()["healthy"], true);
     }
 
     #[test]

@@ -4,15 +4,27 @@
 //! Registration is also the cluster-wide claim on an address: a second container registering an
 //! address someone else holds gets [`Error::AddressInUse`], so hosts that share a lighthouse
 //! never hand out the same address twice even though each keeps its own local leases.
+//!
+//! Backends: [`FileLighthouse`] (one JSON file: one host, simulated hosts, the Phase 1 mock)
+//! and [`EtcdLighthouse`] (an etcd cluster over TLS, which only `flatnetd` talks to; the
+//! plugins reach it through their host's daemon, [`ViaDaemon`]). A data plane follows a
+//! lighthouse through a [`Feed`] of changes, on a thread of its own.
 
+pub mod etcd;
 pub mod file;
+mod settings;
+pub mod via_daemon;
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
+pub use etcd::EtcdLighthouse;
 pub use file::FileLighthouse;
+pub use settings::{EtcdSettings, LighthouseInput, LighthouseSettings, DEFAULT_LEASE_TTL_S};
+pub use via_daemon::ViaDaemon;
 
 /// The host side of an entry: where to send tunnelled packets and which key must answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,18 +46,43 @@ pub struct Entry {
     pub host: HostInfo,
 }
 
-/// A lighthouse backend. Phase 1 ships [`FileLighthouse`]; a networked store (etcd) implements
-/// the same trait with a compare-and-swap on `register`.
+/// One change to the lighthouse's entries, as a [`Feed`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Every entry there is: forget what came before (the first change of a feed, and after
+    /// the feed lost track, e.g. across an etcd outage).
+    Reset(Vec<Entry>),
+    /// An entry was added or updated.
+    Put(Entry),
+    /// The entry for this address is gone.
+    Delete { network: String, ip: Ipv4Addr },
+}
+
+/// A lighthouse as a stream of changes: what a data plane follows instead of reading the
+/// lighthouse on its packet path.
+pub trait Feed: Send {
+    /// The changes since the last call; the first call starts with a [`Change::Reset`]. Waits
+    /// up to `wait` for something to happen; an empty answer means nothing did.
+    fn changes(&mut self, wait: Duration) -> Result<Vec<Change>>;
+    /// The backend's state for `flatnetd status`: its name, health, revision and, where there
+    /// is one, the lease time left.
+    fn health(&self) -> serde_json::Value;
+}
+
+/// A lighthouse backend.
 pub trait Lighthouse: Send + Sync {
     /// Claims `entry.ip` for `entry.container_id`; re-registering one's own address updates it.
     fn register(&self, entry: &Entry) -> Result<()>;
     /// Drops the entry if this container holds it; anything else is a no-op.
     fn unregister(&self, network: &str, ip: Ipv4Addr, container_id: &str) -> Result<()>;
     fn lookup(&self, network: &str, ip: Ipv4Addr) -> Result<Option<Entry>>;
-    fn entries(&self, network: &str) -> Result<Vec<Entry>>;
-    /// Every entry of every network: what a data plane caches.
+    fn entries(&self, network: &str) -> Result<Vec<Entry>> {
+        let mut all = self.all_entries()?;
+        all.retain(|e| e.network == network);
+        Ok(all)
+    }
+    /// Every entry of every network.
     fn all_entries(&self) -> Result<Vec<Entry>>;
-    /// A cheap token that changes whenever the entries may have changed, so a cache knows
-    /// when to reload (a file's identity and mtime; a store's revision).
-    fn revision(&self) -> Result<u64>;
+    /// Follows the entries from now on.
+    fn follow(&self) -> Result<Box<dyn Feed>>;
 }

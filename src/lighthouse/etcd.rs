@@ -1,0 +1,570 @@
+//! The lighthouse on an etcd cluster, for hosts that share no file system. Only `flatnetd`
+//! talks to etcd (over TLS, with the host's client certificate); the plugins reach it through
+//! their daemon's control socket ([`super::ViaDaemon`]).
+//!
+//! Layout: one key per address, `/flatnet/v1/entries/<network>/<ip>`, whose value is the
+//! [`Entry`] as JSON. Every entry of a host hangs on that host's etcd lease, which its daemon
+//! keeps alive: a host that dies vanishes from every route table once the lease runs out.
+//! Claims are transactions (create only if absent; update or delete only if the key is still
+//! the one read), so two hosts never hold one address.
+//!
+//! etcd-client is async; the lighthouse runs its own small runtime (one worker thread) and
+//! every blocking call is bounded by [`OP_TIMEOUT`], so an etcd without quorum turns into a
+//! "try again" error, never into a hung plugin.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
+    KeyValue, PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+};
+
+use super::{Change, Entry, EtcdSettings, Feed, Lighthouse};
+use crate::error::{Error, Result};
+
+const PREFIX: &str = "/flatnet/v1/entries/";
+/// Longest any one etcd call may take before the caller hears "try again". Well inside the
+/// 5 s a plugin has to fail an ADD when etcd lost quorum.
+const OP_TIMEOUT: Duration = Duration::from_secs(3);
+/// Pause before following again after the watch broke (etcd restarting, quorum lost).
+const RETRY_PAUSE: Duration = Duration::from_millis(500);
+
+pub struct EtcdLighthouse {
+    runtime: tokio::runtime::Runtime,
+    client: Client,
+    settings: EtcdSettings,
+    /// The host's lease; 0 while it has none (this process does not hold a lease, or lost it).
+    lease: Arc<AtomicI64>,
+    /// What this process registered, to put again under a new lease after losing the old one.
+    owned: Arc<Mutex<BTreeMap<String, Entry>>>,
+    health: Arc<Mutex<Health>>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Health {
+    following: bool,
+    /// Why following stopped, until it works again.
+    error: Option<String>,
+    /// Why the lease could not be kept, until it can.
+    lease_error: Option<String>,
+    revision: i64,
+    lease_id: i64,
+    /// The lease's time to live as etcd last confirmed it, and when.
+    lease_ttl: Option<(i64, Instant)>,
+}
+
+impl EtcdLighthouse {
+    /// Prepares a client; connections are made on first use, so an etcd that is down now does
+    /// not keep the data plane from starting.
+    pub fn connect(settings: &EtcdSettings) -> Result<Self> {
+        let read = |path: &PathBuf| {
+            std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))
+        };
+        let tls = TlsOptions::new()
+            .ca_certificate(Certificate::from_pem(read(&settings.ca_file)?))
+            .identity(Identity::from_pem(
+                read(&settings.cert_file)?,
+                read(&settings.key_file)?,
+            ));
+        let options = ConnectOptions::new()
+            .with_tls(tls)
+            .with_connect_timeout(OP_TIMEOUT)
+            .with_timeout(OP_TIMEOUT)
+            // Without a leader a member would keep a watch open and silent; with this it ends
+            // the watch, and the feed knows it is behind.
+            .with_require_leader(true)
+            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("etcd")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io("starting the etcd client runtime", e))?;
+        let client = runtime
+            .block_on(Client::connect(&settings.endpoints, Some(options)))
+            .map_err(|e| Error::InvalidConfig(format!("etcd client: {e}")))?;
+        Ok(EtcdLighthouse {
+            runtime,
+            client,
+            settings: settings.clone(),
+            lease: Arc::new(AtomicI64::new(0)),
+            owned: Arc::default(),
+            health: Arc::default(),
+        })
+    }
+
+    /// Takes a lease for this host and keeps it alive for as long as the lighthouse lives; a
+    /// lease that lapsed (etcd out of reach longer than the TTL) is replaced and everything
+    /// this host registered is put again under the new one. The lease id is kept in
+    /// `lease_file`, so a restarted daemon takes its lease back and no entry blinks.
+    pub fn hold_lease(&self, lease_file: PathBuf) {
+        let keeper = LeaseKeeper {
+            client: self.client.clone(),
+            ttl: i64::from(self.settings.lease_ttl_s),
+            lease: self.lease.clone(),
+            owned: self.owned.clone(),
+            health: self.health.clone(),
+            lease_file,
+        };
+        self.runtime.spawn(keeper.run());
+    }
+
+    /// Entries this host serves already (its records, after a restart): put under the lease
+    /// once there is one, and again under every new one.
+    pub fn adopt(&self, entries: Vec<Entry>) {
+        let mut owned = self.owned.lock().unwrap();
+        for entry in entries {
+            owned.insert(entry_key(&entry.network, entry.ip), entry);
+        }
+    }
+
+    /// Waits (bounded) for the first lease, so the first attach after a start does not fail.
+    pub fn wait_for_lease(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while self.lease.load(Ordering::SeqCst) == 0 {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
+    }
+
+    fn block_on<T>(
+        &self,
+        what: &str,
+        op: impl std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
+    ) -> Result<T> {
+        self.runtime.block_on(bounded(what, op))
+    }
+
+    fn current_lease(&self) -> Result<i64> {
+        match self.lease.load(Ordering::SeqCst) {
+            0 => Err(Error::LighthouseUnavailable(
+                "this host holds no etcd lease (etcd out of reach)".into(),
+            )),
+            id => Ok(id),
+        }
+    }
+
+    /// The key's current value and revision, if any.
+    fn read(&self, key: &str) -> Result<Option<(Entry, i64)>> {
+        let mut client = self.client.clone();
+        let response = self.block_on("reading an entry", client.get(key, None))?;
+        Ok(response.kvs().first().and_then(|kv| {
+            let entry = parse_entry(kv)?;
+            Some((entry, kv.mod_revision()))
+        }))
+    }
+}
+
+impl Lighthouse for EtcdLighthouse {
+    fn register(&self, entry: &Entry) -> Result<()> {
+        let lease = self.current_lease()?;
+        self.runtime
+            .block_on(claim(self.client.clone(), entry, lease))?;
+        let key = entry_key(&entry.network, entry.ip);
+        self.owned.lock().unwrap().insert(key, entry.clone());
+        Ok(())
+    }
+
+    fn unregister(&self, network: &str, ip: Ipv4Addr, container_id: &str) -> Result<()> {
+        let key = entry_key(network, ip);
+        self.owned.lock().unwrap().remove(&key);
+        let Some((entry, revision)) = self.read(&key)? else {
+            return Ok(());
+        };
+        if entry.container_id != container_id {
+            return Ok(());
+        }
+        let delete = Txn::new()
+            .when([Compare::mod_revision(
+                key.clone(),
+                CompareOp::Equal,
+                revision,
+            )])
+            .and_then([TxnOp::delete(key, None)]);
+        let mut client = self.client.clone();
+        self.block_on("releasing an address", client.txn(delete))
+            .map(drop)
+    }
+
+    fn lookup(&self, network: &str, ip: Ipv4Addr) -> Result<Option<Entry>> {
+        Ok(self.read(&entry_key(network, ip))?.map(|(entry, _)| entry))
+    }
+
+    fn all_entries(&self) -> Result<Vec<Entry>> {
+        let mut client = self.client.clone();
+        let response = self.block_on(
+            "reading the entries",
+            client.get(PREFIX, Some(GetOptions::new().with_prefix())),
+        )?;
+        Ok(response.kvs().iter().filter_map(parse_entry).collect())
+    }
+
+    fn follow(&self) -> Result<Box<dyn Feed>> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let follower = Follower {
+            client: self.client.clone(),
+            health: self.health.clone(),
+            changes: tx,
+        };
+        self.runtime.spawn(follower.run());
+        Ok(Box::new(EtcdFeed {
+            changes: rx,
+            health: self.health.clone(),
+            ttl_s: self.settings.lease_ttl_s,
+        }))
+    }
+}
+
+impl Drop for EtcdLighthouse {
+    fn drop(&mut self) {
+        // The lease is kept (not revoked) so that entries outlive a daemon restart; the
+        // runtime's tasks stop with it.
+        self.health.lock().unwrap().following = false;
+    }
+}
+
+/// Keeps the host's lease alive; replaces it when it lapsed.
+struct LeaseKeeper {
+    client: Client,
+    ttl: i64,
+    lease: Arc<AtomicI64>,
+    owned: Arc<Mutex<BTreeMap<String, Entry>>>,
+    health: Arc<Mutex<Health>>,
+    lease_file: PathBuf,
+}
+
+impl LeaseKeeper {
+    async fn run(mut self) {
+        loop {
+            if let Err(e) = self.keep().await {
+                self.health.lock().unwrap().lease_error = Some(e.to_string());
+                tracing::warn!("etcd lease: {e}");
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+    }
+
+    /// Holds a lease until it is lost (`Ok`) or etcd fails (`Err`).
+    async fn keep(&mut self) -> Result<()> {
+        let id = match self.lease.load(Ordering::SeqCst) {
+            0 => self.take_lease().await?,
+            id => id,
+        };
+        let (mut keeper, mut stream) =
+            bounded("keeping the lease", self.client.lease_keep_alive(id)).await?;
+        loop {
+            bounded("keeping the lease", keeper.keep_alive()).await?;
+            let answer = bounded("keeping the lease", stream.message()).await?;
+            let ttl = answer.map_or(0, |a| a.ttl());
+            if ttl <= 0 {
+                tracing::warn!("etcd lease {id:x} lapsed; taking a new one");
+                self.lease.store(0, Ordering::SeqCst);
+                return Ok(());
+            }
+            {
+                let mut health = self.health.lock().unwrap();
+                health.lease_id = id;
+                health.lease_ttl = Some((ttl, Instant::now()));
+                health.lease_error = None;
+            }
+            tokio::time::sleep(Duration::from_secs((self.ttl / 3).max(1) as u64)).await;
+        }
+    }
+
+    /// The lease a previous daemon of this host left, if it is still alive, else a new one;
+    /// then everything registered is put under it.
+    async fn take_lease(&mut self) -> Result<i64> {
+        let id = match self.previous_lease().await {
+            Some(id) => id,
+            None => {
+                let granted =
+                    bounded("taking a lease", self.client.lease_grant(self.ttl, None)).await?;
+                granted.id()
+            }
+        };
+        let _ = crate::state::write_atomic(&self.lease_file, format!("{id:x}\n").as_bytes());
+        let owned: Vec<(String, Entry)> = self
+            .owned
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, e)| (k.clone(), e.clone()))
+            .collect();
+        for (key, entry) in owned {
+            match claim(self.client.clone(), &entry, id).await {
+                Err(Error::AddressInUse { owner, .. }) => {
+                    // Taken while this host was away: the container must be re-attached.
+                    tracing::warn!(
+                        "{key} is held by {owner} now, not by {}",
+                        entry.container_id
+                    );
+                    self.owned.lock().unwrap().remove(&key);
+                }
+                result => result?,
+            }
+        }
+        self.lease.store(id, Ordering::SeqCst);
+        tracing::info!("etcd lease {id:x}, TTL {} s", self.ttl);
+        Ok(id)
+    }
+
+    async fn previous_lease(&mut self) -> Option<i64> {
+        let text = std::fs::read_to_string(&self.lease_file).ok()?;
+        let id = i64::from_str_radix(text.trim(), 16).ok()?;
+        let alive = self.client.lease_time_to_live(id, None);
+        let ttl = bounded("reading the lease", alive).await.ok()?.ttl();
+        (ttl > 0).then_some(id)
+    }
+}
+
+/// Follows the entries: a read of all of them, then a watch from just after that read. When
+/// the watch breaks, everything is read again (a [`Change::Reset`]): events missed meanwhile
+/// may have been compacted away.
+struct Follower {
+    client: Client,
+    health: Arc<Mutex<Health>>,
+    changes: Sender<Vec<Change>>,
+}
+
+impl Follower {
+    async fn run(mut self) {
+        loop {
+            let result = self.follow().await;
+            {
+                let mut health = self.health.lock().unwrap();
+                health.following = false;
+                match result {
+                    Ok(()) => return, // nobody listens any more
+                    Err(e) => {
+                        tracing::warn!("following etcd: {e}");
+                        health.error = Some(e.to_string());
+                    }
+                }
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+    }
+
+    async fn follow(&mut self) -> Result<()> {
+        let all = self
+            .client
+            .get(PREFIX, Some(GetOptions::new().with_prefix()));
+        let snapshot = bounded("reading the entries", all).await?;
+        let revision = snapshot.header().map_or(0, |h| h.revision());
+        let entries = snapshot.kvs().iter().filter_map(parse_entry).collect();
+        if self.changes.send(vec![Change::Reset(entries)]).is_err() {
+            return Ok(());
+        }
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(revision + 1);
+        let mut stream = bounded(
+            "watching the entries",
+            self.client.watch(PREFIX, Some(options)),
+        )
+        .await?;
+        self.set_following(revision);
+        loop {
+            let message = stream
+                .message()
+                .await
+                .map_err(|e| unavailable("watching the entries", e))?;
+            let Some(response) = message else {
+                return Err(Error::LighthouseUnavailable("the watch ended".into()));
+            };
+            if response.canceled() {
+                return Err(Error::LighthouseUnavailable(format!(
+                    "the watch was cancelled: {}",
+                    response.cancel_reason()
+                )));
+            }
+            let changes: Vec<Change> = response.events().iter().filter_map(change_of).collect();
+            if !changes.is_empty() && self.changes.send(changes).is_err() {
+                return Ok(());
+            }
+            if let Some(header) = response.header() {
+                self.set_following(header.revision());
+            }
+        }
+    }
+
+    fn set_following(&self, revision: i64) {
+        let mut health = self.health.lock().unwrap();
+        health.following = true;
+        health.revision = revision;
+        health.error = None;
+    }
+}
+
+/// Claims an address for a container under `lease`: created if nobody holds it, updated if
+/// this container does (unless it changed meanwhile), refused if another does.
+async fn claim(mut client: Client, entry: &Entry, lease: i64) -> Result<()> {
+    let key = entry_key(&entry.network, entry.ip);
+    let value = serde_json::to_vec(entry).expect("entries serialise");
+    let put = || TxnOp::put(key.clone(), value.clone(), Some(lease_option(lease)));
+    let create = Txn::new()
+        .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+        .and_then([put()])
+        .or_else([TxnOp::get(key.clone(), None)]);
+    let response = bounded("claiming an address", client.txn(create)).await?;
+    if response.succeeded() {
+        return Ok(());
+    }
+    let held = response.op_responses().into_iter().find_map(|op| match op {
+        TxnOpResponse::Get(get) => get.kvs().first().cloned(),
+        _ => None,
+    });
+    let Some(held) = held else {
+        return Err(Error::LighthouseUnavailable(format!(
+            "{key} changed while being claimed"
+        )));
+    };
+    let owner = parse_entry(&held).map(|e| e.container_id);
+    if owner.as_deref() != Some(entry.container_id.as_str()) {
+        return Err(Error::AddressInUse {
+            ip: entry.ip,
+            owner: owner.unwrap_or_else(|| "an unreadable entry".into()),
+        });
+    }
+    let update = Txn::new()
+        .when([Compare::mod_revision(
+            key.clone(),
+            CompareOp::Equal,
+            held.mod_revision(),
+        )])
+        .and_then([put()]);
+    let response = bounded("updating an entry", client.txn(update)).await?;
+    if !response.succeeded() {
+        return Err(Error::LighthouseUnavailable(format!(
+            "{key} changed while being updated"
+        )));
+    }
+    Ok(())
+}
+
+fn change_of(event: &etcd_client::Event) -> Option<Change> {
+    let kv = event.kv()?;
+    match event.event_type() {
+        EventType::Put => parse_entry(kv).map(Change::Put),
+        EventType::Delete => {
+            let (network, ip) = parse_key(kv.key())?;
+            Some(Change::Delete { network, ip })
+        }
+    }
+}
+
+struct EtcdFeed {
+    changes: Receiver<Vec<Change>>,
+    health: Arc<Mutex<Health>>,
+    ttl_s: u32,
+}
+
+impl Feed for EtcdFeed {
+    fn changes(&mut self, wait: Duration) -> Result<Vec<Change>> {
+        let mut changes = match self.changes.recv_timeout(wait) {
+            Ok(changes) => changes,
+            Err(RecvTimeoutError::Timeout) => return Ok(Vec::new()),
+            Err(RecvTimeoutError::Disconnected) => {
+                return Err(Error::LighthouseUnavailable(
+                    "the etcd client stopped".into(),
+                ))
+            }
+        };
+        while let Ok(more) = self.changes.try_recv() {
+            changes.extend(more);
+        }
+        Ok(changes)
+    }
+
+    fn health(&self) -> serde_json::Value {
+        let health = self.health.lock().unwrap().clone();
+        let ttl_left_ms = health.lease_ttl.map(|(ttl, at)| {
+            (ttl * 1000)
+                .saturating_sub(at.elapsed().as_millis() as i64)
+                .max(0)
+        });
+        serde_json::json!({
+            "backend": "etcd",
+            "healthy": health.following && health.lease_ttl.is_some()
+                && health.error.is_none() && health.lease_error.is_none(),
+            "error": health.error.or(health.lease_error),
+            "revision": health.revision,
+            "lease_id": format!("{:x}", health.lease_id),
+            "lease_ttl_s": self.ttl_s,
+            "lease_ttl_left_ms": ttl_left_ms,
+        })
+    }
+}
+
+fn entry_key(network: &str, ip: Ipv4Addr) -> String {
+    format!("{PREFIX}{network}/{ip}")
+}
+
+fn parse_key(key: &[u8]) -> Option<(String, Ipv4Addr)> {
+    let rest = std::str::from_utf8(key).ok()?.strip_prefix(PREFIX)?;
+    let (network, ip) = rest.rsplit_once('/')?;
+    Some((network.to_string(), ip.parse().ok()?))
+}
+
+/// An entry whose key names it: a value stored under another address is ignored.
+fn parse_entry(kv: &KeyValue) -> Option<Entry> {
+    let entry: Entry = serde_json::from_slice(kv.value()).ok()?;
+    let named = parse_key(kv.key())?;
+    if named != (entry.network.clone(), entry.ip) {
+        tracing::warn!(
+            "etcd key {} holds an entry for {} {}: ignored",
+            String::from_utf8_lossy(kv.key()),
+            entry.network,
+            entry.ip
+        );
+        return None;
+    }
+    Some(entry)
+}
+
+fn lease_option(lease: i64) -> PutOptions {
+    PutOptions::new().with_lease(lease)
+}
+
+async fn bounded<T>(
+    what: &str,
+    op: impl std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
+) -> Result<T> {
+    match tokio::time::timeout(OP_TIMEOUT, op).await {
+        Ok(result) => result.map_err(|e| unavailable(what, e)),
+        Err(_) => Err(Error::LighthouseUnavailable(format!(
+            "etcd did not answer within {} s while {what}",
+            OP_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+fn unavailable(what: &str, e: etcd_client::Error) -> Error {
+    Error::LighthouseUnavailable(format!("etcd failed while {what}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_name_their_network_and_address() {
+        let key = entry_key("net-a", "10.1.2.3".parse().unwrap());
+        assert_eq!(key, "/flatnet/v1/entries/net-a/10.1.2.3");
+        assert_eq!(
+            parse_key(key.as_bytes()),
+            Some(("net-a".to_string(), "10.1.2.3".parse().unwrap()))
+        );
+        assert_eq!(parse_key(b"/flatnet/v1/entries/net-a/not-an-ip"), None);
+        assert_eq!(parse_key(b"/other/net-a/10.1.2.3"), None);
+    }
+}
