@@ -29,9 +29,14 @@ use super::{Change, Entry, EtcdSettings, Feed, Lighthouse};
 use crate::error::{Error, Result};
 
 const PREFIX: &str = "/flatnet/v1/entries/";
-/// Longest any one etcd call may take before the caller hears "try again". Well inside the
-/// 5 s a plugin has to fail an ADD when etcd lost quorum.
-const OP_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest one etcd call may take. A call that lands on a member in the middle of a leader
+/// election can hang until then; it is tried again (on whichever member answers) within
+/// [`CALL_BUDGET`].
+const OP_TIMEOUT: Duration = Duration::from_millis(1500);
+/// Longest a plugin's request may take before it hears "try again": an election (1-2 s with
+/// etcd's defaults) is ridden out, a cluster without quorum fails the ADD within the 5 s the
+/// runtime is promised.
+const CALL_BUDGET: Duration = Duration::from_secs(4);
 /// Pause before following again after the watch broke (etcd restarting, quorum lost).
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
 
@@ -136,12 +141,26 @@ impl EtcdLighthouse {
         true
     }
 
-    fn block_on<T>(
-        &self,
-        what: &str,
-        op: impl std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
-    ) -> Result<T> {
-        self.runtime.block_on(bounded(what, op))
+    /// Runs `op` until it succeeds, fails for a reason other than etcd being out of reach, or
+    /// [`CALL_BUDGET`] is spent. `op` must be safe to repeat (each is a read, or a transaction
+    /// whose comparison makes a repeat harmless).
+    fn call<T, F>(&self, op: impl Fn(Client) -> F) -> Result<T>
+    where
+        F: std::future::Future<Output = Result<T>>,
+    {
+        let deadline = Instant::now() + CALL_BUDGET;
+        self.runtime.block_on(async {
+            loop {
+                match op(self.client.clone()).await {
+                    Err(Error::LighthouseUnavailable(_))
+                        if Instant::now() + RETRY_PAUSE / 5 < deadline =>
+                    {
+                        tokio::time::sleep(RETRY_PAUSE / 5).await;
+                    }
+                    result => return result,
+                }
+            }
+        })
     }
 
     fn current_lease(&self) -> Result<i64> {
@@ -155,8 +174,9 @@ impl EtcdLighthouse {
 
     /// The key's current value and revision, if any.
     fn read(&self, key: &str) -> Result<Option<(Entry, i64)>> {
-        let mut client = self.client.clone();
-        let response = self.block_on("reading an entry", client.get(key, None))?;
+        let response = self.call(|mut client| async move {
+            bounded("reading an entry", client.get(key, None)).await
+        })?;
         Ok(response.kvs().first().and_then(|kv| {
             let entry = parse_entry(kv)?;
             Some((entry, kv.mod_revision()))
@@ -167,8 +187,7 @@ impl EtcdLighthouse {
 impl Lighthouse for EtcdLighthouse {
     fn register(&self, entry: &Entry) -> Result<()> {
         let lease = self.current_lease()?;
-        self.runtime
-            .block_on(claim(self.client.clone(), entry, lease))?;
+        self.call(|client| claim(client, entry, lease))?;
         let key = entry_key(&entry.network, entry.ip);
         self.owned.lock().unwrap().insert(key, entry.clone());
         Ok(())
@@ -190,9 +209,11 @@ impl Lighthouse for EtcdLighthouse {
                 revision,
             )])
             .and_then([TxnOp::delete(key, None)]);
-        let mut client = self.client.clone();
-        self.block_on("releasing an address", client.txn(delete))
-            .map(drop)
+        self.call(|mut client| {
+            let delete = delete.clone();
+            async move { bounded("releasing an address", client.txn(delete)).await }
+        })
+        .map(drop)
     }
 
     fn lookup(&self, network: &str, ip: Ipv4Addr) -> Result<Option<Entry>> {
@@ -200,11 +221,10 @@ impl Lighthouse for EtcdLighthouse {
     }
 
     fn all_entries(&self) -> Result<Vec<Entry>> {
-        let mut client = self.client.clone();
-        let response = self.block_on(
-            "reading the entries",
-            client.get(PREFIX, Some(GetOptions::new().with_prefix())),
-        )?;
+        let response = self.call(|mut client| async move {
+            let all = client.get(PREFIX, Some(GetOptions::new().with_prefix()));
+            bounded("reading the entries", all).await
+        })?;
         Ok(response.kvs().iter().filter_map(parse_entry).collect())
     }
 
@@ -542,8 +562,8 @@ async fn bounded<T>(
     match tokio::time::timeout(OP_TIMEOUT, op).await {
         Ok(result) => result.map_err(|e| unavailable(what, e)),
         Err(_) => Err(Error::LighthouseUnavailable(format!(
-            "etcd did not answer within {} s while {what}",
-            OP_TIMEOUT.as_secs()
+            "etcd did not answer within {:.1} s while {what}",
+            OP_TIMEOUT.as_secs_f64()
         ))),
     }
 }

@@ -1,0 +1,521 @@
+//! Several Flatnet hosts on one machine: each host is a network namespace on a bridged
+//! underlay (192.0.2.0/24) with its own flatnetd (own key, state directory, control socket and
+//! UDP address). "Containers" are namespaces attached through the real `flatnet-cni` binary
+//! run inside their host's namespace, which also starts that host's daemon. The hosts share a
+//! file lighthouse, or an etcd cluster ([`etcd`]) and nothing else but its CA certificate.
+
+// Each test crate uses a part of this module.
+#![allow(dead_code)]
+
+pub mod etcd;
+
+use std::io::{BufRead, BufReader};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::{run_plugin, stdout_json, TestNetns};
+use flatnet::control::{self, Request};
+use serde_json::{json, Value};
+
+pub const DAEMON: &str = env!("CARGO_BIN_EXE_flatnetd");
+pub const TUNNEL_PORT: u16 = 4800;
+
+pub fn cni_binary() -> PathBuf {
+    let path = Path::new(DAEMON).parent().unwrap().join("flatnet-cni");
+    assert!(
+        path.is_file(),
+        "{} is built with the workspace",
+        path.display()
+    );
+    path
+}
+
+/// Busybox (ping, nc) from the test image's root file system.
+pub fn busybox() -> String {
+    let path = std::env::var("FLATNET_BUSYBOX")
+        .unwrap_or_else(|_| "/var/lib/flatnet/image/rootfs/bin/busybox".into());
+    assert!(
+        Path::new(&path).is_file(),
+        "{path} missing: run scripts/build-image.sh"
+    );
+    path
+}
+
+pub struct Host {
+    pub ns: TestNetns,
+    pub address: Ipv4Addr,
+    pub state: tempfile::TempDir,
+}
+
+pub struct Container {
+    pub ns: TestNetns,
+    pub host: usize,
+    pub id: String,
+    pub ip: Ipv4Addr,
+}
+
+pub struct Cluster {
+    pub wire: TestNetns,
+    pub hosts: Vec<Host>,
+    pub containers: Vec<Container>,
+    pub shared: tempfile::TempDir,
+    /// The etcd cluster the hosts share; none: a shared lighthouse file.
+    pub etcd: Option<etcd::Etcd>,
+}
+
+impl Cluster {
+    pub fn new(hosts: usize) -> Cluster {
+        let mut cluster = Cluster::wire_only();
+        for _ in 0..hosts {
+            cluster.add_host();
+        }
+        cluster
+    }
+
+    /// Hosts that share an etcd cluster of `members` members on the underlay.
+    pub fn with_etcd(hosts: usize, members: usize) -> Cluster {
+        let mut cluster = Cluster::wire_only();
+        cluster.etcd = Some(etcd::Etcd::start(&cluster.wire, members));
+        for _ in 0..hosts {
+            cluster.add_host();
+        }
+        cluster
+    }
+
+    fn wire_only() -> Cluster {
+        let wire = TestNetns::new("wire");
+        wire.ip(&["link", "add", "br0", "type", "bridge"]);
+        wire.ip(&["link", "set", "br0", "up"]);
+        Cluster {
+            wire,
+            hosts: Vec::new(),
+            containers: Vec::new(),
+            shared: tempfile::tempdir().unwrap(),
+            etcd: None,
+        }
+    }
+
+    pub fn etcd(&self) -> &etcd::Etcd {
+        self.etcd.as_ref().expect("a cluster with etcd")
+    }
+
+    /// Two hosts with one container each that already reach each other.
+    pub fn connected_pair() -> (Cluster, usize, usize) {
+        let mut cluster = Cluster::new(2);
+        let (a, b) = (cluster.attach(0), cluster.attach(1));
+        assert!(cluster.ping(a, b, 1), "the pair does not connect");
+        (cluster, a, b)
+    }
+
+    pub fn add_host(&mut self) -> usize {
+        let i = self.hosts.len();
+        let ns = TestNetns::new("host");
+        let port = format!("h{i}");
+        self.wire.ip(&[
+            "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
+        ]);
+        self.wire.ip(&["link", "set", &port, "master", "br0", "up"]);
+        let address = Ipv4Addr::new(192, 0, 2, 10 + i as u8);
+        ns.ip(&["addr", "add", &format!("{address}/24"), "dev", "eth0"]);
+        ns.ip(&["link", "set", "eth0", "up"]);
+        ns.ip(&["link", "set", "lo", "up"]);
+        let state = tempfile::Builder::new()
+            .prefix("flatnet-host-")
+            .tempdir()
+            .unwrap();
+        self.hosts.push(Host { ns, address, state });
+        i
+    }
+
+    /// The network config as the runtime hands it over, with `runtimeConfig` filled in.
+    pub fn conf_with(&self, host: usize, runtime_config: &Value) -> String {
+        let h = &self.hosts[host];
+        let mut conf = json!({
+            "cniVersion": "1.0.0",
+            "name": "multihost",
+            "type": "flatnet-cni",
+            "subnet": "198.51.100.0/24",
+            "stateDir": h.state.path(),
+            "lighthouse": self.shared.path().join("lighthouse.json"),
+            "endpoint": format!("{}:{TUNNEL_PORT}", h.address),
+            "tunnelPort": TUNNEL_PORT,
+            "runtimeConfig": runtime_config,
+        });
+        if let Some(etcd) = &self.etcd {
+            let client = etcd.client(host);
+            conf["lighthouse"] = json!("etcd");
+            conf["etcdEndpoints"] = json!(etcd.endpoints());
+            conf["etcdCaFile"] = json!(etcd.ca_file());
+            conf["etcdCertFile"] = json!(client.cert);
+            conf["etcdKeyFile"] = json!(client.key);
+            conf["leaseTtl"] = json!(etcd::LEASE_TTL_S);
+        }
+        conf.to_string()
+    }
+
+    /// Runs flatnet-cni inside the host's namespace, as that host's runtime would.
+    pub fn cni(&self, host: usize, command: &str, c: &TestNetns, id: &str) -> std::process::Output {
+        self.cni_with(host, command, c, id, "", &Value::Null)
+    }
+
+    pub fn cni_with(
+        &self,
+        host: usize,
+        command: &str,
+        c: &TestNetns,
+        id: &str,
+        args: &str,
+        runtime_config: &Value,
+    ) -> std::process::Output {
+        let host_ns = &self.hosts[host].ns.name;
+        let cni = cni_binary();
+        let env = [
+            ("CNI_COMMAND", command),
+            ("CNI_CONTAINERID", id),
+            ("CNI_NETNS", c.path_str()),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_PATH", "/usr/lib/cni"),
+            ("CNI_ARGS", args),
+        ];
+        let argv = ["netns", "exec", host_ns, cni.to_str().unwrap()];
+        run_plugin("ip", &argv, &env, &self.conf_with(host, runtime_config))
+    }
+
+    pub fn attach(&mut self, host: usize) -> usize {
+        self.attach_named(host, "")
+    }
+
+    /// Attaches a container whose name (as Podman passes it in CNI_ARGS) is `name`.
+    pub fn attach_named(&mut self, host: usize, name: &str) -> usize {
+        self.attach_with(host, name, &Value::Null)
+    }
+
+    /// Attaches a named container with a `runtimeConfig` (published ports, aliases).
+    pub fn attach_with(&mut self, host: usize, name: &str, runtime_config: &Value) -> usize {
+        let ns = TestNetns::new("ctr");
+        let id = format!("{}-{}", ns.name, host);
+        let args = format!("IgnoreUnknown=1;K8S_POD_NAME={name}");
+        let out = self.cni_with(host, "ADD", &ns, &id, &args, runtime_config);
+        assert!(
+            out.status.success(),
+            "ADD: {}\nflatnetd's log:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            self.daemon_log(host)
+        );
+        let address = stdout_json(&out)["ips"][0]["address"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let ip = address.split('/').next().unwrap().parse().unwrap();
+        ns.ip(&["link", "set", "lo", "up"]);
+        self.containers.push(Container { ns, host, id, ip });
+        self.containers.len() - 1
+    }
+
+    /// Detaches every container; their namespaces live on in what is returned.
+    pub fn detach_all(&mut self) -> Vec<Container> {
+        let containers = std::mem::take(&mut self.containers);
+        for c in &containers {
+            let out = self.cni(c.host, "DEL", &c.ns, &c.id);
+            assert!(
+                out.status.success(),
+                "DEL: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        containers
+    }
+
+    /// A busybox applet run inside a container.
+    pub fn in_container(&self, c: usize, args: &[&str]) -> Command {
+        let mut cmd = in_ns(&self.containers[c].ns.name, &[&busybox()]);
+        cmd.args(args);
+        cmd
+    }
+
+    pub fn ping(&self, from: usize, to: usize, count: u32) -> bool {
+        let to = self.containers[to].ip.to_string();
+        let out = self
+            .in_container(from, &["ping", "-c", &count.to_string(), "-W", "2", &to])
+            .output()
+            .unwrap();
+        out.status.success()
+    }
+
+    /// A TCP message from one container to another, checked on arrival.
+    pub fn tcp(&self, from: usize, to: usize, port: u16) {
+        let message = format!("from {from} to {to} over Flatnet");
+        let file = self.shared.path().join(format!("tcp-{from}-{to}-{port}"));
+        std::fs::write(&file, &message).unwrap();
+        let received = self.send_file(from, to, port, &file);
+        assert_eq!(received, message.as_bytes());
+    }
+
+    /// Sends a file's content over TCP from one container to another; returns what arrived.
+    pub fn send_file(&self, from: usize, to: usize, port: u16, file: &Path) -> Vec<u8> {
+        let received = file.with_extension("received");
+        let mut listener = nc_receiver(&self.containers[to].ns.name, port, &received);
+        self.wait_listening(to, port);
+        // Bounded, so a stalled transfer fails the test instead of hanging it.
+        let send = format!(
+            "timeout 60 {} nc {} {port} < {}",
+            busybox(),
+            self.containers[to].ip,
+            file.display()
+        );
+        let status = self
+            .in_container(from, &["sh", "-c", &send])
+            .status()
+            .unwrap();
+        assert!(status.success(), "sending to {to} failed");
+        assert!(listener.wait());
+        std::fs::read(&received).unwrap()
+    }
+
+    pub fn wait_listening(&self, c: usize, port: u16) {
+        let needle = format!(":{port} ");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = self.in_container(c, &["netstat", "-ltn"]).output().unwrap();
+            if String::from_utf8_lossy(&out.stdout).contains(&needle) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "nothing listens on {port}");
+            std::thread::yield_now();
+        }
+    }
+
+    pub fn status(&self, host: usize) -> Value {
+        control::call(self.hosts[host].state.path(), &Request::Status)
+            .unwrap()
+            .status
+            .unwrap()
+    }
+
+    pub fn drops(&self, host: usize, reason: &str) -> u64 {
+        self.status(host)["drops"][reason].as_u64().unwrap()
+    }
+
+    pub fn daemon_pid(&self, host: usize) -> u32 {
+        self.status(host)["pid"].as_u64().unwrap() as u32
+    }
+
+    /// `flatnetd start` in the host's namespace: what systemd's restart would do.
+    pub fn start_daemon(&self, host: usize) {
+        self.start_daemon_with(host, &[]);
+    }
+
+    pub fn start_daemon_with(&self, host: usize, extra: &[&str]) {
+        let h = &self.hosts[host];
+        let status = in_ns(&h.ns.name, &[DAEMON, "--state-dir"])
+            .arg(h.state.path())
+            .arg("start")
+            .args(extra)
+            .args(self.lighthouse_flags(host))
+            .arg("--listen")
+            .arg(format!("{}:{TUNNEL_PORT}", h.address))
+            .env("FLATNETD", DAEMON)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// The last lines of a host's daemon log.
+    pub fn daemon_log(&self, host: usize) -> String {
+        let log = self.hosts[host].state.path().join("flatnetd.log");
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// Addresses leased on a host (its containers and its host member).
+    pub fn leases(&self, host: usize) -> usize {
+        let dir = self.hosts[host]
+            .state
+            .path()
+            .join("networks/multihost/leases");
+        std::fs::read_dir(dir).map_or(0, |entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().parse::<Ipv4Addr>().is_ok())
+                .count()
+        })
+    }
+
+    /// The `flatnetd` flags that select the cluster's lighthouse.
+    pub fn lighthouse_flags(&self, host: usize) -> Vec<String> {
+        let Some(etcd) = &self.etcd else {
+            let file = self.shared.path().join("lighthouse.json");
+            return vec!["--lighthouse".into(), file.display().to_string()];
+        };
+        let client = etcd.client(host);
+        vec![
+            "--lighthouse=etcd".into(),
+            format!("--etcd-endpoints={}", etcd.endpoints().join(",")),
+            format!("--etcd-ca-file={}", etcd.ca_file().display()),
+            format!("--etcd-cert-file={}", client.cert.display()),
+            format!("--etcd-key-file={}", client.key.display()),
+            format!("--lease-ttl={}", etcd::LEASE_TTL_S),
+        ]
+    }
+
+    /// `flatnetd stop`, as an operator runs it.
+    pub fn stop_daemon(&self, host: usize) {
+        let h = &self.hosts[host];
+        let status = in_ns(&h.ns.name, &[DAEMON, "--state-dir"])
+            .arg(h.state.path())
+            .arg("stop")
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for c in std::mem::take(&mut self.containers) {
+            let _ = self.cni(c.host, "DEL", &c.ns, &c.id);
+        }
+        for host in 0..self.hosts.len() {
+            self.stop_daemon(host);
+        }
+    }
+}
+
+/// The gateway of the test network: every host's member answers to it, locally.
+pub const GATEWAY: &str = "198.51.100.1";
+
+/// Asks the gateway's resolver (flatnetd) for `name` from inside container `c`.
+pub fn lookup(cluster: &Cluster, c: usize, name: &str) -> String {
+    let out = cluster
+        .in_container(c, &["nslookup", name, GATEWAY])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// A command run inside a network namespace.
+pub fn in_ns(ns: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns]).args(args);
+    cmd
+}
+
+/// Runs a Python script inside a network namespace; it must succeed.
+pub fn python_in(ns: &str, script: &str) {
+    let status = in_ns(ns, &["python3", "-c", script]).status().unwrap();
+    assert!(status.success(), "python in {ns} failed");
+}
+
+/// Busybox nc listening on `port` in `ns`, storing what one connection sends in `into`.
+/// A `nc -l` that stores what it receives; it and the shell it starts form a process group
+/// that is killed when the receiver is dropped, so a failed transfer leaves nothing behind.
+pub struct NcReceiver(pub Child);
+
+impl NcReceiver {
+    pub fn wait(&mut self) -> bool {
+        self.0.wait().unwrap().success()
+    }
+}
+
+impl Drop for NcReceiver {
+    fn drop(&mut self) {
+        let group = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+        let _ = self.0.wait();
+    }
+}
+
+pub fn nc_receiver(ns: &str, port: u16, into: &Path) -> NcReceiver {
+    use std::os::unix::process::CommandExt;
+    let bb = busybox();
+    let store = format!("cat > {}", into.display());
+    let child = in_ns(
+        ns,
+        &[
+            &bb,
+            "nc",
+            "-l",
+            "-p",
+            &port.to_string(),
+            "-e",
+            &bb,
+            "sh",
+            "-c",
+            &store,
+        ],
+    )
+    .stdin(Stdio::null())
+    .process_group(0)
+    .spawn()
+    .unwrap();
+    NcReceiver(child)
+}
+
+/// A continuous ping whose replies are read as they come.
+pub struct Pinger {
+    child: Child,
+    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+    interval: f64,
+}
+
+impl Pinger {
+    pub fn start(cluster: &Cluster, from: usize, to: usize, interval: f64, count: u32) -> Pinger {
+        let to = cluster.containers[to].ip.to_string();
+        let mut child = cluster
+            .in_container(
+                from,
+                &[
+                    "ping",
+                    "-i",
+                    &interval.to_string(),
+                    "-c",
+                    &count.to_string(),
+                    "-W",
+                    "1",
+                    &to,
+                ],
+            )
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        Pinger {
+            child,
+            lines,
+            interval,
+        }
+    }
+
+    /// Blocks until the next reply; returns its sequence number.
+    pub fn next_reply(&mut self) -> Option<u64> {
+        for line in self.lines.by_ref() {
+            let line = line.ok()?;
+            if let Some(seq) = line.split("seq=").nth(1) {
+                return seq.split_whitespace().next()?.parse().ok();
+            }
+        }
+        None
+    }
+
+    /// Reads the rest; returns (replies, the longest run of missing replies in seconds).
+    pub fn finish(mut self, mut seen: Vec<u64>) -> (usize, f64) {
+        while let Some(seq) = self.next_reply() {
+            seen.push(seq);
+        }
+        let _ = self.child.wait();
+        let longest = seen.windows(2).map(|w| w[1] - w[0] - 1).max().unwrap_or(0);
+        (seen.len(), longest as f64 * self.interval)
+    }
+}
+
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_name = stat.rsplit(')').next().unwrap();
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ticks as f64 / 100.0
+}

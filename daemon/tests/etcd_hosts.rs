@@ -1,0 +1,158 @@
+//! Several hosts on an etcd lighthouse: a real 3-member etcd cluster over TLS with client
+//! certificates, and hosts that share nothing else but the CA's certificate (each its own
+//! state directory, key, daemon and etcd client certificate). Then the faults a cluster meets:
+//! members lost, quorum lost, a host killed for good and restarted. Needs root and etcd.
+
+mod cluster;
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use cluster::*;
+use support::{root_or_skip, stdout_json, TestNetns};
+
+/// Waits until `done` holds, for at most `within`; returns how long it took.
+fn wait_until(within: Duration, what: &str, mut done: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < within, "not within {within:?}: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    started.elapsed()
+}
+
+fn routes(cluster: &Cluster, host: usize) -> u64 {
+    cluster.status(host)["routes"].as_u64().unwrap()
+}
+
+/// Every host's data plane knows `n` addresses (containers and host members).
+fn wait_routes(cluster: &Cluster, hosts: &[usize], n: u64) -> Duration {
+    wait_until(
+        Duration::from_secs(10),
+        &format!("{n} routes everywhere"),
+        || hosts.iter().all(|&h| routes(cluster, h) == n),
+    )
+}
+
+#[test]
+fn three_hosts_on_etcd_get_unique_addresses_and_reach_each_other() {
+    if !root_or_skip("three_hosts_on_etcd_get_unique_addresses_and_reach_each_other") {
+        return;
+    }
+    let mut cluster = Cluster::with_etcd(3, 3);
+    let containers: Vec<usize> = (0..6).map(|i| cluster.attach(i % 3)).collect();
+    let ips: HashSet<_> = cluster.containers.iter().map(|c| c.ip).collect();
+    assert_eq!(ips.len(), 6, "addresses are unique cluster-wide");
+    // 6 containers and 3 host members, on every host.
+    let took = wait_routes(&cluster, &[0, 1, 2], 9);
+    println!("every host knows every address {took:?} after the last ADD");
+    for &from in &containers {
+        for &to in containers.iter().filter(|&&t| t != from) {
+            assert!(cluster.ping(from, to, 1), "{from} -> {to}");
+        }
+    }
+    cluster.tcp(containers[0], containers[1], 7200);
+    cluster.tcp(containers[5], containers[3], 7201);
+
+    for host in 0..3 {
+        let state = &cluster.status(host)["lighthouse_state"];
+        assert_eq!(state["backend"], "etcd");
+        assert_eq!(state["healthy"], true, "host {host}: {state}");
+        assert!(state["revision"].as_i64().unwrap() > 0);
+        let left = state["lease_ttl_left_ms"].as_u64().unwrap();
+        assert!(left > 0 && left <= u64::from(cluster::etcd::LEASE_TTL_S) * 1000);
+        // Nothing of the lighthouse is on disk: no shared file, no local copy.
+        assert!(!cluster.shared.path().join("lighthouse.json").exists());
+    }
+
+    // A container removed on one host vanishes from the others' route tables.
+    let gone = cluster.containers.remove(containers[0]);
+    let out = cluster.cni(gone.host, "DEL", &gone.ns, &gone.id);
+    assert!(out.status.success());
+    let took = wait_routes(&cluster, &[0, 1, 2], 8);
+    println!("a removed container left every route table {took:?} after DEL");
+}
+
+#[test]
+fn quorum_lost_keeps_traffic_and_fails_new_attaches_fast_until_it_is_back() {
+    if !root_or_skip("quorum_lost_keeps_traffic_and_fails_new_attaches_fast_until_it_is_back") {
+        return;
+    }
+    let mut cluster = Cluster::with_etcd(2, 3);
+    let (a, b) = (cluster.attach(0), cluster.attach(1));
+    wait_routes(&cluster, &[0, 1], 4);
+    assert!(cluster.ping(a, b, 1));
+
+    // One member lost: the cluster has quorum, attaches and traffic go on.
+    cluster.etcd.as_mut().unwrap().kill_member(0);
+    let c = cluster.attach(0);
+    wait_routes(&cluster, &[0, 1], 5);
+    assert!(cluster.ping(c, b, 1) && cluster.ping(b, a, 1));
+
+    // Quorum lost: what is established goes on; a new ADD fails fast with "try again".
+    cluster.etcd.as_mut().unwrap().kill_member(1);
+    let pinger = Pinger::start(&cluster, a, b, 0.1, 30);
+    let ns = TestNetns::new("ctr");
+    let started = Instant::now();
+    let out = cluster.cni(1, "ADD", &ns, "refused-without-quorum");
+    let took = started.elapsed();
+    println!("ADD without quorum failed after {took:?}");
+    assert!(!out.status.success());
+    let error = stdout_json(&out);
+    assert_eq!(error["code"], 11, "{error}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert!(!ns.has_link("eth0"), "nothing is left in the namespace");
+    assert_eq!(
+        cluster.leases(1),
+        2,
+        "no lease is left: {:?}",
+        cluster.leases(1)
+    );
+    let (replies, outage) = pinger.finish(Vec::new());
+    println!("without quorum: {replies}/30 pings answered, longest gap {outage:.1} s");
+    assert!(replies >= 29, "{replies}/30");
+
+    // Quorum back: new attaches work again, with the same daemons.
+    let pids = (cluster.daemon_pid(0), cluster.daemon_pid(1));
+    cluster.etcd.as_mut().unwrap().restart_members(&[0, 1]);
+    let d = cluster.attach(1);
+    assert_eq!((cluster.daemon_pid(0), cluster.daemon_pid(1)), pids);
+    wait_routes(&cluster, &[0, 1], 6);
+    assert!(cluster.ping(d, a, 1) && cluster.ping(c, d, 1));
+}
+
+#[test]
+fn a_host_killed_for_good_vanishes_after_its_lease_and_a_restart_brings_it_back() {
+    if !root_or_skip("a_host_killed_for_good_vanishes_after_its_lease_and_a_restart_brings_it_back")
+    {
+        return;
+    }
+    let mut cluster = Cluster::with_etcd(3, 3);
+    let (a, _b, c) = (cluster.attach(0), cluster.attach(1), cluster.attach(2));
+    wait_routes(&cluster, &[0, 1, 2], 6);
+    assert!(cluster.ping(a, c, 1));
+
+    let victim = cluster.daemon_pid(2);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victim as i32),
+        nix::sys::signal::SIGKILL,
+    )
+    .unwrap();
+    // Its container and host member go when its lease runs out, and not before.
+    let ttl = Duration::from_secs(cluster::etcd::LEASE_TTL_S.into());
+    let took = wait_routes(&cluster, &[0, 1], 4);
+    println!("a dead host left the route tables {took:?} after kill -9 (TTL {ttl:?})");
+    assert!(took <= ttl + Duration::from_secs(3), "{took:?}");
+    assert!(!cluster.ping(a, c, 1), "nothing answers for the dead host");
+    let peers = cluster.status(0)["peers"].as_array().unwrap().len();
+    assert!(peers <= 1, "host 0 keeps {peers} peers");
+
+    // Restarted (its container still running): served and reachable again.
+    cluster.start_daemon(2);
+    wait_routes(&cluster, &[0, 1, 2], 6);
+    // The first echo may meet host 0's session with the old daemon, which the new one answers
+    // with a handshake: three tries.
+    assert!(cluster.ping(a, c, 3) && cluster.ping(c, a, 3));
+}
