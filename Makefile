@@ -6,6 +6,7 @@
 #   make uninstall            the same files out again; the user's config stays
 #   make deb                  target/debian/flatnet_<version>-1_<arch>.deb (cargo-deb)
 #   make bench, bench-quick   measurements (docs/benchmark.md)
+#   make bench-convergence    30 hosts on etcd, 10 containers each: how fast routes spread
 #   make fuzz                 every fuzz target for FUZZ_SECONDS (300) each (cargo fuzz)
 #   make kill-campaign        200 kills at random points and 1000 start/stop cycles a backend
 
@@ -26,7 +27,8 @@ RELEASE = target/release
 BINARIES = $(RELEASE)/flatnetd $(RELEASE)/flatnet-cni $(RELEASE)/flatnet
 MAN_DIR = $(RELEASE)/man
 
-.PHONY: all build man unit install uninstall deb demo test bench bench-quick fuzz kill-campaign
+.PHONY: all build man unit install uninstall deb demo test bench bench-quick bench-convergence \
+	fuzz kill-campaign
 
 all: build
 
@@ -90,6 +92,13 @@ bench: build
 
 bench-quick: build
 	python3 scripts/bench.py --quick
+
+# CI runs the same benchmark with 4 hosts and 3 containers each.
+BENCH_HOSTS ?= 30
+BENCH_PER_HOST ?= 10
+bench-convergence: build
+	FLATNET_BENCH_HOSTS=$(BENCH_HOSTS) FLATNET_BENCH_PER_HOST=$(BENCH_PER_HOST) cargo test \
+		--release -p flatnetd --test etcd_convergence -- --nocapture
 
 # Kill points on both backends (200 kills, 1000 start/stop cycles each); CI runs 20 and 30.
 # The plugins the test gives Podman are the test builds, which carry the kill points.

@@ -63,6 +63,8 @@ pub struct Cluster {
     pub shared: tempfile::TempDir,
     /// The etcd cluster the hosts share; none: a shared lighthouse file.
     pub etcd: Option<etcd::Etcd>,
+    /// The Flatnet network's subnet.
+    pub subnet: String,
 }
 
 impl Cluster {
@@ -94,6 +96,7 @@ impl Cluster {
             containers: Vec::new(),
             shared: tempfile::tempdir().unwrap(),
             etcd: None,
+            subnet: "198.51.100.0/24".into(),
         }
     }
 
@@ -136,7 +139,7 @@ impl Cluster {
             "cniVersion": "1.0.0",
             "name": "multihost",
             "type": "flatnet-cni",
-            "subnet": "198.51.100.0/24",
+            "subnet": self.subnet,
             "stateDir": h.state.path(),
             "lighthouse": self.shared.path().join("lighthouse.json"),
             "endpoint": format!("{}:{TUNNEL_PORT}", h.address),
@@ -212,6 +215,26 @@ impl Cluster {
         ns.ip(&["link", "set", "lo", "up"]);
         self.containers.push(Container { ns, host, id, ip });
         self.containers.len() - 1
+    }
+
+    /// Attaches a container at a chosen address (CNI_ARGS IP=); returns it and how long ADD
+    /// took.
+    pub fn attach_at(&mut self, host: usize, ip: Ipv4Addr) -> (usize, Duration) {
+        let ns = TestNetns::new("ctr");
+        let id = format!("{}-{}", ns.name, host);
+        let args = format!("IgnoreUnknown=1;IP={ip}");
+        let started = Instant::now();
+        let out = self.cni_with(host, "ADD", &ns, &id, &args, &Value::Null);
+        let took = started.elapsed();
+        assert!(
+            out.status.success(),
+            "ADD at {ip}: {}\nflatnetd's log:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            self.daemon_log(host)
+        );
+        ns.ip(&["link", "set", "lo", "up"]);
+        self.containers.push(Container { ns, host, id, ip });
+        (self.containers.len() - 1, took)
     }
 
     /// Detaches every container; their namespaces live on in what is returned.
