@@ -24,7 +24,7 @@ SYSTEMD ?= $(if $(wildcard /run/systemd/system),yes,no)
 CARGO_DEB_VERSION = 2.12.1
 
 RELEASE = target/release
-BINARIES = $(RELEASE)/flatnetd $(RELEASE)/flatnet-cni $(RELEASE)/flatnet
+BINARIES = $(RELEASE)/flatnetd $(RELEASE)/flatnet-cni $(RELEASE)/flatnet $(RELEASE)/flatnet-cert
 MAN_DIR = $(RELEASE)/man
 
 .PHONY: all build man unit install uninstall deb demo test bench bench-quick bench-convergence \
@@ -50,6 +50,7 @@ unit:
 
 install: man unit
 	install -D -m 0755 $(RELEASE)/flatnetd $(DESTDIR)$(BINDIR)/flatnetd
+	install -D -m 0755 $(RELEASE)/flatnet-cert $(DESTDIR)$(BINDIR)/flatnet-cert
 	install -D -m 0755 $(RELEASE)/flatnet-cni $(DESTDIR)$(CNI_PLUGIN_DIR)/flatnet-cni
 	install -D -m 0755 $(RELEASE)/flatnet $(DESTDIR)$(NETAVARK_PLUGIN_DIR)/flatnet
 	install -d $(DESTDIR)$(MANDIR)/man7 $(DESTDIR)$(MANDIR)/man8
@@ -67,7 +68,8 @@ install: man unit
 	fi
 
 uninstall:
-	rm -f $(DESTDIR)$(BINDIR)/flatnetd $(DESTDIR)$(CNI_PLUGIN_DIR)/flatnet-cni \
+	rm -f $(DESTDIR)$(BINDIR)/flatnetd $(DESTDIR)$(BINDIR)/flatnet-cert \
+		$(DESTDIR)$(CNI_PLUGIN_DIR)/flatnet-cni \
 		$(DESTDIR)$(NETAVARK_PLUGIN_DIR)/flatnet $(DESTDIR)$(SYSTEMD_UNIT_DIR)/flatnetd.service \
 		$(DESTDIR)$(MANDIR)/man7/flatnet.7.gz $(DESTDIR)$(MANDIR)/man8/flatnet.8.gz \
 		$(DESTDIR)$(MANDIR)/man8/flatnet-cni.8.gz $(DESTDIR)$(MANDIR)/man8/flatnetd.8.gz \

@@ -81,6 +81,8 @@ pub struct Network {
     config: FlatnetConfig,
     ipam: IpAddressManager<DirLeaseStore>,
     lighthouse: Box<dyn Lighthouse>,
+    /// Why this host has no addresses to give on the network (its certificate), if so.
+    pool_error: Option<String>,
 }
 
 impl Network {
@@ -96,11 +98,14 @@ impl Network {
     pub fn with_lighthouse(config: FlatnetConfig, lighthouse: Box<dyn Lighthouse>) -> Self {
         let dirs = config.dirs();
         let store = DirLeaseStore::new(dirs.leases(), dirs.lock_file());
-        let ipam = IpAddressManager::new(&config.network, config.subnet, config.gateway, store);
+        let pool = address_pool(&config);
+        let ipam = IpAddressManager::new(&config.network, config.subnet, config.gateway, store)
+            .with_pool(pool.clone().unwrap_or_default());
         Network {
             config,
             ipam,
             lighthouse,
+            pool_error: pool.err(),
         }
     }
 
@@ -117,6 +122,9 @@ impl Network {
     }
 
     pub fn attach(&self, req: &AttachRequest) -> Result<Attachment> {
+        if let Some(why) = &self.pool_error {
+            return Err(Error::InvalidConfig(why.clone()));
+        }
         check_container_id(req.container_id)?;
         check_ifname(req.ifname)?;
         let names = normalise_names(req.names)?;
@@ -686,6 +694,28 @@ impl Network {
         let bytes = serde_json::to_vec_pretty(attachment).expect("attachment serialises");
         write_atomic(&self.record_path(&attachment.container_id), &bytes)
     }
+}
+
+/// The parts of the subnet this host hands out: all of it with a file lighthouse; with etcd,
+/// the blocks the network CA granted this host (so hosts never hand out the same address).
+pub fn address_pool(config: &FlatnetConfig) -> std::result::Result<Vec<Ipv4Net>, String> {
+    let LighthouseSettings::Etcd(etcd) = &config.lighthouse else {
+        return Ok(vec![config.subnet]);
+    };
+    let ca: crate::cert::CaCert =
+        crate::cert::load(&etcd.network_ca_file).map_err(|e| e.to_string())?;
+    let host =
+        crate::cert::load_host_cert(&etcd.host_cert_file, &ca, None).map_err(|e| e.to_string())?;
+    let blocks = host.blocks_in(config.subnet);
+    if blocks.is_empty() {
+        return Err(format!(
+            "host certificate {} ({}) grants no block of subnet {}",
+            etcd.host_cert_file.display(),
+            host.name,
+            config.subnet
+        ));
+    }
+    Ok(blocks)
 }
 
 /// Creates, addresses and raises the container's TUN device. If a step after the creation

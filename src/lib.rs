@@ -14,6 +14,7 @@
 //! (names), and [`dataplane`] with [`tunnel`] (flatnetd's packet paths and Noise tunnels).
 
 pub mod attach;
+pub mod cert;
 pub mod config;
 pub mod control;
 pub mod dataplane;

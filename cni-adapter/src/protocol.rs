@@ -107,6 +107,9 @@ pub struct NetConf {
     pub etcd_key_file: Option<String>,
     /// Seconds a dead host's entries outlive it.
     pub lease_ttl: Option<u32>,
+    /// The network CA's certificate and this host's (`flatnet-cert`).
+    pub network_ca_file: Option<String>,
+    pub host_cert_file: Option<String>,
     pub tunnel_port: Option<u16>,
     pub endpoint: Option<String>,
     /// Containers reach only Flatnet and the host: no default route, no published ports.
@@ -182,6 +185,8 @@ impl NetConf {
                 etcd_cert_file: self.etcd_cert_file.clone(),
                 etcd_key_file: self.etcd_key_file.clone(),
                 lease_ttl: self.lease_ttl.map(|v| v.to_string()),
+                network_ca_file: self.network_ca_file.clone(),
+                host_cert_file: self.host_cert_file.clone(),
             },
             tunnel_port: self.tunnel_port.map(|v| v.to_string()),
             endpoint: self.endpoint.clone(),

@@ -200,6 +200,8 @@ fn check_conflist(
             etcd_cert_file: text("etcdCertFile").map(str::to_string),
             etcd_key_file: text("etcdKeyFile").map(str::to_string),
             lease_ttl: plugin["leaseTtl"].as_u64().map(|t| t.to_string()),
+            network_ca_file: text("networkCaFile").map(str::to_string),
+            host_cert_file: text("hostCertFile").map(str::to_string),
         };
         wants.push(Wants::from_options(
             text("stateDir"),
@@ -256,6 +258,8 @@ fn check_netavark_network(
         etcd_cert_file: owned("etcd_cert_file"),
         etcd_key_file: owned("etcd_key_file"),
         lease_ttl: owned("lease_ttl"),
+        network_ca_file: owned("network_ca_file"),
+        host_cert_file: owned("host_cert_file"),
     };
     vec![Wants::from_options(
         option("state_dir"),
@@ -407,9 +411,18 @@ fn check_etcd_lighthouse(etcd: &EtcdSettings, state_dir: &Path) -> Result<String
     for file in [&etcd.ca_file, &etcd.cert_file, &etcd.key_file] {
         std::fs::File::open(file).map_err(|e| format!("etcd TLS file {}: {e}", file.display()))?;
     }
+    let own = std::fs::read_to_string(state_dir.join("host.pub")).ok();
+    let ca: flatnet::cert::CaCert =
+        flatnet::cert::load(&etcd.network_ca_file).map_err(|e| e.to_string())?;
+    let host =
+        flatnet::cert::load_host_cert(&etcd.host_cert_file, &ca, own.as_deref().map(str::trim))
+            .map_err(|e| e.to_string())?;
     let endpoints = etcd.endpoints.join(",");
     if !control::is_running(state_dir) {
-        return Ok(format!("lighthouse etcd {endpoints} (TLS files readable)"));
+        return Ok(format!(
+            "lighthouse etcd {endpoints} as {} (TLS files readable, certificate valid)",
+            host.name
+        ));
     }
     let status = control::call(state_dir, &Request::Status)
         .map_err(|e| e.to_string())?
@@ -418,7 +431,8 @@ fn check_etcd_lighthouse(etcd: &EtcdSettings, state_dir: &Path) -> Result<String
     let state = &status["lighthouse_state"];
     if state["healthy"] == true {
         Ok(format!(
-            "lighthouse etcd {endpoints}: followed at revision {}, lease {} s left",
+            "lighthouse etcd {endpoints} as {}: followed at revision {}, lease {} s left",
+            host.name,
             state["revision"],
             state["lease_ttl_left_ms"].as_u64().unwrap_or(0) / 1000
         ))

@@ -57,6 +57,8 @@ enum Cmd {
     },
     /// Ask the data plane to stop.
     Stop,
+    /// Print this host's public key (made now if there is none): what the network CA signs.
+    Key,
     /// Show containers, peers, tunnels and drop counters.
     Status {
         /// Machine-readable output.
@@ -91,6 +93,12 @@ struct Settings {
     /// Seconds this host's entries outlive it after its last keepalive to etcd [default: 10]
     #[arg(long, value_name = "SECS")]
     lease_ttl: Option<String>,
+    /// The network CA's certificate, which every host's certificate must be signed by (etcd)
+    #[arg(long, value_name = "FILE")]
+    network_ca_file: Option<String>,
+    /// This host's certificate from `flatnet-cert sign`: its name, key and blocks (etcd)
+    #[arg(long, value_name = "FILE")]
+    host_cert_file: Option<String>,
     /// UDP address to listen on, which is also the endpoint other hosts are told
     /// [default: 127.0.0.1:4800, or the last run's]
     #[arg(long)]
@@ -120,6 +128,8 @@ impl Settings {
             etcd_cert_file: self.etcd_cert_file,
             etcd_key_file: self.etcd_key_file,
             lease_ttl: self.lease_ttl,
+            network_ca_file: self.network_ca_file,
+            host_cert_file: self.host_cert_file,
         };
         let lighthouse = match (&input.lighthouse, &last) {
             (None, Some(last)) if !input.etcd_options_given() => last.lighthouse.clone(),
@@ -182,6 +192,7 @@ fn main() -> ExitCode {
             false => Ok(()),
         },
         Cmd::Status { json } => status::show(&cli.state_dir, json),
+        Cmd::Key => print_key(&cli.state_dir),
         Cmd::Check(args) => return check::run(&cli.state_dir, &args),
         Cmd::GenerateMan { dir } => return write_manual(&dir),
     };
@@ -192,6 +203,13 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn print_key(state_dir: &Path) -> flatnet::Result<()> {
+    flatnet::state::create_private_dir(state_dir)?;
+    let keys = flatnet::tunnel::StaticKeys::load_or_generate(&state_dir.join("host.key"))?;
+    println!("{}", flatnet::tunnel::encode_key(&keys.public));
+    Ok(())
 }
 
 /// The descriptor `--ready-fd` names, which the parent left open for us: never stdin, stdout

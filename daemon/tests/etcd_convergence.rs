@@ -30,10 +30,10 @@ fn setting(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// The n-th container's address in the benchmark subnet (198.18.0.0/15 is the range set
-/// aside for benchmarks), above the gateway and below the host members.
-fn address(n: usize) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 1, 0)) + n as u32)
+/// The k-th container's address in host `host`'s block of the benchmark subnet
+/// (198.18.0.0/15 is the range set aside for benchmarks).
+fn address(cluster: &Cluster, host: usize, k: usize) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(cluster.block(host).network()) + 1 + k as u32)
 }
 
 fn now_s() -> f64 {
@@ -163,24 +163,21 @@ fn convergence_on_etcd() {
     }
     let hosts = setting("FLATNET_BENCH_HOSTS", 4);
     let per_host = setting("FLATNET_BENCH_PER_HOST", 3);
-    let mut cluster = Cluster::with_etcd(hosts, 3);
-    cluster.subnet = "198.18.0.0/22".into();
+    let mut cluster = Cluster::with_etcd_in(hosts, 3, "198.18.0.0/22");
 
     // One container a host first: the probes' sources.
-    let mut next = 0;
     let probes_from: Vec<usize> = (0..hosts)
         .map(|h| {
-            next += 1;
-            cluster.attach_at(h, address(next - 1)).0
+            let ip = address(&cluster, h, 0);
+            cluster.attach_at(h, ip).0
         })
         .collect();
 
     let requests_before = etcd_requests(&cluster);
     let (mut add_latency, mut every_host, mut each_pair) = (Vec::new(), Vec::new(), Vec::new());
-    for _round in 1..per_host {
+    for round in 1..per_host {
         for h in 0..hosts {
-            let ip = address(next);
-            next += 1;
+            let ip = address(&cluster, h, round);
             let probes: Vec<Probe> = (0..hosts)
                 .filter(|&other| other != h)
                 .map(|other| Probe::start(&cluster, probes_from[other], ip))

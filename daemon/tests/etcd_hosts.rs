@@ -8,6 +8,7 @@ mod cluster;
 mod support;
 
 use std::collections::HashSet;
+use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use cluster::*;
@@ -29,11 +30,27 @@ fn routes(cluster: &Cluster, host: usize) -> u64 {
 
 /// Every host's data plane knows `n` addresses (containers and host members).
 fn wait_routes(cluster: &Cluster, hosts: &[usize], n: u64) -> Duration {
-    wait_until(
-        Duration::from_secs(10),
-        &format!("{n} routes everywhere"),
-        || hosts.iter().all(|&h| routes(cluster, h) == n),
-    )
+    let started = Instant::now();
+    while !hosts.iter().all(|&h| routes(cluster, h) == n) {
+        if started.elapsed() > Duration::from_secs(20) {
+            let seen: Vec<String> = hosts
+                .iter()
+                .map(|&h| {
+                    let s = cluster.status(h);
+                    format!(
+                        "host {h}: {} routes, {}",
+                        s["routes"], s["lighthouse_state"]
+                    )
+                })
+                .collect();
+            panic!(
+                "not {n} routes everywhere within 20 s:\n{}",
+                seen.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    started.elapsed()
 }
 
 #[test]
@@ -155,4 +172,134 @@ fn a_host_killed_for_good_vanishes_after_its_lease_and_a_restart_brings_it_back(
     // The first echo may meet host 0's session with the old daemon, which the new one answers
     // with a handshake: three tries.
     assert!(cluster.ping(a, c, 3) && cluster.ping(c, a, 3));
+}
+
+fn refused(cluster: &Cluster, host: usize) -> u64 {
+    cluster.status(host)["refused_entries"].as_u64().unwrap()
+}
+
+fn peer_keys(cluster: &Cluster, host: usize) -> Vec<String> {
+    let status = cluster.status(host);
+    let peers = status["peers"].as_array().unwrap();
+    peers
+        .iter()
+        .map(|p| p["public_key"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[test]
+fn a_host_cannot_take_another_hosts_address() {
+    if !root_or_skip("a_host_cannot_take_another_hosts_address") {
+        return;
+    }
+    let mut cluster = Cluster::with_etcd(3, 3);
+    let (a, b, _c) = (cluster.attach(0), cluster.attach(1), cluster.attach(2));
+    wait_routes(&cluster, &[0, 1, 2], 6);
+    // Host 2, taken over, publishes container b's address, under its own name and key (all its
+    // etcd credentials let it write), with b's container id.
+    let taker = cluster.status(2);
+    let entry = serde_json::json!({
+        "network": "multihost",
+        "ip": cluster.containers[b].ip,
+        "container_id": cluster.containers[b].id,
+        "host": {"endpoint": taker["listen"], "public_key": taker["public_key"]},
+    });
+    let key = format!(
+        "/flatnet/v1/hosts/host-2/entries/multihost/{}",
+        cluster.containers[b].ip
+    );
+    let etcd = cluster.etcd();
+    let out = etcd.etcdctl(&etcd.endpoints(), &["put", &key, &entry.to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until(Duration::from_secs(5), "the claim is refused", || {
+        refused(&cluster, 0) == 1 && refused(&cluster, 1) == 1
+    });
+    assert_eq!(routes(&cluster, 0), 6, "no route was added or replaced");
+    // b's traffic still goes to b's host, and host 2 gets none of it.
+    assert!(cluster.ping(a, b, 2) && cluster.ping(b, a, 1));
+    let taker_key = taker["public_key"].as_str().unwrap().to_string();
+    assert!(!peer_keys(&cluster, 0).contains(&taker_key));
+    assert!(peer_keys(&cluster, 2).is_empty(), "host 2 received nothing");
+}
+
+#[test]
+fn a_host_without_the_cas_grant_cannot_join() {
+    if !root_or_skip("a_host_without_the_cas_grant_cannot_join") {
+        return;
+    }
+    let mut cluster = Cluster::with_etcd(2, 3);
+    let (a, _b) = (cluster.attach(0), cluster.attach(1));
+    wait_routes(&cluster, &[0, 1], 4);
+
+    // A host whose certificate another CA signed, trusting that CA: it runs, publishes, and
+    // nobody believes it.
+    let rogue_ca = tempfile::tempdir().unwrap();
+    Cluster::make_ca(&rogue_ca.path().join("ca"));
+    let rogue = cluster.add_host();
+    cluster.grant_by(rogue, &rogue_ca.path().join("ca"));
+    cluster.hosts[rogue].network_ca = Some(rogue_ca.path().join("ca/ca.crt"));
+    let r = cluster.attach(rogue);
+    wait_until(
+        Duration::from_secs(5),
+        "the rogue host's entries are refused",
+        || refused(&cluster, 0) == 2 && refused(&cluster, 1) == 2,
+    );
+    assert_eq!(routes(&cluster, 0), 4);
+    assert!(!cluster.ping(a, r, 1) && !cluster.ping(r, a, 1));
+    let rogue_key = cluster.status(rogue)["public_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(!peer_keys(&cluster, 0).contains(&rogue_key));
+
+    // A host that trusts the network's CA with a certificate of another: refused at ADD.
+    let honest = cluster.add_host();
+    cluster.grant_by(honest, &rogue_ca.path().join("ca"));
+    let ns = TestNetns::new("ctr");
+    let out = cluster.cni(honest, "ADD", &ns, "no-grant");
+    assert!(!out.status.success());
+    let error = stdout_json(&out);
+    assert!(
+        error["msg"].as_str().unwrap().contains("host certificate"),
+        "{error}"
+    );
+    assert!(!ns.has_link("eth0"));
+}
+
+#[test]
+fn an_address_outside_the_hosts_block_is_refused() {
+    if !root_or_skip("an_address_outside_the_hosts_block_is_refused") {
+        return;
+    }
+    let mut cluster = Cluster::with_etcd(2, 3);
+    let other = cluster.block(1).network();
+    let ns = TestNetns::new("ctr");
+    let args = format!(
+        "IgnoreUnknown=1;IP={}",
+        Ipv4Addr::from(u32::from(other) + 3)
+    );
+    let out = cluster.cni_with(
+        0,
+        "ADD",
+        &ns,
+        "wrong-block",
+        &args,
+        &serde_json::Value::Null,
+    );
+    assert!(!out.status.success());
+    let error = stdout_json(&out);
+    assert!(
+        error["msg"]
+            .as_str()
+            .unwrap()
+            .contains("not in this host's blocks"),
+        "{error}"
+    );
+    assert!(!ns.has_link("eth0"));
+    let (c, _) = cluster.attach_at(0, Ipv4Addr::from(u32::from(cluster.block(0).network()) + 3));
+    assert!(cluster.block(0).contains(&cluster.containers[c].ip));
 }

@@ -23,6 +23,8 @@ pub const OPTIONS: &[&str] = &[
     "etcd_cert_file",
     "etcd_key_file",
     "lease_ttl",
+    "network_ca_file",
+    "host_cert_file",
     "endpoint",
     "dns_upstreams",
 ];
@@ -101,6 +103,8 @@ pub fn config_of(network: &Network) -> Result<FlatnetConfig, Error> {
             etcd_cert_file: option("etcd_cert_file"),
             etcd_key_file: option("etcd_key_file"),
             lease_ttl: option("lease_ttl"),
+            network_ca_file: option("network_ca_file"),
+            host_cert_file: option("host_cert_file"),
         },
         tunnel_port: option("tunnel_port"),
         endpoint: option("endpoint"),

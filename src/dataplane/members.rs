@@ -100,7 +100,8 @@ impl Daemon {
     pub(super) fn detach(&mut self, network: &str, container_id: &str) {
         if let Some(address) = self.ports.address_of(network, container_id) {
             tracing::info!("detached {container_id} from {network}");
-            self.routes.delete(network_tag(network), address);
+            let own = self.own_name.clone();
+            self.routes.delete(&own, network_tag(network), address);
         }
         self.unserve(network, container_id);
         if !self.ports.network_has_containers(network) {

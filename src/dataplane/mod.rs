@@ -43,10 +43,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::attach::{all_attachments, load_attachment};
+use crate::cert::{self, CaCert};
 use crate::control::{Request, Response, PROTOCOL_VERSION};
 use crate::error::{Error, IoContext, Result};
 use crate::host_member::HostMember;
-use crate::lighthouse::{EtcdLighthouse, FileLighthouse, HostInfo, Lighthouse, LighthouseSettings};
+use crate::lighthouse::{
+    EtcdLighthouse, FileLighthouse, HostInfo, Lighthouse, LighthouseSettings, Published,
+};
 use crate::state::NetworkDirs;
 use crate::state::{create_private_dir, write_atomic, FileLock};
 use crate::tunnel::{encode_key, DropReason, Limits, StaticKeys, TunnelManager};
@@ -163,6 +166,8 @@ pub struct Daemon {
     commands: Receiver<Command>,
     tunnels: TunnelManager,
     routes: RouteTable,
+    /// The name this host publishes its entries under ("" in a file lighthouse).
+    own_name: String,
     follower: Follower,
     ports: Ports,
     /// Networks with members here: their host member and DNS settings.
@@ -208,9 +213,9 @@ pub fn run(config: DaemonConfig, ready: Option<File>) -> Result<()> {
         endpoint: config.listen,
         public_key: encode_key(&keys.public),
     };
-    let lighthouse = open_lighthouse(&config, &host)?;
+    let (lighthouse, identity) = open_lighthouse(&config, &host)?;
     let follower = Follower::spawn(lighthouse.as_ref(), wake.clone(), FIRST_READ)?;
-    let mut daemon = Daemon::new(config, keys, rx, wake.clone(), follower)?;
+    let mut daemon = Daemon::new(config, keys, rx, wake.clone(), follower, identity)?;
     daemon.recover();
     if let Some(address) = &daemon.config.metrics {
         metrics_server::spawn(address, tx.clone(), wake.clone())?;
@@ -245,20 +250,44 @@ pub fn run(config: DaemonConfig, ready: Option<File>) -> Result<()> {
 /// How long a starting daemon waits for its first read of the lighthouse (and an etcd lease).
 const FIRST_READ: Duration = Duration::from_secs(3);
 
-/// The daemon's lighthouse. With etcd, the daemon holds the host's lease, and the entries of
-/// every container recorded here are (re)claimed under it: after a restart they are served
-/// again without their containers noticing.
-fn open_lighthouse(config: &DaemonConfig, host: &HostInfo) -> Result<Arc<dyn Lighthouse>> {
+/// Who this host is on its lighthouse: the name its entries are published under ("" in a
+/// file lighthouse) and the network CA whose certificates decide which entries are believed
+/// (etcd; none for a file lighthouse, which every host shares and trusts as it is).
+struct Identity {
+    name: String,
+    trust: Option<CaCert>,
+}
+
+/// The daemon's lighthouse. With etcd, the host's certificate must be the network CA's and
+/// name this host's key; the daemon holds the host's lease, and the entries of every container
+/// recorded here are (re)claimed under it: after a restart they are served again without their
+/// containers noticing.
+fn open_lighthouse(
+    config: &DaemonConfig,
+    host: &HostInfo,
+) -> Result<(Arc<dyn Lighthouse>, Identity)> {
     match &config.lighthouse {
-        LighthouseSettings::File(path) => Ok(Arc::new(FileLighthouse::new(path.clone()))),
+        LighthouseSettings::File(path) => {
+            let identity = Identity {
+                name: String::new(),
+                trust: None,
+            };
+            Ok((Arc::new(FileLighthouse::new(path.clone())), identity))
+        }
         LighthouseSettings::Etcd(settings) => {
-            let etcd = EtcdLighthouse::connect(settings)?;
+            let ca: CaCert = cert::load(&settings.network_ca_file)?;
+            let own = cert::load_host_cert(&settings.host_cert_file, &ca, Some(&host.public_key))?;
+            let identity = Identity {
+                name: own.name.clone(),
+                trust: Some(ca),
+            };
+            let etcd = EtcdLighthouse::connect(settings, own)?;
             etcd.adopt(recorded_entries(&config.state_dir, host));
             etcd.hold_lease(config.state_dir.join("etcd-lease"));
             if !etcd.wait_for_lease(FIRST_READ) {
                 tracing::warn!("no etcd lease yet: attaches wait for etcd");
             }
-            Ok(Arc::new(etcd))
+            Ok((Arc::new(etcd), identity))
         }
     }
 }
@@ -295,6 +324,7 @@ impl Daemon {
         commands: Receiver<Command>,
         wake: Arc<EventFd>,
         follower: Follower,
+        identity: Identity,
     ) -> Result<Self> {
         let udp =
             UdpSocket::bind(config.listen).context(|| format!("binding UDP {}", config.listen))?;
@@ -337,7 +367,10 @@ impl Daemon {
             wake,
             commands,
             tunnels: TunnelManager::new(keys, limits),
-            routes: RouteTable::default(),
+            routes: identity
+                .trust
+                .map_or_else(RouteTable::default, RouteTable::trusting),
+            own_name: identity.name,
             follower,
             ports: Ports::default(),
             networks: LocalNetworks::default(),
@@ -495,8 +528,8 @@ impl Daemon {
         ip: std::net::Ipv4Addr,
         id: &str,
         names: Vec<String>,
-    ) -> crate::lighthouse::Entry {
-        crate::lighthouse::Entry {
+    ) -> Published {
+        let entry = crate::lighthouse::Entry {
             network: network.to_string(),
             ip,
             container_id: id.to_string(),
@@ -505,6 +538,10 @@ impl Daemon {
                 endpoint: self.config.listen,
                 public_key: encode_key(self.tunnels.public_key()),
             },
+        };
+        Published {
+            host: self.own_name.clone(),
+            entry,
         }
     }
 
@@ -552,6 +589,7 @@ impl Daemon {
             "uptime_ms": now.duration_since(self.started).as_millis() as u64,
             "rss_kib": rss_kib(),
             "routes": self.routes.len(),
+            "refused_entries": self.routes.refused(),
             "containers": containers,
             "peers": self.tunnels.status(now),
             "sessions": self.tunnels.session_count(),

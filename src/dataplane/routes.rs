@@ -2,11 +2,12 @@
 //! the DNS names on each network. Kept current by the changes a lighthouse feed reports
 //! ([`super::follower`]); the packet path only ever reads these maps.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
 
 use super::packet::network_tag;
-use crate::lighthouse::{Change, Entry};
+use crate::cert::{CaCert, HostCert};
+use crate::lighthouse::{Change, Entry, Published};
 use crate::tunnel::{decode_key, PublicKey};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,15 +16,31 @@ pub struct Route {
     pub key: PublicKey,
 }
 
-/// What the table keeps of an entry: enough to route to it and to undo its indexes.
+/// What the table keeps of an installed entry: enough to route to it and to undo its indexes.
 struct Known {
     route: Route,
     names: Vec<String>,
 }
 
+type Address = (u32, Ipv4Addr);
+
 #[derive(Default)]
 pub struct RouteTable {
-    routes: HashMap<(u32, Ipv4Addr), Known>,
+    /// The network CA: with one, an entry counts only if the certificate of the host that
+    /// published it verifies, names the entry's key and grants its address.
+    trust: Option<CaCert>,
+    /// Every published entry, by host and address.
+    published: HashMap<(String, Address), Entry>,
+    /// The hosts that publish each address (one, unless someone lies).
+    claimants: HashMap<Address, BTreeSet<String>>,
+    /// The addresses each host publishes: looked at again when its certificate changes.
+    by_host: HashMap<String, HashSet<Address>>,
+    /// Certificates that verified, by host name.
+    certs: HashMap<String, HostCert>,
+    /// Published entries not believed right now.
+    refused: HashSet<(String, Address)>,
+    /// The entries believed: where each address is routed.
+    routes: HashMap<Address, Known>,
     /// Host key -> how many addresses it serves: only listed hosts may open tunnels.
     keys: HashMap<PublicKey, usize>,
     /// Host endpoint -> its key and how many addresses name that pair, so that a datagram
@@ -34,6 +51,14 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
+    /// A table that believes only what the network CA's certificates vouch for.
+    pub fn trusting(ca: CaCert) -> Self {
+        RouteTable {
+            trust: Some(ca),
+            ..Default::default()
+        }
+    }
+
     /// The addresses a name has on a network (lower case, no trailing dot).
     pub fn addresses_of(&self, tag: u32, name: &str) -> Option<&[Ipv4Addr]> {
         self.names.get(&tag)?.get(name).map(Vec::as_slice)
@@ -57,26 +82,141 @@ impl RouteTable {
         self.routes.len()
     }
 
+    /// Published entries not believed (no valid certificate, another key, outside its blocks).
+    pub fn refused(&self) -> usize {
+        self.refused.len()
+    }
+
     pub fn apply(&mut self, change: Change) {
         match change {
-            Change::Reset(entries) => {
-                *self = RouteTable::default();
-                for entry in entries {
-                    self.put(entry);
+            Change::Reset { certs, entries } => {
+                *self = RouteTable {
+                    trust: self.trust.take(),
+                    ..Default::default()
+                };
+                for cert in certs {
+                    self.put_cert(cert);
+                }
+                for published in entries {
+                    self.put(published);
                 }
             }
-            Change::Put(entry) => self.put(entry),
-            Change::Delete { network, ip } => self.delete(network_tag(&network), ip),
+            Change::Put(published) => self.put(published),
+            Change::Delete { host, network, ip } => self.delete(&host, network_tag(&network), ip),
+            Change::Cert(cert) => self.put_cert(cert),
+            Change::CertGone { host } => {
+                self.certs.remove(&host);
+                self.settle_host(&host);
+            }
         }
     }
 
-    /// Adds or replaces the entry for an address.
-    pub fn put(&mut self, entry: Entry) {
+    /// Adds or replaces a host's entry for an address.
+    pub fn put(&mut self, published: Published) {
+        let Published { host, entry } = published;
+        let address = (network_tag(&entry.network), entry.ip);
+        self.claimants
+            .entry(address)
+            .or_default()
+            .insert(host.clone());
+        self.by_host
+            .entry(host.clone())
+            .or_default()
+            .insert(address);
+        self.published.insert((host, address), entry);
+        self.settle(address);
+    }
+
+    pub fn delete(&mut self, host: &str, tag: u32, ip: Ipv4Addr) {
+        let address = (tag, ip);
+        let key = (host.to_string(), address);
+        if self.published.remove(&key).is_none() {
+            return;
+        }
+        self.refused.remove(&key);
+        if let Some(hosts) = self.claimants.get_mut(&address) {
+            hosts.remove(host);
+            if hosts.is_empty() {
+                self.claimants.remove(&address);
+            }
+        }
+        if let Some(addresses) = self.by_host.get_mut(host) {
+            addresses.remove(&address);
+            if addresses.is_empty() {
+                self.by_host.remove(host);
+            }
+        }
+        self.settle(address);
+    }
+
+    fn put_cert(&mut self, cert: HostCert) {
+        let host = cert.name.clone();
+        let verdict = match &self.trust {
+            Some(ca) => cert.verify(ca, crate::cert::now_unix()),
+            None => Ok(()),
+        };
+        match verdict {
+            Ok(()) => {
+                self.certs.insert(host.clone(), cert);
+            }
+            Err(why) => {
+                tracing::warn!("host {host}'s certificate is not believed: {why}");
+                self.certs.remove(&host);
+            }
+        }
+        self.settle_host(&host);
+    }
+
+    fn settle_host(&mut self, host: &str) {
+        let addresses: Vec<Address> = self
+            .by_host
+            .get(host)
+            .map(|a| a.iter().copied().collect())
+            .unwrap_or_default();
+        for address in addresses {
+            self.settle(address);
+        }
+    }
+
+    /// Routes an address to the first of its claimants that is believed, if any.
+    fn settle(&mut self, address: Address) {
+        self.uninstall(address);
+        let claimants: Vec<String> = self
+            .claimants
+            .get(&address)
+            .map(|hosts| hosts.iter().cloned().collect())
+            .unwrap_or_default();
+        let mut chosen = None;
+        for host in claimants {
+            let key = (host, address);
+            let entry = &self.published[&key];
+            if chosen.is_none() && self.believes(&key.0, entry) {
+                chosen = Some(entry.clone());
+                self.refused.remove(&key);
+            } else if self.believes(&key.0, entry) {
+                self.refused.remove(&key);
+            } else {
+                self.refused.insert(key);
+            }
+        }
+        if let Some(entry) = chosen {
+            self.install(address, entry);
+        }
+    }
+
+    fn believes(&self, host: &str, entry: &Entry) -> bool {
+        if self.trust.is_none() {
+            return true;
+        }
+        self.certs
+            .get(host)
+            .is_some_and(|cert| cert.public_key == entry.host.public_key && cert.grants(entry.ip))
+    }
+
+    fn install(&mut self, address: Address, entry: Entry) {
         let Some(key) = decode_key(&entry.host.public_key) else {
             return; // a host without a data plane yet
         };
-        let tag = network_tag(&entry.network);
-        self.delete(tag, entry.ip);
         let route = Route {
             endpoint: entry.host.endpoint,
             key,
@@ -90,18 +230,18 @@ impl RouteTable {
                 *n += 1;
             })
             .or_insert((key, 1));
-        let names = self.names.entry(tag).or_default();
+        let names = self.names.entry(address.0).or_default();
         for name in &entry.names {
-            names.entry(name.clone()).or_default().push(entry.ip);
+            names.entry(name.clone()).or_default().push(address.1);
         }
         let known = Known {
             route,
             names: entry.names,
         };
-        self.routes.insert((tag, entry.ip), known);
+        self.routes.insert(address, known);
     }
 
-    pub fn delete(&mut self, tag: u32, ip: Ipv4Addr) {
+    fn uninstall(&mut self, (tag, ip): Address) {
         let Some(known) = self.routes.remove(&(tag, ip)) else {
             return;
         };
@@ -137,6 +277,7 @@ impl RouteTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cert::CaKey;
     use crate::lighthouse::HostInfo;
     use crate::tunnel::encode_key;
 
@@ -153,47 +294,130 @@ mod tests {
         }
     }
 
+    /// As a file lighthouse publishes: no host names.
+    fn anonymous(entry: Entry) -> Published {
+        Published {
+            host: String::new(),
+            entry,
+        }
+    }
+
+    fn by(host: &str, entry: Entry) -> Published {
+        Published {
+            host: host.into(),
+            entry,
+        }
+    }
+
+    fn delete(host: &str, ip: &str) -> Change {
+        Change::Delete {
+            host: host.into(),
+            network: "n".into(),
+            ip: ip.parse().unwrap(),
+        }
+    }
+
     #[test]
     fn deltas_keep_every_index_in_step() {
         let tag = network_tag("n");
         let mut table = RouteTable::default();
-        table.apply(Change::Reset(vec![
-            entry("10.0.0.2", 1, &["web"]),
-            entry("10.0.0.3", 1, &["web", "db"]),
-        ]));
-        table.apply(Change::Put(entry("10.0.0.4", 2, &[])));
+        table.apply(Change::Reset {
+            certs: vec![],
+            entries: vec![
+                anonymous(entry("10.0.0.2", 1, &["web"])),
+                anonymous(entry("10.0.0.3", 1, &["web", "db"])),
+            ],
+        });
+        table.apply(Change::Put(anonymous(entry("10.0.0.4", 2, &[]))));
         assert_eq!(table.len(), 3);
         assert_eq!(table.addresses_of(tag, "web").unwrap().len(), 2);
         assert!(table.is_listed(&[1; 32]) && table.is_listed(&[2; 32]));
 
-        table.apply(Change::Delete {
-            network: "n".into(),
-            ip: "10.0.0.3".parse().unwrap(),
-        });
-        assert_eq!(
-            table.addresses_of(tag, "web").unwrap(),
-            ["10.0.0.2".parse::<Ipv4Addr>().unwrap()]
-        );
+        table.apply(delete("", "10.0.0.3"));
+        let web: Ipv4Addr = "10.0.0.2".parse().unwrap();
+        assert_eq!(table.addresses_of(tag, "web").unwrap(), [web]);
         assert_eq!(table.addresses_of(tag, "db"), None);
         assert!(table.is_listed(&[1; 32]), "host 1 still serves 10.0.0.2");
 
-        table.apply(Change::Delete {
-            network: "n".into(),
-            ip: "10.0.0.2".parse().unwrap(),
-        });
+        table.apply(delete("", "10.0.0.2"));
         assert!(!table.is_listed(&[1; 32]), "host 1 serves nothing any more");
         assert_eq!(table.key_at(SocketAddr::from(([192, 0, 2, 1], 4800))), None);
-        assert_eq!(
-            table.route(tag, "10.0.0.4".parse().unwrap()).unwrap().key,
-            [2; 32]
-        );
+        let four = "10.0.0.4".parse().unwrap();
+        assert_eq!(table.route(tag, four).unwrap().key, [2; 32]);
 
-        // An address moving to another host is one put.
-        table.apply(Change::Put(entry("10.0.0.4", 3, &[])));
+        // An address moving to another host is one put in a file lighthouse.
+        table.apply(Change::Put(anonymous(entry("10.0.0.4", 3, &[]))));
         assert!(!table.is_listed(&[2; 32]));
         assert_eq!(table.len(), 1);
-        table.apply(Change::Reset(Vec::new()));
+        table.apply(Change::Reset {
+            certs: vec![],
+            entries: vec![],
+        });
         assert_eq!(table.len(), 0);
+        assert!(!table.is_listed(&[3; 32]));
+    }
+
+    #[test]
+    fn with_a_ca_only_what_a_certificate_grants_is_routed() {
+        let tag = network_tag("n");
+        let (ca_key, ca) = CaKey::generate("ca").unwrap();
+        let grant = |name: &str, host: u8, block: &str| {
+            ca_key
+                .sign(
+                    name,
+                    &encode_key(&[host; 32]),
+                    vec![block.parse().unwrap()],
+                    u64::MAX,
+                )
+                .unwrap()
+        };
+        let mut table = RouteTable::trusting(ca);
+        // B's entry before B's certificate: held back until the certificate comes.
+        table.apply(Change::Put(by("b", entry("10.0.1.2", 2, &["web"]))));
+        assert_eq!(table.len(), 0);
+        assert_eq!(table.refused(), 1);
+        table.apply(Change::Cert(grant("b", 2, "10.0.1.0/24")));
+        assert_eq!(
+            table.route(tag, "10.0.1.2".parse().unwrap()).unwrap().key,
+            [2; 32]
+        );
+        assert_eq!(table.refused(), 0);
+
+        // C, with a certificate for its own block, claims B's address and B's name.
+        table.apply(Change::Cert(grant("c", 3, "10.0.2.0/24")));
+        table.apply(Change::Put(by("c", entry("10.0.1.2", 3, &["web"]))));
+        assert_eq!(
+            table.route(tag, "10.0.1.2".parse().unwrap()).unwrap().key,
+            [2; 32]
+        );
+        assert_eq!(table.addresses_of(tag, "web").unwrap().len(), 1);
+        assert_eq!(table.refused(), 1);
+        // ... or publishes under its own name with B's key: not the key its certificate names.
+        table.apply(Change::Put(by("c", entry("10.0.2.9", 2, &[]))));
+        assert_eq!(table.route(tag, "10.0.2.9".parse().unwrap()), None);
+        // Even when B's entry is gone, C's claim is not believed.
+        table.apply(delete("b", "10.0.1.2"));
+        assert_eq!(table.route(tag, "10.0.1.2".parse().unwrap()), None);
+        assert!(!table.is_listed(&[3; 32]), "C serves nothing it may");
+
+        // D's certificate from another CA, or forged, is not believed.
+        let (other_ca, _) = CaKey::generate("ca").unwrap();
+        let forged = other_ca
+            .sign(
+                "d",
+                &encode_key(&[4; 32]),
+                vec!["10.0.3.0/24".parse().unwrap()],
+                u64::MAX,
+            )
+            .unwrap();
+        table.apply(Change::Cert(forged));
+        table.apply(Change::Put(by("d", entry("10.0.3.2", 4, &[]))));
+        assert_eq!(table.route(tag, "10.0.3.2".parse().unwrap()), None);
+
+        // A host whose certificate goes loses its routes.
+        table.apply(Change::Put(by("c", entry("10.0.2.3", 3, &[]))));
+        assert!(table.is_listed(&[3; 32]));
+        table.apply(Change::CertGone { host: "c".into() });
         assert!(!table.is_listed(&[3; 32]));
     }
 }

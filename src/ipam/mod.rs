@@ -16,6 +16,9 @@ pub struct IpAddressManager<S: LeaseStore> {
     network: String,
     subnet: Ipv4Net,
     gateway: Ipv4Addr,
+    /// The parts of the subnet this host may hand out: all of it, or the blocks its
+    /// certificate grants (hosts that share a network then never collide).
+    pool: Vec<Ipv4Net>,
     store: S,
 }
 
@@ -25,8 +28,15 @@ impl<S: LeaseStore> IpAddressManager<S> {
             network: network.to_string(),
             subnet,
             gateway,
+            pool: vec![subnet],
             store,
         }
+    }
+
+    /// Hands out addresses from these blocks of the subnet only.
+    pub fn with_pool(mut self, pool: Vec<Ipv4Net>) -> Self {
+        self.pool = pool;
+        self
     }
 
     /// Reserves an address for the container: `requested` if given (Podman's `--ip`, CNI_ARGS
@@ -105,6 +115,14 @@ impl<S: LeaseStore> IpAddressManager<S> {
     }
 
     fn reserve_requested(&self, store: &S, lease: &Lease, ip: Ipv4Addr) -> Result<Ipv4Addr> {
+        if self.is_special(ip) && !self.in_pool(ip) {
+            let blocks: Vec<String> = self.pool.iter().map(ToString::to_string).collect();
+            return Err(Error::InvalidRequest(format!(
+                "requested address {ip} is not in this host's blocks of {} ({}): another host serves it",
+                self.subnet,
+                blocks.join(", ")
+            )));
+        }
         if !self.is_assignable(ip) {
             return Err(Error::InvalidRequest(format!(
                 "requested address {ip} is not assignable in {} (network, broadcast and gateway {} are reserved)",
@@ -129,10 +147,19 @@ impl<S: LeaseStore> IpAddressManager<S> {
     }
 
     fn is_assignable(&self, ip: Ipv4Addr) -> bool {
+        self.is_special(ip) && self.in_pool(ip)
+    }
+
+    /// A host address of the subnet that is not reserved (network, broadcast, gateway).
+    fn is_special(&self, ip: Ipv4Addr) -> bool {
         self.subnet.contains(&ip)
             && ip != self.subnet.network()
             && ip != self.subnet.broadcast()
             && ip != self.gateway
+    }
+
+    fn in_pool(&self, ip: Ipv4Addr) -> bool {
+        self.pool.iter().any(|block| block.contains(&ip))
     }
 
     /// Every assignable address once, starting after `start` and wrapping around.
@@ -186,6 +213,30 @@ mod tests {
         assert_eq!(ips, expected);
         let err = ipam.allocate_ip(&lease("c5"), None).unwrap_err();
         assert!(matches!(err, Error::AddressExhausted { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_pool_keeps_allocation_inside_the_hosts_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let block: Ipv4Net = "192.0.2.64/30".parse().unwrap();
+        let ipam = manager(dir.path(), "192.0.2.0/24").with_pool(vec![block]);
+        let ips: Vec<_> = (0..4)
+            .map(|i| ipam.allocate_ip(&lease(&format!("c{i}")), None).unwrap())
+            .collect();
+        assert!(ips.iter().all(|ip| block.contains(ip)), "{ips:?}");
+        assert!(ipam.allocate_ip(&lease("c4"), None).is_err());
+        let member = manager(dir.path(), "192.0.2.0/24")
+            .with_pool(vec!["192.0.2.128/29".parse().unwrap()])
+            .allocate_highest(&lease("member"), &[])
+            .unwrap();
+        assert_eq!(member, "192.0.2.135".parse::<Ipv4Addr>().unwrap());
+        let err = ipam
+            .allocate_ip(&lease("x"), Some("192.0.2.10".parse().unwrap()))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("not in this host's blocks"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -2,11 +2,13 @@
 //! talks to etcd (over TLS, with the host's client certificate); the plugins reach it through
 //! their daemon's control socket ([`super::ViaDaemon`]).
 //!
-//! Layout: one key per address, `/flatnet/v1/entries/<network>/<ip>`, whose value is the
-//! [`Entry`] as JSON. Every entry of a host hangs on that host's etcd lease, which its daemon
-//! keeps alive: a host that dies vanishes from every route table once the lease runs out.
-//! Claims are transactions (create only if absent; update or delete only if the key is still
-//! the one read), so two hosts never hold one address.
+//! Layout: everything of a host lives under `/flatnet/v1/hosts/<host>/`, which etcd's RBAC
+//! lets only that host write: `cert` (its certificate from the network CA) and
+//! `entries/<network>/<ip>` (an [`Entry`] as JSON). Every key of a host hangs on that host's
+//! etcd lease, which its daemon keeps alive: a host that dies vanishes from every route table
+//! once the lease runs out. Hosts never collide on an address because the CA grants them
+//! disjoint blocks; peers believe an entry only inside its host's blocks. Writes are
+//! transactions (create only if absent; update or delete only if the key is still the one read).
 //!
 //! etcd-client is async; the lighthouse runs its own small runtime (one worker thread) and
 //! every blocking call is bounded by [`OP_TIMEOUT`], so an etcd without quorum turns into a
@@ -25,10 +27,11 @@ use etcd_client::{
     KeyValue, PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 
-use super::{Change, Entry, EtcdSettings, Feed, Lighthouse};
+use super::{Change, Entry, EtcdSettings, Feed, Lighthouse, Published};
+use crate::cert::HostCert;
 use crate::error::{Error, Result};
 
-const PREFIX: &str = "/flatnet/v1/entries/";
+const PREFIX: &str = "/flatnet/v1/hosts/";
 /// Longest one etcd call may take. A call that lands on a member in the middle of a leader
 /// election can hang until then; it is tried again (on whichever member answers) within
 /// [`CALL_BUDGET`].
@@ -44,6 +47,8 @@ pub struct EtcdLighthouse {
     runtime: tokio::runtime::Runtime,
     client: Client,
     settings: EtcdSettings,
+    /// This host's certificate: its name (the prefix it writes under) and blocks.
+    host: HostCert,
     /// The host's lease; 0 while it has none (this process does not hold a lease, or lost it).
     lease: Arc<AtomicI64>,
     /// What this process registered, to put again under a new lease after losing the old one.
@@ -67,7 +72,7 @@ struct Health {
 impl EtcdLighthouse {
     /// Prepares a client; connections are made on first use, so an etcd that is down now does
     /// not keep the data plane from starting.
-    pub fn connect(settings: &EtcdSettings) -> Result<Self> {
+    pub fn connect(settings: &EtcdSettings, host: HostCert) -> Result<Self> {
         let read = |path: &PathBuf| {
             std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))
         };
@@ -98,6 +103,7 @@ impl EtcdLighthouse {
             runtime,
             client,
             settings: settings.clone(),
+            host,
             lease: Arc::new(AtomicI64::new(0)),
             owned: Arc::default(),
             health: Arc::default(),
@@ -111,6 +117,7 @@ impl EtcdLighthouse {
     pub fn hold_lease(&self, lease_file: PathBuf) {
         let keeper = LeaseKeeper {
             client: self.client.clone(),
+            host: self.host.clone(),
             ttl: i64::from(self.settings.lease_ttl_s),
             lease: self.lease.clone(),
             owned: self.owned.clone(),
@@ -125,7 +132,7 @@ impl EtcdLighthouse {
     pub fn adopt(&self, entries: Vec<Entry>) {
         let mut owned = self.owned.lock().unwrap();
         for entry in entries {
-            owned.insert(entry_key(&entry.network, entry.ip), entry);
+            owned.insert(entry_key(&self.host.name, &entry.network, entry.ip), entry);
         }
     }
 
@@ -178,23 +185,31 @@ impl EtcdLighthouse {
             bounded("reading an entry", client.get(key, None)).await
         })?;
         Ok(response.kvs().first().and_then(|kv| {
-            let entry = parse_entry(kv)?;
-            Some((entry, kv.mod_revision()))
+            let published = parse_entry(kv)?;
+            Some((published.entry, kv.mod_revision()))
         }))
     }
 }
 
 impl Lighthouse for EtcdLighthouse {
     fn register(&self, entry: &Entry) -> Result<()> {
+        if !self.host.grants(entry.ip) {
+            let blocks: Vec<String> = self.host.blocks.iter().map(ToString::to_string).collect();
+            return Err(Error::InvalidRequest(format!(
+                "{} is not in this host's blocks ({}): the network CA granted it to no one here",
+                entry.ip,
+                blocks.join(", ")
+            )));
+        }
         let lease = self.current_lease()?;
-        self.call(|client| claim(client, entry, lease))?;
-        let key = entry_key(&entry.network, entry.ip);
+        let key = entry_key(&self.host.name, &entry.network, entry.ip);
+        self.call(|client| claim(client, &key, entry, lease))?;
         self.owned.lock().unwrap().insert(key, entry.clone());
         Ok(())
     }
 
     fn unregister(&self, network: &str, ip: Ipv4Addr, container_id: &str) -> Result<()> {
-        let key = entry_key(network, ip);
+        let key = entry_key(&self.host.name, network, ip);
         self.owned.lock().unwrap().remove(&key);
         let Some((entry, revision)) = self.read(&key)? else {
             return Ok(());
@@ -216,8 +231,10 @@ impl Lighthouse for EtcdLighthouse {
         .map(drop)
     }
 
+    /// This host's entry for the address.
     fn lookup(&self, network: &str, ip: Ipv4Addr) -> Result<Option<Entry>> {
-        Ok(self.read(&entry_key(network, ip))?.map(|(entry, _)| entry))
+        let key = entry_key(&self.host.name, network, ip);
+        Ok(self.read(&key)?.map(|(entry, _)| entry))
     }
 
     fn all_entries(&self) -> Result<Vec<Entry>> {
@@ -225,7 +242,14 @@ impl Lighthouse for EtcdLighthouse {
             let all = client.get(PREFIX, Some(GetOptions::new().with_prefix()));
             bounded("reading the entries", all).await
         })?;
-        Ok(response.kvs().iter().filter_map(parse_entry).collect())
+        Ok(response
+            .kvs()
+            .iter()
+            .filter_map(|kv| match parse_kv(kv)? {
+                Stored::Entry(published) => Some(published.entry),
+                Stored::Cert(_) => None,
+            })
+            .collect())
     }
 
     fn follow(&self) -> Result<Box<dyn Feed>> {
@@ -255,6 +279,7 @@ impl Drop for EtcdLighthouse {
 /// Keeps the host's lease alive; replaces it when it lapsed.
 struct LeaseKeeper {
     client: Client,
+    host: HostCert,
     ttl: i64,
     lease: Arc<AtomicI64>,
     owned: Arc<Mutex<BTreeMap<String, Entry>>>,
@@ -312,6 +337,12 @@ impl LeaseKeeper {
             }
         };
         let _ = crate::state::write_atomic(&self.lease_file, format!("{id:x}\n").as_bytes());
+        // The certificate first: peers believe the entries once they have it.
+        let cert = serde_json::to_vec(&self.host).expect("certificates serialise");
+        let put = self
+            .client
+            .put(cert_key(&self.host.name), cert, Some(lease_option(id)));
+        bounded("publishing the certificate", put).await?;
         let owned: Vec<(String, Entry)> = self
             .owned
             .lock()
@@ -320,7 +351,7 @@ impl LeaseKeeper {
             .map(|(k, e)| (k.clone(), e.clone()))
             .collect();
         for (key, entry) in owned {
-            match claim(self.client.clone(), &entry, id).await {
+            match claim(self.client.clone(), &key, &entry, id).await {
                 Err(Error::AddressInUse { owner, .. }) => {
                     // Taken while this host was away: the container must be re-attached.
                     tracing::warn!(
@@ -380,8 +411,18 @@ impl Follower {
             .get(PREFIX, Some(GetOptions::new().with_prefix()));
         let snapshot = bounded("reading the entries", all).await?;
         let revision = snapshot.header().map_or(0, |h| h.revision());
-        let entries = snapshot.kvs().iter().filter_map(parse_entry).collect();
-        if self.changes.send(vec![Change::Reset(entries)]).is_err() {
+        let (mut certs, mut entries) = (Vec::new(), Vec::new());
+        for stored in snapshot.kvs().iter().filter_map(parse_kv) {
+            match stored {
+                Stored::Cert(cert) => certs.push(cert),
+                Stored::Entry(published) => entries.push(published),
+            }
+        }
+        if self
+            .changes
+            .send(vec![Change::Reset { certs, entries }])
+            .is_err()
+        {
             return Ok(());
         }
         let options = WatchOptions::new()
@@ -427,8 +468,8 @@ impl Follower {
 
 /// Claims an address for a container under `lease`: created if nobody holds it, updated if
 /// this container does (unless it changed meanwhile), refused if another does.
-async fn claim(mut client: Client, entry: &Entry, lease: i64) -> Result<()> {
-    let key = entry_key(&entry.network, entry.ip);
+async fn claim(mut client: Client, key: &str, entry: &Entry, lease: i64) -> Result<()> {
+    let key = key.to_string();
     let value = serde_json::to_vec(entry).expect("entries serialise");
     let put = || TxnOp::put(key.clone(), value.clone(), Some(lease_option(lease)));
     let create = Txn::new()
@@ -448,7 +489,7 @@ async fn claim(mut client: Client, entry: &Entry, lease: i64) -> Result<()> {
             "{key} changed while being claimed"
         )));
     };
-    let owner = parse_entry(&held).map(|e| e.container_id);
+    let owner = parse_entry(&held).map(|p| p.entry.container_id);
     if owner.as_deref() != Some(entry.container_id.as_str()) {
         return Err(Error::AddressInUse {
             ip: entry.ip,
@@ -473,11 +514,14 @@ async fn claim(mut client: Client, entry: &Entry, lease: i64) -> Result<()> {
 
 fn change_of(event: &etcd_client::Event) -> Option<Change> {
     let kv = event.kv()?;
-    match event.event_type() {
-        EventType::Put => parse_entry(kv).map(Change::Put),
-        EventType::Delete => {
-            let (network, ip) = parse_key(kv.key())?;
-            Some(Change::Delete { network, ip })
+    match (event.event_type(), parse_key(kv.key())?) {
+        (EventType::Put, _) => match parse_kv(kv)? {
+            Stored::Cert(cert) => Some(Change::Cert(cert)),
+            Stored::Entry(published) => Some(Change::Put(published)),
+        },
+        (EventType::Delete, Key::Cert { host }) => Some(Change::CertGone { host }),
+        (EventType::Delete, Key::Entry { host, network, ip }) => {
+            Some(Change::Delete { host, network, ip })
         }
     }
 }
@@ -525,21 +569,65 @@ impl Feed for EtcdFeed {
     }
 }
 
-fn entry_key(network: &str, ip: Ipv4Addr) -> String {
-    format!("{PREFIX}{network}/{ip}")
+fn entry_key(host: &str, network: &str, ip: Ipv4Addr) -> String {
+    format!("{PREFIX}{host}/entries/{network}/{ip}")
 }
 
-fn parse_key(key: &[u8]) -> Option<(String, Ipv4Addr)> {
+fn cert_key(host: &str) -> String {
+    format!("{PREFIX}{host}/cert")
+}
+
+/// What a key under the prefix names.
+#[derive(Debug, PartialEq)]
+enum Key {
+    Cert {
+        host: String,
+    },
+    Entry {
+        host: String,
+        network: String,
+        ip: Ipv4Addr,
+    },
+}
+
+fn parse_key(key: &[u8]) -> Option<Key> {
     let rest = std::str::from_utf8(key).ok()?.strip_prefix(PREFIX)?;
-    let (network, ip) = rest.rsplit_once('/')?;
-    Some((network.to_string(), ip.parse().ok()?))
+    let (host, rest) = rest.split_once('/')?;
+    let host = host.to_string();
+    if rest == "cert" {
+        return Some(Key::Cert { host });
+    }
+    let (network, ip) = rest.strip_prefix("entries/")?.split_once('/')?;
+    Some(Key::Entry {
+        host,
+        network: network.to_string(),
+        ip: ip.parse().ok()?,
+    })
 }
 
-/// An entry whose key names it: a value stored under another address is ignored.
-fn parse_entry(kv: &KeyValue) -> Option<Entry> {
+enum Stored {
+    Cert(HostCert),
+    Entry(Published),
+}
+
+/// A certificate or an entry whose key names it: a value stored under another name or
+/// address is ignored (and so is anything unreadable: etcd is written by every host).
+fn parse_kv(kv: &KeyValue) -> Option<Stored> {
+    match parse_key(kv.key())? {
+        Key::Cert { host } => {
+            let cert: HostCert = serde_json::from_slice(kv.value()).ok()?;
+            (cert.name == host).then_some(Stored::Cert(cert))
+        }
+        Key::Entry { .. } => parse_entry(kv).map(Stored::Entry),
+    }
+}
+
+fn parse_entry(kv: &KeyValue) -> Option<Published> {
+    let Key::Entry { host, network, ip } = parse_key(kv.key())? else {
+        return None;
+    };
     let entry: Entry = serde_json::from_slice(kv.value()).ok()?;
-    let named = parse_key(kv.key())?;
-    if named != (entry.network.clone(), entry.ip) {
+    if (network.as_str(), ip) != (entry.network.as_str(), entry.ip) {
         tracing::warn!(
             "etcd key {} holds an entry for {} {}: ignored",
             String::from_utf8_lossy(kv.key()),
@@ -548,7 +636,7 @@ fn parse_entry(kv: &KeyValue) -> Option<Entry> {
         );
         return None;
     }
-    Some(entry)
+    Some(Published { host, entry })
 }
 
 fn lease_option(lease: i64) -> PutOptions {
@@ -577,14 +665,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keys_name_their_network_and_address() {
-        let key = entry_key("net-a", "10.1.2.3".parse().unwrap());
-        assert_eq!(key, "/flatnet/v1/entries/net-a/10.1.2.3");
+    fn keys_name_their_host_network_and_address() {
+        let key = entry_key("host-a", "net-a", "10.1.2.3".parse().unwrap());
+        assert_eq!(key, "/flatnet/v1/hosts/host-a/entries/net-a/10.1.2.3");
         assert_eq!(
             parse_key(key.as_bytes()),
-            Some(("net-a".to_string(), "10.1.2.3".parse().unwrap()))
+            Some(Key::Entry {
+                host: "host-a".into(),
+                network: "net-a".into(),
+                ip: "10.1.2.3".parse().unwrap()
+            })
         );
-        assert_eq!(parse_key(b"/flatnet/v1/entries/net-a/not-an-ip"), None);
-        assert_eq!(parse_key(b"/other/net-a/10.1.2.3"), None);
+        assert_eq!(
+            parse_key(cert_key("host-a").as_bytes()),
+            Some(Key::Cert {
+                host: "host-a".into()
+            })
+        );
+        assert_eq!(
+            parse_key(b"/flatnet/v1/hosts/a/entries/net-a/not-an-ip"),
+            None
+        );
+        assert_eq!(parse_key(b"/flatnet/v1/hosts/a/other"), None);
+        assert_eq!(parse_key(b"/other/a/cert"), None);
     }
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 
-use super::{Change, Entry, Feed, Lighthouse};
+use super::{Change, Entry, Feed, Lighthouse, Published};
 use crate::error::{Error, Result};
 use crate::state::{read_if_exists, remove_stale_temps, write_atomic, FileLock};
 
@@ -245,7 +245,17 @@ impl Feed for FileFeed {
             let entries = self.lighthouse.all_entries()?;
             self.revision = Some(revision);
             self.changes_seen += 1;
-            Ok(vec![Change::Reset(entries)])
+            let entries = entries
+                .into_iter()
+                .map(|entry| Published {
+                    host: String::new(),
+                    entry,
+                })
+                .collect();
+            Ok(vec![Change::Reset {
+                certs: Vec::new(),
+                entries,
+            }])
         });
         self.last_error = result.as_ref().err().map(ToString::to_string);
         result
@@ -312,10 +322,11 @@ mod tests {
         let path = dir.path().join("lh.json");
         let lh = FileLighthouse::new(&path);
         let mut feed = lh.follow().unwrap();
-        assert_eq!(
-            feed.changes(Duration::ZERO).unwrap(),
-            [Change::Reset(vec![])]
-        );
+        let empty = Change::Reset {
+            certs: vec![],
+            entries: vec![],
+        };
+        assert_eq!(feed.changes(Duration::ZERO).unwrap(), [empty]);
         assert!(feed.changes(Duration::ZERO).unwrap().is_empty());
         let e = entry("10.0.0.2", "a");
         let writer = std::thread::spawn(move || lh.register(&e).unwrap());
@@ -327,7 +338,17 @@ mod tests {
         }
         assert!(started.elapsed() < Duration::from_secs(5));
         writer.join().unwrap();
-        assert_eq!(changes, [Change::Reset(vec![entry("10.0.0.2", "a")])]);
+        let published = Published {
+            host: String::new(),
+            entry: entry("10.0.0.2", "a"),
+        };
+        assert_eq!(
+            changes,
+            [Change::Reset {
+                certs: vec![],
+                entries: vec![published]
+            }]
+        );
         assert_eq!(feed.health()["healthy"], true);
     }
 

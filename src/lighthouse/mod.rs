@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::cert::HostCert;
 use crate::error::Result;
 pub use etcd::EtcdLighthouse;
 pub use file::FileLighthouse;
@@ -46,16 +47,35 @@ pub struct Entry {
     pub host: HostInfo,
 }
 
-/// One change to the lighthouse's entries, as a [`Feed`] reports it.
+/// An entry with the name of the host that published it ("" in a file lighthouse, where
+/// entries are not per host).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub host: String,
+    pub entry: Entry,
+}
+
+/// One change to the lighthouse, as a [`Feed`] reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    /// Every entry there is: forget what came before (the first change of a feed, and after
+    /// Everything there is: forget what came before (the first change of a feed, and after
     /// the feed lost track, e.g. across an etcd outage).
-    Reset(Vec<Entry>),
+    Reset {
+        certs: Vec<HostCert>,
+        entries: Vec<Published>,
+    },
     /// An entry was added or updated.
-    Put(Entry),
-    /// The entry for this address is gone.
-    Delete { network: String, ip: Ipv4Addr },
+    Put(Published),
+    /// A host's entry for this address is gone.
+    Delete {
+        host: String,
+        network: String,
+        ip: Ipv4Addr,
+    },
+    /// A host published its certificate (not yet checked: the follower checks it).
+    Cert(HostCert),
+    /// A host's certificate is gone (the host left).
+    CertGone { host: String },
 }
 
 /// A lighthouse as a stream of changes: what a data plane follows instead of reading the

@@ -37,6 +37,10 @@ pub struct EtcdSettings {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
     pub lease_ttl_s: u32,
+    /// The network CA's certificate (`flatnet-cert ca`): the trust root for every entry.
+    pub network_ca_file: PathBuf,
+    /// This host's certificate: its name, key and address blocks, signed by the network CA.
+    pub host_cert_file: PathBuf,
 }
 
 /// The settings as text, the way a front end reads them; `None` is "not given".
@@ -48,6 +52,8 @@ pub struct LighthouseInput {
     pub etcd_cert_file: Option<String>,
     pub etcd_key_file: Option<String>,
     pub lease_ttl: Option<String>,
+    pub network_ca_file: Option<String>,
+    pub host_cert_file: Option<String>,
 }
 
 impl LighthouseInput {
@@ -59,6 +65,8 @@ impl LighthouseInput {
             &self.etcd_cert_file,
             &self.etcd_key_file,
             &self.lease_ttl,
+            &self.network_ca_file,
+            &self.host_cert_file,
         ]
         .iter()
         .any(|o| o.is_some())
@@ -94,6 +102,8 @@ impl LighthouseSettings {
                 flag("--etcd-cert-file", &etcd.cert_file),
                 flag("--etcd-key-file", &etcd.key_file),
                 format!("--lease-ttl={}", etcd.lease_ttl_s).into(),
+                flag("--network-ca-file", &etcd.network_ca_file),
+                flag("--host-cert-file", &etcd.host_cert_file),
             ],
         }
     }
@@ -148,6 +158,8 @@ impl EtcdSettings {
             cert_file: file("an etcd client certificate file", &input.etcd_cert_file)?,
             key_file: file("an etcd client key file", &input.etcd_key_file)?,
             lease_ttl_s,
+            network_ca_file: file("the network CA's certificate", &input.network_ca_file)?,
+            host_cert_file: file("this host's certificate", &input.host_cert_file)?,
         })
     }
 }
@@ -201,6 +213,8 @@ mod tests {
             etcd_cert_file: Some("/etc/flatnet/etcd.pem".into()),
             etcd_key_file: Some("/etc/flatnet/etcd.key".into()),
             lease_ttl: None,
+            network_ca_file: Some("/etc/flatnet/ca.crt".into()),
+            host_cert_file: Some("/etc/flatnet/host.crt".into()),
         }
     }
 
@@ -239,7 +253,7 @@ mod tests {
     #[test]
     fn bad_etcd_settings_are_named() {
         type Spoil = fn(&mut LighthouseInput);
-        let cases: [(&str, Spoil); 5] = [
+        let cases: [(&str, Spoil); 6] = [
             ("over TLS only", |i| {
                 i.etcd_endpoints = Some("http://192.0.2.1:2379".into())
             }),
@@ -249,6 +263,7 @@ mod tests {
             ("needs an etcd client key file", |i| i.etcd_key_file = None),
             ("absolute path", |i| i.etcd_ca_file = Some("ca.pem".into())),
             ("lease TTL \"1\"", |i| i.lease_ttl = Some("1".into())),
+            ("needs this host's certificate", |i| i.host_cert_file = None),
         ];
         for (needle, spoil) in cases {
             let mut input = etcd_input();

@@ -22,6 +22,21 @@ use serde_json::{json, Value};
 pub const DAEMON: &str = env!("CARGO_BIN_EXE_flatnetd");
 pub const TUNNEL_PORT: u16 = 4800;
 
+pub fn cert_binary() -> PathBuf {
+    Path::new(DAEMON).parent().unwrap().join("flatnet-cert")
+}
+
+/// `flatnet-cert ARGS DIR`, which must succeed.
+fn cert_tool(args: &[&str], dir: &Path) {
+    let status = Command::new(cert_binary())
+        .args(args)
+        .arg(dir)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "flatnet-cert {args:?}");
+}
+
 pub fn cni_binary() -> PathBuf {
     let path = Path::new(DAEMON).parent().unwrap().join("flatnet-cni");
     assert!(
@@ -47,6 +62,8 @@ pub struct Host {
     pub ns: TestNetns,
     pub address: Ipv4Addr,
     pub state: tempfile::TempDir,
+    /// The CA certificate this host trusts, when it is not the network's (a rogue host).
+    pub network_ca: Option<PathBuf>,
 }
 
 pub struct Container {
@@ -65,6 +82,8 @@ pub struct Cluster {
     pub etcd: Option<etcd::Etcd>,
     /// The Flatnet network's subnet.
     pub subnet: String,
+    /// The network CA's directory (`flatnet-cert ca`), kept apart from every host; with etcd.
+    pub network_ca: Option<tempfile::TempDir>,
 }
 
 impl Cluster {
@@ -76,14 +95,98 @@ impl Cluster {
         cluster
     }
 
-    /// Hosts that share an etcd cluster of `members` members on the underlay.
+    /// Hosts that share an etcd cluster of `members` members on the underlay, each granted
+    /// its block of the subnet by a network CA.
     pub fn with_etcd(hosts: usize, members: usize) -> Cluster {
+        Cluster::with_etcd_in(hosts, members, "198.51.100.0/24")
+    }
+
+    pub fn with_etcd_in(hosts: usize, members: usize, subnet: &str) -> Cluster {
         let mut cluster = Cluster::wire_only();
+        cluster.subnet = subnet.into();
         cluster.etcd = Some(etcd::Etcd::start(&cluster.wire, members));
+        let ca = tempfile::Builder::new()
+            .prefix("flatnet-network-ca-")
+            .tempdir()
+            .unwrap();
+        cert_tool(&["ca", "--name", "test-network", "--out-dir"], ca.path());
+        cluster.network_ca = Some(ca);
         for _ in 0..hosts {
-            cluster.add_host();
+            let host = cluster.add_host();
+            cluster.grant(host);
         }
         cluster
+    }
+
+    /// Host `host`'s block: a /27 of the subnet, the first one left for the gateway.
+    pub fn block(&self, host: usize) -> ipnet::Ipv4Net {
+        let subnet: ipnet::Ipv4Net = self.subnet.parse().unwrap();
+        let start = u32::from(subnet.network()) + 32 * (host as u32 + 1);
+        ipnet::Ipv4Net::new(Ipv4Addr::from(start), 27).unwrap()
+    }
+
+    /// The host's key (`flatnetd key`, made now) signed by the network CA with its block, as
+    /// an operator does it: the certificate lands in the host's own directory.
+    pub fn grant(&self, host: usize) {
+        let ca = self.network_ca.as_ref().unwrap().path().to_path_buf();
+        self.grant_by(host, &ca);
+    }
+
+    /// The host's key signed by the CA in `ca` (the network's, or another).
+    pub fn grant_by(&self, host: usize, ca: &Path) {
+        let h = &self.hosts[host];
+        let out = Command::new(DAEMON)
+            .arg("--state-dir")
+            .arg(h.state.path())
+            .arg("key")
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let key = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        let cert = self.host_cert(host);
+        let name = format!("host-{host}");
+        let block = self.block(host).to_string();
+        let args = [
+            "sign",
+            "--name",
+            &name,
+            "--public-key",
+            &key,
+            "--block",
+            &block,
+        ];
+        let status = Command::new(cert_binary())
+            .args(args)
+            .arg("--ca-dir")
+            .arg(ca)
+            .arg("--out")
+            .arg(&cert)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "flatnet-cert sign for host {host}");
+    }
+
+    pub fn host_cert(&self, host: usize) -> PathBuf {
+        self.hosts[host].state.path().join("host.crt")
+    }
+
+    /// The CA certificate host `host` is configured with.
+    pub fn trusted_ca(&self, host: usize) -> PathBuf {
+        self.hosts[host]
+            .network_ca
+            .clone()
+            .unwrap_or_else(|| self.network_ca_cert())
+    }
+
+    /// Makes a CA of one's own in `dir` (`flatnet-cert ca`).
+    pub fn make_ca(dir: &Path) {
+        cert_tool(&["ca", "--name", "test-network", "--out-dir"], dir);
+    }
+
+    /// The CA's public certificate: what every host is given.
+    pub fn network_ca_cert(&self) -> PathBuf {
+        self.network_ca.as_ref().unwrap().path().join("ca.crt")
     }
 
     fn wire_only() -> Cluster {
@@ -97,6 +200,7 @@ impl Cluster {
             shared: tempfile::tempdir().unwrap(),
             etcd: None,
             subnet: "198.51.100.0/24".into(),
+            network_ca: None,
         }
     }
 
@@ -128,7 +232,12 @@ impl Cluster {
             .prefix("flatnet-host-")
             .tempdir()
             .unwrap();
-        self.hosts.push(Host { ns, address, state });
+        self.hosts.push(Host {
+            ns,
+            address,
+            state,
+            network_ca: None,
+        });
         i
     }
 
@@ -154,6 +263,8 @@ impl Cluster {
             conf["etcdCertFile"] = json!(client.cert);
             conf["etcdKeyFile"] = json!(client.key);
             conf["leaseTtl"] = json!(etcd::LEASE_TTL_S);
+            conf["networkCaFile"] = json!(self.trusted_ca(host));
+            conf["hostCertFile"] = json!(self.host_cert(host));
         }
         conf.to_string()
     }
@@ -381,6 +492,8 @@ impl Cluster {
             format!("--etcd-cert-file={}", client.cert.display()),
             format!("--etcd-key-file={}", client.key.display()),
             format!("--lease-ttl={}", etcd::LEASE_TTL_S),
+            format!("--network-ca-file={}", self.trusted_ca(host).display()),
+            format!("--host-cert-file={}", self.host_cert(host).display()),
         ]
     }
 

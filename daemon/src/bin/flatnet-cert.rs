@@ -1,0 +1,180 @@
+//! `flatnet-cert`: the network CA's tool, in the spirit of nebula-cert. Run it where the CA key
+//! lives (not on the hosts): `ca` makes the CA, `sign` grants a host's key its address blocks,
+//! `print` and `verify` read a certificate.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use flatnet::cert::{self, CaCert, CaKey, HostCert};
+use ipnet::Ipv4Net;
+
+#[derive(Parser)]
+#[command(
+    name = "flatnet-cert",
+    version,
+    about = "Flatnet's network CA: grants each host's key the address blocks it may serve",
+    long_about = "A Flatnet network on etcd trusts a lighthouse entry only if the certificate \
+                  of the host that published it was signed by the network's CA, names the \
+                  entry's key and grants the entry's address. Keep the CA's directory off the \
+                  hosts; give each host the CA's ca.crt and its own certificate."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Make a CA: DIR/ca.key (secret, 0600) and DIR/ca.crt (for every host).
+    Ca {
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_name = "DIR")]
+        out_dir: PathBuf,
+    },
+    /// Grant a host's key address blocks; refuses blocks that overlap another host's.
+    Sign {
+        /// The CA's directory (ca.key, ca.crt, and issued/ with every certificate signed).
+        #[arg(long, value_name = "DIR")]
+        ca_dir: PathBuf,
+        /// The host's name (also its etcd user).
+        #[arg(long)]
+        name: String,
+        /// The host's public key, as `flatnetd key` prints it on that host.
+        #[arg(long)]
+        public_key: String,
+        /// An IPv4 block the host may serve (repeat for more).
+        #[arg(long = "block", value_name = "CIDR", required = true)]
+        blocks: Vec<Ipv4Net>,
+        /// Days the certificate is valid.
+        #[arg(long, default_value_t = 365)]
+        days: u64,
+        /// Where to write it [default: DIR/issued/NAME.crt]
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Show a certificate.
+    Print { cert: PathBuf },
+    /// Check a host certificate against a CA certificate; exit 1 if it is not valid now.
+    Verify {
+        #[arg(long, value_name = "FILE")]
+        ca: PathBuf,
+        cert: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Cmd::Ca { name, out_dir } => make_ca(&name, &out_dir),
+        Cmd::Sign {
+            ca_dir,
+            name,
+            public_key,
+            blocks,
+            days,
+            out,
+        } => sign(&ca_dir, &name, &public_key, blocks, days, out),
+        Cmd::Print { cert } => cert::load::<serde_json::Value>(&cert).map(|value| {
+            println!("{}", serde_json::to_string_pretty(&value).unwrap());
+        }),
+        Cmd::Verify { ca, cert } => verify(&ca, &cert),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("flatnet-cert: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn make_ca(name: &str, dir: &Path) -> flatnet::Result<()> {
+    let (key, cert) = CaKey::generate(name)?;
+    flatnet::state::create_private_dir(dir)?;
+    let key_path = dir.join("ca.key");
+    let written = flatnet::state::create_exclusive(&key_path, &to_json(&key))?;
+    if !written {
+        return Err(flatnet::Error::InvalidRequest(format!(
+            "{} exists: a CA is made once",
+            key_path.display()
+        )));
+    }
+    write_public(&dir.join("ca.crt"), &to_json(&cert))?;
+    println!("{}", dir.join("ca.crt").display());
+    Ok(())
+}
+
+fn sign(
+    dir: &Path,
+    name: &str,
+    public_key: &str,
+    blocks: Vec<Ipv4Net>,
+    days: u64,
+    out: Option<PathBuf>,
+) -> flatnet::Result<()> {
+    let key: CaKey = cert::load(&dir.join("ca.key"))?;
+    let issued = dir.join("issued");
+    flatnet::state::create_private_dir(&issued)?;
+    refuse_overlaps(&issued, name, &blocks)?;
+    let not_after = cert::now_unix() + days * 86_400;
+    let host = key.sign(name, public_key, blocks, not_after)?;
+    let bytes = to_json(&host);
+    // The CA's record of what it granted, against which later grants are checked.
+    flatnet::state::write_atomic(&issued.join(format!("{name}.crt")), &bytes)?;
+    let out = out.unwrap_or_else(|| issued.join(format!("{name}.crt")));
+    write_public(&out, &bytes)?;
+    println!("{}", out.display());
+    Ok(())
+}
+
+/// Two hosts granted one address would both be believed: never sign that.
+fn refuse_overlaps(issued: &Path, name: &str, blocks: &[Ipv4Net]) -> flatnet::Result<()> {
+    let entries = std::fs::read_dir(issued)
+        .map_err(|e| flatnet::Error::InvalidConfig(format!("{}: {e}", issued.display())))?;
+    for entry in entries.flatten() {
+        let Ok(other) = cert::load::<HostCert>(&entry.path()) else {
+            continue;
+        };
+        if other.name == name || cert::now_unix() > other.not_after {
+            continue;
+        }
+        for block in blocks {
+            if let Some(taken) = other.blocks.iter().find(|b| overlap(b, block)) {
+                return Err(flatnet::Error::InvalidRequest(format!(
+                    "{block} overlaps {taken}, granted to {}",
+                    other.name
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn overlap(a: &Ipv4Net, b: &Ipv4Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+fn verify(ca: &Path, host: &Path) -> flatnet::Result<()> {
+    let ca: CaCert = cert::load(ca)?;
+    let host: HostCert = cert::load(host)?;
+    host.verify(&ca, cert::now_unix())
+        .map_err(|e| flatnet::Error::InvalidConfig(format!("{}: {e}", host.name)))?;
+    let blocks: Vec<String> = host.blocks.iter().map(ToString::to_string).collect();
+    println!("{}: valid, {}", host.name, blocks.join(", "));
+    Ok(())
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    let mut bytes = serde_json::to_vec_pretty(value).expect("certificates serialise");
+    bytes.push(b'\n');
+    bytes
+}
+
+/// Certificates are public: 0644.
+fn write_public(path: &Path, bytes: &[u8]) -> flatnet::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    flatnet::state::write_atomic(path, bytes)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
+        .map_err(|e| flatnet::Error::InvalidConfig(format!("{}: {e}", path.display())))
+}
