@@ -50,6 +50,7 @@ fn ok(command: &mut Command) -> String {
 /// What the package must hold (paths and modes).
 const FILES: &[(&str, &str)] = &[
     ("usr/bin/flatnetd", "-rwxr-xr-x"),
+    ("usr/bin/flatnet-cert", "-rwxr-xr-x"),
     ("usr/lib/cni/flatnet-cni", "-rwxr-xr-x"),
     ("usr/libexec/netavark/flatnet", "-rwxr-xr-x"),
     ("lib/systemd/system/flatnetd.service", "-rw-r--r--"),
@@ -366,6 +367,7 @@ fn make_install_stages_into_destdir_and_uninstall_leaves_only_the_users_network(
     let installed = files_under(stage.path());
     for path in [
         "usr/bin/flatnetd",
+        "usr/bin/flatnet-cert",
         "usr/lib/cni/flatnet-cni",
         "usr/libexec/netavark/flatnet",
         "usr/lib/systemd/system/flatnetd.service",
