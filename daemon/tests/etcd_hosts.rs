@@ -303,3 +303,32 @@ fn an_address_outside_the_hosts_block_is_refused() {
     let (c, _) = cluster.attach_at(0, Ipv4Addr::from(u32::from(cluster.block(0).network()) + 3));
     assert!(cluster.block(0).contains(&cluster.containers[c].ip));
 }
+
+#[test]
+fn a_container_removed_while_its_daemon_was_down_leaves_the_lighthouse() {
+    if !root_or_skip("a_container_removed_while_its_daemon_was_down_leaves_the_lighthouse") {
+        return;
+    }
+    let mut cluster = Cluster::with_etcd(2, 3);
+    let (_a, _b, _c) = (cluster.attach(0), cluster.attach(1), cluster.attach(1));
+    wait_routes(&cluster, &[0, 1], 5);
+    let victim = cluster.daemon_pid(1);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victim as i32),
+        nix::sys::signal::SIGKILL,
+    )
+    .unwrap();
+    // Removed while no daemon runs on its host, within the lease's TTL.
+    let gone = cluster.containers.remove(2);
+    let out = cluster.cni(gone.host, "DEL", &gone.ns, &gone.id);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // The restarted daemon takes its lease back, and drops what nothing records.
+    cluster.start_daemon(1);
+    let took = wait_routes(&cluster, &[0, 1], 4);
+    println!("the stale entry left {took:?} after the restart");
+    assert!(cluster.ping(0, 1, 3));
+}

@@ -118,6 +118,7 @@ impl EtcdLighthouse {
         let keeper = LeaseKeeper {
             client: self.client.clone(),
             host: self.host.clone(),
+            swept: false,
             ttl: i64::from(self.settings.lease_ttl_s),
             lease: self.lease.clone(),
             owned: self.owned.clone(),
@@ -280,6 +281,8 @@ impl Drop for EtcdLighthouse {
 struct LeaseKeeper {
     client: Client,
     host: HostCert,
+    /// Whether stale entries of a previous run were looked for (once, at start).
+    swept: bool,
     ttl: i64,
     lease: Arc<AtomicI64>,
     owned: Arc<Mutex<BTreeMap<String, Entry>>>,
@@ -350,6 +353,10 @@ impl LeaseKeeper {
             .iter()
             .map(|(k, e)| (k.clone(), e.clone()))
             .collect();
+        if !self.swept {
+            self.sweep(&owned).await?;
+            self.swept = true;
+        }
         for (key, entry) in owned {
             match claim(self.client.clone(), &key, &entry, id).await {
                 Err(Error::AddressInUse { owner, .. }) => {
@@ -366,6 +373,33 @@ impl LeaseKeeper {
         self.lease.store(id, Ordering::SeqCst);
         tracing::info!("etcd lease {id:x}, TTL {} s", self.ttl);
         Ok(id)
+    }
+
+    /// At start, before any attach: entries under this host's name that no record stands for
+    /// (a container removed while no daemon ran) go, or a lease taken back would keep them.
+    async fn sweep(&mut self, owned: &[(String, Entry)]) -> Result<()> {
+        let prefix = format!("{PREFIX}{}/entries/", self.host.name);
+        let listed = self.client.get(
+            prefix,
+            Some(GetOptions::new().with_prefix().with_keys_only()),
+        );
+        let listed = bounded("listing this host's entries", listed).await?;
+        for kv in listed.kvs() {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            if owned.iter().any(|(k, _)| *k == key) {
+                continue;
+            }
+            tracing::info!("{key}: no record here any more, removed");
+            let delete = Txn::new()
+                .when([Compare::mod_revision(
+                    key.clone(),
+                    CompareOp::Equal,
+                    kv.mod_revision(),
+                )])
+                .and_then([TxnOp::delete(key, None)]);
+            bounded("removing a stale entry", self.client.txn(delete)).await?;
+        }
+        Ok(())
     }
 
     async fn previous_lease(&mut self) -> Option<i64> {
