@@ -504,6 +504,45 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
+    /// What a plugin acts on (an address taken: try the next; etcd away: "try again") survives
+    /// the trip through the socket as the same error.
+    #[test]
+    fn failures_cross_the_socket_as_the_errors_they_were() {
+        let cases = [
+            Error::AddressInUse {
+                ip: "10.0.0.2".parse().unwrap(),
+                owner: "c1".into(),
+            },
+            Error::LighthouseUnavailable("etcd did not answer".into()),
+        ];
+        for error in cases {
+            let line = encode_response(&Response::from_error(&error));
+            let envelope: Envelope<Response> = serde_json::from_str(&line).unwrap();
+            let back = envelope.body.into_error();
+            assert_eq!(back.to_string(), error.to_string());
+            assert_eq!(
+                std::mem::discriminant(&back),
+                std::mem::discriminant(&error)
+            );
+        }
+        let entry = Entry {
+            network: "n".into(),
+            ip: "10.0.0.3".parse().unwrap(),
+            container_id: "c".into(),
+            names: vec![],
+            host: crate::lighthouse::HostInfo {
+                endpoint: "192.0.2.1:4800".parse().unwrap(),
+                public_key: String::new(),
+            },
+        };
+        let line = encode_request(&Request::Register {
+            entry: entry.clone(),
+        });
+        let request = decode_request(&line).unwrap();
+        assert!(request.is_lighthouse_op());
+        assert_eq!(request, Request::Register { entry });
+    }
+
     #[test]
     fn the_daemon_gets_a_scope_of_its_own_only_where_systemd_runs() {
         let root = tempfile::tempdir().unwrap();
