@@ -86,6 +86,8 @@ pub enum Failure {
     },
     /// The lighthouse cannot be reached or has no quorum: try again later.
     LighthouseUnavailable,
+    /// The request cannot succeed as it is (an address outside the host's blocks).
+    InvalidRequest,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -133,11 +135,12 @@ impl Response {
                 owner: owner.clone(),
             }),
             Error::LighthouseUnavailable(_) => Some(Failure::LighthouseUnavailable),
+            Error::InvalidRequest(_) => Some(Failure::InvalidRequest),
             _ => None,
         };
         let error = match error {
             // The variant's own text, not wrapped again on the other side.
-            Error::LighthouseUnavailable(msg) => msg.clone(),
+            Error::LighthouseUnavailable(msg) | Error::InvalidRequest(msg) => msg.clone(),
             e => e.to_string(),
         };
         Response {
@@ -159,6 +162,7 @@ impl Response {
         match self.failure {
             Some(Failure::AddressInUse { ip, owner }) => Error::AddressInUse { ip, owner },
             Some(Failure::LighthouseUnavailable) => Error::LighthouseUnavailable(msg),
+            Some(Failure::InvalidRequest) => Error::InvalidRequest(msg),
             None => Error::DataPlane(msg),
         }
     }
@@ -514,6 +518,7 @@ mod tests {
                 owner: "c1".into(),
             },
             Error::LighthouseUnavailable("etcd did not answer".into()),
+            Error::InvalidRequest("10.0.9.2 is not in this host's blocks".into()),
         ];
         for error in cases {
             let line = encode_response(&Response::from_error(&error));
