@@ -193,11 +193,13 @@ fn a_host_cannot_take_another_hosts_address() {
         return;
     }
     let mut cluster = Cluster::with_etcd(3, 3);
-    let (a, b, _c) = (cluster.attach(0), cluster.attach(1), cluster.attach(2));
+    // The taker is host 0: its name sorts first, so only the certificates stand between it
+    // and the victim's traffic (of two believed claims the first by name would win).
+    let (_c, b, a) = (cluster.attach(0), cluster.attach(1), cluster.attach(2));
     wait_routes(&cluster, &[0, 1, 2], 6);
-    // Host 2, taken over, publishes container b's address, under its own name and key (all its
-    // etcd credentials let it write), with b's container id.
-    let taker = cluster.status(2);
+    // Host 0, taken over, publishes container b's address under its own name and key (what
+    // its etcd credentials let it write), with b's container id.
+    let taker = cluster.status(0);
     let entry = serde_json::json!({
         "network": "multihost",
         "ip": cluster.containers[b].ip,
@@ -205,7 +207,7 @@ fn a_host_cannot_take_another_hosts_address() {
         "host": {"endpoint": taker["listen"], "public_key": taker["public_key"]},
     });
     let key = format!(
-        "/flatnet/v1/hosts/host-2/entries/multihost/{}",
+        "/flatnet/v1/hosts/host-0/entries/multihost/{}",
         cluster.containers[b].ip
     );
     let etcd = cluster.etcd();
@@ -216,14 +218,17 @@ fn a_host_cannot_take_another_hosts_address() {
         String::from_utf8_lossy(&out.stderr)
     );
     wait_until(Duration::from_secs(5), "the claim is refused", || {
-        refused(&cluster, 0) == 1 && refused(&cluster, 1) == 1
+        refused(&cluster, 2) == 1 && refused(&cluster, 1) == 1
     });
-    assert_eq!(routes(&cluster, 0), 6, "no route was added or replaced");
-    // b's traffic still goes to b's host, and host 2 gets none of it.
+    assert_eq!(routes(&cluster, 2), 6, "no route was added or replaced");
+    // b's traffic still goes to b's host, and the taker gets none of it.
     assert!(cluster.ping(a, b, 2) && cluster.ping(b, a, 1));
     let taker_key = taker["public_key"].as_str().unwrap().to_string();
-    assert!(!peer_keys(&cluster, 0).contains(&taker_key));
-    assert!(peer_keys(&cluster, 2).is_empty(), "host 2 received nothing");
+    assert!(!peer_keys(&cluster, 2).contains(&taker_key));
+    assert!(
+        peer_keys(&cluster, 0).is_empty(),
+        "the taker received nothing"
+    );
 }
 
 #[test]
