@@ -53,6 +53,9 @@ pub struct EtcdLighthouse {
     lease: Arc<AtomicI64>,
     /// What this process registered, to put again under a new lease after losing the old one.
     owned: Arc<Mutex<BTreeMap<String, Entry>>>,
+    /// Claims whose outcome is unknown (etcd did not answer): a proposal may still commit once
+    /// etcd is back, so each is removed then unless it was claimed again. Key -> container.
+    in_doubt: Arc<Mutex<BTreeMap<String, String>>>,
     health: Arc<Mutex<Health>>,
 }
 
@@ -106,6 +109,7 @@ impl EtcdLighthouse {
             host,
             lease: Arc::new(AtomicI64::new(0)),
             owned: Arc::default(),
+            in_doubt: Arc::default(),
             health: Arc::default(),
         })
     }
@@ -122,6 +126,7 @@ impl EtcdLighthouse {
             ttl: i64::from(self.settings.lease_ttl_s),
             lease: self.lease.clone(),
             owned: self.owned.clone(),
+            in_doubt: self.in_doubt.clone(),
             health: self.health.clone(),
             lease_file,
         };
@@ -204,7 +209,18 @@ impl Lighthouse for EtcdLighthouse {
         }
         let lease = self.current_lease()?;
         let key = entry_key(&self.host.name, &entry.network, entry.ip);
-        self.call(|client| claim(client, &key, entry, lease))?;
+        let claimed = self.call(|client| claim(client, &key, entry, lease));
+        let mut in_doubt = self.in_doubt.lock().unwrap();
+        match &claimed {
+            Err(Error::LighthouseUnavailable(_)) => {
+                in_doubt.insert(key.clone(), entry.container_id.clone());
+            }
+            _ => {
+                in_doubt.remove(&key);
+            }
+        }
+        drop(in_doubt);
+        claimed?;
         self.owned.lock().unwrap().insert(key, entry.clone());
         Ok(())
     }
@@ -281,6 +297,7 @@ impl Drop for EtcdLighthouse {
 struct LeaseKeeper {
     client: Client,
     host: HostCert,
+    in_doubt: Arc<Mutex<BTreeMap<String, String>>>,
     /// Whether stale entries of a previous run were looked for (once, at start).
     swept: bool,
     ttl: i64,
@@ -324,6 +341,7 @@ impl LeaseKeeper {
                 health.lease_ttl = Some((ttl, Instant::now()));
                 health.lease_error = None;
             }
+            self.settle_doubts().await;
             tokio::time::sleep(Duration::from_secs((self.ttl / 3).max(1) as u64)).await;
         }
     }
@@ -400,6 +418,52 @@ impl LeaseKeeper {
             bounded("removing a stale entry", self.client.txn(delete)).await?;
         }
         Ok(())
+    }
+
+    /// Claims that failed for want of an answer may have committed later: remove each one
+    /// that still names the container it was made for (a later successful claim took it out
+    /// of doubt).
+    async fn settle_doubts(&mut self) {
+        let doubts: Vec<(String, String)> = self
+            .in_doubt
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, c)| (k.clone(), c.clone()))
+            .collect();
+        for (key, container) in doubts {
+            let Ok(read) = bounded(
+                "reading a doubtful claim",
+                self.client.get(key.clone(), None),
+            )
+            .await
+            else {
+                return; // etcd still away: next round
+            };
+            let held = read.kvs().first().cloned();
+            if let Some(kv) =
+                held.filter(|kv| parse_entry(kv).is_some_and(|p| p.entry.container_id == container))
+            {
+                let delete = Txn::new()
+                    .when([Compare::mod_revision(
+                        key.clone(),
+                        CompareOp::Equal,
+                        kv.mod_revision(),
+                    )])
+                    .and_then([TxnOp::delete(key.clone(), None)]);
+                if bounded("removing a doubtful claim", self.client.txn(delete))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                tracing::info!("{key}: a claim that had failed was committed later; removed");
+            }
+            let mut in_doubt = self.in_doubt.lock().unwrap();
+            if in_doubt.get(&key) == Some(&container) {
+                in_doubt.remove(&key);
+            }
+        }
     }
 
     async fn previous_lease(&mut self) -> Option<i64> {
