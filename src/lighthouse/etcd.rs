@@ -234,13 +234,7 @@ impl Lighthouse for EtcdLighthouse {
         if entry.container_id != container_id {
             return Ok(());
         }
-        let delete = Txn::new()
-            .when([Compare::mod_revision(
-                key.clone(),
-                CompareOp::Equal,
-                revision,
-            )])
-            .and_then([TxnOp::delete(key, None)]);
+        let delete = delete_at(&key, revision);
         self.call(|mut client| {
             let delete = delete.clone();
             async move { bounded("releasing an address", client.txn(delete)).await }
@@ -408,13 +402,7 @@ impl LeaseKeeper {
                 continue;
             }
             tracing::info!("{key}: no record here any more, removed");
-            let delete = Txn::new()
-                .when([Compare::mod_revision(
-                    key.clone(),
-                    CompareOp::Equal,
-                    kv.mod_revision(),
-                )])
-                .and_then([TxnOp::delete(key, None)]);
+            let delete = delete_at(&key, kv.mod_revision());
             bounded("removing a stale entry", self.client.txn(delete)).await?;
         }
         Ok(())
@@ -444,13 +432,7 @@ impl LeaseKeeper {
             if let Some(kv) =
                 held.filter(|kv| parse_entry(kv).is_some_and(|p| p.entry.container_id == container))
             {
-                let delete = Txn::new()
-                    .when([Compare::mod_revision(
-                        key.clone(),
-                        CompareOp::Equal,
-                        kv.mod_revision(),
-                    )])
-                    .and_then([TxnOp::delete(key.clone(), None)]);
+                let delete = delete_at(&key, kv.mod_revision());
                 if bounded("removing a doubtful claim", self.client.txn(delete))
                     .await
                     .is_err()
@@ -608,6 +590,13 @@ async fn claim(mut client: Client, key: &str, entry: &Entry, lease: i64) -> Resu
         )));
     }
     Ok(())
+}
+
+/// Deletes `key` only if it is still at `revision`: what was read is what goes.
+fn delete_at(key: &str, revision: i64) -> Txn {
+    Txn::new()
+        .when([Compare::mod_revision(key, CompareOp::Equal, revision)])
+        .and_then([TxnOp::delete(key, None)])
 }
 
 fn change_of(event: &etcd_client::Event) -> Option<Change> {
