@@ -5,6 +5,7 @@
 use std::fs;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
@@ -18,7 +19,8 @@ use crate::host_member::{self, HostMember};
 use crate::ipam::{DirLeaseStore, IpAddressManager, Lease};
 use crate::killpoint;
 use crate::lighthouse::{
-    Entry, FileLighthouse, HostInfo, Lighthouse, LighthouseSettings, ViaDaemon,
+    network_id, Entry, FileLighthouse, HostInfo, Lighthouse, LighthouseSettings, NetworkId,
+    ViaDaemon,
 };
 use crate::netns::{NetnsId, NetworkNamespace};
 use crate::portmap::{find_conflict, PortMapping};
@@ -52,6 +54,10 @@ pub struct AttachRequest<'a> {
 pub struct Attachment {
     pub version: u32,
     pub network: String,
+    /// The network's identifier in the lighthouse (0 in a record of an older Flatnet: see
+    /// [`Attachment::network_tag`]).
+    #[serde(default)]
+    pub network_id: NetworkId,
     pub container_id: String,
     pub ifname: String,
     pub netns: PathBuf,
@@ -76,11 +82,20 @@ pub struct Attachment {
     pub netns_id: Option<NetnsId>,
 }
 
+impl Attachment {
+    /// The identifier the container's packets carry on the wire.
+    pub fn network_tag(&self) -> NetworkId {
+        network_id::or_legacy(self.network_id, &self.network)
+    }
+}
+
 /// One Flatnet network on this host.
 pub struct Network {
     config: FlatnetConfig,
     ipam: IpAddressManager<DirLeaseStore>,
     lighthouse: Box<dyn Lighthouse>,
+    /// The network's identifier, asked of the lighthouse once.
+    id: OnceLock<NetworkId>,
     /// Why this host has no addresses to give on the network (its certificate), if so.
     pool_error: Option<String>,
 }
@@ -105,6 +120,7 @@ impl Network {
             config,
             ipam,
             lighthouse,
+            id: OnceLock::new(),
             pool_error: pool.err(),
         }
     }
@@ -121,6 +137,29 @@ impl Network {
         self.lighthouse.as_ref()
     }
 
+    /// The addresses Podman may hand out for this network on this host (it allocates for
+    /// plugin networks itself, from one range): see [`IpAddressManager::runtime_range`].
+    pub fn runtime_range(&self) -> Result<(Ipv4Addr, Ipv4Addr)> {
+        if let Some(why) = &self.pool_error {
+            return Err(Error::InvalidConfig(why.clone()));
+        }
+        self.ipam.runtime_range().ok_or_else(|| {
+            Error::InvalidConfig(format!(
+                "this host's blocks of {} leave no address for containers",
+                self.config.subnet
+            ))
+        })
+    }
+
+    /// The network's identifier as the lighthouse allotted it.
+    pub fn id(&self) -> Result<NetworkId> {
+        if let Some(&id) = self.id.get() {
+            return Ok(id);
+        }
+        let id = self.lighthouse.network_id(&self.config.network)?;
+        Ok(*self.id.get_or_init(|| id))
+    }
+
     pub fn attach(&self, req: &AttachRequest) -> Result<Attachment> {
         if let Some(why) = &self.pool_error {
             return Err(Error::InvalidConfig(why.clone()));
@@ -132,6 +171,7 @@ impl Network {
         // The data plane first: its key is what the lighthouse entry publishes.
         control::ensure_running(&self.daemon_settings())?;
         killpoint::here("attach.daemon_started");
+        let network_id = self.id()?;
         let _members = self.lock_members()?;
         self.remove_stale_temps();
         self.collect_orphans();
@@ -144,7 +184,7 @@ impl Network {
         let member_created = self.ensure_host_member(&mut undo)?;
         let ip = self.claim_address(req, &names, &mut undo)?;
         killpoint::here("attach.address_claimed");
-        let attachment = self.attachment_for(req, ip, names, netns.identity()?);
+        let attachment = self.attachment_for(req, network_id, ip, names, netns.identity()?);
 
         make_interface(&netns, &attachment)?;
         let iface = attachment.clone();
@@ -448,7 +488,7 @@ impl Network {
         let mut taken = Vec::new();
         let address = loop {
             let ip = self.ipam.allocate_highest(&lease, &taken)?;
-            match self.lighthouse.register(&self.entry(ip, &id, Vec::new())) {
+            match self.lighthouse.register(&self.entry(ip, &id, Vec::new())?) {
                 Ok(()) => break ip,
                 // Another host's member (or container) holds it in the lighthouse.
                 Err(Error::AddressInUse { .. }) if taken.len() < CLAIM_ATTEMPTS => {
@@ -543,7 +583,7 @@ impl Network {
         };
         for _ in 0..CLAIM_ATTEMPTS {
             let ip = self.ipam.allocate_ip(&lease, req.static_ip)?;
-            let entry = self.entry(ip, req.container_id, names.to_vec());
+            let entry = self.entry(ip, req.container_id, names.to_vec())?;
             match self.lighthouse.register(&entry) {
                 Ok(()) => {
                     let id = req.container_id.to_string();
@@ -588,19 +628,21 @@ impl Network {
         self.detach_locked(req.container_id, None, &record.ifname)
     }
 
-    fn entry(&self, ip: Ipv4Addr, id: &str, names: Vec<String>) -> Entry {
-        Entry {
+    fn entry(&self, ip: Ipv4Addr, id: &str, names: Vec<String>) -> Result<Entry> {
+        Ok(Entry {
             network: self.config.network.clone(),
+            network_id: self.id()?,
             ip,
             container_id: id.to_string(),
             names,
             host: self.host_info(),
-        }
+        })
     }
 
     fn attachment_for(
         &self,
         req: &AttachRequest,
+        network_id: NetworkId,
         ip: Ipv4Addr,
         names: Vec<String>,
         netns_id: NetnsId,
@@ -608,6 +650,7 @@ impl Network {
         Attachment {
             version: RECORD_VERSION,
             network: self.config.network.clone(),
+            network_id,
             container_id: req.container_id.to_string(),
             ifname: req.ifname.to_string(),
             netns: req.netns.to_path_buf(),

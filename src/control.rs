@@ -20,7 +20,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoContext, Result};
-use crate::lighthouse::{Entry, LighthouseSettings};
+use crate::lighthouse::{Entry, LighthouseSettings, NetworkId};
 use crate::state::{create_private_dir, FileLock};
 
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -44,6 +44,9 @@ pub enum Request {
     Shutdown,
     /// Lighthouse operations for a daemon that holds the lighthouse (etcd): the plugins do not
     /// talk to etcd themselves. Answered off the packet thread.
+    NetworkId {
+        network: String,
+    },
     Register {
         entry: Entry,
     },
@@ -68,7 +71,8 @@ impl Request {
     pub fn is_lighthouse_op(&self) -> bool {
         matches!(
             self,
-            Request::Register { .. }
+            Request::NetworkId { .. }
+                | Request::Register { .. }
                 | Request::Unregister { .. }
                 | Request::Lookup { .. }
                 | Request::Entries { .. }
@@ -109,6 +113,9 @@ pub struct Response {
     /// Lighthouse entries asked for (lookup: none or one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entries: Option<Vec<Entry>>,
+    /// A network's identifier asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_id: Option<NetworkId>,
 }
 
 impl Response {
@@ -152,6 +159,13 @@ impl Response {
     pub fn with_entries(entries: Vec<Entry>) -> Self {
         Response {
             entries: Some(entries),
+            ..Response::ok()
+        }
+    }
+
+    pub fn with_network_id(id: NetworkId) -> Self {
+        Response {
+            network_id: Some(id),
             ..Response::ok()
         }
     }
@@ -532,6 +546,7 @@ mod tests {
         }
         let entry = Entry {
             network: "n".into(),
+            network_id: 9,
             ip: "10.0.0.3".parse().unwrap(),
             container_id: "c".into(),
             names: vec![],

@@ -379,6 +379,7 @@ mod tests {
         Attachment {
             version: 1,
             network: "flat".into(),
+            network_id: 1,
             container_id: "c1".into(),
             ifname: "eth0".into(),
             netns: "/run/netns/x".into(),

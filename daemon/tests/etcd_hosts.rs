@@ -211,12 +211,29 @@ fn a_host_cannot_take_another_hosts_address() {
         cluster.containers[b].ip
     );
     let etcd = cluster.etcd();
-    let out = etcd.etcdctl(&etcd.endpoints(), &["put", &key, &entry.to_string()]);
+    let out = etcd.etcdctl_as(0, &["put", &key, &entry.to_string()]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Under the victim's prefix its credentials write nothing: etcd's RBAC refuses.
+    let victims = format!(
+        "/flatnet/v1/hosts/host-1/entries/multihost/{}",
+        cluster.containers[b].ip
+    );
+    for refused_op in [
+        vec!["put", victims.as_str(), "{}"],
+        vec!["del", victims.as_str()],
+        vec!["del", "/flatnet/v1/hosts/host-1/cert"],
+    ] {
+        let out = etcd.etcdctl_as(0, &refused_op);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains("permission denied"),
+            "etcdctl {refused_op:?} as host-0: {stderr}"
+        );
+    }
     wait_until(Duration::from_secs(5), "the claim is refused", || {
         refused(&cluster, 2) == 1 && refused(&cluster, 1) == 1
     });

@@ -57,6 +57,35 @@ fn two_then_three_hosts_reach_each_other() {
     }
 }
 
+/// Before identifiers were allotted, a packet carried the FNV-1a hash of its network's name:
+/// two names with the same hash were one network on the wire. The networks share a subnet (as
+/// two Podman networks may), each on hosts of its own, so only the tag tells them apart.
+#[test]
+fn networks_whose_names_collide_in_a_32_bit_hash_stay_apart() {
+    if !root_or_skip("networks_whose_names_collide_in_a_32_bit_hash_stay_apart") {
+        return;
+    }
+    let (a, b) = flatnet::lighthouse::network_id::colliding_names("net-");
+    let mut cluster = Cluster::new(4);
+    let at = |last: u8| Ipv4Addr::new(198, 51, 100, last);
+    cluster.network = a.clone();
+    let (on_a, _) = cluster.attach_at(0, at(10));
+    let (on_a_too, _) = cluster.attach_at(1, at(11));
+    cluster.network = b.clone();
+    let (on_b, _) = cluster.attach_at(2, at(20));
+    let (on_b_too, _) = cluster.attach_at(3, at(21));
+
+    assert!(cluster.ping(on_a, on_a_too, 1), "{a} works across hosts");
+    assert!(cluster.ping(on_b, on_b_too, 1), "{b} works across hosts");
+    let no_route = cluster.drops(0, "no_route");
+    assert!(!cluster.ping(on_a, on_b, 2), "{a} reaches {b}");
+    assert!(!cluster.ping(on_b_too, on_a_too, 2), "{b} reaches {a}");
+    assert!(
+        cluster.drops(0, "no_route") > no_route,
+        "the crossing is dropped"
+    );
+}
+
 #[test]
 fn kill_9_and_restart_keeps_the_outage_short() {
     if !root_or_skip("kill_9_and_restart_keeps_the_outage_short") {

@@ -5,11 +5,12 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 
 use flatnet::config::{first_host, DEFAULT_SUBNET};
-use flatnet::lighthouse::LighthouseInput;
+use flatnet::lighthouse::{LighthouseInput, LighthouseSettings};
 use flatnet::{Attachment, ConfigInput, Error, FlatnetConfig, PortMapping};
 use ipnet::IpNet;
 use netavark::network::types::{
-    NetAddress, NetInterface, Network, NetworkPluginExec, PerNetworkOptions, StatusBlock, Subnet,
+    LeaseRange, NetAddress, NetInterface, Network, NetworkPluginExec, PerNetworkOptions,
+    StatusBlock, Subnet,
 };
 
 /// `-o key=value` options a Flatnet network accepts, and the config field each sets.
@@ -56,8 +57,40 @@ pub fn normalise(mut network: Network) -> Result<Network, Error> {
     // Flatnet answers DNS itself (netavark starts aardvark-dns for bridge networks only);
     // Podman accepts `--network-alias` only on networks with DNS enabled.
     network.dns_enabled = true;
-    config_of(&network)?;
+    let config = config_of(&network)?;
+    if matches!(config.lighthouse, LighthouseSettings::Etcd(_)) {
+        narrow_to_host(&mut network, config)?;
+    }
     Ok(network)
+}
+
+/// Podman allocates the addresses of a plugin network itself, from its own per-host database
+/// and within the subnet's lease range: on several hosts it would hand out the same addresses.
+/// The range is narrowed here to this host's block (from its certificate), so each host's
+/// Podman allocates only what this host may serve. A range the user gave (`--ip-range`) must
+/// lie inside it.
+fn narrow_to_host(network: &mut Network, config: FlatnetConfig) -> Result<(), Error> {
+    let (start, end) = flatnet::Network::open(config).runtime_range()?;
+    let subnet = &mut network.subnets.as_mut().expect("normalised")[0];
+    let given = subnet.lease_range.as_ref().map(|range| {
+        let parse = |ip: &Option<String>| ip.as_deref().map(str::parse::<Ipv4Addr>);
+        (parse(&range.start_ip), parse(&range.end_ip))
+    });
+    match given {
+        None | Some((None, None)) => {}
+        Some((Some(Ok(from)), Some(Ok(to)))) if start <= from && to <= end => return Ok(()),
+        Some(_) => {
+            return Err(invalid(&format!(
+                "the address range given is not inside this host's range {start}-{end} \
+                 (the blocks its certificate grants)"
+            )))
+        }
+    }
+    subnet.lease_range = Some(LeaseRange {
+        start_ip: Some(start.to_string()),
+        end_ip: Some(end.to_string()),
+    });
+    Ok(())
 }
 
 /// The Flatnet configuration a (normalised) netavark network describes.

@@ -87,6 +87,103 @@ fn info_and_create() {
     assert_error(&plugin(&state, &["frobnicate"], "{}"), "unknown subcommand");
 }
 
+/// `flatnet-cert ARGS`, from the workspace's build, which must succeed.
+fn cert_tool(args: &[&str]) {
+    let tool = std::path::Path::new(BIN)
+        .parent()
+        .unwrap()
+        .join("flatnet-cert");
+    let out = std::process::Command::new(&tool)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{} {args:?}: {}",
+        tool.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// On etcd, each host's Podman must hand out only its host's block (Podman allocates plugin
+/// networks' addresses itself, per host): `create` narrows the lease range to it.
+#[test]
+fn create_narrows_podmans_range_to_the_hosts_block_on_etcd() {
+    let state = state_dir("narrow");
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    cert_tool(&["ca", "--name", "test", "--out-dir", &path("ca")]);
+    let key = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+    for (host, block) in [
+        ("host-a", "198.51.100.64/27"),
+        ("host-b", "198.51.100.96/27"),
+    ] {
+        cert_tool(&[
+            "sign",
+            "--name",
+            host,
+            "--public-key",
+            key,
+            "--block",
+            block,
+            "--ca-dir",
+            &path("ca"),
+            "--out",
+            &path(host),
+        ]);
+    }
+    for file in ["etcd-ca.pem", "client.pem", "client.key"] {
+        std::fs::write(path(file), "").unwrap();
+    }
+    let on_host = |host: &str| {
+        let mut net = network(&state);
+        for (option, value) in [
+            ("lighthouse", "etcd".to_string()),
+            ("etcd_endpoints", "https://192.0.2.201:2379".to_string()),
+            ("etcd_ca_file", path("etcd-ca.pem")),
+            ("etcd_cert_file", path("client.pem")),
+            ("etcd_key_file", path("client.key")),
+            ("network_ca_file", path("ca/ca.crt")),
+            ("host_cert_file", path(host)),
+        ] {
+            net["options"][option] = json!(value);
+        }
+        net
+    };
+    let range = |net: &Value| {
+        let out = plugin(&state, &["create"], &net.to_string());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        stdout_json(&out)["subnets"][0]["lease_range"].clone()
+    };
+    // The block less its highest address, which the host member takes.
+    assert_eq!(
+        range(&on_host("host-a")),
+        json!({"start_ip": "198.51.100.64", "end_ip": "198.51.100.94"})
+    );
+    assert_eq!(
+        range(&on_host("host-b")),
+        json!({"start_ip": "198.51.100.96", "end_ip": "198.51.100.126"})
+    );
+    // `--ip-range` inside the block is kept; outside it, refused.
+    let mut inside = on_host("host-a");
+    inside["subnets"][0]["lease_range"] =
+        json!({"start_ip": "198.51.100.70", "end_ip": "198.51.100.80"});
+    assert_eq!(range(&inside), inside["subnets"][0]["lease_range"]);
+    let mut outside = on_host("host-a");
+    outside["subnets"][0]["lease_range"] =
+        json!({"start_ip": "198.51.100.2", "end_ip": "198.51.100.80"});
+    assert_error(
+        &plugin(&state, &["create"], &outside.to_string()),
+        "not inside this host's range",
+    );
+    // A file lighthouse (one host, or a shared file) leaves Podman the whole subnet.
+    assert_eq!(range(&network(&state)), Value::Null);
+}
+
 #[test]
 fn setup_and_teardown() {
     if !root_or_skip("setup_and_teardown") {

@@ -83,6 +83,9 @@ impl Handlers {
     fn answer_from_lighthouse(&self, request: Request) -> Response {
         let lighthouse = self.lighthouse.as_ref();
         let answer = match request {
+            Request::NetworkId { network } => lighthouse
+                .network_id(&network)
+                .map(Response::with_network_id),
             Request::Register { entry } => {
                 let entry = Entry {
                     host: self.host.clone(),

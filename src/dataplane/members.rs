@@ -9,7 +9,6 @@ use std::os::fd::AsFd;
 use nix::sys::epoll::{EpollEvent, EpollFlags};
 use serde_json::json;
 
-use super::packet::network_tag;
 use super::ports::{Member, Port};
 use super::{set_nonblocking, Daemon, TOKEN_FIRST_PORT};
 use crate::attach::Attachment;
@@ -33,6 +32,15 @@ pub struct LocalNetworks(HashMap<u32, LocalNetwork>);
 impl LocalNetworks {
     pub fn get(&self, tag: u32) -> Option<&LocalNetwork> {
         self.0.get(&tag)
+    }
+
+    fn remove_named(&mut self, network: &str) -> Option<LocalNetwork> {
+        let tag = *self
+            .0
+            .iter()
+            .find(|(_, local)| local.member.network == network)?
+            .0;
+        self.0.remove(&tag)
     }
 
     pub fn status(&self) -> serde_json::Value {
@@ -69,7 +77,7 @@ impl Daemon {
         crate::killpoint::here("daemon.attach");
         self.serve(Port {
             network: record.network.clone(),
-            tag: network_tag(&record.network),
+            tag: record.network_tag(),
             container_id: record.container_id.clone(),
             ifname: record.ifname.clone(),
             address: record.address.addr(),
@@ -79,10 +87,11 @@ impl Daemon {
             queue,
             stats: Default::default(),
         })?;
-        self.serve_host_member(&record.network);
+        self.serve_host_member(&record.network, record.network_tag());
         // Registered a moment ago by the plugin: known here before the feed brings it back.
         let own = self.own_entry(
             &record.network,
+            record.network_tag(),
             record.address.addr(),
             &record.container_id,
             record.names.clone(),
@@ -101,11 +110,11 @@ impl Daemon {
         if let Some(address) = self.ports.address_of(network, container_id) {
             tracing::info!("detached {container_id} from {network}");
             let own = self.own_name.clone();
-            self.routes.delete(&own, network_tag(network), address);
+            self.routes.delete(&own, network, address);
         }
         self.unserve(network, container_id);
         if !self.ports.network_has_containers(network) {
-            if let Some(local) = self.networks.0.remove(&network_tag(network)) {
+            if let Some(local) = self.networks.remove_named(network) {
                 self.unserve(network, &local.member.id);
             }
         }
@@ -121,23 +130,23 @@ impl Daemon {
         let Some(port) = self.ports.get(slot) else {
             return;
         };
-        let (network, id, host) = (
+        let (network, tag, id, host) = (
             port.network.clone(),
+            port.tag,
             port.container_id.clone(),
             port.is_host(),
         );
         tracing::info!("{id} on {network} is gone; dropping its queue");
         if host {
             self.unserve(&network, &id);
-            self.networks.0.remove(&network_tag(&network));
+            self.networks.0.remove(&tag);
         } else {
             self.detach(&network, &id);
         }
     }
 
     /// Serves the network's host member if it has one and it is not served yet.
-    fn serve_host_member(&mut self, network: &str) {
-        let tag = network_tag(network);
+    fn serve_host_member(&mut self, network: &str, tag: u32) {
         if self.networks.0.contains_key(&tag) {
             return;
         }

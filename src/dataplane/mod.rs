@@ -295,12 +295,15 @@ fn open_lighthouse(
 /// The lighthouse entries this host's records stand for: containers and host members.
 fn recorded_entries(state_dir: &Path, host: &HostInfo) -> Vec<crate::lighthouse::Entry> {
     let records = all_attachments(state_dir).unwrap_or_default();
-    let networks: std::collections::BTreeSet<&str> =
-        records.iter().map(|r| r.network.as_str()).collect();
-    let members = networks.into_iter().filter_map(|network| {
+    let networks: std::collections::BTreeMap<&str, u32> = records
+        .iter()
+        .map(|r| (r.network.as_str(), r.network_tag()))
+        .collect();
+    let members = networks.into_iter().filter_map(|(network, network_id)| {
         let member = HostMember::load(&NetworkDirs::new(state_dir, network)).ok()??;
         Some(crate::lighthouse::Entry {
             network: member.network,
+            network_id,
             ip: member.address,
             container_id: member.id,
             names: Vec::new(),
@@ -309,6 +312,7 @@ fn recorded_entries(state_dir: &Path, host: &HostInfo) -> Vec<crate::lighthouse:
     });
     let containers = records.iter().map(|r| crate::lighthouse::Entry {
         network: r.network.clone(),
+        network_id: r.network_tag(),
         ip: r.address.addr(),
         container_id: r.container_id.clone(),
         names: r.names.clone(),
@@ -525,12 +529,14 @@ impl Daemon {
     fn own_entry(
         &self,
         network: &str,
+        network_id: u32,
         ip: std::net::Ipv4Addr,
         id: &str,
         names: Vec<String>,
     ) -> Published {
         let entry = crate::lighthouse::Entry {
             network: network.to_string(),
+            network_id,
             ip,
             container_id: id.to_string(),
             names,

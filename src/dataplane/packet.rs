@@ -1,17 +1,10 @@
-//! What the data plane reads of an inner packet, and the network tag that travels with it.
+//! What the data plane reads of an inner packet, and the size of the network tag (the
+//! network's identifier, [`crate::lighthouse::network_id`]) that travels with it.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 /// Bytes of network tag in front of each tunnelled packet (inside the encryption).
 pub const TAG_LEN: usize = 4;
-
-/// A network's tag: FNV-1a of its name. Tells networks apart on the wire, so two networks
-/// with overlapping subnets on one host stay separate.
-pub fn network_tag(name: &str) -> u32 {
-    name.bytes().fold(0x811c_9dc5u32, |hash, byte| {
-        (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
-    })
-}
 
 /// Source and destination of an IPv4 packet; `None` for anything else.
 pub fn ipv4_addresses(packet: &[u8]) -> Option<(Ipv4Addr, Ipv4Addr)> {
@@ -126,9 +119,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tags_differ_and_addresses_parse() {
-        assert_ne!(network_tag("a"), network_tag("b"));
-        assert_eq!(network_tag("flatnet"), network_tag("flatnet"));
+    fn addresses_parse() {
         let mut p = [0u8; 20];
         p[0] = 0x45;
         p[12..16].copy_from_slice(&[10, 77, 0, 2]);

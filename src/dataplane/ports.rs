@@ -96,7 +96,7 @@ impl Ports {
     }
 
     /// The address of a container served here.
-    pub fn address_of(&self, network: &str, container_id: &str) -> Option<std::net::Ipv4Addr> {
+    pub fn address_of(&self, network: &str, container_id: &str) -> Option<Ipv4Addr> {
         let slot = self
             .by_container
             .get(&(network.to_string(), container_id.to_string()))?;

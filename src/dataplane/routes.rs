@@ -5,7 +5,6 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
 
-use super::packet::network_tag;
 use crate::cert::{CaCert, HostCert};
 use crate::lighthouse::{Change, Entry, Published};
 use crate::tunnel::{decode_key, PublicKey};
@@ -31,6 +30,9 @@ pub struct RouteTable {
     trust: Option<CaCert>,
     /// Every published entry, by host and address.
     published: HashMap<(String, Address), Entry>,
+    /// The network tag each (host, network name, address) is published under: what a delete,
+    /// which names the network, undoes.
+    tags: HashMap<(String, String, Ipv4Addr), u32>,
     /// The hosts that publish each address (one, unless someone lies).
     claimants: HashMap<Address, BTreeSet<String>>,
     /// The addresses each host publishes: looked at again when its certificate changes.
@@ -102,7 +104,7 @@ impl RouteTable {
                 }
             }
             Change::Put(published) => self.put(published),
-            Change::Delete { host, network, ip } => self.delete(&host, network_tag(&network), ip),
+            Change::Delete { host, network, ip } => self.delete(&host, &network, ip),
             Change::Cert(cert) => self.put_cert(cert),
             Change::CertGone { host } => {
                 self.certs.remove(&host);
@@ -114,7 +116,14 @@ impl RouteTable {
     /// Adds or replaces a host's entry for an address.
     pub fn put(&mut self, published: Published) {
         let Published { host, entry } = published;
-        let address = (network_tag(&entry.network), entry.ip);
+        let address = (entry.network_tag(), entry.ip);
+        let named = (host.clone(), entry.network.clone(), entry.ip);
+        if let Some(old) = self.tags.insert(named, address.0) {
+            if old != address.0 {
+                // The same entry under another identifier: the old one goes.
+                self.delete_address(&host, (old, entry.ip));
+            }
+        }
         self.claimants
             .entry(address)
             .or_default()
@@ -127,8 +136,15 @@ impl RouteTable {
         self.settle(address);
     }
 
-    pub fn delete(&mut self, host: &str, tag: u32, ip: Ipv4Addr) {
-        let address = (tag, ip);
+    /// Drops a host's entry for an address of the named network.
+    pub fn delete(&mut self, host: &str, network: &str, ip: Ipv4Addr) {
+        let named = (host.to_string(), network.to_string(), ip);
+        if let Some(tag) = self.tags.remove(&named) {
+            self.delete_address(host, (tag, ip));
+        }
+    }
+
+    fn delete_address(&mut self, host: &str, address: Address) {
         let key = (host.to_string(), address);
         if self.published.remove(&key).is_none() {
             return;
@@ -284,6 +300,7 @@ mod tests {
     fn entry(ip: &str, host: u8, names: &[&str]) -> Entry {
         Entry {
             network: "n".into(),
+            network_id: 1,
             ip: ip.parse().unwrap(),
             container_id: format!("c-{ip}"),
             names: names.iter().map(|n| n.to_string()).collect(),
@@ -319,7 +336,7 @@ mod tests {
 
     #[test]
     fn deltas_keep_every_index_in_step() {
-        let tag = network_tag("n");
+        let tag = 1;
         let mut table = RouteTable::default();
         table.apply(Change::Reset {
             certs: vec![],
@@ -359,7 +376,7 @@ mod tests {
 
     #[test]
     fn with_a_ca_only_what_a_certificate_grants_is_routed() {
-        let tag = network_tag("n");
+        let tag = 1;
         let (ca_key, ca) = CaKey::generate("ca").unwrap();
         let grant = |name: &str, host: u8, block: &str| {
             ca_key

@@ -87,6 +87,31 @@ impl<S: LeaseStore> IpAddressManager<S> {
         })
     }
 
+    /// The addresses a runtime that allocates by itself (Podman does, for plugin networks with
+    /// a subnet) may hand out on this host, as the one range it takes: the assignable addresses
+    /// of the pool's first block, less the one the host member takes (the highest assignable
+    /// address of the pool, [`Self::allocate_highest`]). `None` if that leaves nothing.
+    pub fn runtime_range(&self) -> Option<(Ipv4Addr, Ipv4Addr)> {
+        let member = self.assignable_in(&self.pool).next_back();
+        let mut ips = self
+            .assignable_in(&self.pool[..1.min(self.pool.len())])
+            .filter(|&ip| Some(ip) != member);
+        let first = ips.next()?;
+        Some((first, ips.next_back().unwrap_or(first)))
+    }
+
+    /// The assignable addresses of these blocks, in order.
+    fn assignable_in<'a>(
+        &'a self,
+        blocks: &'a [Ipv4Net],
+    ) -> impl DoubleEndedIterator<Item = Ipv4Addr> + 'a {
+        let first = u32::from(self.subnet.network()) + 1;
+        let last = u32::from(self.subnet.broadcast()) - 1;
+        (first..=last)
+            .map(Ipv4Addr::from)
+            .filter(move |&ip| self.is_special(ip) && blocks.iter().any(|b| b.contains(&ip)))
+    }
+
     /// Frees whatever the container holds; releasing twice, or something never held, is fine.
     pub fn release_ip(&self, container_id: &str) -> Result<Option<Ipv4Addr>> {
         self.store.transaction(|store| {
@@ -213,6 +238,29 @@ mod tests {
         assert_eq!(ips, expected);
         let err = ipam.allocate_ip(&lease("c5"), None).unwrap_err();
         assert!(matches!(err, Error::AddressExhausted { .. }), "{err}");
+    }
+
+    #[test]
+    fn the_runtime_range_is_the_first_block_less_the_host_members_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let blocks = |list: &[&str]| list.iter().map(|b| b.parse().unwrap()).collect();
+        let ipam = manager(dir.path(), "192.0.2.0/24").with_pool(blocks(&["192.0.2.32/27"]));
+        assert_eq!(
+            ipam.runtime_range(),
+            Some((ip("192.0.2.32"), ip("192.0.2.62")))
+        );
+        // The member takes the highest of the whole pool: here in the second block.
+        let two = manager(dir.path(), "192.0.2.0/24")
+            .with_pool(blocks(&["192.0.2.0/27", "192.0.2.224/27"]));
+        assert_eq!(
+            two.runtime_range(),
+            Some((ip("192.0.2.2"), ip("192.0.2.31")))
+        );
+        let member = two.allocate_highest(&lease("member"), &[]).unwrap();
+        assert_eq!(member, ip("192.0.2.254"));
+        let tiny = manager(dir.path(), "192.0.2.0/24").with_pool(blocks(&["192.0.2.8/32"]));
+        assert_eq!(tiny.runtime_range(), None);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::time::Duration;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 
-use super::{Change, Entry, Feed, Lighthouse, Published};
+use super::{network_id, Change, Entry, Feed, Lighthouse, NetworkId, Published};
 use crate::error::{Error, Result};
 use crate::state::{read_if_exists, remove_stale_temps, write_atomic, FileLock};
 
@@ -31,6 +31,9 @@ struct Document {
     version: u32,
     /// network -> Flatnet IP -> entry
     networks: BTreeMap<String, BTreeMap<Ipv4Addr, Entry>>,
+    /// network -> its identifier, allotted once and kept (see [`super::network_id`]).
+    #[serde(default)]
+    network_ids: BTreeMap<String, NetworkId>,
 }
 
 impl Default for Document {
@@ -38,6 +41,7 @@ impl Default for Document {
         Document {
             version: FORMAT_VERSION,
             networks: BTreeMap::new(),
+            network_ids: BTreeMap::new(),
         }
     }
 }
@@ -110,6 +114,24 @@ impl FileLighthouse {
 }
 
 impl Lighthouse for FileLighthouse {
+    fn network_id(&self, network: &str) -> Result<NetworkId> {
+        let mut allotted = 0;
+        self.update(|doc| {
+            if let Some(&id) = doc.network_ids.get(network) {
+                allotted = id;
+                return Ok(false);
+            }
+            let taken: std::collections::HashSet<NetworkId> =
+                doc.network_ids.values().copied().collect();
+            allotted = network_id::candidates(network)
+                .find(|id| !taken.contains(id))
+                .expect("fewer networks than identifiers");
+            doc.network_ids.insert(network.to_string(), allotted);
+            Ok(true)
+        })?;
+        Ok(allotted)
+    }
+
     fn register(&self, entry: &Entry) -> Result<()> {
         self.update(|doc| {
             let entries = doc.networks.entry(entry.network.clone()).or_default();
@@ -279,6 +301,7 @@ mod tests {
     fn entry(ip: &str, id: &str) -> Entry {
         Entry {
             network: "n".into(),
+            network_id: 1,
             ip: ip.parse().unwrap(),
             container_id: id.into(),
             names: Vec::new(),
@@ -350,6 +373,22 @@ mod tests {
             }]
         );
         assert_eq!(feed.health()["healthy"], true);
+    }
+
+    #[test]
+    fn colliding_names_get_identifiers_of_their_own_and_keep_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lh.json");
+        let (a, b) = network_id::colliding_names("net-");
+        let lh = FileLighthouse::new(&path);
+        let id_a = lh.network_id(&a).unwrap();
+        let id_b = lh.network_id(&b).unwrap();
+        assert_eq!(id_a, network_id::fnv1a(&a));
+        assert_ne!(id_a, id_b);
+        // Another process (another host on the shared file) is told the same.
+        let again = FileLighthouse::new(&path);
+        assert_eq!(again.network_id(&b).unwrap(), id_b);
+        assert_eq!(again.network_id(&a).unwrap(), id_a);
     }
 
     #[test]

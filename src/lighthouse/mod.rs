@@ -12,6 +12,7 @@
 
 pub mod etcd;
 pub mod file;
+pub mod network_id;
 mod settings;
 pub mod via_daemon;
 
@@ -24,6 +25,7 @@ use crate::cert::HostCert;
 use crate::error::Result;
 pub use etcd::EtcdLighthouse;
 pub use file::FileLighthouse;
+pub use network_id::NetworkId;
 pub use settings::{EtcdSettings, LighthouseInput, LighthouseSettings, DEFAULT_LEASE_TTL_S};
 pub use via_daemon::ViaDaemon;
 
@@ -39,12 +41,23 @@ pub struct HostInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     pub network: String,
+    /// The network's identifier as the lighthouse allotted it (0 in an entry of a Flatnet that
+    /// did not allot them: see [`Entry::network_tag`]).
+    #[serde(default)]
+    pub network_id: NetworkId,
     pub ip: Ipv4Addr,
     pub container_id: String,
     /// DNS names of the container on its network: its name and aliases, normalised.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub names: Vec<String>,
     pub host: HostInfo,
+}
+
+impl Entry {
+    /// The identifier the entry's packets carry on the wire.
+    pub fn network_tag(&self) -> NetworkId {
+        network_id::or_legacy(self.network_id, &self.network)
+    }
 }
 
 /// An entry with the name of the host that published it ("" in a file lighthouse, where
@@ -91,6 +104,9 @@ pub trait Feed: Send {
 
 /// A lighthouse backend.
 pub trait Lighthouse: Send + Sync {
+    /// The network's identifier, allotted on first use and the same on every host afterwards;
+    /// no two names ever hold the same one.
+    fn network_id(&self, network: &str) -> Result<NetworkId>;
     /// Claims `entry.ip` for `entry.container_id`; re-registering one's own address updates it.
     fn register(&self, entry: &Entry) -> Result<()>;
     /// Drops the entry if this container holds it; anything else is a no-op.

@@ -6,7 +6,7 @@
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use super::{Entry, Feed, Lighthouse};
+use super::{Entry, Feed, Lighthouse, NetworkId};
 use crate::control::{self, Request};
 use crate::error::{Error, Result};
 
@@ -28,6 +28,15 @@ impl ViaDaemon {
 }
 
 impl Lighthouse for ViaDaemon {
+    fn network_id(&self, network: &str) -> Result<NetworkId> {
+        let request = Request::NetworkId {
+            network: network.to_string(),
+        };
+        control::call(&self.state_dir, &request)?
+            .network_id
+            .ok_or_else(|| Error::DataPlane("the daemon answered without an identifier".into()))
+    }
+
     fn register(&self, entry: &Entry) -> Result<()> {
         let request = Request::Register {
             entry: entry.clone(),

@@ -1,7 +1,9 @@
 //! A real etcd cluster for the multi-host tests: Debian's etcd 3.4, its members in the wire
 //! namespace on addresses of the underlay bridge (192.0.2.201...), TLS everywhere with client
-//! certificates from a CA the test makes with openssl. Members can be killed and started again
-//! on their data; every process is stopped by its PID when the cluster is dropped.
+//! certificates from a CA the test makes with openssl, and authentication on: each host is the
+//! etcd user its certificate names, with the role `docs/security.md` gives it (write under its
+//! own prefix and to the network registry, read the rest). Members can be killed and started
+//! again on their data; every process is stopped by its PID when the cluster is dropped.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -81,7 +83,54 @@ impl Etcd {
             etcd.start_member(i);
         }
         etcd.wait_healthy(&(0..members).collect::<Vec<_>>());
+        etcd.enable_auth();
         etcd
+    }
+
+    /// The administrator is `root`, by its certificate's common name.
+    fn enable_auth(&self) {
+        let password = format!("root:{:x}", rand_serial());
+        self.admin(&["user", "add", &password]);
+        // etcd 3.4 may or may not have given root its role already.
+        let _ = self.etcdctl(&self.endpoints(), &["user", "grant-role", "root", "root"]);
+        self.admin(&["auth", "enable"]);
+    }
+
+    /// etcdctl as root, which must succeed.
+    fn admin(&self, args: &[&str]) {
+        let out = self.etcdctl(&self.endpoints(), args);
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Host `host`'s etcd user and role: its own prefix and the network registry to write,
+    /// everything of Flatnet to read.
+    fn add_host_user(&self, name: &str) {
+        let own = format!("/flatnet/v1/hosts/{name}/");
+        self.admin(&["role", "add", name]);
+        for (permission, prefix) in [
+            ("readwrite", own.as_str()),
+            ("readwrite", "/flatnet/v1/networks/"),
+            ("readwrite", "/flatnet/v1/network-ids/"),
+            ("read", "/flatnet/v1/"),
+        ] {
+            self.admin(&[
+                "role",
+                "grant-permission",
+                "--prefix",
+                name,
+                permission,
+                prefix,
+            ]);
+        }
+        // The password is never used: the client certificate names the user.
+        let user = format!("{name}:{:x}", rand_serial());
+        self.admin(&["user", "add", &user]);
+        self.admin(&["user", "grant-role", name, name]);
     }
 
     pub fn endpoints(&self) -> Vec<String> {
@@ -95,22 +144,30 @@ impl Etcd {
         self.certs.path().join("ca.pem")
     }
 
-    /// Host `host`'s client certificate, made on first use.
+    /// Host `host`'s client certificate and etcd user, made on first use.
     pub fn client(&self, host: usize) -> ClientCert {
         let name = format!("host-{host}");
+        let (cert, made) = self.identity(&name);
+        if made {
+            self.add_host_user(&name);
+        }
+        cert
+    }
+
+    /// A client certificate whose common name is `name`, and whether it was made now.
+    fn identity(&self, name: &str) -> (ClientCert, bool) {
         let cert = self.certs.path().join(format!("{name}.pem"));
-        if !cert.exists() {
+        let made = !cert.exists();
+        if made {
             issue(
                 self.certs.path(),
-                &name,
-                &name,
+                name,
+                name,
                 "extendedKeyUsage=clientAuth\n",
             );
         }
-        ClientCert {
-            cert,
-            key: self.certs.path().join(format!("{name}.key")),
-        }
+        let key = self.certs.path().join(format!("{name}.key"));
+        (ClientCert { cert, key }, made)
     }
 
     /// SIGKILL, and reaped: the member is gone when this returns.
@@ -178,9 +235,23 @@ impl Etcd {
         self.members[i].process = Some(child);
     }
 
-    /// etcdctl as an administrator (any certificate of the CA), in the wire namespace.
+    /// etcdctl as the administrator (root), in the wire namespace.
     pub fn etcdctl(&self, endpoints: &[String], args: &[&str]) -> std::process::Output {
-        let admin = self.client(99);
+        let (root, _) = self.identity("root");
+        self.etcdctl_with(&root, endpoints, args)
+    }
+
+    /// etcdctl with host `host`'s credentials, as a host taken over could use them.
+    pub fn etcdctl_as(&self, host: usize, args: &[&str]) -> std::process::Output {
+        self.etcdctl_with(&self.client(host), &self.endpoints(), args)
+    }
+
+    fn etcdctl_with(
+        &self,
+        admin: &ClientCert,
+        endpoints: &[String],
+        args: &[&str],
+    ) -> std::process::Output {
         Command::new("ip")
             .args(["netns", "exec", &self.wire, "etcdctl"])
             .arg(format!("--endpoints={}", endpoints.join(",")))

@@ -71,6 +71,8 @@ pub struct Container {
     pub host: usize,
     pub id: String,
     pub ip: Ipv4Addr,
+    /// The network it joined, and that network's subnet.
+    pub network: (String, String),
 }
 
 pub struct Cluster {
@@ -80,7 +82,8 @@ pub struct Cluster {
     pub shared: tempfile::TempDir,
     /// The etcd cluster the hosts share; none: a shared lighthouse file.
     pub etcd: Option<etcd::Etcd>,
-    /// The Flatnet network's subnet.
+    /// The Flatnet network the next attach joins, and its subnet.
+    pub network: String,
     pub subnet: String,
     /// The network CA's directory (`flatnet-cert ca`), kept apart from every host; with etcd.
     pub network_ca: Option<tempfile::TempDir>,
@@ -199,6 +202,7 @@ impl Cluster {
             containers: Vec::new(),
             shared: tempfile::tempdir().unwrap(),
             etcd: None,
+            network: "multihost".into(),
             subnet: "198.51.100.0/24".into(),
             network_ca: None,
         }
@@ -243,12 +247,18 @@ impl Cluster {
 
     /// The network config as the runtime hands it over, with `runtimeConfig` filled in.
     pub fn conf_with(&self, host: usize, runtime_config: &Value) -> String {
+        let network = (self.network.clone(), self.subnet.clone());
+        self.conf_of(host, &network, runtime_config)
+    }
+
+    /// The config of a network given by name and subnet.
+    fn conf_of(&self, host: usize, network: &(String, String), runtime_config: &Value) -> String {
         let h = &self.hosts[host];
         let mut conf = json!({
             "cniVersion": "1.0.0",
-            "name": "multihost",
+            "name": network.0,
             "type": "flatnet-cni",
-            "subnet": self.subnet,
+            "subnet": network.1,
             "stateDir": h.state.path(),
             "lighthouse": self.shared.path().join("lighthouse.json"),
             "endpoint": format!("{}:{TUNNEL_PORT}", h.address),
@@ -283,6 +293,25 @@ impl Cluster {
         args: &str,
         runtime_config: &Value,
     ) -> std::process::Output {
+        let conf = self.conf_with(host, runtime_config);
+        self.cni_conf(host, command, c, id, args, &conf)
+    }
+
+    /// DEL of a container, on the network it joined.
+    fn cni_del(&self, c: &Container) -> std::process::Output {
+        let conf = self.conf_of(c.host, &c.network, &Value::Null);
+        self.cni_conf(c.host, "DEL", &c.ns, &c.id, "", &conf)
+    }
+
+    fn cni_conf(
+        &self,
+        host: usize,
+        command: &str,
+        c: &TestNetns,
+        id: &str,
+        args: &str,
+        conf: &str,
+    ) -> std::process::Output {
         let host_ns = &self.hosts[host].ns.name;
         let cni = cni_binary();
         let env = [
@@ -294,7 +323,7 @@ impl Cluster {
             ("CNI_ARGS", args),
         ];
         let argv = ["netns", "exec", host_ns, cni.to_str().unwrap()];
-        run_plugin("ip", &argv, &env, &self.conf_with(host, runtime_config))
+        run_plugin("ip", &argv, &env, conf)
     }
 
     pub fn attach(&mut self, host: usize) -> usize {
@@ -324,7 +353,14 @@ impl Cluster {
             .to_string();
         let ip = address.split('/').next().unwrap().parse().unwrap();
         ns.ip(&["link", "set", "lo", "up"]);
-        self.containers.push(Container { ns, host, id, ip });
+        let network = (self.network.clone(), self.subnet.clone());
+        self.containers.push(Container {
+            ns,
+            host,
+            id,
+            ip,
+            network,
+        });
         self.containers.len() - 1
     }
 
@@ -344,7 +380,14 @@ impl Cluster {
             self.daemon_log(host)
         );
         ns.ip(&["link", "set", "lo", "up"]);
-        self.containers.push(Container { ns, host, id, ip });
+        let network = (self.network.clone(), self.subnet.clone());
+        self.containers.push(Container {
+            ns,
+            host,
+            id,
+            ip,
+            network,
+        });
         (self.containers.len() - 1, took)
     }
 
@@ -352,7 +395,7 @@ impl Cluster {
     pub fn detach_all(&mut self) -> Vec<Container> {
         let containers = std::mem::take(&mut self.containers);
         for c in &containers {
-            let out = self.cni(c.host, "DEL", &c.ns, &c.id);
+            let out = self.cni_del(c);
             assert!(
                 out.status.success(),
                 "DEL: {}",
@@ -512,7 +555,7 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         for c in std::mem::take(&mut self.containers) {
-            let _ = self.cni(c.host, "DEL", &c.ns, &c.id);
+            let _ = self.cni_del(&c);
         }
         for host in 0..self.hosts.len() {
             self.stop_daemon(host);
