@@ -8,10 +8,14 @@ mod cluster;
 mod support;
 
 use std::collections::HashSet;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::path::Path;
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use cluster::*;
+use flatnet::netns::NetworkNamespace;
+use flatnet::tunnel::{decode_key, Limits, PublicKey, StaticKeys, TunnelManager};
 use support::{root_or_skip, stdout_json, TestNetns};
 
 /// Waits until `done` holds, for at most `within`; returns how long it took.
@@ -353,4 +357,167 @@ fn a_container_removed_while_its_daemon_was_down_leaves_the_lighthouse() {
     let took = wait_routes(&cluster, &[0, 1], 4);
     println!("the stale entry left {took:?} after the restart");
     assert!(cluster.ping(0, 1, 3));
+}
+
+/// A host taken over: its own key, in a sender that seals whatever it is given. It speaks the
+/// real protocol (the library's `TunnelManager`) from the host's underlay address, on a port of
+/// its own, to one peer host; only the peer's checks stand between it and the peer's
+/// containers.
+struct TamperedSender {
+    tunnels: TunnelManager,
+    socket: UdpSocket,
+    peer: PublicKey,
+    endpoint: SocketAddr,
+}
+
+impl TamperedSender {
+    fn new(cluster: &Cluster, host: usize, peer: usize) -> TamperedSender {
+        let h = &cluster.hosts[host];
+        let keys = StaticKeys::load(&h.state.path().join("host.key"))
+            .unwrap()
+            .expect("the host's key");
+        let address = h.address;
+        let socket = NetworkNamespace::open(Path::new(h.ns.path_str()))
+            .unwrap()
+            .run_inside(|| {
+                UdpSocket::bind((address, 0)).map_err(|source| flatnet::Error::Io {
+                    context: "binding".into(),
+                    source,
+                })
+            })
+            .unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let status = cluster.status(peer);
+        TamperedSender {
+            tunnels: TunnelManager::new(keys, Limits::default()),
+            socket,
+            peer: decode_key(status["public_key"].as_str().unwrap()).unwrap(),
+            endpoint: status["listen"].as_str().unwrap().parse().unwrap(),
+        }
+    }
+
+    /// Seals `plaintext` (network tag and packet) for the peer, after a handshake if needed.
+    fn send(&mut self, plaintext: &[u8]) {
+        let TamperedSender {
+            tunnels,
+            socket,
+            peer,
+            endpoint,
+        } = self;
+        let mut send = |datagram: &[u8], to: SocketAddr| {
+            socket.send_to(datagram, to).unwrap();
+        };
+        let mut out = vec![0; plaintext.len() + 64];
+        tunnels
+            .encrypt_packet(
+                peer,
+                *endpoint,
+                plaintext,
+                &mut out,
+                Instant::now(),
+                &mut send,
+            )
+            .unwrap();
+        // Without a session the packet waits for the handshake's answer, then goes.
+        let (mut datagram, mut plain) = ([0; 2048], [0; 2048]);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while tunnels.session_count() == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the peer did not answer the handshake"
+            );
+            if let Ok((n, from)) = socket.recv_from(&mut datagram) {
+                let now = Instant::now();
+                let mut trust = |_: &PublicKey| true;
+                tunnels.decrypt_packet(
+                    &datagram[..n],
+                    from,
+                    &mut plain,
+                    now,
+                    &mut trust,
+                    &mut send,
+                );
+            }
+        }
+    }
+}
+
+/// The network tag and an IPv4 UDP packet, as a data plane seals them.
+fn tagged_udp(tag: u32, src: Ipv4Addr, dst: Ipv4Addr, port: u16, payload: &[u8]) -> Vec<u8> {
+    let total = 20 + 8 + payload.len();
+    let mut header = vec![0x45, 0, 0, 0, 0, 1, 0, 0, 64, 17, 0, 0];
+    header[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    header.extend(src.octets());
+    header.extend(dst.octets());
+    let sum = header
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum::<u32>();
+    let folded = (sum & 0xffff) + (sum >> 16);
+    let checksum = !((folded & 0xffff) + (folded >> 16)) as u16;
+    header[10..12].copy_from_slice(&checksum.to_be_bytes());
+    let mut packet = tag.to_be_bytes().to_vec();
+    packet.extend(header);
+    packet.extend(4000u16.to_be_bytes());
+    packet.extend(port.to_be_bytes());
+    packet.extend(((8 + payload.len()) as u16).to_be_bytes());
+    packet.extend([0, 0]); // no UDP checksum (allowed over IPv4)
+    packet.extend(payload);
+    packet
+}
+
+fn listener_heard(listener: Child) -> bool {
+    let out = listener.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).contains("received")
+}
+
+#[test]
+fn a_host_cannot_send_from_another_hosts_addresses() {
+    if !root_or_skip("a_host_cannot_send_from_another_hosts_addresses") {
+        return;
+    }
+    let mut cluster = Cluster::with_etcd(3, 3);
+    let (a, b, c) = (cluster.attach(0), cluster.attach(1), cluster.attach(2));
+    wait_routes(&cluster, &[0, 1, 2], 6);
+    let etcd = cluster.etcd();
+    let id = etcd.etcdctl(
+        &etcd.endpoints(),
+        &[
+            "get",
+            "--print-value-only",
+            "/flatnet/v1/networks/multihost",
+        ],
+    );
+    let tag: u32 = String::from_utf8(id.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let ip = |i: usize| cluster.containers[i].ip;
+    let (to, ns) = (ip(a), cluster.containers[a].ns.name.clone());
+    let mut sender = TamperedSender::new(&cluster, 2, 0);
+
+    // Host 2 sending as its own container: delivered (the sender works).
+    let listener = udp_listener(&ns, &to.to_string(), 7300);
+    sender.send(&tagged_udp(tag, ip(c), to, 7300, b"own"));
+    assert!(
+        listener_heard(listener),
+        "host 2's own packet did not arrive"
+    );
+
+    // As host 1's container (an address of host 1's block): dropped by host 0 and counted.
+    let before = cluster.drops(0, "spoofed");
+    let listener = udp_listener(&ns, &to.to_string(), 7301);
+    for _ in 0..5 {
+        sender.send(&tagged_udp(tag, ip(b), to, 7301, b"spoofed"));
+    }
+    wait_until(Duration::from_secs(5), "5 spoofed packets counted", || {
+        cluster.drops(0, "spoofed") >= before + 5
+    });
+    assert!(
+        !listener_heard(listener),
+        "a spoofed packet reached the container"
+    );
 }

@@ -780,29 +780,6 @@ for _ in range(5):
     assert!(cluster.ping(a, b, 1), "genuine traffic still flows");
 }
 
-/// A UDP listener in a namespace that reports whether a datagram arrived within 3 s.
-fn udp_listener(ns: &str, address: &str, port: u16) -> Child {
-    let script = format!(
-        "import socket\n\
-         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
-         s.bind(('{address}', {port}))\n\
-         s.settimeout(3)\n\
-         print('ready', flush=True)\n\
-         try:\n    print('received', s.recv(100))\n\
-         except socket.timeout:\n    print('nothing')\n"
-    );
-    let mut child = in_ns(ns, &["python3", "-c", &script])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), "ready");
-    child
-}
-
 /// Writes a UDP packet from `src` to `dst:port` straight onto the container's eth0 (a packet
 /// socket: no routing decides where it goes, the data plane does).
 fn inject_udp(ns: &str, src: Ipv4Addr, dst: &str, port: u16) {

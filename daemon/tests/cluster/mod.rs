@@ -26,6 +26,30 @@ pub fn cert_binary() -> PathBuf {
     Path::new(DAEMON).parent().unwrap().join("flatnet-cert")
 }
 
+/// The network CA in `ca` grants host `name` with key `key` the block: `flatnet-cert sign`.
+pub fn sign(ca: &Path, name: &str, key: &str, block: ipnet::Ipv4Net, out: &Path) {
+    let block = block.to_string();
+    let args = [
+        "sign",
+        "--name",
+        name,
+        "--public-key",
+        key,
+        "--block",
+        &block,
+    ];
+    let status = Command::new(cert_binary())
+        .args(args)
+        .arg("--ca-dir")
+        .arg(ca)
+        .arg("--out")
+        .arg(out)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "flatnet-cert sign for {name}");
+}
+
 /// `flatnet-cert ARGS DIR`, which must succeed.
 fn cert_tool(args: &[&str], dir: &Path) {
     let status = Command::new(cert_binary())
@@ -146,28 +170,13 @@ impl Cluster {
             .unwrap();
         assert!(out.status.success());
         let key = String::from_utf8(out.stdout).unwrap().trim().to_string();
-        let cert = self.host_cert(host);
-        let name = format!("host-{host}");
-        let block = self.block(host).to_string();
-        let args = [
-            "sign",
-            "--name",
-            &name,
-            "--public-key",
+        sign(
+            ca,
+            &format!("host-{host}"),
             &key,
-            "--block",
-            &block,
-        ];
-        let status = Command::new(cert_binary())
-            .args(args)
-            .arg("--ca-dir")
-            .arg(ca)
-            .arg("--out")
-            .arg(&cert)
-            .stdout(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success(), "flatnet-cert sign for host {host}");
+            self.block(host),
+            &self.host_cert(host),
+        );
     }
 
     pub fn host_cert(&self, host: usize) -> PathBuf {
@@ -580,6 +589,29 @@ pub fn in_ns(ns: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", ns]).args(args);
     cmd
+}
+
+/// A UDP listener in a namespace that reports whether a datagram arrived within 3 s.
+pub fn udp_listener(ns: &str, address: &str, port: u16) -> Child {
+    let script = format!(
+        "import socket\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         s.bind(('{address}', {port}))\n\
+         s.settimeout(3)\n\
+         print('ready', flush=True)\n\
+         try:\n    print('received', s.recv(100))\n\
+         except socket.timeout:\n    print('nothing')\n"
+    );
+    let mut child = in_ns(ns, &["python3", "-c", &script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready");
+    child
 }
 
 /// Runs a Python script inside a network namespace; it must succeed.
