@@ -191,16 +191,22 @@ fn peer_keys(cluster: &Cluster, host: usize) -> Vec<String> {
         .collect()
 }
 
+/// Three hosts on etcd with a container each (host 0's first), known to every host.
+fn three_hosts_with_a_container_each() -> (Cluster, [usize; 3]) {
+    let mut cluster = Cluster::with_etcd(3, 3);
+    let containers = [cluster.attach(0), cluster.attach(1), cluster.attach(2)];
+    wait_routes(&cluster, &[0, 1, 2], 6);
+    (cluster, containers)
+}
+
 #[test]
 fn a_host_cannot_take_another_hosts_address() {
     if !root_or_skip("a_host_cannot_take_another_hosts_address") {
         return;
     }
-    let mut cluster = Cluster::with_etcd(3, 3);
     // The taker is host 0: its name sorts first, so only the certificates stand between it
     // and the victim's traffic (of two believed claims the first by name would win).
-    let (_c, b, a) = (cluster.attach(0), cluster.attach(1), cluster.attach(2));
-    wait_routes(&cluster, &[0, 1, 2], 6);
+    let (cluster, [_c, b, a]) = three_hosts_with_a_container_each();
     // Host 0, taken over, publishes container b's address under its own name and key (what
     // its etcd credentials let it write), with b's container id.
     let taker = cluster.status(0);
@@ -478,9 +484,7 @@ fn a_host_cannot_send_from_another_hosts_addresses() {
     if !root_or_skip("a_host_cannot_send_from_another_hosts_addresses") {
         return;
     }
-    let mut cluster = Cluster::with_etcd(3, 3);
-    let (a, b, c) = (cluster.attach(0), cluster.attach(1), cluster.attach(2));
-    wait_routes(&cluster, &[0, 1, 2], 6);
+    let (cluster, [a, b, c]) = three_hosts_with_a_container_each();
     let etcd = cluster.etcd();
     let id = etcd.etcdctl(
         &etcd.endpoints(),

@@ -361,6 +361,11 @@ impl Cluster {
             .unwrap()
             .to_string();
         let ip = address.split('/').next().unwrap().parse().unwrap();
+        self.keep(ns, host, id, ip)
+    }
+
+    /// Records a container just attached to the current network; returns its index.
+    fn keep(&mut self, ns: TestNetns, host: usize, id: String, ip: Ipv4Addr) -> usize {
         ns.ip(&["link", "set", "lo", "up"]);
         let network = (self.network.clone(), self.subnet.clone());
         self.containers.push(Container {
@@ -388,16 +393,7 @@ impl Cluster {
             String::from_utf8_lossy(&out.stdout),
             self.daemon_log(host)
         );
-        ns.ip(&["link", "set", "lo", "up"]);
-        let network = (self.network.clone(), self.subnet.clone());
-        self.containers.push(Container {
-            ns,
-            host,
-            id,
-            ip,
-            network,
-        });
-        (self.containers.len() - 1, took)
+        (self.keep(ns, host, id, ip), took)
     }
 
     /// Detaches every container; their namespaces live on in what is returned.
