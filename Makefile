@@ -41,6 +41,7 @@ man: build
 	$(RELEASE)/flatnetd generate-man $(MAN_DIR)
 	$(RELEASE)/flatnet-cni --generate-man $(MAN_DIR)
 	$(RELEASE)/flatnet --generate-man $(MAN_DIR)
+	$(RELEASE)/flatnet-cert generate-man $(MAN_DIR)
 	cp docs/man/flatnet.7 $(MAN_DIR)/
 	gzip -n -9 $(MAN_DIR)/*.[78]
 
@@ -73,6 +74,7 @@ uninstall:
 		$(DESTDIR)$(NETAVARK_PLUGIN_DIR)/flatnet $(DESTDIR)$(SYSTEMD_UNIT_DIR)/flatnetd.service \
 		$(DESTDIR)$(MANDIR)/man7/flatnet.7.gz $(DESTDIR)$(MANDIR)/man8/flatnet.8.gz \
 		$(DESTDIR)$(MANDIR)/man8/flatnet-cni.8.gz $(DESTDIR)$(MANDIR)/man8/flatnetd.8.gz \
+		$(DESTDIR)$(MANDIR)/man8/flatnet-cert.8.gz \
 		$(DESTDIR)$(MANDIR)/man8/flatnetd-*.8.gz
 	rm -rf $(DESTDIR)$(DOCDIR)
 	@echo "left in place: $(DESTDIR)$(CNI_CONF_DIR)/flatnet.conflist (your network), $(DESTDIR)/run/flatnet (state)"

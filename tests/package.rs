@@ -58,6 +58,7 @@ const FILES: &[(&str, &str)] = &[
     ("usr/share/man/man7/flatnet.7.gz", "-rw-r--r--"),
     ("usr/share/man/man8/flatnet.8.gz", "-rw-r--r--"),
     ("usr/share/man/man8/flatnet-cni.8.gz", "-rw-r--r--"),
+    ("usr/share/man/man8/flatnet-cert.8.gz", "-rw-r--r--"),
     ("usr/share/man/man8/flatnetd.8.gz", "-rw-r--r--"),
     ("usr/share/man/man8/flatnetd-check.8.gz", "-rw-r--r--"),
     (
@@ -373,6 +374,7 @@ fn make_install_stages_into_destdir_and_uninstall_leaves_only_the_users_network(
         "usr/lib/systemd/system/flatnetd.service",
         "usr/share/man/man7/flatnet.7.gz",
         "usr/share/man/man8/flatnetd-check.8.gz",
+        "usr/share/man/man8/flatnet-cert.8.gz",
         "usr/share/doc/flatnet/examples/flatnet.conflist",
     ] {
         assert!(

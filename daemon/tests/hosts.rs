@@ -84,6 +84,11 @@ fn networks_whose_names_collide_in_a_32_bit_hash_stay_apart() {
         cluster.drops(0, "no_route") > no_route,
         "the crossing is dropped"
     );
+    // Each host's status names its network's identifier: one per name, the same everywhere.
+    let id = |host: usize| cluster.status(host)["networks"][0]["id"].clone();
+    assert_eq!(id(0), id(1));
+    assert_eq!(id(2), id(3));
+    assert_ne!(id(0), id(2));
 }
 
 #[test]

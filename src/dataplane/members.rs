@@ -46,11 +46,12 @@ impl LocalNetworks {
     pub fn status(&self) -> serde_json::Value {
         let networks: Vec<_> = self
             .0
-            .values()
-            .map(|n| {
+            .iter()
+            .map(|(id, n)| {
                 let m = &n.member;
                 json!({
                     "network": m.network,
+                    "id": format!("{id:08x}"),
                     "host_member": m.ifname,
                     "address": m.address,
                     "gateway": m.gateway,

@@ -2,10 +2,11 @@
 //! lives (not on the hosts): `ca` makes the CA, `sign` grants a host's key its address blocks,
 //! `print` and `verify` read a certificate.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use flatnet::cert::{self, CaCert, CaKey, HostCert};
 use ipnet::Ipv4Net;
 
@@ -62,6 +63,36 @@ enum Cmd {
         ca: PathBuf,
         cert: PathBuf,
     },
+    /// Write the manual page (roff) into a directory and exit.
+    #[command(hide = true)]
+    GenerateMan { dir: PathBuf },
+}
+
+const SEE_ALSO: &str = "\n.SH \"SEE ALSO\"\n\\fBflatnetd\\fR(8), \\fBflatnet\\fR(7); \
+                        docs/security.md and docs/operation.md (\"On etcd\")\n";
+
+/// flatnet-cert(8) and a page for each subcommand, from the definitions above.
+fn write_manual(dir: &Path) -> flatnet::Result<()> {
+    let top = Cli::command();
+    let mut pages = vec![top.clone()];
+    for sub in top
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+    {
+        pages.push(sub.clone().name(format!("flatnet-cert-{}", sub.get_name())));
+    }
+    for command in pages {
+        let file = format!("{}.8", command.get_name());
+        let man = clap_mangen::Man::new(command)
+            .section("8")
+            .manual("Flatnet");
+        let render = |out: &mut dyn Write| {
+            man.render(out)?;
+            out.write_all(SEE_ALSO.as_bytes())
+        };
+        flatnet::manual::write_page(dir, &file, render).map_err(flatnet::Error::InvalidRequest)?;
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -79,6 +110,7 @@ fn main() -> ExitCode {
             println!("{}", serde_json::to_string_pretty(&value).unwrap());
         }),
         Cmd::Verify { ca, cert } => verify(&ca, &cert),
+        Cmd::GenerateMan { dir } => write_manual(&dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
