@@ -56,13 +56,21 @@ fn render(s: &Value) -> String {
         s["metrics"].as_str().unwrap_or("off"),
     );
     out += &format!(
-        "\n{:<14} {:<12} {:<16} {:<16} {:<18} {:<8} {}\n",
-        "NETWORK", "HOST MEMBER", "MEMBER ADDRESS", "GATEWAY", "SUBNET", "EGRESS", "DNS UPSTREAMS"
+        "\n{:<14} {:<8} {:<12} {:<16} {:<16} {:<18} {:<8} {}\n",
+        "NETWORK",
+        "ID",
+        "HOST MEMBER",
+        "MEMBER ADDRESS",
+        "GATEWAY",
+        "SUBNET",
+        "EGRESS",
+        "DNS UPSTREAMS"
     );
     for n in s["networks"].as_array().into_iter().flatten() {
         out += &format!(
-            "{:<14} {:<12} {:<16} {:<16} {:<18} {:<8} {}\n",
+            "{:<14} {:<8} {:<12} {:<16} {:<16} {:<18} {:<8} {}\n",
             text(&n["network"]),
+            text(&n["id"]),
             text(&n["host_member"]),
             text(&n["address"]),
             text(&n["gateway"]),
