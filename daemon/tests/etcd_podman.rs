@@ -282,6 +282,141 @@ impl Drop for Hosts {
     }
 }
 
+/// `podman run -d` of the test image on the network, with extra flags.
+fn run(host: &PodmanHost, name: &str, extra: &[&str]) -> Output {
+    let mut args = vec!["run", "-d", "--name", name, "--network", NETWORK];
+    args.extend_from_slice(extra);
+    args.extend([IMAGE, "sleep", "600"]);
+    host.podman(&args)
+}
+
+fn succeeded(host: &PodmanHost, name: &str, out: Output) {
+    assert!(
+        out.status.success(),
+        "host {}: podman run {name}: {}\nflatnetd's log:\n{}",
+        host.index,
+        String::from_utf8_lossy(&out.stderr),
+        host.daemon_log()
+    );
+}
+
+/// Two hosts on an etcd cluster, each with its Podman's mount namespace and directories.
+fn two_hosts() -> (Cluster, Hosts) {
+    let mut cluster = Cluster::with_etcd(0, 3);
+    let base = PathBuf::from(format!("/run/flatnet-podman-hosts-{}", std::process::id()));
+    std::fs::create_dir_all(&base).unwrap();
+    let mut hosts = Hosts(Vec::new(), base.clone());
+    // Mount namespace files live on a private mount of their own (the kernel's rule).
+    for args in [&["--bind", ".", "."][..], &["--make-private", "."][..]] {
+        let status = Command::new("mount")
+            .args(args)
+            .current_dir(&base)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    for index in 0..2 {
+        cluster.add_host();
+        hosts.0.push(PodmanHost::new(&cluster, index, &base));
+    }
+    (cluster, hosts)
+}
+
+/// `podman network create` on each host with its own files; returns each network's range.
+fn create_networks(cluster: &Cluster, hosts: &Hosts) -> HashSet<String> {
+    let mut ranges = HashSet::new();
+    for host in &hosts.0 {
+        host.import_image();
+        let options = host.provision(cluster);
+        let mut args = vec![
+            "network",
+            "create",
+            "-d",
+            "flatnet",
+            "--subnet",
+            &cluster.subnet,
+        ];
+        for option in &options {
+            args.extend(["-o", option]);
+        }
+        args.push(NETWORK);
+        host.podman_ok(&args);
+        let format = "{{range .Subnets}}{{.LeaseRange}}{{end}}";
+        let range = host.podman_ok(&["network", "inspect", "-f", format, NETWORK]);
+        ranges.insert(range.trim().to_string());
+    }
+    ranges
+}
+
+/// A container: its host, name and address.
+type Started = (usize, String, Ipv4Addr);
+
+/// `per_host` containers on each host, started alternately as two busy hosts would.
+fn start_containers(hosts: &Hosts, per_host: usize) -> Vec<Started> {
+    let mut containers = Vec::new();
+    let started = Instant::now();
+    for n in 0..per_host {
+        for host in &hosts.0 {
+            let name = format!("h{}-c{n}", host.index);
+            succeeded(host, &name, run(host, &name, &[]));
+            containers.push((host.index, name.clone(), host.address(&name)));
+        }
+    }
+    eprintln!(
+        "{} containers started in {:.1} s",
+        containers.len(),
+        started.elapsed().as_secs_f64()
+    );
+    containers
+}
+
+/// Waits until every host routes `expected` addresses (containers and host members).
+fn wait_for_routes(hosts: &Hosts, expected: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !hosts
+        .0
+        .iter()
+        .all(|h| h.status()["routes"].as_u64() == Some(expected))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "not {expected} routes on every host"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Quorum lost: established traffic goes on, a new container fails within 5 s with "try
+/// again" and leaves no lease; quorum back, the same daemons attach again.
+fn quorum_lost_and_back(cluster: &mut Cluster, hosts: &Hosts, containers: &[Started]) {
+    let etcd = cluster.etcd.as_mut().unwrap();
+    etcd.kill_member(1);
+    etcd.kill_member(2);
+    let (first, other) = (&containers[0], &containers[1]);
+    let pid = hosts.0[first.0].pid(&first.1);
+    assert!(
+        unanswered(&pid, &[other.2]).is_empty(),
+        "traffic stopped with etcd"
+    );
+    let host = &hosts.0[0];
+    let leases = host.leases();
+    let started = Instant::now();
+    let out = run(host, "without-quorum", &[]);
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started without quorum");
+    assert!(stderr.contains("try again"), "{stderr}");
+    assert!(took < Duration::from_secs(5), "refused after {took:?}");
+    eprintln!(
+        "without quorum, podman run failed in {:.1} s",
+        took.as_secs_f64()
+    );
+    assert_eq!(host.leases(), leases, "the refused container left a lease");
+    host.podman_ok(&["rm", "-f", "without-quorum"]);
+    cluster.etcd.as_mut().unwrap().restart_members(&[1, 2]);
+    succeeded(host, "with-quorum", run(host, "with-quorum", &[]));
+}
+
 #[test]
 fn two_podman_hosts_on_etcd_give_distinct_addresses_and_reach_each_other() {
     let test = "two_podman_hosts_on_etcd_give_distinct_addresses_and_reach_each_other";
@@ -291,81 +426,15 @@ fn two_podman_hosts_on_etcd_give_distinct_addresses_and_reach_each_other() {
     let Some(_serial) = e2e_enabled(test) else {
         return;
     };
-    let mut cluster = Cluster::with_etcd(0, 3);
-    // Mount namespace files live on a private mount of their own (the kernel's rule).
-    let base = PathBuf::from(format!("/run/flatnet-podman-hosts-{}", std::process::id()));
-    std::fs::create_dir_all(&base).unwrap();
-    for args in [&["--bind", ".", "."][..], &["--make-private", "."][..]] {
-        let status = Command::new("mount")
-            .args(args)
-            .current_dir(&base)
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-    let mut hosts = Hosts(Vec::new(), base.clone());
-    for index in 0..2 {
-        cluster.add_host();
-        hosts.0.push(PodmanHost::new(&cluster, index, &base));
-    }
-
-    let mut ranges = HashSet::new();
-    for host in &hosts.0 {
-        host.import_image();
-        let mut args = vec![
-            "network",
-            "create",
-            "-d",
-            "flatnet",
-            "--subnet",
-            &cluster.subnet,
-        ];
-        let options = host.provision(&cluster);
-        for option in &options {
-            args.extend(["-o", option]);
-        }
-        args.push(NETWORK);
-        host.podman_ok(&args);
-        let range = host.podman_ok(&[
-            "network",
-            "inspect",
-            "-f",
-            "{{range .Subnets}}{{.LeaseRange}}{{end}}",
-            NETWORK,
-        ]);
-        ranges.insert(range.trim().to_string());
-    }
+    let (mut cluster, hosts) = two_hosts();
+    let ranges = create_networks(&cluster, &hosts);
     assert_eq!(
         ranges.len(),
         2,
         "each host's Podman has its own range: {ranges:?}"
     );
 
-    // 20 containers on each host, started alternately as two busy hosts would.
-    let mut containers: Vec<(usize, String, Ipv4Addr)> = Vec::new();
-    let started = Instant::now();
-    for n in 0..CONTAINERS_PER_HOST {
-        for host in &hosts.0 {
-            let name = format!("h{}-c{n}", host.index);
-            host.podman_ok(&[
-                "run",
-                "-d",
-                "--name",
-                &name,
-                "--network",
-                NETWORK,
-                IMAGE,
-                "sleep",
-                "600",
-            ]);
-            containers.push((host.index, name.clone(), host.address(&name)));
-        }
-    }
-    eprintln!(
-        "{} containers started in {:.1} s",
-        containers.len(),
-        started.elapsed().as_secs_f64()
-    );
+    let containers = start_containers(&hosts, CONTAINERS_PER_HOST);
     let addresses: HashSet<Ipv4Addr> = containers.iter().map(|c| c.2).collect();
     assert_eq!(
         addresses.len(),
@@ -379,20 +448,7 @@ fn two_podman_hosts_on_etcd_give_distinct_addresses_and_reach_each_other() {
         );
     }
 
-    // Every host knows every container and both host members.
-    let expected = containers.len() as u64 + 2;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !hosts
-        .0
-        .iter()
-        .all(|h| h.status()["routes"].as_u64() == Some(expected))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "not {expected} routes on every host"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_routes(&hosts, containers.len() as u64 + 2);
     // Every pair across the hosts, both ways.
     for (host, name, _) in &containers {
         let others: Vec<Ipv4Addr> = containers
@@ -400,78 +456,15 @@ fn two_podman_hosts_on_etcd_give_distinct_addresses_and_reach_each_other() {
             .filter(|c| c.0 != *host)
             .map(|c| c.2)
             .collect();
-        let pid = hosts.0[*host].pid(name);
-        let missed = unanswered(&pid, &others);
+        let missed = unanswered(&hosts.0[*host].pid(name), &others);
         assert!(missed.is_empty(), "{name} reaches none of {missed:?}");
     }
 
-    // Quorum lost: established traffic goes on, a new container fails within 5 s with "try
-    // again" and leaves no lease; quorum back, the same daemons attach again.
-    let etcd = cluster.etcd.as_mut().unwrap();
-    etcd.kill_member(1);
-    etcd.kill_member(2);
-    let (first, last) = (&containers[0], &containers[1]);
-    let pid = hosts.0[first.0].pid(&first.1);
-    assert!(
-        unanswered(&pid, &[last.2]).is_empty(),
-        "traffic stopped with etcd"
-    );
-    let leases = hosts.0[0].leases();
-    let started = Instant::now();
-    let out = hosts.0[0].podman(&[
-        "run",
-        "-d",
-        "--name",
-        "without-quorum",
-        "--network",
-        NETWORK,
-        IMAGE,
-        "sleep",
-        "600",
-    ]);
-    let took = started.elapsed();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "started without quorum");
-    assert!(stderr.contains("try again"), "{stderr}");
-    assert!(took < Duration::from_secs(5), "refused after {took:?}");
-    eprintln!(
-        "without quorum, podman run failed in {:.1} s",
-        took.as_secs_f64()
-    );
-    assert_eq!(
-        hosts.0[0].leases(),
-        leases,
-        "the refused container left a lease"
-    );
-    hosts.0[0].podman_ok(&["rm", "-f", "without-quorum"]);
-    cluster.etcd.as_mut().unwrap().restart_members(&[1, 2]);
-    hosts.0[0].podman_ok(&[
-        "run",
-        "-d",
-        "--name",
-        "with-quorum",
-        "--network",
-        NETWORK,
-        IMAGE,
-        "sleep",
-        "600",
-    ]);
+    quorum_lost_and_back(&mut cluster, &hosts, &containers);
 
     // `--ip` of the other host's block: refused with an error that says why.
     let foreign = cluster.block(1).hosts().nth(5).unwrap().to_string();
-    let out = hosts.0[0].podman(&[
-        "run",
-        "-d",
-        "--name",
-        "foreign",
-        "--network",
-        NETWORK,
-        "--ip",
-        &foreign,
-        IMAGE,
-        "sleep",
-        "600",
-    ]);
+    let out = run(&hosts.0[0], "foreign", &["--ip", &foreign]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && stderr.contains("not in this host's blocks"),
