@@ -74,7 +74,7 @@ uninstall:
 		$(DESTDIR)$(NETAVARK_PLUGIN_DIR)/flatnet $(DESTDIR)$(SYSTEMD_UNIT_DIR)/flatnetd.service \
 		$(DESTDIR)$(MANDIR)/man7/flatnet.7.gz $(DESTDIR)$(MANDIR)/man8/flatnet.8.gz \
 		$(DESTDIR)$(MANDIR)/man8/flatnet-cni.8.gz $(DESTDIR)$(MANDIR)/man8/flatnetd.8.gz \
-		$(DESTDIR)$(MANDIR)/man8/flatnet-cert.8.gz \
+		$(DESTDIR)$(MANDIR)/man8/flatnet-cert*.8.gz \
 		$(DESTDIR)$(MANDIR)/man8/flatnetd-*.8.gz
 	rm -rf $(DESTDIR)$(DOCDIR)
 	@echo "left in place: $(DESTDIR)$(CNI_CONF_DIR)/flatnet.conflist (your network), $(DESTDIR)/run/flatnet (state)"
