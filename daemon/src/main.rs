@@ -2,10 +2,10 @@
 //! it (`stop`), shows what it does (`status`) and checks a host and a network config (`check`).
 
 mod check;
+mod man_pages;
 mod status;
 
 use std::fs::File;
-use std::io::Write;
 use std::net::SocketAddr;
 use std::os::fd::FromRawFd;
 use std::path::{Path, PathBuf};
@@ -237,31 +237,12 @@ fn init_logging(log_file: Option<&std::path::Path>) {
 
 /// The manual pages, flatnetd(8) and one per subcommand (flatnetd-check(8), ...), into `dir`.
 fn write_manual(dir: &Path) -> ExitCode {
-    let top = Cli::command();
-    let mut pages = vec![(top.clone(), include_str!("manual.roff"))];
-    for sub in top
-        .get_subcommands()
-        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
-    {
-        let name = format!("flatnetd-{}", sub.get_name());
-        pages.push((
-            sub.clone().name(name),
-            "\n.SH \"SEE ALSO\"\n\\fBflatnetd\\fR(8)\n",
-        ));
-    }
-    for (command, extra) in pages {
-        let file = format!("{}.8", command.get_name());
-        let man = clap_mangen::Man::new(command)
-            .section("8")
-            .manual("Flatnet");
-        let render = |out: &mut dyn Write| {
-            man.render(out)?;
-            out.write_all(extra.as_bytes())
-        };
-        if let Err(e) = flatnet::manual::write_page(dir, &file, render) {
+    let see_also = "\n.SH \"SEE ALSO\"\n\\fBflatnetd\\fR(8)\n";
+    match man_pages::write_pages(dir, Cli::command(), include_str!("manual.roff"), see_also) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
             eprintln!("flatnetd: {e}");
-            return ExitCode::FAILURE;
+            ExitCode::FAILURE
         }
     }
-    ExitCode::SUCCESS
 }

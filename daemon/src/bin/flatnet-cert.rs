@@ -2,7 +2,9 @@
 //! lives (not on the hosts): `ca` makes the CA, `sign` grants a host's key its address blocks,
 //! `print` and `verify` read a certificate.
 
-use std::io::Write;
+#[path = "../man_pages.rs"]
+mod man_pages;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -73,26 +75,8 @@ const SEE_ALSO: &str = "\n.SH \"SEE ALSO\"\n\\fBflatnetd\\fR(8), \\fBflatnet\\fR
 
 /// flatnet-cert(8) and a page for each subcommand, from the definitions above.
 fn write_manual(dir: &Path) -> flatnet::Result<()> {
-    let top = Cli::command();
-    let mut pages = vec![top.clone()];
-    for sub in top
-        .get_subcommands()
-        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
-    {
-        pages.push(sub.clone().name(format!("flatnet-cert-{}", sub.get_name())));
-    }
-    for command in pages {
-        let file = format!("{}.8", command.get_name());
-        let man = clap_mangen::Man::new(command)
-            .section("8")
-            .manual("Flatnet");
-        let render = |out: &mut dyn Write| {
-            man.render(out)?;
-            out.write_all(SEE_ALSO.as_bytes())
-        };
-        flatnet::manual::write_page(dir, &file, render).map_err(flatnet::Error::InvalidRequest)?;
-    }
-    Ok(())
+    man_pages::write_pages(dir, Cli::command(), SEE_ALSO, SEE_ALSO)
+        .map_err(flatnet::Error::InvalidRequest)
 }
 
 fn main() -> ExitCode {
