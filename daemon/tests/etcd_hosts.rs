@@ -525,3 +525,32 @@ fn a_host_cannot_send_from_another_hosts_addresses() {
         "a spoofed packet reached the container"
     );
 }
+
+#[test]
+fn colliding_network_names_get_identifiers_of_their_own_in_etcd() {
+    if !root_or_skip("colliding_network_names_get_identifiers_of_their_own_in_etcd") {
+        return;
+    }
+    let (a, b) = flatnet::lighthouse::network_id::colliding_names("net-");
+    let mut cluster = Cluster::with_etcd(2, 1);
+    cluster.network = a.clone();
+    cluster.attach(0);
+    cluster.network = b.clone();
+    cluster.attach(1);
+    let etcd = cluster.etcd();
+    let get = |key: String| {
+        let out = etcd.etcdctl(&etcd.endpoints(), &["get", "--print-value-only", &key]);
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let id_of = |name: &str| get(format!("/flatnet/v1/networks/{name}"));
+    let (id_a, id_b) = (id_of(&a), id_of(&b));
+    // The first name keeps its hash; the second gets another number, written both ways.
+    assert_eq!(id_a, flatnet::lighthouse::network_id::fnv1a(&a).to_string());
+    assert_ne!(id_a, id_b);
+    assert_eq!(get(format!("/flatnet/v1/network-ids/{id_a}")), a);
+    assert_eq!(get(format!("/flatnet/v1/network-ids/{id_b}")), b);
+    // Each data plane tags its network with the allotted identifier.
+    let shown = |host: usize| cluster.status(host)["networks"][0]["id"].clone();
+    let hex = |id: &str| serde_json::json!(format!("{:08x}", id.parse::<u32>().unwrap()));
+    assert_eq!((shown(0), shown(1)), (hex(&id_a), hex(&id_b)));
+}

@@ -117,10 +117,14 @@ impl PodmanHost {
     }
 
     fn podman_ok(&self, args: &[&str]) -> String {
-        let out = self.podman(args);
+        self.succeeded(&format!("{args:?}"), self.podman(args))
+    }
+
+    /// The output of a Podman command that must have succeeded (`what` names it).
+    fn succeeded(&self, what: &str, out: Output) -> String {
         assert!(
             out.status.success(),
-            "host {}: podman {args:?}: {}\nflatnetd's log:\n{}",
+            "host {}: podman {what}: {}\nflatnetd's log:\n{}",
             self.index,
             String::from_utf8_lossy(&out.stderr),
             self.daemon_log()
@@ -290,16 +294,6 @@ fn run(host: &PodmanHost, name: &str, extra: &[&str]) -> Output {
     host.podman(&args)
 }
 
-fn succeeded(host: &PodmanHost, name: &str, out: Output) {
-    assert!(
-        out.status.success(),
-        "host {}: podman run {name}: {}\nflatnetd's log:\n{}",
-        host.index,
-        String::from_utf8_lossy(&out.stderr),
-        host.daemon_log()
-    );
-}
-
 /// Two hosts on an etcd cluster, each with its Podman's mount namespace and directories.
 fn two_hosts() -> (Cluster, Hosts) {
     let mut cluster = Cluster::with_etcd(0, 3);
@@ -358,7 +352,7 @@ fn start_containers(hosts: &Hosts, per_host: usize) -> Vec<Started> {
     for n in 0..per_host {
         for host in &hosts.0 {
             let name = format!("h{}-c{n}", host.index);
-            succeeded(host, &name, run(host, &name, &[]));
+            host.succeeded(&format!("run {name}"), run(host, &name, &[]));
             containers.push((host.index, name.clone(), host.address(&name)));
         }
     }
@@ -414,7 +408,7 @@ fn quorum_lost_and_back(cluster: &mut Cluster, hosts: &Hosts, containers: &[Star
     assert_eq!(host.leases(), leases, "the refused container left a lease");
     host.podman_ok(&["rm", "-f", "without-quorum"]);
     cluster.etcd.as_mut().unwrap().restart_members(&[1, 2]);
-    succeeded(host, "with-quorum", run(host, "with-quorum", &[]));
+    host.succeeded("run with-quorum", run(host, "with-quorum", &[]));
 }
 
 #[test]

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
-    KeyValue, PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+    KeyValue, PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse, TxnResponse, WatchOptions,
 };
 
 use super::{network_id, Change, Entry, EtcdSettings, Feed, Lighthouse, NetworkId, Published};
@@ -378,13 +378,7 @@ impl LeaseKeeper {
             .client
             .put(cert_key(&self.host.name), cert, Some(lease_option(id)));
         bounded("publishing the certificate", put).await?;
-        let owned: Vec<(String, Entry)> = self
-            .owned
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(k, e)| (k.clone(), e.clone()))
-            .collect();
+        let owned = snapshot(&self.owned);
         if !self.swept {
             self.sweep(&owned).await?;
             self.swept = true;
@@ -432,14 +426,7 @@ impl LeaseKeeper {
     /// that still names the container it was made for (a later successful claim took it out
     /// of doubt).
     async fn settle_doubts(&mut self) {
-        let doubts: Vec<(String, String)> = self
-            .in_doubt
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(k, c)| (k.clone(), c.clone()))
-            .collect();
-        for (key, container) in doubts {
+        for (key, container) in snapshot(&self.in_doubt) {
             let Ok(read) = bounded(
                 "reading a doubtful claim",
                 self.client.get(key.clone(), None),
@@ -580,10 +567,7 @@ async fn claim(mut client: Client, key: &str, entry: &Entry, lease: i64) -> Resu
     if response.succeeded() {
         return Ok(());
     }
-    let held = response.op_responses().into_iter().find_map(|op| match op {
-        TxnOpResponse::Get(get) => get.kvs().first().cloned(),
-        _ => None,
-    });
+    let held = read_on_failure(response);
     let Some(held) = held else {
         return Err(Error::LighthouseUnavailable(format!(
             "{key} changed while being claimed"
@@ -634,10 +618,7 @@ async fn allot_network_id(mut client: Client, network: String) -> Result<Network
             tracing::info!("network {network} is allotted identifier {id:08x}");
             return Ok(id);
         }
-        let held = response.op_responses().into_iter().find_map(|op| match op {
-            TxnOpResponse::Get(get) => get.kvs().first().cloned(),
-            _ => None,
-        });
+        let held = read_on_failure(response);
         if let Some(held) = held {
             return std::str::from_utf8(held.value())
                 .ok()
@@ -653,6 +634,23 @@ async fn allot_network_id(mut client: Client, network: String) -> Result<Network
         "no free identifier for network {network} among the {} after its hash",
         network_id::MAX_PROBES
     )))
+}
+
+/// The key a failed transaction read in its `or_else` branch, if it exists.
+fn read_on_failure(response: TxnResponse) -> Option<KeyValue> {
+    response.op_responses().into_iter().find_map(|op| match op {
+        TxnOpResponse::Get(get) => get.kvs().first().cloned(),
+        _ => None,
+    })
+}
+
+/// A copy of a shared map, so that no lock is held across an etcd call.
+fn snapshot<K: Clone, V: Clone>(map: &Mutex<BTreeMap<K, V>>) -> Vec<(K, V)> {
+    map.lock()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 /// Deletes `key` only if it is still at `revision`: what was read is what goes.
