@@ -23,6 +23,7 @@ pub fn render(status: &Value) -> String {
     register_peers(&mut registry, status);
     register_drops(&mut registry, status);
     register_containers(&mut registry, status);
+    register_fast_path(&mut registry, status);
     register_daemon(&mut registry, status);
     let mut text = String::new();
     encode(&mut text, &registry).expect("writing to a String cannot fail");
@@ -175,6 +176,23 @@ fn register_containers(registry: &mut Registry, status: &Value) {
     }
 }
 
+/// Container to container on this host, without a tunnel.
+fn register_fast_path(registry: &mut Registry, status: &Value) {
+    let fast_path = &status["fast_path"];
+    let series = [
+        ("flatnet_fast_path_packets", "Frames moved between containers of this host without a tunnel (a segment train counts once)", None, "packets"),
+        ("flatnet_fast_path", "Bytes moved between containers of this host without a tunnel", Some(Unit::Bytes), "bytes"),
+    ];
+    for (name, help, unit, field) in series {
+        let counter: Counter = Counter::default();
+        counter.inc_by(u64_at(fast_path, field));
+        match unit {
+            Some(unit) => registry.register_with_unit(name, help, unit, counter),
+            None => registry.register(name, help, counter),
+        }
+    }
+}
+
 fn register_daemon(registry: &mut Registry, status: &Value) {
     let lighthouse = &status["lighthouse_state"];
     let healthy = lighthouse["healthy"].as_bool().unwrap_or(false);
@@ -252,7 +270,8 @@ mod tests {
                 {"network": "a", "host_member": true},
                 {"network": "b", "host_member": false}
             ],
-            "dns": {"local_answers": 4, "forwarded": 1, "failures": 0}
+            "dns": {"local_answers": 4, "forwarded": 1, "failures": 0},
+            "fast_path": {"packets": 12, "bytes": 345_678}
         })
     }
 
@@ -291,6 +310,11 @@ mod tests {
             1.5
         );
         assert_eq!(line_value(&text, "flatnet_lighthouse_healthy"), 1.0);
+        assert_eq!(line_value(&text, "flatnet_fast_path_packets_total"), 12.0);
+        assert_eq!(
+            line_value(&text, "flatnet_fast_path_bytes_total"),
+            345_678.0
+        );
         assert_eq!(
             line_value(&text, "process_resident_memory_bytes"),
             4096.0 * 1024.0

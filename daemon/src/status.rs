@@ -129,6 +129,10 @@ fn render(s: &Value) -> String {
         num(&dns["upstream_answers"]),
         num(&dns["failures"]),
     );
+    out += &format!(
+        "\nFAST PATH (container to container on this host, no tunnel) PKT/B {}\n",
+        pair(&s["fast_path"]["packets"], &s["fast_path"]["bytes"]),
+    );
     out += "\nDROPS\n";
     for (reason, count) in s["drops"].as_object().into_iter().flatten() {
         out += &format!("  {reason:<24} {}\n", num(count));

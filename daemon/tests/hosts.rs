@@ -785,28 +785,6 @@ for _ in range(5):
     assert!(cluster.ping(a, b, 1), "genuine traffic still flows");
 }
 
-/// Writes a UDP packet from `src` to `dst:port` straight onto the container's eth0 (a packet
-/// socket: no routing decides where it goes, the data plane does).
-fn inject_udp(ns: &str, src: Ipv4Addr, dst: &str, port: u16) {
-    let script = format!(
-        r#"
-import socket, struct
-def checksum(b):
-    s = sum(struct.unpack("!10H", b))
-    s = (s >> 16) + (s & 0xffff)
-    return ~(s + (s >> 16)) & 0xffff
-udp = struct.pack("!HHHH", 4000, {port}, 8 + 5, 0) + b"probe"
-header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0,
-                     socket.inet_aton("{src}"), socket.inet_aton("{dst}"))
-header = header[:10] + struct.pack("!H", checksum(header)) + header[12:]
-s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))
-for _ in range(3):
-    s.sendto(header + udp, ("eth0", 0x0800))
-"#
-    );
-    python_in(ns, &script);
-}
-
 #[test]
 fn a_container_cannot_reach_the_hosts_loopback_through_its_gateway() {
     if !root_or_skip("a_container_cannot_reach_the_hosts_loopback_through_its_gateway") {

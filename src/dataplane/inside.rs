@@ -1,9 +1,9 @@
 //! Packets from members (containers and host members): TUN queue -> checks -> a tunnel to
-//! another host, or straight to a local member's queue when the host member is one end (the
-//! host reaching a container, a container reaching its gateway or egressing through it), or
-//! the DNS resolver for a query to the gateway.
+//! another host, or straight to a local member's queue ([`super::local`]: another container
+//! of this host, the host reaching a container, a container reaching its gateway or egressing
+//! through it), or the DNS resolver for a query to the gateway.
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read};
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::time::Instant;
@@ -16,10 +16,13 @@ use crate::tunnel::DropReason;
 
 /// Where a member's packet goes next.
 enum Hop {
-    /// Sealed for another host (or this one, for container-to-container traffic).
+    /// Sealed for another host.
     Tunnel(Route),
-    /// Written as it is (virtio-net header and all) to the member in this port slot.
+    /// Written as it is (virtio-net header and all) to the member in this port slot, when the
+    /// host member is one end.
     Local(usize),
+    /// The same, between two containers of this host: the fast path.
+    Neighbour(usize),
     /// A DNS query to the gateway: answered by the data plane.
     Resolver,
 }
@@ -52,6 +55,7 @@ impl Daemon {
             let result = match hop {
                 Ok(Hop::Tunnel(route)) => self.send_train(tag, route, n),
                 Ok(Hop::Local(to)) => self.write_local(to, n),
+                Ok(Hop::Neighbour(to)) => self.write_to_neighbour(to, n),
                 Ok(Hop::Resolver) => {
                     self.answer_query(slot, tag, n);
                     Ok(())
@@ -80,7 +84,23 @@ impl Daemon {
             // A container may only speak with its own address.
             return Err(DropReason::Spoofed);
         }
-        let Some(network) = self.networks.get(tag) else {
+        let network = self.networks.get(tag);
+        if let Some(network) = network {
+            let to_gateway = dst == network.member.gateway && !from_host;
+            if to_gateway && is_dns_query(&self.bufs.frame[VNET_HDR_LEN..n]) {
+                return Ok(Hop::Resolver);
+            }
+        }
+        // A member of this host on the same network: no tunnel (see `local` for why).
+        if let Some(local) = self.ports.slot_of(tag, dst) {
+            let to_host = self.ports.get(local).is_some_and(|p| p.is_host());
+            return Ok(if from_host || to_host {
+                Hop::Local(local)
+            } else {
+                Hop::Neighbour(local)
+            });
+        }
+        let Some(network) = network else {
             // No host member here: containers reach each other only.
             return self
                 .routes
@@ -89,15 +109,6 @@ impl Daemon {
                 .ok_or(DropReason::NoRoute);
         };
         let member = &network.member;
-        if dst == member.gateway && !from_host && is_dns_query(&self.bufs.frame[VNET_HDR_LEN..n]) {
-            return Ok(Hop::Resolver);
-        }
-        if let Some(local) = self.ports.slot_of(tag, dst) {
-            // The host member is one end: a local route, no tunnel.
-            if from_host || self.ports.get(local).is_some_and(|p| p.is_host()) {
-                return Ok(Hop::Local(local));
-            }
-        }
         if member.subnet.contains(&dst) {
             // Other hosts know this host's member by its own address only.
             if from_host && src != member.address {
@@ -128,20 +139,6 @@ impl Daemon {
             }
         }
         Ok(())
-    }
-
-    /// Hands the frame to a local member's queue as it is: the virtio-net header travels with
-    /// it, so a segment train stays one write (the receiving stack segments if it must).
-    fn write_local(&mut self, to: usize, n: usize) -> Result<(), DropReason> {
-        let port = self.ports.get_mut(to).ok_or(DropReason::NoRoute)?;
-        match port.queue.write(&self.bufs.frame[..n]) {
-            Ok(written) if written == n => {
-                port.stats.to_container_packets += 1;
-                port.stats.to_container_bytes += (n - VNET_HDR_LEN) as u64;
-                Ok(())
-            }
-            _ => Err(DropReason::QueueFull),
-        }
     }
 
     /// `plain[TAG_LEN..TAG_LEN + len]` holds a packet for `route`: tag, seal and queue it.

@@ -16,6 +16,7 @@ mod follower;
 pub mod fuzzing;
 mod idle_poll;
 mod inside;
+mod local;
 mod members;
 mod metrics_server;
 mod notify;
@@ -58,6 +59,7 @@ use coalesce::Coalescer;
 use follower::Follower;
 use idle_poll::IdlePoll;
 pub use idle_poll::DEFAULT_WINDOW_US as DEFAULT_POLL_US;
+use local::FastPathStats;
 use members::LocalNetworks;
 pub use metrics_server::MetricsAddress;
 use ports::Ports;
@@ -174,6 +176,7 @@ pub struct Daemon {
     networks: LocalNetworks,
     resolver: Resolver,
     drops: DropCounters,
+    fast_path: FastPathStats,
     bufs: Buffers,
     poll: IdlePoll,
     started: Instant,
@@ -380,6 +383,7 @@ impl Daemon {
             networks: LocalNetworks::default(),
             resolver,
             drops: DropCounters::default(),
+            fast_path: FastPathStats::default(),
             bufs: Buffers {
                 frame: vec![0; BUFFER + offload::VNET_HDR_LEN],
                 plain: vec![0; BUFFER + offload::VNET_HDR_LEN],
@@ -601,6 +605,7 @@ impl Daemon {
             "sessions": self.tunnels.session_count(),
             "networks": self.networks.status(),
             "dns": self.resolver.stats,
+            "fast_path": self.fast_path,
             "drops": self.drops.to_json(),
             "poll": {"window_us": self.poll.window_us(), "stats": self.poll.stats()},
         })

@@ -396,6 +396,42 @@ impl Cluster {
         (self.keep(ns, host, id, ip), took)
     }
 
+    /// Moves container `c` to another network, as a runtime would: DEL on its network, then
+    /// ADD of the same namespace and id on `network` (`subnet`). Returns its new address.
+    pub fn move_to(&mut self, c: usize, network: &str, subnet: &str) -> Ipv4Addr {
+        let out = self.cni_del(&self.containers[c]);
+        assert!(
+            out.status.success(),
+            "DEL: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let moved = (network.to_string(), subnet.to_string());
+        let container = &self.containers[c];
+        let conf = self.conf_of(container.host, &moved, &Value::Null);
+        let out = self.cni_conf(
+            container.host,
+            "ADD",
+            &container.ns,
+            &container.id,
+            "",
+            &conf,
+        );
+        assert!(
+            out.status.success(),
+            "ADD: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let address = stdout_json(&out)["ips"][0]["address"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let ip = address.split('/').next().unwrap().parse().unwrap();
+        let container = &mut self.containers[c];
+        container.ip = ip;
+        container.network = moved;
+        ip
+    }
+
     /// Detaches every container; their namespaces live on in what is returned.
     pub fn detach_all(&mut self) -> Vec<Container> {
         let containers = std::mem::take(&mut self.containers);
@@ -614,6 +650,28 @@ pub fn udp_listener(ns: &str, address: &str, port: u16) -> Child {
 pub fn python_in(ns: &str, script: &str) {
     let status = in_ns(ns, &["python3", "-c", script]).status().unwrap();
     assert!(status.success(), "python in {ns} failed");
+}
+
+/// Writes a UDP packet from `src` to `dst:port` straight onto the container's eth0 (a packet
+/// socket: no routing decides where it goes, the data plane does).
+pub fn inject_udp(ns: &str, src: Ipv4Addr, dst: &str, port: u16) {
+    let script = format!(
+        r#"
+import socket, struct
+def checksum(b):
+    s = sum(struct.unpack("!10H", b))
+    s = (s >> 16) + (s & 0xffff)
+    return ~(s + (s >> 16)) & 0xffff
+udp = struct.pack("!HHHH", 4000, {port}, 8 + 5, 0) + b"probe"
+header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0,
+                     socket.inet_aton("{src}"), socket.inet_aton("{dst}"))
+header = header[:10] + struct.pack("!H", checksum(header)) + header[12:]
+s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))
+for _ in range(3):
+    s.sendto(header + udp, ("eth0", 0x0800))
+"#
+    );
+    python_in(ns, &script);
 }
 
 /// Busybox nc listening on `port` in `ns`, storing what one connection sends in `into`.
