@@ -230,23 +230,44 @@ impl SendBatch {
 
     /// Queues a datagram; the caller flushes when [`SendBatch::is_full`].
     pub fn push(&mut self, datagram: &[u8], to: SocketAddr) {
-        debug_assert!(datagram.len() <= SLOT);
-        if !self.joins_last(datagram.len(), to) {
+        self.push_with(datagram.len(), to, |slot| {
+            slot.copy_from_slice(datagram);
+            true
+        });
+    }
+
+    /// Queues a datagram of `len` bytes that `fill` writes in place (so a sealed packet needs
+    /// no copy); `fill` returns false to take the room back. The caller flushes when
+    /// [`SendBatch::is_full`].
+    pub fn push_with(
+        &mut self,
+        len: usize,
+        to: SocketAddr,
+        fill: impl FnOnce(&mut [u8]) -> bool,
+    ) -> bool {
+        debug_assert!(len <= SLOT);
+        let joined = self.joins_last(len, to);
+        if !joined {
             debug_assert!(!self.is_full());
             self.messages[self.count] = Message {
                 to: Some(to),
                 len: 0,
-                segment: datagram.len(),
+                segment: len,
                 segments: 0,
             };
             self.count += 1;
         }
         let i = self.count - 1;
-        let message = &mut self.messages[i];
-        let at = i * SLOT + message.len;
-        self.buffers[at..at + datagram.len()].copy_from_slice(datagram);
-        message.len += datagram.len();
-        message.segments += 1;
+        let at = i * SLOT + self.messages[i].len;
+        if !fill(&mut self.buffers[at..at + len]) {
+            if !joined {
+                self.count -= 1;
+            }
+            return false;
+        }
+        self.messages[i].len += len;
+        self.messages[i].segments += 1;
+        true
     }
 
     /// Can `len` bytes for `to` ride in the last message? Only after full-size segments:
@@ -609,5 +630,29 @@ mod tests {
         };
         assert_eq!(receive(&rx1, for_peer(to1).len(), from).0, for_peer(to1));
         assert_eq!(receive(&rx2, for_peer(to2).len(), from).0, for_peer(to2));
+    }
+
+    /// A datagram written in place that is taken back (its sealing failed) leaves nothing:
+    /// neither a message of its own nor a segment in the message it would have joined.
+    #[test]
+    fn a_datagram_taken_back_leaves_no_trace() {
+        let (rx, tx) = pair(true);
+        let to = rx.local_addr().unwrap();
+        let mut out = SendBatch::new();
+        assert!(!out.push_with(500, to, |_| false));
+        assert_eq!(out.count, 0);
+        assert!(out.push_with(500, to, |slot| {
+            slot.fill(1);
+            true
+        }));
+        assert!(!out.push_with(500, to, |slot| {
+            slot.fill(9);
+            false
+        }));
+        out.push(&[2; 500], to);
+        assert_eq!((out.count, out.messages[0].segments), (1, 2));
+        out.flush(tx.as_raw_fd());
+        let (got, _) = receive(&rx, 2, tx.local_addr().unwrap());
+        assert_eq!(got, vec![vec![1; 500], vec![2; 500]]);
     }
 }

@@ -12,7 +12,7 @@ use super::offload::{Segments, VNET_HDR_LEN};
 use super::packet::{ipv4_addresses, udp_datagram, TAG_LEN};
 use super::routes::Route;
 use super::{batched, Daemon};
-use crate::tunnel::DropReason;
+use crate::tunnel::{sealed_len, DropReason};
 
 /// Where a member's packet goes next.
 enum Hop {
@@ -127,29 +127,54 @@ impl Daemon {
         }
     }
 
-    /// Cuts the frame's train into packets, then tags, seals and queues each for `route`.
+    /// Cuts the frame's train into packets, then tags, seals and queues each for `route`: the
+    /// peer's session is looked up once for the train, and each packet sealed straight into
+    /// the send batch.
     fn send_train(&mut self, tag: u32, route: Route, n: usize) -> Result<(), DropReason> {
         let mut segments = Segments::new(&self.bufs.frame[..n]).ok_or(DropReason::Malformed)?;
         let now = Instant::now();
-        while let Some(len) =
-            segments.next_into(&self.bufs.frame[..n], &mut self.bufs.plain[TAG_LEN..])
-        {
-            if let Err(reason) = self.send_from_container(tag, route, len, now) {
-                self.drops.count(reason);
+        // Every packet of the train carries the same tag, in front of where it is cut to.
+        self.bufs.plain[..TAG_LEN].copy_from_slice(&tag.to_be_bytes());
+        let fd = self.udp.as_raw_fd();
+        let Some(mut sealer) = self.tunnels.sealer(&route.key, route.endpoint, now) else {
+            // No session yet: packet by packet, held until the handshake completes.
+            while let Some(len) =
+                segments.next_into(&self.bufs.frame[..n], &mut self.bufs.plain[TAG_LEN..])
+            {
+                if let Err(reason) = self.send_from_container(route, len, now) {
+                    self.drops.count(reason);
+                }
+            }
+            return Ok(());
+        };
+        let to = sealer.endpoint();
+        let bufs = &mut self.bufs;
+        while let Some(len) = segments.next_into(&bufs.frame[..n], &mut bufs.plain[TAG_LEN..]) {
+            let plaintext = &bufs.plain[..TAG_LEN + len];
+            let sealed = bufs
+                .to_send
+                .push_with(sealed_len(plaintext.len()), to, |slot| {
+                    sealer.seal(plaintext, slot).is_some()
+                });
+            if !sealed {
+                self.drops.count(DropReason::Expired);
+            }
+            if bufs.to_send.is_full() {
+                bufs.to_send.flush(fd);
             }
         }
+        let send = &mut batched(&mut self.bufs.to_send, fd);
+        self.tunnels.rekey_if_due(&route.key, now, send);
         Ok(())
     }
 
-    /// `plain[TAG_LEN..TAG_LEN + len]` holds a packet for `route`: tag, seal and queue it.
+    /// `plain[..TAG_LEN + len]` holds a tagged packet for `route`: seal and queue it.
     fn send_from_container(
         &mut self,
-        tag: u32,
         route: Route,
         len: usize,
         now: Instant,
     ) -> Result<(), DropReason> {
-        self.bufs.plain[..TAG_LEN].copy_from_slice(&tag.to_be_bytes());
         let fd = self.udp.as_raw_fd();
         self.tunnels.encrypt_packet(
             &route.key,

@@ -11,6 +11,7 @@ pub mod keys;
 pub mod mac;
 pub mod ratelimit;
 pub mod replay;
+pub mod sealer;
 pub mod session;
 pub mod timers;
 pub mod wire;
@@ -25,6 +26,7 @@ use handshake::Initiation;
 pub use keys::{decode_key, encode_key, PublicKey, StaticKeys};
 use mac::MacKey;
 use ratelimit::{HandshakeLimiter, OUTSIDE_TRIGGER_INTERVAL};
+pub use sealer::{sealed_len, Sealer};
 use session::Session;
 pub use timers::Limits;
 use wire::{Message, INIT_LEN, MAX_DATAGRAM, RESPONSE_LEN};
@@ -282,37 +284,28 @@ impl TunnelManager {
         now: Instant,
         send: &mut Sender,
     ) -> Result<(), DropReason> {
+        if let Some(mut sealer) = self.sealer(peer, endpoint, now) {
+            let len = sealer.seal(plaintext, out).ok_or(DropReason::Expired)?;
+            send(&out[..len], sealer.endpoint());
+            self.rekey_if_due(peer, now, send);
+            return Ok(());
+        }
+        // No session that may send: hold the packet until the handshake completes.
         let limits = &self.limits;
         let entry = touch_peer(&mut self.peers, limits, peer, endpoint, now);
-        let session = entry
-            .current
-            .and_then(|i| self.sessions.get_mut(&i))
-            .filter(|s| s.can_send(now, limits));
-        let Some(session) = session else {
-            let overflow = entry.queue.len() >= limits.queue_len;
-            if overflow {
-                entry.queue.pop_front();
-            }
-            entry.queue.push_back(plaintext.to_vec());
-            if entry.pending.is_none() && now >= entry.retry_at {
-                self.start_handshake(peer, now, send);
-            }
-            return if overflow {
-                Err(DropReason::QueueFull)
-            } else {
-                Ok(())
-            };
-        };
-        let len = session.encrypt(plaintext, out).ok_or(DropReason::Expired)?;
-        let rekey = session.wants_rekey(now, limits);
-        send(&out[..len], entry.endpoint);
-        entry.sent(true, now, limits);
-        entry.stats.tx_packets += 1;
-        entry.stats.tx_bytes += plaintext.len() as u64;
-        if rekey && entry.pending.is_none() && now >= entry.retry_at {
+        let overflow = entry.queue.len() >= limits.queue_len;
+        if overflow {
+            entry.queue.pop_front();
+        }
+        entry.queue.push_back(plaintext.to_vec());
+        if entry.pending.is_none() && now >= entry.retry_at {
             self.start_handshake(peer, now, send);
         }
-        Ok(())
+        if overflow {
+            Err(DropReason::QueueFull)
+        } else {
+            Ok(())
+        }
     }
 
     /// Handles one datagram from the underlay. Packets are decrypted into `out`; handshakes are

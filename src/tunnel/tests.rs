@@ -561,3 +561,50 @@ fn spoofed_datagrams_start_at_most_one_handshake_a_second() {
     );
     assert!(initiations >= 1);
 }
+
+/// A train sealed through one [`Sealer`] arrives whole and in order; a session whose message
+/// budget runs out mid-train refuses the rest, and the renewal starts once the train is done.
+#[test]
+fn a_train_is_sealed_through_one_lookup_and_renewed_after() {
+    let limits = Limits {
+        rekey_after_messages: 5,
+        reject_after_messages: 8,
+        ..Limits::default()
+    };
+    let now = Instant::now();
+    let (mut a, mut b) = (host(1, limits.clone()), host(2, limits));
+    let mut wire = Wire::new();
+    a.send_packet(&b, b"hello", &mut wire, now);
+    pump(&mut a, &mut b, &mut wire, now);
+
+    let key = *b.tm.public_key();
+    let mut sealer =
+        a.tm.sealer(&key, b.addr, now)
+            .expect("an established session");
+    assert_eq!(sealer.endpoint(), b.addr);
+    let mut sealed = Vec::new();
+    for i in 0..10u32 {
+        let packet = i.to_le_bytes().repeat(10);
+        let mut out = vec![0u8; sealed_len(packet.len())];
+        match sealer.seal(&packet, &mut out) {
+            Some(len) => {
+                assert_eq!(len, out.len());
+                sealed.push(out);
+            }
+            None => break,
+        }
+    }
+    // "hello" used one message of the eight.
+    assert_eq!(sealed.len(), 7, "the session's budget ends the train");
+    let handshakes = a.tm.status(now)[0].stats.handshakes_sent;
+    a.tm.rekey_if_due(&key, now, &mut |d, to| {
+        wire.push_back((d.to_vec(), a.addr, to))
+    });
+    assert_eq!(a.tm.status(now)[0].stats.handshakes_sent, handshakes + 1);
+    for datagram in sealed {
+        wire.push_back((datagram, a.addr, b.addr));
+    }
+    let (_, got) = pump(&mut a, &mut b, &mut wire, now);
+    let expected: Vec<Vec<u8>> = (0..7u32).map(|i| i.to_le_bytes().repeat(10)).collect();
+    assert_eq!(got, expected);
+}

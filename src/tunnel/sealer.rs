@@ -1,0 +1,84 @@
+//! Sealing a train of packets for one peer: the peer and its sending session are looked up
+//! once per train, not once per packet, and each packet is sealed straight into the caller's
+//! buffer (the data plane's send batch), so a packet is copied once on its way out: from the
+//! plaintext into the ciphertext the kernel sends.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use super::keys::PublicKey;
+use super::session::Session;
+use super::timers::Limits;
+use super::wire::{AEAD_TAG_LEN, TRANSPORT_HEADER_LEN};
+use super::{touch_peer, Peer, Sender, TunnelManager};
+
+/// A peer's session that may send now, borrowed for one train.
+pub struct Sealer<'a> {
+    peer: &'a mut Peer,
+    session: &'a mut Session,
+    limits: &'a Limits,
+    now: Instant,
+}
+
+/// The length of the datagram that carries `plaintext_len` bytes.
+pub fn sealed_len(plaintext_len: usize) -> usize {
+    TRANSPORT_HEADER_LEN + plaintext_len + AEAD_TAG_LEN
+}
+
+impl TunnelManager {
+    /// A sealer for `peer` if it has a session that may send now. Without one the caller goes
+    /// packet by packet through [`TunnelManager::encrypt_packet`], which queues and handshakes.
+    pub fn sealer(
+        &mut self,
+        peer: &PublicKey,
+        endpoint: SocketAddr,
+        now: Instant,
+    ) -> Option<Sealer<'_>> {
+        let limits = &self.limits;
+        let entry = touch_peer(&mut self.peers, limits, peer, endpoint, now);
+        let session = entry
+            .current
+            .and_then(|i| self.sessions.get_mut(&i))
+            .filter(|s| s.can_send(now, limits))?;
+        Some(Sealer {
+            peer: entry,
+            session,
+            limits,
+            now,
+        })
+    }
+
+    /// After sending: starts the next handshake if the sending session is due for renewal.
+    pub fn rekey_if_due(&mut self, peer: &PublicKey, now: Instant, send: &mut Sender) {
+        let Some(entry) = self.peers.get(peer) else {
+            return;
+        };
+        let due = entry
+            .current
+            .and_then(|i| self.sessions.get(&i))
+            .is_some_and(|s| s.wants_rekey(now, &self.limits));
+        if due && entry.pending.is_none() && now >= entry.retry_at {
+            self.start_handshake(peer, now, send);
+        }
+    }
+}
+
+impl Sealer<'_> {
+    /// Where the peer is (it may have roamed from where the lighthouse says).
+    pub fn endpoint(&self) -> SocketAddr {
+        self.peer.endpoint
+    }
+
+    /// Seals `plaintext` into `out` (at least [`sealed_len`] long); returns the datagram's
+    /// length, or `None` once the session may send no more (its message budget is spent).
+    pub fn seal(&mut self, plaintext: &[u8], out: &mut [u8]) -> Option<usize> {
+        if !self.session.can_send(self.now, self.limits) {
+            return None;
+        }
+        let len = self.session.encrypt(plaintext, out)?;
+        self.peer.sent(true, self.now, self.limits);
+        self.peer.stats.tx_packets += 1;
+        self.peer.stats.tx_bytes += plaintext.len() as u64;
+        Some(len)
+    }
+}
