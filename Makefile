@@ -6,6 +6,7 @@
 #   make uninstall            the same files out again; the user's config stays
 #   make deb                  target/debian/flatnet_<version>-1_<arch>.deb (cargo-deb)
 #   make bench, bench-quick   measurements (docs/benchmark.md)
+#   make bench-anchors        the data plane against Nebula and boringtun, same rounds (installs them)
 #   make bench-convergence    30 hosts on etcd, 10 containers each: how fast routes spread
 #   make fuzz                 every fuzz target for FUZZ_SECONDS (300) each (cargo fuzz)
 #   make kill-campaign        200 kills at random points and 1000 start/stop cycles a backend
@@ -27,7 +28,7 @@ RELEASE = target/release
 BINARIES = $(RELEASE)/flatnetd $(RELEASE)/flatnet-cni $(RELEASE)/flatnet $(RELEASE)/flatnet-cert
 MAN_DIR = $(RELEASE)/man
 
-.PHONY: all build man unit install uninstall deb demo test bench bench-quick bench-convergence \
+.PHONY: all build man unit install uninstall deb demo test bench bench-quick bench-anchors bench-convergence \
 	fuzz kill-campaign
 
 all: build
@@ -96,6 +97,11 @@ bench: build
 
 bench-quick: build
 	python3 scripts/bench.py --quick
+
+# Not in CI: it installs the anchors (Nebula, boringtun) and takes several minutes.
+bench-anchors: build
+	scripts/install-anchors.sh
+	python3 scripts/bench.py --anchors
 
 # CI runs the same benchmark with 4 hosts and 3 containers each.
 BENCH_HOSTS ?= 30

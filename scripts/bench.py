@@ -10,8 +10,12 @@ it stops by PID. Nothing here asserts a timing: it measures and reports.
     scripts/bench.py --quick         short setting, what CI runs to prove the benchmark works
     scripts/bench.py --previous DIR  also the data plane of another build (DIR holds its release
                                      binaries), in the same interleaved rounds: ratios to it
+    scripts/bench.py --anchors       the data plane only, with Nebula and boringtun across two
+                                     host namespaces in the same rounds (make bench-anchors
+                                     installs them): ratios to the best anchor of each round
 
-Output: a table on the terminal, bench-results/bench.json and bench-results/bench.svg.
+Output: a table on the terminal, bench-results/bench.json and bench-results/bench.svg
+(bench-anchors.json and .svg with --anchors).
 """
 
 import argparse
@@ -34,6 +38,10 @@ DAEMON = RELEASE / "flatnetd"
 IMAGE = "localhost/flatnet-test:latest"
 PORT = 4870  # clear of the defaults other Flatnet networks on this machine use
 PREFIX = f"fnb{os.getpid() % 10000}"
+ANCHORS = Path(os.environ.get("FLATNET_ANCHORS", "/opt/flatnet-anchors"))
+# The anchors' overlay: a documentation range of its own, inside their two host namespaces.
+ANCHOR_IPS = ("203.0.113.1", "203.0.113.2")
+ANCHOR_MTU = "1420"
 
 
 def sh(*args, check=True, **kw):
@@ -59,6 +67,8 @@ class Lab:
         self.namespaces = []
         self.state_dirs = []
         self.attached = []  # (host ns, conf, container ns, id)
+        self.processes = []  # started here, stopped by PID on close
+        self.files = []
 
     def ns(self, role):
         name = netns(f"{PREFIX}-{role}")
@@ -110,7 +120,27 @@ class Lab:
         out = sh(self.release / "flatnetd", "--state-dir", host["state"], "status", "--json")
         return json.loads(out.stdout)
 
+    def spawn(self, ns, *args, log=None):
+        out = open(log, "w") if log else subprocess.DEVNULL
+        process = subprocess.Popen(in_ns(ns, *args), stdout=out, stderr=subprocess.STDOUT)
+        self.processes.append(process)
+        return process
+
+    def tmpdir(self):
+        path = Path(tempfile.mkdtemp(prefix="flatnet-bench-"))
+        self.state_dirs.append(path)
+        return path
+
     def close(self):
+        for process in self.processes:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        for path in self.files:
+            Path(path).unlink(missing_ok=True)
         for host, ns in list(self.attached):
             try:
                 self.detach(host, ns)
@@ -203,14 +233,94 @@ def scenario_two_hosts(l):
     return a, b, ip_b, [l.daemon(h1)["pid"], l.daemon(h2)["pid"]]
 
 
+def underlay_pair(l, tag):
+    """Two host namespaces on a veth underlay, as in the two-host scenario."""
+    h1, h2 = l.ns(f"{tag}1"), l.ns(f"{tag}2")
+    l.veth(h1, h2, "192.0.2.11", "192.0.2.12", names=("u1", "u2"))
+    return h1, h2
+
+
+def wait_for(what, ready, seconds=10):
+    deadline = time.time() + seconds
+    while not ready():
+        if time.time() > deadline:
+            raise RuntimeError(f"{what} did not come up")
+        time.sleep(0.05)
+
+
+def has_address(ns, dev, ip):
+    return f"inet {ip}/" in sh("ip", "-n", ns, "addr", "show", "dev", dev, check=False).stdout
+
+
+def scenario_nebula(l):
+    """Nebula 1.6 (Debian's package) in each host namespace, peers by static_host_map, MTU 1420,
+    its own certificates, a firewall that lets everything through."""
+    h1, h2 = underlay_pair(l, "nb")
+    pki = l.tmpdir()
+    sh("nebula-cert", "ca", "-name", "flatnet-bench", "-out-crt", pki / "ca.crt", "-out-key", pki / "ca.key")
+    pids = []
+    for i, (ns, ip) in enumerate(zip((h1, h2), ANCHOR_IPS)):
+        peer = ANCHOR_IPS[1 - i]
+        sh("nebula-cert", "sign", "-ca-crt", pki / "ca.crt", "-ca-key", pki / "ca.key", "-name", f"h{i}",
+           "-ip", f"{ip}/24", "-out-crt", pki / f"h{i}.crt", "-out-key", pki / f"h{i}.key")
+        everything = [{"port": "any", "proto": "any", "host": "any"}]
+        config = {
+            "pki": {"ca": str(pki / "ca.crt"), "cert": str(pki / f"h{i}.crt"), "key": str(pki / f"h{i}.key")},
+            "static_host_map": {peer: [f"192.0.2.{12 - i}:4242"]},
+            "lighthouse": {"am_lighthouse": False, "hosts": []},
+            "listen": {"host": "0.0.0.0", "port": 4242},
+            "punchy": {"punch": False},
+            "tun": {"dev": "nebula1", "mtu": int(ANCHOR_MTU)},
+            "logging": {"level": "error"},
+            "firewall": {"outbound": everything, "inbound": everything},
+        }
+        (pki / f"h{i}.yml").write_text(json.dumps(config))  # JSON is YAML
+        pids.append(l.spawn(ns, "nebula", "-config", pki / f"h{i}.yml", log=pki / f"h{i}.log").pid)
+        wait_for(f"nebula in {ns}", lambda: has_address(ns, "nebula1", ip))
+    return h1, h2, ANCHOR_IPS[1], pids
+
+
+def boringtun_binary():
+    found = ANCHORS / "bin" / "boringtun-cli"
+    return found if found.exists() else shutil.which("boringtun-cli")
+
+
+def scenario_boringtun(l):
+    """boringtun-cli 0.7 (its default 4 threads) in each host namespace, configured with `wg`
+    through its configuration socket, MTU 1420."""
+    h1, h2 = underlay_pair(l, "bt")
+    keys = l.tmpdir()
+    names = (f"{PREFIX}w1", f"{PREFIX}w2")
+    private = [sh("wg", "genkey").stdout.strip() for _ in names]
+    public = [sh("wg", "pubkey", input=k).stdout.strip() for k in private]
+    pids = []
+    for i, (ns, name, ip) in enumerate(zip((h1, h2), names, ANCHOR_IPS)):
+        socket_path = Path(f"/var/run/wireguard/{name}.sock")
+        l.files.append(socket_path)
+        pids.append(l.spawn(ns, boringtun_binary(), name, "--foreground", "--disable-drop-privileges",
+                            "--log", keys / f"{name}.log").pid)
+        wait_for(f"boringtun {name}", socket_path.exists)
+        (keys / f"{name}.key").write_text(private[i])
+        sh(*in_ns(ns, "wg", "set", name, "private-key", keys / f"{name}.key", "listen-port", "51820",
+                  "peer", public[1 - i], "allowed-ips", f"{ANCHOR_IPS[1 - i]}/32",
+                  "endpoint", f"192.0.2.{12 - i}:51820"))
+        sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", name)
+        sh("ip", "-n", ns, "link", "set", name, "mtu", ANCHOR_MTU, "up")
+    return h1, h2, ANCHOR_IPS[1], pids
+
+
 SCENARIOS = [("veth", scenario_veth), ("flatnet_same_host", scenario_same_host),
              ("flatnet_two_hosts", scenario_two_hosts)]
+ANCHOR_SCENARIOS = [("nebula", scenario_nebula), ("boringtun", scenario_boringtun)]
 
 
-def data_plane(rounds, seconds, pings, previous=None):
+def data_plane(rounds, seconds, pings, previous=None, anchors=False):
     """Rounds interleave the scenarios, so machine noise shows in every one of them. With
-    `previous`, the Flatnet scenarios run with that build's binaries too."""
+    `previous`, the Flatnet scenarios run with that build's binaries too; with `anchors`,
+    Nebula and boringtun join the rounds."""
     scenarios = [(name, make, RELEASE) for name, make in SCENARIOS]
+    if anchors:
+        scenarios += [(name, make, RELEASE) for name, make in ANCHOR_SCENARIOS]
     if previous:
         scenarios += [(name.replace("flatnet_", "previous_"), make, previous)
                       for name, make in SCENARIOS if name.startswith("flatnet_")]
@@ -424,6 +534,35 @@ def summarise(dp):
     return out
 
 
+def anchor_ratios(dp):
+    """Flatnet across two hosts against each anchor and the best of them, paired by round: the
+    median of the per-round ratios. Higher is better except for RTT."""
+    if "nebula" not in dp or "boringtun" not in dp:
+        return None
+    flatnet = dp["flatnet_two_hosts"]
+    figures = {
+        "tcp1": lambda r: r["tcp1"]["gbps"],
+        "tcp4": lambda r: r["tcp4"]["gbps"],
+        "gbit_per_cpu_s": lambda r: r["tcp1"]["gbit_per_cpu_s"] or 0,
+        "rtt": lambda r: r["rtt"]["median_ms"],
+    }
+    out = {}
+    for figure, value in figures.items():
+        pick = min if figure == "rtt" else max
+        per_round = []
+        for i, row in enumerate(flatnet):
+            anchors = {name: value(dp[name][i]) for name in ("nebula", "boringtun")}
+            best = pick(anchors, key=anchors.get)
+            per_round.append({"flatnet": value(row), **anchors, "best": best,
+                              "ratio_to_best": value(row) / anchors[best] if anchors[best] else None})
+        ratios = [r["ratio_to_best"] for r in per_round if r["ratio_to_best"] is not None]
+        out[figure] = {"rounds": per_round, "ratio_to_best": statistics.median(ratios) if ratios else None}
+        for name in ("nebula", "boringtun"):
+            paired = [r["flatnet"] / r[name] for r in per_round if r[name]]
+            out[figure][f"ratio_to_{name}"] = statistics.median(paired) if paired else None
+    return out
+
+
 def table(report):
     lines = ["", "DATA PLANE (median of rounds; [min-max]; x = ratio to veth in the same round)"]
     lines.append(f"{'scenario':<20} {'TCP 1 stream':>26} {'TCP 4 streams':>26} {'UDP 1200 B':>26} "
@@ -451,10 +590,27 @@ def table(report):
             rtt = statistics.median([a["rtt"]["median_ms"] / b["rtt"]["median_ms"] for a, b in zip(now, before)])
             lines.append(f"this build / previous build, {where}, same rounds: TCP 1 stream x{tcp:.3f}, "
                          f"RTT x{rtt:.2f}")
-    a = report["attach"]
-    lines += ["", "ATTACH (flatnetd running)",
-              f"  ADD p50 {a['add_ms']['p50']:.1f} ms  p99 {a['add_ms']['p99']:.1f} ms   "
-              f"DEL p50 {a['del_ms']['p50']:.1f} ms  p99 {a['del_ms']['p99']:.1f} ms"]
+    fast, two = report["summary"].get("flatnet_same_host"), report["summary"].get("flatnet_two_hosts")
+    if fast and two:
+        lines.append(f"4 streams / 1 stream: one host x{fast['tcp4']['median_gbps'] / fast['tcp1']['median_gbps']:.2f}, "
+                     f"two hosts x{two['tcp4']['median_gbps'] / two['tcp1']['median_gbps']:.2f}")
+    anchors = report.get("anchors")
+    if anchors:
+        lines += ["", "ANCHORS (Flatnet two hosts / anchor, paired by round, median; best = the better "
+                      "anchor of each round)"]
+        names = {"tcp1": "TCP 1 stream", "tcp4": "TCP 4 streams", "gbit_per_cpu_s": "Gbit per CPU-s",
+                 "rtt": "RTT median (lower is better)"}
+        for figure, label in names.items():
+            a = anchors[figure]
+            cells = ", ".join(f"{n} x{a[f'ratio_to_{n}']:.2f}" for n in ("nebula", "boringtun")
+                              if a[f"ratio_to_{n}"] is not None)
+            best = a["ratio_to_best"]
+            lines.append(f"  {label:<30} best x{best:.2f} ({cells})" if best else f"  {label:<30} -")
+    a = report.get("attach")
+    if a:
+        lines += ["", "ATTACH (flatnetd running)",
+                  f"  ADD p50 {a['add_ms']['p50']:.1f} ms  p99 {a['add_ms']['p99']:.1f} ms   "
+                  f"DEL p50 {a['del_ms']['p50']:.1f} ms  p99 {a['del_ms']['p99']:.1f} ms"]
     p = report.get("podman_run")
     if p:
         lines.append(f"  podman run ... true: default network p50 {p['default']['p50']:.0f} ms, "
@@ -474,12 +630,13 @@ def table(report):
                   f"Flatnet {pp['flatnet']['median_gbps']:.2f} Gbit/s "
                   f"[{pp['flatnet']['min']:.2f}-{pp['flatnet']['max']:.2f}]   "
                   f"x{pp['ratio_to_bridge']:.3f} bridge"]
-    m = report["memory"]
-    counts = [k for k in m if k not in ("idle", "per_container_kib")]
-    lines += ["", "MEMORY (flatnetd RSS)",
-              "  idle " + f"{m['idle'] / 1024:.1f} MiB; " +
-              "; ".join(f"{k} containers {m[k] / 1024:.1f} MiB" for k in counts) +
-              f"; {m['per_container_kib']:.1f} KiB per container"]
+    m = report.get("memory")
+    if m:
+        counts = [k for k in m if k not in ("idle", "per_container_kib")]
+        lines += ["", "MEMORY (flatnetd RSS)",
+                  "  idle " + f"{m['idle'] / 1024:.1f} MiB; " +
+                  "; ".join(f"{k} containers {m[k] / 1024:.1f} MiB" for k in counts) +
+                  f"; {m['per_container_kib']:.1f} KiB per container"]
     return "\n".join(lines)
 
 
@@ -516,6 +673,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="short setting (CI): proves the benchmark runs")
     ap.add_argument("--out", default=str(ROOT / "bench-results"))
     ap.add_argument("--previous", help="release directory of another build to compare with")
+    ap.add_argument("--anchors", action="store_true",
+                    help="the data plane only, with Nebula and boringtun in the same rounds")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench: run as root (namespaces, TUN devices)")
@@ -525,30 +684,37 @@ def main():
     rounds, seconds, pings, attaches, runs, mem, queries = (
         (1, 1, 20, 10, 2, [1, 5], 50) if args.quick else (3, 5, 500, 100, 10, [1, 100, 250], 2000))
 
+    if args.anchors:
+        missing = [t for t in ("nebula", "nebula-cert", "wg") if not shutil.which(t)]
+        if missing or not boringtun_binary():
+            sys.exit(f"bench: anchors missing ({', '.join(missing) or 'boringtun-cli'}): "
+                     "run scripts/install-anchors.sh (make bench-anchors does)")
+
     print("data plane ...", file=sys.stderr)
-    dp = data_plane(rounds, seconds, pings, args.previous)
-    print("DNS ...", file=sys.stderr)
-    dns = dns_latency(rounds, queries)
-    print("published port ...", file=sys.stderr)
-    published = published_port(rounds, seconds)
-    print("attach latency ...", file=sys.stderr)
-    attach = attach_latency(attaches)
-    print("podman run ...", file=sys.stderr)
-    podman = podman_run(runs)
-    print("memory ...", file=sys.stderr)
-    memory_report = memory(mem)
+    dp = data_plane(rounds, seconds, pings, args.previous, args.anchors)
     report = {
         "machine": {"cores": os.cpu_count(), "kernel": os.uname().release, "quick": args.quick,
                     "rounds": rounds, "seconds": seconds},
-        "rounds": dp, "summary": summarise(dp), "attach": attach, "podman_run": podman, "memory": memory_report,
-        "dns": dns, "published_port": published,
+        "rounds": dp, "summary": summarise(dp), "anchors": anchor_ratios(dp),
     }
+    if not args.anchors:
+        print("DNS ...", file=sys.stderr)
+        report["dns"] = dns_latency(rounds, queries)
+        print("published port ...", file=sys.stderr)
+        report["published_port"] = published_port(rounds, seconds)
+        print("attach latency ...", file=sys.stderr)
+        report["attach"] = attach_latency(attaches)
+        print("podman run ...", file=sys.stderr)
+        report["podman_run"] = podman_run(runs)
+        print("memory ...", file=sys.stderr)
+        report["memory"] = memory(mem)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json").write_text(json.dumps(report, indent=2))
-    svg(report, out / "bench.svg")
+    name = "bench-anchors" if args.anchors else "bench"
+    (out / f"{name}.json").write_text(json.dumps(report, indent=2))
+    svg(report, out / f"{name}.svg")
     print(table(report))
-    print(f"\nwrote {out / 'bench.json'} and {out / 'bench.svg'}")
+    print(f"\nwrote {out / (name + '.json')} and {out / (name + '.svg')}")
 
 
 if __name__ == "__main__":
