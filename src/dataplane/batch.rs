@@ -52,7 +52,10 @@ impl RecvBatch {
 
     /// Receives up to [`BATCH`] messages without blocking; returns how many arrived.
     pub fn receive(&mut self, fd: RawFd) -> io::Result<usize> {
+        // SAFETY: iovec and mmsghdr are plain C structs of integers and pointers, for which
+        // all-zero is valid (null pointers, zero lengths); each is filled in before use.
         let mut iovecs: [libc::iovec; BATCH] = unsafe { zeroed() };
+        // SAFETY: as above.
         let mut headers: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
         for i in 0..BATCH {
             iovecs[i] = libc::iovec {
@@ -312,8 +315,12 @@ impl SendBatch {
 
     /// One `sendmmsg` of messages `first..`; returns how many the kernel took.
     fn send_from(&mut self, fd: RawFd, first: usize) -> io::Result<usize> {
+        // SAFETY: iovec and mmsghdr are plain C structs of integers and pointers, for which
+        // all-zero is valid (null pointers, zero lengths); each is filled in before use.
         let mut iovecs: [libc::iovec; BATCH] = unsafe { zeroed() };
+        // SAFETY: as above.
         let mut headers: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
+        // SAFETY: as above; an all-zero sockaddr_storage is the unspecified address.
         let mut addrs: [libc::sockaddr_storage; BATCH] = unsafe { zeroed() };
         let mut control = [[0u64; CONTROL_WORDS]; BATCH];
         let pending = self.count - first;
@@ -365,6 +372,7 @@ impl SendBatch {
         let message = self.messages[i];
         let to = message.to.expect("queued");
         let bytes = &self.buffers[i * SLOT..i * SLOT + message.len];
+        // SAFETY: plain data; all-zero is the unspecified address, overwritten just below.
         let mut addr: libc::sockaddr_storage = unsafe { zeroed() };
         let addr_len = to_storage(to, &mut addr);
         for datagram in bytes.chunks(message.segment) {
