@@ -673,6 +673,7 @@ impl Network {
             poll_us: None,
             metrics: None,
             persistent_keepalive_s: None,
+            same_host: None,
         }
     }
 

@@ -277,6 +277,8 @@ pub struct DaemonSettings {
     pub metrics: Option<crate::dataplane::MetricsAddress>,
     /// The daemon's persistent keepalive in seconds (0: off); `None` keeps the last run's.
     pub persistent_keepalive_s: Option<u32>,
+    /// How the daemon's containers reach each other; `None` keeps the last run's.
+    pub same_host: Option<crate::dataplane::SameHost>,
 }
 
 /// Makes sure the daemon of `settings.state_dir` runs, starting it if needed and waiting until
@@ -342,6 +344,15 @@ fn check_settings(wanted: &DaemonSettings, status: &serde_json::Value) -> Result
             )));
         }
     }
+    if let Some(same_host) = wanted.same_host {
+        let running = status["same_host"].as_str().unwrap_or("fast");
+        if running != same_host.to_string() {
+            return Err(Error::InvalidConfig(format!(
+                "flatnetd for {} already runs with --same-host {running}: stop it to change that",
+                wanted.state_dir.display()
+            )));
+        }
+    }
     if listen != wanted.listen.to_string() || lighthouse != wanted.lighthouse.to_string() {
         return Err(Error::InvalidConfig(format!(
             "flatnetd for {} runs with endpoint {listen} and lighthouse {lighthouse}, but this \
@@ -379,6 +390,7 @@ fn start_daemon(settings: &DaemonSettings) -> Result<()> {
                 .persistent_keepalive_s
                 .map(|s| format!("--persistent-keepalive={s}")),
         )
+        .args(settings.same_host.map(|s| format!("--same-host={s}")))
         .arg("--ready-fd")
         .arg(ready_fd.to_string())
         .arg("--log-file")

@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser, Subcommand};
 use flatnet::config::{DEFAULT_STATE_DIR, DEFAULT_TUNNEL_PORT};
 use flatnet::control::{self, DaemonSettings, Request};
-use flatnet::dataplane::{self, DaemonConfig, MetricsAddress};
+use flatnet::dataplane::{self, DaemonConfig, MetricsAddress, SameHost};
 use flatnet::lighthouse::{LighthouseInput, LighthouseSettings};
 use flatnet::logging::{self, DaemonLog};
 
@@ -115,6 +115,12 @@ struct Settings {
     /// open, for peers behind NAT; 0 turns it off [default: off, or the last run's]
     #[arg(long, value_name = "SECS")]
     persistent_keepalive: Option<u32>,
+    /// How containers of this host reach each other: `fast` (straight from one TUN device to
+    /// the other, never leaving the host's memory) or `encrypted` (through the host's tunnel
+    /// to itself, so every packet between containers is encrypted) [default: fast, or the
+    /// last run's]
+    #[arg(long, value_name = "fast|encrypted")]
+    same_host: Option<SameHost>,
 }
 
 impl Settings {
@@ -151,8 +157,12 @@ impl Settings {
             persistent_keepalive_s: match self.persistent_keepalive {
                 Some(0) => None,
                 Some(s) => Some(s),
-                None => last.and_then(|c| c.persistent_keepalive_s),
+                None => last.as_ref().and_then(|c| c.persistent_keepalive_s),
             },
+            same_host: self
+                .same_host
+                .or_else(|| last.as_ref().map(|c| c.same_host))
+                .unwrap_or_default(),
             state_dir,
         })
     }
@@ -185,6 +195,7 @@ fn main() -> ExitCode {
                 poll_us: Some(config.poll_us),
                 metrics: config.metrics,
                 persistent_keepalive_s: Some(config.persistent_keepalive_s.unwrap_or(0)),
+                same_host: Some(config.same_host),
             })
         }),
         Cmd::Stop => match control::is_running(&cli.state_dir) {

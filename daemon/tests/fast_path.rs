@@ -168,3 +168,47 @@ fn a_container_moved_to_another_network_is_not_reached_from_the_old_one() {
         "the fast path crossed networks"
     );
 }
+
+/// An operator who wants every packet between containers encrypted, even on one host, says so
+/// with `--same-host encrypted`: the host's tunnel to itself carries them, as before the fast
+/// path, and the setting outlives a restart.
+#[test]
+fn same_host_encrypted_sends_neighbours_through_the_tunnel() {
+    if !root_or_skip("same_host_encrypted_sends_neighbours_through_the_tunnel") {
+        return;
+    }
+    let mut cluster = Cluster::new(1);
+    cluster.start_daemon_with(0, &["--same-host", "encrypted"]);
+    let (a, b) = (cluster.attach(0), cluster.attach(0));
+    cluster.tcp(a, b, 7402);
+    let status = cluster.status(0);
+    assert_eq!(status["same_host"], "encrypted");
+    assert_eq!(
+        fast_path(&cluster, 0),
+        (0, 0),
+        "a neighbour took the fast path"
+    );
+    let own_key = &status["public_key"];
+    let peer = &status["peers"][0];
+    assert_eq!(&peer["public_key"], own_key, "the host tunnels to itself");
+    assert!(peer["tx_packets"].as_u64().unwrap() > 0);
+
+    // Asking a running daemon for the other path is refused, not ignored.
+    let h = &cluster.hosts[0];
+    let out = in_ns(&h.ns.name, &[DAEMON, "--state-dir"])
+        .arg(h.state.path())
+        .args(["start", "--same-host", "fast"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--same-host encrypted"));
+
+    cluster.stop_daemon(0);
+    cluster.start_daemon(0);
+    assert_eq!(
+        cluster.status(0)["same_host"],
+        "encrypted",
+        "kept across a restart"
+    );
+    assert!(cluster.ping(a, b, 1));
+}

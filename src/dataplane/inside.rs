@@ -11,7 +11,7 @@ use std::time::Instant;
 use super::offload::{Segments, VNET_HDR_LEN};
 use super::packet::{ipv4_addresses, udp_datagram, TAG_LEN};
 use super::routes::Route;
-use super::{batched, Daemon};
+use super::{batched, Daemon, SameHost};
 use crate::tunnel::{sealed_len, DropReason};
 
 /// Where a member's packet goes next.
@@ -91,14 +91,15 @@ impl Daemon {
                 return Ok(Hop::Resolver);
             }
         }
-        // A member of this host on the same network: no tunnel (see `local` for why).
+        // A member of this host on the same network: no tunnel (see `local` for why), unless
+        // the operator wants containers' traffic encrypted even here.
         if let Some(local) = self.ports.slot_of(tag, dst) {
-            let to_host = self.ports.get(local).is_some_and(|p| p.is_host());
-            return Ok(if from_host || to_host {
-                Hop::Local(local)
-            } else {
-                Hop::Neighbour(local)
-            });
+            if from_host || self.ports.get(local).is_some_and(|p| p.is_host()) {
+                return Ok(Hop::Local(local));
+            }
+            if self.config.same_host == SameHost::Fast {
+                return Ok(Hop::Neighbour(local));
+            }
         }
         let Some(network) = network else {
             // No host member here: containers reach each other only.

@@ -60,6 +60,7 @@ use follower::Follower;
 use idle_poll::IdlePoll;
 pub use idle_poll::DEFAULT_WINDOW_US as DEFAULT_POLL_US;
 use local::FastPathStats;
+pub use local::SameHost;
 use members::LocalNetworks;
 pub use metrics_server::MetricsAddress;
 use ports::Ports;
@@ -92,6 +93,9 @@ pub struct DaemonConfig {
     /// (the default).
     #[serde(default)]
     pub persistent_keepalive_s: Option<u32>,
+    /// How containers of this host reach each other (the fast path unless told otherwise).
+    #[serde(default)]
+    pub same_host: SameHost,
 }
 
 fn default_poll_us() -> u32 {
@@ -595,6 +599,7 @@ impl Daemon {
             "lighthouse_state": self.follower.health(),
             "metrics": self.config.metrics,
             "persistent_keepalive_s": self.config.persistent_keepalive_s,
+            "same_host": self.config.same_host,
             "busy_us": self.busy.as_micros() as u64,
             "uptime_ms": now.duration_since(self.started).as_millis() as u64,
             "rss_kib": rss_kib(),
