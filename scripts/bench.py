@@ -673,6 +673,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="short setting (CI): proves the benchmark runs")
     ap.add_argument("--out", default=str(ROOT / "bench-results"))
     ap.add_argument("--previous", help="release directory of another build to compare with")
+    ap.add_argument("--rounds", type=int, help="rounds of the data plane (default 3, quick 1)")
     ap.add_argument("--anchors", action="store_true",
                     help="the data plane only, with Nebula and boringtun in the same rounds")
     args = ap.parse_args()
@@ -684,6 +685,7 @@ def main():
     rounds, seconds, pings, attaches, runs, mem, queries = (
         (1, 1, 20, 10, 2, [1, 5], 50) if args.quick else (3, 5, 500, 100, 10, [1, 100, 250], 2000))
 
+    rounds = args.rounds or rounds
     if args.anchors:
         missing = [t for t in ("nebula", "nebula-cert", "wg") if not shutil.which(t)]
         if missing or not boringtun_binary():

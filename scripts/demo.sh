@@ -57,5 +57,5 @@ if [ "$backends" != cni ]; then
     in_chroot podman network create -d flatnet --subnet 10.78.0.0/24 -o tunnel_port=4801 flatnet >/dev/null
     show_pair in_chroot podman
 fi
-log "done: every packet between the containers went through flatnetd's Noise tunnels"
+log "done: the containers talked through flatnetd (one host: the same-host fast path; across hosts: Noise tunnels)"
 log "see the data plane: flatnetd status   (chroot: . scripts/lib.sh; in_chroot flatnetd status)"
