@@ -17,4 +17,4 @@ if ! [ -x "$ANCHORS/bin/boringtun-cli" ]; then
     log "building boringtun-cli $BORINGTUN_VERSION into $ANCHORS (a few minutes)"
     cargo install --locked boringtun-cli --version "$BORINGTUN_VERSION" --root "$ANCHORS"
 fi
-log "anchors ready: $(nebula -version | head -1), boringtun-cli $("$ANCHORS/bin/boringtun-cli" --version)"
+log "anchors ready: nebula $(nebula -version | awk '{print $2}'), $("$ANCHORS/bin/boringtun-cli" --version)"

@@ -661,6 +661,29 @@ fn rss_kib() -> u64 {
 mod tests {
     use super::*;
 
+    /// A daemon upgraded in place reads the settings its predecessor wrote, which name no
+    /// same-host mode: it takes the fast path; a written mode survives the round trip.
+    #[test]
+    fn settings_without_a_same_host_mode_take_the_fast_path() {
+        let config = DaemonConfig {
+            state_dir: "/run/flatnet".into(),
+            lighthouse: LighthouseSettings::File("/run/flatnet/lighthouse.json".into()),
+            listen: "127.0.0.1:4800".parse().unwrap(),
+            poll_us: 50,
+            metrics: None,
+            persistent_keepalive_s: None,
+            same_host: SameHost::Encrypted,
+        };
+        let mut written = serde_json::to_value(&config).unwrap();
+        let back: DaemonConfig = serde_json::from_value(written.clone()).unwrap();
+        assert_eq!(back.same_host, SameHost::Encrypted);
+        written.as_object_mut().unwrap().remove("same_host");
+        let older: DaemonConfig = serde_json::from_value(written).unwrap();
+        assert_eq!(older.same_host, SameHost::Fast);
+        assert_eq!("encrypted".parse::<SameHost>(), Ok(SameHost::Encrypted));
+        assert!("plain".parse::<SameHost>().is_err());
+    }
+
     #[test]
     fn epoll_timeouts_round_up_so_the_loop_never_spins_before_a_tick() {
         let now = Instant::now();
