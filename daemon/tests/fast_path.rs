@@ -12,7 +12,8 @@ use support::root_or_skip;
 
 const BULK_BYTES: u32 = 50_000_000;
 
-/// A file of `BULK_BYTES` bytes that no two offsets of a segment's length repeat alike.
+/// `BULK_BYTES` of a pattern with a prime period (251): a segment lost, repeated or misplaced
+/// changes what arrives.
 fn bulk_file(cluster: &Cluster) -> (std::path::PathBuf, Vec<u8>) {
     let file = cluster.shared.path().join("bulk");
     let content: Vec<u8> = (0..BULK_BYTES).map(|i| (i * 7 % 251) as u8).collect();
