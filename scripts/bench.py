@@ -69,6 +69,7 @@ class Lab:
         self.attached = []  # (host ns, conf, container ns, id)
         self.processes = []  # started here, stopped by PID on close
         self.files = []
+        self.tmpdirs = []  # the anchors' keys and configs
 
     def ns(self, role):
         name = netns(f"{PREFIX}-{role}")
@@ -128,7 +129,7 @@ class Lab:
 
     def tmpdir(self):
         path = Path(tempfile.mkdtemp(prefix="flatnet-bench-"))
-        self.state_dirs.append(path)
+        self.tmpdirs.append(path)
         return path
 
     def close(self):
@@ -141,6 +142,8 @@ class Lab:
                 process.wait()
         for path in self.files:
             Path(path).unlink(missing_ok=True)
+        for path in self.tmpdirs:
+            shutil.rmtree(path, ignore_errors=True)
         for host, ns in list(self.attached):
             try:
                 self.detach(host, ns)

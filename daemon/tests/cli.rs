@@ -242,3 +242,23 @@ fn ready_fd_must_be_an_open_descriptor_above_stderr() {
         );
     }
 }
+
+/// A same-host mode that is neither `fast` nor `encrypted` is refused by name, before any
+/// state is made.
+#[test]
+fn an_unknown_same_host_mode_is_refused_before_anything_starts() {
+    let state = tempfile::tempdir().unwrap();
+    let dir = state.path().join("state");
+    let out = Command::new(DAEMON)
+        .args(["--state-dir", dir.to_str().unwrap(), "run"])
+        .args(["--listen", "127.0.0.1:0", "--same-host", "plain"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "--same-host plain was accepted");
+    assert!(
+        text(&out).contains("expected fast or encrypted"),
+        "{}",
+        text(&out)
+    );
+    assert!(!dir.exists(), "state was made before the refusal");
+}

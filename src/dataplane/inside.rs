@@ -164,8 +164,10 @@ impl Daemon {
                 bufs.to_send.flush(fd);
             }
         }
-        let send = &mut batched(&mut self.bufs.to_send, fd);
-        self.tunnels.rekey_if_due(&route.key, now, send);
+        if sealer.finish() {
+            let send = &mut batched(&mut self.bufs.to_send, fd);
+            self.tunnels.renew(&route.key, now, send);
+        }
         Ok(())
     }
 

@@ -287,7 +287,9 @@ impl TunnelManager {
         if let Some(mut sealer) = self.sealer(peer, endpoint, now) {
             let len = sealer.seal(plaintext, out).ok_or(DropReason::Expired)?;
             send(&out[..len], sealer.endpoint());
-            self.rekey_if_due(peer, now, send);
+            if sealer.finish() {
+                self.renew(peer, now, send);
+            }
             return Ok(());
         }
         // No session that may send: hold the packet until the handshake completes.

@@ -48,18 +48,9 @@ impl TunnelManager {
         })
     }
 
-    /// After sending: starts the next handshake if the sending session is due for renewal.
-    pub fn rekey_if_due(&mut self, peer: &PublicKey, now: Instant, send: &mut Sender) {
-        let Some(entry) = self.peers.get(peer) else {
-            return;
-        };
-        let due = entry
-            .current
-            .and_then(|i| self.sessions.get(&i))
-            .is_some_and(|s| s.wants_rekey(now, &self.limits));
-        if due && entry.pending.is_none() && now >= entry.retry_at {
-            self.start_handshake(peer, now, send);
-        }
+    /// Starts the handshake that renews `peer`'s session, when [`Sealer::finish`] says so.
+    pub fn renew(&mut self, peer: &PublicKey, now: Instant, send: &mut Sender) {
+        self.start_handshake(peer, now, send);
     }
 }
 
@@ -80,5 +71,13 @@ impl Sealer<'_> {
         self.peer.stats.tx_packets += 1;
         self.peer.stats.tx_bytes += plaintext.len() as u64;
         Some(len)
+    }
+
+    /// Ends the train. True when the session is due for renewal and no handshake is under way
+    /// or waiting out its backoff: the caller then calls [`TunnelManager::renew`].
+    pub fn finish(self) -> bool {
+        self.session.wants_rekey(self.now, self.limits)
+            && self.peer.pending.is_none()
+            && self.now >= self.peer.retry_at
     }
 }

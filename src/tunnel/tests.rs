@@ -563,7 +563,8 @@ fn spoofed_datagrams_start_at_most_one_handshake_a_second() {
 }
 
 /// A train sealed through one [`Sealer`] arrives whole and in order; a session whose message
-/// budget runs out mid-train refuses the rest, and the renewal starts once the train is done.
+/// budget runs out mid-train refuses the rest, and says at the end of the train that it is due
+/// for renewal.
 #[test]
 fn a_train_is_sealed_through_one_lookup_and_renewed_after() {
     let limits = Limits {
@@ -596,8 +597,9 @@ fn a_train_is_sealed_through_one_lookup_and_renewed_after() {
     }
     // "hello" used one message of the eight.
     assert_eq!(sealed.len(), 7, "the session's budget ends the train");
+    assert!(sealer.finish(), "the spent session is due for renewal");
     let handshakes = a.tm.status(now)[0].stats.handshakes_sent;
-    a.tm.rekey_if_due(&key, now, &mut |d, to| {
+    a.tm.renew(&key, now, &mut |d, to| {
         wire.push_back((d.to_vec(), a.addr, to))
     });
     assert_eq!(a.tm.status(now)[0].stats.handshakes_sent, handshakes + 1);

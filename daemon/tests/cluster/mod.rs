@@ -356,11 +356,7 @@ impl Cluster {
             String::from_utf8_lossy(&out.stdout),
             self.daemon_log(host)
         );
-        let address = stdout_json(&out)["ips"][0]["address"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        let ip = address.split('/').next().unwrap().parse().unwrap();
+        let ip = added_address(&out);
         self.keep(ns, host, id, ip)
     }
 
@@ -421,11 +417,7 @@ impl Cluster {
             "ADD: {}",
             String::from_utf8_lossy(&out.stdout)
         );
-        let address = stdout_json(&out)["ips"][0]["address"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        let ip = address.split('/').next().unwrap().parse().unwrap();
+        let ip = added_address(&out);
         let container = &mut self.containers[c];
         container.ip = ip;
         container.network = moved;
@@ -602,6 +594,15 @@ impl Drop for Cluster {
             self.stop_daemon(host);
         }
     }
+}
+
+/// The container's address in a successful ADD's result.
+fn added_address(out: &std::process::Output) -> Ipv4Addr {
+    let cidr = stdout_json(out)["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    cidr.split('/').next().unwrap().parse().unwrap()
 }
 
 /// The gateway of the test network: every host's member answers to it, locally.
