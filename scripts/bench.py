@@ -226,11 +226,16 @@ def scenario_same_host(l):
     return a, b, ip_b, [l.daemon(h)["pid"]]
 
 
-def scenario_two_hosts(l):
+def scenario_two_hosts(l, workers=None):
+    """`workers`: the daemons' sealing workers (flatnetd's default if none)."""
     lighthouse = Path(tempfile.mkdtemp(prefix="flatnet-bench-lh-")) / "lighthouse.json"
     h1 = l.host("h1", f"192.0.2.11:{PORT}", lighthouse)
     h2 = l.host("h2", f"192.0.2.12:{PORT}", lighthouse)
     l.veth(h1["ns"], h2["ns"], "192.0.2.11", "192.0.2.12", names=("u1", "u2"))
+    if workers is not None:
+        for h, endpoint in ((h1, "192.0.2.11"), (h2, "192.0.2.12")):
+            sh(*in_ns(h["ns"], l.release / "flatnetd", "--state-dir", h["state"], "start",
+                      "--lighthouse", lighthouse, "--listen", f"{endpoint}:{PORT}", "--workers", workers))
     a, _ = l.attach(h1, "ta")
     b, ip_b = l.attach(h2, "tb")
     return a, b, ip_b, [l.daemon(h1)["pid"], l.daemon(h2)["pid"]]
@@ -312,8 +317,20 @@ def scenario_boringtun(l):
     return h1, h2, ANCHOR_IPS[1], pids
 
 
+def scenario_two_hosts_0_workers(l):
+    """Two hosts whose packet threads seal everything themselves."""
+    return scenario_two_hosts(l, workers=0)
+
+
+def scenario_two_hosts_2_workers(l):
+    """Two hosts sealing on two workers each, whatever flatnetd's default on this machine."""
+    return scenario_two_hosts(l, workers=2)
+
+
 SCENARIOS = [("veth", scenario_veth), ("flatnet_same_host", scenario_same_host),
-             ("flatnet_two_hosts", scenario_two_hosts)]
+             ("flatnet_two_hosts", scenario_two_hosts),
+             ("flatnet_two_hosts_0_workers", scenario_two_hosts_0_workers),
+             ("flatnet_two_hosts_2_workers", scenario_two_hosts_2_workers)]
 ANCHOR_SCENARIOS = [("nebula", scenario_nebula), ("boringtun", scenario_boringtun)]
 
 
@@ -326,7 +343,7 @@ def data_plane(rounds, seconds, pings, previous=None, anchors=False):
         scenarios += [(name, make, RELEASE) for name, make in ANCHOR_SCENARIOS]
     if previous:
         scenarios += [(name.replace("flatnet_", "previous_"), make, previous)
-                      for name, make in SCENARIOS if name.startswith("flatnet_")]
+                      for name, make in SCENARIOS if name in ("flatnet_same_host", "flatnet_two_hosts")]
     results = {name: [] for name, _, _ in scenarios}
     for r in range(rounds):
         for name, make, release in scenarios:
@@ -568,7 +585,7 @@ def anchor_ratios(dp):
 
 def table(report):
     lines = ["", "DATA PLANE (median of rounds; [min-max]; x = ratio to veth in the same round)"]
-    lines.append(f"{'scenario':<20} {'TCP 1 stream':>26} {'TCP 4 streams':>26} {'UDP 1200 B':>26} "
+    lines.append(f"{'scenario':<27} {'TCP 1 stream':>26} {'TCP 4 streams':>26} {'UDP 1200 B':>26} "
                  f"{'RTT med/p99 ms':>17} {'(1 ms pings)':>17} {'Gbit per CPU-s':>15}")
     rtt_ratios = []
     for name, s in report["summary"].items():
@@ -577,7 +594,7 @@ def table(report):
             ratio = f" x{c['ratio_to_veth']:.3f}" if "ratio_to_veth" in c else ""
             return f"{c['median_gbps']:.2f} [{c['min']:.2f}-{c['max']:.2f}]{ratio}"
         eff = s["tcp1"].get("gbit_per_cpu_s")
-        lines.append(f"{name:<20} {cell('tcp1'):>26} {cell('tcp4'):>26} {cell('udp1200'):>26} "
+        lines.append(f"{name:<27} {cell('tcp1'):>26} {cell('tcp4'):>26} {cell('udp1200'):>26} "
                      f"{s['rtt']['median_ms']:>8.3f}/{s['rtt']['p99_ms']:<8.3f} "
                      f"{s['rtt_1ms']['median_ms']:>8.3f}/{s['rtt_1ms']['p99_ms']:<8.3f} "
                      f"{(f'{eff:.2f}' if eff else '-'):>15}")
@@ -593,6 +610,14 @@ def table(report):
             rtt = statistics.median([a["rtt"]["median_ms"] / b["rtt"]["median_ms"] for a, b in zip(now, before)])
             lines.append(f"this build / previous build, {where}, same rounds: TCP 1 stream x{tcp:.3f}, "
                          f"RTT x{rtt:.2f}")
+    two, none = report["rounds"].get("flatnet_two_hosts_2_workers"), report["rounds"].get("flatnet_two_hosts_0_workers")
+    if two and none:
+        paired = {m: statistics.median([a[m]["gbps"] / b[m]["gbps"] for a, b in zip(two, none)])
+                  for m in ("tcp1", "tcp4")}
+        rtt = statistics.median([a["rtt"]["median_ms"] / b["rtt"]["median_ms"] for a, b in zip(two, none)])
+        lines.append(f"2 sealing workers / none (flatnetd's default here: {report['machine']['default_workers']}), "
+                     f"two hosts, same rounds: TCP 1 stream x{paired['tcp1']:.3f}, "
+                     f"TCP 4 streams x{paired['tcp4']:.3f}, RTT x{rtt:.2f}")
     fast, two = report["summary"].get("flatnet_same_host"), report["summary"].get("flatnet_two_hosts")
     if fast and two:
         lines.append(f"4 streams / 1 stream: one host x{fast['tcp4']['median_gbps'] / fast['tcp1']['median_gbps']:.2f}, "
@@ -647,7 +672,8 @@ def svg(report, path):
     """Bars: single-stream TCP per scenario (log scale would hide the story; two panels instead)."""
     s = report["summary"]
     names = list(s)
-    w, h, left, bar = 760, 300, 170, 26
+    w, left, bar = 820, 230, 26
+    h = 45 + len(names) * (2 * bar + 14) + 30
     peak = max(s[n][m]["max"] for n in names for m in ("tcp1", "tcp4"))
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
              f'<text x="10" y="20" font-size="15">Throughput, Gbit/s (median, whiskers min-max)</text>']
@@ -699,6 +725,7 @@ def main():
     dp = data_plane(rounds, seconds, pings, args.previous, args.anchors)
     report = {
         "machine": {"cores": os.cpu_count(), "kernel": os.uname().release, "quick": args.quick,
+                    "default_workers": min(max(len(os.sched_getaffinity(0)) - 2, 0), 4),
                     "rounds": rounds, "seconds": seconds},
         "rounds": dp, "summary": summarise(dp), "anchors": anchor_ratios(dp),
     }

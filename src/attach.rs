@@ -674,6 +674,7 @@ impl Network {
             metrics: None,
             persistent_keepalive_s: None,
             same_host: None,
+            workers: None,
         }
     }
 

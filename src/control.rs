@@ -279,6 +279,8 @@ pub struct DaemonSettings {
     pub persistent_keepalive_s: Option<u32>,
     /// How the daemon's containers reach each other; `None` keeps the last run's.
     pub same_host: Option<crate::dataplane::SameHost>,
+    /// The daemon's sealing workers; `None` keeps the last run's or the default.
+    pub workers: Option<usize>,
 }
 
 /// Makes sure the daemon of `settings.state_dir` runs, starting it if needed and waiting until
@@ -391,6 +393,7 @@ fn start_daemon(settings: &DaemonSettings) -> Result<()> {
                 .map(|s| format!("--persistent-keepalive={s}")),
         )
         .args(settings.same_host.map(|s| format!("--same-host={s}")))
+        .args(settings.workers.map(|n| format!("--workers={n}")))
         .arg("--ready-fd")
         .arg(ready_fd.to_string())
         .arg("--log-file")

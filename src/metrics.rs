@@ -24,6 +24,7 @@ pub fn render(status: &Value) -> String {
     register_drops(&mut registry, status);
     register_containers(&mut registry, status);
     register_fast_path(&mut registry, status);
+    register_seal_workers(&mut registry, status);
     register_daemon(&mut registry, status);
     let mut text = String::new();
     encode(&mut text, &registry).expect("writing to a String cannot fail");
@@ -176,6 +177,36 @@ fn register_containers(registry: &mut Registry, status: &Value) {
     }
 }
 
+/// Per sealing worker: what it sealed for other hosts.
+fn register_seal_workers(registry: &mut Registry, status: &Value) {
+    let trains = counter_family(
+        registry,
+        "flatnet_seal_worker_trains",
+        "Segment trains a sealing worker cut and sealed for other hosts",
+        None,
+    );
+    let packets = counter_family(
+        registry,
+        "flatnet_seal_worker_packets",
+        "Packets a sealing worker sealed for other hosts",
+        None,
+    );
+    for (i, worker) in status["seal_workers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let label = labels(&[("worker", &i.to_string())]);
+        trains
+            .get_or_create(&label)
+            .inc_by(u64_at(worker, "trains"));
+        packets
+            .get_or_create(&label)
+            .inc_by(u64_at(worker, "packets"));
+    }
+}
+
 /// Container to container on this host, without a tunnel.
 fn register_fast_path(registry: &mut Registry, status: &Value) {
     let fast_path = &status["fast_path"];
@@ -271,7 +302,8 @@ mod tests {
                 {"network": "b", "host_member": false}
             ],
             "dns": {"local_answers": 4, "forwarded": 1, "failures": 0},
-            "fast_path": {"packets": 12, "bytes": 345_678}
+            "fast_path": {"packets": 12, "bytes": 345_678},
+            "seal_workers": [{"trains": 3, "packets": 40}, {"trains": 5, "packets": 90}]
         })
     }
 
@@ -314,6 +346,14 @@ mod tests {
         assert_eq!(
             line_value(&text, "flatnet_fast_path_bytes_total"),
             345_678.0
+        );
+        assert_eq!(
+            line_value(&text, r#"flatnet_seal_worker_packets_total{worker="1"}"#),
+            90.0
+        );
+        assert_eq!(
+            line_value(&text, r#"flatnet_seal_worker_trains_total{worker="0"}"#),
+            3.0
         );
         assert_eq!(
             line_value(&text, "process_resident_memory_bytes"),

@@ -121,6 +121,11 @@ struct Settings {
     /// last run's]
     #[arg(long, value_name = "fast|encrypted")]
     same_host: Option<SameHost>,
+    /// Threads that seal packets for other hosts beside the packet thread, each flow always
+    /// on the same one; 0: the packet thread seals them itself [default: one per CPU beyond
+    /// two, at most 4, or the last run's]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(0..=dataplane::MAX_WORKERS as i64))]
+    workers: Option<u8>,
 }
 
 impl Settings {
@@ -163,6 +168,10 @@ impl Settings {
                 .same_host
                 .or_else(|| last.as_ref().map(|c| c.same_host))
                 .unwrap_or_default(),
+            workers: self
+                .workers
+                .map(usize::from)
+                .or_else(|| last.as_ref().and_then(|c| c.workers)),
             state_dir,
         })
     }
@@ -196,6 +205,7 @@ fn main() -> ExitCode {
                 metrics: config.metrics,
                 persistent_keepalive_s: Some(config.persistent_keepalive_s.unwrap_or(0)),
                 same_host: Some(config.same_host),
+                workers: config.workers,
             })
         }),
         Cmd::Stop => match control::is_running(&cli.state_dir) {

@@ -133,6 +133,15 @@ fn render(s: &Value) -> String {
         "\nFAST PATH (container to container on this host, no tunnel) PKT/B {}\n",
         pair(&s["fast_path"]["packets"], &s["fast_path"]["bytes"]),
     );
+    let workers = s["seal_workers"].as_array().cloned().unwrap_or_default();
+    let sealed: Vec<String> = workers
+        .iter()
+        .map(|w| format!("{}/{}", num(&w["trains"]), num(&w["packets"])))
+        .collect();
+    out += &match sealed.len() {
+        0 => "SEALING on the packet thread\n".to_string(),
+        n => format!("SEALING WORKERS {n} TRAINS/PKT {}\n", sealed.join(" ")),
+    };
     out += "\nDROPS\n";
     for (reason, count) in s["drops"].as_object().into_iter().flatten() {
         out += &format!("  {reason:<24} {}\n", num(count));

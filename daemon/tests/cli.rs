@@ -262,3 +262,18 @@ fn an_unknown_same_host_mode_is_refused_before_anything_starts() {
     );
     assert!(!dir.exists(), "state was made before the refusal");
 }
+
+/// More sealing workers than flatnetd runs is refused, before any state is made.
+#[test]
+fn too_many_workers_are_refused_before_anything_starts() {
+    let state = tempfile::tempdir().unwrap();
+    let dir = state.path().join("state");
+    let out = Command::new(DAEMON)
+        .args(["--state-dir", dir.to_str().unwrap(), "run"])
+        .args(["--listen", "127.0.0.1:0", "--workers", "9"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "--workers 9 was accepted");
+    assert!(text(&out).contains("--workers"), "{}", text(&out));
+    assert!(!dir.exists(), "state was made before the refusal");
+}

@@ -5,14 +5,15 @@
 
 use std::io::{ErrorKind, Read};
 use std::net::Ipv4Addr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::Instant;
 
 use super::offload::{Segments, VNET_HDR_LEN};
 use super::packet::{ipv4_addresses, udp_datagram, TAG_LEN};
 use super::routes::Route;
-use super::{batched, Daemon, SameHost};
-use crate::tunnel::{sealed_len, DropReason};
+use super::seal_workers::Train;
+use super::{batched, Buffers, Daemon, DropCounters, SameHost};
+use crate::tunnel::{sealed_len, DropReason, Sealer};
 
 /// Where a member's packet goes next.
 enum Hop {
@@ -130,43 +131,75 @@ impl Daemon {
 
     /// Cuts the frame's train into packets, then tags, seals and queues each for `route`: the
     /// peer's session is looked up once for the train, and each packet sealed straight into
-    /// the send batch.
+    /// the send batch, here or by the flow's sealing worker.
     fn send_train(&mut self, tag: u32, route: Route, n: usize) -> Result<(), DropReason> {
-        let mut segments = Segments::new(&self.bufs.frame[..n]).ok_or(DropReason::Malformed)?;
+        let segments = Segments::new(&self.bufs.frame[..n]).ok_or(DropReason::Malformed)?;
         let now = Instant::now();
-        // Every packet of the train carries the same tag, in front of where it is cut to.
-        self.bufs.plain[..TAG_LEN].copy_from_slice(&tag.to_be_bytes());
         let fd = self.udp.as_raw_fd();
         let Some(mut sealer) = self.tunnels.sealer(&route.key, route.endpoint, now) else {
             // No session yet: packet by packet, held until the handshake completes.
-            while let Some(len) =
-                segments.next_into(&self.bufs.frame[..n], &mut self.bufs.plain[TAG_LEN..])
-            {
-                if let Err(reason) = self.send_from_container(route, len, now) {
-                    self.drops.count(reason);
+            return self.send_unsealed(segments, tag, route, n, now);
+        };
+        let result = match &mut self.seal_workers {
+            Some(workers) => {
+                let packets = segments.packets();
+                let bytes = segments.bytes(n - VNET_HDR_LEN) + packets * TAG_LEN;
+                match sealer.hand_off(packets, bytes) {
+                    Some(key) => {
+                        let lane = workers.lane(&self.bufs.frame[VNET_HDR_LEN..n]);
+                        let to = sealer.endpoint();
+                        // What this thread queued (a handshake's held packets) goes first.
+                        self.bufs.to_send.flush(fd);
+                        let train = Train {
+                            len: n,
+                            segments,
+                            tag,
+                            key,
+                            to,
+                        };
+                        workers.hand_over(lane, &mut self.bufs.frame, train);
+                        Ok(())
+                    }
+                    None => Err(DropReason::Expired),
                 }
             }
-            return Ok(());
+            None => {
+                seal_here(
+                    &mut self.bufs,
+                    &mut self.drops,
+                    &mut sealer,
+                    segments,
+                    tag,
+                    n,
+                    fd,
+                );
+                Ok(())
+            }
         };
-        let to = sealer.endpoint();
-        let bufs = &mut self.bufs;
-        while let Some(len) = segments.next_into(&bufs.frame[..n], &mut bufs.plain[TAG_LEN..]) {
-            let plaintext = &bufs.plain[..TAG_LEN + len];
-            let sealed = bufs
-                .to_send
-                .push_with(sealed_len(plaintext.len()), to, |slot| {
-                    sealer.seal(plaintext, slot).is_some()
-                });
-            if !sealed {
-                self.drops.count(DropReason::Expired);
-            }
-            if bufs.to_send.is_full() {
-                bufs.to_send.flush(fd);
-            }
-        }
         if sealer.finish() {
             let send = &mut batched(&mut self.bufs.to_send, fd);
             self.tunnels.renew(&route.key, now, send);
+        }
+        result
+    }
+
+    /// The train's packets one by one through the tunnel manager, which holds them while it
+    /// sets up a session.
+    fn send_unsealed(
+        &mut self,
+        mut segments: Segments,
+        tag: u32,
+        route: Route,
+        n: usize,
+        now: Instant,
+    ) -> Result<(), DropReason> {
+        self.bufs.plain[..TAG_LEN].copy_from_slice(&tag.to_be_bytes());
+        while let Some(len) =
+            segments.next_into(&self.bufs.frame[..n], &mut self.bufs.plain[TAG_LEN..])
+        {
+            if let Err(reason) = self.send_from_container(route, len, now) {
+                self.drops.count(reason);
+            }
         }
         Ok(())
     }
@@ -187,6 +220,35 @@ impl Daemon {
             now,
             &mut batched(&mut self.bufs.to_send, fd),
         )
+    }
+}
+
+/// Seals the train in `bufs.frame[..n]` on this thread, straight into the send batch.
+fn seal_here(
+    bufs: &mut Buffers,
+    drops: &mut DropCounters,
+    sealer: &mut Sealer,
+    mut segments: Segments,
+    tag: u32,
+    n: usize,
+    fd: RawFd,
+) {
+    // Every packet of the train carries the same tag, in front of where it is cut to.
+    bufs.plain[..TAG_LEN].copy_from_slice(&tag.to_be_bytes());
+    let to = sealer.endpoint();
+    while let Some(len) = segments.next_into(&bufs.frame[..n], &mut bufs.plain[TAG_LEN..]) {
+        let plaintext = &bufs.plain[..TAG_LEN + len];
+        let sealed = bufs
+            .to_send
+            .push_with(sealed_len(plaintext.len()), to, |slot| {
+                sealer.seal(plaintext, slot).is_some()
+            });
+        if !sealed {
+            drops.count(DropReason::Expired);
+        }
+        if bufs.to_send.is_full() {
+            bufs.to_send.flush(fd);
+        }
     }
 }
 

@@ -26,6 +26,7 @@ pub mod packet;
 mod ports;
 mod resolver;
 mod routes;
+mod seal_workers;
 mod signals;
 
 use std::collections::HashMap;
@@ -66,6 +67,8 @@ pub use metrics_server::MetricsAddress;
 use ports::Ports;
 use resolver::Resolver;
 use routes::RouteTable;
+use seal_workers::SealWorkers;
+pub use seal_workers::MAX_WORKERS;
 
 const TOKEN_UDP: u64 = 0;
 const TOKEN_WAKE: u64 = 1;
@@ -96,6 +99,10 @@ pub struct DaemonConfig {
     /// How containers of this host reach each other (the fast path unless told otherwise).
     #[serde(default)]
     pub same_host: SameHost,
+    /// Threads that seal packets for other hosts besides the packet thread (0: it seals
+    /// them itself); none: one per CPU beyond two, at most [`MAX_WORKERS`].
+    #[serde(default)]
+    pub workers: Option<usize>,
 }
 
 fn default_poll_us() -> u32 {
@@ -167,6 +174,8 @@ impl DropCounters {
 pub struct Daemon {
     config: DaemonConfig,
     udp: UdpSocket,
+    /// Where trains for other hosts are sealed when not on the packet thread.
+    seal_workers: Option<SealWorkers>,
     epoll: Epoll,
     wake: Arc<EventFd>,
     commands: Receiver<Command>,
@@ -365,6 +374,15 @@ impl Daemon {
             .and_then(|()| epoll.add(resolver.socket().as_fd(), readable(TOKEN_DNS)))
             .map_err(|e| Error::io("registering with epoll", e.into()))?;
         let poll = IdlePoll::new(config.poll_us, TICK);
+        let workers = config
+            .workers
+            .unwrap_or_else(seal_workers::default_count)
+            .min(MAX_WORKERS);
+        let frame_len = BUFFER + offload::VNET_HDR_LEN;
+        let seal_workers = match workers {
+            0 => None,
+            n => Some(SealWorkers::spawn(n, &udp, frame_len)?),
+        };
         let limits = Limits {
             persistent_keepalive: config
                 .persistent_keepalive_s
@@ -374,6 +392,7 @@ impl Daemon {
         Ok(Daemon {
             config,
             udp,
+            seal_workers,
             epoll,
             wake,
             commands,
@@ -389,7 +408,7 @@ impl Daemon {
             drops: DropCounters::default(),
             fast_path: FastPathStats::default(),
             bufs: Buffers {
-                frame: vec![0; BUFFER + offload::VNET_HDR_LEN],
+                frame: vec![0; frame_len],
                 plain: vec![0; BUFFER + offload::VNET_HDR_LEN],
                 out: vec![0; BUFFER],
                 received: Some(RecvBatch::new()),
@@ -432,7 +451,7 @@ impl Daemon {
                 continue;
             };
             let woke = Instant::now();
-            let flushed = self.bufs.to_send.flushed();
+            let sent_before = self.sent();
             for event in &events[..n] {
                 match event.data() {
                     TOKEN_UDP => self.on_udp_readable(),
@@ -452,12 +471,18 @@ impl Daemon {
                 next_tick = now + TICK;
             }
             self.bufs.to_send.flush(self.udp.as_raw_fd());
-            let sent = self.bufs.to_send.flushed() != flushed;
+            let sent = self.sent() != sent_before;
             let done = Instant::now();
             self.busy += done - woke;
             self.poll.after_round(done, sent);
         }
         Ok(())
+    }
+
+    /// Datagrams sent and trains handed to workers so far: whether a round sent anything.
+    fn sent(&self) -> (u64, u64) {
+        let handed = self.seal_workers.as_ref().map(SealWorkers::handed_over);
+        (self.bufs.to_send.flushed(), handed.unwrap_or(0))
     }
 
     /// Waits for events until the next tick, or only polls while a poll window is open.
@@ -600,6 +625,7 @@ impl Daemon {
             "metrics": self.config.metrics,
             "persistent_keepalive_s": self.config.persistent_keepalive_s,
             "same_host": self.config.same_host,
+            "seal_workers": self.seal_workers.as_ref().map_or_else(|| json!([]), SealWorkers::status),
             "busy_us": self.busy.as_micros() as u64,
             "uptime_ms": now.duration_since(self.started).as_millis() as u64,
             "rss_kib": rss_kib(),
@@ -662,9 +688,10 @@ mod tests {
     use super::*;
 
     /// A daemon upgraded in place reads the settings its predecessor wrote, which name no
-    /// same-host mode: it takes the fast path; a written mode survives the round trip.
+    /// same-host mode nor workers: it takes the fast path and a worker per spare CPU; written
+    /// settings survive the round trip.
     #[test]
-    fn settings_without_a_same_host_mode_take_the_fast_path() {
+    fn settings_without_a_same_host_mode_or_workers_take_the_defaults() {
         let config = DaemonConfig {
             state_dir: "/run/flatnet".into(),
             lighthouse: LighthouseSettings::File("/run/flatnet/lighthouse.json".into()),
@@ -673,13 +700,17 @@ mod tests {
             metrics: None,
             persistent_keepalive_s: None,
             same_host: SameHost::Encrypted,
+            workers: Some(2),
         };
         let mut written = serde_json::to_value(&config).unwrap();
         let back: DaemonConfig = serde_json::from_value(written.clone()).unwrap();
         assert_eq!(back.same_host, SameHost::Encrypted);
+        assert_eq!(back.workers, Some(2));
         written.as_object_mut().unwrap().remove("same_host");
+        written.as_object_mut().unwrap().remove("workers");
         let older: DaemonConfig = serde_json::from_value(written).unwrap();
         assert_eq!(older.same_host, SameHost::Fast);
+        assert_eq!(older.workers, None, "as many workers as the CPUs allow");
         assert_eq!("encrypted".parse::<SameHost>(), Ok(SameHost::Encrypted));
         assert!("plain".parse::<SameHost>().is_err());
     }

@@ -90,6 +90,22 @@ impl Segments {
         Some(segments)
     }
 
+    /// How many packets [`Segments::next_into`] will write.
+    pub fn packets(&self) -> usize {
+        match self.header.gso_type {
+            GSO_NONE => 1,
+            _ => self.payload_len.div_ceil(self.header.gso_size).max(1),
+        }
+    }
+
+    /// How many bytes those packets hold together (`packet_len`: the frame's, less its header).
+    pub fn bytes(&self, packet_len: usize) -> usize {
+        match self.header.gso_type {
+            GSO_NONE => packet_len,
+            _ => self.packets() * self.headers_len + self.payload_len,
+        }
+    }
+
     /// Writes the next packet of `frame` into `out`; returns its length, `None` when done.
     pub fn next_into(&mut self, frame: &[u8], out: &mut [u8]) -> Option<usize> {
         if self.done {
@@ -217,10 +233,13 @@ mod tests {
         let payload: Vec<u8> = (0..4500u32).map(|i| (i * 7) as u8).collect();
         let frame = tso_frame(&payload, 1400);
         let mut segs = Segments::new(&frame).unwrap();
+        let (packets, bytes) = (segs.packets(), segs.bytes(frame.len() - VNET_HDR_LEN));
         let mut out = vec![0u8; 2000];
         let mut rebuilt = Vec::new();
         let mut count = 0u32;
+        let mut written = 0;
         while let Some(len) = segs.next_into(&frame, &mut out) {
+            written += len;
             let p = &out[..len];
             assert_eq!(u16::from_be_bytes([p[2], p[3]]) as usize, len);
             assert_eq!(
@@ -247,6 +266,7 @@ mod tests {
             count += 1;
         }
         assert_eq!(count, 4);
+        assert_eq!((packets, bytes), (4, written), "counted before cutting");
         assert_eq!(rebuilt, payload);
     }
 
@@ -268,6 +288,10 @@ mod tests {
         frame.extend_from_slice(&6u16.to_ne_bytes());
         frame.extend_from_slice(&packet);
         let mut segs = Segments::new(&frame).unwrap();
+        assert_eq!(
+            (segs.packets(), segs.bytes(packet.len())),
+            (1, packet.len())
+        );
         let mut out = vec![0u8; 100];
         let len = segs.next_into(&frame, &mut out).unwrap();
         assert_eq!(len, packet.len());

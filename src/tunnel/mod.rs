@@ -27,6 +27,7 @@ pub use keys::{decode_key, encode_key, PublicKey, StaticKeys};
 use mac::MacKey;
 use ratelimit::{HandshakeLimiter, OUTSIDE_TRIGGER_INTERVAL};
 pub use sealer::{sealed_len, Sealer};
+pub use session::SealKey;
 use session::Session;
 pub use timers::Limits;
 use wire::{Message, INIT_LEN, MAX_DATAGRAM, RESPONSE_LEN};

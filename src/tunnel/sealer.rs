@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::keys::PublicKey;
-use super::session::Session;
+use super::session::{SealKey, Session};
 use super::timers::Limits;
 use super::wire::{AEAD_TAG_LEN, TRANSPORT_HEADER_LEN};
 use super::{touch_peer, Peer, Sender, TunnelManager};
@@ -71,6 +71,20 @@ impl Sealer<'_> {
         self.peer.stats.tx_packets += 1;
         self.peer.stats.tx_bytes += plaintext.len() as u64;
         Some(len)
+    }
+
+    /// Hands a train of `packets` packets, `bytes` of plaintext in all, to be sealed on
+    /// another thread: the counters are reserved here and counted as sent. `None` once the
+    /// session may not send that many more.
+    pub fn hand_off(&mut self, packets: usize, bytes: usize) -> Option<SealKey> {
+        if !self.session.can_send(self.now, self.limits) {
+            return None;
+        }
+        let key = self.session.reserve(packets as u64, self.limits)?;
+        self.peer.sent(true, self.now, self.limits);
+        self.peer.stats.tx_packets += packets as u64;
+        self.peer.stats.tx_bytes += bytes as u64;
+        Some(key)
     }
 
     /// Ends the train. True when the session is due for renewal and no handshake is under way

@@ -1,6 +1,7 @@
 //! One established session: transport keys, the explicit send counter used as the nonce, and
 //! the receive replay window.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use snow::StatelessTransportState;
@@ -17,7 +18,8 @@ pub struct Session {
     pub peer: PublicKey,
     pub initiator: bool,
     pub created: Instant,
-    transport: StatelessTransportState,
+    /// Shared with the [`SealKey`]s handed to other threads.
+    transport: Arc<StatelessTransportState>,
     next_counter: u64,
     replay: ReplayWindow,
     /// A responder may not send until the initiator has proven it holds the keys by sending
@@ -40,7 +42,7 @@ impl Session {
             peer,
             initiator,
             created: now,
-            transport,
+            transport: Arc::new(transport),
             next_counter: 0,
             replay: ReplayWindow::default(),
             confirmed: initiator,
@@ -68,18 +70,32 @@ impl Session {
 
     /// Writes header and ciphertext of `plaintext` into `out`; returns the datagram length.
     pub fn encrypt(&mut self, plaintext: &[u8], out: &mut [u8]) -> Option<usize> {
-        let needed = TRANSPORT_HEADER_LEN + plaintext.len() + AEAD_TAG_LEN;
-        if out.len() < needed {
+        let len = seal(
+            &self.transport,
+            self.remote_index,
+            self.next_counter,
+            plaintext,
+            out,
+        )?;
+        self.next_counter += 1;
+        Some(len)
+    }
+
+    /// Hands the next `count` counters to a sealer on another thread; `None` if the session
+    /// may not send that many more.
+    pub fn reserve(&mut self, count: u64, limits: &Limits) -> Option<SealKey> {
+        let end = self.next_counter.checked_add(count)?;
+        if end > limits.reject_after_messages {
             return None;
         }
-        let counter = self.next_counter;
-        let len = self
-            .transport
-            .write_message(counter, plaintext, &mut out[TRANSPORT_HEADER_LEN..needed])
-            .ok()?;
-        self.next_counter += 1;
-        write_transport_header(out, self.remote_index, counter);
-        Some(TRANSPORT_HEADER_LEN + len)
+        let key = SealKey {
+            transport: self.transport.clone(),
+            remote_index: self.remote_index,
+            next: self.next_counter,
+            end,
+        };
+        self.next_counter = end;
+        Some(key)
     }
 
     /// Authenticates and decrypts into `out`. The replay window is consulted before the AEAD
@@ -108,4 +124,51 @@ impl Session {
         self.confirmed = true;
         Ok(len)
     }
+}
+
+/// The right to seal a run of counters reserved from a session ([`Session::reserve`]), for a
+/// thread other than the one that owns the session. Each counter is used at most once: the
+/// session never hands it out again.
+pub struct SealKey {
+    transport: Arc<StatelessTransportState>,
+    remote_index: u32,
+    next: u64,
+    end: u64,
+}
+
+impl SealKey {
+    /// Like [`Session::encrypt`]; `None` once the reserved counters are used up.
+    pub fn seal(&mut self, plaintext: &[u8], out: &mut [u8]) -> Option<usize> {
+        if self.next >= self.end {
+            return None;
+        }
+        let len = seal(
+            &self.transport,
+            self.remote_index,
+            self.next,
+            plaintext,
+            out,
+        )?;
+        self.next += 1;
+        Some(len)
+    }
+}
+
+/// Seals `plaintext` under `counter` into `out` behind the transport header.
+fn seal(
+    transport: &StatelessTransportState,
+    remote_index: u32,
+    counter: u64,
+    plaintext: &[u8],
+    out: &mut [u8],
+) -> Option<usize> {
+    let needed = TRANSPORT_HEADER_LEN + plaintext.len() + AEAD_TAG_LEN;
+    if out.len() < needed {
+        return None;
+    }
+    let len = transport
+        .write_message(counter, plaintext, &mut out[TRANSPORT_HEADER_LEN..needed])
+        .ok()?;
+    write_transport_header(out, remote_index, counter);
+    Some(TRANSPORT_HEADER_LEN + len)
 }

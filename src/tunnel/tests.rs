@@ -610,3 +610,67 @@ fn a_train_is_sealed_through_one_lookup_and_renewed_after() {
     let expected: Vec<Vec<u8>> = (0..7u32).map(|i| i.to_le_bytes().repeat(10)).collect();
     assert_eq!(got, expected);
 }
+
+/// Trains handed off to other threads are sealed under counters no other packet gets: two
+/// keys sealed on two threads, interleaved with a packet sealed in place, all arrive once in
+/// whatever order the threads finish; a hand-off beyond the session's budget is refused.
+#[test]
+fn trains_handed_off_to_other_threads_never_share_a_counter() {
+    let limits = Limits {
+        reject_after_messages: 12,
+        ..Limits::default()
+    };
+    let now = Instant::now();
+    let (mut a, mut b) = (host(1, limits.clone()), host(2, limits));
+    let mut wire = Wire::new();
+    a.send_packet(&b, b"hello", &mut wire, now);
+    pump(&mut a, &mut b, &mut wire, now);
+
+    let key = *b.tm.public_key();
+    let mut sealer = a.tm.sealer(&key, b.addr, now).unwrap();
+    let first = sealer.hand_off(4, 40).expect("within the budget");
+    let second = sealer.hand_off(4, 40).expect("within the budget");
+    let mut inline = vec![0u8; sealed_len(5)];
+    sealer.seal(b"after", &mut inline).unwrap();
+    assert!(sealer.hand_off(3, 30).is_none(), "1 + 4 + 4 + 1 of 12 used");
+    sealer.finish();
+    assert_eq!(a.tm.status(now)[0].stats.tx_packets, 1 + 4 + 4 + 1);
+
+    let seal_on_a_thread = |mut key: SealKey, train: u8| {
+        std::thread::spawn(move || {
+            let mut sealed: Vec<Vec<u8>> = (0..4u8)
+                .map(|i| {
+                    let mut out = vec![0u8; sealed_len(10)];
+                    key.seal(&[train * 10 + i; 10], &mut out).unwrap();
+                    out
+                })
+                .collect();
+            let mut spare = vec![0u8; sealed_len(10)];
+            assert_eq!(key.seal(&[0; 10], &mut spare), None, "four counters only");
+            // Finish in reverse, as a slow thread might.
+            sealed.reverse();
+            sealed
+        })
+    };
+    let (one, two) = (seal_on_a_thread(first, 1), seal_on_a_thread(second, 2));
+    let mut datagrams = two.join().unwrap();
+    datagrams.push(inline);
+    datagrams.extend(one.join().unwrap());
+    for datagram in &datagrams {
+        wire.push_back((datagram.clone(), a.addr, b.addr));
+    }
+    let (_, mut got) = pump(&mut a, &mut b, &mut wire, now);
+    got.sort();
+    let mut expected: Vec<Vec<u8>> = [1u8, 2]
+        .iter()
+        .flat_map(|t| (0..4u8).map(move |i| vec![t * 10 + i; 10]))
+        .collect();
+    expected.push(b"after".to_vec());
+    expected.sort();
+    assert_eq!(got, expected, "each once, whatever the order");
+    for datagram in datagrams {
+        wire.push_back((datagram, a.addr, b.addr));
+    }
+    let (_, replayed) = pump(&mut a, &mut b, &mut wire, now);
+    assert!(replayed.is_empty(), "each counter is accepted once");
+}

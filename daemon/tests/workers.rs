@@ -1,0 +1,93 @@
+//! Sealing on more than one core: trains for other hosts are sealed by worker threads, each
+//! flow always by the same one. Needs root.
+
+mod cluster;
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
+use cluster::*;
+use support::root_or_skip;
+
+const FLOWS: u16 = 16;
+const FLOW_BYTES: u32 = 2_000_000;
+
+fn workers(status: &serde_json::Value) -> Vec<(u64, u64)> {
+    let counter = |w: &serde_json::Value, field: &str| w[field].as_u64().unwrap();
+    status["seal_workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| (counter(w, "trains"), counter(w, "packets")))
+        .collect()
+}
+
+/// Sixteen TCP transfers at once from a host sealing on four workers to one whose packet
+/// thread seals (its acknowledgements) itself: every byte of every flow arrives, in order,
+/// and the flows were spread over the workers. The worker count outlives a restart.
+#[test]
+fn parallel_flows_arrive_intact_when_sealed_on_several_workers() {
+    if !root_or_skip("parallel_flows_arrive_intact_when_sealed_on_several_workers") {
+        return;
+    }
+    let mut cluster = Cluster::new(2);
+    cluster.start_daemon_with(0, &["--workers", "4"]);
+    cluster.start_daemon_with(1, &["--workers", "0"]);
+    let (a, b) = (cluster.attach(0), cluster.attach(1));
+    assert!(cluster.ping(a, b, 1));
+
+    let contents: Vec<(std::path::PathBuf, Vec<u8>)> = (0..FLOWS)
+        .map(|flow| {
+            let file = cluster.shared.path().join(format!("flow-{flow}"));
+            // A period (251) prime to the flow's offset: flows differ, and a misplaced
+            // segment changes what arrives.
+            let content: Vec<u8> = (0..FLOW_BYTES)
+                .map(|i| ((i + u32::from(flow) * 31) * 7 % 251) as u8)
+                .collect();
+            std::fs::write(&file, &content).unwrap();
+            (file, content)
+        })
+        .collect();
+    let cluster_ref = &cluster;
+    std::thread::scope(|s| {
+        let transfers: Vec<_> = contents
+            .iter()
+            .enumerate()
+            .map(|(flow, (file, _))| {
+                s.spawn(move || cluster_ref.send_file(a, b, 7500 + flow as u16, file))
+            })
+            .collect();
+        for (flow, transfer) in transfers.into_iter().enumerate() {
+            let received = transfer.join().unwrap();
+            assert!(received == contents[flow].1, "flow {flow} arrived damaged");
+        }
+    });
+
+    let sender = cluster.status(0);
+    let per_worker = workers(&sender);
+    println!("workers (trains, packets): {per_worker:?}");
+    assert_eq!(per_worker.len(), 4);
+    let busy = per_worker.iter().filter(|(trains, _)| *trains > 0).count();
+    assert!(busy >= 2, "{FLOWS} flows all went to one worker");
+    let sealed: u64 = per_worker.iter().map(|(_, packets)| packets).sum();
+    let payload = u64::from(FLOW_BYTES) * u64::from(FLOWS);
+    assert!(
+        sealed >= payload / 1500,
+        "{sealed} packets cannot carry {payload} bytes"
+    );
+    let counted = sender["peers"][0]["tx_packets"].as_u64().unwrap();
+    assert!(
+        counted >= sealed,
+        "the peer's count misses handed-off trains"
+    );
+    assert_eq!(cluster.drops(1, "replay"), 0, "workers reused a counter");
+    assert_eq!(workers(&cluster.status(1)), vec![], "--workers 0");
+
+    cluster.stop_daemon(0);
+    cluster.start_daemon(0);
+    assert_eq!(
+        workers(&cluster.status(0)).len(),
+        4,
+        "kept across a restart"
+    );
+    assert!(cluster.ping(a, b, 1));
+}

@@ -1,0 +1,306 @@
+//! Sealing on more than one core. The packet thread reads, checks and routes every packet;
+//! segment trains for other hosts are cut, sealed and sent by worker threads, so encryption
+//! (half of what a sending host spends) runs beside the reading, routing and receiving.
+//!
+//! A flow (inner addresses, protocol and ports) always goes to the same worker, which takes
+//! its trains in the order it got them: TCP never sees its segments reordered. The packet
+//! thread reserves each train's counters before handing it over ([`SealKey`]), so no nonce is
+//! used twice. Trains of different flows may reach the wire out of counter order; the
+//! receiver's replay window absorbs that, since the workers hold far fewer packets in flight
+//! ([`IN_FLIGHT`] trains each) than the window is wide.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use serde_json::json;
+
+use super::batch::SendBatch;
+use super::offload::{Segments, VNET_HDR_LEN};
+use super::packet::TAG_LEN;
+use crate::error::{Error, IoContext, Result};
+use crate::tunnel::{sealed_len, SealKey};
+
+/// Trains waiting for one worker; the packet thread waits when a worker is this far behind,
+/// which slows the container's TCP as a slow link would.
+pub const IN_FLIGHT: usize = 4;
+/// Workers at most: beyond this the packet thread, not sealing, is what limits a host.
+pub const MAX_WORKERS: usize = 4;
+
+/// A worker for each CPU beyond two: one for the packet thread, one left to the applications.
+/// On two CPUs a worker only competes with them for the same cores (measured: TCP x0.91 with
+/// one, docs/benchmark.md), and moving trains between cores costs CPU of its own.
+pub fn default_count() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .saturating_sub(2)
+        .min(MAX_WORKERS)
+}
+
+/// What a worker needs to seal a segment train, besides the frame it was read into.
+pub struct Train {
+    /// The frame's length: virtio-net header and packet.
+    pub len: usize,
+    pub segments: Segments,
+    pub tag: u32,
+    pub key: SealKey,
+    pub to: SocketAddr,
+}
+
+#[derive(Default)]
+struct WorkerStats {
+    trains: AtomicU64,
+    packets: AtomicU64,
+}
+
+/// A train and the frame that holds it.
+type Handed = (Vec<u8>, Train);
+
+pub struct SealWorkers {
+    lanes: Vec<SyncSender<Handed>>,
+    /// Frames the workers are done with, to read the next train into.
+    returned: Receiver<Vec<u8>>,
+    frame_len: usize,
+    /// Frames made for the workers so far; never more than they can hold.
+    frames: usize,
+    handed_over: u64,
+    stats: Vec<Arc<WorkerStats>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl SealWorkers {
+    /// Starts `count` (at least one) workers sending on `udp`; frames are `frame_len` long.
+    pub fn spawn(count: usize, udp: &UdpSocket, frame_len: usize) -> Result<Self> {
+        let capacity = count * (IN_FLIGHT + 1);
+        let (give_back, returned) = mpsc::sync_channel(capacity);
+        let mut workers = SealWorkers {
+            lanes: Vec::new(),
+            returned,
+            frame_len,
+            frames: 0,
+            handed_over: 0,
+            stats: Vec::new(),
+            threads: Vec::new(),
+        };
+        for i in 0..count {
+            let (lane, trains) = mpsc::sync_channel(IN_FLIGHT);
+            let stats = Arc::new(WorkerStats::default());
+            let worker = Worker {
+                trains,
+                give_back: give_back.clone(),
+                udp: udp.try_clone().context(|| "duplicating the UDP socket")?,
+                stats: stats.clone(),
+            };
+            let thread = std::thread::Builder::new()
+                .name(format!("flatnet-seal-{i}"))
+                .spawn(move || worker.run_or_abort())
+                .map_err(|e| Error::io("starting a sealing worker", e))?;
+            workers.lanes.push(lane);
+            workers.stats.push(stats);
+            workers.threads.push(thread);
+        }
+        Ok(workers)
+    }
+
+    /// The worker for the flow `packet` belongs to.
+    pub fn lane(&self, packet: &[u8]) -> usize {
+        flow_hash(packet) as usize % self.lanes.len()
+    }
+
+    /// Hands a train to worker `lane`. `frame` holds it and gets an empty one in exchange, to
+    /// read the next train into. Waits while the worker is [`IN_FLIGHT`] trains behind.
+    pub fn hand_over(&mut self, lane: usize, frame: &mut Vec<u8>, train: Train) {
+        let full = std::mem::replace(frame, self.empty_frame());
+        self.handed_over += 1;
+        // A worker lives as long as its lane (see `run_or_abort`).
+        let _ = self.lanes[lane].send((full, train));
+    }
+
+    /// Trains handed over since the start.
+    pub fn handed_over(&self) -> u64 {
+        self.handed_over
+    }
+
+    /// A frame a worker gave back, or a new one while the workers could still hold more.
+    fn empty_frame(&mut self) -> Vec<u8> {
+        match self.returned.try_recv() {
+            Ok(frame) => return frame,
+            Err(TryRecvError::Empty) if self.frames < self.returned_capacity() => {}
+            // Every frame is with a worker: one comes back as soon as a train is sealed.
+            Err(TryRecvError::Empty) => {
+                if let Ok(frame) = self.returned.recv() {
+                    return frame;
+                }
+            }
+            Err(TryRecvError::Disconnected) => {}
+        }
+        self.frames += 1;
+        vec![0; self.frame_len]
+    }
+
+    fn returned_capacity(&self) -> usize {
+        self.lanes.len() * (IN_FLIGHT + 1)
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        self.stats
+            .iter()
+            .map(|s| json!({"trains": load(&s.trains), "packets": load(&s.packets)}))
+            .collect()
+    }
+}
+
+impl Drop for SealWorkers {
+    /// Closing the lanes ends the workers once they have sent what they hold.
+    fn drop(&mut self) {
+        self.lanes.clear();
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+struct Worker {
+    trains: Receiver<Handed>,
+    give_back: SyncSender<Vec<u8>>,
+    udp: UdpSocket,
+    stats: Arc<WorkerStats>,
+}
+
+impl Worker {
+    /// A worker that panicked would keep the frames it holds and leave its flows unsent: the
+    /// daemon restarts instead (its containers are served again from their records).
+    fn run_or_abort(self) {
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run())).is_err() {
+            tracing::error!("a sealing worker failed: restarting flatnetd");
+            std::process::abort();
+        }
+    }
+
+    fn run(self) {
+        let mut plain = vec![0u8; super::BUFFER + VNET_HDR_LEN];
+        let mut batch = SendBatch::new();
+        let fd = self.udp.as_raw_fd();
+        loop {
+            let (frame, mut train) = match self.trains.try_recv() {
+                Ok(handed) => handed,
+                // Nothing more to join this batch: send it before waiting.
+                Err(TryRecvError::Empty) => {
+                    batch.flush(fd);
+                    match self.trains.recv() {
+                        Ok(handed) => handed,
+                        Err(_) => return,
+                    }
+                }
+                Err(TryRecvError::Disconnected) => break,
+            };
+            let packets = seal(&frame, &mut train, &mut plain, &mut batch, fd);
+            self.stats.trains.fetch_add(1, Ordering::Relaxed);
+            self.stats.packets.fetch_add(packets, Ordering::Relaxed);
+            // Room for every frame there is: never full.
+            let _ = self.give_back.try_send(frame);
+        }
+        batch.flush(fd);
+    }
+}
+
+/// Cuts the train into packets, tags and seals each straight into `batch`; returns how many
+/// were sealed.
+fn seal(
+    frame: &[u8],
+    train: &mut Train,
+    plain: &mut [u8],
+    batch: &mut SendBatch,
+    fd: RawFd,
+) -> u64 {
+    plain[..TAG_LEN].copy_from_slice(&train.tag.to_be_bytes());
+    let frame = &frame[..train.len];
+    let mut sealed = 0;
+    while let Some(len) = train.segments.next_into(frame, &mut plain[TAG_LEN..]) {
+        let plaintext = &plain[..TAG_LEN + len];
+        let key = &mut train.key;
+        let fill = |slot: &mut [u8]| key.seal(plaintext, slot).is_some();
+        if batch.push_with(sealed_len(plaintext.len()), train.to, fill) {
+            sealed += 1;
+        }
+        if batch.is_full() {
+            batch.flush(fd);
+        }
+    }
+    sealed
+}
+
+/// A hash of the packet's flow: addresses and protocol, and the ports of an unfragmented TCP
+/// or UDP packet. Every packet of a flow hashes alike (a train's segments share its headers).
+fn flow_hash(packet: &[u8]) -> u32 {
+    const TCP: u8 = 6;
+    const UDP: u8 = 17;
+    let Some(header) = packet.get(..20) else {
+        return 0;
+    };
+    let word = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    let protocol = header[9];
+    let mut hash = mix(word(&header[12..16]) ^ mix(word(&header[16..20]) ^ u32::from(protocol)));
+    let fragmented = u16::from_be_bytes([header[6], header[7]]) & 0x3fff != 0;
+    let ports_at = usize::from(header[0] & 0x0f) * 4;
+    if matches!(protocol, TCP | UDP) && !fragmented {
+        if let Some(ports) = packet.get(ports_at..ports_at + 4) {
+            hash = mix(hash ^ word(ports));
+        }
+    }
+    hash
+}
+
+/// A 32-bit integer mixer (the finaliser of MurmurHash3): nearby inputs land far apart.
+fn mix(mut x: u32) -> u32 {
+    x ^= x >> 16;
+    x = x.wrapping_mul(0x85eb_ca6b);
+    x ^= x >> 13;
+    x = x.wrapping_mul(0xc2b2_ae35);
+    x ^ (x >> 16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn packet(protocol: u8, src_port: u16, flags_fragment: u16) -> Vec<u8> {
+        let mut p = vec![
+            0x45, 0, 0, 40, 0, 0, 0, 0, 64, protocol, 0, 0, 198, 51, 100, 2, 198, 51, 100, 3,
+        ];
+        p[6..8].copy_from_slice(&flags_fragment.to_be_bytes());
+        p.extend_from_slice(&src_port.to_be_bytes());
+        p.extend_from_slice(&[0x1f, 0x90]);
+        p.extend_from_slice(&[0xaa; 16]);
+        p
+    }
+
+    #[test]
+    fn a_flow_always_hashes_alike_and_flows_spread() {
+        let first = packet(6, 40000, 0x4000);
+        let mut later = first.clone();
+        later[24..].fill(0x55); // other sequence numbers, flags, payload
+        later[2..4].copy_from_slice(&1500u16.to_be_bytes());
+        assert_eq!(flow_hash(&first), flow_hash(&later));
+
+        let lanes: std::collections::HashSet<u32> = (0..64)
+            .map(|port| flow_hash(&packet(6, 40000 + port, 0)) % 4)
+            .collect();
+        assert_eq!(lanes.len(), 4, "64 flows reach every one of 4 workers");
+        assert_ne!(flow_hash(&packet(6, 1, 0)), flow_hash(&packet(17, 1, 0)));
+    }
+
+    #[test]
+    fn fragments_of_a_datagram_hash_by_addresses_only() {
+        // Later fragments carry no ports: the whole datagram must stay on one worker.
+        let first = packet(17, 5353, 0x2000);
+        let mut later = packet(17, 0, 0x00b9);
+        later[20..24].copy_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
+        assert_eq!(flow_hash(&first), flow_hash(&later));
+        assert_eq!(flow_hash(&[0x45; 10]), 0, "too short to route");
+    }
+}
