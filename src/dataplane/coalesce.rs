@@ -4,7 +4,7 @@
 //! `offload`). One write and one pass through the container's stack per train instead of per
 //! packet.
 
-use super::offload::{DELIVERY_HEADER, VNET_HDR_LEN};
+use super::offload::{delivery_header, VNET_HDR_LEN};
 use super::packet::{checksum_fold as fold, checksum_sum as sum};
 
 const IP_LEN: usize = 20;
@@ -113,7 +113,8 @@ impl Coalescer {
         if segments > 1 {
             self.seal(len);
         } else {
-            self.frame[..VNET_HDR_LEN].copy_from_slice(&DELIVERY_HEADER);
+            let header = delivery_header(&mut self.frame[VNET_HDR_LEN..len]);
+            self.frame[..VNET_HDR_LEN].copy_from_slice(&header);
         }
         Some(Train {
             slot: self.slot,
@@ -245,8 +246,8 @@ mod tests {
         let single = c.finish().unwrap();
         assert_eq!(single.segments, 1);
         assert_eq!(
-            single.frame[0], 2,
-            "a lone packet is written as it came, marked valid"
+            single.frame[0], 1,
+            "a lone segment is written as it came, its checksum left to the kernel"
         );
         assert!(
             !c.start(1, &segment(1, &[], TCP_ACK)),

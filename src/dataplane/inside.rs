@@ -153,6 +153,7 @@ impl Daemon {
                         let train = Train {
                             len: n,
                             segments,
+                            packets,
                             tag,
                             key,
                             to,

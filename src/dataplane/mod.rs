@@ -471,6 +471,9 @@ impl Daemon {
                 next_tick = now + TICK;
             }
             self.bufs.to_send.flush(self.udp.as_raw_fd());
+            if let Some(workers) = &mut self.seal_workers {
+                workers.dispatch();
+            }
             let sent = self.sent() != sent_before;
             let done = Instant::now();
             self.busy += done - woke;

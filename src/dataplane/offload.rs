@@ -5,13 +5,22 @@
 //!
 //! Every packet on an offload queue starts with a virtio-net header (legacy layout, native
 //! byte order, as TUN uses by default).
+//!
+//! TCP and UDP checksums cross the tunnel partial: the sender leaves them as the container's
+//! stack did (the pseudo-header sum, for the device to finish), and the receiver hands them on
+//! that way ([`delivery_header`]). Computing them in software was an eighth of a sending
+//! host's CPU, and they prove nothing the AEAD has not: a packet the receiver's kernel
+//! forwards has its checksum finished there, one it delivers locally is taken as verified.
 
 use super::packet::{checksum_fold as fold, checksum_sum as sum, TAG_LEN};
 
 pub const VNET_HDR_LEN: usize = 10;
 const F_NEEDS_CSUM: u8 = 1;
-/// On packets we write: the AEAD already proved integrity; skip the stack's checksum pass.
+/// On packets we write without a partial checksum: the AEAD already proved integrity; skip
+/// the stack's checksum pass.
 const F_DATA_VALID: u8 = 2;
+const PROTO_TCP: u8 = 6;
+const PROTO_UDP: u8 = 17;
 const GSO_NONE: u8 = 0;
 const GSO_TCPV4: u8 = 1;
 const GSO_ECN: u8 = 0x80;
@@ -19,7 +28,7 @@ const TCP_FIN: u8 = 0x01;
 const TCP_PSH: u8 = 0x08;
 const TCP_CWR: u8 = 0x80;
 
-/// The header written in front of each packet delivered to a container.
+/// The header written in front of a packet delivered without a partial checksum.
 pub const DELIVERY_HEADER: [u8; VNET_HDR_LEN] = [F_DATA_VALID, GSO_NONE, 0, 0, 0, 0, 0, 0, 0, 0];
 
 #[derive(Debug, Clone, Copy)]
@@ -114,14 +123,8 @@ impl Segments {
         let packet = &frame[VNET_HDR_LEN..];
         if self.header.gso_type == GSO_NONE {
             self.done = true;
+            // A partial checksum stays partial: the receiver's kernel finishes it if needed.
             out[..packet.len()].copy_from_slice(packet);
-            if self.header.flags & F_NEEDS_CSUM != 0 {
-                complete_checksum(
-                    &mut out[..packet.len()],
-                    self.header.csum_start,
-                    self.header.csum_offset,
-                );
-            }
             return Some(packet.len());
         }
         let chunk = self.header.gso_size.min(self.payload_len - self.offset);
@@ -166,19 +169,50 @@ fn fix_segment(seg: &mut [u8], headers_len: usize, offset: u32, index: u16, last
         seg[tcp + 13] &= !TCP_CWR;
     }
     debug_assert!(headers_len >= tcp + 20);
-    seg[tcp + 16..tcp + 18].copy_from_slice(&[0, 0]);
-    let tcp_len = (seg.len() - tcp) as u32;
-    let pseudo = sum(&seg[12..20], 6 + u64::from(tcp_len));
-    let tcp_sum = !fold(sum(&seg[tcp..], pseudo));
-    seg[tcp + 16..tcp + 18].copy_from_slice(&tcp_sum.to_be_bytes());
+    // Partial, like the train's: the segment's own pseudo-header sum.
+    let tcp_len = (seg.len() - tcp) as u64;
+    let pseudo = fold(sum(&seg[12..20], u64::from(PROTO_TCP) + tcp_len));
+    seg[tcp + 16..tcp + 18].copy_from_slice(&pseudo.to_be_bytes());
 }
 
-/// Finishes a checksum the sending stack left partial: the field already holds the folded
-/// pseudo-header sum; add the data from `start` on and store the complement.
-fn complete_checksum(packet: &mut [u8], start: usize, offset: usize) {
-    let at = start + offset;
-    let value = !fold(sum(&packet[start..], 0));
-    packet[at..at + 2].copy_from_slice(&value.to_be_bytes());
+/// The virtio-net header for a packet from the tunnel. A TCP or UDP packet (unfragmented) gets
+/// its checksum field set to the pseudo-header sum, whatever the sender left there, and a
+/// header asking for the rest: the kernel finishes it where the packet leaves the host and
+/// takes it as verified where it is delivered. Anything else is marked verified as it is.
+pub fn delivery_header(packet: &mut [u8]) -> [u8; VNET_HDR_LEN] {
+    let Some((start, offset)) = checksum_field(packet) else {
+        return DELIVERY_HEADER;
+    };
+    let protocol = u64::from(packet[9]);
+    let pseudo = fold(sum(
+        &packet[12..20],
+        protocol + (packet.len() - start) as u64,
+    ));
+    packet[start + offset..start + offset + 2].copy_from_slice(&pseudo.to_be_bytes());
+    let mut header = [F_NEEDS_CSUM, GSO_NONE, 0, 0, 0, 0, 0, 0, 0, 0];
+    header[6..8].copy_from_slice(&(start as u16).to_ne_bytes());
+    header[8..10].copy_from_slice(&(offset as u16).to_ne_bytes());
+    header
+}
+
+/// Where a TCP or UDP packet's transport header starts and its checksum's offset in it; none
+/// for other packets, fragments and packets whose length field disagrees with their size.
+fn checksum_field(packet: &[u8]) -> Option<(usize, usize)> {
+    let header_len = usize::from(*packet.first()? & 0x0f) * 4;
+    if packet.len() < 20 || packet[0] >> 4 != 4 || header_len < 20 {
+        return None;
+    }
+    let total = usize::from(u16::from_be_bytes([packet[2], packet[3]]));
+    let fragmented = u16::from_be_bytes([packet[6], packet[7]]) & 0x3fff != 0;
+    if total != packet.len() || fragmented {
+        return None;
+    }
+    let (offset, min_len) = match packet[9] {
+        PROTO_TCP => (16, 20),
+        PROTO_UDP => (6, 8),
+        _ => return None,
+    };
+    (packet.len() >= header_len + min_len).then_some((header_len, offset))
 }
 
 /// Where a decrypted packet should land so that the tag sits just before it and the delivery
@@ -247,11 +281,13 @@ mod tests {
                 0xffff,
                 "IP checksum of segment {count}"
             );
+            let mut delivered = p.to_vec();
+            assert!(finish_as_the_kernel_would(&mut delivered));
             let pseudo = sum(&p[12..20], 6 + (len as u64 - 20));
             assert_eq!(
-                fold(sum(&p[20..], pseudo)),
+                fold(sum(&delivered[20..], pseudo)),
                 0xffff,
-                "TCP checksum of segment {count}"
+                "TCP checksum of segment {count}, finished by the receiving kernel"
             );
             let seq = u32::from_be_bytes(p[24..28].try_into().unwrap());
             assert_eq!(seq, 1000 + 1400 * count);
@@ -270,8 +306,55 @@ mod tests {
         assert_eq!(rebuilt, payload);
     }
 
+    /// What the receiving kernel does with a delivered packet that leaves the host: finish
+    /// the checksum [`delivery_header`] asked it to (csum_start, csum_offset).
+    fn finish_as_the_kernel_would(packet: &mut [u8]) -> bool {
+        let header = delivery_header(packet);
+        if header[0] != F_NEEDS_CSUM {
+            return false;
+        }
+        let start = usize::from(u16::from_ne_bytes([header[6], header[7]]));
+        let at = start + usize::from(u16::from_ne_bytes([header[8], header[9]]));
+        let value = !fold(sum(&packet[start..], 0));
+        packet[at..at + 2].copy_from_slice(&value.to_be_bytes());
+        true
+    }
+
+    /// Packets as other senders may leave them arrive with valid checksums: TCP with a full
+    /// checksum (an older sender) or a wrong one (a partial sum from another stack). Fragments
+    /// and ICMP are delivered as they are, marked verified.
     #[test]
-    fn a_partial_checksum_is_completed() {
+    fn the_receiver_has_every_tcp_and_udp_checksum_finished_whatever_the_sender_left() {
+        let payload: Vec<u8> = (0..300u32).map(|i| i as u8).collect();
+        let frame = tso_frame(&payload, 1400);
+        let mut segment = frame[VNET_HDR_LEN..].to_vec();
+        for left in [[0x12, 0x34], [0, 0]] {
+            segment[36..38].copy_from_slice(&left);
+            let mut delivered = segment.clone();
+            assert!(finish_as_the_kernel_would(&mut delivered));
+            let pseudo = sum(&delivered[12..20], 6 + (delivered.len() as u64 - 20));
+            assert_eq!(fold(sum(&delivered[20..], pseudo)), 0xffff, "{left:?}");
+            assert_eq!(delivered[..36], segment[..36]);
+            assert_eq!(delivered[38..], segment[38..], "only the checksum changes");
+        }
+        let mut fragment = segment.clone();
+        fragment[6] |= 0x20; // more fragments
+        let before = fragment.clone();
+        assert_eq!(delivery_header(&mut fragment), DELIVERY_HEADER);
+        assert_eq!(fragment, before, "a fragment is left alone");
+        let mut icmp = segment.clone();
+        icmp[9] = 1;
+        assert_eq!(delivery_header(&mut icmp), DELIVERY_HEADER);
+        let mut short = segment[..30].to_vec();
+        assert_eq!(
+            delivery_header(&mut short),
+            DELIVERY_HEADER,
+            "length disagrees"
+        );
+    }
+
+    #[test]
+    fn a_partial_checksum_crosses_partial_and_is_finished_on_arrival() {
         // A UDP packet whose checksum field holds only the pseudo-header sum.
         let mut packet = vec![
             0x45, 0, 0, 32, 0, 0, 0, 0, 64, 17, 0, 0, 198, 51, 100, 2, 198, 51, 100, 3,
@@ -294,7 +377,8 @@ mod tests {
         );
         let mut out = vec![0u8; 100];
         let len = segs.next_into(&frame, &mut out).unwrap();
-        assert_eq!(len, packet.len());
+        assert_eq!(&out[..len], &packet[..], "sent as the container left it");
+        assert!(finish_as_the_kernel_would(&mut out[..len]));
         let full = sum(&out[12..20], 17 + u64::from(udp_len));
         assert_eq!(fold(sum(&out[20..len], full)), 0xffff);
         assert_eq!(segs.next_into(&frame, &mut out), None);

@@ -5,7 +5,7 @@ use std::os::fd::AsRawFd;
 use std::time::Instant;
 
 use super::batch::BATCH;
-use super::offload::{DECRYPT_OFFSET, DELIVERY_HEADER, VNET_HDR_LEN};
+use super::offload::{delivery_header, DECRYPT_OFFSET, VNET_HDR_LEN};
 use super::packet::{ipv4_addresses, TAG_LEN};
 use super::ports::Port;
 use super::{batched, Daemon};
@@ -120,7 +120,8 @@ impl Daemon {
         {
             return Ok(());
         }
-        self.bufs.plain[..VNET_HDR_LEN].copy_from_slice(&DELIVERY_HEADER);
+        let header = delivery_header(&mut self.bufs.plain[VNET_HDR_LEN..end]);
+        self.bufs.plain[..VNET_HDR_LEN].copy_from_slice(&header);
         write_to(self.ports.get_mut(slot), &self.bufs.plain[..end], 1)
     }
 

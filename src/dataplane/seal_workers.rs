@@ -6,13 +6,14 @@
 //! its trains in the order it got them: TCP never sees its segments reordered. The packet
 //! thread reserves each train's counters before handing it over ([`SealKey`]), so no nonce is
 //! used twice. Trains of different flows may reach the wire out of counter order; the
-//! receiver's replay window absorbs that, since the workers hold far fewer packets in flight
-//! ([`IN_FLIGHT`] trains each) than the window is wide.
+//! receiver's replay window absorbs that, because no more than [`MAX_IN_FLIGHT`] packets are
+//! ever reserved and not yet sealed. A round's trains go to each worker together, so a worker
+//! sends them with as few system calls (and as much UDP GSO) as the packet thread would.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -22,17 +23,20 @@ use super::batch::SendBatch;
 use super::offload::{Segments, VNET_HDR_LEN};
 use super::packet::TAG_LEN;
 use crate::error::{Error, IoContext, Result};
+use crate::tunnel::replay::WINDOW;
 use crate::tunnel::{sealed_len, SealKey};
 
-/// Trains waiting for one worker; the packet thread waits when a worker is this far behind,
-/// which slows the container's TCP as a slow link would.
-pub const IN_FLIGHT: usize = 4;
+/// Packets handed over and not yet sealed, at most: half the replay window, so whatever order
+/// the workers finish in, the receiver takes every packet.
+pub const MAX_IN_FLIGHT: usize = WINDOW as usize / 2;
+/// Frames (64 KiB each) per worker: what a round hands over while the others are sealed.
+const FRAMES_PER_WORKER: usize = 16;
 /// Workers at most: beyond this the packet thread, not sealing, is what limits a host.
 pub const MAX_WORKERS: usize = 4;
 
 /// A worker for each CPU beyond two: one for the packet thread, one left to the applications.
-/// On two CPUs a worker only competes with them for the same cores (measured: TCP x0.91 with
-/// one, docs/benchmark.md), and moving trains between cores costs CPU of its own.
+/// On two CPUs a worker competes with them for the same cores (docs/benchmark.md), and
+/// moving trains between cores costs CPU of its own.
 pub fn default_count() -> usize {
     std::thread::available_parallelism()
         .map_or(1, |n| n.get())
@@ -45,6 +49,8 @@ pub struct Train {
     /// The frame's length: virtio-net header and packet.
     pub len: usize,
     pub segments: Segments,
+    /// The packets it is cut into: the counters `key` holds.
+    pub packets: usize,
     pub tag: u32,
     pub key: SealKey,
     pub to: SocketAddr,
@@ -56,16 +62,20 @@ struct WorkerStats {
     packets: AtomicU64,
 }
 
-/// A train and the frame that holds it.
-type Handed = (Vec<u8>, Train);
+/// Trains and the frames that hold them, for one worker.
+type Round = Vec<(Vec<u8>, Train)>;
 
 pub struct SealWorkers {
-    lanes: Vec<SyncSender<Handed>>,
+    lanes: Vec<SyncSender<Round>>,
+    /// Trains handed over in this round, per worker.
+    pending: Vec<Round>,
     /// Frames the workers are done with, to read the next train into.
     returned: Receiver<Vec<u8>>,
+    spare: Vec<Vec<u8>>,
     frame_len: usize,
-    /// Frames made for the workers so far; never more than they can hold.
+    /// Frames made so far, at most [`FRAMES_PER_WORKER`] per worker.
     frames: usize,
+    in_flight: Arc<AtomicUsize>,
     handed_over: u64,
     stats: Vec<Arc<WorkerStats>>,
     threads: Vec<JoinHandle<()>>,
@@ -74,24 +84,29 @@ pub struct SealWorkers {
 impl SealWorkers {
     /// Starts `count` (at least one) workers sending on `udp`; frames are `frame_len` long.
     pub fn spawn(count: usize, udp: &UdpSocket, frame_len: usize) -> Result<Self> {
-        let capacity = count * (IN_FLIGHT + 1);
-        let (give_back, returned) = mpsc::sync_channel(capacity);
+        let frames = count * FRAMES_PER_WORKER;
+        // Room for every frame in both directions: no send ever waits.
+        let (give_back, returned) = mpsc::sync_channel(frames);
         let mut workers = SealWorkers {
             lanes: Vec::new(),
+            pending: Vec::new(),
             returned,
+            spare: Vec::new(),
             frame_len,
             frames: 0,
+            in_flight: Arc::new(AtomicUsize::new(0)),
             handed_over: 0,
             stats: Vec::new(),
             threads: Vec::new(),
         };
         for i in 0..count {
-            let (lane, trains) = mpsc::sync_channel(IN_FLIGHT);
+            let (lane, rounds) = mpsc::sync_channel(frames);
             let stats = Arc::new(WorkerStats::default());
             let worker = Worker {
-                trains,
+                rounds,
                 give_back: give_back.clone(),
                 udp: udp.try_clone().context(|| "duplicating the UDP socket")?,
+                in_flight: workers.in_flight.clone(),
                 stats: stats.clone(),
             };
             let thread = std::thread::Builder::new()
@@ -99,6 +114,7 @@ impl SealWorkers {
                 .spawn(move || worker.run_or_abort())
                 .map_err(|e| Error::io("starting a sealing worker", e))?;
             workers.lanes.push(lane);
+            workers.pending.push(Vec::new());
             workers.stats.push(stats);
             workers.threads.push(thread);
         }
@@ -110,13 +126,25 @@ impl SealWorkers {
         flow_hash(packet) as usize % self.lanes.len()
     }
 
-    /// Hands a train to worker `lane`. `frame` holds it and gets an empty one in exchange, to
-    /// read the next train into. Waits while the worker is [`IN_FLIGHT`] trains behind.
+    /// Hands a train to worker `lane`, to be sent with the rest of the round
+    /// ([`SealWorkers::dispatch`]). `frame` holds it and gets an empty one in exchange, to
+    /// read the next train into. Waits while [`MAX_IN_FLIGHT`] packets are with the workers.
     pub fn hand_over(&mut self, lane: usize, frame: &mut Vec<u8>, train: Train) {
-        let full = std::mem::replace(frame, self.empty_frame());
+        let empty = self.empty_frame(train.packets);
+        self.in_flight.fetch_add(train.packets, Ordering::AcqRel);
         self.handed_over += 1;
-        // A worker lives as long as its lane (see `run_or_abort`).
-        let _ = self.lanes[lane].send((full, train));
+        self.pending[lane].push((std::mem::replace(frame, empty), train));
+    }
+
+    /// Sends each worker the trains handed over since the last call; at the end of each of
+    /// the packet thread's rounds.
+    pub fn dispatch(&mut self) {
+        for (lane, pending) in self.lanes.iter().zip(&mut self.pending) {
+            if !pending.is_empty() {
+                // A worker lives as long as its lane (see `run_or_abort`).
+                let _ = lane.send(std::mem::take(pending));
+            }
+        }
     }
 
     /// Trains handed over since the start.
@@ -124,25 +152,29 @@ impl SealWorkers {
         self.handed_over
     }
 
-    /// A frame a worker gave back, or a new one while the workers could still hold more.
-    fn empty_frame(&mut self) -> Vec<u8> {
-        match self.returned.try_recv() {
-            Ok(frame) => return frame,
-            Err(TryRecvError::Empty) if self.frames < self.returned_capacity() => {}
-            // Every frame is with a worker: one comes back as soon as a train is sealed.
-            Err(TryRecvError::Empty) => {
-                if let Ok(frame) = self.returned.recv() {
+    /// A frame to read the next train into, once `packets` more fit in flight: one a worker
+    /// gave back, or a new one while the workers could hold more.
+    fn empty_frame(&mut self, packets: usize) -> Vec<u8> {
+        loop {
+            self.spare.extend(self.returned.try_iter());
+            let in_flight = self.in_flight.load(Ordering::Acquire);
+            // A train larger than the bound goes alone.
+            if in_flight == 0 || in_flight + packets <= MAX_IN_FLIGHT {
+                if let Some(frame) = self.spare.pop() {
                     return frame;
                 }
+                if self.frames < self.lanes.len() * FRAMES_PER_WORKER {
+                    self.frames += 1;
+                    return vec![0; self.frame_len];
+                }
             }
-            Err(TryRecvError::Disconnected) => {}
+            // Wait for a worker to finish a train, after sending it this round's.
+            self.dispatch();
+            match self.returned.recv() {
+                Ok(frame) => self.spare.push(frame),
+                Err(_) => return vec![0; self.frame_len],
+            }
         }
-        self.frames += 1;
-        vec![0; self.frame_len]
-    }
-
-    fn returned_capacity(&self) -> usize {
-        self.lanes.len() * (IN_FLIGHT + 1)
     }
 
     pub fn status(&self) -> serde_json::Value {
@@ -157,6 +189,7 @@ impl SealWorkers {
 impl Drop for SealWorkers {
     /// Closing the lanes ends the workers once they have sent what they hold.
     fn drop(&mut self) {
+        self.dispatch();
         self.lanes.clear();
         for thread in self.threads.drain(..) {
             let _ = thread.join();
@@ -165,9 +198,10 @@ impl Drop for SealWorkers {
 }
 
 struct Worker {
-    trains: Receiver<Handed>,
+    rounds: Receiver<Round>,
     give_back: SyncSender<Vec<u8>>,
     udp: UdpSocket,
+    in_flight: Arc<AtomicUsize>,
     stats: Arc<WorkerStats>,
 }
 
@@ -181,30 +215,29 @@ impl Worker {
         }
     }
 
+    /// Seals and sends each round it is given, then gives its frames back. Packets leave the
+    /// in-flight count only once sent (sealed and still queued, they could yet reach the
+    /// wire after newer ones), and before their frames return: the packet thread, waiting for
+    /// a frame, always finds the count lower when one comes.
     fn run(self) {
         let mut plain = vec![0u8; super::BUFFER + VNET_HDR_LEN];
         let mut batch = SendBatch::new();
         let fd = self.udp.as_raw_fd();
-        loop {
-            let (frame, mut train) = match self.trains.try_recv() {
-                Ok(handed) => handed,
-                // Nothing more to join this batch: send it before waiting.
-                Err(TryRecvError::Empty) => {
-                    batch.flush(fd);
-                    match self.trains.recv() {
-                        Ok(handed) => handed,
-                        Err(_) => return,
-                    }
-                }
-                Err(TryRecvError::Disconnected) => break,
-            };
-            let packets = seal(&frame, &mut train, &mut plain, &mut batch, fd);
-            self.stats.trains.fetch_add(1, Ordering::Relaxed);
-            self.stats.packets.fetch_add(packets, Ordering::Relaxed);
-            // Room for every frame there is: never full.
-            let _ = self.give_back.try_send(frame);
+        while let Ok(mut round) = self.rounds.recv() {
+            let mut reserved = 0;
+            for (frame, train) in &mut round {
+                let sealed = seal(frame, train, &mut plain, &mut batch, fd);
+                reserved += train.packets;
+                self.stats.trains.fetch_add(1, Ordering::Relaxed);
+                self.stats.packets.fetch_add(sealed, Ordering::Relaxed);
+            }
+            batch.flush(fd);
+            self.in_flight.fetch_sub(reserved, Ordering::AcqRel);
+            for (frame, _) in round {
+                // Room for every frame there is: never full.
+                let _ = self.give_back.try_send(frame);
+            }
         }
-        batch.flush(fd);
     }
 }
 
