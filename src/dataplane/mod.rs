@@ -4,9 +4,10 @@
 //! Packet paths are named by where a packet comes from: [`inside`] (from a member's TUN queue:
 //! out through a tunnel, or to a local member) and [`outside`] (from the underlay, into a
 //! member). Members are containers and each network's host member ([`members`]); DNS queries to
-//! the gateway are answered in the data plane ([`resolver`]). One thread runs it all off an
-//! epoll loop with fixed buffers: no allocation, no lock and no async scheduler on the
-//! per-packet path.
+//! the gateway are answered in the data plane ([`resolver`]). One thread, the packet thread,
+//! runs it all off an epoll loop with fixed buffers: no allocation, no lock and no async
+//! scheduler on the per-packet path. On hosts with CPUs to spare, trains for other hosts are
+//! sealed by worker threads ([`seal_workers`]).
 
 mod batch;
 mod coalesce;
