@@ -11,7 +11,7 @@ use std::time::Instant;
 use super::offload::{Segments, VNET_HDR_LEN};
 use super::packet::{ipv4_addresses, udp_datagram, TAG_LEN};
 use super::routes::Route;
-use super::seal_workers::Train;
+use super::seal_workers::{SealWorkers, Train};
 use super::{batched, Buffers, Daemon, DropCounters, SameHost};
 use crate::tunnel::{sealed_len, DropReason, Sealer};
 
@@ -142,27 +142,7 @@ impl Daemon {
         };
         let result = match &mut self.seal_workers {
             Some(workers) => {
-                let packets = segments.packets();
-                let bytes = segments.bytes(n - VNET_HDR_LEN) + packets * TAG_LEN;
-                match sealer.hand_off(packets, bytes) {
-                    Some(key) => {
-                        let lane = workers.lane(&self.bufs.frame[VNET_HDR_LEN..n]);
-                        let to = sealer.endpoint();
-                        // What this thread queued (a handshake's held packets) goes first.
-                        self.bufs.to_send.flush(fd);
-                        let train = Train {
-                            len: n,
-                            segments,
-                            packets,
-                            tag,
-                            key,
-                            to,
-                        };
-                        workers.hand_over(lane, &mut self.bufs.frame, train);
-                        Ok(())
-                    }
-                    None => Err(DropReason::Expired),
-                }
+                hand_to_worker(workers, &mut self.bufs, &mut sealer, segments, tag, n, fd)
             }
             None => {
                 seal_here(
@@ -222,6 +202,34 @@ impl Daemon {
             &mut batched(&mut self.bufs.to_send, fd),
         )
     }
+}
+
+/// Hands the train in `bufs.frame[..n]` to its flow's sealing worker, with its counters.
+fn hand_to_worker(
+    workers: &mut SealWorkers,
+    bufs: &mut Buffers,
+    sealer: &mut Sealer,
+    segments: Segments,
+    tag: u32,
+    n: usize,
+    fd: RawFd,
+) -> Result<(), DropReason> {
+    let packets = segments.packets();
+    let bytes = segments.bytes(n - VNET_HDR_LEN) + packets * TAG_LEN;
+    let key = sealer.hand_off(packets, bytes).ok_or(DropReason::Expired)?;
+    // What this thread queued (a handshake's held packets) goes first.
+    bufs.to_send.flush(fd);
+    let train = Train {
+        len: n,
+        segments,
+        packets,
+        tag,
+        key,
+        to: sealer.endpoint(),
+    };
+    let lane = workers.lane(&bufs.frame[VNET_HDR_LEN..n]);
+    workers.hand_over(lane, &mut bufs.frame, train);
+    Ok(())
 }
 
 /// Seals the train in `bufs.frame[..n]` on this thread, straight into the send batch.
