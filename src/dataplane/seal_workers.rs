@@ -7,7 +7,7 @@
 //! thread reserves each train's counters before handing it over ([`SealKey`]), so no nonce is
 //! used twice. Trains of different flows may reach the wire out of counter order; the
 //! receiver's replay window absorbs that, because no more than [`MAX_IN_FLIGHT`] packets are
-//! ever reserved and not yet sealed. A round's trains go to each worker together, so a worker
+//! ever reserved and not yet sent. A round's trains go to each worker together, so a worker
 //! sends them with as few system calls (and as much UDP GSO) as the packet thread would.
 
 use std::net::{SocketAddr, UdpSocket};
@@ -26,7 +26,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::tunnel::replay::WINDOW;
 use crate::tunnel::{sealed_len, SealKey};
 
-/// Packets handed over and not yet sealed, at most: half the replay window, so whatever order
+/// Packets handed over and not yet sent, at most: half the replay window, so whatever order
 /// the workers finish in, the receiver takes every packet.
 pub const MAX_IN_FLIGHT: usize = WINDOW as usize / 2;
 /// Frames (64 KiB each) per worker: what a round hands over while the others are sealed.

@@ -109,8 +109,13 @@ fn the_wire_carries_no_plaintext() {
 }
 
 fn established() -> (Host, Host, Wire, Instant) {
+    established_with(Limits::default())
+}
+
+/// Two hosts with a session, after "hello" went from a to b.
+fn established_with(limits: Limits) -> (Host, Host, Wire, Instant) {
     let now = Instant::now();
-    let (mut a, mut b) = (host(1, Limits::default()), host(2, Limits::default()));
+    let (mut a, mut b) = (host(1, limits.clone()), host(2, limits));
     let mut wire = Wire::new();
     a.send_packet(&b, b"hello", &mut wire, now);
     pump(&mut a, &mut b, &mut wire, now);
@@ -567,16 +572,11 @@ fn spoofed_datagrams_start_at_most_one_handshake_a_second() {
 /// for renewal.
 #[test]
 fn a_train_is_sealed_through_one_lookup_and_renewed_after() {
-    let limits = Limits {
+    let (mut a, mut b, mut wire, now) = established_with(Limits {
         rekey_after_messages: 5,
         reject_after_messages: 8,
         ..Limits::default()
-    };
-    let now = Instant::now();
-    let (mut a, mut b) = (host(1, limits.clone()), host(2, limits));
-    let mut wire = Wire::new();
-    a.send_packet(&b, b"hello", &mut wire, now);
-    pump(&mut a, &mut b, &mut wire, now);
+    });
 
     let key = *b.tm.public_key();
     let mut sealer =
@@ -616,15 +616,10 @@ fn a_train_is_sealed_through_one_lookup_and_renewed_after() {
 /// whatever order the threads finish; a hand-off beyond the session's budget is refused.
 #[test]
 fn trains_handed_off_to_other_threads_never_share_a_counter() {
-    let limits = Limits {
+    let (mut a, mut b, mut wire, now) = established_with(Limits {
         reject_after_messages: 12,
         ..Limits::default()
-    };
-    let now = Instant::now();
-    let (mut a, mut b) = (host(1, limits.clone()), host(2, limits));
-    let mut wire = Wire::new();
-    a.send_packet(&b, b"hello", &mut wire, now);
-    pump(&mut a, &mut b, &mut wire, now);
+    });
 
     let key = *b.tm.public_key();
     let mut sealer = a.tm.sealer(&key, b.addr, now).unwrap();
