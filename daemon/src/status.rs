@@ -133,9 +133,10 @@ fn render(s: &Value) -> String {
         "\nFAST PATH (container to container on this host, no tunnel) PKT/B {}\n",
         pair(&s["fast_path"]["packets"], &s["fast_path"]["bytes"]),
     );
-    let workers = s["seal_workers"].as_array().cloned().unwrap_or_default();
-    let sealed: Vec<String> = workers
-        .iter()
+    let sealed: Vec<String> = s["seal_workers"]
+        .as_array()
+        .into_iter()
+        .flatten()
         .map(|w| format!("{}/{}", num(&w["trains"]), num(&w["packets"])))
         .collect();
     out += &match sealed.len() {
