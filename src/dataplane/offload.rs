@@ -7,8 +7,8 @@
 //! byte order, as TUN uses by default).
 //!
 //! TCP and UDP checksums cross the tunnel partial: the sender leaves them as the container's
-//! stack did (the pseudo-header sum, for the device to finish), and the receiver hands them on
-//! that way ([`delivery_header`]). Computing them in software was an eighth of a sending
+//! stack did (the pseudo-header sum, for the device to finish; one of an encapsulated packet's
+//! inner header it finishes), and the receiver hands them on that way ([`delivery_header`]). Computing them in software was an eighth of a sending
 //! host's CPU, and they prove nothing the AEAD has not: a packet the receiver's kernel
 //! forwards has its checksum finished there, one it delivers locally is taken as verified.
 
@@ -123,8 +123,15 @@ impl Segments {
         let packet = &frame[VNET_HDR_LEN..];
         if self.header.gso_type == GSO_NONE {
             self.done = true;
-            // A partial checksum stays partial: the receiver's kernel finishes it if needed.
             out[..packet.len()].copy_from_slice(packet);
+            // A partial checksum stays partial where the receiver will look for it (the TCP
+            // or UDP header right after IP); one elsewhere (an encapsulated packet's inner
+            // header) is finished here.
+            let (start, offset) = (self.header.csum_start, self.header.csum_offset);
+            let needs_csum = self.header.flags & F_NEEDS_CSUM != 0;
+            if needs_csum && checksum_field(packet) != Some((start, offset)) {
+                complete_checksum(&mut out[..packet.len()], start, offset);
+            }
             return Some(packet.len());
         }
         let chunk = self.header.gso_size.min(self.payload_len - self.offset);
@@ -173,6 +180,14 @@ fn fix_segment(seg: &mut [u8], headers_len: usize, offset: u32, index: u16, last
     let tcp_len = (seg.len() - tcp) as u64;
     let pseudo = fold(sum(&seg[12..20], u64::from(PROTO_TCP) + tcp_len));
     seg[tcp + 16..tcp + 18].copy_from_slice(&pseudo.to_be_bytes());
+}
+
+/// Finishes a checksum the sending stack left partial: the field already holds the folded
+/// pseudo-header sum; add the data from `start` on and store the complement.
+fn complete_checksum(packet: &mut [u8], start: usize, offset: usize) {
+    let at = start + offset;
+    let value = !fold(sum(&packet[start..], 0));
+    packet[at..at + 2].copy_from_slice(&value.to_be_bytes());
 }
 
 /// The virtio-net header for a packet from the tunnel. A TCP or UDP packet (unfragmented) gets
@@ -382,6 +397,40 @@ mod tests {
         let full = sum(&out[12..20], 17 + u64::from(udp_len));
         assert_eq!(fold(sum(&out[20..len], full)), 0xffff);
         assert_eq!(segs.next_into(&frame, &mut out), None);
+    }
+
+    /// A partial checksum the receiver would not look for (here: of a UDP datagram carried
+    /// inside a GRE packet, as an encapsulation in the container leaves it) is finished by the
+    /// sender, and the receiver then leaves the packet alone.
+    #[test]
+    fn a_partial_checksum_elsewhere_is_finished_before_sending() {
+        let inner_udp = [0x10, 0x00, 0x20, 0x00, 0, 12, 0, 0, b'p', b'i', b'n', b'g'];
+        let mut packet = vec![
+            0x45, 0, 0, 0, 0, 0, 0, 0, 64, 47, 0, 0, 198, 51, 100, 2, 198, 51, 100, 3,
+        ];
+        packet.extend_from_slice(&[0, 0, 0x08, 0x00]); // GRE carrying IPv4
+        packet.extend_from_slice(&[
+            0x45, 0, 0, 32, 0, 0, 0, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
+        ]);
+        packet.extend_from_slice(&inner_udp);
+        let total = packet.len() as u16;
+        packet[2..4].copy_from_slice(&total.to_be_bytes());
+        let inner_udp_at = 20 + 4 + 20;
+        let pseudo = fold(sum(&packet[36..44], 17 + inner_udp.len() as u64));
+        packet[inner_udp_at + 6..inner_udp_at + 8].copy_from_slice(&pseudo.to_be_bytes());
+        let mut frame = vec![F_NEEDS_CSUM, GSO_NONE, 0, 0, 0, 0];
+        frame.extend_from_slice(&(inner_udp_at as u16).to_ne_bytes());
+        frame.extend_from_slice(&6u16.to_ne_bytes());
+        frame.extend_from_slice(&packet);
+
+        let mut out = vec![0u8; 100];
+        let len = Segments::new(&frame)
+            .unwrap()
+            .next_into(&frame, &mut out)
+            .unwrap();
+        let full = sum(&out[36..44], 17 + inner_udp.len() as u64);
+        assert_eq!(fold(sum(&out[inner_udp_at..len], full)), 0xffff, "finished");
+        assert_eq!(delivery_header(&mut out[..len]), DELIVERY_HEADER);
     }
 
     #[test]
