@@ -207,10 +207,11 @@ struct Worker {
 
 impl Worker {
     /// A worker that panicked would keep the frames it holds and leave its flows unsent: the
-    /// daemon restarts instead (its containers are served again from their records).
+    /// daemon aborts instead, and the next start (systemd's, or the next plugin call's) serves
+    /// its containers again from their records.
     fn run_or_abort(self) {
         if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run())).is_err() {
-            tracing::error!("a sealing worker failed: restarting flatnetd");
+            tracing::error!("a sealing worker failed: aborting flatnetd");
             std::process::abort();
         }
     }
