@@ -243,37 +243,35 @@ fn ready_fd_must_be_an_open_descriptor_above_stderr() {
     }
 }
 
-/// A same-host mode that is neither `fast` nor `encrypted` is refused by name, before any
-/// state is made.
-#[test]
-fn an_unknown_same_host_mode_is_refused_before_anything_starts() {
+/// `flatnetd run` with `flags`: refused before any state is made; returns what it said.
+fn refused_before_anything_starts(flags: &[&str]) -> String {
     let state = tempfile::tempdir().unwrap();
     let dir = state.path().join("state");
     let out = Command::new(DAEMON)
         .args(["--state-dir", dir.to_str().unwrap(), "run"])
-        .args(["--listen", "127.0.0.1:0", "--same-host", "plain"])
+        .args(["--listen", "127.0.0.1:0"])
+        .args(flags)
         .output()
         .unwrap();
-    assert!(!out.status.success(), "--same-host plain was accepted");
+    assert!(!out.status.success(), "{flags:?} was accepted");
     assert!(
-        text(&out).contains("expected fast or encrypted"),
-        "{}",
-        text(&out)
+        !dir.exists(),
+        "{flags:?}: state was made before the refusal"
     );
-    assert!(!dir.exists(), "state was made before the refusal");
+    text(&out)
+}
+
+/// A same-host mode that is neither `fast` nor `encrypted` is refused by name, before any
+/// state is made.
+#[test]
+fn an_unknown_same_host_mode_is_refused_before_anything_starts() {
+    let said = refused_before_anything_starts(&["--same-host", "plain"]);
+    assert!(said.contains("expected fast or encrypted"), "{said}");
 }
 
 /// More sealing workers than flatnetd runs is refused, before any state is made.
 #[test]
 fn too_many_workers_are_refused_before_anything_starts() {
-    let state = tempfile::tempdir().unwrap();
-    let dir = state.path().join("state");
-    let out = Command::new(DAEMON)
-        .args(["--state-dir", dir.to_str().unwrap(), "run"])
-        .args(["--listen", "127.0.0.1:0", "--workers", "9"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "--workers 9 was accepted");
-    assert!(text(&out).contains("--workers"), "{}", text(&out));
-    assert!(!dir.exists(), "state was made before the refusal");
+    let said = refused_before_anything_starts(&["--workers", "9"]);
+    assert!(said.contains("--workers"), "{said}");
 }
