@@ -6,13 +6,16 @@
 //! its trains in the order it got them: TCP never sees its segments reordered. The packet
 //! thread reserves each train's counters before handing it over ([`SealKey`]), so no nonce is
 //! used twice. Trains of different flows may reach the wire out of counter order; the
-//! receiver's replay window absorbs that, because no more than [`MAX_IN_FLIGHT`] packets are
-//! ever reserved and not yet sent. A round's trains go to each worker together, so a worker
-//! sends them with as few system calls (and as much UDP GSO) as the packet thread would.
+//! receiver's replay window absorbs that, because the newest reserved packet is never more
+//! than [`MAX_SPAN`] ahead of the oldest one not yet sent ([`unsent`]). A round's trains go
+//! to each worker together, so a worker sends them with as few system calls (and as much UDP
+//! GSO) as the packet thread would.
+
+mod unsent;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -25,10 +28,13 @@ use super::packet::TAG_LEN;
 use crate::error::{Error, IoContext, Result};
 use crate::tunnel::replay::WINDOW;
 use crate::tunnel::{sealed_len, SealKey};
+use unsent::Unsent;
 
-/// Packets handed over and not yet sent, at most: half the replay window, so whatever order
-/// the workers finish in, the receiver takes every packet.
-pub const MAX_IN_FLIGHT: usize = WINDOW as usize / 2;
+/// How far the newest reserved packet may be ahead of the oldest one not yet sent: half the
+/// replay window, so whatever order the workers finish in, the receiver takes every packet.
+/// The other half is for what the packet thread seals itself (keepalives, packets held
+/// through a handshake) and for reordering on the way.
+pub const MAX_SPAN: u64 = WINDOW / 2;
 /// Frames (64 KiB each) per worker: what a round hands over while the others are sealed.
 const FRAMES_PER_WORKER: usize = 16;
 /// Workers at most: beyond this the packet thread, not sealing, is what limits a host.
@@ -56,6 +62,8 @@ pub struct Train {
     pub to: SocketAddr,
 }
 
+/// What a worker has sent. The packet thread reads `trains` to learn which of the trains it
+/// handed over are out.
 #[derive(Default)]
 struct WorkerStats {
     trains: AtomicU64,
@@ -75,7 +83,9 @@ pub struct SealWorkers {
     frame_len: usize,
     /// Frames made so far, at most [`FRAMES_PER_WORKER`] per worker.
     frames: usize,
-    in_flight: Arc<AtomicUsize>,
+    unsent: Unsent,
+    /// Per worker, the trains `unsent` knows to be sent.
+    seen_sent: Vec<u64>,
     handed_over: u64,
     stats: Vec<Arc<WorkerStats>>,
     threads: Vec<JoinHandle<()>>,
@@ -94,7 +104,8 @@ impl SealWorkers {
             spare: Vec::new(),
             frame_len,
             frames: 0,
-            in_flight: Arc::new(AtomicUsize::new(0)),
+            unsent: Unsent::new(count),
+            seen_sent: vec![0; count],
             handed_over: 0,
             stats: Vec::new(),
             threads: Vec::new(),
@@ -106,7 +117,6 @@ impl SealWorkers {
                 rounds,
                 give_back: give_back.clone(),
                 udp: udp.try_clone().context(|| "duplicating the UDP socket")?,
-                in_flight: workers.in_flight.clone(),
                 stats: stats.clone(),
             };
             let thread = std::thread::Builder::new()
@@ -128,10 +138,11 @@ impl SealWorkers {
 
     /// Hands a train to worker `lane`, to be sent with the rest of the round
     /// ([`SealWorkers::dispatch`]). `frame` holds it and gets an empty one in exchange, to
-    /// read the next train into. Waits while [`MAX_IN_FLIGHT`] packets are with the workers.
+    /// read the next train into. Waits while the train would be more than [`MAX_SPAN`]
+    /// packets ahead of the oldest one the workers have not sent.
     pub fn hand_over(&mut self, lane: usize, frame: &mut Vec<u8>, train: Train) {
-        let empty = self.empty_frame(train.packets);
-        self.in_flight.fetch_add(train.packets, Ordering::AcqRel);
+        self.unsent.hand_over(lane, train.packets);
+        let empty = self.empty_frame();
         self.handed_over += 1;
         self.pending[lane].push((std::mem::replace(frame, empty), train));
     }
@@ -152,14 +163,13 @@ impl SealWorkers {
         self.handed_over
     }
 
-    /// A frame to read the next train into, once `packets` more fit in flight: one a worker
-    /// gave back, or a new one while the workers could hold more.
-    fn empty_frame(&mut self, packets: usize) -> Vec<u8> {
+    /// A frame to read the next train into, once the newest train is near enough the oldest
+    /// unsent one: one a worker gave back, or a new one while the workers could hold more.
+    fn empty_frame(&mut self) -> Vec<u8> {
         loop {
             self.spare.extend(self.returned.try_iter());
-            let in_flight = self.in_flight.load(Ordering::Acquire);
-            // A train larger than the bound goes alone.
-            if in_flight == 0 || in_flight + packets <= MAX_IN_FLIGHT {
+            self.forget_sent();
+            if !self.unsent.too_far_apart(MAX_SPAN) {
                 if let Some(frame) = self.spare.pop() {
                     return frame;
                 }
@@ -173,6 +183,17 @@ impl SealWorkers {
             match self.returned.recv() {
                 Ok(frame) => self.spare.push(frame),
                 Err(_) => return vec![0; self.frame_len],
+            }
+        }
+    }
+
+    /// Tells `unsent` which trains the workers have sent since the last call.
+    fn forget_sent(&mut self) {
+        for (lane, (stats, seen)) in self.stats.iter().zip(&mut self.seen_sent).enumerate() {
+            let sent = stats.trains.load(Ordering::Acquire);
+            if sent > *seen {
+                self.unsent.sent(lane, (sent - *seen) as usize);
+                *seen = sent;
             }
         }
     }
@@ -201,7 +222,6 @@ struct Worker {
     rounds: Receiver<Round>,
     give_back: SyncSender<Vec<u8>>,
     udp: UdpSocket,
-    in_flight: Arc<AtomicUsize>,
     stats: Arc<WorkerStats>,
 }
 
@@ -216,24 +236,24 @@ impl Worker {
         }
     }
 
-    /// Seals and sends each round it is given, then gives its frames back. Packets leave the
-    /// in-flight count only once sent (sealed and still queued, they could yet reach the
-    /// wire after newer ones), and before their frames return: the packet thread, waiting for
-    /// a frame, always finds the count lower when one comes.
+    /// Seals and sends each round it is given, then gives its frames back. Trains count as
+    /// sent only once flushed (sealed and still queued, they could yet reach the wire after
+    /// newer ones), and before their frames return: the packet thread, waiting for a frame,
+    /// always finds them counted when one comes.
     fn run(self) {
         let mut plain = vec![0u8; super::BUFFER + VNET_HDR_LEN];
         let mut batch = SendBatch::new();
         let fd = self.udp.as_raw_fd();
         while let Ok(mut round) = self.rounds.recv() {
-            let mut reserved = 0;
+            let mut sealed = 0;
             for (frame, train) in &mut round {
-                let sealed = seal(frame, train, &mut plain, &mut batch, fd);
-                reserved += train.packets;
-                self.stats.trains.fetch_add(1, Ordering::Relaxed);
-                self.stats.packets.fetch_add(sealed, Ordering::Relaxed);
+                sealed += seal(frame, train, &mut plain, &mut batch, fd);
             }
             batch.flush(fd);
-            self.in_flight.fetch_sub(reserved, Ordering::AcqRel);
+            self.stats.packets.fetch_add(sealed, Ordering::Relaxed);
+            self.stats
+                .trains
+                .fetch_add(round.len() as u64, Ordering::Release);
             for (frame, _) in round {
                 // Room for every frame there is: never full.
                 let _ = self.give_back.try_send(frame);
