@@ -73,6 +73,8 @@ struct WorkerStats {
 /// Trains and the frames that hold them, for one worker.
 type Round = Vec<(Vec<u8>, Train)>;
 
+/// The workers as the packet thread sees them: a lane to each, the frames trains are read
+/// into, and which trains each still holds.
 pub struct SealWorkers {
     lanes: Vec<SyncSender<Round>>,
     /// Trains handed over in this round, per worker.
