@@ -34,7 +34,7 @@ use unsent::Unsent;
 /// replay window, so whatever order the workers finish in, the receiver takes every packet.
 /// The other half is for what the packet thread seals itself (keepalives, packets held
 /// through a handshake) and for reordering on the way.
-pub const MAX_SPAN: u64 = WINDOW / 2;
+const MAX_SPAN: u64 = WINDOW / 2;
 /// Frames (64 KiB each) per worker: what a round hands over while the others are sealed.
 const FRAMES_PER_WORKER: usize = 16;
 /// Workers at most: beyond this the packet thread, not sealing, is what limits a host.
