@@ -8,9 +8,10 @@
 //!
 //! TCP and UDP checksums cross the tunnel partial: the sender leaves them as the container's
 //! stack did (the pseudo-header sum, for the device to finish; one of an encapsulated packet's
-//! inner header it finishes), and the receiver hands them on that way ([`delivery_header`]). Computing them in software was an eighth of a sending
-//! host's CPU, and they prove nothing the AEAD has not: a packet the receiver's kernel
-//! forwards has its checksum finished there, one it delivers locally is taken as verified.
+//! inner header it finishes), and the receiver hands them on that way ([`delivery_header`]).
+//! Computing them in software was an eighth of a sending host's CPU, and they prove nothing
+//! the AEAD has not: a packet the receiver's kernel forwards has its checksum finished there,
+//! one it delivers locally is taken as verified.
 
 use super::packet::{checksum_fold as fold, checksum_sum as sum, TAG_LEN};
 
