@@ -565,11 +565,13 @@ fn the_control_socket_refuses_callers_of_other_users() {
     // root's), so only the credentials check stands in the way.
     let script = format!(
         r#"
-import ctypes, os, socket
+import ctypes, os, select, socket
 os.seteuid(65534)
 ctypes.CDLL(None).setfsuid(0)
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 s.connect("{}")
+# A slow caller: the daemon must not answer and close before the request is in.
+select.select([s], [], [], 0.3)
 s.sendall(b'{{"v":1,"op":"status"}}\n')
 print(s.recv(65536).decode())
 "#,
