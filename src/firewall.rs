@@ -141,6 +141,17 @@ fn build(name: &str, rules: &Ruleset) -> Batch<'static> {
             ],
         )));
     }
+    // An internal network is entered by its members and its published ports alone: another
+    // network on this host must not route into it through the host (as Docker's isolation).
+    batch.add(NfListObject::Chain(Chain {
+        _type: Some(NfChainType::Filter),
+        ..chain("internal-isolation", Some((NfHook::Forward, 0)))
+    }));
+    for network in rules.networks.iter().filter(|n| n.internal) {
+        for expr in isolation_rules(network) {
+            batch.add(NfListObject::Rule(rule("internal-isolation", expr)));
+        }
+    }
     batch.add(NfListObject::Chain(chain(
         "postrouting",
         Some((NfHook::Postrouting, 100)),
@@ -193,19 +204,7 @@ fn masquerade_rules(network: &NetworkRules) -> Vec<Vec<Statement<'static>>> {
         masquerade(),
     ]];
     if network.internal {
-        rules.push(vec![
-            into_member(),
-            Statement::Match(Match {
-                left: Expression::Named(NamedExpression::CT(CT {
-                    key: "status".into(),
-                    family: None,
-                    dir: None,
-                })),
-                right: string("dnat"),
-                op: Operator::IN,
-            }),
-            masquerade(),
-        ]);
+        rules.push(vec![into_member(), was_dnat(), masquerade()]);
     } else {
         rules.push(vec![
             is_eq(
@@ -221,6 +220,47 @@ fn masquerade_rules(network: &NetworkRules) -> Vec<Vec<Statement<'static>>> {
         ]);
     }
     rules
+}
+
+/// Forwarded traffic into or out of an internal network's member passes only if it belongs to
+/// a published port's connection (either direction: the conntrack entry is marked DNAT) or
+/// stays within the member. Our `accept` ends this chain only; other tables still decide.
+fn isolation_rules(network: &NetworkRules) -> Vec<Vec<Statement<'static>>> {
+    let member = || string(network.ifname.clone());
+    let mut rules = Vec::new();
+    for (this_side, other_side) in [
+        (MetaKey::Oifname, MetaKey::Iifname),
+        (MetaKey::Iifname, MetaKey::Oifname),
+    ] {
+        rules.push(vec![
+            is_eq(meta(this_side), member()),
+            was_dnat(),
+            Statement::Accept(None),
+        ]);
+        rules.push(vec![
+            is_eq(meta(this_side), member()),
+            Statement::Match(Match {
+                left: meta(other_side),
+                right: member(),
+                op: Operator::NEQ,
+            }),
+            Statement::Drop(None),
+        ]);
+    }
+    rules
+}
+
+/// `ct status dnat`: the connection came in through a published port.
+fn was_dnat() -> Statement<'static> {
+    Statement::Match(Match {
+        left: Expression::Named(NamedExpression::CT(CT {
+            key: "status".into(),
+            family: None,
+            dir: None,
+        })),
+        right: string("dnat"),
+        op: Operator::IN,
+    })
 }
 
 fn is_eq(left: Expression<'static>, right: Expression<'static>) -> Statement<'static> {
@@ -328,5 +368,36 @@ mod tests {
         }));
         assert!(!open.contains(r#""ct""#), "{open}");
         assert!(open.contains("10.77.0.0"), "{open}");
+    }
+
+    #[test]
+    fn only_internal_networks_are_closed_to_forwarding_but_for_published_ports() {
+        let network = |ifname: &str, internal| NetworkRules {
+            ifname: ifname.into(),
+            subnet: "10.77.0.0/16".parse().unwrap(),
+            internal,
+        };
+        let rules = Ruleset {
+            networks: vec![network("fn-int", true), network("fn-open", false)],
+            forwards: vec![],
+        };
+        let table = json("flatnet-t", &rules);
+        let isolating = table.matches(r#""chain":"internal-isolation""#).count();
+        assert_eq!(isolating, 4, "{table}");
+
+        let internal = text(&isolation_rules(&network("fn-int", true)));
+        for needle in [
+            r#"{"meta":{"key":"oifname"}},"right":"fn-int""#,
+            r#"{"meta":{"key":"iifname"}},"right":"fn-int""#,
+            r#""right":"dnat""#,
+            r#""accept""#,
+            r#""op":"!=""#,
+            r#""drop""#,
+        ] {
+            assert!(
+                internal.contains(needle),
+                "{needle} missing from {internal}"
+            );
+        }
     }
 }

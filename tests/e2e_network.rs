@@ -505,7 +505,7 @@ fn complete_network(backend: Backend, name: &str, subnet: &str, ports: Ports) {
     );
 }
 
-fn internal_network(backend: Backend, name: &str, subnet: &str) {
+fn internal_network(backend: Backend, name: &str, subnet: &str, other_subnet: &str) {
     let outside = Outside::start();
     let options = NetOptions {
         internal: true,
@@ -548,13 +548,33 @@ fn internal_network(backend: Backend, name: &str, subnet: &str) {
     // member's address, so the container answers without a route out.
     let web = net.container(3);
     let serve = "echo internal-web > /tmp/index.html && exec httpd -f -p 80 -h /tmp";
-    net.run_command(&web, &["-p", "127.0.0.1:18999:80"], &["sh", "-c", serve]);
+    let published = ["-p", "127.0.0.1:18999:80", "-p", "18998:80"];
+    net.run_command(&web, &published, &["sh", "-c", serve]);
     net.wait_listening(&web, 80);
     let body = http_get(([127, 0, 0, 1], 18999).into()).unwrap();
     assert!(body.contains("internal-web"), "{body}");
 
+    // Nor can another network on this host route in through the host, though its own egress
+    // works: an internal network is entered by its members and its published ports alone.
+    let other = Net::create(backend, &format!("{name}x"), other_subnet);
+    let stranger = other.container(1);
+    other.run_detached(&stranger, &[]);
+    assert_eq!(
+        fetch(&other, &stranger, &page).as_deref(),
+        Some("outside-web\n")
+    );
+    let web_address = net.address_inside(&web, "eth0").unwrap().addr();
+    assert_eq!(
+        fetch(&other, &stranger, &format!("http://{web_address}/")),
+        None
+    );
+    let published = format!("http://{}:18998/", host_address());
+    let body = fetch(&other, &stranger, &published);
+    assert_eq!(body.as_deref(), Some("internal-web\n"), "via {published}");
+    other.remove_containers();
+
     net.remove_containers();
-    assert_nothing_left(&net, &member, &[18999]);
+    assert_nothing_left(&net, &member, &[18999, 18998]);
 }
 
 /// flatnetd is killed with containers attached and a port published; then the containers are
