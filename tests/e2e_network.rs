@@ -1,7 +1,8 @@
 //! A complete Podman network, end to end on both backends: names and aliases, published ports
 //! (from 127.0.0.1 and from the host's own address, TCP, UDP, ranges, conflicts), the host as a
-//! member, egress to "the outside" with DNS forwarding, `--internal`, and what is left after
-//! the last container, also when flatnetd was killed in the middle.
+//! member, egress to "the outside" with DNS forwarding, `--internal` (closed to the outside and
+//! to the host's other networks, but for its published ports), and what is left after the last
+//! container, also when flatnetd was killed in the middle.
 //!
 //! "The outside" is a namespace this test makes, on a veth from the host's namespace
 //! (198.51.100.0/24), with a web server and its own resolver (dnsmasq); nothing here sends a
