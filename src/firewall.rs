@@ -211,11 +211,7 @@ fn masquerade_rules(network: &NetworkRules) -> Vec<Vec<Statement<'static>>> {
                 payload("ip", "saddr"),
                 prefix(network.subnet.network(), network.subnet.prefix_len()),
             ),
-            Statement::Match(Match {
-                left: oifname(),
-                right: string(network.ifname.clone()),
-                op: Operator::NEQ,
-            }),
+            is_ne(oifname(), string(network.ifname.clone())),
             masquerade(),
         ]);
     }
@@ -239,11 +235,7 @@ fn isolation_rules(network: &NetworkRules) -> Vec<Vec<Statement<'static>>> {
         ]);
         rules.push(vec![
             is_eq(meta(this_side), member()),
-            Statement::Match(Match {
-                left: meta(other_side),
-                right: member(),
-                op: Operator::NEQ,
-            }),
+            is_ne(meta(other_side), member()),
             Statement::Drop(None),
         ]);
     }
@@ -268,6 +260,14 @@ fn is_eq(left: Expression<'static>, right: Expression<'static>) -> Statement<'st
         left,
         right,
         op: Operator::EQ,
+    })
+}
+
+fn is_ne(left: Expression<'static>, right: Expression<'static>) -> Statement<'static> {
+    Statement::Match(Match {
+        left,
+        right,
+        op: Operator::NEQ,
     })
 }
 

@@ -182,20 +182,16 @@ fn serve(stream: UnixStream, handlers: &Handlers) -> Served {
     let Ok(mut writer) = stream.try_clone() else {
         return Served::Request;
     };
-    let caller = check_caller(&stream);
+    let caller = check_caller(&stream).inspect_err(|refusal| {
+        tracing::warn!("control socket: {refusal}");
+    });
     // The request is read even from a caller about to be refused: closing on unread bytes
     // would make its write fail (EPIPE) before it could read why.
     let Some(line) = read_request(stream) else {
         return Served::Request;
     };
-    if let Err(refusal) = caller {
-        tracing::warn!("control socket: {refusal}");
-        let _ = writer.set_write_timeout(Some(CLIENT_DEADLINE));
-        let _ = writer.write_all(encode_response(&Response::error(refusal)).as_bytes());
-        return Served::Request;
-    }
     let mut served = Served::Request;
-    let response = match decode_request(&line) {
+    let response = match caller.and_then(|()| decode_request(&line)) {
         Ok(request) => {
             if request == Request::Shutdown {
                 served = Served::Shutdown;
