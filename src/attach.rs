@@ -4,14 +4,14 @@
 
 use std::fs;
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::OnceLock;
 
 use ipnet::Ipv4Net;
-use serde::{Deserialize, Serialize};
 
+use crate::attachment::{self, Attachment};
 use crate::config::FlatnetConfig;
-use crate::control::{self, DaemonSettings, Request};
+use crate::control::{self, DaemonConfig, DataPlaneRequest, ViaDaemon};
 use crate::dns::normalise_name;
 use crate::error::{Error, IoContext, Result};
 use crate::firewall;
@@ -19,19 +19,14 @@ use crate::host_member::{self, HostMember};
 use crate::ipam::{DirLeaseStore, IpAddressManager, Lease};
 use crate::killpoint;
 use crate::lighthouse::{
-    network_id, Entry, FileLighthouse, HostInfo, Lighthouse, LighthouseSettings, NetworkId,
-    ViaDaemon,
+    Entry, FileLighthouse, HostInfo, Lighthouse, LighthouseSettings, NetworkId,
 };
 use crate::netns::{NetnsId, NetworkNamespace};
 use crate::portmap::{find_conflict, PortMapping};
-use crate::state::{
-    check_name, create_private_dir, list_dir, read_if_exists, remove_if_exists, write_atomic,
-    FileLock, NetworkDirs,
-};
+use crate::state::{list_dir, remove_if_exists, FileLock, NetworkDirs};
 use crate::tun::check_ifname;
 use crate::tunnel::StaticKeys;
 
-const RECORD_VERSION: u32 = 1;
 /// How many addresses an attach tries when other hosts have claimed the ones it picked.
 const CLAIM_ATTEMPTS: usize = 64;
 
@@ -47,46 +42,6 @@ pub struct AttachRequest<'a> {
     pub names: &'a [String],
     /// Host ports to forward to the container (`-p`).
     pub ports: &'a [PortMapping],
-}
-
-/// A container's membership of a network, as recorded on disk and reported to the runtime.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Attachment {
-    pub version: u32,
-    pub network: String,
-    /// The network's identifier in the lighthouse (0 in a record of an older Flatnet: see
-    /// [`Attachment::network_tag`]).
-    #[serde(default)]
-    pub network_id: NetworkId,
-    pub container_id: String,
-    pub ifname: String,
-    pub netns: PathBuf,
-    /// The container's address with the subnet's prefix length.
-    pub address: Ipv4Net,
-    pub gateway: Ipv4Addr,
-    /// TUN devices have no MAC; runtimes insist on one, so report a stable, locally
-    /// administered one derived from the address.
-    pub mac: String,
-    pub mtu: u32,
-    /// DNS names, normalised (lower case).
-    #[serde(default)]
-    pub names: Vec<String>,
-    #[serde(default)]
-    pub ports: Vec<PortMapping>,
-    /// Whether the container has a default route through the gateway (not on `--internal`).
-    #[serde(default)]
-    pub egress: bool,
-    /// Which namespace `netns` named at attach time: a path can be reused by another
-    /// container's namespace once this one is gone, and must not be served as this one.
-    #[serde(default)]
-    pub netns_id: Option<NetnsId>,
-}
-
-impl Attachment {
-    /// The identifier the container's packets carry on the wire.
-    pub fn network_tag(&self) -> NetworkId {
-        network_id::or_legacy(self.network_id, &self.network)
-    }
 }
 
 /// One Flatnet network on this host.
@@ -105,7 +60,7 @@ impl Network {
     pub fn open(config: FlatnetConfig) -> Self {
         let lighthouse: Box<dyn Lighthouse> = match &config.lighthouse {
             LighthouseSettings::File(path) => Box::new(FileLighthouse::new(path.clone())),
-            LighthouseSettings::Etcd(_) => Box::new(ViaDaemon::new(&config.state_dir)),
+            LighthouseSettings::Etcd(_) => Box::new(ViaDaemon::new(config.state_dir.clone())),
         };
         Self::with_lighthouse(config, lighthouse)
     }
@@ -164,7 +119,7 @@ impl Network {
         if let Some(why) = &self.pool_error {
             return Err(Error::InvalidConfig(why.clone()));
         }
-        check_container_id(req.container_id)?;
+        attachment::check_container_id(req.container_id)?;
         check_ifname(req.ifname)?;
         let names = normalise_names(req.names)?;
         let netns = NetworkNamespace::open(req.netns)?;
@@ -191,8 +146,8 @@ impl Network {
         undo.push(move || NetworkNamespace::teardown(&iface.netns, &iface.ifname).map(drop));
         killpoint::here("attach.interface_made");
 
-        self.write_record(&attachment)?;
-        undo.push(|| remove_if_exists(&self.record_path(req.container_id)));
+        attachment::save(&self.config.dirs(), &attachment)?;
+        undo.push(|| remove_if_exists(&self.config.dirs().attachment(req.container_id)));
         killpoint::here("attach.record_written");
         if member_created || !attachment.ports.is_empty() {
             self.sync_firewall()?;
@@ -207,7 +162,7 @@ impl Network {
     /// lease) is skipped, so a runtime may call it after a failed or partial attach. The last
     /// container of the network on this host takes the host member with it.
     pub fn detach(&self, container_id: &str, netns: Option<&Path>, ifname: &str) -> Result<()> {
-        check_container_id(container_id)?;
+        attachment::check_container_id(container_id)?;
         let _members = self.lock_members()?;
         self.remove_stale_temps();
         self.collect_orphans();
@@ -250,7 +205,7 @@ impl Network {
     /// members lock held, under which records and host members are written.
     fn remove_stale_temps(&self) {
         let dirs = self.config.dirs();
-        let state_dir = self.config.state_dir.clone();
+        let state_dir = self.config.state_dir.path().to_path_buf();
         for dir in [dirs.attachments(), dirs.root.clone(), state_dir] {
             if let Err(e) = crate::state::remove_stale_temps(&dir) {
                 tracing::warn!("cleaning {}: {e}", dir.display());
@@ -261,7 +216,7 @@ impl Network {
     fn detach_locked(&self, container_id: &str, netns: Option<&Path>, ifname: &str) -> Result<()> {
         self.stop_serving(container_id);
         killpoint::here("detach.unserved");
-        let record = self.read_record(container_id)?;
+        let record = attachment::load(&self.config.dirs(), container_id)?;
         let netns = netns.or(record.as_ref().map(|r| r.netns.as_path()));
         let ifname = record.as_ref().map_or(ifname, |r| r.ifname.as_str());
         if let Some(netns) = netns {
@@ -280,7 +235,7 @@ impl Network {
             )?;
         }
         killpoint::here("detach.address_released");
-        remove_if_exists(&self.record_path(container_id))?;
+        remove_if_exists(&self.config.dirs().attachment(container_id))?;
         let had_ports = record.is_some_and(|r| !r.ports.is_empty());
         let member_removed = !self.has_attachments()? && self.remove_host_member()?;
         if had_ports || member_removed {
@@ -292,9 +247,9 @@ impl Network {
     /// Verifies that an attachment is whole: record, lease, lighthouse entry, and an interface
     /// in the namespace that is up and carries the address and MTU.
     pub fn check(&self, container_id: &str, netns: &Path, ifname: &str) -> Result<Attachment> {
-        check_container_id(container_id)?;
+        attachment::check_container_id(container_id)?;
         let failed = |msg: String| Err(Error::CheckFailed(msg));
-        let Some(record) = self.read_record(container_id)? else {
+        let Some(record) = attachment::load(&self.config.dirs(), container_id)? else {
             return failed(format!("container {container_id} is not attached"));
         };
         if record.ifname != ifname {
@@ -335,7 +290,7 @@ impl Network {
 
     /// Every attachment recorded for this network.
     pub fn attachments(&self) -> Result<Vec<Attachment>> {
-        attachments_in(&self.config.dirs().attachments())
+        attachment::in_network(&self.config.dirs())
     }
 
     /// Is any container recorded on this network? (Without reading the records.)
@@ -390,7 +345,7 @@ impl Network {
             .open("/dev/net/tun")
             .context(|| "opening /dev/net/tun")?;
         self.lighthouse_readiness()?;
-        StaticKeys::load(&self.config.state_dir.join("host.key"))?;
+        StaticKeys::load(&self.config.state_dir.host_key())?;
         Ok(())
     }
 
@@ -408,12 +363,11 @@ impl Network {
                     fs::File::open(file).context(|| format!("opening {}", file.display()))?;
                 }
                 if control::is_running(&self.config.state_dir) {
-                    let status = control::call(&self.config.state_dir, &Request::Status)?.status;
-                    let state = status.unwrap_or_default()["lighthouse_state"].clone();
-                    if state["healthy"] != true {
+                    let state = control::status(&self.config.state_dir)?.lighthouse_state;
+                    if !state.healthy {
                         return Err(Error::LighthouseUnavailable(format!(
                             "flatnetd cannot follow etcd: {}",
-                            state["error"].as_str().unwrap_or("not following yet")
+                            state.error.as_deref().unwrap_or("not following yet")
                         )));
                     }
                 }
@@ -463,7 +417,7 @@ impl Network {
     /// Attach and detach of every network of this state directory take turns: they decide
     /// whether a host member comes or goes, and which host ports are taken.
     fn lock_members(&self) -> Result<FileLock> {
-        FileLock::acquire(&self.config.state_dir.join("members.lock"))
+        FileLock::acquire(&self.config.state_dir.members_lock())
     }
 
     /// Makes sure the network has its host member here; true if this call created it.
@@ -531,7 +485,7 @@ impl Network {
         if req.ports.is_empty() {
             return Ok(());
         }
-        let others: Vec<Attachment> = all_attachments(&self.config.state_dir)?
+        let others: Vec<Attachment> = attachment::all(&self.config.state_dir)?
             .into_iter()
             .filter(|a| a.container_id != req.container_id)
             .collect();
@@ -548,7 +502,7 @@ impl Network {
     fn sync_firewall(&self) -> Result<()> {
         let state_dir = &self.config.state_dir;
         let mut rules = firewall::Ruleset::default();
-        for network in list_dir(&state_dir.join("networks"))? {
+        for network in list_dir(&state_dir.networks())? {
             let dirs = NetworkDirs { root: network };
             if let Some(member) = HostMember::load(&dirs)? {
                 rules.networks.push(firewall::NetworkRules {
@@ -557,7 +511,7 @@ impl Network {
                     internal: member.internal,
                 });
             }
-            for record in attachments_in(&dirs.attachments())? {
+            for record in attachment::in_network(&dirs)? {
                 rules
                     .forwards
                     .extend(record.ports.iter().map(|mapping| firewall::Forward {
@@ -616,7 +570,7 @@ impl Network {
     /// A record left by a container whose namespace is gone (a crash, a reboot of the runtime)
     /// must not block the new attach; one in the same live namespace means a double ADD.
     fn clear_stale_record(&self, req: &AttachRequest) -> Result<()> {
-        let Some(record) = self.read_record(req.container_id)? else {
+        let Some(record) = attachment::load(&self.config.dirs(), req.container_id)? else {
             return Ok(());
         };
         if record.netns == req.netns && record.netns.exists() {
@@ -648,7 +602,7 @@ impl Network {
         netns_id: NetnsId,
     ) -> Attachment {
         Attachment {
-            version: RECORD_VERSION,
+            version: attachment::RECORD_VERSION,
             network: self.config.network.clone(),
             network_id,
             container_id: req.container_id.to_string(),
@@ -656,7 +610,7 @@ impl Network {
             netns: req.netns.to_path_buf(),
             address: Ipv4Net::new(ip, self.config.subnet.prefix_len()).expect("valid prefix"),
             gateway: self.config.gateway,
-            mac: mac_for(ip),
+            mac: attachment::mac_for(ip),
             mtu: self.config.mtu,
             names,
             ports: req.ports.to_vec(),
@@ -665,26 +619,23 @@ impl Network {
         }
     }
 
-    fn daemon_settings(&self) -> DaemonSettings {
-        DaemonSettings {
+    /// What this network needs of its host's daemon; its knobs stay the operator's.
+    fn daemon_settings(&self) -> DaemonConfig {
+        DaemonConfig {
             state_dir: self.config.state_dir.clone(),
             lighthouse: self.config.lighthouse.clone(),
             listen: self.config.endpoint,
-            poll_us: None,
-            metrics: None,
-            persistent_keepalive_s: None,
-            same_host: None,
-            workers: None,
+            tuning: Default::default(),
         }
     }
 
     /// Tells the data plane to serve the container (it reads the record just written).
     fn start_serving(&self, container_id: &str) -> Result<()> {
-        let request = Request::Attach {
+        let request = DataPlaneRequest::Attach {
             network: self.config.network.clone(),
             container_id: container_id.to_string(),
         };
-        control::call(&self.config.state_dir, &request).map(drop)
+        control::call(&self.config.state_dir, request).map(drop)
     }
 
     /// Tells a running data plane to let go of the container's queue. No daemon, nothing to
@@ -693,11 +644,11 @@ impl Network {
         if !control::is_running(&self.config.state_dir) {
             return;
         }
-        let request = Request::Detach {
+        let request = DataPlaneRequest::Detach {
             network: self.config.network.clone(),
             container_id: container_id.to_string(),
         };
-        if let Err(e) = control::call(&self.config.state_dir, &request) {
+        if let Err(e) = control::call(&self.config.state_dir, request) {
             tracing::warn!("flatnetd did not detach {container_id}: {e}");
         }
     }
@@ -707,37 +658,18 @@ impl Network {
         if !control::is_running(&self.config.state_dir) {
             return Ok(false);
         }
-        let status = control::call(&self.config.state_dir, &Request::Status)?.status;
-        let containers = status
-            .as_ref()
-            .and_then(|s| s["containers"].as_array().cloned());
-        Ok(containers.into_iter().flatten().any(|c| {
-            c["network"] == self.config.network.as_str() && c["container_id"] == container_id
-        }))
+        let status = control::status(&self.config.state_dir)?;
+        Ok(status.serves(&self.config.network, container_id))
     }
 
     fn host_info(&self) -> HostInfo {
-        let public_key = fs::read_to_string(self.config.state_dir.join("host.pub"))
+        let public_key = fs::read_to_string(self.config.state_dir.host_pub())
             .map(|k| k.trim().to_string())
             .unwrap_or_default();
         HostInfo {
             endpoint: self.config.endpoint,
             public_key,
         }
-    }
-
-    fn record_path(&self, container_id: &str) -> PathBuf {
-        record_path(&self.config.dirs(), container_id)
-    }
-
-    fn read_record(&self, container_id: &str) -> Result<Option<Attachment>> {
-        read_record(&self.record_path(container_id))
-    }
-
-    fn write_record(&self, attachment: &Attachment) -> Result<()> {
-        create_private_dir(&self.config.dirs().attachments())?;
-        let bytes = serde_json::to_vec_pretty(attachment).expect("attachment serialises");
-        write_atomic(&self.record_path(&attachment.container_id), &bytes)
     }
 }
 
@@ -782,58 +714,6 @@ fn make_interface(netns: &NetworkNamespace, attachment: &Attachment) -> Result<(
     })
 }
 
-fn record_path(dirs: &NetworkDirs, container_id: &str) -> PathBuf {
-    dirs.attachments().join(format!("{container_id}.json"))
-}
-
-fn read_record(path: &Path) -> Result<Option<Attachment>> {
-    let Some(bytes) = read_if_exists(path)? else {
-        return Ok(None);
-    };
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(|e| Error::io(format!("parsing attachment {}", path.display()), e.into()))
-}
-
-fn attachments_in(dir: &Path) -> Result<Vec<Attachment>> {
-    let mut found = Vec::new();
-    for path in list_dir(dir)? {
-        if path.extension().is_some_and(|e| e == "json") {
-            found.extend(read_record(&path)?);
-        }
-    }
-    Ok(found)
-}
-
-/// The attachment record of one container, as the data plane looks it up.
-pub fn load_attachment(
-    state_dir: &Path,
-    network: &str,
-    container_id: &str,
-) -> Result<Option<Attachment>> {
-    check_name("network name", network, 200).map_err(Error::InvalidRequest)?;
-    check_container_id(container_id)?;
-    read_record(&record_path(
-        &NetworkDirs::new(state_dir, network),
-        container_id,
-    ))
-}
-
-/// Every attachment recorded under a state directory, all networks.
-pub fn all_attachments(state_dir: &Path) -> Result<Vec<Attachment>> {
-    let mut found = Vec::new();
-    for network in list_dir(&state_dir.join("networks"))? {
-        found.extend(attachments_in(&network.join("attachments"))?);
-    }
-    Ok(found)
-}
-
-/// The locally administered MAC reported for an address: 02:46 ('F') then the four octets.
-pub fn mac_for(ip: Ipv4Addr) -> String {
-    let [a, b, c, d] = ip.octets();
-    format!("02:46:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
-}
-
 /// The container's DNS names, normalised and deduplicated; a name DNS cannot carry is refused.
 fn normalise_names(names: &[String]) -> Result<Vec<String>> {
     let mut normalised: Vec<String> = Vec::new();
@@ -848,10 +728,6 @@ fn normalise_names(names: &[String]) -> Result<Vec<String>> {
         }
     }
     Ok(normalised)
-}
-
-fn check_container_id(id: &str) -> Result<()> {
-    check_name("container ID", id, 255).map_err(Error::InvalidRequest)
 }
 
 /// Compensating actions, run newest first unless the operation commits.

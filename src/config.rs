@@ -11,7 +11,7 @@ use ipnet::Ipv4Net;
 
 use crate::error::{Error, Result};
 use crate::lighthouse::{LighthouseInput, LighthouseSettings};
-use crate::state::check_name;
+use crate::state::{check_name, NetworkDirs, StateDir};
 
 pub const DEFAULT_SUBNET: &str = "10.77.0.0/16";
 pub const DEFAULT_STATE_DIR: &str = "/run/flatnet";
@@ -32,7 +32,7 @@ pub struct FlatnetConfig {
     /// Reserved for the host's own member of the network; never given to a container.
     pub gateway: Ipv4Addr,
     pub mtu: u32,
-    pub state_dir: PathBuf,
+    pub state_dir: StateDir,
     /// The file lighthouse (Phase 1's LighthouseClient backend) or an etcd cluster.
     pub lighthouse: LighthouseSettings,
     /// UDP port of this host's data plane.
@@ -76,9 +76,13 @@ impl FlatnetConfig {
             Some(text) => parse_mtu(text)?,
             None => DEFAULT_MTU,
         };
-        let state_dir = parse_abs_path("stateDir", input.state_dir.as_deref(), DEFAULT_STATE_DIR)?;
+        let state_dir = StateDir::new(parse_abs_path(
+            "stateDir",
+            input.state_dir.as_deref(),
+            DEFAULT_STATE_DIR,
+        )?);
         let lighthouse =
-            LighthouseSettings::from_input(&input.lighthouse, &state_dir.join("lighthouse.json"))?;
+            LighthouseSettings::from_input(&input.lighthouse, &state_dir.default_lighthouse())?;
         let tunnel_port = match input.tunnel_port.as_deref() {
             Some(text) => parse_port(text)?,
             None => DEFAULT_TUNNEL_PORT,
@@ -87,7 +91,7 @@ impl FlatnetConfig {
             Some(text) => text.parse().map_err(|_| {
                 invalid(format!("endpoint {text:?} is not an address:port such as 192.0.2.10:{DEFAULT_TUNNEL_PORT}"))
             })?,
-            None => SocketAddr::from((Ipv4Addr::LOCALHOST, tunnel_port)),
+            None => default_endpoint(tunnel_port),
         };
         let dns_upstreams = input
             .dns_upstreams
@@ -109,9 +113,15 @@ impl FlatnetConfig {
     }
 
     /// The state directory of this network.
-    pub fn dirs(&self) -> crate::state::NetworkDirs {
-        crate::state::NetworkDirs::new(&self.state_dir, &self.network)
+    pub fn dirs(&self) -> NetworkDirs {
+        self.state_dir.network(&self.network)
     }
+}
+
+/// Where a host's data plane listens, and is reached, when no endpoint is configured: loopback,
+/// so that nothing listens where it need not (one host, or hosts in namespaces of one machine).
+pub fn default_endpoint(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
 }
 
 fn invalid(msg: String) -> Error {

@@ -33,6 +33,9 @@ pub enum Error {
     CheckFailed(String),
     #[error("data plane: {0}")]
     DataPlane(String),
+    /// The other end of the control socket answered something this side cannot read.
+    #[error("control protocol: {0}")]
+    Protocol(String),
     /// etcd unreachable or without quorum: nothing was changed, the caller may try again.
     #[error("lighthouse unavailable, try again: {0}")]
     LighthouseUnavailable(String),

@@ -67,7 +67,7 @@ impl HostMember {
     }
 
     pub fn path(dirs: &NetworkDirs) -> PathBuf {
-        dirs.root.join("host.json")
+        dirs.host_member()
     }
 
     pub fn load(dirs: &NetworkDirs) -> Result<Option<Self>> {

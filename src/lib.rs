@@ -14,6 +14,7 @@
 //! (names), and [`dataplane`] with [`tunnel`] (flatnetd's packet paths and Noise tunnels).
 
 pub mod attach;
+pub mod attachment;
 pub mod cert;
 pub mod config;
 pub mod control;
@@ -34,7 +35,8 @@ pub mod state;
 pub mod tun;
 pub mod tunnel;
 
-pub use attach::{AttachRequest, Attachment, Network};
+pub use attach::{AttachRequest, Network};
+pub use attachment::Attachment;
 pub use config::{ConfigInput, FlatnetConfig};
 pub use error::{Error, Result};
 pub use portmap::PortMapping;

@@ -8,7 +8,9 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
-use serde_json::Value;
+
+use crate::control::status::DaemonStatus;
+use crate::tunnel::PeerStats;
 
 /// The content type of what [`render`] returns.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -16,9 +18,11 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 type Labels = Vec<(String, String)>;
 type Counters = Family<Labels, Counter>;
 type Gauges = Family<Labels, Gauge>;
+/// One of a peer's counters.
+type PeerField = fn(&PeerStats) -> u64;
 
 /// Renders a daemon status snapshot (the `status` control answer) as metrics.
-pub fn render(status: &Value) -> String {
+pub fn render(status: &DaemonStatus) -> String {
     let mut registry = Registry::default();
     register_peers(&mut registry, status);
     register_drops(&mut registry, status);
@@ -29,10 +33,6 @@ pub fn render(status: &Value) -> String {
     let mut text = String::new();
     encode(&mut text, &registry).expect("writing to a String cannot fail");
     text
-}
-
-fn u64_at(value: &Value, key: &str) -> u64 {
-    value[key].as_u64().unwrap_or(0)
 }
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
@@ -58,75 +58,73 @@ fn gauge(registry: &mut Registry, name: &str, help: &str, value: u64) {
 }
 
 /// Per peer host: traffic and handshakes, labelled by its public key and endpoint.
-fn register_peers(registry: &mut Registry, status: &Value) {
-    let series = [
+fn register_peers(registry: &mut Registry, status: &DaemonStatus) {
+    let series: [(&str, &str, Option<Unit>, PeerField); 7] = [
         (
             "flatnet_peer_transmit",
             "Bytes sent to the peer, before encryption",
             Some(Unit::Bytes),
-            "tx_bytes",
+            |s: &PeerStats| s.tx_bytes,
         ),
         (
             "flatnet_peer_receive",
             "Bytes received from the peer, after decryption",
             Some(Unit::Bytes),
-            "rx_bytes",
+            |s: &PeerStats| s.rx_bytes,
         ),
         (
             "flatnet_peer_transmit_packets",
             "Packets sent to the peer",
             None,
-            "tx_packets",
+            |s: &PeerStats| s.tx_packets,
         ),
         (
             "flatnet_peer_receive_packets",
             "Packets received from the peer",
             None,
-            "rx_packets",
+            |s: &PeerStats| s.rx_packets,
         ),
         (
             "flatnet_handshakes_initiated",
             "Handshakes this host started with the peer",
             None,
-            "handshakes_sent",
+            |s: &PeerStats| s.handshakes_sent,
         ),
         (
             "flatnet_handshakes_completed",
             "Handshakes this host started that completed",
             None,
-            "handshakes_completed",
+            |s: &PeerStats| s.handshakes_completed,
         ),
         (
             "flatnet_handshakes_failed",
             "Handshakes this host started that timed out or did not verify",
             None,
-            "handshakes_failed",
+            |s: &PeerStats| s.handshakes_failed,
         ),
     ];
-    let families: Vec<(Counters, &str)> = series
+    let families: Vec<(Counters, PeerField)> = series
         .into_iter()
         .map(|(name, help, unit, field)| (counter_family(registry, name, help, unit), field))
         .collect();
-    let peers = status["peers"].as_array().cloned().unwrap_or_default();
+    let peers = &status.peers;
     let sessions = Gauges::default();
     registry.register(
         "flatnet_peer_sessions",
         "Live Noise sessions with the peer",
         sessions.clone(),
     );
-    for peer in &peers {
-        let peer_labels = labels(&[
-            ("peer", peer["public_key"].as_str().unwrap_or_default()),
-            ("endpoint", peer["endpoint"].as_str().unwrap_or_default()),
-        ]);
+    for peer in peers {
+        let endpoint = peer.endpoint.to_string();
+        let peer_labels = labels(&[("peer", &peer.public_key), ("endpoint", &endpoint)]);
         for (family, field) in &families {
             family
                 .get_or_create(&peer_labels)
-                .inc_by(u64_at(peer, field));
+                .inc_by(field(&peer.stats));
         }
         sessions
             .get_or_create(&peer_labels)
-            .set(u64_at(peer, "sessions") as i64);
+            .set(peer.sessions as i64);
     }
     gauge(
         registry,
@@ -138,47 +136,41 @@ fn register_peers(registry: &mut Registry, status: &Value) {
         registry,
         "flatnet_sessions",
         "Live Noise sessions",
-        u64_at(status, "sessions"),
+        status.sessions as u64,
     );
 }
 
-fn register_drops(registry: &mut Registry, status: &Value) {
+fn register_drops(registry: &mut Registry, status: &DaemonStatus) {
     let drops = counter_family(
         registry,
         "flatnet_drops",
         "Packets dropped, by reason",
         None,
     );
-    if let Some(reasons) = status["drops"].as_object() {
-        for (reason, count) in reasons {
-            drops
-                .get_or_create(&labels(&[("reason", reason)]))
-                .inc_by(count.as_u64().unwrap_or(0));
-        }
+    for (reason, count) in &status.drops {
+        drops
+            .get_or_create(&labels(&[("reason", reason)]))
+            .inc_by(*count);
     }
 }
 
 /// Attached containers per network (the host member is not a container).
-fn register_containers(registry: &mut Registry, status: &Value) {
+fn register_containers(registry: &mut Registry, status: &DaemonStatus) {
     let attached = Gauges::default();
     registry.register(
         "flatnet_containers",
         "Containers attached, by network",
         attached.clone(),
     );
-    for container in status["containers"].as_array().into_iter().flatten() {
-        if container["host_member"].as_bool() == Some(true) {
-            continue;
-        }
-        let network = container["network"].as_str().unwrap_or_default();
+    for container in status.containers.iter().filter(|c| !c.host_member) {
         attached
-            .get_or_create(&labels(&[("network", network)]))
+            .get_or_create(&labels(&[("network", &container.network)]))
             .inc();
     }
 }
 
 /// Per sealing worker: what it sealed for other hosts.
-fn register_seal_workers(registry: &mut Registry, status: &Value) {
+fn register_seal_workers(registry: &mut Registry, status: &DaemonStatus) {
     let trains = counter_family(
         registry,
         "flatnet_seal_worker_trains",
@@ -191,32 +183,23 @@ fn register_seal_workers(registry: &mut Registry, status: &Value) {
         "Packets a sealing worker sealed for other hosts",
         None,
     );
-    for (i, worker) in status["seal_workers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .enumerate()
-    {
+    for (i, worker) in status.seal_workers.iter().enumerate() {
         let label = labels(&[("worker", &i.to_string())]);
-        trains
-            .get_or_create(&label)
-            .inc_by(u64_at(worker, "trains"));
-        packets
-            .get_or_create(&label)
-            .inc_by(u64_at(worker, "packets"));
+        trains.get_or_create(&label).inc_by(worker.trains);
+        packets.get_or_create(&label).inc_by(worker.packets);
     }
 }
 
 /// Container to container on this host, without a tunnel.
-fn register_fast_path(registry: &mut Registry, status: &Value) {
-    let fast_path = &status["fast_path"];
+fn register_fast_path(registry: &mut Registry, status: &DaemonStatus) {
+    let fast_path = &status.fast_path;
     let series = [
-        ("flatnet_fast_path_packets", "Frames moved between containers of this host without a tunnel (a segment train counts once)", None, "packets"),
-        ("flatnet_fast_path", "Bytes moved between containers of this host without a tunnel", Some(Unit::Bytes), "bytes"),
+        ("flatnet_fast_path_packets", "Frames moved between containers of this host without a tunnel (a segment train counts once)", None, fast_path.packets),
+        ("flatnet_fast_path", "Bytes moved between containers of this host without a tunnel", Some(Unit::Bytes), fast_path.bytes),
     ];
-    for (name, help, unit, field) in series {
+    for (name, help, unit, value) in series {
         let counter: Counter = Counter::default();
-        counter.inc_by(u64_at(fast_path, field));
+        counter.inc_by(value);
         match unit {
             Some(unit) => registry.register_with_unit(name, help, unit, counter),
             None => registry.register(name, help, counter),
@@ -224,23 +207,21 @@ fn register_fast_path(registry: &mut Registry, status: &Value) {
     }
 }
 
-fn register_daemon(registry: &mut Registry, status: &Value) {
-    let lighthouse = &status["lighthouse_state"];
-    let healthy = lighthouse["healthy"].as_bool().unwrap_or(false);
+fn register_daemon(registry: &mut Registry, status: &DaemonStatus) {
     gauge(
         registry,
         "flatnet_lighthouse_healthy",
         "1 when the last lighthouse read succeeded",
-        healthy as u64,
+        status.lighthouse_state.healthy as u64,
     );
     gauge(
         registry,
         "flatnet_lighthouse_routes",
         "Flatnet addresses the lighthouse maps to hosts",
-        u64_at(status, "routes"),
+        status.routes as u64,
     );
     let busy: Counter<f64, AtomicU64> = Counter::default();
-    busy.inc_by(u64_at(status, "busy_us") as f64 / 1e6);
+    busy.inc_by(status.busy_us as f64 / 1e6);
     registry.register_with_unit(
         "flatnet_packet_thread_busy",
         "Time the packet thread spent handling events rather than waiting",
@@ -253,58 +234,137 @@ fn register_daemon(registry: &mut Registry, status: &Value) {
         "DNS queries from containers, by outcome",
         None,
     );
-    for outcome in ["local_answers", "forwarded", "failures"] {
+    let outcomes = [
+        ("local_answers", status.dns.local_answers),
+        ("forwarded", status.dns.forwarded),
+        ("failures", status.dns.failures),
+    ];
+    for (outcome, count) in outcomes {
         dns.get_or_create(&labels(&[("outcome", outcome)]))
-            .inc_by(u64_at(&status["dns"], outcome));
+            .inc_by(count);
     }
     gauge(
         registry,
         "flatnet_uptime_seconds",
         "Seconds since flatnetd started",
-        u64_at(status, "uptime_ms") / 1000,
+        status.uptime_ms / 1000,
     );
     gauge(
         registry,
         "process_resident_memory_bytes",
         "Resident memory of flatnetd",
-        u64_at(status, "rss_kib") * 1024,
+        status.rss_kib * 1024,
     );
     let info = Gauges::default();
     registry.register("flatnet_build_info", "flatnetd's version", info.clone());
-    let version = status["version"].as_str().unwrap_or_default();
-    info.get_or_create(&labels(&[("version", version)])).set(1);
+    info.get_or_create(&labels(&[("version", &status.version)]))
+        .set(1);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use crate::control::status::{
+        DnsStats, FastPathStats, MemberStats, MemberStatus, PollStatus, SealWorkerStats,
+    };
+    use crate::control::SameHost;
+    use crate::lighthouse::FeedHealth;
+    use crate::tunnel::PeerStatus;
 
-    fn sample() -> Value {
-        json!({
-            "version": "9.9.9",
-            "sessions": 2,
-            "routes": 5,
-            "busy_us": 1_500_000,
-            "uptime_ms": 61_000,
-            "rss_kib": 4096,
-            "lighthouse_state": {"healthy": true},
-            "peers": [{
-                "public_key": "KEY", "endpoint": "192.0.2.11:4800", "sessions": 2,
-                "tx_bytes": 1000, "rx_bytes": 2000, "tx_packets": 10, "rx_packets": 20,
-                "handshakes_sent": 3, "handshakes_completed": 2, "handshakes_failed": 1
-            }],
-            "drops": {"replay": 7, "bad_tag": 0},
-            "containers": [
-                {"network": "a", "host_member": false},
-                {"network": "a", "host_member": false},
-                {"network": "a", "host_member": true},
-                {"network": "b", "host_member": false}
+    fn member(network: &str, host_member: bool) -> MemberStatus {
+        MemberStatus {
+            network: network.into(),
+            container_id: "c".into(),
+            ifname: "eth0".into(),
+            address: "10.0.0.2".parse().unwrap(),
+            host_member,
+            published_ports: Vec::new(),
+            stats: MemberStats::default(),
+        }
+    }
+
+    /// The daemon's own status type, filled as the packet thread fills it.
+    fn sample() -> DaemonStatus {
+        DaemonStatus {
+            version: "9.9.9".into(),
+            pid: 1,
+            protocol: 1,
+            public_key: "OWN".into(),
+            listen: "127.0.0.1:4800".parse().unwrap(),
+            lighthouse: "/run/flatnet/lighthouse.json".into(),
+            lighthouse_state: FeedHealth {
+                healthy: true,
+                ..FeedHealth::default()
+            },
+            metrics: None,
+            persistent_keepalive_s: None,
+            same_host: SameHost::Fast,
+            seal_workers: vec![
+                SealWorkerStats {
+                    trains: 3,
+                    packets: 40,
+                },
+                SealWorkerStats {
+                    trains: 5,
+                    packets: 90,
+                },
             ],
-            "dns": {"local_answers": 4, "forwarded": 1, "failures": 0},
-            "fast_path": {"packets": 12, "bytes": 345_678},
-            "seal_workers": [{"trains": 3, "packets": 40}, {"trains": 5, "packets": 90}]
-        })
+            busy_us: 1_500_000,
+            uptime_ms: 61_000,
+            rss_kib: 4096,
+            routes: 5,
+            refused_entries: 0,
+            containers: vec![
+                member("a", false),
+                member("a", false),
+                member("a", true),
+                member("b", false),
+            ],
+            peers: vec![PeerStatus {
+                public_key: "KEY".into(),
+                endpoint: "192.0.2.11:4800".parse().unwrap(),
+                sessions: 2,
+                handshake_in_flight: false,
+                handshake_age_ms: None,
+                last_received_ms: None,
+                queued: 0,
+                stats: PeerStats {
+                    tx_bytes: 1000,
+                    rx_bytes: 2000,
+                    tx_packets: 10,
+                    rx_packets: 20,
+                    handshakes_sent: 3,
+                    handshakes_completed: 2,
+                    handshakes_failed: 1,
+                    ..PeerStats::default()
+                },
+            }],
+            sessions: 2,
+            networks: Vec::new(),
+            dns: DnsStats {
+                local_answers: 4,
+                forwarded: 1,
+                ..DnsStats::default()
+            },
+            fast_path: FastPathStats {
+                packets: 12,
+                bytes: 345_678,
+            },
+            drops: [("replay".to_string(), 7), ("bad_tag".to_string(), 0)].into(),
+            poll: PollStatus::default(),
+        }
+    }
+
+    /// What a scrape renders is what crossed the control socket: the status as the daemon
+    /// encodes it, decoded by the reader.
+    fn as_read(status: DaemonStatus) -> DaemonStatus {
+        use crate::control::protocol::{decode_response, encode_response};
+        use crate::control::Reply;
+        let line = encode_response(&Ok(Reply::Status(Box::new(status))));
+        match decode_response(&line) {
+            Ok(Ok(Reply::Status(status))) => *status,
+            other => panic!("{other:?}"),
+        }
     }
 
     fn line_value(text: &str, series: &str) -> f64 {
@@ -317,7 +377,7 @@ mod tests {
 
     #[test]
     fn status_fields_become_named_series() {
-        let text = render(&sample());
+        let text = render(&as_read(sample()));
         let peer = r#"{peer="KEY",endpoint="192.0.2.11:4800"}"#;
         assert_eq!(
             line_value(&text, &format!("flatnet_peer_transmit_bytes_total{peer}")),
@@ -364,7 +424,7 @@ mod tests {
 
     #[test]
     fn every_counter_ends_in_total_and_every_name_is_flatnet_or_process() {
-        let text = render(&sample());
+        let text = render(&as_read(sample()));
         for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
             let mut words = line.split_whitespace().skip(2);
             let (name, kind) = (words.next().unwrap(), words.next().unwrap());

@@ -73,7 +73,9 @@ impl From<Error> for CniError {
             Error::CheckFailed(_) => code::CHECK_FAILED,
             Error::DataPlane(_) | Error::LighthouseUnavailable(_) => code::TRY_AGAIN,
             Error::Io { source, .. } if is_transient(source) => code::TRY_AGAIN,
-            Error::Netlink(_) | Error::Firewall(_) | Error::Io { .. } => code::IO_FAILURE,
+            Error::Netlink(_) | Error::Firewall(_) | Error::Protocol(_) | Error::Io { .. } => {
+                code::IO_FAILURE
+            }
         };
         CniError {
             code,

@@ -9,11 +9,12 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
-use flatnet::config::DEFAULT_TUNNEL_PORT;
-use flatnet::control::{self, Request};
+use flatnet::config::{default_endpoint, DEFAULT_TUNNEL_PORT};
+use flatnet::control::{self, DaemonConfig};
 use flatnet::lighthouse::{
     EtcdSettings, FileLighthouse, Lighthouse, LighthouseInput, LighthouseSettings,
 };
+use flatnet::state::StateDir;
 use flatnet::tunnel::{encode_key, StaticKeys};
 use serde_json::{json, Value};
 
@@ -51,7 +52,7 @@ pub struct CheckArgs {
 
 /// What a network needs of this host: its state directory, lighthouse and endpoint.
 struct Wants {
-    state_dir: PathBuf,
+    state_dir: StateDir,
     /// What the network's lighthouse settings say, or why they are wrong.
     lighthouse: Result<LighthouseSettings, String>,
     endpoint: SocketAddr,
@@ -65,14 +66,15 @@ impl Wants {
         endpoint: Option<&str>,
         default_state: &Path,
     ) -> Wants {
-        let state_dir = state_dir.map_or_else(|| default_state.to_path_buf(), PathBuf::from);
+        let state_dir =
+            StateDir::new(state_dir.map_or_else(|| default_state.to_path_buf(), PathBuf::from));
         let lighthouse =
-            LighthouseSettings::from_input(lighthouse, &state_dir.join("lighthouse.json"))
+            LighthouseSettings::from_input(lighthouse, &state_dir.default_lighthouse())
                 .map_err(|e| e.to_string());
         let port = port.unwrap_or(DEFAULT_TUNNEL_PORT);
         let endpoint = endpoint
             .and_then(|e| e.parse().ok())
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], port)));
+            .unwrap_or_else(|| default_endpoint(port));
         Wants {
             state_dir,
             lighthouse,
@@ -124,7 +126,7 @@ pub fn run(state_dir: &Path, args: &CheckArgs) -> ExitCode {
     report.check(check_root());
     for want in &wants {
         report.check(check_state_dir(&want.state_dir));
-        report.check(check_key(&want.state_dir.join("host.key")));
+        report.check(check_key(&want.state_dir.host_key()));
         report.check(check_lighthouse(want));
         report.check(check_daemon(want));
     }
@@ -407,11 +409,11 @@ fn check_lighthouse(wants: &Wants) -> Result<String, String> {
 }
 
 /// The TLS files flatnetd reads, and whether a running flatnetd follows etcd.
-fn check_etcd_lighthouse(etcd: &EtcdSettings, state_dir: &Path) -> Result<String, String> {
+fn check_etcd_lighthouse(etcd: &EtcdSettings, state_dir: &StateDir) -> Result<String, String> {
     for file in [&etcd.ca_file, &etcd.cert_file, &etcd.key_file] {
         std::fs::File::open(file).map_err(|e| format!("etcd TLS file {}: {e}", file.display()))?;
     }
-    let own = std::fs::read_to_string(state_dir.join("host.pub")).ok();
+    let own = std::fs::read_to_string(state_dir.host_pub()).ok();
     let ca: flatnet::cert::CaCert =
         flatnet::cert::load(&etcd.network_ca_file).map_err(|e| e.to_string())?;
     let host =
@@ -424,22 +426,20 @@ fn check_etcd_lighthouse(etcd: &EtcdSettings, state_dir: &Path) -> Result<String
             host.name
         ));
     }
-    let status = control::call(state_dir, &Request::Status)
+    let state = control::status(state_dir)
         .map_err(|e| e.to_string())?
-        .status
-        .unwrap_or_default();
-    let state = &status["lighthouse_state"];
-    if state["healthy"] == true {
+        .lighthouse_state;
+    if state.healthy {
         Ok(format!(
             "lighthouse etcd {endpoints} as {}: followed at revision {}, lease {} s left",
             host.name,
-            state["revision"],
-            state["lease_ttl_left_ms"].as_u64().unwrap_or(0) / 1000
+            state.revision,
+            state.lease_ttl_left_ms.unwrap_or(0).max(0) / 1000
         ))
     } else {
         Err(format!(
             "lighthouse etcd {endpoints}: {}",
-            state["error"].as_str().unwrap_or("not followed yet")
+            state.error.as_deref().unwrap_or("not followed yet")
         ))
     }
 }
@@ -462,33 +462,24 @@ fn check_file_lighthouse(path: &Path) -> Result<String, String> {
         .map_err(|e| format!("lighthouse {}: {e}", path.display()))
 }
 
-/// A daemon already serving the state directory must have the settings the network wants.
+/// A daemon already serving the state directory must have the settings the network wants:
+/// the same check a plugin makes before it attaches.
 fn check_daemon(wants: &Wants) -> Result<String, String> {
-    if !control::is_running(&wants.state_dir) {
+    let state_dir = &wants.state_dir;
+    if !control::is_running(state_dir) {
         return Ok(format!(
-            "no flatnetd serves {} yet (the first container starts one)",
-            wants.state_dir.display()
+            "no flatnetd serves {state_dir} yet (the first container starts one)"
         ));
     }
-    let status = control::call(&wants.state_dir, &Request::Status)
-        .map_err(|e| format!("flatnetd of {}: {e}", wants.state_dir.display()))?
-        .status
-        .unwrap_or_default();
-    let listen = status["listen"].as_str().unwrap_or_default();
-    let lighthouse = status["lighthouse"].as_str().unwrap_or_default();
-    let wanted = wants
-        .lighthouse
-        .as_ref()
-        .map_or_else(|e| e.clone(), ToString::to_string);
-    if listen != wants.endpoint.to_string() || lighthouse != wanted {
-        return Err(format!(
-            "flatnetd of {} runs with endpoint {listen} and lighthouse {lighthouse}; the network wants {} and {wanted}",
-            wants.state_dir.display(),
-            wants.endpoint,
-        ));
-    }
-    Ok(format!(
-        "flatnetd serves {} on {listen}",
-        wants.state_dir.display()
-    ))
+    let running =
+        control::status(state_dir).map_err(|e| format!("flatnetd of {state_dir}: {e}"))?;
+    let lighthouse = wants.lighthouse.clone()?;
+    let wanted = DaemonConfig {
+        state_dir: state_dir.clone(),
+        lighthouse,
+        listen: wants.endpoint,
+        tuning: Default::default(),
+    };
+    control::launch::check_settings(&wanted, &running).map_err(|e| e.to_string())?;
+    Ok(format!("flatnetd serves {state_dir} on {}", running.listen))
 }

@@ -6,17 +6,16 @@ mod man_pages;
 mod status;
 
 use std::fs::File;
-use std::net::SocketAddr;
 use std::os::fd::FromRawFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
-use flatnet::config::{DEFAULT_STATE_DIR, DEFAULT_TUNNEL_PORT};
-use flatnet::control::{self, DaemonSettings, Request};
-use flatnet::dataplane::{self, DaemonConfig, MetricsAddress, SameHost};
-use flatnet::lighthouse::{LighthouseInput, LighthouseSettings};
+use flatnet::config::DEFAULT_STATE_DIR;
+use flatnet::control::{self, DaemonOptions, DataPlaneRequest};
+use flatnet::dataplane;
 use flatnet::logging::{self, DaemonLog};
+use flatnet::state::StateDir;
 
 #[derive(Parser)]
 #[command(
@@ -42,7 +41,7 @@ enum Cmd {
     /// Run the data plane in the foreground.
     Run {
         #[command(flatten)]
-        settings: Settings,
+        settings: DaemonOptions,
         /// Write one byte to this file descriptor once serving (used by the plugins).
         #[arg(long)]
         ready_fd: Option<i32>,
@@ -53,7 +52,7 @@ enum Cmd {
     /// Start the data plane in the background unless it runs, and wait until it serves.
     Start {
         #[command(flatten)]
-        settings: Settings,
+        settings: DaemonOptions,
     },
     /// Ask the data plane to stop.
     Stop,
@@ -72,113 +71,9 @@ enum Cmd {
     GenerateMan { dir: PathBuf },
 }
 
-#[derive(clap::Args)]
-struct Settings {
-    /// The lighthouse: a file's path, or `etcd` with the --etcd-* flags
-    /// [default: <state-dir>/lighthouse.json, or the last run's]
-    #[arg(long)]
-    lighthouse: Option<String>,
-    /// The etcd members, comma-separated https://host:port
-    #[arg(long, value_name = "URLS")]
-    etcd_endpoints: Option<String>,
-    /// The CA certificate that signed the etcd members' certificates (PEM)
-    #[arg(long, value_name = "FILE")]
-    etcd_ca_file: Option<String>,
-    /// This host's etcd client certificate (PEM)
-    #[arg(long, value_name = "FILE")]
-    etcd_cert_file: Option<String>,
-    /// This host's etcd client key (PEM)
-    #[arg(long, value_name = "FILE")]
-    etcd_key_file: Option<String>,
-    /// Seconds this host's entries outlive it after its last keepalive to etcd [default: 10]
-    #[arg(long, value_name = "SECS")]
-    lease_ttl: Option<String>,
-    /// The network CA's certificate, which every host's certificate must be signed by (etcd)
-    #[arg(long, value_name = "FILE")]
-    network_ca_file: Option<String>,
-    /// This host's certificate from `flatnet-cert sign`: its name, key and blocks (etcd)
-    #[arg(long, value_name = "FILE")]
-    host_cert_file: Option<String>,
-    /// UDP address to listen on, which is also the endpoint other hosts are told
-    /// [default: 127.0.0.1:4800, or the last run's]
-    #[arg(long)]
-    listen: Option<SocketAddr>,
-    /// After sending, poll this many µs for the answer before sleeping; 0 never polls
-    /// (lowest CPU use, higher latency on virtual machines) [default: 50, or the last run's]
-    #[arg(long)]
-    poll_us: Option<u32>,
-    /// Serve Prometheus metrics at GET /metrics on this loopback ip:port or unix:/path
-    /// [default: off, or the last run's]
-    #[arg(long)]
-    metrics: Option<MetricsAddress>,
-    /// Send a keepalive on every tunnel at least every SECS seconds and keep idle tunnels
-    /// open, for peers behind NAT; 0 turns it off [default: off, or the last run's]
-    #[arg(long, value_name = "SECS")]
-    persistent_keepalive: Option<u32>,
-    /// How containers of this host reach each other: `fast` (straight from one TUN device to
-    /// the other, never leaving the host's memory) or `encrypted` (through the host's tunnel
-    /// to itself, so every packet between containers is encrypted) [default: fast, or the
-    /// last run's]
-    #[arg(long, value_name = "fast|encrypted")]
-    same_host: Option<SameHost>,
-    /// Threads that seal packets for other hosts beside the packet thread, each flow always
-    /// on the same one; 0: the packet thread seals them itself [default: one per CPU beyond
-    /// two, at most 4, or the last run's]
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(0..=dataplane::MAX_WORKERS as i64))]
-    workers: Option<u8>,
-}
-
-impl Settings {
-    /// Explicit flags, else what the last daemon of this state directory used, else defaults.
-    fn resolve(self, state_dir: PathBuf) -> flatnet::Result<DaemonConfig> {
-        let last = DaemonConfig::load(&state_dir).ok();
-        let input = LighthouseInput {
-            lighthouse: self.lighthouse,
-            etcd_endpoints: self.etcd_endpoints,
-            etcd_ca_file: self.etcd_ca_file,
-            etcd_cert_file: self.etcd_cert_file,
-            etcd_key_file: self.etcd_key_file,
-            lease_ttl: self.lease_ttl,
-            network_ca_file: self.network_ca_file,
-            host_cert_file: self.host_cert_file,
-        };
-        let lighthouse = match (&input.lighthouse, &last) {
-            (None, Some(last)) if !input.etcd_options_given() => last.lighthouse.clone(),
-            _ => LighthouseSettings::from_input(&input, &state_dir.join("lighthouse.json"))?,
-        };
-        Ok(DaemonConfig {
-            lighthouse,
-            listen: self
-                .listen
-                .or_else(|| last.as_ref().map(|c| c.listen))
-                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], DEFAULT_TUNNEL_PORT))),
-            poll_us: self
-                .poll_us
-                .or_else(|| last.as_ref().map(|c| c.poll_us))
-                .unwrap_or(dataplane::DEFAULT_POLL_US),
-            metrics: self
-                .metrics
-                .or_else(|| last.as_ref().and_then(|c| c.metrics.clone())),
-            persistent_keepalive_s: match self.persistent_keepalive {
-                Some(0) => None,
-                Some(s) => Some(s),
-                None => last.as_ref().and_then(|c| c.persistent_keepalive_s),
-            },
-            same_host: self
-                .same_host
-                .or_else(|| last.as_ref().map(|c| c.same_host))
-                .unwrap_or_default(),
-            workers: self
-                .workers
-                .map(usize::from)
-                .or_else(|| last.as_ref().and_then(|c| c.workers)),
-            state_dir,
-        })
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let state_dir = StateDir::new(cli.state_dir);
     // `run` chooses its own log; the short-lived commands print warnings on stderr.
     if !matches!(cli.command, Cmd::Run { .. }) {
         logging::init_plugin();
@@ -190,31 +85,22 @@ fn main() -> ExitCode {
             log_file,
         } => {
             init_logging(log_file.as_deref());
-            let config = settings.resolve(cli.state_dir);
+            let config = settings.resolve(state_dir);
             match (config, ready_fd.map(ready_file).transpose()) {
                 (Ok(config), Ok(ready)) => dataplane::run(config, ready),
                 (Err(e), _) | (_, Err(e)) => Err(e),
             }
         }
-        Cmd::Start { settings } => settings.resolve(cli.state_dir).and_then(|config| {
-            control::ensure_running(&DaemonSettings {
-                state_dir: config.state_dir,
-                lighthouse: config.lighthouse,
-                listen: config.listen,
-                poll_us: Some(config.poll_us),
-                metrics: config.metrics,
-                persistent_keepalive_s: Some(config.persistent_keepalive_s.unwrap_or(0)),
-                same_host: Some(config.same_host),
-                workers: config.workers,
-            })
-        }),
-        Cmd::Stop => match control::is_running(&cli.state_dir) {
-            true => control::call(&cli.state_dir, &Request::Shutdown).map(drop),
+        Cmd::Start { settings } => settings
+            .resolve(state_dir)
+            .and_then(|config| control::ensure_running(&config)),
+        Cmd::Stop => match control::is_running(&state_dir) {
+            true => control::call(&state_dir, DataPlaneRequest::Shutdown).map(drop),
             false => Ok(()),
         },
-        Cmd::Status { json } => status::show(&cli.state_dir, json),
-        Cmd::Key => print_key(&cli.state_dir),
-        Cmd::Check(args) => return check::run(&cli.state_dir, &args),
+        Cmd::Status { json } => status::show(&state_dir, json),
+        Cmd::Key => print_key(&state_dir),
+        Cmd::Check(args) => return check::run(&state_dir, &args),
         Cmd::GenerateMan { dir } => return write_manual(&dir),
     };
     match result {
@@ -226,9 +112,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn print_key(state_dir: &Path) -> flatnet::Result<()> {
+fn print_key(state_dir: &StateDir) -> flatnet::Result<()> {
     flatnet::state::create_private_dir(state_dir)?;
-    let keys = flatnet::tunnel::StaticKeys::load_or_generate(&state_dir.join("host.key"))?;
+    let keys = flatnet::tunnel::StaticKeys::load_or_generate(&state_dir.host_key())?;
     println!("{}", flatnet::tunnel::encode_key(&keys.public));
     Ok(())
 }

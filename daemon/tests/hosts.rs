@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cluster::*;
-use flatnet::control;
+use flatnet::state::StateDir;
 use serde_json::{json, Value};
 use support::{root_or_skip, TestNetns};
 
@@ -276,7 +276,7 @@ fn sigterm_and_sigint_stop_cleanly_and_a_restart_serves_again() {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).unwrap();
         // A clean stop removes the control socket, then releases the lock.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while control::socket_path(state).exists()
+        while StateDir::new(state).control_socket().exists()
             || flatnet::state::FileLock::try_acquire(&state.join("flatnetd.lock"))
                 .unwrap()
                 .is_none()
@@ -531,7 +531,7 @@ fn a_silent_control_client_blocks_nobody_and_is_cut_off() {
     }
     let mut cluster = Cluster::new(1);
     let first = cluster.attach(0);
-    let socket = control::socket_path(cluster.hosts[0].state.path());
+    let socket = StateDir::new(cluster.hosts[0].state.path()).control_socket();
     // Connects and sends nothing.
     let mut silent = std::os::unix::net::UnixStream::connect(&socket).unwrap();
     // Attaches and status are served meanwhile, and the silent client is still connected.
@@ -560,7 +560,7 @@ fn the_control_socket_refuses_callers_of_other_users() {
     }
     let mut cluster = Cluster::new(1);
     cluster.attach(0);
-    let socket = control::socket_path(cluster.hosts[0].state.path());
+    let socket = StateDir::new(cluster.hosts[0].state.path()).control_socket();
     // Effective uid nobody, file-system uid root: the path is reachable (its directory is
     // root's), so only the credentials check stands in the way.
     let script = format!(

@@ -6,7 +6,6 @@ use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
@@ -18,9 +17,11 @@ use nix::sys::socket::{getsockopt, shutdown, sockopt::PeerCredentials, Shutdown}
 use nix::sys::stat::{umask, Mode};
 
 use super::Command;
-use crate::control::{decode_request, encode_response, socket_path, Request, Response};
+use crate::control::protocol::{decode_request, encode_response};
+use crate::control::{DataPlaneRequest, LighthouseRequest, Refusal, Reply, Request, Response};
 use crate::error::{IoContext, Result};
 use crate::lighthouse::{Entry, HostInfo, Lighthouse};
+use crate::state::StateDir;
 
 const MAX_REQUEST: u64 = 64 * 1024;
 /// A client has this long to send its request and take the answer, however it trickles:
@@ -31,8 +32,8 @@ const MAX_CLIENTS: usize = 64;
 
 /// Binds the socket, root-only from its first moment: created under umask 0177 rather than
 /// restricted after the bind. A leftover socket file is stale: the daemon lock is ours.
-pub fn bind(state_dir: &Path) -> Result<UnixListener> {
-    let path = socket_path(state_dir);
+pub fn bind(state_dir: &StateDir) -> Result<UnixListener> {
+    let path = state_dir.control_socket();
     let _ = fs::remove_file(&path);
     // The umask is per process; the daemon creates no other file while it starts.
     let previous = umask(Mode::from_bits_truncate(0o177));
@@ -73,47 +74,45 @@ struct Handlers {
 
 impl Handlers {
     fn answer(&self, request: Request) -> Response {
-        if request.is_lighthouse_op() {
-            return self.answer_from_lighthouse(request);
+        match request {
+            Request::DataPlane(request) => ask(&self.commands, &self.wake, request)
+                .unwrap_or_else(|| Err(Refusal::new("the data plane stopped"))),
+            Request::Lighthouse(request) => self
+                .answer_from_lighthouse(request)
+                .map_err(|e| Refusal::from_error(&e)),
         }
-        ask(&self.commands, &self.wake, request)
-            .unwrap_or_else(|| Response::error("the data plane stopped"))
     }
 
-    fn answer_from_lighthouse(&self, request: Request) -> Response {
+    fn answer_from_lighthouse(&self, request: LighthouseRequest) -> crate::Result<Reply> {
         let lighthouse = self.lighthouse.as_ref();
-        let answer = match request {
-            Request::NetworkId { network } => lighthouse
-                .network_id(&network)
-                .map(Response::with_network_id),
-            Request::Register { entry } => {
+        match request {
+            LighthouseRequest::NetworkId { network } => {
+                lighthouse.network_id(&network).map(Reply::NetworkId)
+            }
+            LighthouseRequest::Register { entry } => {
                 let entry = Entry {
                     host: self.host.clone(),
                     ..entry
                 };
-                lighthouse.register(&entry).map(|()| Response::ok())
+                lighthouse.register(&entry).map(|()| Reply::Done)
             }
-            Request::Unregister {
+            LighthouseRequest::Unregister {
                 network,
                 ip,
                 container_id,
             } => lighthouse
                 .unregister(&network, ip, &container_id)
-                .map(|()| Response::ok()),
-            Request::Lookup { network, ip } => lighthouse
+                .map(|()| Reply::Done),
+            LighthouseRequest::Lookup { network, ip } => lighthouse
                 .lookup(&network, ip)
-                .map(|entry| Response::with_entries(entry.into_iter().collect())),
-            Request::Entries { network: Some(n) } => {
-                lighthouse.entries(&n).map(Response::with_entries)
+                .map(|entry| Reply::Entries(entry.into_iter().collect())),
+            LighthouseRequest::Entries { network: Some(n) } => {
+                lighthouse.entries(&n).map(Reply::Entries)
             }
-            Request::Entries { network: None } => {
-                lighthouse.all_entries().map(Response::with_entries)
+            LighthouseRequest::Entries { network: None } => {
+                lighthouse.all_entries().map(Reply::Entries)
             }
-            other => Ok(Response::error(format!(
-                "not a lighthouse request: {other:?}"
-            ))),
-        };
-        answer.unwrap_or_else(|e| Response::from_error(&e))
+        }
     }
 }
 
@@ -191,14 +190,15 @@ fn serve(stream: UnixStream, handlers: &Handlers) -> Served {
         return Served::Request;
     };
     let mut served = Served::Request;
-    let response = match caller.and_then(|()| decode_request(&line)) {
+    let decoded = decode_request(&line).map_err(|e| e.to_string());
+    let response = match caller.and(decoded) {
         Ok(request) => {
-            if request == Request::Shutdown {
+            if request == Request::DataPlane(DataPlaneRequest::Shutdown) {
                 served = Served::Shutdown;
             }
             handlers.answer(request)
         }
-        Err(msg) => Response::error(msg),
+        Err(msg) => Err(Refusal::new(msg)),
     };
     let _ = writer.set_write_timeout(Some(CLIENT_DEADLINE));
     let _ = writer.write_all(encode_response(&response).as_bytes());
@@ -254,7 +254,7 @@ impl Read for DeadlineReader {
 pub(super) fn ask(
     commands: &SyncSender<Command>,
     wake: &EventFd,
-    request: Request,
+    request: DataPlaneRequest,
 ) -> Option<Response> {
     let (reply_tx, reply_rx) = std::sync::mpsc::sync_channel(1);
     commands.send((request, reply_tx)).ok()?;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use nix::sys::eventfd::EventFd;
 
 use crate::error::Result;
-use crate::lighthouse::{Change, Feed, Lighthouse};
+use crate::lighthouse::{Change, Feed, FeedHealth, Lighthouse};
 
 /// How long the feed waits for a change before the health snapshot is renewed.
 const HEALTH_EVERY: Duration = Duration::from_millis(250);
@@ -19,7 +19,7 @@ const RETRY_PAUSE: Duration = Duration::from_millis(500);
 
 pub struct Follower {
     changes: Receiver<Vec<Change>>,
-    health: Arc<Mutex<serde_json::Value>>,
+    health: Arc<Mutex<FeedHealth>>,
 }
 
 impl Follower {
@@ -69,7 +69,7 @@ impl Follower {
         self.changes.try_iter().flatten()
     }
 
-    pub fn health(&self) -> serde_json::Value {
+    pub fn health(&self) -> FeedHealth {
         self.health.lock().unwrap().clone()
     }
 }
@@ -78,7 +78,7 @@ fn follow(
     mut feed: Box<dyn Feed>,
     changes: Sender<Vec<Change>>,
     wake: Arc<EventFd>,
-    health: Arc<Mutex<serde_json::Value>>,
+    health: Arc<Mutex<FeedHealth>>,
 ) {
     let mut last_error = String::new();
     loop {

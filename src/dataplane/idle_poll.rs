@@ -14,24 +14,10 @@
 
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use crate::control::status::PollStats;
 
-/// The window after a send; a round trip between hosts on one LAN fits in it.
-pub const DEFAULT_WINDOW_US: u32 = 50;
 /// Share of each tick that empty polls may use, in percent of one CPU.
 const BUDGET_PERCENT: u32 = 10;
-
-#[derive(Debug, Default, Clone, Serialize)]
-pub struct PollStats {
-    /// Windows in which something arrived before the window closed.
-    pub caught: u64,
-    /// Windows that closed empty, after which the loop slept.
-    pub missed: u64,
-    /// Windows not opened because the tick's budget was spent.
-    pub over_budget: u64,
-    /// Time spent in polls that found nothing.
-    pub empty_us: u64,
-}
 
 pub struct IdlePoll {
     window: Duration,

@@ -98,7 +98,7 @@ impl Daemon {
             if from_host || self.ports.get(local).is_some_and(|p| p.is_host()) {
                 return Ok(Hop::Local(local));
             }
-            if self.config.same_host == SameHost::Fast {
+            if self.config.tuning.same_host() == SameHost::Fast {
                 return Ok(Hop::Neighbour(local));
             }
         }

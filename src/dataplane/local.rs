@@ -14,50 +14,9 @@
 
 use std::io::Write;
 
-use serde::{Deserialize, Serialize};
-
 use super::offload::VNET_HDR_LEN;
 use super::Daemon;
 use crate::tunnel::DropReason;
-
-/// How two containers of one host talk: the fast path (the default), or through the host's
-/// tunnel to itself, for an operator who wants every packet between containers encrypted.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SameHost {
-    #[default]
-    Fast,
-    Encrypted,
-}
-
-impl std::fmt::Display for SameHost {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            SameHost::Fast => "fast",
-            SameHost::Encrypted => "encrypted",
-        })
-    }
-}
-
-impl std::str::FromStr for SameHost {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        match text {
-            "fast" => Ok(SameHost::Fast),
-            "encrypted" => Ok(SameHost::Encrypted),
-            _ => Err(format!("{text:?}: expected fast or encrypted")),
-        }
-    }
-}
-
-/// Frames moved between two containers of this host without a tunnel.
-#[derive(Debug, Default, Clone, Serialize)]
-pub struct FastPathStats {
-    /// TUN writes: a segment train counts once.
-    pub packets: u64,
-    pub bytes: u64,
-}
 
 impl Daemon {
     /// Hands the first `n` bytes of the frame to the member in slot `to`.

@@ -7,15 +7,14 @@ use std::collections::HashMap;
 use std::os::fd::AsFd;
 
 use nix::sys::epoll::{EpollEvent, EpollFlags};
-use serde_json::json;
 
 use super::ports::{Member, Port};
 use super::{set_nonblocking, Daemon, TOKEN_FIRST_PORT};
-use crate::attach::Attachment;
+use crate::attachment::Attachment;
+use crate::control::status::NetworkStatus;
 use crate::error::{Error, Result};
 use crate::host_member::HostMember;
 use crate::netns::NetworkNamespace;
-use crate::state::NetworkDirs;
 use crate::tun;
 
 /// A network with members on this host.
@@ -43,26 +42,24 @@ impl LocalNetworks {
         self.0.remove(&tag)
     }
 
-    pub fn status(&self) -> serde_json::Value {
-        let networks: Vec<_> = self
-            .0
+    pub fn status(&self) -> Vec<NetworkStatus> {
+        self.0
             .iter()
             .map(|(id, n)| {
                 let m = &n.member;
-                json!({
-                    "network": m.network,
-                    "id": format!("{id:08x}"),
-                    "host_member": m.ifname,
-                    "address": m.address,
-                    "gateway": m.gateway,
-                    "subnet": m.subnet,
-                    "internal": m.internal,
-                    "dns_upstreams": m.dns_upstreams,
-                    "served": n.host_slot.is_some(),
-                })
+                NetworkStatus {
+                    network: m.network.clone(),
+                    id: format!("{id:08x}"),
+                    host_member: m.ifname.clone(),
+                    address: m.address,
+                    gateway: m.gateway,
+                    subnet: m.subnet,
+                    internal: m.internal,
+                    dns_upstreams: m.dns_upstreams.clone(),
+                    served: n.host_slot.is_some(),
+                }
             })
-            .collect();
-        json!(networks)
+            .collect()
     }
 }
 
@@ -151,7 +148,7 @@ impl Daemon {
         if self.networks.0.contains_key(&tag) {
             return;
         }
-        let dirs = NetworkDirs::new(&self.config.state_dir, network);
+        let dirs = self.config.state_dir.network(network);
         let member = match HostMember::load(&dirs) {
             Ok(Some(member)) => member,
             Ok(None) => return,

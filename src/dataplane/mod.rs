@@ -30,46 +30,38 @@ mod routes;
 mod seal_workers;
 mod signals;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
-use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
-use nix::sys::eventfd::{EfdFlags, EventFd};
-use nix::sys::socket::{setsockopt, sockopt};
-use serde::{Deserialize, Serialize};
-use serde_json::json;
-
-use crate::attach::{all_attachments, load_attachment};
+use crate::attachment;
 use crate::cert::{self, CaCert};
-use crate::control::{Request, Response, PROTOCOL_VERSION};
+use crate::control::settings::{DaemonConfig, MetricsAddress, SameHost, MAX_WORKERS};
+use crate::control::status::{DaemonStatus, FastPathStats, MemberStatus, PollStatus};
+use crate::control::{DataPlaneRequest, Refusal, Reply, Response, PROTOCOL_VERSION};
 use crate::error::{Error, IoContext, Result};
 use crate::host_member::HostMember;
 use crate::lighthouse::{
     EtcdLighthouse, FileLighthouse, HostInfo, Lighthouse, LighthouseSettings, Published,
 };
-use crate::state::NetworkDirs;
-use crate::state::{create_private_dir, write_atomic, FileLock};
+use crate::state::{create_private_dir, write_atomic, FileLock, StateDir};
 use crate::tunnel::{encode_key, DropReason, Limits, StaticKeys, TunnelManager};
 use batch::{RecvBatch, SendBatch};
 use coalesce::Coalescer;
 use follower::Follower;
 use idle_poll::IdlePoll;
-pub use idle_poll::DEFAULT_WINDOW_US as DEFAULT_POLL_US;
-use local::FastPathStats;
-pub use local::SameHost;
 use members::LocalNetworks;
-pub use metrics_server::MetricsAddress;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use nix::sys::socket::{setsockopt, sockopt};
 use ports::Ports;
 use resolver::Resolver;
 use routes::RouteTable;
 use seal_workers::SealWorkers;
-pub use seal_workers::MAX_WORKERS;
 
 const TOKEN_UDP: u64 = 0;
 const TOKEN_WAKE: u64 = 1;
@@ -80,51 +72,7 @@ const TICK: Duration = Duration::from_millis(100);
 const BUFFER: usize = 65536;
 const SOCKET_BUFFER: usize = 4 << 20;
 
-/// What a daemon needs to know; persisted as `flatnetd.json` so a restart needs only the
-/// state directory.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DaemonConfig {
-    pub state_dir: PathBuf,
-    pub lighthouse: LighthouseSettings,
-    pub listen: SocketAddr,
-    /// How long to poll for an answer after sending before sleeping, in µs (0: never).
-    #[serde(default = "default_poll_us")]
-    pub poll_us: u32,
-    /// Where Prometheus metrics are served; none when off (the default).
-    #[serde(default)]
-    pub metrics: Option<MetricsAddress>,
-    /// Keepalive interval in seconds for every tunnel, for peers behind NAT; none when off
-    /// (the default).
-    #[serde(default)]
-    pub persistent_keepalive_s: Option<u32>,
-    /// How containers of this host reach each other (the fast path unless told otherwise).
-    #[serde(default)]
-    pub same_host: SameHost,
-    /// Threads that seal packets for other hosts besides the packet thread (0: it seals
-    /// them itself); none: one per CPU beyond two, at most [`MAX_WORKERS`].
-    #[serde(default)]
-    pub workers: Option<usize>,
-}
-
-fn default_poll_us() -> u32 {
-    DEFAULT_POLL_US
-}
-
-impl DaemonConfig {
-    pub fn settings_path(state_dir: &Path) -> PathBuf {
-        state_dir.join("flatnetd.json")
-    }
-
-    /// The settings the last daemon of `state_dir` ran with.
-    pub fn load(state_dir: &Path) -> Result<Self> {
-        let path = Self::settings_path(state_dir);
-        let bytes = std::fs::read(&path).context(|| format!("reading {}", path.display()))?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| Error::InvalidConfig(format!("{}: {e}", path.display())))
-    }
-}
-
-type Command = (Request, SyncSender<Response>);
+type Command = (DataPlaneRequest, SyncSender<Response>);
 
 struct Buffers {
     /// What a container's queue gave: a virtio-net header and a packet or segment train.
@@ -152,23 +100,17 @@ impl DropCounters {
         *self.by_reason.entry(reason).or_default() += 1;
     }
 
-    fn to_json(&self) -> serde_json::Value {
-        let mut map: serde_json::Map<String, serde_json::Value> = DropReason::ALL
+    /// Every reason, counted or not, by its name in the status.
+    fn to_status(&self) -> BTreeMap<String, u64> {
+        let mut drops: BTreeMap<String, u64> = DropReason::ALL
             .iter()
-            .map(|r| {
-                let name = serde_json::to_value(r)
-                    .unwrap()
-                    .as_str()
-                    .unwrap()
-                    .to_string();
-                (name, json!(self.by_reason.get(r).copied().unwrap_or(0)))
-            })
+            .map(|r| (r.name(), self.by_reason.get(r).copied().unwrap_or(0)))
             .collect();
-        map.insert(
+        drops.insert(
             "receive_buffer_overflow".into(),
-            json!(self.receive_buffer_overflow),
+            self.receive_buffer_overflow,
         );
-        serde_json::Value::Object(map)
+        drops
     }
 }
 
@@ -205,20 +147,13 @@ pub struct Daemon {
 pub fn run(config: DaemonConfig, ready: Option<File>) -> Result<()> {
     signals::block()?;
     create_private_dir(&config.state_dir)?;
-    let lock =
-        FileLock::try_acquire(&config.state_dir.join("flatnetd.lock"))?.ok_or_else(|| {
-            Error::DataPlane(format!(
-                "another flatnetd already serves {}",
-                config.state_dir.display()
-            ))
-        })?;
-    let keys = StaticKeys::load_or_generate(&config.state_dir.join("host.key"))?;
-    write_atomic(
-        &config.state_dir.join("host.pub"),
-        encode_key(&keys.public).as_bytes(),
-    )?;
+    let state = &config.state_dir;
+    let lock = FileLock::try_acquire(&state.daemon_lock())?
+        .ok_or_else(|| Error::DataPlane(format!("another flatnetd already serves {state}")))?;
+    let keys = StaticKeys::load_or_generate(&state.host_key())?;
+    write_atomic(&state.host_pub(), encode_key(&keys.public).as_bytes())?;
     let settings = serde_json::to_vec_pretty(&config).expect("config serialises");
-    write_atomic(&DaemonConfig::settings_path(&config.state_dir), &settings)?;
+    write_atomic(&state.daemon_settings(), &settings)?;
 
     let (tx, rx) = std::sync::mpsc::sync_channel(16);
     let wake = Arc::new(
@@ -234,7 +169,7 @@ pub fn run(config: DaemonConfig, ready: Option<File>) -> Result<()> {
     let follower = Follower::spawn(lighthouse.as_ref(), wake.clone(), FIRST_READ)?;
     let mut daemon = Daemon::new(config, keys, rx, wake.clone(), follower, identity)?;
     daemon.recover();
-    if let Some(address) = &daemon.config.metrics {
+    if let Some(address) = &daemon.config.tuning.metrics {
         metrics_server::spawn(address, tx.clone(), wake.clone())?;
     }
     let control = control_server::spawn(listener, tx, wake, lighthouse, host);
@@ -250,15 +185,15 @@ pub fn run(config: DaemonConfig, ready: Option<File>) -> Result<()> {
     notify::systemd("STOPPING=1");
     // Stopped by request: stop listening, release the port, the devices and the lock, and only
     // then answer, so a `flatnetd start` right after `stop` finds everything free.
-    let _ = std::fs::remove_file(crate::control::socket_path(&daemon.config.state_dir));
-    if let Some(MetricsAddress::Unix(path)) = &daemon.config.metrics {
+    let _ = std::fs::remove_file(daemon.config.state_dir.control_socket());
+    if let Some(MetricsAddress::Unix(path)) = &daemon.config.tuning.metrics {
         let _ = std::fs::remove_file(path);
     }
     let reply = daemon.shutdown_reply.take();
     drop(daemon);
     drop(lock);
     if let Some(reply) = reply {
-        let _ = reply.send(Response::ok());
+        let _ = reply.send(Ok(Reply::Done));
         let _ = control.join();
     }
     Ok(())
@@ -300,7 +235,7 @@ fn open_lighthouse(
             };
             let etcd = EtcdLighthouse::connect(settings, own)?;
             etcd.adopt(recorded_entries(&config.state_dir, host));
-            etcd.hold_lease(config.state_dir.join("etcd-lease"));
+            etcd.hold_lease(config.state_dir.etcd_lease());
             if !etcd.wait_for_lease(FIRST_READ) {
                 tracing::warn!("no etcd lease yet: attaches wait for etcd");
             }
@@ -310,14 +245,14 @@ fn open_lighthouse(
 }
 
 /// The lighthouse entries this host's records stand for: containers and host members.
-fn recorded_entries(state_dir: &Path, host: &HostInfo) -> Vec<crate::lighthouse::Entry> {
-    let records = all_attachments(state_dir).unwrap_or_default();
+fn recorded_entries(state_dir: &StateDir, host: &HostInfo) -> Vec<crate::lighthouse::Entry> {
+    let records = attachment::all(state_dir).unwrap_or_default();
     let networks: std::collections::BTreeMap<&str, u32> = records
         .iter()
         .map(|r| (r.network.as_str(), r.network_tag()))
         .collect();
     let members = networks.into_iter().filter_map(|(network, network_id)| {
-        let member = HostMember::load(&NetworkDirs::new(state_dir, network)).ok()??;
+        let member = HostMember::load(&state_dir.network(network)).ok()??;
         Some(crate::lighthouse::Entry {
             network: member.network,
             network_id,
@@ -374,10 +309,11 @@ impl Daemon {
             .and_then(|()| epoll.add(wake.as_fd(), readable(TOKEN_WAKE)))
             .and_then(|()| epoll.add(resolver.socket().as_fd(), readable(TOKEN_DNS)))
             .map_err(|e| Error::io("registering with epoll", e.into()))?;
-        let poll = IdlePoll::new(config.poll_us, TICK);
+        let poll = IdlePoll::new(config.tuning.poll_us(), TICK);
         let workers = config
+            .tuning
             .workers
-            .unwrap_or_else(seal_workers::default_count)
+            .map_or_else(seal_workers::default_count, usize::from)
             .min(MAX_WORKERS);
         let frame_len = BUFFER + offload::VNET_HDR_LEN;
         let seal_workers = match workers {
@@ -385,9 +321,7 @@ impl Daemon {
             n => Some(SealWorkers::spawn(n, &udp, frame_len)?),
         };
         let limits = Limits {
-            persistent_keepalive: config
-                .persistent_keepalive_s
-                .map(|s| Duration::from_secs(s.into())),
+            persistent_keepalive: config.tuning.persistent_keepalive(),
             ..Limits::default()
         };
         Ok(Daemon {
@@ -428,7 +362,7 @@ impl Daemon {
     /// Their TUN devices are persistent, so the containers notice only a short outage.
     fn recover(&mut self) {
         self.apply_lighthouse_changes();
-        match all_attachments(&self.config.state_dir) {
+        match attachment::all(&self.config.state_dir) {
             Ok(records) => {
                 for record in records {
                     if let Err(e) = self.attach(&record) {
@@ -526,30 +460,23 @@ impl Daemon {
         self.apply_lighthouse_changes();
         while let Ok((request, reply)) = self.commands.try_recv() {
             let response = match request {
-                Request::Attach {
+                DataPlaneRequest::Attach {
                     network,
                     container_id,
                 } => self.attach_recorded(&network, &container_id),
-                Request::Detach {
+                DataPlaneRequest::Detach {
                     network,
                     container_id,
                 } => {
                     self.detach(&network, &container_id);
-                    Response::ok()
+                    Ok(Reply::Done)
                 }
-                Request::Status => Response {
-                    status: Some(self.status()),
-                    ..Response::ok()
-                },
-                Request::Shutdown => {
+                DataPlaneRequest::Status => Ok(Reply::Status(Box::new(self.status()))),
+                DataPlaneRequest::Shutdown => {
                     // Answered by `run` once everything is closed.
                     self.running = false;
                     self.shutdown_reply = Some(reply);
                     continue;
-                }
-                // The control server answers these from the lighthouse, off this thread.
-                lighthouse_op => {
-                    Response::error(format!("not a data plane request: {lighthouse_op:?}"))
                 }
             };
             let _ = reply.send(response);
@@ -590,60 +517,63 @@ impl Daemon {
 
     /// Serves the container its attachment record describes.
     fn attach_recorded(&mut self, network: &str, container_id: &str) -> Response {
-        match load_attachment(&self.config.state_dir, network, container_id) {
-            Ok(Some(record)) => self
-                .attach(&record)
-                .map_or_else(|e| Response::error(e.to_string()), |()| Response::ok()),
-            Ok(None) => Response::error(format!(
+        let refuse = |e: Error| Refusal::new(e.to_string());
+        match attachment::find(&self.config.state_dir, network, container_id) {
+            Ok(Some(record)) => self.attach(&record).map(|()| Reply::Done).map_err(refuse),
+            Ok(None) => Err(Refusal::new(format!(
                 "no attachment record for {container_id} on {network}"
-            )),
-            Err(e) => Response::error(e.to_string()),
+            ))),
+            Err(e) => Err(refuse(e)),
         }
     }
 
-    fn status(&self) -> serde_json::Value {
+    fn status(&self) -> DaemonStatus {
         let now = Instant::now();
-        let containers: Vec<_> = self
-            .ports
-            .iter()
-            .map(|p| {
-                json!({
-                    "network": p.network,
-                    "container_id": p.container_id,
-                    "ifname": p.ifname,
-                    "address": p.address,
-                    "host_member": p.is_host(),
-                    "published_ports": p.published.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                    "stats": p.stats,
-                })
-            })
-            .collect();
-        json!({
-            "version": env!("CARGO_PKG_VERSION"),
-            "pid": std::process::id(),
-            "protocol": PROTOCOL_VERSION,
-            "public_key": encode_key(self.tunnels.public_key()),
-            "listen": self.config.listen,
-            "lighthouse": self.config.lighthouse.to_string(),
-            "lighthouse_state": self.follower.health(),
-            "metrics": self.config.metrics,
-            "persistent_keepalive_s": self.config.persistent_keepalive_s,
-            "same_host": self.config.same_host,
-            "seal_workers": self.seal_workers.as_ref().map_or_else(|| json!([]), SealWorkers::status),
-            "busy_us": self.busy.as_micros() as u64,
-            "uptime_ms": now.duration_since(self.started).as_millis() as u64,
-            "rss_kib": rss_kib(),
-            "routes": self.routes.len(),
-            "refused_entries": self.routes.refused(),
-            "containers": containers,
-            "peers": self.tunnels.status(now),
-            "sessions": self.tunnels.session_count(),
-            "networks": self.networks.status(),
-            "dns": self.resolver.stats,
-            "fast_path": self.fast_path,
-            "drops": self.drops.to_json(),
-            "poll": {"window_us": self.poll.window_us(), "stats": self.poll.stats()},
-        })
+        let tuning = &self.config.tuning;
+        DaemonStatus {
+            version: env!("CARGO_PKG_VERSION").into(),
+            pid: std::process::id(),
+            protocol: PROTOCOL_VERSION,
+            public_key: encode_key(self.tunnels.public_key()),
+            listen: self.config.listen,
+            lighthouse: self.config.lighthouse.to_string(),
+            lighthouse_state: self.follower.health(),
+            metrics: tuning.metrics.clone(),
+            persistent_keepalive_s: tuning.persistent_keepalive().map(|d| d.as_secs() as u32),
+            same_host: tuning.same_host(),
+            seal_workers: self
+                .seal_workers
+                .as_ref()
+                .map_or_else(Vec::new, SealWorkers::status),
+            busy_us: self.busy.as_micros() as u64,
+            uptime_ms: now.duration_since(self.started).as_millis() as u64,
+            rss_kib: rss_kib(),
+            routes: self.routes.len(),
+            refused_entries: self.routes.refused(),
+            containers: self.ports.iter().map(member_status).collect(),
+            peers: self.tunnels.status(now),
+            sessions: self.tunnels.session_count(),
+            networks: self.networks.status(),
+            dns: self.resolver.stats.clone(),
+            fast_path: self.fast_path.clone(),
+            drops: self.drops.to_status(),
+            poll: PollStatus {
+                window_us: self.poll.window_us(),
+                stats: self.poll.stats().clone(),
+            },
+        }
+    }
+}
+
+fn member_status(port: &ports::Port) -> MemberStatus {
+    MemberStatus {
+        network: port.network.clone(),
+        container_id: port.container_id.clone(),
+        ifname: port.ifname.clone(),
+        address: port.address,
+        host_member: port.is_host(),
+        published_ports: port.published.iter().map(ToString::to_string).collect(),
+        stats: port.stats.clone(),
     }
 }
 
@@ -690,34 +620,6 @@ fn rss_kib() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A daemon upgraded in place reads the settings its predecessor wrote, which name no
-    /// same-host mode nor workers: it takes the fast path and a worker per spare CPU; written
-    /// settings survive the round trip.
-    #[test]
-    fn settings_without_a_same_host_mode_or_workers_take_the_defaults() {
-        let config = DaemonConfig {
-            state_dir: "/run/flatnet".into(),
-            lighthouse: LighthouseSettings::File("/run/flatnet/lighthouse.json".into()),
-            listen: "127.0.0.1:4800".parse().unwrap(),
-            poll_us: 50,
-            metrics: None,
-            persistent_keepalive_s: None,
-            same_host: SameHost::Encrypted,
-            workers: Some(2),
-        };
-        let mut written = serde_json::to_value(&config).unwrap();
-        let back: DaemonConfig = serde_json::from_value(written.clone()).unwrap();
-        assert_eq!(back.same_host, SameHost::Encrypted);
-        assert_eq!(back.workers, Some(2));
-        written.as_object_mut().unwrap().remove("same_host");
-        written.as_object_mut().unwrap().remove("workers");
-        let older: DaemonConfig = serde_json::from_value(written).unwrap();
-        assert_eq!(older.same_host, SameHost::Fast);
-        assert_eq!(older.workers, None, "as many workers as the CPUs allow");
-        assert_eq!("encrypted".parse::<SameHost>(), Ok(SameHost::Encrypted));
-        assert!("plain".parse::<SameHost>().is_err());
-    }
 
     #[test]
     fn epoll_timeouts_round_up_so_the_loop_never_spins_before_a_tick() {

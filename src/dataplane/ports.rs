@@ -6,19 +6,8 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::net::Ipv4Addr;
 
-use serde::Serialize;
-
+use crate::control::status::MemberStats;
 use crate::portmap::PortMapping;
-
-#[derive(Debug, Default, Clone, Serialize)]
-pub struct PortStats {
-    /// Packets the container sent into Flatnet.
-    pub from_container_packets: u64,
-    pub from_container_bytes: u64,
-    /// Packets Flatnet delivered to the container.
-    pub to_container_packets: u64,
-    pub to_container_bytes: u64,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Member {
@@ -40,7 +29,7 @@ pub struct Port {
     /// Host ports published to this container, for `flatnetd status`.
     pub published: Vec<PortMapping>,
     pub queue: File,
-    pub stats: PortStats,
+    pub stats: MemberStats,
 }
 
 impl Port {

@@ -9,11 +9,10 @@ use std::io::{ErrorKind, Write};
 use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-
 use super::offload::{DELIVERY_HEADER, VNET_HDR_LEN};
 use super::packet::{udp_datagram, write_udp_packet};
 use super::Daemon;
+use crate::control::status::DnsStats;
 use crate::dns;
 use crate::error::{IoContext, Result};
 use crate::tunnel::DropReason;
@@ -23,17 +22,6 @@ const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
 /// Forwarded queries in flight at most; more are answered SERVFAIL at once.
 const MAX_PENDING: usize = 1024;
 const MAX_MESSAGE: usize = 4096;
-
-#[derive(Debug, Default, Clone, Serialize)]
-pub struct DnsStats {
-    pub queries: u64,
-    /// Answered from Flatnet's names (found, NXDOMAIN, REFUSED on internal networks).
-    pub local_answers: u64,
-    pub forwarded: u64,
-    pub upstream_answers: u64,
-    /// SERVFAIL sent: no upstream, an upstream that did not answer in time, too many pending.
-    pub failures: u64,
-}
 
 /// A forwarded query: where its answer goes back to.
 struct Pending {

@@ -3,12 +3,11 @@
 //! every thread and taken by one that waits for them, then asks for a shutdown on the control
 //! socket, so there is one way to stop.
 
-use std::path::PathBuf;
-
 use nix::sys::signal::{SigSet, Signal};
 
-use crate::control::{self, Request};
+use crate::control::{self, DataPlaneRequest};
 use crate::error::{Error, Result};
+use crate::state::StateDir;
 
 fn stop_signals() -> SigSet {
     let mut set = SigSet::empty();
@@ -26,11 +25,11 @@ pub fn block() -> Result<()> {
 }
 
 /// Waits for a stop signal, then asks the daemon of `state_dir` to shut down.
-pub fn spawn(state_dir: PathBuf) {
+pub fn spawn(state_dir: StateDir) {
     let waiter = move || {
         if let Ok(signal) = stop_signals().wait() {
             tracing::info!("{signal}: stopping");
-            if let Err(e) = control::request(&state_dir, &Request::Shutdown) {
+            if let Err(e) = control::request(&state_dir, &DataPlaneRequest::Shutdown.into()) {
                 tracing::warn!("stopping on {signal}: {e}");
             }
         }

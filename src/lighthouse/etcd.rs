@@ -30,7 +30,9 @@ use etcd_client::{
     KeyValue, PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse, TxnResponse, WatchOptions,
 };
 
-use super::{network_id, Change, Entry, EtcdSettings, Feed, Lighthouse, NetworkId, Published};
+use super::{
+    network_id, Change, Entry, EtcdSettings, Feed, FeedHealth, Lighthouse, NetworkId, Published,
+};
 use crate::cert::HostCert;
 use crate::error::{Error, Result};
 
@@ -697,23 +699,25 @@ impl Feed for EtcdFeed {
         Ok(changes)
     }
 
-    fn health(&self) -> serde_json::Value {
+    fn health(&self) -> FeedHealth {
         let health = self.health.lock().unwrap().clone();
         let ttl_left_ms = health.lease_ttl.map(|(ttl, at)| {
             (ttl * 1000)
                 .saturating_sub(at.elapsed().as_millis() as i64)
                 .max(0)
         });
-        serde_json::json!({
-            "backend": "etcd",
-            "healthy": health.following && health.lease_ttl.is_some()
-                && health.error.is_none() && health.lease_error.is_none(),
-            "error": health.error.or(health.lease_error),
-            "revision": health.revision,
-            "lease_id": format!("{:x}", health.lease_id),
-            "lease_ttl_s": self.ttl_s,
-            "lease_ttl_left_ms": ttl_left_ms,
-        })
+        FeedHealth {
+            backend: "etcd".into(),
+            healthy: health.following
+                && health.lease_ttl.is_some()
+                && health.error.is_none()
+                && health.lease_error.is_none(),
+            error: health.error.or(health.lease_error),
+            revision: health.revision,
+            lease_id: Some(format!("{:x}", health.lease_id)),
+            lease_ttl_s: Some(self.ttl_s),
+            lease_ttl_left_ms: ttl_left_ms,
+        }
     }
 }
 

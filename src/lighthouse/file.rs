@@ -15,7 +15,7 @@ use std::time::Duration;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 
-use super::{network_id, Change, Entry, Feed, Lighthouse, NetworkId, Published};
+use super::{network_id, Change, Entry, Feed, FeedHealth, Lighthouse, NetworkId, Published};
 use crate::error::{Error, Result};
 use crate::state::{read_if_exists, remove_stale_temps, write_atomic, FileLock};
 
@@ -283,13 +283,14 @@ impl Feed for FileFeed {
         result
     }
 
-    fn health(&self) -> serde_json::Value {
-        serde_json::json!({
-            "backend": "file",
-            "healthy": self.last_error.is_none() && self.revision.is_some(),
-            "error": self.last_error,
-            "revision": self.changes_seen,
-        })
+    fn health(&self) -> FeedHealth {
+        FeedHealth {
+            backend: "file".into(),
+            healthy: self.last_error.is_none() && self.revision.is_some(),
+            error: self.last_error.clone(),
+            revision: self.changes_seen as i64,
+            ..FeedHealth::default()
+        }
     }
 }
 
@@ -372,7 +373,7 @@ mod tests {
                 entries: vec![published]
             }]
         );
-        assert_eq!(feed.health()["healthy"], true);
+        assert!(feed.health().healthy);
     }
 
     #[test]

@@ -7,14 +7,13 @@
 //!
 //! Backends: [`FileLighthouse`] (one JSON file: one host, simulated hosts, the Phase 1 mock)
 //! and [`EtcdLighthouse`] (an etcd cluster over TLS, which only `flatnetd` talks to; the
-//! plugins reach it through their host's daemon, [`ViaDaemon`]). A data plane follows a
-//! lighthouse through a [`Feed`] of changes, on a thread of its own.
+//! plugins reach it through their host's daemon, `control::ViaDaemon`). A data plane follows
+//! a lighthouse through a [`Feed`] of changes, on a thread of its own.
 
 pub mod etcd;
 pub mod file;
 pub mod network_id;
 mod settings;
-pub mod via_daemon;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -27,7 +26,6 @@ pub use etcd::EtcdLighthouse;
 pub use file::FileLighthouse;
 pub use network_id::NetworkId;
 pub use settings::{EtcdSettings, LighthouseInput, LighthouseSettings, DEFAULT_LEASE_TTL_S};
-pub use via_daemon::ViaDaemon;
 
 /// The host side of an entry: where to send tunnelled packets and which key must answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,9 +95,27 @@ pub trait Feed: Send {
     /// The changes since the last call; the first call starts with a [`Change::Reset`]. Waits
     /// up to `wait` for something to happen; an empty answer means nothing did.
     fn changes(&mut self, wait: Duration) -> Result<Vec<Change>>;
-    /// The backend's state for `flatnetd status`: its name, health, revision and, where there
-    /// is one, the lease time left.
-    fn health(&self) -> serde_json::Value;
+    /// The backend's state for `flatnetd status`.
+    fn health(&self) -> FeedHealth;
+}
+
+/// How following a lighthouse goes: its backend, health, revision and, with etcd, the lease.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedHealth {
+    /// `file` or `etcd`.
+    pub backend: String,
+    /// The last read succeeded (and, with etcd, the host holds its lease).
+    pub healthy: bool,
+    pub error: Option<String>,
+    /// The etcd revision followed, or the file changes seen.
+    pub revision: i64,
+    /// The host's etcd lease, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_ttl_s: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_ttl_left_ms: Option<i64>,
 }
 
 /// A lighthouse backend.

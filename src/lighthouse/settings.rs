@@ -43,16 +43,35 @@ pub struct EtcdSettings {
     pub host_cert_file: PathBuf,
 }
 
-/// The settings as text, the way a front end reads them; `None` is "not given".
-#[derive(Debug, Clone, Default)]
+/// The settings as text, the way a front end reads them; `None` is "not given". The flags are
+/// flatnetd's (`--lighthouse`, `--etcd-endpoints`, ...); [`LighthouseSettings::daemon_args`]
+/// writes them.
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct LighthouseInput {
+    /// The lighthouse: a file's path, or `etcd` with the --etcd-* flags
+    /// [default: <state-dir>/lighthouse.json, or the last run's]
+    #[arg(long)]
     pub lighthouse: Option<String>,
+    /// The etcd members, comma-separated https://host:port
+    #[arg(long, value_name = "URLS")]
     pub etcd_endpoints: Option<String>,
+    /// The CA certificate that signed the etcd members' certificates (PEM)
+    #[arg(long, value_name = "FILE")]
     pub etcd_ca_file: Option<String>,
+    /// This host's etcd client certificate (PEM)
+    #[arg(long, value_name = "FILE")]
     pub etcd_cert_file: Option<String>,
+    /// This host's etcd client key (PEM)
+    #[arg(long, value_name = "FILE")]
     pub etcd_key_file: Option<String>,
+    /// Seconds this host's entries outlive it after its last keepalive to etcd [default: 10]
+    #[arg(long, value_name = "SECS")]
     pub lease_ttl: Option<String>,
+    /// The network CA's certificate, which every host's certificate must be signed by (etcd)
+    #[arg(long, value_name = "FILE")]
     pub network_ca_file: Option<String>,
+    /// This host's certificate from `flatnet-cert sign`: its name, key and blocks (etcd)
+    #[arg(long, value_name = "FILE")]
     pub host_cert_file: Option<String>,
 }
 

@@ -20,7 +20,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use handshake::Initiation;
 pub use keys::{decode_key, encode_key, PublicKey, StaticKeys};
@@ -67,6 +67,14 @@ pub enum DropReason {
 }
 
 impl DropReason {
+    /// The reason's name in status and metrics (its serde name).
+    pub fn name(self) -> String {
+        match serde_json::to_value(self) {
+            Ok(serde_json::Value::String(name)) => name,
+            _ => unreachable!("a unit variant serialises as its name"),
+        }
+    }
+
     pub const ALL: [DropReason; 14] = [
         DropReason::Malformed,
         DropReason::UnknownSession,
@@ -101,7 +109,7 @@ pub enum Received {
 /// Where the manager hands datagrams to send.
 pub type Sender<'a> = dyn FnMut(&[u8], SocketAddr) + 'a;
 
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerStats {
     pub tx_packets: u64,
     pub tx_bytes: u64,
@@ -211,7 +219,7 @@ impl Peer {
 }
 
 /// A peer as the admin view shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerStatus {
     pub public_key: String,
     pub endpoint: SocketAddr,

@@ -195,9 +195,15 @@ impl TestState {
         host_leftovers(&["ip", "netns", "exec", &self.host.name])
     }
 
+    pub fn state_dir(&self) -> flatnet::state::StateDir {
+        flatnet::state::StateDir::new(self.path())
+    }
+
     pub fn stop_daemon(&self) {
-        if flatnet::control::is_running(self.path()) {
-            let _ = flatnet::control::request(self.path(), &flatnet::control::Request::Shutdown);
+        use flatnet::control::{self, DataPlaneRequest};
+        let state = self.state_dir();
+        if control::is_running(&state) {
+            let _ = control::request(&state, &DataPlaneRequest::Shutdown.into());
         }
     }
 }

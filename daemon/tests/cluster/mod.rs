@@ -16,7 +16,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::support::{run_plugin, stdout_json, TestNetns};
-use flatnet::control::{self, Request};
+use flatnet::control;
+use flatnet::state::StateDir;
 use serde_json::{json, Value};
 
 pub const DAEMON: &str = env!("CARGO_BIN_EXE_flatnetd");
@@ -497,11 +498,10 @@ impl Cluster {
         }
     }
 
+    /// The daemon's status as it crosses the socket (JSON), for tests that read its fields.
     pub fn status(&self, host: usize) -> Value {
-        control::call(self.hosts[host].state.path(), &Request::Status)
-            .unwrap()
-            .status
-            .unwrap()
+        let state = StateDir::new(self.hosts[host].state.path());
+        serde_json::to_value(control::status(&state).unwrap()).unwrap()
     }
 
     pub fn drops(&self, host: usize, reason: &str) -> u64 {

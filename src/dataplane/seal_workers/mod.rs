@@ -20,11 +20,11 @@ use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use serde_json::json;
-
 use super::batch::SendBatch;
 use super::offload::{Segments, VNET_HDR_LEN};
 use super::packet::TAG_LEN;
+use crate::control::settings::MAX_WORKERS;
+use crate::control::status::SealWorkerStats;
 use crate::error::{Error, IoContext, Result};
 use crate::tunnel::replay::WINDOW;
 use crate::tunnel::{sealed_len, SealKey};
@@ -37,8 +37,6 @@ use unsent::Unsent;
 const MAX_SPAN: u64 = WINDOW / 2;
 /// Frames (64 KiB each) per worker: what a round hands over while the others are sealed.
 const FRAMES_PER_WORKER: usize = 16;
-/// Workers at most: beyond this the packet thread, not sealing, is what limits a host.
-pub const MAX_WORKERS: usize = 4;
 
 /// A worker for each CPU beyond two: one for the packet thread, one left to the applications.
 /// On two CPUs a worker competes with them for the same cores (docs/benchmark.md), and
@@ -200,11 +198,14 @@ impl SealWorkers {
         }
     }
 
-    pub fn status(&self) -> serde_json::Value {
+    pub fn status(&self) -> Vec<SealWorkerStats> {
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         self.stats
             .iter()
-            .map(|s| json!({"trains": load(&s.trains), "packets": load(&s.packets)}))
+            .map(|s| SealWorkerStats {
+                trains: load(&s.trains),
+                packets: load(&s.packets),
+            })
             .collect()
     }
 }

@@ -4,76 +4,88 @@
 //! TLS handshake of its own.
 
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
 
-use super::{Entry, Feed, Lighthouse, NetworkId};
-use crate::control::{self, Request};
+use super::client::{call, is_running};
+use super::protocol::{LighthouseRequest, Reply};
 use crate::error::{Error, Result};
+use crate::lighthouse::{Entry, Feed, Lighthouse, NetworkId};
+use crate::state::StateDir;
 
 pub struct ViaDaemon {
-    state_dir: PathBuf,
+    state_dir: StateDir,
 }
 
 impl ViaDaemon {
-    pub fn new(state_dir: impl Into<PathBuf>) -> Self {
-        ViaDaemon {
-            state_dir: state_dir.into(),
-        }
+    pub fn new(state_dir: StateDir) -> Self {
+        ViaDaemon { state_dir }
     }
 
-    fn entries_of(&self, request: &Request) -> Result<Vec<Entry>> {
-        let response = control::call(&self.state_dir, request)?;
-        Ok(response.entries.unwrap_or_default())
+    fn ask(&self, request: LighthouseRequest) -> Result<Reply> {
+        call(&self.state_dir, request)
     }
+
+    fn entries_of(&self, request: LighthouseRequest) -> Result<Vec<Entry>> {
+        match self.ask(request)? {
+            Reply::Entries(entries) => Ok(entries),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+fn unexpected(reply: Reply) -> Error {
+    Error::Protocol(format!(
+        "flatnetd answered a lighthouse request with {reply:?}"
+    ))
 }
 
 impl Lighthouse for ViaDaemon {
     fn network_id(&self, network: &str) -> Result<NetworkId> {
-        let request = Request::NetworkId {
+        let request = LighthouseRequest::NetworkId {
             network: network.to_string(),
         };
-        control::call(&self.state_dir, &request)?
-            .network_id
-            .ok_or_else(|| Error::DataPlane("the daemon answered without an identifier".into()))
+        match self.ask(request)? {
+            Reply::NetworkId(id) => Ok(id),
+            other => Err(unexpected(other)),
+        }
     }
 
     fn register(&self, entry: &Entry) -> Result<()> {
-        let request = Request::Register {
+        let request = LighthouseRequest::Register {
             entry: entry.clone(),
         };
-        control::call(&self.state_dir, &request).map(drop)
+        self.ask(request).map(drop)
     }
 
     /// Without a daemon there is nothing to do: the host's lease lapses and takes its
     /// entries along, and a daemon that starts again drops the entries nothing records.
     fn unregister(&self, network: &str, ip: Ipv4Addr, container_id: &str) -> Result<()> {
-        if !control::is_running(&self.state_dir) {
+        if !is_running(&self.state_dir) {
             return Ok(());
         }
-        let request = Request::Unregister {
+        let request = LighthouseRequest::Unregister {
             network: network.to_string(),
             ip,
             container_id: container_id.to_string(),
         };
-        control::call(&self.state_dir, &request).map(drop)
+        self.ask(request).map(drop)
     }
 
     fn lookup(&self, network: &str, ip: Ipv4Addr) -> Result<Option<Entry>> {
-        let request = Request::Lookup {
+        let request = LighthouseRequest::Lookup {
             network: network.to_string(),
             ip,
         };
-        Ok(self.entries_of(&request)?.into_iter().next())
+        Ok(self.entries_of(request)?.into_iter().next())
     }
 
     fn entries(&self, network: &str) -> Result<Vec<Entry>> {
-        self.entries_of(&Request::Entries {
+        self.entries_of(LighthouseRequest::Entries {
             network: Some(network.to_string()),
         })
     }
 
     fn all_entries(&self) -> Result<Vec<Entry>> {
-        self.entries_of(&Request::Entries { network: None })
+        self.entries_of(LighthouseRequest::Entries { network: None })
     }
 
     fn follow(&self) -> Result<Box<dyn Feed>> {

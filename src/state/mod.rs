@@ -1,16 +1,6 @@
-//! The on-disk state layout and the two primitives every writer uses: an exclusive file lock
-//! and atomic file replacement. `docs/state.md` describes the layout.
-//!
-//! ```text
-//! <state_dir>/
-//!   lighthouse.json                 file lighthouse (default location; shared by hosts in tests)
-//!   lighthouse.json.lock
-//!   networks/<network>/
-//!     lock                          serialises IPAM and attachment-record changes
-//!     leases/<ip>                   one file per reserved address: "<container_id>\n<ifname>\n"
-//!     leases/last_reserved_ip       where the round-robin allocator continues
-//!     attachments/<container_id>.json
-//! ```
+//! The on-disk state: the layout ([`StateDir`], [`NetworkDirs`]: every file of
+//! `docs/state.md` is named there and nowhere else) and the primitives every writer uses: an
+//! exclusive file lock and atomic file replacement.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -21,28 +11,8 @@ use nix::fcntl::{Flock, FlockArg};
 
 use crate::error::{Error, IoContext, Result};
 
-/// Paths of one network's state below the state directory.
-#[derive(Debug, Clone)]
-pub struct NetworkDirs {
-    pub root: PathBuf,
-}
-
-impl NetworkDirs {
-    pub fn new(state_dir: &Path, network: &str) -> Self {
-        NetworkDirs {
-            root: state_dir.join("networks").join(network),
-        }
-    }
-    pub fn lock_file(&self) -> PathBuf {
-        self.root.join("lock")
-    }
-    pub fn leases(&self) -> PathBuf {
-        self.root.join("leases")
-    }
-    pub fn attachments(&self) -> PathBuf {
-        self.root.join("attachments")
-    }
-}
+mod dir;
+pub use dir::{NetworkDirs, StateDir};
 
 /// An exclusive advisory lock held until dropped. Works across processes, which is what matters:
 /// every plugin invocation is its own short-lived process.

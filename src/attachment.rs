@@ -1,0 +1,117 @@
+//! Attachment records: a container's membership of a network, as written on disk by the
+//! plugins (last in an attach, first to go in a detach) and read by the data plane to know
+//! which TUN devices to serve. The record is the source of truth for both.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::lighthouse::{network_id, NetworkId};
+use crate::netns::NetnsId;
+use crate::portmap::PortMapping;
+use crate::state::{
+    check_name, create_private_dir, list_dir, read_if_exists, write_atomic, NetworkDirs, StateDir,
+};
+
+pub const RECORD_VERSION: u32 = 1;
+
+/// A container's membership of a network, as recorded on disk and reported to the runtime.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub version: u32,
+    pub network: String,
+    /// The network's identifier in the lighthouse (0 in a record of an older Flatnet: see
+    /// [`Attachment::network_tag`]).
+    #[serde(default)]
+    pub network_id: NetworkId,
+    pub container_id: String,
+    pub ifname: String,
+    pub netns: PathBuf,
+    /// The container's address with the subnet's prefix length.
+    pub address: Ipv4Net,
+    pub gateway: Ipv4Addr,
+    /// TUN devices have no MAC; runtimes insist on one, so report a stable, locally
+    /// administered one derived from the address.
+    pub mac: String,
+    pub mtu: u32,
+    /// DNS names, normalised (lower case).
+    #[serde(default)]
+    pub names: Vec<String>,
+    #[serde(default)]
+    pub ports: Vec<PortMapping>,
+    /// Whether the container has a default route through the gateway (not on `--internal`).
+    #[serde(default)]
+    pub egress: bool,
+    /// Which namespace `netns` named at attach time: a path can be reused by another
+    /// container's namespace once this one is gone, and must not be served as this one.
+    #[serde(default)]
+    pub netns_id: Option<NetnsId>,
+}
+
+impl Attachment {
+    /// The identifier the container's packets carry on the wire.
+    pub fn network_tag(&self) -> NetworkId {
+        network_id::or_legacy(self.network_id, &self.network)
+    }
+}
+
+/// The record of one container on one network; `None` if it has none.
+pub fn load(dirs: &NetworkDirs, container_id: &str) -> Result<Option<Attachment>> {
+    check_container_id(container_id)?;
+    read(&dirs.attachment(container_id))
+}
+
+/// The record of one container, as the data plane looks it up by network name.
+pub fn find(state: &StateDir, network: &str, container_id: &str) -> Result<Option<Attachment>> {
+    check_name("network name", network, 200).map_err(Error::InvalidRequest)?;
+    load(&state.network(network), container_id)
+}
+
+/// Writes (or replaces) a container's record atomically.
+pub fn save(dirs: &NetworkDirs, attachment: &Attachment) -> Result<()> {
+    create_private_dir(&dirs.attachments())?;
+    let bytes = serde_json::to_vec_pretty(attachment).expect("attachment serialises");
+    write_atomic(&dirs.attachment(&attachment.container_id), &bytes)
+}
+
+/// Every record of one network.
+pub fn in_network(dirs: &NetworkDirs) -> Result<Vec<Attachment>> {
+    let mut found = Vec::new();
+    for path in list_dir(&dirs.attachments())? {
+        if path.extension().is_some_and(|e| e == "json") {
+            found.extend(read(&path)?);
+        }
+    }
+    Ok(found)
+}
+
+/// Every record under a state directory, all networks.
+pub fn all(state: &StateDir) -> Result<Vec<Attachment>> {
+    let mut found = Vec::new();
+    for network in list_dir(&state.networks())? {
+        found.extend(in_network(&NetworkDirs { root: network })?);
+    }
+    Ok(found)
+}
+
+fn read(path: &Path) -> Result<Option<Attachment>> {
+    let Some(bytes) = read_if_exists(path)? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| Error::io(format!("parsing attachment {}", path.display()), e.into()))
+}
+
+pub fn check_container_id(id: &str) -> Result<()> {
+    check_name("container ID", id, 255).map_err(Error::InvalidRequest)
+}
+
+/// The locally administered MAC reported for an address: 02:46 ('F') then the four octets.
+pub fn mac_for(ip: Ipv4Addr) -> String {
+    let [a, b, c, d] = ip.octets();
+    format!("02:46:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
+}
