@@ -26,6 +26,8 @@ log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --release --workspace --all-targets --quiet -- -D warnings
+log "no dependency circles between the core's modules"
+python3 scripts/check-module-cycles.py src
 
 log "benchmark, short setting (proves it still runs; asserts no timing)"
 python3 scripts/bench.py --quick --out "$(mktemp -d)"

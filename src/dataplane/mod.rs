@@ -8,27 +8,27 @@
 //! runs it all off an epoll loop with fixed buffers: no allocation, no lock and no async
 //! scheduler on the per-packet path. On hosts with CPUs to spare, trains for other hosts are
 //! sealed by worker threads ([`seal_workers`]).
+//!
+//! The packet thread's own parts are at the top: [`inside`], [`outside`], [`local`] (member to
+//! member), [`members`] and [`ports`] (what is served), [`routes`] (the lighthouse's table),
+//! [`resolver`], [`seal_workers`]. Kernel I/O that knows nothing of them is in [`io`]; threads
+//! beside the packet thread, which reach it only through the command channel, in [`services`].
 
-mod batch;
-mod coalesce;
-mod control_server;
-mod follower;
 #[cfg(fuzzing)]
 pub mod fuzzing;
-mod idle_poll;
 mod inside;
+mod io;
 mod local;
 mod members;
-mod metrics_server;
-mod notify;
-mod offload;
 mod outside;
-pub mod packet;
 mod ports;
 mod resolver;
 mod routes;
 mod seal_workers;
-mod signals;
+mod services;
+
+use io::{batch, coalesce, idle_poll, offload, packet};
+use services::{control_server, follower, metrics_server, notify, signals};
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;

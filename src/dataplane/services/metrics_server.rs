@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use nix::sys::eventfd::EventFd;
 
-use super::Command;
 use crate::control::settings::MetricsAddress;
 use crate::control::status::DaemonStatus;
 use crate::control::{DataPlaneRequest, Reply};
+use crate::dataplane::Command;
 use crate::error::{Error, IoContext, Result};
 
 /// How long one scrape may take to send its request and read the answer.

@@ -16,9 +16,9 @@ use nix::sys::eventfd::EventFd;
 use nix::sys::socket::{getsockopt, shutdown, sockopt::PeerCredentials, Shutdown};
 use nix::sys::stat::{umask, Mode};
 
-use super::Command;
 use crate::control::protocol::{decode_request, encode_response};
 use crate::control::{DataPlaneRequest, LighthouseRequest, Refusal, Reply, Request, Response};
+use crate::dataplane::Command;
 use crate::error::{IoContext, Result};
 use crate::lighthouse::{Entry, HostInfo, Lighthouse};
 use crate::state::StateDir;
