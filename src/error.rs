@@ -1,4 +1,5 @@
-//! One error type for the whole core. Front ends map `Error::kind()` to their protocol's codes.
+//! One error type for the whole core. Front ends map each variant to their protocol's codes (CNI
+//! error codes, netavark's `{"error": ...}`).
 
 use std::io;
 use std::net::Ipv4Addr;
