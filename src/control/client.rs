@@ -32,9 +32,12 @@ pub fn request(state_dir: &StateDir, request: &Request) -> Result<Response> {
             "flatnetd speaks control protocol {v}, this plugin {}: upgrade both together",
             super::PROTOCOL_VERSION
         )),
-        DecodeError::Malformed(why) => {
-            Error::Protocol(format!("flatnetd's answer {line:?}: {why}"))
-        }
+        // A daemon killed mid-answer leaves an empty or cut line: an I/O failure, which
+        // `launch` takes for a dying daemon to wait out and replace.
+        DecodeError::Malformed(why) => Error::io(
+            "flatnetd's answer",
+            std::io::Error::other(format!("{why}: {line:?}")),
+        ),
     })
 }
 
