@@ -1,6 +1,7 @@
 //! The on-disk state: the layout ([`StateDir`], [`NetworkDirs`]: every file of
 //! `docs/state.md` is named there and nowhere else) and the primitives every writer uses: an
-//! exclusive file lock and atomic file replacement.
+//! exclusive file lock and atomic file replacement. The attachment records, which name
+//! networks by their lighthouse identifier, are `crate::attachment`, above this module.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;

@@ -1,0 +1,124 @@
+//! What the networks of one state directory share on this host: the members lock, each
+//! network's host member, the host ports taken, and the nftables table built from them.
+
+use super::addresses::CLAIM_ATTEMPTS;
+use super::undo::Undo;
+use super::{AttachRequest, Network};
+use crate::attachment::{self, Attachment};
+use crate::error::{Error, Result};
+use crate::firewall;
+use crate::host_member::{self, HostMember};
+use crate::ipam::Lease;
+use crate::portmap::find_conflict;
+use crate::state::{list_dir, FileLock, NetworkDirs};
+
+impl Network {
+    /// Attach and detach of every network of this state directory take turns: they decide
+    /// whether a host member comes or goes, and which host ports are taken.
+    pub(super) fn lock_members(&self) -> Result<FileLock> {
+        FileLock::acquire(&self.config.state_dir.members_lock())
+    }
+
+    /// Makes sure the network has its host member here; true if this call created it.
+    pub(super) fn ensure_host_member<'a>(&'a self, undo: &mut Undo<'a>) -> Result<bool> {
+        let dirs = self.config.dirs();
+        if let Some(member) = HostMember::load(&dirs)? {
+            if member.has_interface()? {
+                return Ok(false);
+            }
+            // Recorded but gone (deleted by hand): make it again, and the rules that name it.
+            member.create_interface()?;
+            return Ok(true);
+        }
+        // A member whose creation was killed half-way left at most its lease and lighthouse
+        // entry: `allocate_highest` hands the same lease back and the entry is re-registered.
+        undo.push(|| self.remove_host_member().map(drop));
+        let id = host_member::member_id(&self.config);
+        let lease = Lease {
+            container_id: id.clone(),
+            ifname: host_member::member_ifname(&self.config),
+        };
+        let mut taken = Vec::new();
+        let address = loop {
+            let ip = self.ipam.allocate_highest(&lease, &taken)?;
+            match self.lighthouse.register(&self.entry(ip, &id, Vec::new())?) {
+                Ok(()) => break ip,
+                // Another host's member (or container) holds it in the lighthouse.
+                Err(Error::AddressInUse { .. }) if taken.len() < CLAIM_ATTEMPTS => {
+                    self.ipam.release_exact(&id, ip)?;
+                    taken.push(ip);
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        // The record first: whatever exists of a member, its record says how to remove it.
+        let member = HostMember::describe(&self.config, address)?;
+        member.save(&dirs)?;
+        member.create_interface()?;
+        Ok(true)
+    }
+
+    /// Removes the host member: interface, lease, lighthouse entry, record. Every part is
+    /// derived from the configuration, so a member whose creation was cut short goes too.
+    /// Returns whether there was anything of it.
+    pub(super) fn remove_host_member(&self) -> Result<bool> {
+        let dirs = self.config.dirs();
+        let recorded = HostMember::load(&dirs)?;
+        let id = host_member::member_id(&self.config);
+        if let Some(member) = &recorded {
+            member.remove_interface()?;
+        }
+        let released = self.ipam.release_ip(&id)?;
+        for ip in released
+            .into_iter()
+            .chain(recorded.as_ref().map(|m| m.address))
+        {
+            self.lighthouse.unregister(&self.config.network, ip, &id)?;
+        }
+        HostMember::forget(&dirs)?;
+        Ok(recorded.is_some() || released.is_some())
+    }
+
+    /// A host port another Flatnet container of this state directory publishes is refused.
+    pub(super) fn refuse_taken_ports(&self, req: &AttachRequest) -> Result<()> {
+        if req.ports.is_empty() {
+            return Ok(());
+        }
+        let others: Vec<Attachment> = attachment::all(&self.config.state_dir)?
+            .into_iter()
+            .filter(|a| a.container_id != req.container_id)
+            .collect();
+        let held = others
+            .iter()
+            .flat_map(|a| a.ports.iter().map(|p| (a.container_id.as_str(), p)));
+        match find_conflict(req.ports, held) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Rewrites this state directory's nftables table from the records on disk.
+    pub(super) fn sync_firewall(&self) -> Result<()> {
+        let state_dir = &self.config.state_dir;
+        let mut rules = firewall::Ruleset::default();
+        for network in list_dir(&state_dir.networks())? {
+            let dirs = NetworkDirs { root: network };
+            if let Some(member) = HostMember::load(&dirs)? {
+                rules.networks.push(firewall::NetworkRules {
+                    ifname: member.ifname,
+                    subnet: member.subnet,
+                    internal: member.internal,
+                });
+            }
+            for record in attachment::in_network(&dirs)? {
+                rules
+                    .forwards
+                    .extend(record.ports.iter().map(|mapping| firewall::Forward {
+                        container: record.address.addr(),
+                        mapping: *mapping,
+                    }));
+            }
+        }
+        firewall::apply(&host_member::firewall_table(&self.config), &rules)
+    }
+}

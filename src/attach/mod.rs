@@ -1,0 +1,345 @@
+//! Attach, detach and check: the three operations both front ends translate their protocol
+//! into. Each ties IPAM, the container's namespace and the lighthouse together; an attach that
+//! fails half-way undoes what it did, so nothing is left reserved or created.
+
+mod addresses;
+mod cleanup;
+mod host;
+mod readiness;
+mod serving;
+mod undo;
+
+use std::fs;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::sync::OnceLock;
+
+use ipnet::Ipv4Net;
+
+pub use addresses::address_pool;
+use undo::Undo;
+
+use crate::attachment::{self, Attachment};
+use crate::config::FlatnetConfig;
+use crate::control::{self, ViaDaemon};
+use crate::dns::normalise_name;
+use crate::error::{Error, Result};
+use crate::ipam::{DirLeaseStore, IpAddressManager};
+use crate::killpoint;
+use crate::lighthouse::{
+    Entry, FileLighthouse, HostInfo, Lighthouse, LighthouseSettings, NetworkId,
+};
+use crate::netns::{NetnsId, NetworkNamespace};
+use crate::portmap::PortMapping;
+use crate::state::{list_dir, remove_if_exists};
+use crate::tun::check_ifname;
+
+/// What a runtime asks for when a container joins the network.
+#[derive(Debug, Clone)]
+pub struct AttachRequest<'a> {
+    pub container_id: &'a str,
+    pub netns: &'a Path,
+    pub ifname: &'a str,
+    /// A specific address (`--ip`); `None` lets IPAM choose.
+    pub static_ip: Option<Ipv4Addr>,
+    /// DNS names on the network: the container's name and aliases.
+    pub names: &'a [String],
+    /// Host ports to forward to the container (`-p`).
+    pub ports: &'a [PortMapping],
+}
+
+/// One Flatnet network on this host.
+pub struct Network {
+    config: FlatnetConfig,
+    ipam: IpAddressManager<DirLeaseStore>,
+    lighthouse: Box<dyn Lighthouse>,
+    /// The network's identifier, asked of the lighthouse once.
+    id: OnceLock<NetworkId>,
+    /// Why this host has no addresses to give on the network (its certificate), if so.
+    pool_error: Option<String>,
+}
+
+impl Network {
+    /// The network with its lighthouse: the file itself, or (etcd) this host's daemon.
+    pub fn open(config: FlatnetConfig) -> Self {
+        let lighthouse: Box<dyn Lighthouse> = match &config.lighthouse {
+            LighthouseSettings::File(path) => Box::new(FileLighthouse::new(path.clone())),
+            LighthouseSettings::Etcd(_) => Box::new(ViaDaemon::new(config.state_dir.clone())),
+        };
+        Self::with_lighthouse(config, lighthouse)
+    }
+
+    pub fn with_lighthouse(config: FlatnetConfig, lighthouse: Box<dyn Lighthouse>) -> Self {
+        let dirs = config.dirs();
+        let store = DirLeaseStore::new(dirs.leases(), dirs.lock_file());
+        let pool = address_pool(&config);
+        let ipam = IpAddressManager::new(&config.network, config.subnet, config.gateway, store)
+            .with_pool(pool.clone().unwrap_or_default());
+        Network {
+            config,
+            ipam,
+            lighthouse,
+            id: OnceLock::new(),
+            pool_error: pool.err(),
+        }
+    }
+
+    pub fn config(&self) -> &FlatnetConfig {
+        &self.config
+    }
+
+    pub fn ipam(&self) -> &IpAddressManager<DirLeaseStore> {
+        &self.ipam
+    }
+
+    pub fn lighthouse(&self) -> &dyn Lighthouse {
+        self.lighthouse.as_ref()
+    }
+
+    /// The addresses Podman may hand out for this network on this host (it allocates for
+    /// plugin networks itself, from one range): see [`IpAddressManager::runtime_range`].
+    pub fn runtime_range(&self) -> Result<(Ipv4Addr, Ipv4Addr)> {
+        if let Some(why) = &self.pool_error {
+            return Err(Error::InvalidConfig(why.clone()));
+        }
+        self.ipam.runtime_range().ok_or_else(|| {
+            Error::InvalidConfig(format!(
+                "this host's blocks of {} leave no address for containers",
+                self.config.subnet
+            ))
+        })
+    }
+
+    /// The network's identifier as the lighthouse allotted it.
+    pub fn id(&self) -> Result<NetworkId> {
+        if let Some(&id) = self.id.get() {
+            return Ok(id);
+        }
+        let id = self.lighthouse.network_id(&self.config.network)?;
+        Ok(*self.id.get_or_init(|| id))
+    }
+
+    pub fn attach(&self, req: &AttachRequest) -> Result<Attachment> {
+        if let Some(why) = &self.pool_error {
+            return Err(Error::InvalidConfig(why.clone()));
+        }
+        attachment::check_container_id(req.container_id)?;
+        check_ifname(req.ifname)?;
+        let names = normalise_names(req.names)?;
+        let netns = NetworkNamespace::open(req.netns)?;
+        // The data plane first: its key is what the lighthouse entry publishes.
+        control::ensure_running(&self.daemon_settings())?;
+        killpoint::here("attach.daemon_started");
+        let network_id = self.id()?;
+        let _members = self.lock_members()?;
+        self.remove_stale_temps();
+        self.collect_orphans();
+        self.clear_stale_record(req)?;
+        self.refuse_taken_ports(req)?;
+
+        let mut undo = Undo::default();
+        // Runs last on failure: the table then says what the state left on disk says.
+        undo.push(|| self.sync_firewall());
+        let member_created = self.ensure_host_member(&mut undo)?;
+        let ip = self.claim_address(req, &names, &mut undo)?;
+        killpoint::here("attach.address_claimed");
+        let attachment = self.attachment_for(req, network_id, ip, names, netns.identity()?);
+
+        make_interface(&netns, &attachment)?;
+        let iface = attachment.clone();
+        undo.push(move || NetworkNamespace::teardown(&iface.netns, &iface.ifname).map(drop));
+        killpoint::here("attach.interface_made");
+
+        attachment::save(&self.config.dirs(), &attachment)?;
+        undo.push(|| remove_if_exists(&self.config.dirs().attachment(req.container_id)));
+        killpoint::here("attach.record_written");
+        if member_created || !attachment.ports.is_empty() {
+            self.sync_firewall()?;
+        }
+        self.start_serving(req.container_id)?;
+        killpoint::here("attach.served");
+        undo.commit();
+        Ok(attachment)
+    }
+
+    /// Undoes an attach. Idempotent: whatever is already gone (namespace, interface, record,
+    /// lease) is skipped, so a runtime may call it after a failed or partial attach. The last
+    /// container of the network on this host takes the host member with it.
+    pub fn detach(&self, container_id: &str, netns: Option<&Path>, ifname: &str) -> Result<()> {
+        attachment::check_container_id(container_id)?;
+        let _members = self.lock_members()?;
+        self.remove_stale_temps();
+        self.collect_orphans();
+        self.detach_locked(container_id, netns, ifname)
+    }
+
+    fn detach_locked(&self, container_id: &str, netns: Option<&Path>, ifname: &str) -> Result<()> {
+        self.stop_serving(container_id);
+        killpoint::here("detach.unserved");
+        let record = attachment::load(&self.config.dirs(), container_id)?;
+        let netns = netns.or(record.as_ref().map(|r| r.netns.as_path()));
+        let ifname = record.as_ref().map_or(ifname, |r| r.ifname.as_str());
+        if let Some(netns) = netns {
+            NetworkNamespace::teardown(netns, ifname)?;
+        }
+        killpoint::here("detach.interface_removed");
+        if let Some(ip) = self.ipam.release_ip(container_id)? {
+            self.lighthouse
+                .unregister(&self.config.network, ip, container_id)?;
+        }
+        if let Some(record) = &record {
+            self.lighthouse.unregister(
+                &self.config.network,
+                record.address.addr(),
+                container_id,
+            )?;
+        }
+        killpoint::here("detach.address_released");
+        remove_if_exists(&self.config.dirs().attachment(container_id))?;
+        let had_ports = record.is_some_and(|r| !r.ports.is_empty());
+        let member_removed = !self.has_attachments()? && self.remove_host_member()?;
+        if had_ports || member_removed {
+            self.sync_firewall()?;
+        }
+        Ok(())
+    }
+
+    /// Verifies that an attachment is whole: record, lease, lighthouse entry, and an interface
+    /// in the namespace that is up and carries the address and MTU.
+    pub fn check(&self, container_id: &str, netns: &Path, ifname: &str) -> Result<Attachment> {
+        attachment::check_container_id(container_id)?;
+        let failed = |msg: String| Err(Error::CheckFailed(msg));
+        let Some(record) = attachment::load(&self.config.dirs(), container_id)? else {
+            return failed(format!("container {container_id} is not attached"));
+        };
+        if record.ifname != ifname {
+            return failed(format!("attached as {}, not {ifname}", record.ifname));
+        }
+        let ip = record.address.addr();
+        if self.ipam.resolve_ip(container_id)? != Some(ip) {
+            return failed(format!("address {ip} is not leased to {container_id}"));
+        }
+        let entry = self.lighthouse.lookup(&self.config.network, ip)?;
+        if entry.is_none_or(|e| e.container_id != container_id) {
+            return failed(format!("lighthouse does not map {ip} to {container_id}"));
+        }
+        let ns = NetworkNamespace::open(netns)?;
+        let Some(state) = ns.enter(|inside| inside.interface_state(ifname))? else {
+            return failed(format!("interface {ifname} is missing"));
+        };
+        if !state.addresses.contains(&record.address) {
+            return failed(format!("{ifname} lacks address {}", record.address));
+        }
+        if !state.up {
+            return failed(format!("{ifname} is down"));
+        }
+        if state.mtu != Some(record.mtu) {
+            return failed(format!(
+                "{ifname} has MTU {:?}, want {}",
+                state.mtu, record.mtu
+            ));
+        }
+        if !self.is_served(container_id)? {
+            return failed(format!(
+                "flatnetd for {} does not serve {container_id}",
+                self.config.state_dir.display()
+            ));
+        }
+        Ok(record)
+    }
+
+    /// Every attachment recorded for this network.
+    pub fn attachments(&self) -> Result<Vec<Attachment>> {
+        attachment::in_network(&self.config.dirs())
+    }
+
+    /// Is any container recorded on this network? (Without reading the records.)
+    fn has_attachments(&self) -> Result<bool> {
+        let records = list_dir(&self.config.dirs().attachments())?;
+        Ok(records
+            .iter()
+            .any(|p| p.extension().is_some_and(|e| e == "json")))
+    }
+
+    fn entry(&self, ip: Ipv4Addr, id: &str, names: Vec<String>) -> Result<Entry> {
+        Ok(Entry {
+            network: self.config.network.clone(),
+            network_id: self.id()?,
+            ip,
+            container_id: id.to_string(),
+            names,
+            host: self.host_info(),
+        })
+    }
+
+    fn attachment_for(
+        &self,
+        req: &AttachRequest,
+        network_id: NetworkId,
+        ip: Ipv4Addr,
+        names: Vec<String>,
+        netns_id: NetnsId,
+    ) -> Attachment {
+        Attachment {
+            version: attachment::RECORD_VERSION,
+            network: self.config.network.clone(),
+            network_id,
+            container_id: req.container_id.to_string(),
+            ifname: req.ifname.to_string(),
+            netns: req.netns.to_path_buf(),
+            address: Ipv4Net::new(ip, self.config.subnet.prefix_len()).expect("valid prefix"),
+            gateway: self.config.gateway,
+            mac: attachment::mac_for(ip),
+            mtu: self.config.mtu,
+            names,
+            ports: req.ports.to_vec(),
+            egress: !self.config.internal,
+            netns_id: Some(netns_id),
+        }
+    }
+
+    fn host_info(&self) -> HostInfo {
+        let public_key = fs::read_to_string(self.config.state_dir.host_pub())
+            .map(|k| k.trim().to_string())
+            .unwrap_or_default();
+        HostInfo {
+            endpoint: self.config.endpoint,
+            public_key,
+        }
+    }
+}
+
+/// Creates, addresses and raises the container's TUN device. If a step after the creation
+/// fails, the device is removed again; an interface that existed before is never touched.
+fn make_interface(netns: &NetworkNamespace, attachment: &Attachment) -> Result<()> {
+    netns.enter(|inside| {
+        let device = inside.create_interface(&attachment.ifname, attachment.mtu)?;
+        let configured = inside
+            .assign_ip(&device, attachment.address)
+            .and_then(|()| inside.set_up(&device))
+            .and_then(|()| match attachment.egress {
+                true => inside.add_default_route(&device, attachment.gateway),
+                false => Ok(()),
+            });
+        if configured.is_err() {
+            let _ = inside.remove_interface(&device.name);
+        }
+        configured
+    })
+}
+
+/// The container's DNS names, normalised and deduplicated; a name DNS cannot carry is refused.
+fn normalise_names(names: &[String]) -> Result<Vec<String>> {
+    let mut normalised: Vec<String> = Vec::new();
+    for name in names {
+        let name = normalise_name(name).ok_or_else(|| {
+            Error::InvalidRequest(format!(
+                "name {name:?} is not a DNS name (letters, digits, '-', '_' and '.', labels up to 63)"
+            ))
+        })?;
+        if !normalised.contains(&name) {
+            normalised.push(name);
+        }
+    }
+    Ok(normalised)
+}
