@@ -39,7 +39,7 @@ pub fn about() -> String {
     format!(
         "flatnet-cni {}: Flatnet as a CNI plugin (CNI spec versions {}); see flatnet-cni --help",
         env!("CARGO_PKG_VERSION"),
-        crate::protocol::SUPPORTED_VERSIONS.join(", ")
+        flatnet_cni::protocol::SUPPORTED_VERSIONS.join(", ")
     )
 }
 

@@ -3,15 +3,14 @@
 //! prints the CNI result or error object.
 
 mod cli;
-mod protocol;
 
 use std::env;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use flatnet::{AttachRequest, FlatnetConfig, Network};
-use protocol::{code, CniArgs, CniError, NetConf};
+use flatnet::{AttachRequest, Network};
+use flatnet_cni::protocol::{self, code, CniArgs, CniError, NetConf};
 use serde_json::Value;
 
 fn main() -> ExitCode {
@@ -47,7 +46,7 @@ fn run(stdin: &[u8]) -> Result<Option<Value>, CniError> {
         return Ok(Some(protocol::version_result(stdin)));
     }
     let conf = NetConf::parse(stdin)?;
-    let network = Network::open(FlatnetConfig::from_input(conf.config_input())?);
+    let network = Network::open(conf.flatnet_config()?);
     match command.as_str() {
         "ADD" => add(&conf, &network).map(Some),
         "DEL" => del(&network).map(|()| None),

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
 use flatnet::lighthouse::LighthouseInput;
-use flatnet::{Attachment, ConfigInput, Error, PortMapping};
+use flatnet::{Attachment, ConfigInput, Error, FlatnetConfig, PortMapping};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -153,7 +153,7 @@ pub struct CniPortMapping {
 pub struct ValidAttachment {
     #[serde(rename = "containerID")]
     pub container_id: String,
-    #[allow(dead_code)] // part of the spec's shape; Flatnet keys attachments by container
+    /// Part of the spec's shape; Flatnet keys attachments by container alone.
     pub ifname: Option<String>,
 }
 
@@ -171,6 +171,12 @@ impl NetConf {
             .map_err(|e| CniError::new(code::INVALID_CONFIG, format!("network config: {e}")))?;
         check_version(&conf.cni_version)?;
         Ok(conf)
+    }
+
+    /// The core's configuration of the network this plugin configuration describes: where
+    /// every command starts, and what `flatnetd check` reads a conflist's entries with.
+    pub fn flatnet_config(&self) -> Result<FlatnetConfig, CniError> {
+        Ok(FlatnetConfig::from_input(self.config_input())?)
     }
 
     pub fn config_input(&self) -> ConfigInput {

@@ -11,11 +11,12 @@ use std::process::{Command, ExitCode, Stdio};
 
 use flatnet::config::{default_endpoint, DEFAULT_TUNNEL_PORT};
 use flatnet::control::{self, DaemonConfig};
-use flatnet::lighthouse::{
-    EtcdSettings, FileLighthouse, Lighthouse, LighthouseInput, LighthouseSettings,
-};
+use flatnet::lighthouse::{EtcdSettings, FileLighthouse, Lighthouse, LighthouseSettings};
 use flatnet::state::StateDir;
 use flatnet::tunnel::{encode_key, StaticKeys};
+use flatnet::FlatnetConfig;
+use flatnet_cni::protocol::NetConf;
+use flatnet_netavark::translate;
 use serde_json::{json, Value};
 
 /// Where runtimes look for CNI plugins when CNI_PATH does not say (Podman's defaults).
@@ -53,32 +54,27 @@ pub struct CheckArgs {
 /// What a network needs of this host: its state directory, lighthouse and endpoint.
 struct Wants {
     state_dir: StateDir,
-    /// What the network's lighthouse settings say, or why they are wrong.
-    lighthouse: Result<LighthouseSettings, String>,
+    lighthouse: LighthouseSettings,
     endpoint: SocketAddr,
 }
 
 impl Wants {
-    fn from_options(
-        state_dir: Option<&str>,
-        lighthouse: &LighthouseInput,
-        port: Option<u16>,
-        endpoint: Option<&str>,
-        default_state: &Path,
-    ) -> Wants {
-        let state_dir =
-            StateDir::new(state_dir.map_or_else(|| default_state.to_path_buf(), PathBuf::from));
-        let lighthouse =
-            LighthouseSettings::from_input(lighthouse, &state_dir.default_lighthouse())
-                .map_err(|e| e.to_string());
-        let port = port.unwrap_or(DEFAULT_TUNNEL_PORT);
-        let endpoint = endpoint
-            .and_then(|e| e.parse().ok())
-            .unwrap_or_else(|| default_endpoint(port));
+    /// What a network's configuration, as its plugin maps it, asks of this host.
+    fn of(config: FlatnetConfig) -> Wants {
         Wants {
+            state_dir: config.state_dir,
+            lighthouse: config.lighthouse,
+            endpoint: config.endpoint,
+        }
+    }
+
+    /// With no network named: the state directory given, with the defaults a network has.
+    fn host_defaults(state_dir: &Path) -> Wants {
+        let state_dir = StateDir::new(state_dir);
+        Wants {
+            lighthouse: LighthouseSettings::File(state_dir.default_lighthouse()),
             state_dir,
-            lighthouse,
-            endpoint,
+            endpoint: default_endpoint(DEFAULT_TUNNEL_PORT),
         }
     }
 }
@@ -115,12 +111,11 @@ impl Report {
 pub fn run(state_dir: &Path, args: &CheckArgs) -> ExitCode {
     let mut report = Report::default();
     let wants = if let Some(path) = &args.conflist {
-        check_conflist(path, args, state_dir, &mut report)
+        check_conflist(path, args, &mut report)
     } else if let Some(name) = &args.network {
-        check_netavark_network(name, args, state_dir, &mut report)
+        check_netavark_network(name, args, &mut report)
     } else {
-        let defaults = LighthouseInput::default();
-        vec![Wants::from_options(None, &defaults, None, None, state_dir)]
+        vec![Wants::host_defaults(state_dir)]
     };
     report.check(check_tun());
     report.check(check_root());
@@ -142,12 +137,7 @@ pub fn run(state_dir: &Path, args: &CheckArgs) -> ExitCode {
 }
 
 /// Each flatnet-cni entry of the list, as the runtime would pass it, through the plugin's STATUS.
-fn check_conflist(
-    path: &Path,
-    args: &CheckArgs,
-    state_dir: &Path,
-    report: &mut Report,
-) -> Vec<Wants> {
+fn check_conflist(path: &Path, args: &CheckArgs, report: &mut Report) -> Vec<Wants> {
     let list = match read_json(path) {
         Ok(list) => list,
         Err(e) => {
@@ -181,48 +171,23 @@ fn check_conflist(
         conf["cniVersion"] = json!("1.1.0");
         let input = serde_json::to_vec(&conf).expect("JSON value serialises");
         let name = list["name"].as_str().unwrap_or("?");
-        match run_plugin(&binary, &[], &[("CNI_COMMAND", "STATUS")], &input) {
+        let accepted = run_plugin(&binary, &[], &[("CNI_COMMAND", "STATUS")], &input);
+        match &accepted {
             Ok(_) => report.ok(format!(
                 "network {name}: the plugin accepts its configuration"
             )),
             Err(e) => report.fail(format!("network {name}: {e}")),
         }
-        let text = |key: &str| plugin[key].as_str();
-        let port = plugin["tunnelPort"]
-            .as_u64()
-            .and_then(|p| u16::try_from(p).ok());
-        let endpoints = plugin["etcdEndpoints"].as_array().map(|list| {
-            let urls: Vec<&str> = list.iter().filter_map(Value::as_str).collect();
-            urls.join(",")
-        });
-        let lighthouse = LighthouseInput {
-            lighthouse: text("lighthouse").map(str::to_string),
-            etcd_endpoints: endpoints,
-            etcd_ca_file: text("etcdCaFile").map(str::to_string),
-            etcd_cert_file: text("etcdCertFile").map(str::to_string),
-            etcd_key_file: text("etcdKeyFile").map(str::to_string),
-            lease_ttl: plugin["leaseTtl"].as_u64().map(|t| t.to_string()),
-            network_ca_file: text("networkCaFile").map(str::to_string),
-            host_cert_file: text("hostCertFile").map(str::to_string),
-        };
-        wants.push(Wants::from_options(
-            text("stateDir"),
-            &lighthouse,
-            port,
-            text("endpoint"),
-            state_dir,
-        ));
+        let config = NetConf::parse(&input)
+            .and_then(|conf| conf.flatnet_config())
+            .map_err(|e| e.msg);
+        wants.extend(mapped(name, config, accepted.is_ok(), report));
     }
     wants
 }
 
 /// A Podman network file, through the plugin's `create` (netavark's validation step).
-fn check_netavark_network(
-    name: &str,
-    args: &CheckArgs,
-    state_dir: &Path,
-    report: &mut Report,
-) -> Vec<Wants> {
+fn check_netavark_network(name: &str, args: &CheckArgs, report: &mut Report) -> Vec<Wants> {
     let path = args.networks_dir.join(format!("{name}.json"));
     let network = match read_json(&path) {
         Ok(network) => network,
@@ -246,30 +211,39 @@ fn check_netavark_network(
     };
     report.ok(format!("plugin {}", binary.display()));
     let input = serde_json::to_vec(&network).expect("JSON value serialises");
-    match run_plugin(&binary, &["create"], &[], &input) {
+    let accepted = run_plugin(&binary, &["create"], &[], &input);
+    match &accepted {
         Ok(_) => report.ok(format!("network {name}: the plugin accepts it")),
         Err(e) => report.fail(format!("network {name}: {e}")),
     }
-    let option = |key: &str| network["options"][key].as_str();
-    let port = option("tunnel_port").and_then(|p| p.parse().ok());
-    let owned = |key: &str| option(key).map(str::to_string);
-    let lighthouse = LighthouseInput {
-        lighthouse: owned("lighthouse"),
-        etcd_endpoints: owned("etcd_endpoints"),
-        etcd_ca_file: owned("etcd_ca_file"),
-        etcd_cert_file: owned("etcd_cert_file"),
-        etcd_key_file: owned("etcd_key_file"),
-        lease_ttl: owned("lease_ttl"),
-        network_ca_file: owned("network_ca_file"),
-        host_cert_file: owned("host_cert_file"),
-    };
-    vec![Wants::from_options(
-        option("state_dir"),
-        &lighthouse,
-        port,
-        option("endpoint"),
-        state_dir,
-    )]
+    let config = serde_json::from_value(network)
+        .map_err(|e| format!("not a netavark network: {e}"))
+        .and_then(|network| translate::config_of(&network).map_err(|e| e.to_string()));
+    mapped(name, config, accepted.is_ok(), report)
+        .into_iter()
+        .collect()
+}
+
+/// A network's configuration as its plugin's own mapping reads it. A failure the plugin
+/// already reported is not counted twice; one it did not report means the installed plugin
+/// and this flatnetd read networks differently.
+fn mapped(
+    name: &str,
+    config: Result<FlatnetConfig, String>,
+    plugin_accepted: bool,
+    report: &mut Report,
+) -> Option<Wants> {
+    match config {
+        Ok(config) => Some(Wants::of(config)),
+        Err(e) => {
+            if plugin_accepted {
+                report.fail(format!(
+                    "network {name}: flatnetd reads it otherwise than the installed plugin: {e}"
+                ));
+            }
+            None
+        }
+    }
 }
 
 fn read_json(path: &Path) -> Result<Value, String> {
@@ -402,9 +376,8 @@ fn check_key(path: &Path) -> Result<String, String> {
 
 fn check_lighthouse(wants: &Wants) -> Result<String, String> {
     match &wants.lighthouse {
-        Err(e) => Err(e.clone()),
-        Ok(LighthouseSettings::File(path)) => check_file_lighthouse(path),
-        Ok(LighthouseSettings::Etcd(etcd)) => check_etcd_lighthouse(etcd, &wants.state_dir),
+        LighthouseSettings::File(path) => check_file_lighthouse(path),
+        LighthouseSettings::Etcd(etcd) => check_etcd_lighthouse(etcd, &wants.state_dir),
     }
 }
 
@@ -473,10 +446,9 @@ fn check_daemon(wants: &Wants) -> Result<String, String> {
     }
     let running =
         control::status(state_dir).map_err(|e| format!("flatnetd of {state_dir}: {e}"))?;
-    let lighthouse = wants.lighthouse.clone()?;
     let wanted = DaemonConfig {
         state_dir: state_dir.clone(),
-        lighthouse,
+        lighthouse: wants.lighthouse.clone(),
         listen: wants.endpoint,
         tuning: Default::default(),
     };

@@ -1,10 +1,8 @@
 //! The network config a CNI runtime writes to flatnet-cni's stdin, parsed as the plugin does
-//! (its own protocol module, compiled in here), down to the core's validated config.
+//! (through its library), down to the core's validated config.
 #![no_main]
 
-#[allow(dead_code)]
-#[path = "../../cni-adapter/src/protocol.rs"]
-mod protocol;
+use flatnet_cni::protocol;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let _ = protocol::version_result(data);
@@ -13,7 +11,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     };
     let _ = conf.port_mappings();
     let _ = conf.aliases();
-    let _ = flatnet::FlatnetConfig::from_input(conf.config_input());
+    let _ = conf.flatnet_config();
     if let Ok(text) = std::str::from_utf8(data) {
         let _ = protocol::CniArgs::parse(text);
     }

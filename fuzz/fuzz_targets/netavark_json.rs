@@ -1,10 +1,8 @@
 //! The JSON netavark hands the plugin on stdin (`create`, `setup`), translated as the plugin
-//! does (its own module, compiled in here).
+//! does (through its library).
 #![no_main]
 
-#[allow(dead_code)]
-#[path = "../../netavark-plugin/src/translate.rs"]
-mod translate;
+use flatnet_netavark::translate;
 
 use netavark::network::types::{Network, NetworkPluginExec};
 

@@ -87,7 +87,7 @@ fn render_manual(out: &mut dyn Write) -> std::io::Result<()> {
 mod tests {
     #[test]
     fn the_manual_names_every_option_the_plugin_accepts() {
-        for option in crate::translate::OPTIONS {
+        for option in flatnet_netavark::translate::OPTIONS {
             assert!(
                 super::MANUAL_SECTIONS.contains(&format!("\\fB{option}\\fR")),
                 "-o {option} is missing from the manual"

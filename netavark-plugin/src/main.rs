@@ -3,13 +3,13 @@
 //! setup / teardown into the core's config validation, attach and detach.
 
 mod cli;
-mod translate;
 
 use std::collections::HashMap;
 use std::error::Error;
 use std::path::Path;
 
 use flatnet::{AttachRequest, Network};
+use flatnet_netavark::translate;
 use netavark::network::types::{Network as NetavarkNetwork, NetworkPluginExec, StatusBlock};
 use netavark::plugin::{Info, Plugin, PluginExec, API_VERSION};
 

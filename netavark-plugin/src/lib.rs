@@ -1,0 +1,5 @@
+//! Flatnet's netavark front end as a library: how a netavark network and its options map to
+//! the core's configuration and back. The `flatnet` plugin binary and `flatnetd check` both
+//! read networks through it, so a check says what `podman network create` would.
+
+pub mod translate;
