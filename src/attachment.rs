@@ -103,7 +103,7 @@ fn read(path: &Path) -> Result<Option<Attachment>> {
     };
     serde_json::from_slice(&bytes)
         .map(Some)
-        .map_err(|e| Error::io(format!("parsing attachment {}", path.display()), e.into()))
+        .map_err(|e| Error::json(format!("parsing attachment {}", path.display()), e))
 }
 
 pub fn check_container_id(id: &str) -> Result<()> {
@@ -114,4 +114,28 @@ pub fn check_container_id(id: &str) -> Result<()> {
 pub fn mac_for(ip: Ipv4Addr) -> String {
     let [a, b, c, d] = ip.octets();
     format!("02:46:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A damaged record is a JSON failure that keeps serde's error as its source, so callers
+    /// can tell it from an I/O failure and the log says where the JSON broke.
+    #[test]
+    fn a_damaged_record_is_a_json_error_with_its_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path());
+        let dirs = state.network("net");
+        create_private_dir(&dirs.attachments()).unwrap();
+        std::fs::write(dirs.attachment("c1"), "{\"version\": 1,").unwrap();
+        let err = load(&dirs, "c1").unwrap_err();
+        assert!(matches!(err, Error::Json { .. }), "{err:?}");
+        let source = std::error::Error::source(&err).expect("a source");
+        let json = source
+            .downcast_ref::<serde_json::Error>()
+            .expect("serde's error");
+        assert!(json.is_eof(), "{json}");
+        assert!(err.to_string().contains("c1.json"), "{err}");
+    }
 }

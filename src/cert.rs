@@ -78,8 +78,7 @@ impl CaKey {
     pub fn generate(name: &str) -> Result<(CaKey, CaCert)> {
         check_name("CA name", name, 64).map_err(Error::InvalidRequest)?;
         let mut secret = [0u8; 32];
-        getrandom::fill(&mut secret)
-            .map_err(|e| Error::io("reading randomness", std::io::Error::other(e)))?;
+        getrandom::fill(&mut secret).map_err(|e| Error::crypto("reading randomness", e))?;
         let signing = SigningKey::from_bytes(&secret);
         let key = CaKey {
             version: VERSION,

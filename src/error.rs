@@ -1,5 +1,7 @@
-//! One error type for the whole core. Front ends map each variant to their protocol's codes (CNI
-//! error codes, netavark's `{"error": ...}`).
+//! One error type for the whole core, one variant per kind of failure a caller treats
+//! differently. Front ends match on the variant to pick their protocol's answer (the CNI codes
+//! in `cni-adapter/src/protocol.rs`; netavark's `{"error": ...}` carries the text). Failures of
+//! a library keep it as their `source`, with a context saying what was being done.
 
 use std::io;
 use std::net::Ipv4Addr;
@@ -15,6 +17,9 @@ pub enum Error {
     InvalidRequest(String),
     #[error("network namespace {0} does not exist")]
     NetnsNotFound(PathBuf),
+    /// A recorded namespace path now names another namespace: the container is gone.
+    #[error("{0} is not the namespace recorded at attach (its path was reused): not serving it")]
+    NetnsReplaced(PathBuf),
     #[error("no free address left in {subnet} on network {network}")]
     AddressExhausted { network: String, subnet: String },
     #[error("address {ip} is already in use by container {owner}")]
@@ -32,18 +37,51 @@ pub enum Error {
     },
     #[error("interface check failed: {0}")]
     CheckFailed(String),
+    /// No data plane can serve now (it cannot be started, did not become ready, or a dying
+    /// one still holds the state directory): nothing was changed, the caller may try again.
     #[error("data plane: {0}")]
-    DataPlane(String),
+    DaemonUnavailable(String),
+    /// `flatnetd run` on a state directory another daemon serves.
+    #[error("data plane: another flatnetd already serves {0}")]
+    DaemonAlreadyRunning(PathBuf),
+    /// The daemon read the request and refused it, for a reason with no variant of its own.
+    #[error("data plane: {0}")]
+    Refused(String),
     /// The other end of the control socket answered something this side cannot read.
     #[error("control protocol: {0}")]
     Protocol(String),
     /// etcd unreachable or without quorum: nothing was changed, the caller may try again.
     #[error("lighthouse unavailable, try again: {0}")]
     LighthouseUnavailable(String),
-    #[error("firewall: {0}")]
-    Firewall(String),
-    #[error("netlink: {0}")]
-    Netlink(String),
+    #[error("firewall: replacing nftables table inet {table}: {source}")]
+    Firewall {
+        table: String,
+        #[source]
+        source: nftables::helper::NftablesError,
+    },
+    #[error("netlink: {context}: {source}")]
+    Netlink {
+        context: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    /// A state file that is not what this Flatnet wrote (damaged, or from another version).
+    #[error("{context}: {source}")]
+    Json {
+        context: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Key generation or randomness failed: the host cannot make keys.
+    #[error("{context}: {source}")]
+    Crypto {
+        context: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A worker thread of the core panicked: a bug, reported instead of crashing the caller.
+    #[error("internal error: {0}")]
+    Internal(String),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -57,6 +95,23 @@ impl Error {
         Error::Io {
             context: context.into(),
             source,
+        }
+    }
+
+    pub(crate) fn json(context: impl Into<String>, source: serde_json::Error) -> Self {
+        Error::Json {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn crypto(
+        context: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Error::Crypto {
+            context: context.into(),
+            source: Box::new(source),
         }
     }
 }

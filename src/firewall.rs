@@ -53,8 +53,12 @@ pub struct Ruleset {
 pub fn apply(name: &str, rules: &Ruleset) -> Result<()> {
     let batch = build(name, rules);
     let nft = nft_program();
-    nftables::helper::apply_ruleset_with_args(&batch.to_nftables(), Some(nft), NO_ARGS)
-        .map_err(|e| Error::Firewall(format!("replacing nftables table inet {name}: {e}")))
+    nftables::helper::apply_ruleset_with_args(&batch.to_nftables(), Some(nft), NO_ARGS).map_err(
+        |source| Error::Firewall {
+            table: name.to_string(),
+            source,
+        },
+    )
 }
 
 const NO_ARGS: &[&str] = &[];

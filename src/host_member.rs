@@ -77,7 +77,7 @@ impl HostMember {
         };
         serde_json::from_slice(&bytes)
             .map(Some)
-            .map_err(|e| Error::io(format!("parsing {}", path.display()), e.into()))
+            .map_err(|e| Error::json(format!("parsing {}", path.display()), e))
     }
 
     pub fn save(&self, dirs: &NetworkDirs) -> Result<()> {

@@ -84,10 +84,7 @@ impl NetworkNamespace {
         let netns = Self::open(path)?;
         let found = netns.identity()?;
         match expected {
-            Some(expected) if expected != found => Err(Error::DataPlane(format!(
-                "{} is not the namespace recorded at attach (its path was reused): not serving it",
-                path.display()
-            ))),
+            Some(expected) if expected != found => Err(Error::NetnsReplaced(path.to_path_buf())),
             _ => Ok(netns),
         }
     }
@@ -114,7 +111,7 @@ impl NetworkNamespace {
                     f()
                 })
                 .join()
-                .unwrap_or_else(|_| Err(Error::Netlink("namespace worker panicked".into())))
+                .unwrap_or_else(|_| Err(Error::Internal("namespace worker panicked".into())))
         })
     }
 
@@ -143,7 +140,10 @@ pub struct Inside {
 }
 
 fn netlink_err(what: &str) -> impl FnOnce(rtnetlink::Error) -> Error + '_ {
-    move |e| Error::Netlink(format!("{what}: {e}"))
+    move |source| Error::Netlink {
+        context: what.to_string(),
+        source,
+    }
 }
 
 impl Inside {
@@ -169,9 +169,10 @@ impl Inside {
             )));
         }
         tun::create_persistent(name)?;
-        let link = self
-            .find_link(name)?
-            .ok_or_else(|| Error::Netlink(format!("TUN device {name} vanished after creation")))?;
+        let link = self.find_link(name)?.ok_or_else(|| {
+            let gone = std::io::Error::from_raw_os_error(libc::ENODEV);
+            Error::io(format!("TUN device {name} vanished after creation"), gone)
+        })?;
         let device = TunDevice {
             name: name.to_string(),
             index: link.header.index,
@@ -299,7 +300,10 @@ impl Inside {
                 Ok(link) => Ok(link),
                 // The kernel answers ENODEV for a name it does not know.
                 Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
-                Err(e) => Err(Error::Netlink(format!("looking up {name}: {e}"))),
+                Err(source) => Err(Error::Netlink {
+                    context: format!("looking up {name}"),
+                    source,
+                }),
             }
         })
     }

@@ -71,11 +71,19 @@ impl From<Error> for CniError {
             Error::AlreadyAttached { .. } => code::ALREADY_ATTACHED,
             Error::PortInUse { .. } => code::PORT_IN_USE,
             Error::CheckFailed(_) => code::CHECK_FAILED,
-            Error::DataPlane(_) | Error::LighthouseUnavailable(_) => code::TRY_AGAIN,
+            Error::NetnsReplaced(_) => code::CONTAINER_UNKNOWN,
+            Error::DaemonUnavailable(_)
+            | Error::DaemonAlreadyRunning(_)
+            | Error::Refused(_)
+            | Error::LighthouseUnavailable(_) => code::TRY_AGAIN,
             Error::Io { source, .. } if is_transient(source) => code::TRY_AGAIN,
-            Error::Netlink(_) | Error::Firewall(_) | Error::Protocol(_) | Error::Io { .. } => {
-                code::IO_FAILURE
-            }
+            Error::Netlink { .. }
+            | Error::Firewall { .. }
+            | Error::Protocol(_)
+            | Error::Json { .. }
+            | Error::Crypto { .. }
+            | Error::Internal(_)
+            | Error::Io { .. } => code::IO_FAILURE,
         };
         CniError {
             code,
@@ -471,6 +479,34 @@ mod tests {
         let first = u8::from_str_radix(&mac[..2], 16).unwrap();
         assert_eq!(first & 0b11, 0b10);
         assert_eq!(mac.split(':').count(), 6);
+    }
+
+    /// What a runtime may retry is told apart from what it may not: a data plane that cannot
+    /// be had now is "try again"; a damaged state file is an I/O failure; a reused namespace
+    /// path means the container is unknown.
+    #[test]
+    fn core_errors_map_to_what_the_runtime_should_do() {
+        let damaged = serde_json::from_str::<Value>("{").unwrap_err();
+        let cases = [
+            (Error::DaemonUnavailable("no".into()), code::TRY_AGAIN),
+            (Error::DaemonAlreadyRunning("/s".into()), code::TRY_AGAIN),
+            (Error::Refused("no".into()), code::TRY_AGAIN),
+            (
+                Error::Json {
+                    context: "parsing x".into(),
+                    source: damaged,
+                },
+                code::IO_FAILURE,
+            ),
+            (Error::NetnsReplaced("/n".into()), code::CONTAINER_UNKNOWN),
+            (Error::Internal("panic".into()), code::IO_FAILURE),
+        ];
+        for (err, want) in cases {
+            let shown = err.to_string();
+            let cni = CniError::from(err);
+            assert_eq!(cni.code, want, "{shown}");
+            assert_eq!(cni.msg, shown);
+        }
     }
 
     #[test]

@@ -47,7 +47,10 @@ impl Network {
     pub(super) fn data_plane_readiness(&self) -> Result<()> {
         let binary = control::daemon_binary()?;
         if binary.is_absolute() && !binary.is_file() {
-            return Err(Error::DataPlane(format!("{} is missing", binary.display())));
+            return Err(Error::DaemonUnavailable(format!(
+                "{} is missing",
+                binary.display()
+            )));
         }
         fs::OpenOptions::new()
             .read(true)

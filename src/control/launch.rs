@@ -58,7 +58,7 @@ fn wait_until_gone(state_dir: &StateDir) -> Result<()> {
     let deadline = Instant::now() + START_TIMEOUT;
     while FileLock::try_acquire(&lock)?.is_none() {
         if Instant::now() > deadline {
-            return Err(Error::DataPlane(format!(
+            return Err(Error::DaemonUnavailable(format!(
                 "a flatnetd holds {} but does not answer; try again",
                 lock.display()
             )));
@@ -136,7 +136,7 @@ fn start_daemon(settings: &DaemonConfig) -> Result<()> {
     // not an I/O error of the request.
     let child = command
         .spawn()
-        .map_err(|e| Error::DataPlane(format!("cannot start {}: {e}", binary.display())))?;
+        .map_err(|e| Error::DaemonUnavailable(format!("cannot start {}: {e}", binary.display())))?;
     drop(ready_write);
     let ready = wait_ready(ready_read, child.id(), &log_path);
     if ready.is_err() {
@@ -194,7 +194,7 @@ fn wait_ready(pipe: OwnedFd, pid: u32, log: &Path) -> Result<()> {
     let tail = fs::read_to_string(log)
         .map(|t| t.lines().rev().take(5).collect::<Vec<_>>().join(" | "))
         .unwrap_or_default();
-    Err(Error::DataPlane(format!(
+    Err(Error::DaemonUnavailable(format!(
         "flatnetd (pid {pid}) did not become ready: {tail}"
     )))
 }

@@ -148,7 +148,7 @@ impl Refusal {
             Some(Failure::AddressInUse { ip, owner }) => Error::AddressInUse { ip, owner },
             Some(Failure::LighthouseUnavailable) => Error::LighthouseUnavailable(msg),
             Some(Failure::InvalidRequest) => Error::InvalidRequest(msg),
-            None => Error::DataPlane(msg),
+            None => Error::Refused(msg),
         }
     }
 }

@@ -149,7 +149,7 @@ pub fn run(config: DaemonConfig, ready: Option<File>) -> Result<()> {
     create_private_dir(&config.state_dir)?;
     let state = &config.state_dir;
     let lock = FileLock::try_acquire(&state.daemon_lock())?
-        .ok_or_else(|| Error::DataPlane(format!("another flatnetd already serves {state}")))?;
+        .ok_or_else(|| Error::DaemonAlreadyRunning(state.to_path_buf()))?;
     let keys = StaticKeys::load_or_generate(&state.host_key())?;
     write_atomic(&state.host_pub(), encode_key(&keys.public).as_bytes())?;
     let settings = serde_json::to_vec_pretty(&config).expect("config serialises");

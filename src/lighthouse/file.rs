@@ -81,12 +81,8 @@ impl FileLighthouse {
         let Some(bytes) = read_if_exists(&self.path)? else {
             return Ok(Document::default());
         };
-        let doc: Document = serde_json::from_slice(&bytes).map_err(|e| {
-            Error::io(
-                format!("parsing lighthouse {}", self.path.display()),
-                e.into(),
-            )
-        })?;
+        let doc: Document = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::json(format!("parsing lighthouse {}", self.path.display()), e))?;
         if doc.version != FORMAT_VERSION {
             return Err(Error::InvalidConfig(format!(
                 "lighthouse {} has format version {}, this Flatnet reads {FORMAT_VERSION}",

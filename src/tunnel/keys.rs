@@ -25,7 +25,7 @@ impl StaticKeys {
     pub fn generate() -> Result<Self> {
         let pair = snow::Builder::new(noise_params())
             .generate_keypair()
-            .map_err(|e| Error::io("generating key pair", std::io::Error::other(e.to_string())))?;
+            .map_err(|e| Error::crypto("generating key pair", e))?;
         let mut keys = StaticKeys {
             private: [0; KEY_LEN],
             public: [0; KEY_LEN],
