@@ -24,7 +24,7 @@ pub struct Attachment {
     pub version: u32,
     pub network: String,
     /// The network's identifier in the lighthouse (0 in a record of an older Flatnet: see
-    /// [`Attachment::network_tag`]).
+    /// [`Attachment::wire_network_id`]).
     #[serde(default)]
     pub network_id: NetworkId,
     pub container_id: String,
@@ -53,7 +53,7 @@ pub struct Attachment {
 
 impl Attachment {
     /// The identifier the container's packets carry on the wire.
-    pub fn network_tag(&self) -> NetworkId {
+    pub fn wire_network_id(&self) -> NetworkId {
         network_id::or_legacy(self.network_id, &self.network)
     }
 }

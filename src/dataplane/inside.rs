@@ -9,17 +9,18 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::time::Instant;
 
 use super::offload::{Segments, VNET_HDR_LEN};
-use super::packet::{ipv4_addresses, udp_datagram, TAG_LEN};
+use super::packet::{ipv4_addresses, udp_datagram, NETWORK_ID_LEN};
 use super::routes::Route;
 use super::seal_workers::{SealWorkers, Train};
 use super::{batched, Buffers, Daemon, DropCounters, SameHost};
+use crate::lighthouse::NetworkId;
 use crate::tunnel::{sealed_len, DropReason, Sealer};
 
 /// Where a member's packet goes next.
 enum Hop {
     /// Sealed for another host.
     Tunnel(Route),
-    /// Written as it is (virtio-net header and all) to the member in this port slot, when the
+    /// Written as it is (virtio-net header and all) to the member in this queue slot, when the
     /// host member is one end.
     Local(usize),
     /// The same, between two containers of this host: the fast path.
@@ -33,32 +34,33 @@ const BATCH: usize = 64;
 
 impl Daemon {
     /// Drains up to a batch of packets from a container's TUN queue. Returns false if the
-    /// device is gone (the container's namespace was destroyed) and the port should go.
+    /// device is gone (the container's namespace was destroyed) and the queue should go.
     pub(super) fn on_tun_readable(&mut self, slot: usize) -> bool {
         for _ in 0..BATCH {
-            let Some(port) = self.ports.get_mut(slot) else {
+            let Some(queue) = self.queues.get_mut(slot) else {
                 return true;
             };
-            let n = match port.queue.read(&mut self.bufs.frame) {
+            let n = match queue.device.read(&mut self.bufs.frame) {
                 Ok(n) => n,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(_) => return false,
             };
-            port.stats.from_container_packets += 1;
-            port.stats.from_container_bytes += n.saturating_sub(VNET_HDR_LEN) as u64;
-            let (tag, address, from_host) = (port.tag, port.address, port.is_host());
+            queue.stats.from_container_packets += 1;
+            queue.stats.from_container_bytes += n.saturating_sub(VNET_HDR_LEN) as u64;
+            let (network_id, address, from_host) =
+                (queue.network_id, queue.address, queue.is_host());
             // Every segment of a train has the train's addresses: check and route once.
             let addresses = ipv4_addresses(&self.bufs.frame[VNET_HDR_LEN..n]);
             let hop = addresses
                 .ok_or(DropReason::NotIpv4)
-                .and_then(|(src, dst)| self.next_hop(tag, address, from_host, src, dst, n));
+                .and_then(|(src, dst)| self.next_hop(network_id, address, from_host, src, dst, n));
             let result = match hop {
-                Ok(Hop::Tunnel(route)) => self.send_train(tag, route, n),
+                Ok(Hop::Tunnel(route)) => self.send_train(network_id, route, n),
                 Ok(Hop::Local(to)) => self.write_local(to, n),
                 Ok(Hop::Neighbour(to)) => self.write_to_neighbour(to, n),
                 Ok(Hop::Resolver) => {
-                    self.answer_query(slot, tag, n);
+                    self.answer_query(slot, network_id, n);
                     Ok(())
                 }
                 Err(reason) => Err(reason),
@@ -74,7 +76,7 @@ impl Daemon {
     /// member), goes, if it may go. The first `n` bytes of `frame` hold it.
     fn next_hop(
         &mut self,
-        tag: u32,
+        network_id: NetworkId,
         own: Ipv4Addr,
         from_host: bool,
         src: Ipv4Addr,
@@ -85,7 +87,7 @@ impl Daemon {
             // A container may only speak with its own address.
             return Err(DropReason::Spoofed);
         }
-        let network = self.networks.get(tag);
+        let network = self.networks.get(network_id);
         if let Some(network) = network {
             let to_gateway = dst == network.member.gateway && !from_host;
             if to_gateway && is_dns_query(&self.bufs.frame[VNET_HDR_LEN..n]) {
@@ -94,8 +96,8 @@ impl Daemon {
         }
         // A member of this host on the same network: no tunnel (see `local` for why), unless
         // the operator wants containers' traffic encrypted even here.
-        if let Some(local) = self.ports.slot_of(tag, dst) {
-            if from_host || self.ports.get(local).is_some_and(|p| p.is_host()) {
+        if let Some(local) = self.queues.slot_of(network_id, dst) {
+            if from_host || self.queues.get(local).is_some_and(|p| p.is_host()) {
                 return Ok(Hop::Local(local));
             }
             if self.config.tuning.same_host() == SameHost::Fast {
@@ -106,7 +108,7 @@ impl Daemon {
             // No host member here: containers reach each other only.
             return self
                 .routes
-                .route(tag, dst)
+                .route(network_id, dst)
                 .map(Hop::Tunnel)
                 .ok_or(DropReason::NoRoute);
         };
@@ -118,7 +120,7 @@ impl Daemon {
             }
             return self
                 .routes
-                .route(tag, dst)
+                .route(network_id, dst)
                 .map(Hop::Tunnel)
                 .ok_or(DropReason::NoRoute);
         }
@@ -129,28 +131,39 @@ impl Daemon {
         }
     }
 
-    /// Cuts the frame's train into packets, then tags, seals and queues each for `route`: the
-    /// peer's session is looked up once for the train, and each packet sealed straight into
-    /// the send batch, here or by the flow's sealing worker.
-    fn send_train(&mut self, tag: u32, route: Route, n: usize) -> Result<(), DropReason> {
+    /// Cuts the frame's train into packets, then prefixes each with the network id, seals it and
+    /// queues it for `route`: the peer's session is looked up once for the train, and each
+    /// packet sealed straight into the send batch, here or by the flow's sealing worker.
+    fn send_train(
+        &mut self,
+        network_id: NetworkId,
+        route: Route,
+        n: usize,
+    ) -> Result<(), DropReason> {
         let segments = Segments::new(&self.bufs.frame[..n]).ok_or(DropReason::Malformed)?;
         let now = Instant::now();
         let fd = self.udp.as_raw_fd();
         let Some(mut sealer) = self.tunnels.sealer(&route.key, route.endpoint, now) else {
             // No session yet: packet by packet, held until the handshake completes.
-            return self.send_unsealed(segments, tag, route, n, now);
+            return self.send_unsealed(segments, network_id, route, n, now);
         };
         let result = match &mut self.seal_workers {
-            Some(workers) => {
-                hand_to_worker(workers, &mut self.bufs, &mut sealer, segments, tag, n, fd)
-            }
+            Some(workers) => hand_to_worker(
+                workers,
+                &mut self.bufs,
+                &mut sealer,
+                segments,
+                network_id,
+                n,
+                fd,
+            ),
             None => {
                 seal_here(
                     &mut self.bufs,
                     &mut self.drops,
                     &mut sealer,
                     segments,
-                    tag,
+                    network_id,
                     n,
                     fd,
                 );
@@ -169,15 +182,16 @@ impl Daemon {
     fn send_unsealed(
         &mut self,
         mut segments: Segments,
-        tag: u32,
+        network_id: NetworkId,
         route: Route,
         n: usize,
         now: Instant,
     ) -> Result<(), DropReason> {
-        self.bufs.plain[..TAG_LEN].copy_from_slice(&tag.to_be_bytes());
-        while let Some(len) =
-            segments.next_into(&self.bufs.frame[..n], &mut self.bufs.plain[TAG_LEN..])
-        {
+        self.bufs.plain[..NETWORK_ID_LEN].copy_from_slice(&network_id.to_be_bytes());
+        while let Some(len) = segments.next_into(
+            &self.bufs.frame[..n],
+            &mut self.bufs.plain[NETWORK_ID_LEN..],
+        ) {
             if let Err(reason) = self.send_from_container(route, len, now) {
                 self.drops.count(reason);
             }
@@ -185,7 +199,8 @@ impl Daemon {
         Ok(())
     }
 
-    /// `plain[..TAG_LEN + len]` holds a tagged packet for `route`: seal and queue it.
+    /// `plain[..NETWORK_ID_LEN + len]` holds a packet behind its network id for `route`: seal
+    /// and queue it.
     fn send_from_container(
         &mut self,
         route: Route,
@@ -196,7 +211,7 @@ impl Daemon {
         self.tunnels.encrypt_packet(
             &route.key,
             route.endpoint,
-            &self.bufs.plain[..TAG_LEN + len],
+            &self.bufs.plain[..NETWORK_ID_LEN + len],
             &mut self.bufs.out,
             now,
             &mut batched(&mut self.bufs.to_send, fd),
@@ -210,12 +225,12 @@ fn hand_to_worker(
     bufs: &mut Buffers,
     sealer: &mut Sealer,
     segments: Segments,
-    tag: u32,
+    network_id: NetworkId,
     n: usize,
     fd: RawFd,
 ) -> Result<(), DropReason> {
     let packets = segments.packets();
-    let bytes = segments.bytes(n - VNET_HDR_LEN) + packets * TAG_LEN;
+    let bytes = segments.bytes(n - VNET_HDR_LEN) + packets * NETWORK_ID_LEN;
     let key = sealer.hand_off(packets, bytes).ok_or(DropReason::Expired)?;
     // What this thread queued (a handshake's held packets) goes first.
     bufs.to_send.flush(fd);
@@ -223,7 +238,7 @@ fn hand_to_worker(
         len: n,
         segments,
         packets,
-        tag,
+        network_id,
         key,
         to: sealer.endpoint(),
     };
@@ -238,15 +253,15 @@ fn seal_here(
     drops: &mut DropCounters,
     sealer: &mut Sealer,
     mut segments: Segments,
-    tag: u32,
+    network_id: NetworkId,
     n: usize,
     fd: RawFd,
 ) {
-    // Every packet of the train carries the same tag, in front of where it is cut to.
-    bufs.plain[..TAG_LEN].copy_from_slice(&tag.to_be_bytes());
+    // Every packet of the train carries the same network id, in front of where it is cut to.
+    bufs.plain[..NETWORK_ID_LEN].copy_from_slice(&network_id.to_be_bytes());
     let to = sealer.endpoint();
-    while let Some(len) = segments.next_into(&bufs.frame[..n], &mut bufs.plain[TAG_LEN..]) {
-        let plaintext = &bufs.plain[..TAG_LEN + len];
+    while let Some(len) = segments.next_into(&bufs.frame[..n], &mut bufs.plain[NETWORK_ID_LEN..]) {
+        let plaintext = &bufs.plain[..NETWORK_ID_LEN + len];
         let sealed = bufs
             .to_send
             .push_with(sealed_len(plaintext.len()), to, |slot| {

@@ -21,14 +21,14 @@ use crate::tunnel::DropReason;
 impl Daemon {
     /// Hands the first `n` bytes of the frame to the member in slot `to`.
     pub(super) fn write_local(&mut self, to: usize, n: usize) -> Result<(), DropReason> {
-        let port = self.ports.get_mut(to).ok_or(DropReason::NoRoute)?;
-        match port.queue.write(&self.bufs.frame[..n]) {
+        let queue = self.queues.get_mut(to).ok_or(DropReason::NoRoute)?;
+        match queue.device.write(&self.bufs.frame[..n]) {
             Ok(written) if written == n => {
-                port.stats.to_container_packets += 1;
-                port.stats.to_container_bytes += (n - VNET_HDR_LEN) as u64;
+                queue.stats.to_container_packets += 1;
+                queue.stats.to_container_bytes += (n - VNET_HDR_LEN) as u64;
                 Ok(())
             }
-            _ => Err(DropReason::QueueFull),
+            _ => Err(DropReason::DeliveryFailed),
         }
     }
 

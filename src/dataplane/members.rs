@@ -8,38 +8,39 @@ use std::os::fd::AsFd;
 
 use nix::sys::epoll::{EpollEvent, EpollFlags};
 
-use super::ports::{Member, Port};
+use super::queues::{Queue, QueueOwner};
 use super::{set_nonblocking, Daemon, TOKEN_FIRST_PORT};
 use crate::attachment::Attachment;
 use crate::control::status::NetworkStatus;
 use crate::error::{Error, Result};
 use crate::host_member::HostMember;
+use crate::lighthouse::NetworkId;
 use crate::netns::NetworkNamespace;
 use crate::tun;
 
 /// A network with members on this host.
 pub struct LocalNetwork {
     pub member: HostMember,
-    /// The host member's port; `None` if its device could not be opened (containers still
+    /// The host member's queue; `None` if its device could not be opened (containers still
     /// reach each other; the host, egress and DNS forwarding do not).
     pub host_slot: Option<usize>,
 }
 
 #[derive(Default)]
-pub struct LocalNetworks(HashMap<u32, LocalNetwork>);
+pub struct LocalNetworks(HashMap<NetworkId, LocalNetwork>);
 
 impl LocalNetworks {
-    pub fn get(&self, tag: u32) -> Option<&LocalNetwork> {
-        self.0.get(&tag)
+    pub fn get(&self, network_id: NetworkId) -> Option<&LocalNetwork> {
+        self.0.get(&network_id)
     }
 
     fn remove_named(&mut self, network: &str) -> Option<LocalNetwork> {
-        let tag = *self
+        let network_id = *self
             .0
             .iter()
             .find(|(_, local)| local.member.network == network)?
             .0;
-        self.0.remove(&tag)
+        self.0.remove(&network_id)
     }
 
     pub fn status(&self) -> Vec<NetworkStatus> {
@@ -67,29 +68,29 @@ impl Daemon {
     /// Opens a queue on the container's TUN device (inside its namespace) and serves it, and
     /// the network's host member with it.
     pub(super) fn attach(&mut self, record: &Attachment) -> Result<()> {
-        if self.ports.contains(&record.network, &record.container_id) {
+        if self.queues.contains(&record.network, &record.container_id) {
             self.detach(&record.network, &record.container_id);
         }
         let netns = NetworkNamespace::open_recorded(&record.netns, record.netns_id)?;
-        let queue = netns.run_inside(|| tun::open_offload_queue(&record.ifname))?;
+        let device = netns.run_inside(|| tun::open_offload_queue(&record.ifname))?;
         crate::killpoint::here("daemon.attach");
-        self.serve(Port {
+        self.serve(Queue {
             network: record.network.clone(),
-            tag: record.network_tag(),
+            network_id: record.wire_network_id(),
             container_id: record.container_id.clone(),
             ifname: record.ifname.clone(),
             address: record.address.addr(),
             aliases: Vec::new(),
-            member: Member::Container,
+            owner: QueueOwner::Container,
             published: record.ports.clone(),
-            queue,
+            device,
             stats: Default::default(),
         })?;
-        self.serve_host_member(&record.network, record.network_tag());
+        self.serve_host_member(&record.network, record.wire_network_id());
         // Registered a moment ago by the plugin: known here before the feed brings it back.
         let own = self.own_entry(
             &record.network,
-            record.network_tag(),
+            record.wire_network_id(),
             record.address.addr(),
             &record.container_id,
             record.names.clone(),
@@ -105,18 +106,18 @@ impl Daemon {
     }
 
     pub(super) fn detach(&mut self, network: &str, container_id: &str) {
-        if let Some(address) = self.ports.address_of(network, container_id) {
+        if let Some(address) = self.queues.address_of(network, container_id) {
             tracing::info!("detached {container_id} from {network}");
             let own = self.own_name.clone();
             self.routes.delete(&own, network, address);
         }
         self.unserve(network, container_id);
-        if !self.ports.network_has_containers(network) {
+        if !self.queues.network_has_containers(network) {
             if let Some(local) = self.networks.remove_named(network) {
                 self.unserve(network, &local.member.id);
             }
         }
-        if self.ports.containers() == 0 {
+        if self.queues.containers() == 0 {
             // Nothing here to send or receive for: keep no keys around.
             self.tunnels.close_all();
         }
@@ -125,27 +126,27 @@ impl Daemon {
     /// A queue whose device vanished (namespace destroyed without a detach, or a host member
     /// removed while we served it).
     pub(super) fn drop_dead_port(&mut self, slot: usize) {
-        let Some(port) = self.ports.get(slot) else {
+        let Some(queue) = self.queues.get(slot) else {
             return;
         };
-        let (network, tag, id, host) = (
-            port.network.clone(),
-            port.tag,
-            port.container_id.clone(),
-            port.is_host(),
+        let (network, network_id, id, host) = (
+            queue.network.clone(),
+            queue.network_id,
+            queue.container_id.clone(),
+            queue.is_host(),
         );
         tracing::info!("{id} on {network} is gone; dropping its queue");
         if host {
             self.unserve(&network, &id);
-            self.networks.0.remove(&tag);
+            self.networks.0.remove(&network_id);
         } else {
             self.detach(&network, &id);
         }
     }
 
     /// Serves the network's host member if it has one and it is not served yet.
-    fn serve_host_member(&mut self, network: &str, tag: u32) {
-        if self.networks.0.contains_key(&tag) {
+    fn serve_host_member(&mut self, network: &str, network_id: NetworkId) {
+        if self.networks.0.contains_key(&network_id) {
             return;
         }
         let dirs = self.config.state_dir.network(network);
@@ -158,17 +159,17 @@ impl Daemon {
             }
         };
         let host_slot = tun::open_offload_queue(&member.ifname)
-            .and_then(|queue| {
-                self.serve(Port {
+            .and_then(|device| {
+                self.serve(Queue {
                     network: member.network.clone(),
-                    tag,
+                    network_id,
                     container_id: member.id.clone(),
                     ifname: member.ifname.clone(),
                     address: member.address,
                     aliases: vec![member.gateway],
-                    member: Member::Host,
+                    owner: QueueOwner::Host,
                     published: Vec::new(),
-                    queue,
+                    device,
                     stats: Default::default(),
                 })
             })
@@ -176,26 +177,26 @@ impl Daemon {
             .ok();
         self.networks
             .0
-            .insert(tag, LocalNetwork { member, host_slot });
+            .insert(network_id, LocalNetwork { member, host_slot });
     }
 
-    /// Registers a member's queue with epoll and the port table.
-    fn serve(&mut self, port: Port) -> Result<usize> {
-        set_nonblocking(&port.queue)?;
-        let (network, id) = (port.network.clone(), port.container_id.clone());
-        let slot = self.ports.insert(port);
-        let queue = &self.ports.get(slot).expect("just inserted").queue;
+    /// Registers a member's queue with epoll and the queue table.
+    fn serve(&mut self, queue: Queue) -> Result<usize> {
+        set_nonblocking(&queue.device)?;
+        let (network, id) = (queue.network.clone(), queue.container_id.clone());
+        let slot = self.queues.insert(queue);
+        let queue = &self.queues.get(slot).expect("just inserted").device;
         let event = EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_FIRST_PORT + slot as u64);
         if let Err(e) = self.epoll.add(queue.as_fd(), event) {
-            self.ports.remove(&network, &id);
+            self.queues.remove(&network, &id);
             return Err(Error::io("registering TUN queue", e.into()));
         }
         Ok(slot)
     }
 
     fn unserve(&mut self, network: &str, id: &str) {
-        if let Some(port) = self.ports.remove(network, id) {
-            let _ = self.epoll.delete(port.queue.as_fd());
+        if let Some(queue) = self.queues.remove(network, id) {
+            let _ = self.epoll.delete(queue.device.as_fd());
         }
     }
 }

@@ -10,7 +10,7 @@
 //! sealed by worker threads ([`seal_workers`]).
 //!
 //! The packet thread's own parts are at the top: [`inside`], [`outside`], [`local`] (member to
-//! member), [`members`] and [`ports`] (what is served), [`routes`] (the lighthouse's table),
+//! member), [`members`] and [`queues`] (what is served: one TUN queue per member, by slot), [`routes`] (the lighthouse's table),
 //! [`resolver`], [`seal_workers`]. Kernel I/O that knows nothing of them is in [`io`]; threads
 //! beside the packet thread, which reach it only through the command channel, in [`services`].
 
@@ -21,7 +21,7 @@ mod io;
 mod local;
 mod members;
 mod outside;
-mod ports;
+mod queues;
 mod resolver;
 mod routes;
 mod seal_workers;
@@ -46,7 +46,7 @@ use crate::control::{DataPlaneRequest, Refusal, Reply, Response, PROTOCOL_VERSIO
 use crate::error::{Error, IoContext, Result};
 use crate::host_member::HostMember;
 use crate::lighthouse::{
-    EtcdLighthouse, FileLighthouse, HostInfo, Lighthouse, LighthouseSettings, Published,
+    EtcdLighthouse, FileLighthouse, HostInfo, Lighthouse, LighthouseSettings, NetworkId, Published,
 };
 use crate::state::{create_private_dir, write_atomic, FileLock, StateDir};
 use crate::tunnel::{encode_key, DropReason, Limits, StaticKeys, TunnelManager};
@@ -58,7 +58,7 @@ use members::LocalNetworks;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::socket::{setsockopt, sockopt};
-use ports::Ports;
+use queues::Queues;
 use resolver::Resolver;
 use routes::RouteTable;
 use seal_workers::SealWorkers;
@@ -77,7 +77,7 @@ type Command = (DataPlaneRequest, SyncSender<Response>);
 struct Buffers {
     /// What a container's queue gave: a virtio-net header and a packet or segment train.
     frame: Vec<u8>,
-    /// A decrypted datagram, or a container's packet behind room for the network tag.
+    /// A decrypted datagram, or a container's packet behind room for the network id.
     plain: Vec<u8>,
     /// An encrypted datagram before it joins the send batch.
     out: Vec<u8>,
@@ -127,7 +127,7 @@ pub struct Daemon {
     /// The name this host publishes its entries under ("" in a file lighthouse).
     own_name: String,
     follower: Follower,
-    ports: Ports,
+    queues: Queues,
     /// Networks with members here: their host member and DNS settings.
     networks: LocalNetworks,
     resolver: Resolver,
@@ -179,7 +179,7 @@ pub fn run(config: DaemonConfig, ready: Option<File>) -> Result<()> {
         "flatnetd serving {} on {} ({} containers)",
         daemon.config.state_dir.display(),
         daemon.config.listen,
-        daemon.ports.containers()
+        daemon.queues.containers()
     );
     daemon.event_loop()?;
     notify::systemd("STOPPING=1");
@@ -247,9 +247,9 @@ fn open_lighthouse(
 /// The lighthouse entries this host's records stand for: containers and host members.
 fn recorded_entries(state_dir: &StateDir, host: &HostInfo) -> Vec<crate::lighthouse::Entry> {
     let records = attachment::all(state_dir).unwrap_or_default();
-    let networks: std::collections::BTreeMap<&str, u32> = records
+    let networks: std::collections::BTreeMap<&str, NetworkId> = records
         .iter()
-        .map(|r| (r.network.as_str(), r.network_tag()))
+        .map(|r| (r.network.as_str(), r.wire_network_id()))
         .collect();
     let members = networks.into_iter().filter_map(|(network, network_id)| {
         let member = HostMember::load(&state_dir.network(network)).ok()??;
@@ -264,7 +264,7 @@ fn recorded_entries(state_dir: &StateDir, host: &HostInfo) -> Vec<crate::lightho
     });
     let containers = records.iter().map(|r| crate::lighthouse::Entry {
         network: r.network.clone(),
-        network_id: r.network_tag(),
+        network_id: r.wire_network_id(),
         ip: r.address.addr(),
         container_id: r.container_id.clone(),
         names: r.names.clone(),
@@ -337,7 +337,7 @@ impl Daemon {
                 .map_or_else(RouteTable::default, RouteTable::trusting),
             own_name: identity.name,
             follower,
-            ports: Ports::default(),
+            queues: Queues::default(),
             networks: LocalNetworks::default(),
             resolver,
             drops: DropCounters::default(),
@@ -493,7 +493,7 @@ impl Daemon {
     fn own_entry(
         &self,
         network: &str,
-        network_id: u32,
+        network_id: NetworkId,
         ip: std::net::Ipv4Addr,
         id: &str,
         names: Vec<String>,
@@ -550,7 +550,7 @@ impl Daemon {
             rss_kib: rss_kib(),
             routes: self.routes.len(),
             refused_entries: self.routes.refused(),
-            containers: self.ports.iter().map(member_status).collect(),
+            containers: self.queues.iter().map(member_status).collect(),
             peers: self.tunnels.status(now),
             sessions: self.tunnels.session_count(),
             networks: self.networks.status(),
@@ -565,15 +565,15 @@ impl Daemon {
     }
 }
 
-fn member_status(port: &ports::Port) -> MemberStatus {
+fn member_status(queue: &queues::Queue) -> MemberStatus {
     MemberStatus {
-        network: port.network.clone(),
-        container_id: port.container_id.clone(),
-        ifname: port.ifname.clone(),
-        address: port.address,
-        host_member: port.is_host(),
-        published_ports: port.published.iter().map(ToString::to_string).collect(),
-        stats: port.stats.clone(),
+        network: queue.network.clone(),
+        container_id: queue.container_id.clone(),
+        ifname: queue.ifname.clone(),
+        address: queue.address,
+        host_member: queue.is_host(),
+        published_ports: queue.published.iter().map(ToString::to_string).collect(),
+        stats: queue.stats.clone(),
     }
 }
 

@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use super::batch::BATCH;
 use super::offload::{delivery_header, DECRYPT_OFFSET, VNET_HDR_LEN};
-use super::packet::{ipv4_addresses, TAG_LEN};
-use super::ports::Port;
+use super::packet::{ipv4_addresses, NETWORK_ID_LEN};
+use super::queues::Queue;
 use super::{batched, Daemon};
 use crate::tunnel::{DropReason, PublicKey, Received};
 
@@ -88,26 +88,29 @@ impl Daemon {
         );
     }
 
-    /// `plain[DECRYPT_OFFSET..][..len]` is a tag and a packet from `peer`: deliver it if the
-    /// peer may send it, behind a virtio-net header written over the tag's room.
+    /// `plain[DECRYPT_OFFSET..][..len]` is a network id and a packet from `peer`: deliver it if
+    /// the peer may send it, behind a virtio-net header written over the network id's room.
     fn deliver(&mut self, peer: &PublicKey, len: usize) -> Result<(), DropReason> {
-        if len < TAG_LEN {
+        if len < NETWORK_ID_LEN {
             return Err(DropReason::Malformed);
         }
         let end = DECRYPT_OFFSET + len;
-        let tag_at = DECRYPT_OFFSET;
-        let tag = u32::from_be_bytes(
-            self.bufs.plain[tag_at..tag_at + TAG_LEN]
+        let id_at = DECRYPT_OFFSET;
+        let network_id = u32::from_be_bytes(
+            self.bufs.plain[id_at..id_at + NETWORK_ID_LEN]
                 .try_into()
                 .unwrap(),
         );
         let (src, dst) =
             ipv4_addresses(&self.bufs.plain[VNET_HDR_LEN..end]).ok_or(DropReason::NotIpv4)?;
         // The inner source must be an address the lighthouse gives to the sending host.
-        if self.routes.route(tag, src).map(|r| r.key) != Some(*peer) {
+        if self.routes.route(network_id, src).map(|r| r.key) != Some(*peer) {
             return Err(DropReason::Spoofed);
         }
-        let slot = self.ports.slot_of(tag, dst).ok_or(DropReason::NoRoute)?;
+        let slot = self
+            .queues
+            .slot_of(network_id, dst)
+            .ok_or(DropReason::NoRoute)?;
         let packet = &self.bufs.plain[VNET_HDR_LEN..end];
         if self.bufs.train.append(slot, packet) {
             return Ok(());
@@ -122,14 +125,14 @@ impl Daemon {
         }
         let header = delivery_header(&mut self.bufs.plain[VNET_HDR_LEN..end]);
         self.bufs.plain[..VNET_HDR_LEN].copy_from_slice(&header);
-        write_to(self.ports.get_mut(slot), &self.bufs.plain[..end], 1)
+        write_to(self.queues.get_mut(slot), &self.bufs.plain[..end], 1)
     }
 
     /// Writes the segment train being built, if any, to its container.
     pub(super) fn write_train(&mut self) {
         if let Some(train) = self.bufs.train.finish() {
-            let port = self.ports.get_mut(train.slot);
-            if let Err(reason) = write_to(port, train.frame, train.segments) {
+            let queue = self.queues.get_mut(train.slot);
+            if let Err(reason) = write_to(queue, train.frame, train.segments) {
                 self.drops.count(reason);
             }
         }
@@ -137,15 +140,15 @@ impl Daemon {
 }
 
 /// One TUN write: a packet or a train of `packets`, behind its virtio-net header.
-fn write_to(port: Option<&mut Port>, frame: &[u8], packets: u16) -> Result<(), DropReason> {
-    let port = port.ok_or(DropReason::NoRoute)?;
+fn write_to(queue: Option<&mut Queue>, frame: &[u8], packets: u16) -> Result<(), DropReason> {
+    let queue = queue.ok_or(DropReason::NoRoute)?;
     // A TUN write takes the whole frame or nothing.
-    match port.queue.write(frame) {
+    match queue.device.write(frame) {
         Ok(written) if written == frame.len() => {
-            port.stats.to_container_packets += u64::from(packets);
-            port.stats.to_container_bytes += (frame.len() - VNET_HDR_LEN) as u64;
+            queue.stats.to_container_packets += u64::from(packets);
+            queue.stats.to_container_bytes += (frame.len() - VNET_HDR_LEN) as u64;
             Ok(())
         }
-        _ => Err(DropReason::QueueFull),
+        _ => Err(DropReason::DeliveryFailed),
     }
 }

@@ -15,6 +15,7 @@ use super::Daemon;
 use crate::control::status::DnsStats;
 use crate::dns;
 use crate::error::{IoContext, Result};
+use crate::lighthouse::NetworkId;
 use crate::tunnel::DropReason;
 
 /// How long an upstream may take before the container is told SERVFAIL.
@@ -25,9 +26,9 @@ const MAX_MESSAGE: usize = 4096;
 
 /// A forwarded query: where its answer goes back to.
 struct Pending {
-    /// The container's port slot and address, checked again when the answer comes.
+    /// The container's queue slot and address, checked again when the answer comes.
     slot: usize,
-    tag: u32,
+    network_id: NetworkId,
     client: SocketAddrV4,
     /// The gateway address the query was sent to; the answer comes from it.
     server: SocketAddrV4,
@@ -38,10 +39,10 @@ struct Pending {
     query: Vec<u8>,
 }
 
-/// A reply ready for a container: the port slot and tag it is for, addresses, DNS message.
+/// A reply ready for a container: the queue slot and network id it is for, addresses, DNS message.
 pub struct Reply {
     pub slot: usize,
-    pub tag: u32,
+    pub network_id: NetworkId,
     pub from: SocketAddrV4,
     pub to: SocketAddrV4,
     pub message: Vec<u8>,
@@ -81,7 +82,7 @@ impl Resolver {
         query: &[u8],
         upstreams: &[SocketAddr],
         slot: usize,
-        tag: u32,
+        network_id: NetworkId,
         client: SocketAddrV4,
         server: SocketAddrV4,
         now: Instant,
@@ -108,7 +109,7 @@ impl Resolver {
             (upstream, id),
             Pending {
                 slot,
-                tag,
+                network_id,
                 client,
                 server,
                 original_id,
@@ -177,7 +178,7 @@ fn reply_for(pending: &Pending, mut message: Vec<u8>) -> Reply {
     message[..2].copy_from_slice(&pending.original_id.to_be_bytes());
     Reply {
         slot: pending.slot,
-        tag: pending.tag,
+        network_id: pending.network_id,
         from: pending.server,
         to: pending.client,
         message,
@@ -187,18 +188,18 @@ fn reply_for(pending: &Pending, mut message: Vec<u8>) -> Reply {
 impl Daemon {
     /// `frame[..n]` from the container in `slot` is a UDP query to its gateway: answer it from
     /// the network's names, or forward it.
-    pub(super) fn answer_query(&mut self, slot: usize, tag: u32, n: usize) {
+    pub(super) fn answer_query(&mut self, slot: usize, network_id: NetworkId, n: usize) {
         let Some((client, server, query)) = udp_datagram(&self.bufs.frame[VNET_HDR_LEN..n]) else {
             return;
         };
-        let Some(network) = self.networks.get(tag) else {
+        let Some(network) = self.networks.get(network_id) else {
             return;
         };
         self.resolver.stats.queries += 1;
         let routes = &self.routes;
         let verdict = dns::answer(
             query,
-            |name| routes.addresses_of(tag, name),
+            |name| routes.addresses_of(network_id, name),
             network.member.internal,
         );
         let message = match verdict {
@@ -208,15 +209,22 @@ impl Daemon {
             }
             dns::Verdict::Forward => {
                 let upstreams = &network.member.dns_upstreams;
-                self.resolver
-                    .forward(query, upstreams, slot, tag, client, server, Instant::now())
+                self.resolver.forward(
+                    query,
+                    upstreams,
+                    slot,
+                    network_id,
+                    client,
+                    server,
+                    Instant::now(),
+                )
             }
             dns::Verdict::Ignore => None,
         };
         if let Some(message) = message {
             self.deliver_reply(Reply {
                 slot,
-                tag,
+                network_id,
                 from: server,
                 to: client,
                 message,
@@ -239,10 +247,10 @@ impl Daemon {
     /// Writes a DNS answer into the container's queue, if the slot still holds the container
     /// that asked (it may have left while an upstream was thinking).
     fn deliver_reply(&mut self, reply: Reply) {
-        let Some(port) = self.ports.get_mut(reply.slot) else {
+        let Some(queue) = self.queues.get_mut(reply.slot) else {
             return;
         };
-        if port.tag != reply.tag || port.address != *reply.to.ip() {
+        if queue.network_id != reply.network_id || queue.address != *reply.to.ip() {
             return;
         }
         let out = &mut self.bufs.plain;
@@ -256,11 +264,11 @@ impl Daemon {
             return;
         };
         let frame = &out[..VNET_HDR_LEN + len];
-        if port.queue.write(frame).is_ok() {
-            port.stats.to_container_packets += 1;
-            port.stats.to_container_bytes += len as u64;
+        if queue.device.write(frame).is_ok() {
+            queue.stats.to_container_packets += 1;
+            queue.stats.to_container_bytes += len as u64;
         } else {
-            self.drops.count(DropReason::QueueFull);
+            self.drops.count(DropReason::DeliveryFailed);
         }
     }
 }
@@ -330,7 +338,7 @@ mod tests {
         let replies = receive(&mut resolver);
         assert_eq!(replies.len(), 1);
         let reply = &replies[0];
-        assert_eq!((reply.slot, reply.tag), (3, 7));
+        assert_eq!((reply.slot, reply.network_id), (3, 7));
         assert_eq!(reply.to, CLIENT.parse().unwrap());
         assert_eq!(reply.from, SERVER.parse().unwrap());
         assert_eq!(Message::from_vec(&reply.message).unwrap().metadata.id, 4242);

@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
 
 use crate::cert::{CaCert, HostCert};
-use crate::lighthouse::{Change, Entry, Published};
+use crate::lighthouse::{Change, Entry, NetworkId, Published};
 use crate::tunnel::{decode_key, PublicKey};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,9 +30,9 @@ pub struct RouteTable {
     trust: Option<CaCert>,
     /// Every published entry, by host and address.
     published: HashMap<(String, Address), Entry>,
-    /// The network tag each (host, network name, address) is published under: what a delete,
+    /// The network id each (host, network name, address) is published under: what a delete,
     /// which names the network, undoes.
-    tags: HashMap<(String, String, Ipv4Addr), u32>,
+    network_ids: HashMap<(String, String, Ipv4Addr), NetworkId>,
     /// The hosts that publish each address (one, unless someone lies).
     claimants: HashMap<Address, BTreeSet<String>>,
     /// The addresses each host publishes: looked at again when its certificate changes.
@@ -48,7 +48,7 @@ pub struct RouteTable {
     /// Host endpoint -> its key and how many addresses name that pair, so that a datagram
     /// for an unknown session is matched in O(1).
     by_endpoint: HashMap<SocketAddr, (PublicKey, usize)>,
-    /// Network tag -> DNS name -> addresses (a shared alias may name several containers).
+    /// Network id -> DNS name -> addresses (a shared alias may name several containers).
     names: HashMap<u32, HashMap<String, Vec<Ipv4Addr>>>,
 }
 
@@ -62,12 +62,12 @@ impl RouteTable {
     }
 
     /// The addresses a name has on a network (lower case, no trailing dot).
-    pub fn addresses_of(&self, tag: u32, name: &str) -> Option<&[Ipv4Addr]> {
-        self.names.get(&tag)?.get(name).map(Vec::as_slice)
+    pub fn addresses_of(&self, network_id: NetworkId, name: &str) -> Option<&[Ipv4Addr]> {
+        self.names.get(&network_id)?.get(name).map(Vec::as_slice)
     }
 
-    pub fn route(&self, tag: u32, ip: Ipv4Addr) -> Option<Route> {
-        self.routes.get(&(tag, ip)).map(|known| known.route)
+    pub fn route(&self, network_id: NetworkId, ip: Ipv4Addr) -> Option<Route> {
+        self.routes.get(&(network_id, ip)).map(|known| known.route)
     }
 
     /// May this key open tunnels? Only hosts that serve some Flatnet address may.
@@ -116,9 +116,9 @@ impl RouteTable {
     /// Adds or replaces a host's entry for an address.
     pub fn put(&mut self, published: Published) {
         let Published { host, entry } = published;
-        let address = (entry.network_tag(), entry.ip);
+        let address = (entry.wire_network_id(), entry.ip);
         let named = (host.clone(), entry.network.clone(), entry.ip);
-        if let Some(old) = self.tags.insert(named, address.0) {
+        if let Some(old) = self.network_ids.insert(named, address.0) {
             if old != address.0 {
                 // The same entry under another identifier: the old one goes.
                 self.delete_address(&host, (old, entry.ip));
@@ -139,8 +139,8 @@ impl RouteTable {
     /// Drops a host's entry for an address of the named network.
     pub fn delete(&mut self, host: &str, network: &str, ip: Ipv4Addr) {
         let named = (host.to_string(), network.to_string(), ip);
-        if let Some(tag) = self.tags.remove(&named) {
-            self.delete_address(host, (tag, ip));
+        if let Some(network_id) = self.network_ids.remove(&named) {
+            self.delete_address(host, (network_id, ip));
         }
     }
 
@@ -257,8 +257,8 @@ impl RouteTable {
         self.routes.insert(address, known);
     }
 
-    fn uninstall(&mut self, (tag, ip): Address) {
-        let Some(known) = self.routes.remove(&(tag, ip)) else {
+    fn uninstall(&mut self, (network_id, ip): Address) {
+        let Some(known) = self.routes.remove(&(network_id, ip)) else {
             return;
         };
         let Route { endpoint, key } = known.route;
@@ -274,7 +274,7 @@ impl RouteTable {
                 self.by_endpoint.remove(&endpoint);
             }
         }
-        if let Some(names) = self.names.get_mut(&tag) {
+        if let Some(names) = self.names.get_mut(&network_id) {
             for name in &known.names {
                 if let Some(addresses) = names.get_mut(name) {
                     addresses.retain(|a| *a != ip);
@@ -284,7 +284,7 @@ impl RouteTable {
                 }
             }
             if names.is_empty() {
-                self.names.remove(&tag);
+                self.names.remove(&network_id);
             }
         }
     }
@@ -336,7 +336,7 @@ mod tests {
 
     #[test]
     fn deltas_keep_every_index_in_step() {
-        let tag = 1;
+        let network_id = 1;
         let mut table = RouteTable::default();
         table.apply(Change::Reset {
             certs: vec![],
@@ -347,20 +347,20 @@ mod tests {
         });
         table.apply(Change::Put(anonymous(entry("10.0.0.4", 2, &[]))));
         assert_eq!(table.len(), 3);
-        assert_eq!(table.addresses_of(tag, "web").unwrap().len(), 2);
+        assert_eq!(table.addresses_of(network_id, "web").unwrap().len(), 2);
         assert!(table.is_listed(&[1; 32]) && table.is_listed(&[2; 32]));
 
         table.apply(delete("", "10.0.0.3"));
         let web: Ipv4Addr = "10.0.0.2".parse().unwrap();
-        assert_eq!(table.addresses_of(tag, "web").unwrap(), [web]);
-        assert_eq!(table.addresses_of(tag, "db"), None);
+        assert_eq!(table.addresses_of(network_id, "web").unwrap(), [web]);
+        assert_eq!(table.addresses_of(network_id, "db"), None);
         assert!(table.is_listed(&[1; 32]), "host 1 still serves 10.0.0.2");
 
         table.apply(delete("", "10.0.0.2"));
         assert!(!table.is_listed(&[1; 32]), "host 1 serves nothing any more");
         assert_eq!(table.key_at(SocketAddr::from(([192, 0, 2, 1], 4800))), None);
         let four = "10.0.0.4".parse().unwrap();
-        assert_eq!(table.route(tag, four).unwrap().key, [2; 32]);
+        assert_eq!(table.route(network_id, four).unwrap().key, [2; 32]);
 
         // An address moving to another host is one put in a file lighthouse.
         table.apply(Change::Put(anonymous(entry("10.0.0.4", 3, &[]))));
@@ -376,7 +376,7 @@ mod tests {
 
     #[test]
     fn with_a_ca_only_what_a_certificate_grants_is_routed() {
-        let tag = 1;
+        let network_id = 1;
         let (ca_key, ca) = CaKey::generate("ca").unwrap();
         let grant = |name: &str, host: u8, block: &str| {
             ca_key
@@ -395,7 +395,10 @@ mod tests {
         assert_eq!(table.refused(), 1);
         table.apply(Change::Cert(grant("b", 2, "10.0.1.0/24")));
         assert_eq!(
-            table.route(tag, "10.0.1.2".parse().unwrap()).unwrap().key,
+            table
+                .route(network_id, "10.0.1.2".parse().unwrap())
+                .unwrap()
+                .key,
             [2; 32]
         );
         assert_eq!(table.refused(), 0);
@@ -404,17 +407,20 @@ mod tests {
         table.apply(Change::Cert(grant("c", 3, "10.0.2.0/24")));
         table.apply(Change::Put(by("c", entry("10.0.1.2", 3, &["web"]))));
         assert_eq!(
-            table.route(tag, "10.0.1.2".parse().unwrap()).unwrap().key,
+            table
+                .route(network_id, "10.0.1.2".parse().unwrap())
+                .unwrap()
+                .key,
             [2; 32]
         );
-        assert_eq!(table.addresses_of(tag, "web").unwrap().len(), 1);
+        assert_eq!(table.addresses_of(network_id, "web").unwrap().len(), 1);
         assert_eq!(table.refused(), 1);
         // ... or publishes under its own name with B's key: not the key its certificate names.
         table.apply(Change::Put(by("c", entry("10.0.2.9", 2, &[]))));
-        assert_eq!(table.route(tag, "10.0.2.9".parse().unwrap()), None);
+        assert_eq!(table.route(network_id, "10.0.2.9".parse().unwrap()), None);
         // Even when B's entry is gone, C's claim is not believed.
         table.apply(delete("b", "10.0.1.2"));
-        assert_eq!(table.route(tag, "10.0.1.2".parse().unwrap()), None);
+        assert_eq!(table.route(network_id, "10.0.1.2".parse().unwrap()), None);
         assert!(!table.is_listed(&[3; 32]), "C serves nothing it may");
 
         // D's certificate from another CA, or forged, is not believed.
@@ -429,7 +435,7 @@ mod tests {
             .unwrap();
         table.apply(Change::Cert(forged));
         table.apply(Change::Put(by("d", entry("10.0.3.2", 4, &[]))));
-        assert_eq!(table.route(tag, "10.0.3.2".parse().unwrap()), None);
+        assert_eq!(table.route(network_id, "10.0.3.2".parse().unwrap()), None);
 
         // A host whose certificate goes loses its routes.
         table.apply(Change::Put(by("c", entry("10.0.2.3", 3, &[]))));

@@ -287,12 +287,12 @@ impl Lighthouse for EtcdLighthouse {
 
     fn follow(&self) -> Result<Box<dyn Feed>> {
         let (tx, rx) = std::sync::mpsc::channel();
-        let follower = Follower {
+        let watcher = Watcher {
             client: self.client.clone(),
             health: self.health.clone(),
             changes: tx,
         };
-        self.runtime.spawn(follower.run());
+        self.runtime.spawn(watcher.run());
         Ok(Box::new(EtcdFeed {
             changes: rx,
             health: self.health.clone(),
@@ -466,16 +466,16 @@ impl LeaseKeeper {
     }
 }
 
-/// Follows the entries: a read of all of them, then a watch from just after that read. When
-/// the watch breaks, everything is read again (a [`Change::Reset`]): events missed meanwhile
-/// may have been compacted away.
-struct Follower {
+/// Watches the entries (the task behind an [`EtcdFeed`]): a read of all of them, then a watch
+/// from just after that read. When the watch breaks, everything is read again (a
+/// [`Change::Reset`]): events missed meanwhile may have been compacted away.
+struct Watcher {
     client: Client,
     health: Arc<Mutex<Health>>,
     changes: Sender<Vec<Change>>,
 }
 
-impl Follower {
+impl Watcher {
     async fn run(mut self) {
         loop {
             let result = self.follow().await;

@@ -40,7 +40,7 @@ pub struct HostInfo {
 pub struct Entry {
     pub network: String,
     /// The network's identifier as the lighthouse allotted it (0 in an entry of a Flatnet that
-    /// did not allot them: see [`Entry::network_tag`]).
+    /// did not allot them: see [`Entry::wire_network_id`]).
     #[serde(default)]
     pub network_id: NetworkId,
     pub ip: Ipv4Addr,
@@ -53,7 +53,7 @@ pub struct Entry {
 
 impl Entry {
     /// The identifier the entry's packets carry on the wire.
-    pub fn network_tag(&self) -> NetworkId {
+    pub fn wire_network_id(&self) -> NetworkId {
         network_id::or_legacy(self.network_id, &self.network)
     }
 }

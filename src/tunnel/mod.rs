@@ -64,6 +64,9 @@ pub enum DropReason {
     NotIpv4,
     /// The per-peer queue overflowed while a handshake was under way.
     QueueFull,
+    /// The container's TUN device did not take the packet (its queue is full, or the device
+    /// is gone).
+    DeliveryFailed,
 }
 
 impl DropReason {
@@ -75,7 +78,7 @@ impl DropReason {
         }
     }
 
-    pub const ALL: [DropReason; 14] = [
+    pub const ALL: [DropReason; 15] = [
         DropReason::Malformed,
         DropReason::UnknownSession,
         DropReason::BadTag,
@@ -90,6 +93,7 @@ impl DropReason {
         DropReason::NoRoute,
         DropReason::NotIpv4,
         DropReason::QueueFull,
+        DropReason::DeliveryFailed,
     ];
 }
 

@@ -5,7 +5,7 @@
 //! ```text
 //! init      1 0 0 0 | sender u32 | Noise IK message 1 (e, s, timestamp) | mac  = 128 bytes
 //! response  2 0 0 0 | sender u32 | receiver u32 | Noise IK message 2 (e) | mac =  76 bytes
-//! transport 4 0 0 0 | receiver u32 | counter u64 | AEAD(network tag u32 + IP packet)
+//! transport 4 0 0 0 | receiver u32 | counter u64 | AEAD(network id u32 + IP packet)
 //! ```
 //!
 //! `mac` is a MAC over the bytes before it, keyed by the receiver's public key ([`super::mac`]).

@@ -13,7 +13,7 @@
 //! the AEAD has not: a packet the receiver's kernel forwards has its checksum finished there,
 //! one it delivers locally is taken as verified.
 
-use super::packet::{checksum_fold as fold, checksum_sum as sum, TAG_LEN};
+use super::packet::{checksum_fold as fold, checksum_sum as sum, NETWORK_ID_LEN};
 
 pub const VNET_HDR_LEN: usize = 10;
 const F_NEEDS_CSUM: u8 = 1;
@@ -231,9 +231,9 @@ fn checksum_field(packet: &[u8]) -> Option<(usize, usize)> {
     (packet.len() >= header_len + min_len).then_some((header_len, offset))
 }
 
-/// Where a decrypted packet should land so that the tag sits just before it and the delivery
-/// header can be written over the tag's space without moving the packet.
-pub const DECRYPT_OFFSET: usize = VNET_HDR_LEN - TAG_LEN;
+/// Where a decrypted packet should land so that the network id sits just before it and the
+/// delivery header can be written over the network id's space without moving the packet.
+pub const DECRYPT_OFFSET: usize = VNET_HDR_LEN - NETWORK_ID_LEN;
 
 #[cfg(test)]
 mod tests {

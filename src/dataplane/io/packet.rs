@@ -1,10 +1,10 @@
-//! What the data plane reads of an inner packet, and the size of the network tag (the
+//! What the data plane reads of an inner packet, and the size of the network id (the
 //! network's identifier, [`crate::lighthouse::network_id`]) that travels with it.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-/// Bytes of network tag in front of each tunnelled packet (inside the encryption).
-pub const TAG_LEN: usize = 4;
+/// Bytes of network id in front of each tunnelled packet (inside the encryption).
+pub const NETWORK_ID_LEN: usize = 4;
 
 /// Source and destination of an IPv4 packet; `None` for anything else.
 pub fn ipv4_addresses(packet: &[u8]) -> Option<(Ipv4Addr, Ipv4Addr)> {

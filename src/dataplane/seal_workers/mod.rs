@@ -22,10 +22,11 @@ use std::thread::JoinHandle;
 
 use super::batch::SendBatch;
 use super::offload::{Segments, VNET_HDR_LEN};
-use super::packet::TAG_LEN;
+use super::packet::NETWORK_ID_LEN;
 use crate::control::settings::MAX_WORKERS;
 use crate::control::status::SealWorkerStats;
 use crate::error::{Error, IoContext, Result};
+use crate::lighthouse::NetworkId;
 use crate::tunnel::replay::WINDOW;
 use crate::tunnel::{sealed_len, SealKey};
 use unsent::Unsent;
@@ -55,7 +56,7 @@ pub struct Train {
     pub segments: Segments,
     /// The packets it is cut into: the counters `key` holds.
     pub packets: usize,
-    pub tag: u32,
+    pub network_id: NetworkId,
     pub key: SealKey,
     pub to: SocketAddr,
 }
@@ -265,8 +266,8 @@ impl Worker {
     }
 }
 
-/// Cuts the train into packets, tags and seals each straight into `batch`; returns how many
-/// were sealed.
+/// Cuts the train into packets, prefixes each with the network id and seals it straight into
+/// `batch`; returns how many were sealed.
 fn seal(
     frame: &[u8],
     train: &mut Train,
@@ -274,11 +275,14 @@ fn seal(
     batch: &mut SendBatch,
     fd: RawFd,
 ) -> u64 {
-    plain[..TAG_LEN].copy_from_slice(&train.tag.to_be_bytes());
+    plain[..NETWORK_ID_LEN].copy_from_slice(&train.network_id.to_be_bytes());
     let frame = &frame[..train.len];
     let mut sealed = 0;
-    while let Some(len) = train.segments.next_into(frame, &mut plain[TAG_LEN..]) {
-        let plaintext = &plain[..TAG_LEN + len];
+    while let Some(len) = train
+        .segments
+        .next_into(frame, &mut plain[NETWORK_ID_LEN..])
+    {
+        let plaintext = &plain[..NETWORK_ID_LEN + len];
         let key = &mut train.key;
         let fill = |slot: &mut [u8]| key.seal(plaintext, slot).is_some();
         if batch.push_with(sealed_len(plaintext.len()), train.to, fill) {

@@ -1,4 +1,4 @@
-//! The members this host serves: one TUN queue each, found by slot (epoll token), by Flatnet
+//! The TUN queues this host serves, one per member: found by slot (its epoll token), by Flatnet
 //! address (delivery) and by container (attach/detach). A member is a container, or the host
 //! itself on one network (its host member, which also answers to the gateway address).
 
@@ -7,46 +7,47 @@ use std::fs::File;
 use std::net::Ipv4Addr;
 
 use crate::control::status::MemberStats;
+use crate::lighthouse::NetworkId;
 use crate::portmap::PortMapping;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Member {
+pub enum QueueOwner {
     Container,
     /// The host's own interface on the network: trusted with any source address (it carries
     /// the host's replies, forwarded and published traffic), reached also at `aliases`.
     Host,
 }
 
-pub struct Port {
+pub struct Queue {
     pub network: String,
-    pub tag: u32,
+    pub network_id: NetworkId,
     pub container_id: String,
     pub ifname: String,
     pub address: Ipv4Addr,
-    /// Further addresses delivered to this port (the host member's gateway address).
+    /// Further addresses delivered to this queue (the host member's gateway address).
     pub aliases: Vec<Ipv4Addr>,
-    pub member: Member,
+    pub owner: QueueOwner,
     /// Host ports published to this container, for `flatnetd status`.
     pub published: Vec<PortMapping>,
-    pub queue: File,
+    pub device: File,
     pub stats: MemberStats,
 }
 
-impl Port {
+impl Queue {
     pub fn is_host(&self) -> bool {
-        self.member == Member::Host
+        self.owner == QueueOwner::Host
     }
 }
 
 #[derive(Default)]
-pub struct Ports {
-    slots: Vec<Option<Port>>,
+pub struct Queues {
+    slots: Vec<Option<Queue>>,
     by_address: HashMap<(u32, Ipv4Addr), usize>,
     by_container: HashMap<(String, String), usize>,
 }
 
-impl Ports {
-    pub fn insert(&mut self, port: Port) -> usize {
+impl Queues {
+    pub fn insert(&mut self, queue: Queue) -> usize {
         let slot = self
             .slots
             .iter()
@@ -55,28 +56,28 @@ impl Ports {
                 self.slots.push(None);
                 self.slots.len() - 1
             });
-        for address in std::iter::once(port.address).chain(port.aliases.iter().copied()) {
-            self.by_address.insert((port.tag, address), slot);
+        for address in std::iter::once(queue.address).chain(queue.aliases.iter().copied()) {
+            self.by_address.insert((queue.network_id, address), slot);
         }
         self.by_container
-            .insert((port.network.clone(), port.container_id.clone()), slot);
-        self.slots[slot] = Some(port);
+            .insert((queue.network.clone(), queue.container_id.clone()), slot);
+        self.slots[slot] = Some(queue);
         slot
     }
 
-    pub fn remove(&mut self, network: &str, container_id: &str) -> Option<Port> {
+    pub fn remove(&mut self, network: &str, container_id: &str) -> Option<Queue> {
         let slot = self
             .by_container
             .remove(&(network.to_string(), container_id.to_string()))?;
-        let port = self.slots[slot].take()?;
-        for address in std::iter::once(port.address).chain(port.aliases.iter().copied()) {
-            self.by_address.remove(&(port.tag, address));
+        let queue = self.slots[slot].take()?;
+        for address in std::iter::once(queue.address).chain(queue.aliases.iter().copied()) {
+            self.by_address.remove(&(queue.network_id, address));
         }
         // Keep the table from growing without bound after churn.
         while self.slots.last().is_some_and(Option::is_none) {
             self.slots.pop();
         }
-        Some(port)
+        Some(queue)
     }
 
     pub fn contains(&self, network: &str, container_id: &str) -> bool {
@@ -89,22 +90,22 @@ impl Ports {
         let slot = self
             .by_container
             .get(&(network.to_string(), container_id.to_string()))?;
-        self.get(*slot).map(|port| port.address)
+        self.get(*slot).map(|queue| queue.address)
     }
 
-    pub fn get(&self, slot: usize) -> Option<&Port> {
+    pub fn get(&self, slot: usize) -> Option<&Queue> {
         self.slots.get(slot).and_then(Option::as_ref)
     }
 
-    pub fn get_mut(&mut self, slot: usize) -> Option<&mut Port> {
+    pub fn get_mut(&mut self, slot: usize) -> Option<&mut Queue> {
         self.slots.get_mut(slot).and_then(Option::as_mut)
     }
 
-    pub fn slot_of(&self, tag: u32, address: Ipv4Addr) -> Option<usize> {
-        self.by_address.get(&(tag, address)).copied()
+    pub fn slot_of(&self, network_id: NetworkId, address: Ipv4Addr) -> Option<usize> {
+        self.by_address.get(&(network_id, address)).copied()
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Port> {
+    pub fn iter(&self) -> impl Iterator<Item = &Queue> {
         self.slots.iter().flatten()
     }
 
