@@ -7,17 +7,15 @@
 //! The network is `--internal`: the stand-in needs nothing beyond Flatnet and the host, so
 //! nothing it runs (act, buildbot) can reach past this machine.
 
-#[path = "support/podman.rs"]
-mod podman;
-mod support;
-
+use flatnet_test_support as support;
+use flatnet_test_support::needs_podman;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use podman::{e2e_enabled, Backend, Net, NetOptions};
+use flatnet_test_support::podman::{Backend, Net, NetOptions};
 use serde_json::Value;
 
 const FORGE_ROOTFS: &str = "/var/lib/flatnet/forge-rootfs";
@@ -187,9 +185,7 @@ fn forge_and_runner(backend: Backend, name: &str, subnet: &str, git_port: u16, w
 
 #[test]
 fn cni_forge_and_runner() {
-    let Some(_serial) = e2e_enabled("cni_forge_and_runner") else {
-        return;
-    };
+    let _serial = needs_podman!();
     forge_and_runner(
         Backend::Cni,
         "fne2e-cniforge",
@@ -201,9 +197,7 @@ fn cni_forge_and_runner() {
 
 #[test]
 fn netavark_forge_and_runner() {
-    let Some(_serial) = e2e_enabled("netavark_forge_and_runner") else {
-        return;
-    };
+    let _serial = needs_podman!();
     forge_and_runner(
         Backend::Netavark,
         "fne2e-nvforge",

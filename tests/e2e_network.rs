@@ -8,18 +8,15 @@
 //! (198.51.100.0/24), with a web server and its own resolver (dnsmasq); nothing here sends a
 //! packet beyond this machine, and no query reaches the host's resolvers.
 
-#[path = "support/podman.rs"]
-mod podman;
-mod support;
-
+use flatnet_test_support::needs_podman;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use podman::{e2e_enabled, Backend, Net, NetOptions};
-use support::{run_ok, TestNetns};
+use flatnet_test_support::podman::{Backend, Net, NetOptions};
+use flatnet_test_support::{run_ok, TestNetns};
 
 const OUTSIDE_HOST_SIDE: &str = "198.51.100.1";
 const OUTSIDE_SERVER: &str = "198.51.100.2";
@@ -622,9 +619,7 @@ fn nix_kill(pid: i32) {
 
 #[test]
 fn cni_complete_network() {
-    let Some(_serial) = e2e_enabled("cni_complete_network") else {
-        return;
-    };
+    let _serial = needs_podman!();
     let ports = Ports {
         local: 18081,
         any: 18082,
@@ -636,9 +631,7 @@ fn cni_complete_network() {
 
 #[test]
 fn netavark_complete_network() {
-    let Some(_serial) = e2e_enabled("netavark_complete_network") else {
-        return;
-    };
+    let _serial = needs_podman!();
     let ports = Ports {
         local: 18181,
         any: 18182,
@@ -650,9 +643,7 @@ fn netavark_complete_network() {
 
 #[test]
 fn cni_internal_network() {
-    let Some(_serial) = e2e_enabled("cni_internal_network") else {
-        return;
-    };
+    let _serial = needs_podman!();
     internal_network(
         Backend::Cni,
         "fne2e-cniint",
@@ -663,9 +654,7 @@ fn cni_internal_network() {
 
 #[test]
 fn netavark_internal_network() {
-    let Some(_serial) = e2e_enabled("netavark_internal_network") else {
-        return;
-    };
+    let _serial = needs_podman!();
     internal_network(
         Backend::Netavark,
         "fne2e-nvint",
@@ -676,16 +665,12 @@ fn netavark_internal_network() {
 
 #[test]
 fn cni_killed_daemon_leaves_nothing() {
-    let Some(_serial) = e2e_enabled("cni_killed_daemon_leaves_nothing") else {
-        return;
-    };
+    let _serial = needs_podman!();
     killed_daemon(Backend::Cni, "fne2e-cnikill", "10.215.0.0/24", 18281);
 }
 
 #[test]
 fn netavark_killed_daemon_leaves_nothing() {
-    let Some(_serial) = e2e_enabled("netavark_killed_daemon_leaves_nothing") else {
-        return;
-    };
+    let _serial = needs_podman!();
     killed_daemon(Backend::Netavark, "fne2e-nvkill", "10.216.0.0/24", 18282);
 }

@@ -5,15 +5,12 @@
 //! `scripts/test.sh` installs both, builds the image and sets FLATNET_E2E=1. Without it these
 //! tests skip on a developer machine and fail in CI, where skipping would hide a regression.
 
-#[path = "support/podman.rs"]
-mod podman;
-mod support;
-
+use flatnet_test_support::needs_podman;
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::time::Instant;
 
-use podman::{e2e_enabled, Backend, Net, IMAGE};
+use flatnet_test_support::podman::{Backend, Net, IMAGE};
 
 const CHURN: usize = 40;
 
@@ -139,33 +136,25 @@ fn traffic(backend: Backend, name: &str, subnet: &str) {
 
 #[test]
 fn cni_backend_traffic() {
-    let Some(_serial) = e2e_enabled("cni_backend_traffic") else {
-        return;
-    };
+    let _serial = needs_podman!();
     traffic(Backend::Cni, "fne2e-cnitraffic", "10.207.0.0/24");
 }
 
 #[test]
 fn netavark_backend_traffic() {
-    let Some(_serial) = e2e_enabled("netavark_backend_traffic") else {
-        return;
-    };
+    let _serial = needs_podman!();
     traffic(Backend::Netavark, "fne2e-nvtraffic", "10.208.0.0/24");
 }
 
 #[test]
 fn cni_backend_basics() {
-    let Some(_serial) = e2e_enabled("cni_backend_basics") else {
-        return;
-    };
+    let _serial = needs_podman!();
     basics(Backend::Cni, "fne2e-cni", "10.201.0.0/24", "10.201.0.200");
 }
 
 #[test]
 fn netavark_backend_basics() {
-    let Some(_serial) = e2e_enabled("netavark_backend_basics") else {
-        return;
-    };
+    let _serial = needs_podman!();
     basics(
         Backend::Netavark,
         "fne2e-nv",
@@ -176,9 +165,7 @@ fn netavark_backend_basics() {
 
 #[test]
 fn netavark_connect_and_disconnect() {
-    let Some(_serial) = e2e_enabled("netavark_connect_and_disconnect") else {
-        return;
-    };
+    let _serial = needs_podman!();
     let first = Net::create(Backend::Netavark, "fne2e-nva", "10.203.0.0/24");
     let second = Net::create(Backend::Netavark, "fne2e-nvb", "10.204.0.0/24");
     let c = first.container(1);
@@ -208,16 +195,12 @@ fn netavark_connect_and_disconnect() {
 
 #[test]
 fn cni_backend_churn() {
-    let Some(_serial) = e2e_enabled("cni_backend_churn") else {
-        return;
-    };
+    let _serial = needs_podman!();
     churn(Backend::Cni, "fne2e-cnichurn", "10.205.0.0/24");
 }
 
 #[test]
 fn netavark_backend_churn() {
-    let Some(_serial) = e2e_enabled("netavark_backend_churn") else {
-        return;
-    };
+    let _serial = needs_podman!();
     churn(Backend::Netavark, "fne2e-nvchurn", "10.206.0.0/24");
 }

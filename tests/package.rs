@@ -4,15 +4,12 @@
 //! package itself: its files, that Podman finds the packaged plugins and no others, and its
 //! remove and purge in a throwaway copy (an overlay) of the chroot.
 
-#[path = "support/podman.rs"]
-mod podman;
-mod support;
-
+use flatnet_test_support::{needs_podman, needs_root};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use podman::{chroot_dir, e2e_enabled, Backend, Net};
+use flatnet_test_support::podman::{chroot_dir, Backend, Net};
 
 fn deb() -> PathBuf {
     let version = env!("CARGO_PKG_VERSION");
@@ -101,9 +98,7 @@ fn the_package_holds_binaries_pages_unit_and_example() {
 
 #[test]
 fn podman_finds_the_packaged_plugins_and_no_other_copy() {
-    let Some(_serial) = e2e_enabled("podman_finds_the_packaged_plugins_and_no_other_copy") else {
-        return;
-    };
+    let _serial = needs_podman!();
     for path in [
         "/usr/bin/flatnetd",
         "/usr/lib/cni/flatnet-cni",
@@ -224,11 +219,7 @@ impl Drop for Scratch {
 
 #[test]
 fn remove_keeps_the_users_config_and_purge_keeps_state_a_container_uses() {
-    if !support::root_or_skip(
-        "remove_keeps_the_users_config_and_purge_keeps_state_a_container_uses",
-    ) {
-        return;
-    }
+    needs_root!();
     assert!(
         chroot_dir().join("usr/bin").is_dir(),
         "no chroot: run scripts/setup-chroot.sh"

@@ -1,9 +1,7 @@
 //! `flatnet-cni` for a person: help, version and the manual answer at once (stdin is left
 //! open, so a plugin that read it would hang), and a runtime's call is still a CNI call.
 
-#[path = "../../tests/support/mod.rs"]
-mod support;
-
+use flatnet_test_support as support;
 use std::process::{Command, Output, Stdio};
 
 const BIN: &str = env!("CARGO_BIN_EXE_flatnet-cni");

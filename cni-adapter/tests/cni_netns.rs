@@ -1,15 +1,13 @@
 //! flatnet-cni driven through the CNI protocol (environment + stdin) against real network
 //! namespaces, as a runtime would. Needs root.
 
-#[path = "../../tests/support/mod.rs"]
-mod support;
-
+use flatnet_test_support::needs_root;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::Output;
 
+use flatnet_test_support::*;
 use serde_json::{json, Value};
-use support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_flatnet-cni");
 
@@ -59,9 +57,7 @@ fn assert_no_leaks(state: &TestState) {
 
 #[test]
 fn add_check_del_in_every_spec_version() {
-    if !root_or_skip("add_check_del_in_every_spec_version") {
-        return;
-    }
+    needs_root!();
     for version in ["0.4.0", "1.0.0", "1.1.0"] {
         let state = state_dir("roundtrip");
         let ns = TestNetns::new("rt");
@@ -134,9 +130,7 @@ fn add_check_del_in_every_spec_version() {
 
 #[test]
 fn containers_get_distinct_addresses_and_static_requests() {
-    if !root_or_skip("containers_get_distinct_addresses_and_static_requests") {
-        return;
-    }
+    needs_root!();
     let state = state_dir("distinct");
     let conf = conf("1.0.0", &state);
     let namespaces: Vec<_> = (0..3).map(|_| TestNetns::new("d")).collect();
@@ -188,9 +182,7 @@ fn containers_get_distinct_addresses_and_static_requests() {
 
 #[test]
 fn del_succeeds_when_things_are_already_gone() {
-    if !root_or_skip("del_succeeds_when_things_are_already_gone") {
-        return;
-    }
+    needs_root!();
     let state = state_dir("gone");
     let conf = conf("1.0.0", &state);
     let ns = TestNetns::new("g");
@@ -218,9 +210,7 @@ fn del_succeeds_when_things_are_already_gone() {
 
 #[test]
 fn bad_input_gets_the_spec_error_and_leaves_nothing() {
-    if !root_or_skip("bad_input_gets_the_spec_error_and_leaves_nothing") {
-        return;
-    }
+    needs_root!();
     let state = state_dir("bad");
     let good = conf("1.0.0", &state);
     let ns = TestNetns::new("b");
@@ -291,9 +281,7 @@ fn bad_input_gets_the_spec_error_and_leaves_nothing() {
 
 #[test]
 fn failure_half_way_rolls_back() {
-    if !root_or_skip("failure_half_way_rolls_back") {
-        return;
-    }
+    needs_root!();
     let state = state_dir("rollback");
     let conf = conf("1.0.0", &state);
     let ns = TestNetns::new("rb");
@@ -310,9 +298,7 @@ fn failure_half_way_rolls_back() {
 
 #[test]
 fn a_chained_add_passes_the_previous_result_through_and_check_uses_it() {
-    if !root_or_skip("a_chained_add_passes_the_previous_result_through_and_check_uses_it") {
-        return;
-    }
+    needs_root!();
     let state = state_dir("chain");
     let ns = TestNetns::new("ch");
     let mut conf: Value = serde_json::from_str(&conf("1.0.0", &state)).unwrap();
@@ -363,9 +349,7 @@ fn a_chained_add_passes_the_previous_result_through_and_check_uses_it() {
 
 #[test]
 fn check_notices_a_missing_interface() {
-    if !root_or_skip("check_notices_a_missing_interface") {
-        return;
-    }
+    needs_root!();
     let state = state_dir("check");
     let conf = conf("1.0.0", &state);
     let ns = TestNetns::new("ck");
@@ -386,9 +370,7 @@ fn check_notices_a_missing_interface() {
 
 #[test]
 fn no_data_plane_means_try_again_and_nothing_left() {
-    if !root_or_skip("no_data_plane_means_try_again_and_nothing_left") {
-        return;
-    }
+    needs_root!();
     let state = state_dir("nodp");
     let conf = conf("1.0.0", &state);
     let ns = TestNetns::new("nd");
@@ -404,9 +386,7 @@ fn no_data_plane_means_try_again_and_nothing_left() {
 
 #[test]
 fn check_notices_a_stopped_data_plane() {
-    if !root_or_skip("check_notices_a_stopped_data_plane") {
-        return;
-    }
+    needs_root!();
     let state = state_dir("checkdp");
     let conf = conf("1.0.0", &state);
     let ns = TestNetns::new("cd");
@@ -428,9 +408,7 @@ fn check_notices_a_stopped_data_plane() {
 
 #[test]
 fn version_status_and_gc() {
-    if !root_or_skip("version_status_and_gc") {
-        return;
-    }
+    needs_root!();
     let out = run_plugin(
         BIN,
         &[],
@@ -518,9 +496,7 @@ fn version_status_and_gc() {
 
 #[test]
 fn a_host_member_deleted_by_hand_comes_back_with_the_next_attach() {
-    if !root_or_skip("a_host_member_deleted_by_hand_comes_back_with_the_next_attach") {
-        return;
-    }
+    needs_root!();
     let state = state_dir("member");
     let conf = conf("1.0.0", &state);
     let (a, b) = (TestNetns::new("ma"), TestNetns::new("mb"));

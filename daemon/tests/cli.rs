@@ -1,14 +1,11 @@
 //! flatnetd's command line for operators: help, version, manual pages and `check`.
 
-#[path = "../../tests/support/mod.rs"]
-mod support;
-
+use flatnet_test_support::needs_root;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::json;
-use support::root_or_skip;
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_flatnetd");
 
@@ -110,9 +107,7 @@ impl CheckSetup {
 
 #[test]
 fn check_accepts_a_good_conflist_and_changes_nothing() {
-    if !root_or_skip("check_accepts_a_good_conflist_and_changes_nothing") {
-        return;
-    }
+    needs_root!();
     let setup = CheckSetup::new();
     let conflist = setup.conflist(json!({"subnet": "10.91.0.0/24"}));
     let (ok, out) = setup.check(&["--conflist", conflist.to_str().unwrap()]);
@@ -131,9 +126,7 @@ fn check_accepts_a_good_conflist_and_changes_nothing() {
 
 #[test]
 fn check_names_what_is_wrong_with_a_conflist() {
-    if !root_or_skip("check_names_what_is_wrong_with_a_conflist") {
-        return;
-    }
+    needs_root!();
     let setup = CheckSetup::new();
     let conflist = setup.conflist(json!({"subnet": "10.91.0.0/24", "gateway": "10.92.0.1"}));
     let (ok, out) = setup.check(&["--conflist", conflist.to_str().unwrap()]);
@@ -159,9 +152,7 @@ fn check_names_what_is_wrong_with_a_conflist() {
 
 #[test]
 fn check_refuses_a_readable_key_and_an_open_state_directory() {
-    if !root_or_skip("check_refuses_a_readable_key_and_an_open_state_directory") {
-        return;
-    }
+    needs_root!();
     let setup = CheckSetup::new();
     let state = setup.state();
     std::fs::create_dir(&state).unwrap();
@@ -182,9 +173,7 @@ fn check_refuses_a_readable_key_and_an_open_state_directory() {
 
 #[test]
 fn check_validates_a_podman_network_through_the_plugin() {
-    if !root_or_skip("check_validates_a_podman_network_through_the_plugin") {
-        return;
-    }
+    needs_root!();
     let setup = CheckSetup::new();
     let networks = setup.dir.path().join("networks");
     std::fs::create_dir(&networks).unwrap();

@@ -8,9 +8,8 @@
 //! (FLATNET_BENCH_HOSTS, FLATNET_BENCH_PER_HOST). Needs root, etcd, iputils ping and curl.
 
 mod cluster;
-#[path = "../../tests/support/mod.rs"]
-mod support;
 
+use flatnet_test_support::needs_root;
 use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
 use std::process::{Child, Command, Stdio};
@@ -18,7 +17,6 @@ use std::sync::mpsc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use cluster::*;
-use support::root_or_skip;
 
 /// How long a probe waits for its first answer before the run counts as not converged.
 const PROBE_LIMIT_S: &str = "10";
@@ -158,9 +156,7 @@ fn etcd_requests(cluster: &Cluster) -> f64 {
 
 #[test]
 fn convergence_on_etcd() {
-    if !root_or_skip("convergence_on_etcd") {
-        return;
-    }
+    needs_root!();
     let hosts = setting("FLATNET_BENCH_HOSTS", 4);
     let per_host = setting("FLATNET_BENCH_PER_HOST", 3);
     let mut cluster = Cluster::with_etcd_in(hosts, 3, "198.18.0.0/22");

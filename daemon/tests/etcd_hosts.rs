@@ -4,9 +4,8 @@
 //! members lost, quorum lost, a host killed for good and restarted. Needs root and etcd.
 
 mod cluster;
-#[path = "../../tests/support/mod.rs"]
-mod support;
 
+use flatnet_test_support::needs_root;
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::Path;
@@ -16,7 +15,7 @@ use std::time::{Duration, Instant};
 use cluster::*;
 use flatnet::netns::NetworkNamespace;
 use flatnet::tunnel::{decode_key, Limits, PublicKey, StaticKeys, TunnelManager};
-use support::{root_or_skip, stdout_json, TestNetns};
+use flatnet_test_support::{stdout_json, TestNetns};
 
 /// Waits until `done` holds, for at most `within`; returns how long it took.
 fn wait_until(within: Duration, what: &str, mut done: impl FnMut() -> bool) -> Duration {
@@ -59,9 +58,7 @@ fn wait_routes(cluster: &Cluster, hosts: &[usize], n: u64) -> Duration {
 
 #[test]
 fn three_hosts_on_etcd_get_unique_addresses_and_reach_each_other() {
-    if !root_or_skip("three_hosts_on_etcd_get_unique_addresses_and_reach_each_other") {
-        return;
-    }
+    needs_root!();
     let mut cluster = Cluster::with_etcd(3, 3);
     let containers: Vec<usize> = (0..6).map(|i| cluster.attach(i % 3)).collect();
     let ips: HashSet<_> = cluster.containers.iter().map(|c| c.ip).collect();
@@ -98,9 +95,7 @@ fn three_hosts_on_etcd_get_unique_addresses_and_reach_each_other() {
 
 #[test]
 fn quorum_lost_keeps_traffic_and_fails_new_attaches_fast_until_it_is_back() {
-    if !root_or_skip("quorum_lost_keeps_traffic_and_fails_new_attaches_fast_until_it_is_back") {
-        return;
-    }
+    needs_root!();
     let mut cluster = Cluster::with_etcd(2, 3);
     let (a, b) = (cluster.attach(0), cluster.attach(1));
     wait_routes(&cluster, &[0, 1], 4);
@@ -146,10 +141,7 @@ fn quorum_lost_keeps_traffic_and_fails_new_attaches_fast_until_it_is_back() {
 
 #[test]
 fn a_host_killed_for_good_vanishes_after_its_lease_and_a_restart_brings_it_back() {
-    if !root_or_skip("a_host_killed_for_good_vanishes_after_its_lease_and_a_restart_brings_it_back")
-    {
-        return;
-    }
+    needs_root!();
     let mut cluster = Cluster::with_etcd(3, 3);
     let (a, _b, c) = (cluster.attach(0), cluster.attach(1), cluster.attach(2));
     wait_routes(&cluster, &[0, 1, 2], 6);
@@ -201,9 +193,7 @@ fn three_hosts_with_a_container_each() -> (Cluster, [usize; 3]) {
 
 #[test]
 fn a_host_cannot_take_another_hosts_address() {
-    if !root_or_skip("a_host_cannot_take_another_hosts_address") {
-        return;
-    }
+    needs_root!();
     // The taker is host 0: its name sorts first, so only the certificates stand between it
     // and the victim's traffic (of two believed claims the first by name would win).
     let (cluster, [_c, b, a]) = three_hosts_with_a_container_each();
@@ -260,9 +250,7 @@ fn a_host_cannot_take_another_hosts_address() {
 
 #[test]
 fn a_host_without_the_cas_grant_cannot_join() {
-    if !root_or_skip("a_host_without_the_cas_grant_cannot_join") {
-        return;
-    }
+    needs_root!();
     let mut cluster = Cluster::with_etcd(2, 3);
     let (a, _b) = (cluster.attach(0), cluster.attach(1));
     wait_routes(&cluster, &[0, 1], 4);
@@ -304,9 +292,7 @@ fn a_host_without_the_cas_grant_cannot_join() {
 
 #[test]
 fn an_address_outside_the_hosts_block_is_refused() {
-    if !root_or_skip("an_address_outside_the_hosts_block_is_refused") {
-        return;
-    }
+    needs_root!();
     let mut cluster = Cluster::with_etcd(2, 3);
     let other = cluster.block(1).network();
     let ns = TestNetns::new("ctr");
@@ -338,9 +324,7 @@ fn an_address_outside_the_hosts_block_is_refused() {
 
 #[test]
 fn a_container_removed_while_its_daemon_was_down_leaves_the_lighthouse() {
-    if !root_or_skip("a_container_removed_while_its_daemon_was_down_leaves_the_lighthouse") {
-        return;
-    }
+    needs_root!();
     let mut cluster = Cluster::with_etcd(2, 3);
     let (_a, _b, _c) = (cluster.attach(0), cluster.attach(1), cluster.attach(1));
     wait_routes(&cluster, &[0, 1], 5);
@@ -481,9 +465,7 @@ fn listener_heard(listener: Child) -> bool {
 
 #[test]
 fn a_host_cannot_send_from_another_hosts_addresses() {
-    if !root_or_skip("a_host_cannot_send_from_another_hosts_addresses") {
-        return;
-    }
+    needs_root!();
     let (cluster, [a, b, c]) = three_hosts_with_a_container_each();
     let etcd = cluster.etcd();
     let id = etcd.etcdctl(
@@ -528,9 +510,7 @@ fn a_host_cannot_send_from_another_hosts_addresses() {
 
 #[test]
 fn colliding_network_names_get_identifiers_of_their_own_in_etcd() {
-    if !root_or_skip("colliding_network_names_get_identifiers_of_their_own_in_etcd") {
-        return;
-    }
+    needs_root!();
     let (a, b) = flatnet::lighthouse::network_id::colliding_names("net-");
     let mut cluster = Cluster::with_etcd(2, 1);
     cluster.network = a.clone();

@@ -7,10 +7,6 @@
 //! handed out the bottom of the subnet. Needs root, etcd and the chroot (scripts/test.sh).
 
 mod cluster;
-#[path = "../../tests/support/podman.rs"]
-mod podman;
-#[path = "../../tests/support/mod.rs"]
-mod support;
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
@@ -19,8 +15,8 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use cluster::Cluster;
-use podman::{chroot_dir, e2e_enabled, IMAGE};
-use support::root_or_skip;
+use flatnet_test_support::podman::{chroot_dir, IMAGE};
+use flatnet_test_support::{needs_podman, needs_root};
 
 const NETWORK: &str = "twohosts";
 const CONTAINERS_PER_HOST: usize = 20;
@@ -413,13 +409,8 @@ fn quorum_lost_and_back(cluster: &mut Cluster, hosts: &Hosts, containers: &[Star
 
 #[test]
 fn two_podman_hosts_on_etcd_give_distinct_addresses_and_reach_each_other() {
-    let test = "two_podman_hosts_on_etcd_give_distinct_addresses_and_reach_each_other";
-    if !root_or_skip(test) {
-        return;
-    }
-    let Some(_serial) = e2e_enabled(test) else {
-        return;
-    };
+    needs_root!();
+    let _serial = needs_podman!();
     let (mut cluster, hosts) = two_hosts();
     let ranges = create_networks(&cluster, &hosts);
     assert_eq!(

@@ -2,13 +2,11 @@
 //! frames from one TUN queue to the other), under the same checks as the tunnel. Needs root.
 
 mod cluster;
-#[path = "../../tests/support/mod.rs"]
-mod support;
 
+use flatnet_test_support::needs_root;
 use std::net::Ipv4Addr;
 
 use cluster::*;
-use support::root_or_skip;
 
 const BULK_BYTES: u32 = 50_000_000;
 
@@ -35,11 +33,7 @@ fn ping_address(cluster: &Cluster, from: usize, to: Ipv4Addr) -> bool {
 
 #[test]
 fn fifty_megabytes_between_containers_of_one_host_arrive_intact_without_a_tunnel() {
-    if !root_or_skip(
-        "fifty_megabytes_between_containers_of_one_host_arrive_intact_without_a_tunnel",
-    ) {
-        return;
-    }
+    needs_root!();
     let mut cluster = Cluster::new(1);
     let (a, b) = (cluster.attach(0), cluster.attach(0));
     let (file, content) = bulk_file(&cluster);
@@ -68,9 +62,7 @@ fn fifty_megabytes_between_containers_of_one_host_arrive_intact_without_a_tunnel
 
 #[test]
 fn fifty_megabytes_across_hosts_arrive_intact_through_the_tunnel() {
-    if !root_or_skip("fifty_megabytes_across_hosts_arrive_intact_through_the_tunnel") {
-        return;
-    }
+    needs_root!();
     let (cluster, a, b) = Cluster::connected_pair();
     let (file, content) = bulk_file(&cluster);
     let received = cluster.send_file(a, b, 7401, &file);
@@ -90,9 +82,7 @@ fn fifty_megabytes_across_hosts_arrive_intact_through_the_tunnel() {
 
 #[test]
 fn a_spoofed_source_is_dropped_on_the_fast_path() {
-    if !root_or_skip("a_spoofed_source_is_dropped_on_the_fast_path") {
-        return;
-    }
+    needs_root!();
     let mut cluster = Cluster::new(1);
     let (a, b, other) = (cluster.attach(0), cluster.attach(0), cluster.attach(0));
     let (a_ns, b_ns) = (
@@ -127,9 +117,7 @@ fn a_spoofed_source_is_dropped_on_the_fast_path() {
 
 #[test]
 fn a_container_moved_to_another_network_is_not_reached_from_the_old_one() {
-    if !root_or_skip("a_container_moved_to_another_network_is_not_reached_from_the_old_one") {
-        return;
-    }
+    needs_root!();
     let mut cluster = Cluster::new(1);
     let (a, c) = (cluster.attach(0), cluster.attach(0));
     assert!(
@@ -175,9 +163,7 @@ fn a_container_moved_to_another_network_is_not_reached_from_the_old_one() {
 /// path, and the setting outlives a restart.
 #[test]
 fn same_host_encrypted_sends_neighbours_through_the_tunnel() {
-    if !root_or_skip("same_host_encrypted_sends_neighbours_through_the_tunnel") {
-        return;
-    }
+    needs_root!();
     let mut cluster = Cluster::new(1);
     cluster.start_daemon_with(0, &["--same-host", "encrypted"]);
     let (a, b) = (cluster.attach(0), cluster.attach(0));

@@ -2,9 +2,9 @@
 //! reachability, faults, and what is left afterwards. Needs root.
 
 mod cluster;
-#[path = "../../tests/support/mod.rs"]
-mod support;
 
+use flatnet_test_support as support;
+use flatnet_test_support::needs_root;
 use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
@@ -14,14 +14,12 @@ use std::time::{Duration, Instant};
 
 use cluster::*;
 use flatnet::state::StateDir;
+use flatnet_test_support::TestNetns;
 use serde_json::{json, Value};
-use support::{root_or_skip, TestNetns};
 
 #[test]
 fn two_then_three_hosts_reach_each_other() {
-    if !root_or_skip("two_then_three_hosts_reach_each_other") {
-        return;
-    }
+    needs_root!();
     let mut cluster = Cluster::new(2);
     let (a, b) = (cluster.attach(0), cluster.attach(1));
     assert!(cluster.ping(a, b, 2) && cluster.ping(b, a, 2));
@@ -62,9 +60,7 @@ fn two_then_three_hosts_reach_each_other() {
 /// two Podman networks may), each on hosts of its own, so only the tag tells them apart.
 #[test]
 fn networks_whose_names_collide_in_a_32_bit_hash_stay_apart() {
-    if !root_or_skip("networks_whose_names_collide_in_a_32_bit_hash_stay_apart") {
-        return;
-    }
+    needs_root!();
     let (a, b) = flatnet::lighthouse::network_id::colliding_names("net-");
     let mut cluster = Cluster::new(4);
     let at = |last: u8| Ipv4Addr::new(198, 51, 100, last);
@@ -93,9 +89,7 @@ fn networks_whose_names_collide_in_a_32_bit_hash_stay_apart() {
 
 #[test]
 fn kill_9_and_restart_keeps_the_outage_short() {
-    if !root_or_skip("kill_9_and_restart_keeps_the_outage_short") {
-        return;
-    }
+    needs_root!();
     let (cluster, a, b) = Cluster::connected_pair();
     let mut pinger = Pinger::start(&cluster, a, b, 0.1, 80);
     let mut seen = vec![pinger.next_reply().expect("ping runs")];
@@ -127,9 +121,7 @@ fn kill_9_and_restart_keeps_the_outage_short() {
 
 #[test]
 fn stop_returns_once_the_lock_and_port_are_free() {
-    if !root_or_skip("stop_returns_once_the_lock_and_port_are_free") {
-        return;
-    }
+    needs_root!();
     let (cluster, a, b) = Cluster::connected_pair();
     let lock = cluster.hosts[0].state.path().join("flatnetd.lock");
     for round in 0..5 {
@@ -167,9 +159,7 @@ fn series(body: &str, prefix: &str) -> f64 {
 
 #[test]
 fn metrics_are_served_when_asked_and_move_with_traffic() {
-    if !root_or_skip("metrics_are_served_when_asked_and_move_with_traffic") {
-        return;
-    }
+    needs_root!();
     let (cluster, a, b) = Cluster::connected_pair();
     let socket = cluster.hosts[0].state.path().join("metrics.sock");
     cluster.stop_daemon(0);
@@ -266,9 +256,7 @@ fn metrics_refuse_a_non_loopback_address() {
 
 #[test]
 fn sigterm_and_sigint_stop_cleanly_and_a_restart_serves_again() {
-    if !root_or_skip("sigterm_and_sigint_stop_cleanly_and_a_restart_serves_again") {
-        return;
-    }
+    needs_root!();
     let (cluster, a, b) = Cluster::connected_pair();
     let state = cluster.hosts[1].state.path();
     for signal in [nix::sys::signal::SIGTERM, nix::sys::signal::SIGINT] {
@@ -305,9 +293,7 @@ fn sigterm_and_sigint_stop_cleanly_and_a_restart_serves_again() {
 
 #[test]
 fn a_vanished_peer_costs_little_and_traffic_resumes() {
-    if !root_or_skip("a_vanished_peer_costs_little_and_traffic_resumes") {
-        return;
-    }
+    needs_root!();
     let (cluster, a, b) = Cluster::connected_pair();
 
     // Host 1 drops off the underlay; host 0 restarts, so it must handshake again.
@@ -353,9 +339,7 @@ fn a_vanished_peer_costs_little_and_traffic_resumes() {
 
 #[test]
 fn garbage_is_dropped_and_counted_while_ping_goes_on() {
-    if !root_or_skip("garbage_is_dropped_and_counted_while_ping_goes_on") {
-        return;
-    }
+    needs_root!();
     let (cluster, a, b) = Cluster::connected_pair();
     // What garbage can be counted as (other reasons belong to the containers' own traffic).
     let counted = |c: &Cluster| -> u64 {
@@ -424,9 +408,7 @@ for i in range({GARBAGE}):
 
 #[test]
 fn a_handshake_flood_costs_little_and_no_ping_is_lost() {
-    if !root_or_skip("a_handshake_flood_costs_little_and_no_ping_is_lost") {
-        return;
-    }
+    needs_root!();
     // Hosts 0 and 1 serve a container each; host 2 is the attacker on the same underlay.
     let mut cluster = Cluster::new(3);
     let (a, b) = (cluster.attach(0), cluster.attach(1));
@@ -526,9 +508,7 @@ for i in range({RATE} * {SECONDS}):
 
 #[test]
 fn a_silent_control_client_blocks_nobody_and_is_cut_off() {
-    if !root_or_skip("a_silent_control_client_blocks_nobody_and_is_cut_off") {
-        return;
-    }
+    needs_root!();
     let mut cluster = Cluster::new(1);
     let first = cluster.attach(0);
     let socket = StateDir::new(cluster.hosts[0].state.path()).control_socket();
@@ -555,9 +535,7 @@ fn a_silent_control_client_blocks_nobody_and_is_cut_off() {
 
 #[test]
 fn the_control_socket_refuses_callers_of_other_users() {
-    if !root_or_skip("the_control_socket_refuses_callers_of_other_users") {
-        return;
-    }
+    needs_root!();
     let mut cluster = Cluster::new(1);
     cluster.attach(0);
     let socket = StateDir::new(cluster.hosts[0].state.path()).control_socket();
@@ -595,9 +573,7 @@ print(s.recv(65536).decode())
 
 #[test]
 fn a_reused_namespace_path_is_not_served_after_a_restart() {
-    if !root_or_skip("a_reused_namespace_path_is_not_served_after_a_restart") {
-        return;
-    }
+    needs_root!();
     let mut cluster = Cluster::new(1);
     let (kept, gone) = (cluster.attach(0), cluster.attach(0));
     cluster.stop_daemon(0);
@@ -642,9 +618,7 @@ fn unit_capabilities() -> String {
 
 #[test]
 fn the_capabilities_the_unit_grants_are_enough() {
-    if !root_or_skip("the_capabilities_the_unit_grants_are_enough") {
-        return;
-    }
+    needs_root!();
     let mut cluster = Cluster::new(2);
     // Host 0's daemon runs with only what the unit leaves it; host 1's as the plugins start it.
     let bounding = format!("--bounding-set={}", unit_capabilities());
@@ -688,9 +662,7 @@ fn the_capabilities_the_unit_grants_are_enough() {
 
 #[test]
 fn a_daemon_started_by_a_plugin_is_detached_from_it() {
-    if !root_or_skip("a_daemon_started_by_a_plugin_is_detached_from_it") {
-        return;
-    }
+    needs_root!();
     // Without systemd (here), the fallback: a process in a session of its own. Under
     // systemd-run --scope the same process (it execs flatnetd) would be just as detached.
     let mut cluster = Cluster::new(1);
@@ -714,9 +686,7 @@ fn a_daemon_started_by_a_plugin_is_detached_from_it() {
 
 #[test]
 fn the_unit_is_told_when_flatnetd_serves_and_stops() {
-    if !root_or_skip("the_unit_is_told_when_flatnetd_serves_and_stops") {
-        return;
-    }
+    needs_root!();
     let cluster = Cluster::new(1);
     let h = &cluster.hosts[0];
     let dir = tempfile::tempdir().unwrap();
@@ -755,9 +725,7 @@ fn udp_receive_errors(ns: &TestNetns) -> u64 {
 
 #[test]
 fn spoofed_inner_source_is_dropped_and_counted() {
-    if !root_or_skip("spoofed_inner_source_is_dropped_and_counted") {
-        return;
-    }
+    needs_root!();
     let mut cluster = Cluster::new(2);
     let (a, b, other) = (cluster.attach(0), cluster.attach(1), cluster.attach(0));
     assert!(cluster.ping(a, b, 1));
@@ -789,9 +757,7 @@ for _ in range(5):
 
 #[test]
 fn a_container_cannot_reach_the_hosts_loopback_through_its_gateway() {
-    if !root_or_skip("a_container_cannot_reach_the_hosts_loopback_through_its_gateway") {
-        return;
-    }
+    needs_root!();
     let mut cluster = Cluster::new(1);
     let c = cluster.attach(0);
     let (host, ctr) = (
@@ -821,9 +787,7 @@ fn a_container_cannot_reach_the_hosts_loopback_through_its_gateway() {
 
 #[test]
 fn nothing_is_left_after_the_last_container() {
-    if !root_or_skip("nothing_is_left_after_the_last_container") {
-        return;
-    }
+    needs_root!();
     let mut cluster = Cluster::new(2);
     cluster.start_daemon(0);
     let idle = cluster.status(0)["rss_kib"].as_u64().unwrap();
@@ -853,9 +817,7 @@ fn nothing_is_left_after_the_last_container() {
 
 #[test]
 fn names_resolve_and_host_members_answer_across_hosts() {
-    if !root_or_skip("names_resolve_and_host_members_answer_across_hosts") {
-        return;
-    }
+    needs_root!();
     let mut cluster = Cluster::new(2);
     let web = cluster.attach_named(0, "web");
     let db = cluster.attach_named(1, "DB");
@@ -969,9 +931,7 @@ fn curl_in(ns: &str, url: &str) -> Option<String> {
 
 #[test]
 fn the_forge_stand_in_runs_across_two_hosts() {
-    if !root_or_skip("the_forge_stand_in_runs_across_two_hosts") {
-        return;
-    }
+    needs_root!();
     let buildbot = Path::new(FORGE_ROOTFS).join("opt/forge/bin/buildbot");
     assert!(buildbot.is_file(), "run scripts/build-forge-rootfs.sh");
     let mut cluster = Cluster::new(2);
@@ -1110,9 +1070,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 /// fragmented, and trains that would go as one GSO message must do the same.
 #[test]
 fn a_narrow_underlay_still_carries_bulk_tcp() {
-    if !root_or_skip("a_narrow_underlay_still_carries_bulk_tcp") {
-        return;
-    }
+    needs_root!();
     let (cluster, a, b) = Cluster::connected_pair();
     for (i, host) in cluster.hosts.iter().enumerate() {
         host.ns.ip(&["link", "set", "eth0", "mtu", "1400"]);
@@ -1139,9 +1097,7 @@ fn a_narrow_underlay_still_carries_bulk_tcp() {
 
 #[test]
 fn the_underlay_carries_only_ciphertext() {
-    if !root_or_skip("the_underlay_carries_only_ciphertext") {
-        return;
-    }
+    needs_root!();
     const MARKER: &str = "FLATNET-PLAINTEXT-MARKER-7f3a9c";
     let (cluster, a, b) = Cluster::connected_pair();
 

@@ -7,18 +7,15 @@
 //! flat. `FLATNET_KILLS` and `FLATNET_CYCLES` set the counts (CI's bounded run: 20 and 30 per
 //! backend; `make kill-campaign`: 200 and 1000).
 
-#[path = "../../tests/support/podman.rs"]
-mod podman;
-#[path = "../../tests/support/mod.rs"]
-mod support;
-
+use flatnet_test_support as support;
+use flatnet_test_support::needs_podman;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use flatnet::killpoint::POINTS;
-use podman::{chroot_dir, e2e_enabled, Backend, Net, NetOptions};
+use flatnet_test_support::podman::{chroot_dir, Backend, Net, NetOptions};
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_flatnetd");
 const STATE_DIR: &str = "/run/flatnet-kill";
@@ -364,32 +361,24 @@ fn start_stop_cycles(backend: Backend) {
 
 #[test]
 fn cni_backend_survives_kills_at_any_point() {
-    let Some(_serial) = e2e_enabled("cni_backend_survives_kills_at_any_point") else {
-        return;
-    };
+    let _serial = needs_podman!();
     kill_campaign(Backend::Cni);
 }
 
 #[test]
 fn netavark_backend_survives_kills_at_any_point() {
-    let Some(_serial) = e2e_enabled("netavark_backend_survives_kills_at_any_point") else {
-        return;
-    };
+    let _serial = needs_podman!();
     kill_campaign(Backend::Netavark);
 }
 
 #[test]
 fn cni_backend_start_stop_cycles_leave_nothing() {
-    let Some(_serial) = e2e_enabled("cni_backend_start_stop_cycles_leave_nothing") else {
-        return;
-    };
+    let _serial = needs_podman!();
     start_stop_cycles(Backend::Cni);
 }
 
 #[test]
 fn netavark_backend_start_stop_cycles_leave_nothing() {
-    let Some(_serial) = e2e_enabled("netavark_backend_start_stop_cycles_leave_nothing") else {
-        return;
-    };
+    let _serial = needs_podman!();
     start_stop_cycles(Backend::Netavark);
 }

@@ -2,11 +2,9 @@
 //! flow always by the same one. Needs root.
 
 mod cluster;
-#[path = "../../tests/support/mod.rs"]
-mod support;
 
 use cluster::*;
-use support::root_or_skip;
+use flatnet_test_support::needs_root;
 
 const FLOWS: u16 = 16;
 const FLOW_BYTES: u32 = 2_000_000;
@@ -26,9 +24,7 @@ fn workers(status: &serde_json::Value) -> Vec<(u64, u64)> {
 /// and the flows were spread over the workers. The worker count outlives a restart.
 #[test]
 fn parallel_flows_arrive_intact_when_sealed_on_several_workers() {
-    if !root_or_skip("parallel_flows_arrive_intact_when_sealed_on_several_workers") {
-        return;
-    }
+    needs_root!();
     let mut cluster = Cluster::new(2);
     cluster.start_daemon_with(0, &["--workers", "4"]);
     cluster.start_daemon_with(1, &["--workers", "0"]);

@@ -1,9 +1,7 @@
 //! `flatnet` (the netavark plugin) for a person: help, version and the manual answer at once,
 //! without reading stdin; netavark's own subcommands still go to the plugin protocol.
 
-#[path = "../../tests/support/mod.rs"]
-mod support;
-
+use flatnet_test_support as support;
 use std::process::Output;
 
 const BIN: &str = env!("CARGO_BIN_EXE_flatnet");

@@ -1,13 +1,12 @@
 //! The `flatnet` netavark plugin driven through its protocol (argv + stdin JSON) against real
 //! network namespaces, as netavark would. Needs root.
 
-#[path = "../../tests/support/mod.rs"]
-mod support;
-
+use flatnet_test_support as support;
+use flatnet_test_support::needs_root;
 use std::process::Output;
 
+use flatnet_test_support::*;
 use serde_json::{json, Value};
-use support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_flatnet");
 
@@ -186,9 +185,7 @@ fn create_narrows_podmans_range_to_the_hosts_block_on_etcd() {
 
 #[test]
 fn setup_and_teardown() {
-    if !root_or_skip("setup_and_teardown") {
-        return;
-    }
+    needs_root!();
     let state = state_dir("setup");
     let ns = TestNetns::new("nv");
     let opts = exec_opts(&state, "c1", Some(vec!["198.51.100.23"]));
@@ -246,9 +243,7 @@ fn setup_and_teardown() {
 
 #[test]
 fn teardown_with_the_namespace_gone() {
-    if !root_or_skip("teardown_with_the_namespace_gone") {
-        return;
-    }
+    needs_root!();
     let state = state_dir("gone");
     let ns = TestNetns::new("nvg");
     let opts = exec_opts(&state, "g1", None);
@@ -268,9 +263,7 @@ fn teardown_with_the_namespace_gone() {
 
 #[test]
 fn bad_setup_input_leaves_nothing() {
-    if !root_or_skip("bad_setup_input_leaves_nothing") {
-        return;
-    }
+    needs_root!();
     let state = state_dir("badsetup");
     let ns = TestNetns::new("nvb");
     let opts = exec_opts(&state, "b1", None);
@@ -304,9 +297,7 @@ fn bad_setup_input_leaves_nothing() {
 
 #[test]
 fn published_ports_are_forwarded_refused_when_taken_and_removed() {
-    if !root_or_skip("published_ports_are_forwarded_refused_when_taken_and_removed") {
-        return;
-    }
+    needs_root!();
     let state = state_dir("ports");
     let with_ports = |id: &str, ports: serde_json::Value| {
         let mut opts: serde_json::Value =

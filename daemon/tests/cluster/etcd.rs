@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::TestNetns;
+use flatnet_test_support::TestNetns;
 
 /// Short, so that a dead host's entries go within seconds in the tests.
 pub const LEASE_TTL_S: u32 = 5;

@@ -15,9 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{run_plugin, stdout_json, TestNetns};
 use flatnet::control;
 use flatnet::state::StateDir;
+use flatnet_test_support::{run_plugin, stdout_json, TestNetns};
 use serde_json::{json, Value};
 
 pub const DAEMON: &str = env!("CARGO_BIN_EXE_flatnetd");

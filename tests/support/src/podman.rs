@@ -2,10 +2,9 @@
 //! - CNI: the host's Podman 4.3 runs `flatnet-cni` from /usr/lib/cni;
 //! - netavark: Podman 5 in the trixie chroot runs the `flatnet` plugin.
 //!
-//! Included by the e2e test files with `#[path]`; `scripts/test.sh` installs both Podmans,
+//! `scripts/test.sh` installs both Podmans,
 //! builds the image and sets FLATNET_E2E=1. Without it the tests skip on a developer machine
 //! and fail in CI, where skipping would hide a regression.
-#![allow(dead_code)]
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -15,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
 
-use crate::support::{leaked_state, lighthouse_entries};
+use crate::{leaked_state, lighthouse_entries};
 
 pub const IMAGE: &str = "localhost/flatnet-test:latest";
 

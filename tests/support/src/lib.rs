@@ -1,11 +1,41 @@
-//! Helpers shared by the integration tests of every workspace package (each includes this file
-//! with `#[path]`). Tests that need root skip outside CI and fail inside it: CI runs as root,
-//! so a skip there would hide a broken test.
-#![allow(dead_code)]
+//! Helpers shared by the integration tests of every workspace package (a dev-dependency of
+//! each). Tests that need root skip outside CI and fail inside it: CI runs as root, so a skip
+//! there would hide a broken test. [`needs_root!`] and [`needs_podman!`] are the preambles.
+
+pub mod podman;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// The first line of a test that needs root: returns from it (outside CI) unless it runs as
+/// root.
+#[macro_export]
+macro_rules! needs_root {
+    () => {
+        if !$crate::root_or_skip(&$crate::current_test()) {
+            return;
+        }
+    };
+}
+
+/// The first line of a test that needs Podman: `let _serial = needs_podman!();` holds the
+/// Podman tests' lock for the rest of the test, or returns from it (outside CI).
+#[macro_export]
+macro_rules! needs_podman {
+    () => {
+        match $crate::podman::e2e_enabled(&$crate::current_test()) {
+            Some(serial) => serial,
+            None => return,
+        }
+    };
+}
+
+/// The running test's name: libtest names the thread of each test after it.
+pub fn current_test() -> String {
+    let thread = std::thread::current();
+    thread.name().unwrap_or("this test").to_string()
+}
 
 /// True when the test may go on as root. Outside CI a non-root run skips with a message.
 pub fn root_or_skip(test: &str) -> bool {
