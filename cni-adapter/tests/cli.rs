@@ -65,14 +65,7 @@ fn with_a_cni_command_it_is_a_cni_plugin() {
 
 #[test]
 fn the_manual_documents_every_network_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = run_with_open_stdin(&["--generate-man", dir.path().to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let page = std::fs::read_to_string(dir.path().join("flatnet-cni.8")).unwrap();
+    let page = support::generated_manual(BIN, "flatnet-cni.8");
     assert!(
         page.starts_with(".ie") || page.contains(".TH flatnet-cni 8"),
         "{page}"
@@ -89,10 +82,5 @@ fn the_manual_documents_every_network_key() {
         "dnsUpstreams",
         "capabilities",
     ];
-    for key in keys {
-        assert!(
-            page.contains(&format!("\\fB{key}\\fR")),
-            "{key} is not documented"
-        );
-    }
+    support::assert_documented(&page, &keys);
 }

@@ -1,11 +1,10 @@
 //! flatnet-cni driven through the CNI protocol (environment + stdin) against real network
 //! namespaces, as a runtime would. Needs root.
 
-use flatnet_test_support::needs_root;
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::process::Output;
 
+use flatnet_test_support::needs_root;
 use flatnet_test_support::*;
 use serde_json::{json, Value};
 
@@ -42,17 +41,23 @@ fn cni(
     state.plugin(BIN, &[], &env, stdin)
 }
 
+/// A command that must succeed: its output, or the plugin's answer in the failure.
+fn cni_ok(state: &TestState, command: &str, id: &str, netns: &str, stdin: &str) -> Output {
+    let out = cni(state, command, id, netns, stdin, &[]);
+    assert!(
+        out.status.success(),
+        "{command} {id}: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    out
+}
+
 fn assert_cni_error(out: &Output, code: u64) -> Value {
     assert!(!out.status.success(), "expected failure, got success");
     let err = stdout_json(out);
     assert_eq!(err["code"], code, "{err}");
     assert!(!err["msg"].as_str().unwrap().is_empty());
     err
-}
-
-fn assert_no_leaks(state: &TestState) {
-    assert_eq!(leaked_state(state.path()), Vec::<PathBuf>::new());
-    assert_eq!(state.host_leftovers(), Vec::<String>::new());
 }
 
 #[test]
@@ -63,12 +68,7 @@ fn add_check_del_in_every_spec_version() {
         let ns = TestNetns::new("rt");
         let conf = conf(version, &state);
 
-        let out = cni(&state, "ADD", "ctr1", ns.path_str(), &conf, &[]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+        let out = cni_ok(&state, "ADD", "ctr1", ns.path_str(), &conf);
         let result = stdout_json(&out);
         assert_eq!(result["cniVersion"], version);
         let address = result["ips"][0]["address"].as_str().unwrap().to_string();
@@ -93,38 +93,20 @@ fn add_check_del_in_every_spec_version() {
 
         let mut with_prev: Value = serde_json::from_str(&conf).unwrap();
         with_prev["prevResult"] = result.clone();
-        let out = cni(
+        cni_ok(
             &state,
             "CHECK",
             "ctr1",
             ns.path_str(),
             &with_prev.to_string(),
-            &[],
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stdout)
         );
 
         for _ in 0..2 {
-            let out = cni(
-                &state,
-                "DEL",
-                "ctr1",
-                ns.path_str(),
-                &with_prev.to_string(),
-                &[],
-            );
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stdout)
-            );
+            let out = cni_ok(&state, "DEL", "ctr1", ns.path_str(), &with_prev.to_string());
             assert!(out.stdout.is_empty());
         }
         assert!(!ns.has_link("eth0"));
-        assert_no_leaks(&state);
+        state.assert_nothing_left();
     }
 }
 
@@ -136,8 +118,7 @@ fn containers_get_distinct_addresses_and_static_requests() {
     let namespaces: Vec<_> = (0..3).map(|_| TestNetns::new("d")).collect();
     let mut seen = Vec::new();
     for (i, ns) in namespaces.iter().enumerate() {
-        let out = cni(&state, "ADD", &format!("c{i}"), ns.path_str(), &conf, &[]);
-        assert!(out.status.success());
+        let out = cni_ok(&state, "ADD", &format!("c{i}"), ns.path_str(), &conf);
         seen.push(
             stdout_json(&out)["ips"][0]["address"]
                 .as_str()
@@ -165,19 +146,11 @@ fn containers_get_distinct_addresses_and_static_requests() {
     assert!(!other.has_link("eth0"));
 
     for (i, ns) in namespaces.iter().enumerate() {
-        assert!(
-            cni(&state, "DEL", &format!("c{i}"), ns.path_str(), &conf, &[])
-                .status
-                .success()
-        );
+        cni_ok(&state, "DEL", &format!("c{i}"), ns.path_str(), &conf);
     }
-    assert!(cni(&state, "DEL", "static", fixed.path_str(), &conf, &[])
-        .status
-        .success());
-    assert!(cni(&state, "DEL", "static2", other.path_str(), &conf, &[])
-        .status
-        .success());
-    assert_no_leaks(&state);
+    cni_ok(&state, "DEL", "static", fixed.path_str(), &conf);
+    cni_ok(&state, "DEL", "static2", other.path_str(), &conf);
+    state.assert_nothing_left();
 }
 
 #[test]
@@ -186,19 +159,12 @@ fn del_succeeds_when_things_are_already_gone() {
     let state = state_dir("gone");
     let conf = conf("1.0.0", &state);
     let ns = TestNetns::new("g");
-    assert!(cni(&state, "ADD", "gone", ns.path_str(), &conf, &[])
-        .status
-        .success());
+    cni_ok(&state, "ADD", "gone", ns.path_str(), &conf);
     let path = ns.path_str().to_string();
     ns.delete();
     // The namespace died with the container; DEL still frees the address.
-    let out = cni(&state, "DEL", "gone", &path, &conf, &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    assert_no_leaks(&state);
+    cni_ok(&state, "DEL", "gone", &path, &conf);
+    state.assert_nothing_left();
     // DEL without CNI_NETNS, for a container never added.
     let env = [
         ("CNI_COMMAND", "DEL"),
@@ -276,7 +242,7 @@ fn bad_input_gets_the_spec_error_and_leaves_nothing() {
         println!("{what}: {err}");
     }
     assert!(!ns.has_link("eth0"));
-    assert_no_leaks(&state);
+    state.assert_nothing_left();
 }
 
 #[test]
@@ -291,7 +257,7 @@ fn failure_half_way_rolls_back() {
     ]);
     let out = cni(&state, "ADD", "rb", ns.path_str(), &conf, &[]);
     assert_cni_error(&out, 4);
-    assert_no_leaks(&state);
+    state.assert_nothing_left();
     // The rollback removed only what the attach made: the pre-existing link is untouched.
     assert!(ns.ip(&["-d", "link", "show", "eth0"]).contains("veth"));
 }
@@ -319,19 +285,7 @@ fn a_chained_add_passes_the_previous_result_through_and_check_uses_it() {
     // CHECK against the kept result passes; against one that does not list eth0 it fails.
     let mut check = conf.clone();
     check["prevResult"] = result.clone();
-    let out = cni(
-        &state,
-        "CHECK",
-        "ch",
-        ns.path_str(),
-        &check.to_string(),
-        &[],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    cni_ok(&state, "CHECK", "ch", ns.path_str(), &check.to_string());
     let out = cni(&state, "CHECK", "ch", ns.path_str(), &conf.to_string(), &[]);
     let error = assert_cni_error(&out, 102);
     assert!(
@@ -339,12 +293,8 @@ fn a_chained_add_passes_the_previous_result_through_and_check_uses_it() {
         "{error}"
     );
 
-    assert!(
-        cni(&state, "DEL", "ch", ns.path_str(), &conf.to_string(), &[])
-            .status
-            .success()
-    );
-    assert_no_leaks(&state);
+    cni_ok(&state, "DEL", "ch", ns.path_str(), &conf.to_string());
+    state.assert_nothing_left();
 }
 
 #[test]
@@ -353,19 +303,15 @@ fn check_notices_a_missing_interface() {
     let state = state_dir("check");
     let conf = conf("1.0.0", &state);
     let ns = TestNetns::new("ck");
-    assert!(cni(&state, "ADD", "ck", ns.path_str(), &conf, &[])
-        .status
-        .success());
+    cni_ok(&state, "ADD", "ck", ns.path_str(), &conf);
     ns.ip(&["link", "del", "eth0"]);
     assert_cni_error(&cni(&state, "CHECK", "ck", ns.path_str(), &conf, &[]), 102);
     assert_cni_error(
         &cni(&state, "CHECK", "nobody", ns.path_str(), &conf, &[]),
         102,
     );
-    assert!(cni(&state, "DEL", "ck", ns.path_str(), &conf, &[])
-        .status
-        .success());
-    assert_no_leaks(&state);
+    cni_ok(&state, "DEL", "ck", ns.path_str(), &conf);
+    state.assert_nothing_left();
 }
 
 #[test]
@@ -381,7 +327,7 @@ fn no_data_plane_means_try_again_and_nothing_left() {
     );
     assert!(err["msg"].as_str().unwrap().contains("flatnetd"), "{err}");
     assert!(!ns.has_link("eth0"));
-    assert_no_leaks(&state);
+    state.assert_nothing_left();
 }
 
 #[test]
@@ -390,20 +336,14 @@ fn check_notices_a_stopped_data_plane() {
     let state = state_dir("checkdp");
     let conf = conf("1.0.0", &state);
     let ns = TestNetns::new("cd");
-    assert!(cni(&state, "ADD", "cd", ns.path_str(), &conf, &[])
-        .status
-        .success());
-    assert!(cni(&state, "CHECK", "cd", ns.path_str(), &conf, &[])
-        .status
-        .success());
+    cni_ok(&state, "ADD", "cd", ns.path_str(), &conf);
+    cni_ok(&state, "CHECK", "cd", ns.path_str(), &conf);
     state.stop_daemon();
     let err = assert_cni_error(&cni(&state, "CHECK", "cd", ns.path_str(), &conf, &[]), 102);
     assert!(err["msg"].as_str().unwrap().contains("flatnetd"), "{err}");
     // DEL needs no data plane.
-    assert!(cni(&state, "DEL", "cd", ns.path_str(), &conf, &[])
-        .status
-        .success());
-    assert_no_leaks(&state);
+    cni_ok(&state, "DEL", "cd", ns.path_str(), &conf);
+    state.assert_nothing_left();
 }
 
 #[test]
@@ -488,10 +428,8 @@ fn version_status_and_gc() {
     assert_cni_error(&status_without_daemon(), 50);
     state.stop_daemon();
     assert_cni_error(&status_without_daemon(), 51);
-    assert!(cni(&state, "DEL", "keep", keep.path_str(), &conf, &[])
-        .status
-        .success());
-    assert_no_leaks(&state);
+    cni_ok(&state, "DEL", "keep", keep.path_str(), &conf);
+    state.assert_nothing_left();
 }
 
 #[test]
@@ -500,9 +438,7 @@ fn a_host_member_deleted_by_hand_comes_back_with_the_next_attach() {
     let state = state_dir("member");
     let conf = conf("1.0.0", &state);
     let (a, b) = (TestNetns::new("ma"), TestNetns::new("mb"));
-    assert!(cni(&state, "ADD", "ma", a.path_str(), &conf, &[])
-        .status
-        .success());
+    cni_ok(&state, "ADD", "ma", a.path_str(), &conf);
     let members = state.host_leftovers();
     let member = members
         .iter()
@@ -511,9 +447,7 @@ fn a_host_member_deleted_by_hand_comes_back_with_the_next_attach() {
         .to_string();
     state.host.ip(&["link", "del", &member]);
 
-    assert!(cni(&state, "ADD", "mb", b.path_str(), &conf, &[])
-        .status
-        .success());
+    cni_ok(&state, "ADD", "mb", b.path_str(), &conf);
     assert!(state.host.has_link(&member), "{member} was not made again");
     let rules = run_ok(
         "ip",
@@ -521,9 +455,7 @@ fn a_host_member_deleted_by_hand_comes_back_with_the_next_attach() {
     );
     assert!(rules.contains(&member), "{rules}");
     for (id, ns) in [("ma", &a), ("mb", &b)] {
-        assert!(cni(&state, "DEL", id, ns.path_str(), &conf, &[])
-            .status
-            .success());
+        cni_ok(&state, "DEL", id, ns.path_str(), &conf);
     }
-    assert_no_leaks(&state);
+    state.assert_nothing_left();
 }

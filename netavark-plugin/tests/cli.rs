@@ -38,25 +38,14 @@ fn info_still_speaks_the_plugin_protocol() {
 
 #[test]
 fn the_manual_documents_every_network_option() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = run_with_open_stdin(&["--generate-man", dir.path().to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let page = std::fs::read_to_string(dir.path().join("flatnet.8")).unwrap();
-    for option in [
+    let page = support::generated_manual(BIN, "flatnet.8");
+    let options = [
         "mtu",
         "tunnel_port",
         "endpoint",
         "state_dir",
         "lighthouse",
         "dns_upstreams",
-    ] {
-        assert!(
-            page.contains(&format!("\\fB{option}\\fR")),
-            "{option} is not documented"
-        );
-    }
+    ];
+    support::assert_documented(&page, &options);
 }

@@ -41,6 +41,17 @@ fn plugin(state: &TestState, args: &[&str], stdin: &str) -> Output {
     state.plugin(BIN, args, &[], stdin)
 }
 
+/// A command that must succeed: its output, or the plugin's answer in the failure.
+fn plugin_ok(state: &TestState, args: &[&str], stdin: &str) -> Output {
+    let out = plugin(state, args, stdin);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    out
+}
+
 fn assert_error(out: &Output, needle: &str) {
     assert!(!out.status.success(), "expected failure");
     let err = stdout_json(out);
@@ -57,12 +68,7 @@ fn info_and_create() {
 
     let mut bare = network(&state);
     bare.as_object_mut().unwrap().remove("subnets");
-    let out = plugin(&state, &["create"], &bare.to_string());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let out = plugin_ok(&state, &["create"], &bare.to_string());
     let created = stdout_json(&out);
     for key in ["name", "id", "driver"] {
         assert_eq!(created[key], bare[key]);
@@ -150,12 +156,7 @@ fn create_narrows_podmans_range_to_the_hosts_block_on_etcd() {
         net
     };
     let range = |net: &Value| {
-        let out = plugin(&state, &["create"], &net.to_string());
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+        let out = plugin_ok(&state, &["create"], &net.to_string());
         stdout_json(&out)["subnets"][0]["lease_range"].clone()
     };
     // The block less its highest address, which the host member takes.
@@ -189,12 +190,7 @@ fn setup_and_teardown() {
     let state = state_dir("setup");
     let ns = TestNetns::new("nv");
     let opts = exec_opts(&state, "c1", Some(vec!["198.51.100.23"]));
-    let out = plugin(&state, &["setup", ns.path_str()], &opts);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let out = plugin_ok(&state, &["setup", ns.path_str()], &opts);
     let status = stdout_json(&out);
     let eth0 = &status["interfaces"]["eth0"];
     assert_eq!(eth0["subnets"][0]["ipnet"], "198.51.100.23/24");
@@ -224,21 +220,11 @@ fn setup_and_teardown() {
     assert!(!other.has_link("eth0"));
 
     for _ in 0..2 {
-        let out = plugin(&state, &["teardown", ns.path_str()], &opts);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+        let out = plugin_ok(&state, &["teardown", ns.path_str()], &opts);
         assert!(out.stdout.is_empty());
     }
     assert!(!ns.has_link("eth0"));
-    assert!(
-        leaked_state(state.path()).is_empty(),
-        "{:?}",
-        leaked_state(state.path())
-    );
-    assert_eq!(state.host_leftovers(), Vec::<String>::new());
+    state.assert_nothing_left();
 }
 
 #[test]
@@ -247,18 +233,11 @@ fn teardown_with_the_namespace_gone() {
     let state = state_dir("gone");
     let ns = TestNetns::new("nvg");
     let opts = exec_opts(&state, "g1", None);
-    assert!(plugin(&state, &["setup", ns.path_str()], &opts)
-        .status
-        .success());
+    plugin_ok(&state, &["setup", ns.path_str()], &opts);
     let path = ns.path_str().to_string();
     ns.delete();
-    assert!(plugin(&state, &["teardown", &path], &opts).status.success());
-    assert!(
-        leaked_state(state.path()).is_empty(),
-        "{:?}",
-        leaked_state(state.path())
-    );
-    assert_eq!(state.host_leftovers(), Vec::<String>::new());
+    plugin_ok(&state, &["teardown", &path], &opts);
+    state.assert_nothing_left();
 }
 
 #[test]
@@ -287,12 +266,7 @@ fn bad_setup_input_leaves_nothing() {
         "MAC",
     );
     assert!(!ns.has_link("eth0"));
-    assert!(
-        leaked_state(state.path()).is_empty(),
-        "{:?}",
-        leaked_state(state.path())
-    );
-    assert_eq!(state.host_leftovers(), Vec::<String>::new());
+    state.assert_nothing_left();
 }
 
 #[test]
@@ -313,12 +287,7 @@ fn published_ports_are_forwarded_refused_when_taken_and_removed() {
             {"host_ip": "127.0.0.1", "container_port": 9000, "host_port": 19000, "range": 3, "protocol": "udp"},
         ]),
     );
-    let out = plugin(&state, &["setup", web.path_str()], &web_opts);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let out = plugin_ok(&state, &["setup", web.path_str()], &web_opts);
     let address = stdout_json(&out)["interfaces"]["eth0"]["subnets"][0]["ipnet"]
         .as_str()
         .unwrap()
@@ -359,14 +328,7 @@ fn published_ports_are_forwarded_refused_when_taken_and_removed() {
     assert!(!thief.has_link("eth0"));
     assert_eq!(table(), rules, "a refused setup changed the rules");
 
-    assert!(plugin(&state, &["teardown", web.path_str()], &web_opts)
-        .status
-        .success());
+    plugin_ok(&state, &["teardown", web.path_str()], &web_opts);
     assert!(!table().contains("dnat"));
-    assert!(
-        leaked_state(state.path()).is_empty(),
-        "{:?}",
-        leaked_state(state.path())
-    );
-    assert_eq!(state.host_leftovers(), Vec::<String>::new());
+    state.assert_nothing_left();
 }

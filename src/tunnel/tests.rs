@@ -76,10 +76,7 @@ fn pump(a: &mut Host, b: &mut Host, wire: &mut Wire, now: Instant) -> (Vec<Vec<u
 
 #[test]
 fn round_trip_through_a_handshake() {
-    let now = Instant::now();
-    let (mut a, mut b) = (host(1, Limits::default()), host(2, Limits::default()));
-    let mut wire = Wire::new();
-    a.send_packet(&b, b"first, queued during the handshake", &mut wire, now);
+    let (mut a, mut b, mut wire, now) = sending(b"first, queued during the handshake");
     assert_eq!(
         wire.len(),
         1,
@@ -97,10 +94,7 @@ fn round_trip_through_a_handshake() {
 
 #[test]
 fn the_wire_carries_no_plaintext() {
-    let now = Instant::now();
-    let (mut a, mut b) = (host(1, Limits::default()), host(2, Limits::default()));
-    let mut wire = Wire::new();
-    a.send_packet(&b, b"warmup", &mut wire, now);
+    let (mut a, mut b, mut wire, now) = sending(b"warmup");
     pump(&mut a, &mut b, &mut wire, now);
     let marker = b"FLATNET-MARKER-0123456789";
     a.send_packet(&b, marker, &mut wire, now);
@@ -114,11 +108,21 @@ fn established() -> (Host, Host, Wire, Instant) {
 
 /// Two hosts with a session, after "hello" went from a to b.
 fn established_with(limits: Limits) -> (Host, Host, Wire, Instant) {
-    let now = Instant::now();
-    let (mut a, mut b) = (host(1, limits.clone()), host(2, limits));
-    let mut wire = Wire::new();
-    a.send_packet(&b, b"hello", &mut wire, now);
+    let (mut a, mut b, mut wire, now) = sending_with(limits, b"hello");
     pump(&mut a, &mut b, &mut wire, now);
+    (a, b, wire, now)
+}
+
+/// Two hosts without a session, a's `first` packet to b queued and its initiation on the wire.
+fn sending(first: &[u8]) -> (Host, Host, Wire, Instant) {
+    sending_with(Limits::default(), first)
+}
+
+fn sending_with(limits: Limits, first: &[u8]) -> (Host, Host, Wire, Instant) {
+    let now = Instant::now();
+    let (mut a, b) = (host(1, limits.clone()), host(2, limits));
+    let mut wire = Wire::new();
+    a.send_packet(&b, first, &mut wire, now);
     (a, b, wire, now)
 }
 
@@ -180,10 +184,7 @@ fn wrongly_keyed_messages_are_rejected() {
 
 #[test]
 fn replayed_initiation_is_refused() {
-    let now = Instant::now();
-    let (mut a, mut b) = (host(1, Limits::default()), host(2, Limits::default()));
-    let mut wire = Wire::new();
-    a.send_packet(&b, b"x", &mut wire, now);
+    let (mut a, mut b, mut wire, now) = sending(b"x");
     let (init, from, _) = wire.front().cloned().unwrap();
     pump(&mut a, &mut b, &mut wire, now);
     let (r, _) = b.receive(&init, from, &mut wire, now);
@@ -192,10 +193,7 @@ fn replayed_initiation_is_refused() {
 
 #[test]
 fn a_forged_response_does_not_kill_the_pending_handshake() {
-    let now = Instant::now();
-    let (mut a, mut b) = (host(1, Limits::default()), host(2, Limits::default()));
-    let mut wire = Wire::new();
-    a.send_packet(&b, b"waiting for the handshake", &mut wire, now);
+    let (mut a, mut b, mut wire, now) = sending(b"waiting for the handshake");
     let (init, from_a, _) = wire.pop_front().unwrap();
     b.receive(&init, from_a, &mut wire, now);
     let (response, from_b, _) = wire.pop_front().unwrap();
@@ -221,10 +219,7 @@ fn a_forged_response_does_not_kill_the_pending_handshake() {
 
 #[test]
 fn a_captured_initiation_stays_stale_after_the_peer_is_forgotten() {
-    let now = Instant::now();
-    let (mut a, mut b) = (host(1, Limits::default()), host(2, Limits::default()));
-    let mut wire = Wire::new();
-    a.send_packet(&b, b"x", &mut wire, now);
+    let (mut a, mut b, mut wire, now) = sending(b"x");
     let (init, from, _) = wire.front().cloned().unwrap();
     pump(&mut a, &mut b, &mut wire, now);
 

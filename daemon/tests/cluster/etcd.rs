@@ -316,31 +316,33 @@ fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
+/// `openssl req` with a new P-256 key, unencrypted: the start of every key this harness makes.
+const NEW_EC_KEY: [&str; 6] = [
+    "req",
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:prime256v1",
+    "-nodes",
+];
+
 fn make_ca(dir: &Path) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=flatnet test etcd CA",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ],
-    );
+    let ca = [
+        "-x509",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=flatnet test etcd CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ];
+    openssl(dir, &[NEW_EC_KEY.as_slice(), &ca].concat());
 }
 
 /// `<name>.pem` and `<name>.key`, signed by the CA, with the given extensions.
@@ -357,23 +359,8 @@ fn issue(dir: &Path, name: &str, common_name: &str, extensions: &str) {
         format!("{name}.pem"),
     );
     let subject = format!("/CN={common_name}");
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-            "-subj",
-            &subject,
-        ],
-    );
+    let request = ["-keyout", &key, "-out", &csr, "-subj", &subject];
+    openssl(dir, &[NEW_EC_KEY.as_slice(), &request].concat());
     let serial = format!("0x{:x}", rand_serial());
     openssl(
         dir,

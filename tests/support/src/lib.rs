@@ -221,6 +221,13 @@ impl TestState {
     }
 
     /// Host members and Flatnet nft tables left in this test's host namespace.
+    /// Asserts that the test left nothing: no state file (lease, record, lock holder) and no
+    /// interface or nftables table of its own on the host.
+    pub fn assert_nothing_left(&self) {
+        assert_eq!(leaked_state(self.path()), Vec::<PathBuf>::new());
+        assert_eq!(self.host_leftovers(), Vec::<String>::new());
+    }
+
     pub fn host_leftovers(&self) -> Vec<String> {
         host_leftovers(&["ip", "netns", "exec", &self.host.name])
     }
@@ -300,4 +307,26 @@ pub fn run_with_open_stdin(binary: &str, args: &[&str]) -> Output {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     child.wait_with_output().unwrap()
+}
+
+/// The manual page `page` (e.g. `flatnet.8`) that `binary --generate-man DIR` writes, read back.
+pub fn generated_manual(binary: &str, page: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_with_open_stdin(binary, &["--generate-man", dir.path().to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read_to_string(dir.path().join(page)).unwrap()
+}
+
+/// Asserts that a manual page sets each of `terms` in bold, as it documents a key or option.
+pub fn assert_documented(page: &str, terms: &[&str]) {
+    for term in terms {
+        assert!(
+            page.contains(&format!("\\fB{term}\\fR")),
+            "{term} is not documented"
+        );
+    }
 }
