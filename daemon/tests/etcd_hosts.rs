@@ -300,14 +300,8 @@ fn an_address_outside_the_hosts_block_is_refused() {
         "IgnoreUnknown=1;IP={}",
         Ipv4Addr::from(u32::from(other) + 3)
     );
-    let out = cluster.cni_with(
-        0,
-        "ADD",
-        &ns,
-        "wrong-block",
-        &args,
-        &serde_json::Value::Null,
-    );
+    let conf = cluster.conf_with(0, &serde_json::Value::Null);
+    let out = cluster.cni_conf(0, "ADD", &ns, "wrong-block", &args, &conf);
     assert!(!out.status.success());
     let error = stdout_json(&out);
     assert!(

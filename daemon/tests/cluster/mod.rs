@@ -291,20 +291,8 @@ impl Cluster {
 
     /// Runs flatnet-cni inside the host's namespace, as that host's runtime would.
     pub fn cni(&self, host: usize, command: &str, c: &TestNetns, id: &str) -> std::process::Output {
-        self.cni_with(host, command, c, id, "", &Value::Null)
-    }
-
-    pub fn cni_with(
-        &self,
-        host: usize,
-        command: &str,
-        c: &TestNetns,
-        id: &str,
-        args: &str,
-        runtime_config: &Value,
-    ) -> std::process::Output {
-        let conf = self.conf_with(host, runtime_config);
-        self.cni_conf(host, command, c, id, args, &conf)
+        let conf = self.conf_with(host, &Value::Null);
+        self.cni_conf(host, command, c, id, "", &conf)
     }
 
     /// DEL of a container, on the network it joined.
@@ -313,7 +301,8 @@ impl Cluster {
         self.cni_conf(c.host, "DEL", &c.ns, &c.id, "", &conf)
     }
 
-    fn cni_conf(
+    /// flatnet-cni in the host's namespace with `CNI_ARGS` and a network config of its own.
+    pub fn cni_conf(
         &self,
         host: usize,
         command: &str,
@@ -350,7 +339,8 @@ impl Cluster {
         let ns = TestNetns::new("ctr");
         let id = format!("{}-{}", ns.name, host);
         let args = format!("IgnoreUnknown=1;K8S_POD_NAME={name}");
-        let out = self.cni_with(host, "ADD", &ns, &id, &args, runtime_config);
+        let conf = self.conf_with(host, runtime_config);
+        let out = self.cni_conf(host, "ADD", &ns, &id, &args, &conf);
         assert!(
             out.status.success(),
             "ADD: {}\nflatnetd's log:\n{}",
@@ -382,7 +372,8 @@ impl Cluster {
         let id = format!("{}-{}", ns.name, host);
         let args = format!("IgnoreUnknown=1;IP={ip}");
         let started = Instant::now();
-        let out = self.cni_with(host, "ADD", &ns, &id, &args, &Value::Null);
+        let conf = self.conf_with(host, &Value::Null);
+        let out = self.cni_conf(host, "ADD", &ns, &id, &args, &conf);
         let took = started.elapsed();
         assert!(
             out.status.success(),
