@@ -330,3 +330,16 @@ pub fn assert_documented(page: &str, terms: &[&str]) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// A skipped test's message names it: the name comes from the test's own thread.
+    #[test]
+    fn the_current_test_is_named_after_its_function() {
+        let name = super::current_test();
+        assert!(
+            name.ends_with("the_current_test_is_named_after_its_function"),
+            "{name}"
+        );
+    }
+}
