@@ -1,10 +1,10 @@
 //! flatnetd's command line for operators: help, version, manual pages and `check`.
 
-use flatnet_test_support::needs_root;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use flatnet_test_support::needs_root;
 use serde_json::json;
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_flatnetd");
@@ -146,6 +146,32 @@ fn check_names_what_is_wrong_with_a_conflist() {
     let (ok, out) = setup.check(&["--conflist", no_flatnet.to_str().unwrap()]);
     assert!(
         !ok && out.contains("no plugin of type flatnet-cni"),
+        "{out}"
+    );
+}
+
+/// An installed plugin that accepts what flatnetd's own reading of the network refuses (a
+/// plugin of another version): check says the two disagree instead of passing.
+#[test]
+fn check_notices_a_plugin_that_reads_networks_otherwise() {
+    needs_root!();
+    let setup = CheckSetup::new();
+    let lenient = setup.dir.path().join("lenient");
+    std::fs::create_dir(&lenient).unwrap();
+    let plugin = lenient.join("flatnet-cni");
+    std::fs::write(&plugin, "#!/bin/sh\ncat > /dev/null\n").unwrap();
+    std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let conflist = setup.conflist(json!({"subnet": "10.91.0.0/24", "gateway": "10.92.0.1"}));
+    let (ok, out) = setup.check(&[
+        "--conflist",
+        conflist.to_str().unwrap(),
+        "--plugin-dir",
+        lenient.to_str().unwrap(),
+    ]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("ok    network checked: the plugin accepts")
+            && out.contains("reads it otherwise than the installed plugin"),
         "{out}"
     );
 }

@@ -181,14 +181,8 @@ fn same_host_encrypted_sends_neighbours_through_the_tunnel() {
     assert!(peer["tx_packets"].as_u64().unwrap() > 0);
 
     // Asking a running daemon for the other path is refused, not ignored.
-    let h = &cluster.hosts[0];
-    let out = in_ns(&h.ns.name, &[DAEMON, "--state-dir"])
-        .arg(h.state.path())
-        .args(["start", "--same-host", "fast"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--same-host encrypted"));
+    let said = cluster.refused_start(0, &["--same-host", "fast"]);
+    assert!(said.contains("--same-host encrypted"), "{said}");
 
     cluster.stop_daemon(0);
     cluster.start_daemon(0);

@@ -77,14 +77,8 @@ fn metrics_are_served_when_asked_and_move_with_traffic() {
     assert_eq!(scrape(&socket, "/metrics").0, "HTTP/1.1 200 OK");
     drop(silent);
     // Asking a running daemon for metrics elsewhere is refused, not silently ignored.
-    let h = &cluster.hosts[0];
-    let elsewhere = in_ns(&h.ns.name, &[DAEMON, "--state-dir"])
-        .arg(h.state.path())
-        .args(["start", "--metrics", "127.0.0.1:9808"])
-        .output()
-        .unwrap();
-    assert!(!elsewhere.status.success());
-    assert!(String::from_utf8_lossy(&elsewhere.stderr).contains("already runs with metrics unix:"));
+    let said = cluster.refused_start(0, &["--metrics", "127.0.0.1:9808"]);
+    assert!(said.contains("already runs with metrics unix:"), "{said}");
 
     // What it costs: resident memory with metrics on, and the time of a scrape.
     let started = Instant::now();

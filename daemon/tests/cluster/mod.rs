@@ -508,6 +508,23 @@ impl Cluster {
         self.start_daemon_with(host, &[]);
     }
 
+    /// `flatnetd start` with `flags` while the host's daemon runs with other settings: it must
+    /// be refused, not ignored. Returns what it said on stderr.
+    pub fn refused_start(&self, host: usize, flags: &[&str]) -> String {
+        let h = &self.hosts[host];
+        let out = in_ns(&h.ns.name, &[DAEMON, "--state-dir"])
+            .arg(h.state.path())
+            .arg("start")
+            .args(flags)
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success(),
+            "flatnetd start {flags:?} was accepted"
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
     pub fn start_daemon_with(&self, host: usize, extra: &[&str]) {
         let h = &self.hosts[host];
         let status = in_ns(&h.ns.name, &[DAEMON, "--state-dir"])
