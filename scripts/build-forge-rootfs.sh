@@ -4,6 +4,7 @@
 # (examples/forgejo/standin/requirements.txt). No registry is needed: Podman runs it with
 # `--rootfs DIR:O`. The stand-in's own scripts are copied in on every call (cheap); the venv is
 # rebuilt when the requirements change. The chroot Podman sees it at the same path (bind).
+# Also imports the image the stand-in's CI jobs run in (localhost/flatnet-job) into both Podmans.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 require_root
@@ -43,6 +44,26 @@ fi
 mkdir -p "$FORGE_ROOTFS/opt/standin"
 cp "$standin"/*.sh "$standin"/*.py "$standin"/master.cfg "$FORGE_ROOTFS/opt/standin/"
 chmod 0755 "$FORGE_ROOTFS"/opt/standin/*.sh "$FORGE_ROOTFS"/opt/standin/*.py
+
+# The image act starts each CI job in (the runner's `docker` label): the same Debian with git,
+# without the stand-in's own packages; in both Podmans, like the test image.
+job_tarball=/var/lib/flatnet/flatnet-job.tar
+if [ ! -f "$job_tarball" ] || [ "$FORGE_ROOTFS/.debootstrap-done" -nt "$job_tarball" ]; then
+    tar -C "$FORGE_ROOTFS" --exclude=./opt --exclude=./proc --exclude=./sys --exclude=./dev \
+        -cf "$job_tarball" .
+    podman rmi -f "$JOB_IMAGE" >/dev/null 2>&1 || true
+    [ -x "$CHROOT_DIR/usr/bin/podman" ] && { in_chroot podman rmi -f "$JOB_IMAGE" >/dev/null 2>&1 || true; }
+fi
+if ! podman image exists "$JOB_IMAGE"; then
+    log "importing $JOB_IMAGE into host podman"
+    podman import -q --change 'CMD ["/bin/bash"]' "$job_tarball" "$JOB_IMAGE" >/dev/null
+fi
+if [ -x "$CHROOT_DIR/usr/bin/podman" ] && ! in_chroot podman image exists "$JOB_IMAGE"; then
+    log "importing $JOB_IMAGE into chroot podman"
+    cp "$job_tarball" "$CHROOT_DIR/tmp/flatnet-job.tar"
+    in_chroot podman import -q --change 'CMD ["/bin/bash"]' /tmp/flatnet-job.tar "$JOB_IMAGE" >/dev/null
+    rm -f "$CHROOT_DIR/tmp/flatnet-job.tar"
+fi
 
 # The chroot's Podman runs containers on it too: same path inside the chroot.
 if [ -d "$CHROOT_DIR/usr/bin" ]; then

@@ -33,3 +33,5 @@ in_chroot() {
 
 # The root file system of the Forgejo stand-in's containers (scripts/build-forge-rootfs.sh).
 FORGE_ROOTFS=/var/lib/flatnet/forge-rootfs
+# The image the stand-in's CI jobs run in: the forge rootfs's Debian with git.
+JOB_IMAGE=localhost/flatnet-job:latest

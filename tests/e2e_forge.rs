@@ -1,8 +1,12 @@
 //! Phase 1 stage 5 with real Podman, both backends: the Forgejo + runner stand-in
 //! (`examples/forgejo/standin/`) on a Flatnet network. The runner connects to the forge by name
 //! over Flatnet and shows online in the forge's API; a push over HTTP from the host, through
-//! the forge's published port, runs `.forgejo/workflows/hello.yml` on the runner; the job
-//! succeeds and its log holds `Hello from Flatnet`; nothing is left afterwards.
+//! the forge's published port, runs `.forgejo/workflows/hello.yml`: the runner starts the job
+//! in a container of its own on the Flatnet network through Podman's API socket, and the job
+//! clones the repository from the forge by name and says `Hello from Flatnet`; nothing is left
+//! afterwards, the job's container included. On the netavark backend here, the trixie chroot's
+//! runc 1.1 cannot `exec` into a container (it leaves the process at the namespace's root), so
+//! act's steps could not run in a job container: there the runner runs them itself.
 //!
 //! The network is `--internal`: the stand-in needs nothing beyond Flatnet and the host, so
 //! nothing it runs (act, buildbot) can reach past this machine.
@@ -93,12 +97,40 @@ fn push(git_port: u16) {
     git(&[
         "push",
         "-q",
-        &format!("http://127.0.0.1:{git_port}/"),
+        &format!("http://127.0.0.1:{git_port}/flatnet/hello.git"),
         "HEAD:main",
     ]);
 }
 
-fn forge_and_runner(backend: Backend, name: &str, subnet: &str, git_port: u16, www_port: u16) {
+/// The address the job's container reported for itself (`job container ID at ADDRESS`).
+fn job_container_address(log: &str) -> std::net::Ipv4Addr {
+    let line = log
+        .lines()
+        .find_map(|l| l.split_once("| job container ").map(|(_, rest)| rest))
+        .unwrap_or_else(|| panic!("no job container line: {log}"));
+    let address = line.split(" at ").nth(1).unwrap_or_default().trim();
+    address
+        .parse()
+        .unwrap_or_else(|_| panic!("job container address {address:?}: {log}"))
+}
+
+/// Where the runner runs a job's steps.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Jobs {
+    /// A container of its own on the Flatnet network, started through Podman's API socket.
+    InOwnContainers,
+    /// The runner's own container (act's `-self-hosted`).
+    InTheRunner,
+}
+
+fn forge_and_runner(
+    backend: Backend,
+    jobs: Jobs,
+    name: &str,
+    subnet: &str,
+    git_port: u16,
+    www_port: u16,
+) {
     assert!(
         Path::new(FORGE_ROOTFS)
             .join("opt/forge/bin/buildbot")
@@ -133,20 +165,21 @@ fn forge_and_runner(backend: Backend, name: &str, subnet: &str, git_port: u16, w
         &rootfs,
         "/opt/standin/forge.sh",
     ]);
+    // In job containers, the runner drives this Podman through its API socket.
+    let socket = format!("/run/{name}-podman.sock");
+    let _api = (jobs == Jobs::InOwnContainers).then(|| net.api_service(&socket));
+    let mount = format!("{socket}:/run/podman.sock");
+    let job_network = format!("JOB_NETWORK={}", net.name);
+    let mut runner_options = vec!["--network-alias", "runner"];
+    if jobs == Jobs::InOwnContainers {
+        runner_options.extend(["-v", &mount, "-e", "DOCKER_HOST=unix:///run/podman.sock"]);
+        runner_options.extend(["-e", &job_network]);
+    }
     let runner = net.container(2);
-    net.podman_ok(&[
-        "run",
-        "-d",
-        "--name",
-        &runner,
-        "--network",
-        &net.name,
-        "--network-alias",
-        "runner",
-        "--rootfs",
-        &rootfs,
-        "/opt/standin/runner.sh",
-    ]);
+    let mut run = vec!["run", "-d", "--name", &runner, "--network", &net.name];
+    run.extend(runner_options);
+    run.extend(["--rootfs", &rootfs, "/opt/standin/runner.sh"]);
+    net.podman_ok(&run);
     println!("{backend:?}: forge and runner started");
 
     wait_for(started, "forge up", || get(www_port, "/api/v2/builders"));
@@ -171,12 +204,26 @@ fn forge_and_runner(backend: Backend, name: &str, subnet: &str, git_port: u16, w
     );
     let log = get(www_port, &logs).unwrap_or_default();
     assert_eq!(build["results"], 0, "the job failed: {log}");
-    assert!(log.contains("Hello from Flatnet"), "{log}");
+    assert!(log.contains("| Hello from Flatnet"), "{log}");
+    assert!(log.contains("| cloned "), "the job did not clone: {log}");
+    let job_ip = job_container_address(&log);
+    assert!(
+        subnet.parse::<ipnet::Ipv4Net>().unwrap().contains(&job_ip),
+        "{log}"
+    );
+    if jobs == Jobs::InOwnContainers {
+        for part in [&forge, &runner] {
+            assert_ne!(job_ip, net.inspect_ip(part), "the job ran in {part}: {log}");
+        }
+        println!("{backend:?}: the job ran in its own container at {job_ip}");
+    }
     println!(
         "{backend:?}: podman run to green job in {:.1} s",
         started.elapsed().as_secs_f64()
     );
 
+    let jobs = net.podman_ok(&["ps", "-aq", "--filter", "name=^act-"]);
+    assert!(jobs.trim().is_empty(), "act left job containers: {jobs}");
     net.remove_containers();
     assert!(net.leftovers().is_empty(), "{:?}", net.leftovers());
     let rules = support::run_ok("nft", &["list", "ruleset"]);
@@ -188,6 +235,7 @@ fn cni_forge_and_runner() {
     let _serial = needs_podman!();
     forge_and_runner(
         Backend::Cni,
+        Jobs::InOwnContainers,
         "fne2e-cniforge",
         "10.217.0.0/24",
         18301,
@@ -200,6 +248,7 @@ fn netavark_forge_and_runner() {
     let _serial = needs_podman!();
     forge_and_runner(
         Backend::Netavark,
+        Jobs::InTheRunner,
         "fne2e-nvforge",
         "10.218.0.0/24",
         18311,

@@ -137,7 +137,12 @@ fn the_forge_stand_in_runs_across_two_hosts() {
     git(&["init", "-q", "-b", "main"]);
     git(&["add", "."]);
     git(&["commit", "-q", "-m", "Hello from Flatnet"]);
-    git(&["push", "-q", "http://127.0.0.1:3000/", "main"]);
+    git(&[
+        "push",
+        "-q",
+        "http://127.0.0.1:3000/flatnet/hello.git",
+        "main",
+    ]);
 
     let build = wait_for("job done", &|| {
         let builds = api("builds?order=-buildid&limit=1")?;

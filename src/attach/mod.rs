@@ -125,7 +125,7 @@ impl Network {
         }
         attachment::check_container_id(req.container_id)?;
         check_ifname(req.ifname)?;
-        let names = normalise_names(req.names)?;
+        let names = dns_names(req.names);
         let netns = NetworkNamespace::open(req.netns)?;
         // The data plane first: its key is what the lighthouse entry publishes.
         control::ensure_running(&self.daemon_settings())?;
@@ -328,18 +328,28 @@ fn make_interface(netns: &NetworkNamespace, attachment: &Attachment) -> Result<(
     })
 }
 
-/// The container's DNS names, normalised and deduplicated; a name DNS cannot carry is refused.
-fn normalise_names(names: &[String]) -> Result<Vec<String>> {
+/// The container's DNS names, normalised and deduplicated. A name DNS cannot carry (a label
+/// over 63 characters, as in the long names CI runners give their job containers) is left out
+/// rather than refused: Podman accepts such names, and the container still answers to its
+/// others (Podman always passes the short container id too).
+fn dns_names(names: &[String]) -> Vec<String> {
     let mut normalised: Vec<String> = Vec::new();
-    for name in names {
-        let name = normalise_name(name).ok_or_else(|| {
-            Error::InvalidRequest(format!(
-                "name {name:?} is not a DNS name (letters, digits, '-', '_' and '.', labels up to 63)"
-            ))
-        })?;
+    for name in names.iter().filter_map(|name| normalise_name(name)) {
         if !normalised.contains(&name) {
             normalised.push(name);
         }
     }
-    Ok(normalised)
+    normalised
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_dns_cannot_carry_are_left_out_not_refused() {
+        let act_job = format!("act-hello-yml-hello-{}", "c7".repeat(32));
+        let given = [act_job, "Web".into(), "web".into(), "fe2c9a".into()];
+        assert_eq!(dns_names(&given), ["web", "fe2c9a"]);
+    }
 }

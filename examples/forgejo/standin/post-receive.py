@@ -12,7 +12,7 @@ for line in sys.stdin:
     change = {
         "revision": new,
         "branch": ref.removeprefix("refs/heads/"),
-        "repository": "http://forge:3000/",
+        "repository": "http://forge:3000/flatnet/hello.git",
         "project": "hello",
         "author": "flatnet <flatnet@localhost>",
         "comments": "push",

@@ -343,3 +343,13 @@ mod tests {
         );
     }
 }
+
+/// Polls `ready` (a readiness check: a file appears, a port answers) until it holds; fails the
+/// test after `limit`.
+pub fn wait_until(limit: std::time::Duration, mut ready: impl FnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !ready() {
+        assert!(started.elapsed() < limit, "not ready after {limit:?}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

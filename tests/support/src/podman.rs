@@ -144,6 +144,15 @@ impl Net {
 
     /// Podman with extra environment variables (which it passes on to the plugins).
     pub fn podman_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        self.podman_command()
+            .envs(env.iter().copied())
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// This backend's Podman, its arguments still to add.
+    pub fn podman_command(&self) -> Command {
         let mut cmd = match self.backend {
             Backend::Cni => Command::new("podman"),
             Backend::Netavark => {
@@ -163,7 +172,31 @@ impl Net {
         if let Some(conf) = &self.containers_conf {
             cmd.env("CONTAINERS_CONF", conf);
         }
-        cmd.envs(env.iter().copied()).args(args).output().unwrap()
+        cmd
+    }
+
+    /// This backend's Podman serving its Docker-compatible API on the unix socket `socket`
+    /// (a path as that Podman sees it), ready when this returns; stopped when dropped.
+    pub fn api_service(&self, socket: &str) -> ApiService {
+        let seen_from_host = match self.backend {
+            Backend::Cni => PathBuf::from(socket),
+            Backend::Netavark => chroot_dir().join(socket.trim_start_matches('/')),
+        };
+        let _ = std::fs::remove_file(&seen_from_host);
+        let child = self
+            .podman_command()
+            .args(["system", "service", "--time=0", &format!("unix://{socket}")])
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let service = ApiService {
+            child,
+            socket: seen_from_host,
+        };
+        crate::wait_until(std::time::Duration::from_secs(30), || {
+            service.socket.exists()
+        });
+        service
     }
 
     pub fn podman_ok(&self, args: &[&str]) -> String {
@@ -416,6 +449,20 @@ impl Net {
                 let _ = self.podman(&["network", "rm", "-f", &self.name]);
             }
         }
+    }
+}
+
+/// A `podman system service` the test started; killed, and its socket removed, when dropped.
+pub struct ApiService {
+    child: std::process::Child,
+    socket: PathBuf,
+}
+
+impl Drop for ApiService {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.socket);
     }
 }
 
