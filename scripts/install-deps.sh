@@ -17,7 +17,7 @@ apt_install podman containernetworking-plugins runc conmon iptables iproute2 nft
 # The tests' stand-in for the outside world's resolver (in a test namespace, never the host's).
 apt_install dnsmasq-base
 # The trixie chroot (Podman 5 + netavark), packet captures and throughput tools.
-apt_install debootstrap tcpdump iperf3 iputils-ping python3 git curl
+apt_install debootstrap tcpdump iperf3 iputils-ping python3 git curl netcat-openbsd shellcheck
 
 # Podman reads drop-ins after containers.conf; ours only sets what this host needs.
 nofile=$(ulimit -Hn)

@@ -5,7 +5,7 @@
 # the master (its change hook), which hands the workflow to the runner: what Forgejo does with
 # a push and its runner.
 set -eu
-export PATH=/opt/forge/bin:$PATH
+export PATH="/opt/forge/bin:$PATH"
 repo=/srv/git/hello.git
 git init -q --bare -b main "$repo"
 cp /opt/standin/post-receive.py "$repo/hooks/post-receive"

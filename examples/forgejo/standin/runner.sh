@@ -9,7 +9,7 @@
 # in the runner's container (act's `-self-hosted`), for Podmans whose `exec` cannot enter a
 # container (the trixie chroot's runc 1.1, see examples/forgejo/README.md).
 set -eu
-export PATH=/opt/forge/bin:$PATH
+export PATH="/opt/forge/bin:$PATH"
 if [ -n "${DOCKER_HOST:-}" ]; then
     : "${JOB_NETWORK:?set JOB_NETWORK to the Flatnet network the job containers join}"
     # No Podman socket in the job (--container-daemon-socket -); the image is local.

@@ -331,6 +331,16 @@ pub fn assert_documented(page: &str, terms: &[&str]) {
     }
 }
 
+/// Polls `ready` (a readiness check: a file appears, a port answers) until it holds; fails the
+/// test after `limit`.
+pub fn wait_until(limit: std::time::Duration, mut ready: impl FnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !ready() {
+        assert!(started.elapsed() < limit, "not ready after {limit:?}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     /// A skipped test's message names it: the name comes from the test's own thread.
@@ -341,15 +351,5 @@ mod tests {
             name.ends_with("the_current_test_is_named_after_its_function"),
             "{name}"
         );
-    }
-}
-
-/// Polls `ready` (a readiness check: a file appears, a port answers) until it holds; fails the
-/// test after `limit`.
-pub fn wait_until(limit: std::time::Duration, mut ready: impl FnMut() -> bool) {
-    let started = std::time::Instant::now();
-    while !ready() {
-        assert!(started.elapsed() < limit, "not ready after {limit:?}");
-        std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
