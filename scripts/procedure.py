@@ -63,11 +63,6 @@ def blocks(path):
     return found
 
 
-def commands(block):
-    """The block's command lines as a person pastes them (comments and blank lines too)."""
-    return "\n".join(block.lines)
-
-
 def to_pattern(expected):
     parts = PLACEHOLDER.split(expected.strip())
     parts = [r"\s+".join(re.escape(w) for w in part.split(" ")) for part in parts]
@@ -107,13 +102,13 @@ def script(document, backend, work):
     for n, block in enumerate(b for b in blocks(document) if b.applies(backend)):
         if block.kind == "sh":
             output = f"{work}/{n}.out"
-            body = commands(block)
+            body = "\n".join(block.lines)  # as a person pastes it, comments too
             if block.cleanup:
                 cleanup.append(body)
             out.append(f"current={shlex.quote(block.step + ' ' + block.title)} output={output}")
             out.append(f"printf '\\n== step %s\\n' \"$current\"")
             out.append(f"{{\n{body}\n}} > {output} 2>&1 < /dev/null")
-            out.append(f"cat {output}")
+            out.append(f"cat {output}; output=/dev/null  # shown: a failure need not show it again")
             pending_output = output
         else:
             if pending_output is None:

@@ -212,6 +212,14 @@ fn forge_and_runner(
         "{log}"
     );
     if jobs == Jobs::InOwnContainers {
+        let created = "docker create image=localhost/flatnet-job:latest";
+        let on_flatnet = format!("network=\"{}\"", net.name);
+        assert!(
+            log.lines()
+                .any(|l| l.contains(created) && l.contains(&on_flatnet)),
+            "act made no job container on {}: {log}",
+            net.name
+        );
         for part in [&forge, &runner] {
             assert_ne!(job_ip, net.inspect_ip(part), "the job ran in {part}: {log}");
         }
@@ -222,8 +230,8 @@ fn forge_and_runner(
         started.elapsed().as_secs_f64()
     );
 
-    let jobs = net.podman_ok(&["ps", "-aq", "--filter", "name=^act-"]);
-    assert!(jobs.trim().is_empty(), "act left job containers: {jobs}");
+    let left = net.podman_ok(&["ps", "-aq", "--filter", "name=^act-"]);
+    assert!(left.trim().is_empty(), "act left job containers: {left}");
     net.remove_containers();
     assert!(net.leftovers().is_empty(), "{:?}", net.leftovers());
     let rules = support::run_ok("nft", &["list", "ruleset"]);
