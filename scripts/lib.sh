@@ -25,10 +25,17 @@ apt_install() {
         --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-# Run a command inside the trixie chroot with a clean environment.
+# The mount namespace the chroot's programs run in (made by scripts/setup-chroot.sh): its root
+# is the chroot, entered with pivot_root rather than chroot(2). Under chroot(2), runc's
+# pivot_root left each container's mount namespace rooted at the host's /, so `podman exec`
+# processes started there and not in the container.
+CHROOT_MOUNTS=${FLATNET_CHROOT_MOUNTS:-/run/flatnet-trixie.mnt}
+
+# Run a command inside the trixie chroot (its mount namespace) with a clean environment.
 in_chroot() {
+    mountpoint -q "$CHROOT_MOUNTS" || die "no mount namespace for the chroot: run scripts/setup-chroot.sh"
     env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-        HOME=/root PODMAN_IGNORE_CGROUPSV1_WARNING=1 chroot "$CHROOT_DIR" "$@"
+        HOME=/root PODMAN_IGNORE_CGROUPSV1_WARNING=1 nsenter --mount="$CHROOT_MOUNTS" -- "$@"
 }
 
 # The root file system of the Forgejo stand-in's containers (scripts/build-forge-rootfs.sh).

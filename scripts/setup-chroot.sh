@@ -31,6 +31,19 @@ mount_chroot() {
 }
 mount_chroot
 
+# A mount namespace of its own whose root is the chroot (pivot_root), kept in $CHROOT_MOUNTS for
+# in_chroot to enter: containers made there get mount namespaces rooted at their own root, as
+# on a machine of their own. The chroot's mounts are shared with it as its masters, so what is
+# mounted below the chroot later (the forge rootfs) appears inside too.
+make_mount_namespace() {
+    mount --make-rshared "$CHROOT_DIR"
+    touch "$CHROOT_MOUNTS"
+    unshare --mount="$CHROOT_MOUNTS" --propagation slave true
+    nsenter --mount="$CHROOT_MOUNTS" -- sh -c \
+        "cd '$CHROOT_DIR' && mkdir -p .host && pivot_root . .host && umount -l /.host && rmdir /.host"
+}
+mountpoint -q "$CHROOT_MOUNTS" || make_mount_namespace
+
 # nftables: the plugin runs in the chroot and writes Flatnet's nft table from there.
 # aardvark-dns: as in a standard Podman 5 (it only serves bridge networks; without it Podman
 # warns on every run that DNS is off, although Flatnet answers DNS itself).

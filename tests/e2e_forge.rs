@@ -4,9 +4,7 @@
 //! the forge's published port, runs `.forgejo/workflows/hello.yml`: the runner starts the job
 //! in a container of its own on the Flatnet network through Podman's API socket, and the job
 //! clones the repository from the forge by name and says `Hello from Flatnet`; nothing is left
-//! afterwards, the job's container included. On the netavark backend here, the trixie chroot's
-//! runc 1.1 cannot `exec` into a container (it leaves the process at the namespace's root), so
-//! act's steps could not run in a job container: there the runner runs them itself.
+//! afterwards, the job's container included.
 //!
 //! The network is `--internal`: the stand-in needs nothing beyond Flatnet and the host, so
 //! nothing it runs (act, buildbot) can reach past this machine.
@@ -114,23 +112,7 @@ fn job_container_address(log: &str) -> std::net::Ipv4Addr {
         .unwrap_or_else(|_| panic!("job container address {address:?}: {log}"))
 }
 
-/// Where the runner runs a job's steps.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Jobs {
-    /// A container of its own on the Flatnet network, started through Podman's API socket.
-    InOwnContainers,
-    /// The runner's own container (act's `-self-hosted`).
-    InTheRunner,
-}
-
-fn forge_and_runner(
-    backend: Backend,
-    jobs: Jobs,
-    name: &str,
-    subnet: &str,
-    git_port: u16,
-    www_port: u16,
-) {
+fn forge_and_runner(backend: Backend, name: &str, subnet: &str, git_port: u16, www_port: u16) {
     assert!(
         Path::new(FORGE_ROOTFS)
             .join("opt/forge/bin/buildbot")
@@ -165,21 +147,29 @@ fn forge_and_runner(
         &rootfs,
         "/opt/standin/forge.sh",
     ]);
-    // In job containers, the runner drives this Podman through its API socket.
+    // The runner drives this Podman through its API socket: act starts each job there.
     let socket = format!("/run/{name}-podman.sock");
-    let _api = (jobs == Jobs::InOwnContainers).then(|| net.api_service(&socket));
-    let mount = format!("{socket}:/run/podman.sock");
-    let job_network = format!("JOB_NETWORK={}", net.name);
-    let mut runner_options = vec!["--network-alias", "runner"];
-    if jobs == Jobs::InOwnContainers {
-        runner_options.extend(["-v", &mount, "-e", "DOCKER_HOST=unix:///run/podman.sock"]);
-        runner_options.extend(["-e", &job_network]);
-    }
+    let _api = net.api_service(&socket);
     let runner = net.container(2);
-    let mut run = vec!["run", "-d", "--name", &runner, "--network", &net.name];
-    run.extend(runner_options);
-    run.extend(["--rootfs", &rootfs, "/opt/standin/runner.sh"]);
-    net.podman_ok(&run);
+    net.podman_ok(&[
+        "run",
+        "-d",
+        "--name",
+        &runner,
+        "--network",
+        &net.name,
+        "--network-alias",
+        "runner",
+        "-v",
+        &format!("{socket}:/run/podman.sock"),
+        "-e",
+        "DOCKER_HOST=unix:///run/podman.sock",
+        "-e",
+        &format!("JOB_NETWORK={}", net.name),
+        "--rootfs",
+        &rootfs,
+        "/opt/standin/runner.sh",
+    ]);
     println!("{backend:?}: forge and runner started");
 
     wait_for(started, "forge up", || get(www_port, "/api/v2/builders"));
@@ -211,20 +201,19 @@ fn forge_and_runner(
         subnet.parse::<ipnet::Ipv4Net>().unwrap().contains(&job_ip),
         "{log}"
     );
-    if jobs == Jobs::InOwnContainers {
-        let created = "docker create image=localhost/flatnet-job:latest";
-        let on_flatnet = format!("network=\"{}\"", net.name);
-        assert!(
-            log.lines()
-                .any(|l| l.contains(created) && l.contains(&on_flatnet)),
-            "act made no job container on {}: {log}",
-            net.name
-        );
-        for part in [&forge, &runner] {
-            assert_ne!(job_ip, net.inspect_ip(part), "the job ran in {part}: {log}");
-        }
-        println!("{backend:?}: the job ran in its own container at {job_ip}");
+    // The job ran in a container act made on the network, not in the forge or the runner.
+    let created = "docker create image=localhost/flatnet-job:latest";
+    let on_flatnet = format!("network=\"{}\"", net.name);
+    assert!(
+        log.lines()
+            .any(|l| l.contains(created) && l.contains(&on_flatnet)),
+        "act made no job container on {}: {log}",
+        net.name
+    );
+    for part in [&forge, &runner] {
+        assert_ne!(job_ip, net.inspect_ip(part), "the job ran in {part}: {log}");
     }
+    println!("{backend:?}: the job ran in its own container at {job_ip}");
     println!(
         "{backend:?}: podman run to green job in {:.1} s",
         started.elapsed().as_secs_f64()
@@ -243,7 +232,6 @@ fn cni_forge_and_runner() {
     let _serial = needs_podman!();
     forge_and_runner(
         Backend::Cni,
-        Jobs::InOwnContainers,
         "fne2e-cniforge",
         "10.217.0.0/24",
         18301,
@@ -256,7 +244,6 @@ fn netavark_forge_and_runner() {
     let _serial = needs_podman!();
     forge_and_runner(
         Backend::Netavark,
-        Jobs::InTheRunner,
         "fne2e-nvforge",
         "10.218.0.0/24",
         18311,

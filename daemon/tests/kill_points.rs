@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use flatnet::killpoint::POINTS;
-use flatnet_test_support::podman::{chroot_dir, Backend, Net, NetOptions};
+use flatnet_test_support::podman::{chroot_dir, in_chroot, Backend, Net, NetOptions};
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_flatnetd");
 const STATE_DIR: &str = "/run/flatnet-kill";
@@ -158,12 +158,7 @@ fn kill_net(backend: Backend) -> KillNet {
 fn flatnetd(backend: Backend, args: &[&str]) -> std::process::Output {
     let mut command = match backend {
         Backend::Cni => Command::new(DAEMON),
-        Backend::Netavark => {
-            let mut c = Command::new("chroot");
-            c.arg(chroot_dir())
-                .arg("/usr/local/lib/flatnet-kill/netavark/flatnetd");
-            c
-        }
+        Backend::Netavark => in_chroot("/usr/local/lib/flatnet-kill/netavark/flatnetd"),
     };
     command
         .args(["--state-dir", STATE_DIR])

@@ -5,9 +5,9 @@
 #
 # With DOCKER_HOST (the host's Podman API socket, mounted in) and JOB_NETWORK (the Flatnet
 # network), act starts each job in a container of its own on that network, as Forgejo's runner
-# does with `container.network`: the runner runs no step itself. Without them, the steps run
-# in the runner's container (act's `-self-hosted`), for Podmans whose `exec` cannot enter a
-# container (the trixie chroot's runc 1.1, see examples/forgejo/README.md).
+# does with `container.network`: the runner runs no step itself. Without them (where there is
+# no Podman, as on the simulated hosts of daemon/tests/forge_standin.rs), the steps run in the
+# runner itself (act's `-self-hosted`).
 set -eu
 export PATH="/opt/forge/bin:$PATH"
 if [ -n "${DOCKER_HOST:-}" ]; then

@@ -48,6 +48,24 @@ pub fn chroot_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/var/lib/flatnet/trixie"))
 }
 
+/// `program` inside the trixie chroot, as `in_chroot` of scripts/lib.sh runs it: in the chroot's
+/// mount namespace (scripts/setup-chroot.sh), with a clean environment.
+pub fn in_chroot(program: &str) -> Command {
+    let mounts = std::env::var("FLATNET_CHROOT_MOUNTS")
+        .unwrap_or_else(|_| "/run/flatnet-trixie.mnt".to_string());
+    let mut cmd = Command::new("nsenter");
+    cmd.env_clear()
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
+        .env("HOME", "/root")
+        .env("PODMAN_IGNORE_CGROUPSV1_WARNING", "1")
+        .arg(format!("--mount={mounts}"))
+        .args(["--", program]);
+    cmd
+}
+
 /// Network settings beyond the subnet.
 #[derive(Debug, Default)]
 pub struct NetOptions {
@@ -155,19 +173,7 @@ impl Net {
     pub fn podman_command(&self) -> Command {
         let mut cmd = match self.backend {
             Backend::Cni => Command::new("podman"),
-            Backend::Netavark => {
-                let mut cmd = Command::new("chroot");
-                cmd.env_clear()
-                    .env(
-                        "PATH",
-                        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                    )
-                    .env("HOME", "/root")
-                    .env("PODMAN_IGNORE_CGROUPSV1_WARNING", "1")
-                    .arg(chroot_dir())
-                    .arg("podman");
-                cmd
-            }
+            Backend::Netavark => in_chroot("podman"),
         };
         if let Some(conf) = &self.containers_conf {
             cmd.env("CONTAINERS_CONF", conf);
@@ -264,9 +270,8 @@ impl Net {
                 .args(["status", "--json"])
                 .output()
                 .unwrap(),
-            Backend::Netavark => Command::new("chroot")
-                .arg(chroot_dir())
-                .args(["flatnetd", "status", "--json"])
+            Backend::Netavark => in_chroot("flatnetd")
+                .args(["status", "--json"])
                 .output()
                 .unwrap(),
         };
@@ -290,35 +295,11 @@ impl Net {
             .unwrap_or_else(|_| panic!("inspect IP of {container}: {out:?}"))
     }
 
-    /// Runs a command inside a running container. The chroot's runc (1.1) does not switch
-    /// `podman exec` into the container's mount namespace, so there we enter the container's
-    /// namespaces and root with nsenter from the host, which is what `exec` means.
+    /// Runs a command inside a running container (`podman exec`).
     pub fn exec(&self, container: &str, args: &[&str]) -> Command {
-        match self.backend {
-            Backend::Cni => {
-                let mut cmd = Command::new("podman");
-                cmd.args(["exec", container]).args(args);
-                cmd
-            }
-            Backend::Netavark => {
-                let pid = self.podman_ok(&["inspect", "-f", "{{.State.Pid}}", container]);
-                let mut cmd = Command::new("nsenter");
-                cmd.args([
-                    "-t",
-                    pid.trim(),
-                    "-m",
-                    "-n",
-                    "-p",
-                    "-u",
-                    "-i",
-                    "-r",
-                    "-w",
-                    "--",
-                ])
-                .args(args);
-                cmd
-            }
-        }
+        let mut cmd = self.podman_command();
+        cmd.args(["exec", container]).args(args);
+        cmd
     }
 
     pub fn exec_ok(&self, container: &str, args: &[&str]) -> String {
