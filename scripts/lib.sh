@@ -29,7 +29,7 @@ apt_install() {
 # is the chroot, entered with pivot_root rather than chroot(2). Under chroot(2), runc's
 # pivot_root left each container's mount namespace rooted at the host's /, so `podman exec`
 # processes started there and not in the container.
-CHROOT_MOUNTS=${FLATNET_CHROOT_MOUNTS:-/run/flatnet-trixie.mnt}
+CHROOT_MOUNTS=${FLATNET_CHROOT_MOUNTS:-/run/flatnet-trixie/mnt}
 
 # Run a command inside the trixie chroot (its mount namespace) with a clean environment.
 in_chroot() {

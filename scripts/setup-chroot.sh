@@ -36,6 +36,11 @@ mount_chroot
 # on a machine of their own. The chroot's mounts are shared with it as its masters, so what is
 # mounted below the chroot later (the forge rootfs) appears inside too.
 make_mount_namespace() {
+    local dir
+    dir=$(dirname "$CHROOT_MOUNTS")
+    # A namespace can only be kept in a file on a private mount (as ip netns does /run/netns).
+    mkdir -p "$dir"
+    mountpoint -q "$dir" || { mount --bind "$dir" "$dir" && mount --make-private "$dir"; }
     mount --make-rshared "$CHROOT_DIR"
     touch "$CHROOT_MOUNTS"
     unshare --mount="$CHROOT_MOUNTS" --propagation slave true

@@ -12,7 +12,7 @@
 # cni:      Podman with network_backend = "cni" (Debian 12's Podman 4.3) and flatnet-cni.
 # netavark: Podman >= 4.5 with netavark and the `flatnet` plugin (docs/podman.md). Debian 12's
 #           Podman 4.3 cannot load netavark plugins: there, use `cni`.
-# PODMAN picks another Podman, e.g. PODMAN="nsenter --mount=/run/flatnet-trixie.mnt -- podman"
+# PODMAN picks another Podman, e.g. PODMAN="nsenter --mount=/run/flatnet-trixie/mnt -- podman"
 # (the trixie chroot's, made by scripts/setup-chroot.sh).
 # The API calls are listed in examples/forgejo/README.md. It cannot run on the project's CI
 # machines (no registry there): CI runs the stand-in in standin/ instead.

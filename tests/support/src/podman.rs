@@ -52,7 +52,7 @@ pub fn chroot_dir() -> PathBuf {
 /// mount namespace (scripts/setup-chroot.sh), with a clean environment.
 pub fn in_chroot(program: &str) -> Command {
     let mounts = std::env::var("FLATNET_CHROOT_MOUNTS")
-        .unwrap_or_else(|_| "/run/flatnet-trixie.mnt".to_string());
+        .unwrap_or_else(|_| "/run/flatnet-trixie/mnt".to_string());
     let mut cmd = Command::new("nsenter");
     cmd.env_clear()
         .env(
