@@ -12,7 +12,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use flatnet::config::DEFAULT_STATE_DIR;
-use flatnet::control::{self, DaemonOptions, DataPlaneRequest};
+use flatnet::control::{self, DaemonOptions};
 use flatnet::dataplane;
 use flatnet::logging::{self, DaemonLog};
 use flatnet::state::StateDir;
@@ -94,10 +94,7 @@ fn main() -> ExitCode {
         Cmd::Start { settings } => settings
             .resolve(state_dir)
             .and_then(|config| control::ensure_running(&config)),
-        Cmd::Stop => match control::is_running(&state_dir) {
-            true => control::call(&state_dir, DataPlaneRequest::Shutdown).map(drop),
-            false => Ok(()),
-        },
+        Cmd::Stop => control::stop(&state_dir),
         Cmd::Status { json } => status::show(&state_dir, json),
         Cmd::Key => print_key(&state_dir),
         Cmd::Check(args) => return check::run(&state_dir, &args),

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
-use super::client::{is_running, status};
+use super::client::{call, is_running, status};
+use super::protocol::DataPlaneRequest;
 use super::settings::DaemonConfig;
 use super::status::DaemonStatus;
 use crate::error::{Error, IoContext, Result};
@@ -38,6 +39,17 @@ pub fn ensure_running(settings: &DaemonConfig) -> Result<()> {
     start_daemon(settings)
 }
 
+/// Asks the daemon of `state_dir` to stop and waits until it is gone: after `flatnetd stop`,
+/// nothing of it writes into the state directory any more (it may be removed at once) and a
+/// new daemon can start.
+pub fn stop(state_dir: &StateDir) -> Result<()> {
+    if !is_running(state_dir) {
+        return Ok(());
+    }
+    call(state_dir, DataPlaneRequest::Shutdown)?;
+    wait_until_gone(state_dir)
+}
+
 /// Whether the running daemon serves these settings; `None` when no daemon answers (none runs,
 /// or one accepted and went away: it is dying).
 fn ask_running(settings: &DaemonConfig) -> Option<Result<()>> {
@@ -59,7 +71,7 @@ fn wait_until_gone(state_dir: &StateDir) -> Result<()> {
     while FileLock::try_acquire(&lock)?.is_none() {
         if Instant::now() > deadline {
             return Err(Error::DaemonUnavailable(format!(
-                "a flatnetd holds {} but does not answer; try again",
+                "a flatnetd still holds {} after {START_TIMEOUT:?}; try again",
                 lock.display()
             )));
         }

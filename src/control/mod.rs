@@ -12,7 +12,7 @@ pub mod status;
 mod via_daemon;
 
 pub use client::{call, is_running, request, status};
-pub use launch::{daemon_binary, ensure_running};
+pub use launch::{daemon_binary, ensure_running, stop};
 pub use protocol::{
     DataPlaneRequest, Failure, LighthouseRequest, Refusal, Reply, Request, Response,
     PROTOCOL_VERSION,
