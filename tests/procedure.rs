@@ -148,3 +148,26 @@ fn placeholders_stand_for_what_varies_and_nothing_else() {
         true
     ));
 }
+
+#[test]
+fn a_failing_step_stops_the_run_names_the_step_and_runs_the_cleanup() {
+    let dir = tempfile::tempdir().unwrap();
+    let cleaned = dir.path().join("cleaned");
+    let reached = dir.path().join("reached");
+    let document = dir.path().join("procedure.md");
+    let text = format!(
+        "**1.1 Say hello.**\n\n```sh\necho hello\n```\n\n```text\nhello\n```\n\n\
+         **1.2 Fail.**\n\n```sh\nfalse\n```\n\n\
+         **1.3 Never reached.**\n\n```sh\ntouch {reached}\n```\n\n\
+         ## 2. Cleanup\n\n**2.1 Clean.**\n\n```sh\ntouch {cleaned}\n```\n",
+        reached = reached.display(),
+        cleaned = cleaned.display()
+    );
+    std::fs::write(&document, text).unwrap();
+    let out = procedure(&[document.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("FAILED at step 1.2 Fail"), "{stderr}");
+    assert!(!reached.exists(), "the run went on after a failed step");
+    assert!(cleaned.exists(), "the cleanup did not run");
+}
