@@ -12,7 +12,7 @@ use futures::TryStreamExt;
 use ipnet::Ipv4Net;
 use nix::sched::{setns, CloneFlags};
 use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 
 use crate::error::{Error, IoContext, Result};
@@ -115,15 +115,33 @@ impl NetworkNamespace {
         })
     }
 
-    /// Removes the interface if the namespace and the interface still exist.
-    /// Returns whether something was removed.
-    pub fn teardown(path: &Path, ifname: &str) -> Result<bool> {
-        match NetworkNamespace::open(path) {
+    /// Removes the interface if the namespace and the interface still exist and the namespace
+    /// is the one `made_in` names (the one the interface was made in, when recorded): a path
+    /// reused by another namespace is left alone, whatever it holds. Returns whether something
+    /// was removed.
+    pub fn teardown(path: &Path, ifname: &str, made_in: Option<NetnsId>) -> Result<bool> {
+        match NetworkNamespace::open_recorded(path, made_in) {
             Ok(ns) => ns.enter(|inside| inside.remove_interface(ifname)),
             Err(Error::NetnsNotFound(_)) => Ok(false),
+            Err(Error::NetnsReplaced(_)) => {
+                tracing::info!(
+                    "{} names another namespace now: its {ifname} is not ours, left alone",
+                    path.display()
+                );
+                Ok(false)
+            }
             Err(e) => Err(e),
         }
     }
+}
+
+fn is_tun(link: &LinkMessage) -> bool {
+    link.attributes.iter().any(|attr| match attr {
+        LinkAttribute::LinkInfo(infos) => infos
+            .iter()
+            .any(|info| matches!(info, LinkInfo::Kind(InfoKind::Tun))),
+        _ => false,
+    })
 }
 
 /// Runs `f` with a netlink connection in the calling thread's own namespace (the host side:
@@ -234,11 +252,17 @@ impl Inside {
             .map_err(netlink_err("bringing link up"))
     }
 
-    /// Deletes the interface; returns false if there was none.
+    /// Deletes the interface if it is a TUN device (the only kind Flatnet makes); returns
+    /// false if there was none. An interface of another kind under the name is someone
+    /// else's (a runtime that reused the namespace, another plugin) and stays.
     pub fn remove_interface(&mut self, name: &str) -> Result<bool> {
         let Some(link) = self.find_link(name)? else {
             return Ok(false);
         };
+        if !is_tun(&link) {
+            tracing::info!("{name} is not a TUN device: not ours, left alone");
+            return Ok(false);
+        }
         self.runtime
             .block_on(self.handle.link().del(link.header.index).execute())
             .map_err(netlink_err("deleting link"))?;

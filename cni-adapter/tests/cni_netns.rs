@@ -174,6 +174,58 @@ fn del_succeeds_when_things_are_already_gone() {
     assert!(state.plugin(BIN, &[], &env, &conf).status.success());
 }
 
+/// A namespace path reused by another namespace holds someone else's interfaces: the orphan
+/// collector, DEL and GC leave them, whatever their kind.
+#[test]
+fn a_reused_namespace_path_keeps_its_new_interfaces() {
+    needs_root!();
+    let state = state_dir("reused");
+    let conf = conf("1.1.0", &state);
+    let reused = TestNetns::new("r");
+    cni_ok(&state, "ADD", "first", reused.path_str(), &conf);
+    reused.delete();
+    run_ok("ip", &["netns", "add", &reused.name]);
+    // As in the report, a veth named like ours; and a TUN device, which only the namespace's
+    // identity tells from ours.
+    reused.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "x0"]);
+    reused.ip(&["tuntap", "add", "dev", "eth1", "mode", "tun"]);
+    let other = TestNetns::new("o");
+    // The next ADD collects the orphan "first": its record names the old namespace.
+    cni_ok(&state, "ADD", "second", other.path_str(), &conf);
+    assert!(reused.has_link("eth0") && reused.has_link("eth1"));
+    // The runtime's DEL for "first", at the reused path, under both names.
+    for ifname in ["eth0", "eth1"] {
+        let out = cni(
+            &state,
+            "DEL",
+            "first",
+            reused.path_str(),
+            &conf,
+            &[("CNI_IFNAME", ifname)],
+        );
+        assert!(out.status.success());
+    }
+    assert!(reused.has_link("eth0") && reused.has_link("eth1"));
+    // A record whose namespace path was reused: attach "third" there, replace the namespace
+    // again with a TUN eth0 of its own, and let GC drop "third".
+    reused.ip(&["link", "del", "eth0"]);
+    cni_ok(&state, "ADD", "third", reused.path_str(), &conf);
+    reused.delete();
+    run_ok("ip", &["netns", "add", &reused.name]);
+    reused.ip(&["tuntap", "add", "dev", "eth0", "mode", "tun"]);
+    let mut gc: Value = serde_json::from_str(&conf).unwrap();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "second", "ifname": "eth0"}]);
+    let out = state.plugin(BIN, &[], &[("CNI_COMMAND", "GC")], &gc.to_string());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(reused.has_link("eth0"));
+    cni_ok(&state, "DEL", "second", other.path_str(), &conf);
+    state.assert_nothing_left();
+}
+
 #[test]
 fn bad_input_gets_the_spec_error_and_leaves_nothing() {
     needs_root!();

@@ -85,12 +85,15 @@ impl Network {
     }
 
     /// A record left by a container whose namespace is gone (a crash, a reboot of the runtime)
-    /// must not block the new attach; one in the same live namespace means a double ADD.
+    /// must not block the new attach; one in the same live namespace means a double ADD. A
+    /// path that names another namespace now is a stale record too.
     pub(super) fn clear_stale_record(&self, req: &AttachRequest) -> Result<()> {
         let Some(record) = attachment::load(&self.config.dirs(), req.container_id)? else {
             return Ok(());
         };
-        if record.netns == req.netns && record.netns.exists() {
+        let recorded_alive =
+            NetworkNamespace::open_recorded(&record.netns, record.netns_id).is_ok();
+        if record.netns == req.netns && recorded_alive {
             return Err(Error::AlreadyAttached {
                 container_id: req.container_id.to_string(),
                 network: self.config.network.clone(),

@@ -147,7 +147,9 @@ impl Network {
 
         make_interface(&netns, &attachment)?;
         let iface = attachment.clone();
-        undo.push(move || NetworkNamespace::teardown(&iface.netns, &iface.ifname).map(drop));
+        undo.push(move || {
+            NetworkNamespace::teardown(&iface.netns, &iface.ifname, iface.netns_id).map(drop)
+        });
         killpoint::here("attach.interface_made");
 
         attachment::save(&self.config.dirs(), &attachment)?;
@@ -177,10 +179,15 @@ impl Network {
         self.stop_serving(container_id);
         killpoint::here("detach.unserved");
         let record = attachment::load(&self.config.dirs(), container_id)?;
+        // Only what we made goes: an interface in the recorded namespace, or (an attach killed
+        // before its record) one the container's lease says was being made. With neither, the
+        // name in the runtime's namespace is not ours, even if the container was once.
+        let attaching = record.is_some() || self.ipam.resolve_ip(container_id)?.is_some();
         let netns = netns.or(record.as_ref().map(|r| r.netns.as_path()));
         let ifname = record.as_ref().map_or(ifname, |r| r.ifname.as_str());
-        if let Some(netns) = netns {
-            NetworkNamespace::teardown(netns, ifname)?;
+        let made_in = record.as_ref().and_then(|r| r.netns_id);
+        if let Some(netns) = netns.filter(|_| attaching) {
+            NetworkNamespace::teardown(netns, ifname, made_in)?;
         }
         killpoint::here("detach.interface_removed");
         if let Some(ip) = self.ipam.release_ip(container_id)? {
