@@ -1,9 +1,11 @@
 //! Host certificates: the network's trust root. A network CA (an Ed25519 key that stays on the
-//! operator's machine, never on a host) signs, for each host, its name, its Noise public key and
-//! the address blocks it may serve. Hosts carry only the CA's public certificate; a peer accepts
-//! a lighthouse entry only if the certificate of the host that published it is the CA's, names
-//! the entry's key, and grants the entry's address. So a host that is taken over can claim
-//! nothing beyond its own blocks, whatever it writes to the lighthouse.
+//! operator's machine, never on a host) signs, for each host, its name, its Noise public key,
+//! the address blocks it may serve and the networks it may serve them on, each with the
+//! identifier the CA allotted it. Hosts carry only the CA's public certificate; a peer accepts a
+//! lighthouse entry only if the certificate of the host that published it is the CA's, names
+//! the entry's key, grants the entry's address and names the entry's network with the
+//! entry's identifier. So a host that is taken over can claim nothing beyond its own blocks on
+//! its own networks, whatever it writes to the lighthouse.
 //!
 //! Both kinds of certificate are small JSON documents; the signature covers the certificate's
 //! fields as serialised in their fixed order.
@@ -18,10 +20,12 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::lighthouse::network_id::{self, NetworkId};
 use crate::state::check_name;
 use crate::tunnel::decode_key;
 
-const VERSION: u32 = 1;
+/// Version 2 binds networks; a version 1 certificate (blocks in any network) is refused.
+const VERSION: u32 = 2;
 
 /// The CA's public half: the one file every host of the network shares.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,14 +56,39 @@ pub struct HostCert {
     pub name: String,
     /// The host's Noise (X25519) public key, base64.
     pub public_key: String,
-    /// The addresses the host may serve, in any network whose subnet contains them.
+    /// The addresses the host may serve, on the networks below.
     pub blocks: Vec<Ipv4Net>,
+    /// The networks the host may serve, with the identifiers the CA allotted them (none in a
+    /// version 1 certificate, which is read only to be refused).
+    #[serde(default)]
+    pub networks: Vec<CertNetwork>,
+    /// Every network besides (only if the operator asked for it): a network not named above
+    /// then has its name's hash as identifier, and no other network's name.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub any_network: bool,
     /// Unix seconds after which the certificate is void.
     pub not_after: u64,
     /// The CA's name.
     pub issuer: String,
     /// Ed25519 over the fields above, base64.
     pub signature: String,
+}
+
+/// A network a certificate names: its name and the identifier its packets carry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertNetwork {
+    pub name: String,
+    pub id: NetworkId,
+}
+
+/// What the CA grants a host, besides its name and key.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    pub blocks: Vec<Ipv4Net>,
+    pub networks: Vec<CertNetwork>,
+    pub any_network: bool,
+    pub not_after: u64,
 }
 
 /// The signed part of a host certificate, in its fixed order.
@@ -69,6 +98,8 @@ struct Signed<'a> {
     name: &'a str,
     public_key: &'a str,
     blocks: &'a [Ipv4Net],
+    networks: &'a [CertNetwork],
+    any_network: bool,
     not_after: u64,
     issuer: &'a str,
 }
@@ -102,32 +133,41 @@ impl CaKey {
         Ok(SigningKey::from_bytes(&bytes))
     }
 
-    /// Grants `blocks` to the host `name` whose Noise key is `public_key`, until `not_after`.
-    pub fn sign(
-        &self,
-        name: &str,
-        public_key: &str,
-        blocks: Vec<Ipv4Net>,
-        not_after: u64,
-    ) -> Result<HostCert> {
+    /// Grants the host `name` whose Noise key is `public_key` what `grant` says.
+    pub fn sign(&self, name: &str, public_key: &str, grant: Grant) -> Result<HostCert> {
         check_name("host name", name, 64).map_err(Error::InvalidRequest)?;
         if decode_key(public_key).is_none() {
             return Err(Error::InvalidRequest(format!(
                 "{public_key:?} is not a host's public key (32 bytes of base64, as `flatnetd key` prints)"
             )));
         }
-        if blocks.is_empty() {
+        if grant.blocks.is_empty() {
             return Err(Error::InvalidRequest(
                 "a host certificate grants at least one block".into(),
             ));
         }
-        let blocks: Vec<Ipv4Net> = blocks.iter().map(Ipv4Net::trunc).collect();
+        if grant.networks.is_empty() && !grant.any_network {
+            return Err(Error::InvalidRequest(
+                "a host certificate names at least one network (or any network, if asked)".into(),
+            ));
+        }
+        for network in &grant.networks {
+            check_name("network name", &network.name, 64).map_err(Error::InvalidRequest)?;
+            if network.id == 0 {
+                return Err(Error::InvalidRequest(format!(
+                    "network {} has no identifier",
+                    network.name
+                )));
+            }
+        }
         let mut cert = HostCert {
             version: VERSION,
             name: name.to_string(),
             public_key: public_key.to_string(),
-            blocks,
-            not_after,
+            blocks: grant.blocks.iter().map(Ipv4Net::trunc).collect(),
+            networks: grant.networks,
+            any_network: grant.any_network,
+            not_after: grant.not_after,
             issuer: self.name.clone(),
             signature: String::new(),
         };
@@ -144,6 +184,8 @@ impl HostCert {
             name: &self.name,
             public_key: &self.public_key,
             blocks: &self.blocks,
+            networks: &self.networks,
+            any_network: self.any_network,
             not_after: self.not_after,
             issuer: &self.issuer,
         })
@@ -154,7 +196,8 @@ impl HostCert {
     pub fn verify(&self, ca: &CaCert, now: u64) -> std::result::Result<(), String> {
         if self.version != VERSION {
             return Err(format!(
-                "certificate version {} is not {VERSION}",
+                "certificate version {} is not {VERSION}: sign it again, naming its networks \
+                 (flatnet-cert sign --network)",
                 self.version
             ));
         }
@@ -186,6 +229,21 @@ impl HostCert {
         self.blocks.iter().any(|b| b.contains(&ip))
     }
 
+    /// The identifier of `network` if the certificate lets its host serve it: the one the CA
+    /// allotted, or for a network it does not name, with `any_network`, the name's hash.
+    pub fn network_id(&self, network: &str) -> Option<NetworkId> {
+        match self.networks.iter().find(|n| n.name == network) {
+            Some(named) => Some(named.id),
+            None if self.any_network => Some(network_id::derived(network)),
+            None => None,
+        }
+    }
+
+    /// Whether an entry for `ip` on `network` tagged `id` is one this certificate vouches for.
+    pub fn vouches_for(&self, network: &str, id: NetworkId, ip: Ipv4Addr) -> bool {
+        self.grants(ip) && self.network_id(network) == Some(id)
+    }
+
     /// The parts of `subnet` the certificate grants.
     pub fn blocks_in(&self, subnet: Ipv4Net) -> Vec<Ipv4Net> {
         self.blocks
@@ -207,6 +265,37 @@ pub fn now_unix() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// The networks a CA has named, with their identifiers: kept beside the CA key, so that every
+/// certificate it signs gives a name the same identifier and no two names one.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct NetworkRegistry(std::collections::BTreeMap<String, NetworkId>);
+
+impl NetworkRegistry {
+    /// The network's identifier: the one it has, or the first candidate no other name holds.
+    pub fn allot(&mut self, name: &str) -> Result<CertNetwork> {
+        check_name("network name", name, 64).map_err(Error::InvalidRequest)?;
+        if let Some(&id) = self.0.get(name) {
+            return Ok(CertNetwork {
+                name: name.to_string(),
+                id,
+            });
+        }
+        let taken: std::collections::HashSet<NetworkId> = self.0.values().copied().collect();
+        let id = network_id::candidates(name)
+            .take(network_id::MAX_PROBES)
+            .find(|id| !taken.contains(id))
+            .ok_or_else(|| {
+                Error::InvalidRequest(format!("no free identifier for network {name}"))
+            })?;
+        self.0.insert(name.to_string(), id);
+        Ok(CertNetwork {
+            name: name.to_string(),
+            id,
+        })
+    }
 }
 
 /// Reads a JSON certificate (or key) file.
@@ -241,12 +330,31 @@ mod tests {
         encode_key(&[n; 32])
     }
 
+    fn grant(blocks: &[&str], networks: &[(&str, NetworkId)], not_after: u64) -> Grant {
+        Grant {
+            blocks: blocks.iter().map(|b| b.parse().unwrap()).collect(),
+            networks: networks
+                .iter()
+                .map(|&(name, id)| CertNetwork {
+                    name: name.into(),
+                    id,
+                })
+                .collect(),
+            any_network: false,
+            not_after,
+        }
+    }
+
     #[test]
-    fn a_signed_certificate_verifies_and_grants_its_blocks_only() {
+    fn a_signed_certificate_verifies_and_grants_its_blocks_on_its_networks_only() {
         let (ca_key, ca) = CaKey::generate("net-ca").unwrap();
         let block: Ipv4Net = "198.51.100.64/26".parse().unwrap();
         let cert = ca_key
-            .sign("host-a", &host_key(1), vec![block], u64::MAX)
+            .sign(
+                "host-a",
+                &host_key(1),
+                grant(&["198.51.100.64/26"], &[("web", 7)], u64::MAX),
+            )
             .unwrap();
         assert_eq!(cert.verify(&ca, now_unix()), Ok(()));
         assert!(cert.grants("198.51.100.70".parse().unwrap()));
@@ -254,10 +362,27 @@ mod tests {
         let subnet = "198.51.100.0/24".parse().unwrap();
         assert_eq!(cert.blocks_in(subnet), [block]);
         assert!(cert.blocks_in("203.0.113.0/24".parse().unwrap()).is_empty());
+        let inside = "198.51.100.70".parse().unwrap();
+        assert!(cert.vouches_for("web", 7, inside));
+        assert!(!cert.vouches_for("web", 8, inside), "another identifier");
+        assert!(!cert.vouches_for("db", 7, inside), "another network");
+        assert_eq!(cert.network_id("db"), None);
         // JSON round trip keeps it valid.
         let text = serde_json::to_string(&cert).unwrap();
         let back: HostCert = serde_json::from_str(&text).unwrap();
         assert_eq!(back.verify(&ca, now_unix()), Ok(()));
+    }
+
+    #[test]
+    fn any_network_is_only_what_the_operator_asks_and_then_only_by_hash() {
+        let (ca_key, _) = CaKey::generate("net-ca").unwrap();
+        let mut wide = grant(&["10.0.0.0/24"], &[("web", 7)], u64::MAX);
+        wide.any_network = true;
+        let cert = ca_key.sign("host-a", &host_key(1), wide).unwrap();
+        assert_eq!(cert.network_id("web"), Some(7));
+        assert_eq!(cert.network_id("db"), Some(network_id::derived("db")));
+        let ip = "10.0.0.9".parse().unwrap();
+        assert!(!cert.vouches_for("db", 7, ip), "a chosen identifier");
     }
 
     #[test]
@@ -267,16 +392,24 @@ mod tests {
             .sign(
                 "host-a",
                 &host_key(1),
-                vec!["10.0.0.0/24".parse().unwrap()],
-                u64::MAX,
+                grant(&["10.0.0.0/24"], &[("web", 7)], u64::MAX),
             )
             .unwrap();
         let mut wider = cert.clone();
         wider.blocks = vec!["10.0.0.0/16".parse().unwrap()];
-        assert!(wider
-            .verify(&ca, 0)
-            .unwrap_err()
-            .contains("does not verify"));
+        let mut more_networks = cert.clone();
+        more_networks.networks.push(CertNetwork {
+            name: "db".into(),
+            id: 9,
+        });
+        let mut any = cert.clone();
+        any.any_network = true;
+        for forged in [wider, more_networks, any] {
+            assert!(forged
+                .verify(&ca, 0)
+                .unwrap_err()
+                .contains("does not verify"));
+        }
         let mut other_key = cert.clone();
         other_key.public_key = host_key(2);
         assert!(other_key.verify(&ca, 0).is_err());
@@ -286,21 +419,41 @@ mod tests {
             .sign(
                 "host-a",
                 &host_key(1),
-                vec!["10.0.0.0/24".parse().unwrap()],
-                100,
+                grant(&["10.0.0.0/24"], &[("web", 7)], 100),
             )
             .unwrap();
         assert!(expired.verify(&ca, 101).unwrap_err().contains("expired"));
+        let mut old = cert;
+        old.version = 1;
+        assert!(old.verify(&ca, 0).unwrap_err().contains("--network"));
     }
 
     #[test]
     fn signing_refuses_what_is_not_a_host() {
         let (ca_key, _) = CaKey::generate("net-ca").unwrap();
-        let block = vec!["10.0.0.0/24".parse().unwrap()];
-        assert!(ca_key
-            .sign("host a", &host_key(1), block.clone(), 1)
-            .is_err());
-        assert!(ca_key.sign("host-a", "not-a-key", block, 1).is_err());
-        assert!(ca_key.sign("host-a", &host_key(1), Vec::new(), 1).is_err());
+        let ok = || grant(&["10.0.0.0/24"], &[("web", 7)], 1);
+        assert!(ca_key.sign("host a", &host_key(1), ok()).is_err());
+        assert!(ca_key.sign("host-a", "not-a-key", ok()).is_err());
+        let no_block = grant(&[], &[("web", 7)], 1);
+        assert!(ca_key.sign("host-a", &host_key(1), no_block).is_err());
+        let no_network = grant(&["10.0.0.0/24"], &[], 1);
+        assert!(ca_key.sign("host-a", &host_key(1), no_network).is_err());
+        let bad_name = grant(&["10.0.0.0/24"], &[("a/b", 7)], 1);
+        assert!(ca_key.sign("host-a", &host_key(1), bad_name).is_err());
+    }
+
+    #[test]
+    fn the_registry_gives_each_name_one_identifier_and_no_two_names_one() {
+        let (a, b) = network_id::colliding_names("net-");
+        let mut registry = NetworkRegistry::default();
+        let first = registry.allot(&a).unwrap();
+        assert_eq!(first.id, network_id::derived(&a));
+        let second = registry.allot(&b).unwrap();
+        assert_ne!(second.id, first.id);
+        assert_eq!(registry.allot(&a).unwrap(), first);
+        let text = serde_json::to_string(&registry).unwrap();
+        let back: NetworkRegistry = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, registry);
+        assert!(registry.allot("not/a/name").is_err());
     }
 }

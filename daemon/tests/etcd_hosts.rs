@@ -461,20 +461,7 @@ fn listener_heard(listener: Child) -> bool {
 fn a_host_cannot_send_from_another_hosts_addresses() {
     needs_root!();
     let (cluster, [a, b, c]) = three_hosts_with_a_container_each();
-    let etcd = cluster.etcd();
-    let id = etcd.etcdctl(
-        &etcd.endpoints(),
-        &[
-            "get",
-            "--print-value-only",
-            "/flatnet/v1/networks/multihost",
-        ],
-    );
-    let tag: u32 = String::from_utf8(id.stdout)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let tag = network_tag(&cluster, 0);
     let ip = |i: usize| cluster.containers[i].ip;
     let (to, ns) = (ip(a), cluster.containers[a].ns.name.clone());
     let mut sender = TamperedSender::new(&cluster, 2, 0);
@@ -502,29 +489,131 @@ fn a_host_cannot_send_from_another_hosts_addresses() {
     );
 }
 
+/// A host certified for network "intruders" only, whose block lies inside the victim network's
+/// subnet, publishes on the victim network "multihost" whatever its etcd credentials let it
+/// write: under the victim's name and identifier, under its own name with the victim's
+/// identifier, under the victim's name with another identifier. No host believes any of it,
+/// its names are not answered, and its packets tagged for the victim are dropped.
 #[test]
-fn colliding_network_names_get_identifiers_of_their_own_in_etcd() {
+fn a_host_certified_for_one_network_cannot_join_another() {
+    needs_root!();
+    let mut cluster = Cluster::with_etcd(2, 1);
+    let (a, b) = (cluster.attach(0), cluster.attach(1));
+    wait_routes(&cluster, &[0, 1], 4);
+    let victim_tag = network_tag(&cluster, 0);
+    cluster.network = "intruders".into();
+    let intruder = cluster.add_host();
+    cluster.grant(intruder);
+    let own = cluster.attach(intruder);
+    cluster.network = "multihost".into();
+    let status = cluster.status(intruder);
+    let own_tag = network_tag(&cluster, intruder);
+    assert_ne!(own_tag, victim_tag);
+    let block = cluster.block(intruder);
+    let claims = [
+        ("multihost", victim_tag, 5),
+        ("intruders", victim_tag, 6),
+        ("multihost", own_tag, 7),
+    ];
+    let etcd = cluster.etcd();
+    for (network, tag, offset) in claims {
+        let ip = Ipv4Addr::from(u32::from(block.network()) + offset);
+        let entry = serde_json::json!({
+            "network": network,
+            "network_id": tag,
+            "ip": ip,
+            "container_id": format!("intruder-{offset}"),
+            "names": ["intruder", "github.com"],
+            "host": {"endpoint": status["listen"], "public_key": status["public_key"]},
+        });
+        let key = format!("/flatnet/v1/hosts/host-{intruder}/entries/{network}/{ip}");
+        let out = etcd.etcdctl_as(intruder, &["put", &key, &entry.to_string()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Its own container's entry (and host member) on its own network are believed: the
+    // certificate is good, the networks are what is checked.
+    wait_until(Duration::from_secs(5), "every claim is refused", || {
+        refused(&cluster, 0) == 3 && refused(&cluster, 1) == 3
+    });
+    assert_eq!(routes(&cluster, 0), 6, "2 own + 2 of host 1 + 2 intruders");
+    let claimed: Vec<Ipv4Addr> = claims
+        .iter()
+        .map(|&(_, _, offset)| Ipv4Addr::from(u32::from(block.network()) + offset))
+        .collect();
+    for name in ["intruder", "github.com"] {
+        let answer = lookup(&cluster, a, name);
+        let hijacked = claimed.iter().any(|ip| answer.contains(&ip.to_string()));
+        assert!(
+            !hijacked,
+            "{name} answered with the intruder's address: {answer}"
+        );
+    }
+    assert!(lookup(&cluster, a, "intruder").contains("NXDOMAIN"));
+    assert!(cluster.ping(a, b, 1));
+
+    // Packets tagged for the victim network, from an address of its block: dropped.
+    let to = cluster.containers[a].ip;
+    let ns = cluster.containers[a].ns.name.clone();
+    let from = cluster.containers[own].ip;
+    let before = cluster.drops(0, "spoofed");
+    let listener = udp_listener(&ns, &to.to_string(), 7302);
+    let mut sender = TamperedSender::new(&cluster, intruder, 0);
+    for _ in 0..5 {
+        sender.send(&tagged_udp(victim_tag, from, to, 7302, b"intruder"));
+    }
+    wait_until(
+        Duration::from_secs(5),
+        "5 packets counted as spoofed",
+        || cluster.drops(0, "spoofed") >= before + 5,
+    );
+    assert!(
+        !listener_heard(listener),
+        "a packet of another network's host reached the container"
+    );
+}
+
+/// The identifier host `host` tags the cluster's first network with, from its status.
+fn network_tag(cluster: &Cluster, host: usize) -> u32 {
+    let shown = cluster.status(host)["networks"][0]["id"].clone();
+    u32::from_str_radix(shown.as_str().unwrap(), 16).unwrap()
+}
+
+#[test]
+fn colliding_network_names_get_identifiers_of_their_own_from_the_ca() {
     needs_root!();
     let (a, b) = flatnet::lighthouse::network_id::colliding_names("net-");
     let mut cluster = Cluster::with_etcd(2, 1);
+    cluster.also_certified = vec![a.clone(), b.clone()];
+    cluster.grant(0);
+    cluster.grant(1);
     cluster.network = a.clone();
     cluster.attach(0);
     cluster.network = b.clone();
     cluster.attach(1);
-    let etcd = cluster.etcd();
-    let get = |key: String| {
-        let out = etcd.etcdctl(&etcd.endpoints(), &["get", "--print-value-only", &key]);
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
-    };
-    let id_of = |name: &str| get(format!("/flatnet/v1/networks/{name}"));
-    let (id_a, id_b) = (id_of(&a), id_of(&b));
-    // The first name keeps its hash; the second gets another number, written both ways.
-    assert_eq!(id_a, flatnet::lighthouse::network_id::fnv1a(&a).to_string());
+    // The first name keeps its hash; the second gets another number, in every certificate.
+    let registry: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            cluster
+                .network_ca
+                .as_ref()
+                .unwrap()
+                .path()
+                .join("networks.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let (id_a, id_b) = (
+        registry[&a].as_u64().unwrap(),
+        registry[&b].as_u64().unwrap(),
+    );
+    assert_eq!(id_a, u64::from(flatnet::lighthouse::network_id::fnv1a(&a)));
     assert_ne!(id_a, id_b);
-    assert_eq!(get(format!("/flatnet/v1/network-ids/{id_a}")), a);
-    assert_eq!(get(format!("/flatnet/v1/network-ids/{id_b}")), b);
-    // Each data plane tags its network with the allotted identifier.
-    let shown = |host: usize| cluster.status(host)["networks"][0]["id"].clone();
-    let hex = |id: &str| serde_json::json!(format!("{:08x}", id.parse::<u32>().unwrap()));
-    assert_eq!((shown(0), shown(1)), (hex(&id_a), hex(&id_b)));
+    // Each data plane tags its network with the identifier its certificate gives.
+    let shown = |host: usize| u64::from(network_tag(&cluster, host));
+    assert_eq!((shown(0), shown(1)), (id_a, id_b));
 }

@@ -159,7 +159,14 @@ impl PodmanHost {
         let ca_dir = cluster.network_ca.as_ref().unwrap().path();
         let name = format!("host-{}", self.index);
         let block = cluster.block(self.index);
-        cluster::sign(ca_dir, &name, &key, block, &self.in_chroot(&host_cert));
+        cluster::sign(
+            ca_dir,
+            &name,
+            &key,
+            block,
+            &[NETWORK],
+            &self.in_chroot(&host_cert),
+        );
         let etcd = cluster.etcd();
         let client = etcd.client(self.index);
         let endpoints = etcd.endpoints().join(",");

@@ -131,6 +131,8 @@ fn create_narrows_podmans_range_to_the_hosts_block_on_etcd() {
             key,
             "--block",
             block,
+            "--network",
+            "nvtest",
             "--ca-dir",
             &path("ca"),
             "--out",

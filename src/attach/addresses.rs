@@ -70,6 +70,16 @@ pub fn address_pool(config: &FlatnetConfig) -> std::result::Result<Vec<Ipv4Net>,
         crate::cert::load(&etcd.network_ca_file).map_err(|e| e.to_string())?;
     let host =
         crate::cert::load_host_cert(&etcd.host_cert_file, &ca, None).map_err(|e| e.to_string())?;
+    if host.network_id(&config.network).is_none() {
+        return Err(format!(
+            "host certificate {} ({}) does not name network {}: the network CA must sign it \
+             with --network {}",
+            etcd.host_cert_file.display(),
+            host.name,
+            config.network,
+            config.network
+        ));
+    }
     let blocks = host.blocks_in(config.subnet);
     if blocks.is_empty() {
         return Err(format!(

@@ -86,6 +86,8 @@ impl Daemon {
             device,
             stats: Default::default(),
         })?;
+        self.routes
+            .serve_network(record.wire_network_id(), &record.network);
         self.serve_host_member(&record.network, record.wire_network_id());
         // Registered a moment ago by the plugin: known here before the feed brings it back.
         let own = self.own_entry(

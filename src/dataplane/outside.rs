@@ -107,6 +107,11 @@ impl Daemon {
         if self.routes.route(network_id, src).map(|r| r.key) != Some(*peer) {
             return Err(DropReason::Spoofed);
         }
+        // ... and one of the network's: a host's block may reach beyond the subnet.
+        let network = self.networks.get(network_id);
+        if network.is_some_and(|n| !n.member.subnet.contains(&src)) {
+            return Err(DropReason::Spoofed);
+        }
         let slot = self
             .queues
             .slot_of(network_id, dst)

@@ -50,6 +50,9 @@ pub struct RouteTable {
     by_endpoint: HashMap<SocketAddr, (PublicKey, usize)>,
     /// Network id -> DNS name -> addresses (a shared alias may name several containers).
     names: HashMap<u32, HashMap<String, Vec<Ipv4Addr>>>,
+    /// The networks this host serves, by identifier: an entry that carries one of these
+    /// identifiers under another network's name is not believed, whoever vouches for it.
+    local: HashMap<NetworkId, String>,
 }
 
 impl RouteTable {
@@ -84,7 +87,25 @@ impl RouteTable {
         self.routes.len()
     }
 
-    /// Published entries not believed (no valid certificate, another key, outside its blocks).
+    /// Tells the table that this host serves `network` under `network_id`.
+    pub fn serve_network(&mut self, network_id: NetworkId, network: &str) {
+        if self.local.get(&network_id).map(String::as_str) == Some(network) {
+            return;
+        }
+        self.local.insert(network_id, network.to_string());
+        let tagged: Vec<Address> = self
+            .claimants
+            .keys()
+            .filter(|(id, _)| *id == network_id)
+            .copied()
+            .collect();
+        for address in tagged {
+            self.settle(address);
+        }
+    }
+
+    /// Published entries not believed (no valid certificate, another key, outside its blocks
+    /// or networks).
     pub fn refused(&self) -> usize {
         self.refused.len()
     }
@@ -94,6 +115,7 @@ impl RouteTable {
             Change::Reset { certs, entries } => {
                 *self = RouteTable {
                     trust: self.trust.take(),
+                    local: std::mem::take(&mut self.local),
                     ..Default::default()
                 };
                 for cert in certs {
@@ -221,12 +243,21 @@ impl RouteTable {
     }
 
     fn believes(&self, host: &str, entry: &Entry) -> bool {
+        let network_id = entry.wire_network_id();
+        if self
+            .local
+            .get(&network_id)
+            .is_some_and(|local| *local != entry.network)
+        {
+            return false;
+        }
         if self.trust.is_none() {
             return true;
         }
-        self.certs
-            .get(host)
-            .is_some_and(|cert| cert.public_key == entry.host.public_key && cert.grants(entry.ip))
+        self.certs.get(host).is_some_and(|cert| {
+            cert.public_key == entry.host.public_key
+                && cert.vouches_for(&entry.network, network_id, entry.ip)
+        })
     }
 
     fn install(&mut self, address: Address, entry: Entry) {
@@ -293,7 +324,7 @@ impl RouteTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cert::CaKey;
+    use crate::cert::{CaKey, CertNetwork, Grant};
     use crate::lighthouse::HostInfo;
     use crate::tunnel::encode_key;
 
@@ -374,18 +405,26 @@ mod tests {
         assert!(!table.is_listed(&[3; 32]));
     }
 
+    /// What a CA grants in these tests: one block on network "n" (identifier 1).
+    fn on_n(block: &str) -> Grant {
+        Grant {
+            blocks: vec![block.parse().unwrap()],
+            networks: vec![CertNetwork {
+                name: "n".into(),
+                id: 1,
+            }],
+            any_network: false,
+            not_after: u64::MAX,
+        }
+    }
+
     #[test]
     fn with_a_ca_only_what_a_certificate_grants_is_routed() {
         let network_id = 1;
         let (ca_key, ca) = CaKey::generate("ca").unwrap();
         let grant = |name: &str, host: u8, block: &str| {
             ca_key
-                .sign(
-                    name,
-                    &encode_key(&[host; 32]),
-                    vec![block.parse().unwrap()],
-                    u64::MAX,
-                )
+                .sign(name, &encode_key(&[host; 32]), on_n(block))
                 .unwrap()
         };
         let mut table = RouteTable::trusting(ca);
@@ -418,12 +457,7 @@ mod tests {
         // D's certificate from another CA, or forged, is not believed.
         let (other_ca, _) = CaKey::generate("ca").unwrap();
         let forged = other_ca
-            .sign(
-                "d",
-                &encode_key(&[4; 32]),
-                vec!["10.0.3.0/24".parse().unwrap()],
-                u64::MAX,
-            )
+            .sign("d", &encode_key(&[4; 32]), on_n("10.0.3.0/24"))
             .unwrap();
         table.apply(Change::Cert(forged));
         table.apply(Change::Put(by("d", entry("10.0.3.2", 4, &[]))));
@@ -434,5 +468,51 @@ mod tests {
         assert!(table.is_listed(&[3; 32]));
         table.apply(Change::CertGone { host: "c".into() });
         assert!(!table.is_listed(&[3; 32]));
+    }
+
+    #[test]
+    fn an_entry_counts_only_on_a_network_its_certificate_names_with_its_identifier() {
+        let (ca_key, ca) = CaKey::generate("ca").unwrap();
+        let mut table = RouteTable::trusting(ca);
+        table.serve_network(1, "n");
+        let c = ca_key
+            .sign("c", &encode_key(&[3; 32]), on_n("10.0.2.0/24"))
+            .unwrap();
+        table.apply(Change::Cert(c));
+        let on = |network: &str, network_id: NetworkId, ip: &str| {
+            let mut e = entry(ip, 3, &["github.com"]);
+            e.network = network.into();
+            e.network_id = network_id;
+            by("c", e)
+        };
+        // Another network, under its own identifier or under n's: neither is believed.
+        table.apply(Change::Put(on("m", 2, "10.0.2.5")));
+        table.apply(Change::Put(on("m", 1, "10.0.2.6")));
+        // n under another identifier.
+        table.apply(Change::Put(on("n", 2, "10.0.2.7")));
+        assert_eq!(table.len(), 0);
+        assert_eq!(table.refused(), 3);
+        assert_eq!(table.addresses_of(2, "github.com"), None);
+        table.apply(Change::Put(on("n", 1, "10.0.2.8")));
+        assert_eq!(table.len(), 1);
+
+        // A host the operator let serve any network gets its hash as identifier; a name whose
+        // hash is a served network's identifier does not pass as that network.
+        let mut any = on_n("10.0.4.0/24");
+        any.networks.clear();
+        any.any_network = true;
+        let w = ca_key.sign("w", &encode_key(&[5; 32]), any).unwrap();
+        table.apply(Change::Cert(w));
+        let (served, impostor) = crate::lighthouse::network_id::colliding_names("net-");
+        let hash = crate::lighthouse::network_id::derived(&served);
+        table.serve_network(hash, &served);
+        let mut e = entry("10.0.4.2", 5, &[]);
+        e.network = impostor;
+        e.network_id = hash;
+        table.apply(Change::Put(by("w", e.clone())));
+        assert_eq!(table.route(hash, e.ip), None);
+        e.network = served;
+        table.apply(Change::Put(by("w", e.clone())));
+        assert_eq!(table.route(hash, e.ip).map(|r| r.key), Some([5; 32]));
     }
 }

@@ -9,15 +9,15 @@
 //! once the lease runs out. Hosts never collide on an address because the CA grants them
 //! disjoint blocks; peers believe an entry only inside its host's blocks. Writes are
 //! transactions (create only if absent; update or delete only if the key is still the one read).
-//! Network identifiers live outside the hosts' prefixes and outside every lease, since a
-//! network outlives its hosts: `/flatnet/v1/networks/<network>` holds the identifier and
-//! `/flatnet/v1/network-ids/<id>` the name, both created in one transaction.
+//! Network identifiers are not in etcd, where any host could rewrite them: the network CA
+//! allots them and writes them into each host's certificate with the network's name, so an
+//! entry's identifier is checked against its host's certificate like its address.
 //!
 //! etcd-client is async; the lighthouse runs its own small runtime (one worker thread) and
 //! every blocking call is bounded by [`OP_TIMEOUT`], so an etcd without quorum turns into a
 //! "try again" error, never into a hung plugin.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -30,15 +30,11 @@ use etcd_client::{
     KeyValue, PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse, TxnResponse, WatchOptions,
 };
 
-use super::{
-    network_id, Change, Entry, EtcdSettings, Feed, FeedHealth, Lighthouse, NetworkId, Published,
-};
+use super::{Change, Entry, EtcdSettings, Feed, FeedHealth, Lighthouse, NetworkId, Published};
 use crate::cert::HostCert;
 use crate::error::{Error, Result};
 
 const PREFIX: &str = "/flatnet/v1/hosts/";
-const NETWORKS: &str = "/flatnet/v1/networks/";
-const NETWORK_IDS: &str = "/flatnet/v1/network-ids/";
 /// Longest one etcd call may take. A call that lands on a member in the middle of a leader
 /// election can hang until then; it is tried again (on whichever member answers) within
 /// [`CALL_BUDGET`].
@@ -64,8 +60,6 @@ pub struct EtcdLighthouse {
     /// etcd is back, so each is removed then unless it was claimed again. Key -> container.
     in_doubt: Arc<Mutex<BTreeMap<String, String>>>,
     health: Arc<Mutex<Health>>,
-    /// Identifiers learnt: an allotted one never changes, so each network costs one request.
-    network_ids: Mutex<HashMap<String, NetworkId>>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -120,7 +114,6 @@ impl EtcdLighthouse {
             owned: Arc::default(),
             in_doubt: Arc::default(),
             health: Arc::default(),
-            network_ids: Mutex::default(),
         })
     }
 
@@ -209,18 +202,23 @@ impl EtcdLighthouse {
 
 impl Lighthouse for EtcdLighthouse {
     fn network_id(&self, network: &str) -> Result<NetworkId> {
-        if let Some(&id) = self.network_ids.lock().unwrap().get(network) {
-            return Ok(id);
-        }
-        let id = self.call(|client| allot_network_id(client, network.to_string()))?;
-        self.network_ids
-            .lock()
-            .unwrap()
-            .insert(network.to_string(), id);
-        Ok(id)
+        self.host.network_id(network).ok_or_else(|| {
+            Error::InvalidConfig(format!(
+                "this host's certificate ({}) does not name network {network}: the network CA \
+                 must sign it with --network {network}",
+                self.host.name
+            ))
+        })
     }
 
     fn register(&self, entry: &Entry) -> Result<()> {
+        if self.host.network_id(&entry.network) != Some(entry.wire_network_id()) {
+            return Err(Error::InvalidRequest(format!(
+                "this host's certificate does not name network {} with identifier {:08x}",
+                entry.network,
+                entry.wire_network_id()
+            )));
+        }
         if !self.host.grants(entry.ip) {
             let blocks: Vec<String> = self.host.blocks.iter().map(ToString::to_string).collect();
             return Err(Error::InvalidRequest(format!(
@@ -596,46 +594,6 @@ async fn claim(mut client: Client, key: &str, entry: &Entry, lease: i64) -> Resu
         )));
     }
     Ok(())
-}
-
-/// The network's identifier: the one etcd holds, or else the first free candidate, taken
-/// together with its reverse key so that no other name can take it at the same time. Safe to
-/// repeat: once the name's key exists, its value is the answer.
-async fn allot_network_id(mut client: Client, network: String) -> Result<NetworkId> {
-    let name_key = format!("{NETWORKS}{network}");
-    for id in network_id::candidates(&network).take(network_id::MAX_PROBES) {
-        let id_key = format!("{NETWORK_IDS}{id}");
-        let allot = Txn::new()
-            .when([
-                Compare::version(name_key.clone(), CompareOp::Equal, 0),
-                Compare::version(id_key.clone(), CompareOp::Equal, 0),
-            ])
-            .and_then([
-                TxnOp::put(name_key.clone(), id.to_string(), None),
-                TxnOp::put(id_key, network.clone(), None),
-            ])
-            .or_else([TxnOp::get(name_key.clone(), None)]);
-        let response = bounded("allotting a network identifier", client.txn(allot)).await?;
-        if response.succeeded() {
-            tracing::info!("network {network} is allotted identifier {id:08x}");
-            return Ok(id);
-        }
-        let held = read_on_failure(response);
-        if let Some(held) = held {
-            return std::str::from_utf8(held.value())
-                .ok()
-                .and_then(|v| v.parse::<NetworkId>().ok())
-                .filter(|&id| id != 0)
-                .ok_or_else(|| {
-                    Error::InvalidConfig(format!("etcd key {name_key} holds no network identifier"))
-                });
-        }
-        // The candidate belongs to another name: the next one.
-    }
-    Err(Error::InvalidConfig(format!(
-        "no free identifier for network {network} among the {} after its hash",
-        network_id::MAX_PROBES
-    )))
 }
 
 /// The key a failed transaction read in its `or_else` branch, if it exists.

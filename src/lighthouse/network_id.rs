@@ -2,10 +2,11 @@
 //! belongs to (networks may share a subnet on one host, so the address alone does not tell).
 //!
 //! A name is not enough: hashing names into 32 bits merges two networks whose names collide.
-//! The lighthouse therefore allots each network name an identifier once, checking that no other
-//! name holds it, and every host uses the allotted one. The first candidate is the name's
-//! FNV-1a hash, so a network keeps the tag it had before identifiers were allotted; on a
-//! collision the next free number is taken.
+//! Each network name is therefore allotted an identifier once, checking that no other name
+//! holds it, and every host uses the allotted one: the file lighthouse allots them in its file
+//! (one trust domain), the network CA in the certificates it signs (on etcd, where hosts do not
+//! trust each other). The first candidate is the name's FNV-1a hash, so a network keeps the tag
+//! it had before identifiers were allotted; on a collision the next free number is taken.
 
 /// A network's identifier on the wire (never 0: 0 marks a record written before identifiers).
 pub type NetworkId = u32;
@@ -25,13 +26,18 @@ pub fn candidates(name: &str) -> impl Iterator<Item = NetworkId> {
         .filter(|&id| id != 0)
 }
 
+/// The identifier a name has without an allotment: its hash (never 0).
+pub fn derived(name: &str) -> NetworkId {
+    fnv1a(name).max(1)
+}
+
 /// The identifier of a record that carries none (written by a Flatnet that did not allot
 /// them): the hash every host used then.
 pub fn or_legacy(id: NetworkId, name: &str) -> NetworkId {
     if id != 0 {
         id
     } else {
-        fnv1a(name).max(1)
+        derived(name)
     }
 }
 

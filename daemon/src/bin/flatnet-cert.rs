@@ -1,6 +1,6 @@
 //! `flatnet-cert`: the network CA's tool, in the spirit of nebula-cert. Run it where the CA key
-//! lives (not on the hosts): `ca` makes the CA, `sign` grants a host's key its address blocks,
-//! `print` and `verify` read a certificate.
+//! lives (not on the hosts): `ca` makes the CA, `sign` grants a host's key its address blocks
+//! on the networks it names, `print` and `verify` read a certificate.
 
 #[path = "../man_pages.rs"]
 mod man_pages;
@@ -9,18 +9,20 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
-use flatnet::cert::{self, CaCert, CaKey, HostCert};
+use flatnet::cert::{self, CaCert, CaKey, Grant, HostCert, NetworkRegistry};
 use ipnet::Ipv4Net;
 
 #[derive(Parser)]
 #[command(
     name = "flatnet-cert",
     version,
-    about = "Flatnet's network CA: grants each host's key the address blocks it may serve",
+    about = "Flatnet's network CA: grants each host's key the address blocks it may serve, \
+             on the networks it names",
     long_about = "A Flatnet network on etcd trusts a lighthouse entry only if the certificate \
                   of the host that published it was signed by the network's CA, names the \
-                  entry's key and grants the entry's address. Keep the CA's directory off the \
-                  hosts; give each host the CA's ca.crt and its own certificate."
+                  entry's key, grants the entry's address and names the entry's network with \
+                  the identifier the CA allotted it. Keep the CA's directory off the hosts; \
+                  give each host the CA's ca.crt and its own certificate."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -36,7 +38,9 @@ enum Cmd {
         #[arg(long, value_name = "DIR")]
         out_dir: PathBuf,
     },
-    /// Grant a host's key address blocks; refuses blocks that overlap another host's.
+    /// Grant a host's key address blocks on networks; refuses blocks that overlap another
+    /// host's.
+    #[command(group = clap::ArgGroup::new("served").required(true).multiple(true))]
     Sign {
         /// The CA's directory (ca.key, ca.crt, and issued/ with every certificate signed).
         #[arg(long, value_name = "DIR")]
@@ -50,6 +54,14 @@ enum Cmd {
         /// An IPv4 block the host may serve (repeat for more).
         #[arg(long = "block", value_name = "CIDR", required = true)]
         blocks: Vec<Ipv4Net>,
+        /// A network the host may serve (repeat for more); the CA allots its identifier once,
+        /// in DIR/networks.json.
+        #[arg(long = "network", value_name = "NAME", group = "served")]
+        networks: Vec<String>,
+        /// Let the host serve every network, besides those named: weaker (a network it is not
+        /// meant for believes it), so only when asked for.
+        #[arg(long, group = "served")]
+        any_network: bool,
         /// Days the certificate is valid.
         #[arg(long, default_value_t = 365)]
         days: u64,
@@ -87,9 +99,21 @@ fn main() -> ExitCode {
             name,
             public_key,
             blocks,
+            networks,
+            any_network,
             days,
             out,
-        } => sign(&ca_dir, &name, &public_key, blocks, days, out),
+        } => {
+            let request = SignRequest {
+                name,
+                public_key,
+                blocks,
+                networks,
+                any_network,
+                days,
+            };
+            sign(&ca_dir, request, out)
+        }
         Cmd::Print { cert } => cert::load::<serde_json::Value>(&cert).map(|value| {
             println!("{}", serde_json::to_string_pretty(&value).unwrap());
         }),
@@ -121,20 +145,28 @@ fn make_ca(name: &str, dir: &Path) -> flatnet::Result<()> {
     Ok(())
 }
 
-fn sign(
-    dir: &Path,
-    name: &str,
-    public_key: &str,
+struct SignRequest {
+    name: String,
+    public_key: String,
     blocks: Vec<Ipv4Net>,
+    networks: Vec<String>,
+    any_network: bool,
     days: u64,
-    out: Option<PathBuf>,
-) -> flatnet::Result<()> {
+}
+
+fn sign(dir: &Path, request: SignRequest, out: Option<PathBuf>) -> flatnet::Result<()> {
     let key: CaKey = cert::load(&dir.join("ca.key"))?;
     let issued = dir.join("issued");
     flatnet::state::create_private_dir(&issued)?;
-    refuse_overlaps(&issued, name, &blocks)?;
-    let not_after = cert::now_unix() + days * 86_400;
-    let host = key.sign(name, public_key, blocks, not_after)?;
+    let name = request.name.as_str();
+    refuse_overlaps(&issued, name, &request.blocks)?;
+    let grant = Grant {
+        blocks: request.blocks,
+        networks: allot_networks(dir, &request.networks)?,
+        any_network: request.any_network,
+        not_after: cert::now_unix() + request.days * 86_400,
+    };
+    let host = key.sign(name, &request.public_key, grant)?;
     let bytes = to_json(&host);
     // The CA's record of what it granted, against which later grants are checked.
     flatnet::state::write_atomic(&issued.join(format!("{name}.crt")), &bytes)?;
@@ -142,6 +174,23 @@ fn sign(
     write_public(&out, &bytes)?;
     println!("{}", out.display());
     Ok(())
+}
+
+/// The identifiers of `names`, from the CA's registry (new names are allotted and recorded):
+/// every certificate gives a network the same identifier, and no two networks one.
+fn allot_networks(dir: &Path, names: &[String]) -> flatnet::Result<Vec<cert::CertNetwork>> {
+    let path = dir.join("networks.json");
+    let mut registry: NetworkRegistry = if path.exists() {
+        cert::load(&path)?
+    } else {
+        NetworkRegistry::default()
+    };
+    let networks = names
+        .iter()
+        .map(|name| registry.allot(name))
+        .collect::<flatnet::Result<Vec<_>>>()?;
+    flatnet::state::write_atomic(&path, &to_json(&registry))?;
+    Ok(networks)
 }
 
 /// Two hosts granted one address would both be believed: never sign that.
@@ -177,7 +226,16 @@ fn verify(ca: &Path, host: &Path) -> flatnet::Result<()> {
     host.verify(&ca, cert::now_unix())
         .map_err(|e| flatnet::Error::InvalidConfig(format!("{}: {e}", host.name)))?;
     let blocks: Vec<String> = host.blocks.iter().map(ToString::to_string).collect();
-    println!("{}: valid, {}", host.name, blocks.join(", "));
+    let mut networks: Vec<String> = host.networks.iter().map(|n| n.name.clone()).collect();
+    if host.any_network {
+        networks.push("any network".into());
+    }
+    println!(
+        "{}: valid, {} on {}",
+        host.name,
+        blocks.join(", "),
+        networks.join(", ")
+    );
     Ok(())
 }
 

@@ -2,7 +2,7 @@
 //! namespace on addresses of the underlay bridge (192.0.2.201...), TLS everywhere with client
 //! certificates from a CA the test makes with openssl, and authentication on: each host is the
 //! etcd user its certificate names, with the role `docs/security.md` gives it (write under its
-//! own prefix and to the network registry, read the rest). Members can be killed and started
+//! own prefix, read the rest). Members can be killed and started
 //! again on their data; every process is stopped by its PID when the cluster is dropped.
 
 use std::net::Ipv4Addr;
@@ -107,15 +107,13 @@ impl Etcd {
         );
     }
 
-    /// Host `host`'s etcd user and role: its own prefix and the network registry to write,
-    /// everything of Flatnet to read.
+    /// Host `host`'s etcd user and role: its own prefix to write, everything of Flatnet to
+    /// read.
     fn add_host_user(&self, name: &str) {
         let own = format!("/flatnet/v1/hosts/{name}/");
         self.admin(&["role", "add", name]);
         for (permission, prefix) in [
             ("readwrite", own.as_str()),
-            ("readwrite", "/flatnet/v1/networks/"),
-            ("readwrite", "/flatnet/v1/network-ids/"),
             ("read", "/flatnet/v1/"),
         ] {
             self.admin(&[

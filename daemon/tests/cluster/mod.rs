@@ -27,10 +27,18 @@ pub fn cert_binary() -> PathBuf {
     Path::new(DAEMON).parent().unwrap().join("flatnet-cert")
 }
 
-/// The network CA in `ca` grants host `name` with key `key` the block: `flatnet-cert sign`.
-pub fn sign(ca: &Path, name: &str, key: &str, block: ipnet::Ipv4Net, out: &Path) {
+/// The network CA in `ca` grants host `name` with key `key` the block on `networks`:
+/// `flatnet-cert sign`.
+pub fn sign(
+    ca: &Path,
+    name: &str,
+    key: &str,
+    block: ipnet::Ipv4Net,
+    networks: &[&str],
+    out: &Path,
+) {
     let block = block.to_string();
-    let args = [
+    let mut args = vec![
         "sign",
         "--name",
         name,
@@ -39,6 +47,9 @@ pub fn sign(ca: &Path, name: &str, key: &str, block: ipnet::Ipv4Net, out: &Path)
         "--block",
         &block,
     ];
+    for network in networks {
+        args.extend(["--network", network]);
+    }
     let status = Command::new(cert_binary())
         .args(args)
         .arg("--ca-dir")
@@ -112,6 +123,8 @@ pub struct Cluster {
     pub subnet: String,
     /// The network CA's directory (`flatnet-cert ca`), kept apart from every host; with etcd.
     pub network_ca: Option<tempfile::TempDir>,
+    /// Networks besides `network` that the hosts' certificates name.
+    pub also_certified: Vec<String>,
 }
 
 impl Cluster {
@@ -171,11 +184,14 @@ impl Cluster {
             .unwrap();
         assert!(out.status.success());
         let key = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        let mut networks = vec![self.network.as_str()];
+        networks.extend(self.also_certified.iter().map(String::as_str));
         sign(
             ca,
             &format!("host-{host}"),
             &key,
             self.block(host),
+            &networks,
             &self.host_cert(host),
         );
     }
@@ -215,6 +231,7 @@ impl Cluster {
             network: "multihost".into(),
             subnet: "198.51.100.0/24".into(),
             network_ca: None,
+            also_certified: Vec::new(),
         }
     }
 
