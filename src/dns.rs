@@ -74,6 +74,28 @@ pub fn answer<'a>(
     Verdict::Forward
 }
 
+/// The question section of a message with exactly one question, as bytes (name labels, type,
+/// class); `None` for anything else, including a compressed name (queries never need one).
+pub fn question(message: &[u8]) -> Option<&[u8]> {
+    const HEADER: usize = 12;
+    let count = u16::from_be_bytes([*message.get(4)?, *message.get(5)?]);
+    if count != 1 {
+        return None;
+    }
+    let mut at = HEADER;
+    loop {
+        let label = usize::from(*message.get(at)?);
+        at += 1;
+        match label {
+            0 => break,
+            1..=63 => at += label,
+            _ => return None,
+        }
+    }
+    let end = at + 4;
+    (end <= message.len()).then(|| &message[HEADER..end])
+}
+
 /// A reply that could not be had from upstream (none configured, none answered).
 pub fn server_failure(query: &[u8]) -> Option<Vec<u8>> {
     let request = Message::from_vec(query).ok()?;

@@ -243,6 +243,13 @@ fn register_daemon(registry: &mut Registry, status: &DaemonStatus) {
         dns.get_or_create(&labels(&[("outcome", outcome)]))
             .inc_by(count);
     }
+    let ignored = Counter::<u64>::default();
+    ignored.inc_by(status.dns.ignored_answers);
+    registry.register(
+        "flatnet_dns_ignored_answers",
+        "Datagrams on a forwarded query's socket that were not its answer (another ID or question)",
+        ignored,
+    );
     gauge(
         registry,
         "flatnet_uptime_seconds",

@@ -117,8 +117,14 @@ fn render(s: &DaemonStatus) -> String {
     }
     let dns = &s.dns;
     out += &format!(
-        "\nDNS queries {}: answered here {}, forwarded {}, upstream answers {}, failures {}\n",
-        dns.queries, dns.local_answers, dns.forwarded, dns.upstream_answers, dns.failures,
+        "\nDNS queries {}: answered here {}, forwarded {}, upstream answers {}, failures {}, \
+         ignored answers {}\n",
+        dns.queries,
+        dns.local_answers,
+        dns.forwarded,
+        dns.upstream_answers,
+        dns.failures,
+        dns.ignored_answers,
     );
     out += &format!(
         "\nFAST PATH (container to container on this host, no tunnel) PKT/B {}\n",

@@ -106,6 +106,9 @@ pub struct DnsStats {
     pub upstream_answers: u64,
     /// SERVFAIL sent: no upstream, an upstream that did not answer in time, too many pending.
     pub failures: u64,
+    /// Datagrams on a query's socket that were not its answer (another ID or question).
+    #[serde(default)]
+    pub ignored_answers: u64,
 }
 
 /// Frames moved between two containers of this host without a tunnel.

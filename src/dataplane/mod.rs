@@ -4,16 +4,18 @@
 //! Packet paths are named by where a packet comes from: [`inside`] (from a member's TUN queue:
 //! out through a tunnel, or to a local member) and [`outside`] (from the underlay, into a
 //! member). Members are containers and each network's host member ([`members`]); DNS queries to
-//! the gateway are answered in the data plane ([`resolver`]). One thread, the packet thread,
-//! runs it all off an epoll loop with fixed buffers: no allocation, no lock and no async
-//! scheduler on the per-packet path. On hosts with CPUs to spare, trains for other hosts are
-//! sealed by worker threads ([`seal_workers`]).
+//! the gateway are answered in the data plane ([`resolver`]), other names forwarded upstream
+//! ([`forwarder`]). One thread, the packet thread, runs it all off an epoll loop with fixed
+//! buffers: no allocation, no lock and no async scheduler on the per-packet path. On hosts with
+//! CPUs to spare, trains for other hosts are sealed by worker threads ([`seal_workers`]).
 //!
 //! The packet thread's own parts are at the top: [`inside`], [`outside`], [`local`] (member to
-//! member), [`members`] and [`queues`] (what is served: one TUN queue per member, by slot), [`routes`] (the lighthouse's table),
-//! [`resolver`], [`seal_workers`]. Kernel I/O that knows nothing of them is in [`io`]; threads
-//! beside the packet thread, which reach it only through the command channel, in [`services`].
+//! member), [`members`] and [`queues`] (what is served: one TUN queue per member, by slot),
+//! [`routes`] (the lighthouse's table), [`resolver`], [`forwarder`], [`seal_workers`]. Kernel
+//! I/O that knows nothing of them is in [`io`]; threads beside the packet thread, which reach
+//! it only through the command channel, in [`services`].
 
+mod forwarder;
 #[cfg(fuzzing)]
 pub mod fuzzing;
 mod inside;
@@ -53,13 +55,13 @@ use crate::tunnel::{encode_key, DropReason, Limits, StaticKeys, TunnelManager};
 use batch::{RecvBatch, SendBatch};
 use coalesce::Coalescer;
 use follower::Follower;
+use forwarder::Forwarder;
 use idle_poll::IdlePoll;
 use members::LocalNetworks;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::socket::{setsockopt, sockopt};
 use queues::Queues;
-use resolver::Resolver;
 use routes::RouteTable;
 use seal_workers::SealWorkers;
 
@@ -130,7 +132,7 @@ pub struct Daemon {
     queues: Queues,
     /// Networks with members here: their host member and DNS settings.
     networks: LocalNetworks,
-    resolver: Resolver,
+    forwarder: Forwarder,
     drops: DropCounters,
     fast_path: FastPathStats,
     bufs: Buffers,
@@ -303,11 +305,11 @@ impl Daemon {
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
             .map_err(|e| Error::io("creating epoll", e.into()))?;
         let readable = |token| EpollEvent::new(EpollFlags::EPOLLIN, token);
-        let resolver = Resolver::new()?;
+        let forwarder = Forwarder::new()?;
         epoll
             .add(udp.as_fd(), readable(TOKEN_UDP))
             .and_then(|()| epoll.add(wake.as_fd(), readable(TOKEN_WAKE)))
-            .and_then(|()| epoll.add(resolver.socket().as_fd(), readable(TOKEN_DNS)))
+            .and_then(|()| epoll.add(forwarder.fd(), readable(TOKEN_DNS)))
             .map_err(|e| Error::io("registering with epoll", e.into()))?;
         let poll = IdlePoll::new(config.tuning.poll_us(), TICK);
         let workers = config
@@ -339,7 +341,7 @@ impl Daemon {
             follower,
             queues: Queues::default(),
             networks: LocalNetworks::default(),
-            resolver,
+            forwarder,
             drops: DropCounters::default(),
             fast_path: FastPathStats::default(),
             bufs: Buffers {
@@ -554,7 +556,7 @@ impl Daemon {
             peers: self.tunnels.status(now),
             sessions: self.tunnels.session_count(),
             networks: self.networks.status(),
-            dns: self.resolver.stats.clone(),
+            dns: self.forwarder.stats.clone(),
             fast_path: self.fast_path.clone(),
             drops: self.drops.to_status(),
             poll: PollStatus {

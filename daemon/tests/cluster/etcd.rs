@@ -112,10 +112,7 @@ impl Etcd {
     fn add_host_user(&self, name: &str) {
         let own = format!("/flatnet/v1/hosts/{name}/");
         self.admin(&["role", "add", name]);
-        for (permission, prefix) in [
-            ("readwrite", own.as_str()),
-            ("read", "/flatnet/v1/"),
-        ] {
+        for (permission, prefix) in [("readwrite", own.as_str()), ("read", "/flatnet/v1/")] {
             self.admin(&[
                 "role",
                 "grant-permission",

@@ -2,13 +2,13 @@
 //! Unix socket only. A thread answers `GET /metrics` with a status snapshot from the packet
 //! thread, rendered by [`crate::metrics`]; anything else gets 404.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixListener;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::eventfd::EventFd;
 
@@ -18,7 +18,7 @@ use crate::control::{DataPlaneRequest, Reply};
 use crate::dataplane::Command;
 use crate::error::{Error, IoContext, Result};
 
-/// How long one scrape may take to send its request and read the answer.
+/// How long one scrape may take, in all, to send its request and read the answer.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 
 enum Listener {
@@ -48,19 +48,13 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("metrics".into())
         .spawn(move || loop {
-            // A client that connects and says nothing must not hold the endpoint for long.
+            // A client that says nothing, or a byte at a time, must not hold the endpoint long.
             let served = match &listener {
-                Listener::Tcp(l) => l.accept().and_then(|(s, _)| {
-                    s.set_read_timeout(Some(CLIENT_TIMEOUT))?;
-                    s.set_write_timeout(Some(CLIENT_TIMEOUT))?;
-                    answer(s, &commands, &wake);
-                    Ok(())
+                Listener::Tcp(l) => l.accept().map(|(s, _)| {
+                    answer(Deadline::after(s, CLIENT_TIMEOUT), &commands, &wake);
                 }),
-                Listener::Unix(l) => l.accept().and_then(|(s, _)| {
-                    s.set_read_timeout(Some(CLIENT_TIMEOUT))?;
-                    s.set_write_timeout(Some(CLIENT_TIMEOUT))?;
-                    answer(s, &commands, &wake);
-                    Ok(())
+                Listener::Unix(l) => l.accept().map(|(s, _)| {
+                    answer(Deadline::after(s, CLIENT_TIMEOUT), &commands, &wake);
                 }),
             };
             if let Err(e) = served {
@@ -115,9 +109,105 @@ fn answer<S: Read + Write>(mut stream: S, commands: &SyncSender<Command>, wake: 
     );
 }
 
+/// A stream whose reads and writes all end by one deadline: every call gets the time left as
+/// its timeout, so a client trickling a byte at a time is cut off like a silent one.
+struct Deadline<S> {
+    stream: S,
+    until: Instant,
+}
+
+/// The streams the endpoint serves: both can bound their next read and write.
+trait Timeouts {
+    fn set_timeouts(&self, left: Duration) -> std::io::Result<()>;
+}
+
+impl Timeouts for TcpStream {
+    fn set_timeouts(&self, left: Duration) -> std::io::Result<()> {
+        self.set_read_timeout(Some(left))?;
+        self.set_write_timeout(Some(left))
+    }
+}
+
+impl Timeouts for UnixStream {
+    fn set_timeouts(&self, left: Duration) -> std::io::Result<()> {
+        self.set_read_timeout(Some(left))?;
+        self.set_write_timeout(Some(left))
+    }
+}
+
+impl<S: Timeouts> Deadline<S> {
+    fn after(stream: S, allowed: Duration) -> Self {
+        Deadline {
+            stream,
+            until: Instant::now() + allowed,
+        }
+    }
+
+    /// Bounds the next call by the time left; an error once there is none.
+    fn arm(&self) -> std::io::Result<()> {
+        let left = self.until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ErrorKind::TimedOut.into());
+        }
+        self.stream.set_timeouts(left)
+    }
+}
+
+impl<S: Timeouts + Read> Read for Deadline<S> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.arm()?;
+        self.stream.read(buf)
+    }
+}
+
+impl<S: Timeouts + Write> Write for Deadline<S> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.arm()?;
+        self.stream.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.stream.flush()
+    }
+}
+
 fn snapshot(commands: &SyncSender<Command>, wake: &EventFd) -> Option<Box<DaemonStatus>> {
     match super::control_server::ask(commands, wake, DataPlaneRequest::Status)? {
         Ok(Reply::Status(status)) => Some(status),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client that sends a byte every 50 ms never lets a per-read timeout fire; the deadline
+    /// cuts it off all the same.
+    #[test]
+    fn a_trickling_client_is_cut_off_at_the_deadline() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let trickle = std::thread::spawn(move || {
+            while client.write_all(b"G").is_ok() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let started = Instant::now();
+        let mut head = BufReader::new(Deadline::after(server, Duration::from_millis(500)));
+        let mut line = String::new();
+        let error = head.read_line(&mut line).unwrap_err();
+        let took = started.elapsed();
+        assert!(
+            matches!(error.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock),
+            "{error}"
+        );
+        assert!(
+            took >= Duration::from_millis(450) && took < Duration::from_secs(2),
+            "cut off after {took:?}, not at the deadline"
+        );
+        drop(head);
+        trickle.join().unwrap();
     }
 }
