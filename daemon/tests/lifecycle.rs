@@ -18,6 +18,19 @@ fn kill_9_and_restart_keeps_the_outage_short() {
     let mut pinger = Pinger::start(&cluster, a, b, 0.1, 80);
     let mut seen = vec![pinger.next_reply().expect("ping runs")];
 
+    // Host 1 answered host 0's handshake: the timestamp it accepted is on disk, for the
+    // restarted daemon to refuse a replay of that initiation.
+    let initiator = cluster.status(0)["public_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let kept = cluster.hosts[1].state.path().join("init-timestamps.json");
+    support::wait_until(Duration::from_secs(5), || {
+        std::fs::read(&kept)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .is_some_and(|v| v[&initiator].as_u64().is_some_and(|t| t > 0))
+    });
     let victim = cluster.daemon_pid(1);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(victim as i32),

@@ -213,12 +213,12 @@ fn wait_ready(pipe: OwnedFd, pid: u32, log: &Path) -> Result<()> {
 
 /// The daemon binary: `FLATNETD`, else next to the running plugin, else on the usual paths.
 /// The plugins run as root and start what this names as root, so a `FLATNETD` anyone but
-/// root could have written (the file or a directory above it) is refused.
+/// root could have written (the file or a directory above it) is refused, and what runs is
+/// the path that was checked, with every link resolved: a link swapped after the check (one
+/// in a directory its owner may write) changes nothing.
 pub fn daemon_binary() -> Result<PathBuf> {
     if let Some(path) = std::env::var_os("FLATNETD") {
-        let path = PathBuf::from(path);
-        check_root_owned(&path)?;
-        return Ok(path);
+        return root_owned(&PathBuf::from(path));
     }
     let sibling = std::env::current_exe()
         .ok()
@@ -236,13 +236,14 @@ pub fn daemon_binary() -> Result<PathBuf> {
     Ok(PathBuf::from("flatnetd"))
 }
 
-/// The file and every directory above it belong to root and are writable by nobody else.
-fn check_root_owned(path: &Path) -> Result<()> {
+/// The file's path with every link resolved, if the file and every directory above it
+/// belong to root and are writable by nobody else.
+fn root_owned(path: &Path) -> Result<PathBuf> {
     use std::os::unix::fs::MetadataExt;
     let absolute = match fs::canonicalize(path) {
         Ok(absolute) => absolute,
         // Nothing there to trust or distrust: starting it fails, as with no daemon at all.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(path.to_path_buf()),
         Err(e) => {
             return Err(Error::InvalidConfig(format!(
                 "FLATNETD={}: {e}",
@@ -264,7 +265,7 @@ fn check_root_owned(path: &Path) -> Result<()> {
             )));
         }
     }
-    Ok(())
+    Ok(absolute)
 }
 
 #[cfg(test)]
@@ -306,23 +307,41 @@ mod tests {
         let mode = |path: &Path, mode| fs::set_permissions(path, fs::Permissions::from_mode(mode));
         mode(&binary, 0o755).unwrap();
         assert!(
-            check_root_owned(&binary).is_ok(),
+            root_owned(&binary).is_ok(),
             "root's own file in root's directory"
         );
 
         mode(dir.path(), 0o777).unwrap();
-        let err = check_root_owned(&binary).unwrap_err().to_string();
+        let err = root_owned(&binary).unwrap_err().to_string();
         assert!(err.contains("not be writable by group or others"), "{err}");
         mode(dir.path(), 0o700).unwrap();
 
         mode(&binary, 0o775).unwrap();
-        assert!(
-            check_root_owned(&binary).is_err(),
-            "a group-writable binary"
-        );
+        assert!(root_owned(&binary).is_err(), "a group-writable binary");
         mode(&binary, 0o755).unwrap();
 
         std::os::unix::fs::chown(&binary, Some(65534), None).unwrap();
-        assert!(check_root_owned(&binary).is_err(), "a binary nobody owns");
+        assert!(root_owned(&binary).is_err(), "a binary nobody owns");
+    }
+
+    /// A link to a good binary in a place its owner may change: what runs is the binary the
+    /// check saw, not whatever the link names later.
+    #[test]
+    fn flatnetd_runs_from_the_path_that_was_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let binary = dir.path().join("flatnetd");
+        fs::write(&binary, "#!/bin/sh\n").unwrap();
+        fs::set_permissions(&binary, fs::Permissions::from_mode(0o755)).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&binary, &link).unwrap();
+        let chosen = root_owned(&link).unwrap();
+        assert_eq!(chosen, fs::canonicalize(&binary).unwrap());
+        fs::remove_file(&link).unwrap();
+        std::os::unix::fs::symlink("/nonexistent/evil", &link).unwrap();
+        assert_eq!(
+            fs::canonicalize(&chosen).unwrap(),
+            chosen,
+            "the link is not in it"
+        );
     }
 }

@@ -18,6 +18,7 @@
 mod forwarder;
 #[cfg(fuzzing)]
 pub mod fuzzing;
+mod handshake_memory;
 mod inside;
 mod io;
 mod local;
@@ -125,6 +126,8 @@ pub struct Daemon {
     wake: Arc<EventFd>,
     commands: Receiver<Command>,
     tunnels: TunnelManager,
+    /// When the tunnels' initiation timestamps may next be written down.
+    handshake_save: handshake_memory::SaveClock,
     routes: RouteTable,
     /// The name this host publishes its entries under ("" in a file lighthouse).
     own_name: String,
@@ -326,6 +329,9 @@ impl Daemon {
             persistent_keepalive: config.tuning.persistent_keepalive(),
             ..Limits::default()
         };
+        let mut tunnels = TunnelManager::new(keys, limits);
+        tunnels
+            .remember_init_timestamps(handshake_memory::load(&config.state_dir.init_timestamps()));
         Ok(Daemon {
             config,
             udp,
@@ -333,7 +339,8 @@ impl Daemon {
             epoll,
             wake,
             commands,
-            tunnels: TunnelManager::new(keys, limits),
+            tunnels,
+            handshake_save: handshake_memory::SaveClock::new(Instant::now()),
             routes: identity
                 .trust
                 .map_or_else(RouteTable::default, RouteTable::trusting),
@@ -455,6 +462,19 @@ impl Daemon {
         let fd = self.udp.as_raw_fd();
         self.tunnels
             .tick(now, &mut batched(&mut self.bufs.to_send, fd));
+        self.save_init_timestamps(now);
+    }
+
+    fn save_init_timestamps(&mut self, now: Instant) {
+        if !self.handshake_save.due(now) {
+            return;
+        }
+        if let Some(timestamps) = self.tunnels.changed_init_timestamps() {
+            let path = self.config.state_dir.init_timestamps();
+            if let Err(e) = handshake_memory::save(&path, &timestamps) {
+                tracing::warn!("keeping initiation timestamps: {e}");
+            }
+        }
     }
 
     fn on_commands(&mut self) {

@@ -85,6 +85,12 @@ impl StateDir {
         self.file("etcd-lease")
     }
 
+    /// The newest initiation timestamp accepted from each peer: replays stay stale across a
+    /// restart of the daemon.
+    pub fn init_timestamps(&self) -> PathBuf {
+        self.file("init-timestamps.json")
+    }
+
     /// Serialises attach and detach (host members, host ports).
     pub fn members_lock(&self) -> PathBuf {
         self.file("members.lock")

@@ -248,6 +248,8 @@ pub struct TunnelManager {
     /// (idle, last container detached), so a captured initiation stays stale for as long as
     /// this daemon runs; only keys the lighthouse lists get here, which bounds it.
     init_timestamps: HashMap<PublicKey, u64>,
+    /// Whether `init_timestamps` changed since [`TunnelManager::changed_init_timestamps`].
+    init_timestamps_changed: bool,
     /// Verifies the MAC on handshake messages sent to us.
     mac_key: MacKey,
     limiter: HandshakeLimiter,
@@ -265,7 +267,28 @@ impl TunnelManager {
             sessions: HashMap::new(),
             initiations: HashMap::new(),
             init_timestamps: HashMap::new(),
+            init_timestamps_changed: false,
         }
+    }
+
+    /// Takes back the initiation timestamps a previous run accepted (kept by the daemon across
+    /// restarts), so that an initiation captured before the restart is still stale after it.
+    pub fn remember_init_timestamps(
+        &mut self,
+        accepted: impl IntoIterator<Item = (PublicKey, u64)>,
+    ) {
+        for (key, timestamp) in accepted {
+            let newest = self.init_timestamps.entry(key).or_default();
+            *newest = (*newest).max(timestamp);
+        }
+    }
+
+    /// Every accepted initiation timestamp, if any changed since the last call.
+    pub fn changed_init_timestamps(&mut self) -> Option<Vec<(PublicKey, u64)>> {
+        if !std::mem::take(&mut self.init_timestamps_changed) {
+            return None;
+        }
+        Some(self.init_timestamps.iter().map(|(k, t)| (*k, *t)).collect())
     }
 
     pub fn public_key(&self) -> &PublicKey {
@@ -606,6 +629,7 @@ impl TunnelManager {
             return Received::Dropped(DropReason::BadHandshake);
         };
         self.init_timestamps.insert(key, timestamp);
+        self.init_timestamps_changed = true;
         peer.endpoint = from;
         peer.heard(false, now, &self.limits);
         let session = Session::new(index, sender, key, transport, false, now);

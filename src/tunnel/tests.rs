@@ -218,6 +218,39 @@ fn a_forged_response_does_not_kill_the_pending_handshake() {
 }
 
 #[test]
+fn a_captured_initiation_stays_stale_across_a_restart_of_the_responder() {
+    let (mut a, mut b, mut wire, now) = sending(b"x");
+    let (init, from, _) = wire.front().cloned().unwrap();
+    pump(&mut a, &mut b, &mut wire, now);
+    let kept =
+        b.tm.changed_init_timestamps()
+            .expect("the accepted timestamp");
+    assert_eq!(b.tm.changed_init_timestamps(), None, "nothing new since");
+
+    // B restarts: a new manager with the same key. Without what was kept, the capture passes.
+    let restart = |b: &Host| Host {
+        tm: TunnelManager::new(
+            StaticKeys {
+                private: b.tm.keys.private,
+                public: b.tm.keys.public,
+            },
+            Limits::default(),
+        ),
+        addr: b.addr,
+    };
+    let mut forgetful = restart(&b);
+    let (r, _) = forgetful.receive(&init, from, &mut wire, now);
+    assert_ne!(r, Received::Dropped(DropReason::StaleHandshake));
+    wire.clear();
+
+    let mut restarted = restart(&b);
+    restarted.tm.remember_init_timestamps(kept);
+    let (r, _) = restarted.receive(&init, from, &mut wire, now);
+    assert_eq!(r, Received::Dropped(DropReason::StaleHandshake));
+    assert!(wire.is_empty(), "no response to a replay");
+}
+
+#[test]
 fn a_captured_initiation_stays_stale_after_the_peer_is_forgotten() {
     let (mut a, mut b, mut wire, now) = sending(b"x");
     let (init, from, _) = wire.front().cloned().unwrap();
