@@ -261,6 +261,36 @@ impl HostCert {
     }
 }
 
+/// How long before its expiry a host's own certificate is warned about (status, check, log).
+pub const EXPIRY_WARNING_S: u64 = 14 * 86_400;
+
+/// A warning for a host certificate void after `not_after`, if it expires within
+/// [`EXPIRY_WARNING_S`] of `now` or has expired.
+pub fn expiry_warning(not_after: u64, now: u64) -> Option<String> {
+    if now > not_after {
+        return Some(format!(
+            "this host's certificate expired {} s ago: peers drop it; sign a new one",
+            now - not_after
+        ));
+    }
+    let left = not_after - now;
+    (left < EXPIRY_WARNING_S).then(|| {
+        format!(
+            "this host's certificate expires in {} (at {not_after}): sign a new one before \
+             then, or its peers drop it",
+            human_duration(left)
+        )
+    })
+}
+
+fn human_duration(seconds: u64) -> String {
+    match seconds {
+        s if s >= 2 * 86_400 => format!("{} days", s / 86_400),
+        s if s >= 2 * 3_600 => format!("{} hours", s / 3_600),
+        s => format!("{s} s"),
+    }
+}
+
 pub fn now_unix() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -440,6 +470,18 @@ mod tests {
         assert!(ca_key.sign("host-a", &host_key(1), no_network).is_err());
         let bad_name = grant(&["10.0.0.0/24"], &[("a/b", 7)], 1);
         assert!(ca_key.sign("host-a", &host_key(1), bad_name).is_err());
+    }
+
+    #[test]
+    fn expiry_is_warned_about_two_weeks_ahead_and_after() {
+        let now = 1_000_000_000;
+        assert_eq!(expiry_warning(now + EXPIRY_WARNING_S, now), None);
+        let soon = expiry_warning(now + 3 * 86_400, now).unwrap();
+        assert!(soon.contains("expires in 3 days"), "{soon}");
+        let hours = expiry_warning(now + 5 * 3_600, now).unwrap();
+        assert!(hours.contains("5 hours"), "{hours}");
+        let gone = expiry_warning(now - 10, now).unwrap();
+        assert!(gone.contains("expired 10 s ago"), "{gone}");
     }
 
     #[test]

@@ -262,6 +262,14 @@ fn register_daemon(registry: &mut Registry, status: &DaemonStatus) {
         "Resident memory of flatnetd",
         status.rss_kib * 1024,
     );
+    if let Some(not_after) = status.certificate_not_after {
+        gauge(
+            registry,
+            "flatnet_host_certificate_expiry_timestamp_seconds",
+            "Unix time after which this host's certificate is void (alert well before it)",
+            not_after,
+        );
+    }
     let info = Gauges::default();
     registry.register("flatnet_build_info", "flatnetd's version", info.clone());
     info.get_or_create(&labels(&[("version", &status.version)]))
@@ -321,6 +329,7 @@ mod tests {
             rss_kib: 4096,
             routes: 5,
             refused_entries: 0,
+            certificate_not_after: Some(1_900_000_000),
             containers: vec![
                 member("a", false),
                 member("a", false),

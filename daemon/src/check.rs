@@ -123,6 +123,9 @@ pub fn run(state_dir: &Path, args: &CheckArgs) -> ExitCode {
         report.check(check_state_dir(&want.state_dir));
         report.check(check_key(&want.state_dir.host_key()));
         report.check(check_lighthouse(want));
+        if let Some(warning) = certificate_warning(want) {
+            report.warn(warning);
+        }
         report.check(check_daemon(want));
     }
     if which("nft").is_none() {
@@ -372,6 +375,15 @@ fn check_key(path: &Path) -> Result<String, String> {
         Ok(None) => Ok(format!("host key {} (made on first use)", path.display())),
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// With etcd, a certificate about to expire (or expired): its peers will drop this host.
+fn certificate_warning(wants: &Wants) -> Option<String> {
+    let LighthouseSettings::Etcd(etcd) = &wants.lighthouse else {
+        return None;
+    };
+    let cert: flatnet::cert::HostCert = flatnet::cert::load(&etcd.host_cert_file).ok()?;
+    flatnet::cert::expiry_warning(cert.not_after, flatnet::cert::now_unix())
 }
 
 fn check_lighthouse(wants: &Wants) -> Result<String, String> {

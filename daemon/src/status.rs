@@ -52,6 +52,12 @@ fn render(s: &DaemonStatus) -> String {
         s.lighthouse,
         lighthouse_state(&s.lighthouse_state),
     );
+    if let Some(not_after) = s.certificate_not_after {
+        match flatnet::cert::expiry_warning(not_after, flatnet::cert::now_unix()) {
+            Some(warning) => out += &format!("WARNING: {warning}\n"),
+            None => out += &format!("host certificate valid until {not_after} (Unix time)\n"),
+        }
+    }
     out += &format!(
         "\n{:<14} {:<8} {:<12} {:<16} {:<16} {:<18} {:<8} {}\n",
         "NETWORK",

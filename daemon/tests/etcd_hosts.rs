@@ -576,6 +576,59 @@ fn a_host_certified_for_one_network_cannot_join_another() {
     );
 }
 
+/// Host 1's certificate runs out while it serves: every peer drops its routes and its tunnels
+/// within a second of the expiry, and host 1 says so ahead of time.
+#[test]
+fn a_certificate_that_expires_while_its_host_runs_is_dropped_at_that_moment() {
+    needs_root!();
+    let mut cluster = Cluster::with_etcd(2, 1);
+    cluster.grant_for(1, 20);
+    let (a, b) = (cluster.attach(0), cluster.attach(1));
+    wait_routes(&cluster, &[0, 1], 4);
+    assert!(cluster.ping(a, b, 1));
+    let not_after = cluster.status(1)["certificate_not_after"].as_u64().unwrap();
+    let key = cluster.status(1)["public_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(peer_keys(&cluster, 0).contains(&key));
+    // Its own daemon warns (status text, the metric's source) long before.
+    let status = flatnetd_status_text(&cluster, 1);
+    assert!(
+        status.contains("WARNING: this host's certificate expires in"),
+        "{status}"
+    );
+
+    // Void after `not_after`: from the first instant of the next second.
+    let expiry = std::time::UNIX_EPOCH + Duration::from_secs(not_after + 1);
+    while std::time::SystemTime::now() < expiry {
+        assert_eq!(routes(&cluster, 0), 4, "dropped before its expiry");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    wait_until(Duration::from_secs(1), "host 1's routes dropped", || {
+        routes(&cluster, 0) == 2
+    });
+    let late = std::time::SystemTime::now()
+        .duration_since(expiry)
+        .unwrap_or_default();
+    println!("dropped {late:?} after the expiry");
+    assert!(
+        !peer_keys(&cluster, 0).contains(&key),
+        "its tunnel is closed"
+    );
+    assert!(!cluster.ping(a, b, 1));
+}
+
+fn flatnetd_status_text(cluster: &Cluster, host: usize) -> String {
+    let out = std::process::Command::new(DAEMON)
+        .arg("--state-dir")
+        .arg(cluster.hosts[host].state.path())
+        .arg("status")
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// The identifier host `host` tags the cluster's first network with, from its status.
 fn network_tag(cluster: &Cluster, host: usize) -> u32 {
     let shown = cluster.status(host)["networks"][0]["id"].clone();

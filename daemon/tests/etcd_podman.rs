@@ -165,6 +165,7 @@ impl PodmanHost {
             &key,
             block,
             &[NETWORK],
+            &[],
             &self.in_chroot(&host_cert),
         );
         let etcd = cluster.etcd();

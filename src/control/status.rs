@@ -38,6 +38,9 @@ pub struct DaemonStatus {
     pub routes: usize,
     /// Lighthouse entries refused (not vouched for by the network CA).
     pub refused_entries: usize,
+    /// With etcd: Unix seconds after which this host's own certificate is void.
+    #[serde(default)]
+    pub certificate_not_after: Option<u64>,
     /// Members served: containers and host members.
     pub containers: Vec<MemberStatus>,
     pub peers: Vec<PeerStatus>,

@@ -131,6 +131,8 @@ pub struct Daemon {
     routes: RouteTable,
     /// The name this host publishes its entries under ("" in a file lighthouse).
     own_name: String,
+    /// When this host's certificate is void (etcd): warned about ahead of time.
+    own_not_after: Option<u64>,
     follower: Follower,
     queues: Queues,
     /// Networks with members here: their host member and DNS settings.
@@ -213,6 +215,8 @@ const FIRST_READ: Duration = Duration::from_secs(3);
 struct Identity {
     name: String,
     trust: Option<CaCert>,
+    /// When the host's own certificate is void (etcd).
+    not_after: Option<u64>,
 }
 
 /// The daemon's lighthouse. With etcd, the host's certificate must be the network CA's and
@@ -228,15 +232,20 @@ fn open_lighthouse(
             let identity = Identity {
                 name: String::new(),
                 trust: None,
+                not_after: None,
             };
             Ok((Arc::new(FileLighthouse::new(path.clone())), identity))
         }
         LighthouseSettings::Etcd(settings) => {
             let ca: CaCert = cert::load(&settings.network_ca_file)?;
             let own = cert::load_host_cert(&settings.host_cert_file, &ca, Some(&host.public_key))?;
+            if let Some(warning) = cert::expiry_warning(own.not_after, cert::now_unix()) {
+                tracing::warn!("{warning}");
+            }
             let identity = Identity {
                 name: own.name.clone(),
                 trust: Some(ca),
+                not_after: Some(own.not_after),
             };
             let etcd = EtcdLighthouse::connect(settings, own)?;
             etcd.adopt(recorded_entries(&config.state_dir, host));
@@ -345,6 +354,7 @@ impl Daemon {
                 .trust
                 .map_or_else(RouteTable::default, RouteTable::trusting),
             own_name: identity.name,
+            own_not_after: identity.not_after,
             follower,
             queues: Queues::default(),
             networks: LocalNetworks::default(),
@@ -463,6 +473,9 @@ impl Daemon {
         self.tunnels
             .tick(now, &mut batched(&mut self.bufs.to_send, fd));
         self.save_init_timestamps(now);
+        if !self.routes.expire_certs(crate::cert::now_unix()).is_empty() {
+            self.close_delisted_tunnels();
+        }
     }
 
     fn save_init_timestamps(&mut self, now: Instant) {
@@ -508,6 +521,15 @@ impl Daemon {
     fn apply_lighthouse_changes(&mut self) {
         for change in self.follower.pending() {
             self.routes.apply(change);
+        }
+        self.close_delisted_tunnels();
+    }
+
+    /// Hosts that serve nothing any more (their entries went, their certificate expired or
+    /// was revoked) keep no tunnel.
+    fn close_delisted_tunnels(&mut self) {
+        for key in self.routes.take_delisted() {
+            self.tunnels.close_tunnel(&key);
         }
     }
 
@@ -572,6 +594,7 @@ impl Daemon {
             rss_kib: rss_kib(),
             routes: self.routes.len(),
             refused_entries: self.routes.refused(),
+            certificate_not_after: self.own_not_after,
             containers: self.queues.iter().map(member_status).collect(),
             peers: self.tunnels.status(now),
             sessions: self.tunnels.session_count(),

@@ -53,6 +53,8 @@ pub struct RouteTable {
     /// The networks this host serves, by identifier: an entry that carries one of these
     /// identifiers under another network's name is not believed, whoever vouches for it.
     local: HashMap<NetworkId, String>,
+    /// Keys whose last route went: their tunnels are to be closed (if still unlisted then).
+    delisted: Vec<PublicKey>,
 }
 
 impl RouteTable {
@@ -102,6 +104,32 @@ impl RouteTable {
         for address in tagged {
             self.settle(address);
         }
+    }
+
+    /// Drops the certificates void at `now` (Unix seconds): their hosts' routes go at once.
+    /// Returns the hosts dropped.
+    pub fn expire_certs(&mut self, now: u64) -> Vec<String> {
+        let expired: Vec<String> = self
+            .certs
+            .iter()
+            .filter(|(_, cert)| now > cert.not_after)
+            .map(|(host, _)| host.clone())
+            .collect();
+        for host in &expired {
+            tracing::warn!("host {host}'s certificate expired: its routes are dropped");
+            self.certs.remove(host);
+            self.settle_host(host);
+        }
+        expired
+    }
+
+    /// The keys that serve nothing any more since the last call: their tunnels may go.
+    pub fn take_delisted(&mut self) -> Vec<PublicKey> {
+        let mut delisted = std::mem::take(&mut self.delisted);
+        delisted.retain(|key| !self.keys.contains_key(key));
+        delisted.sort_unstable();
+        delisted.dedup();
+        delisted
     }
 
     /// Published entries not believed (no valid certificate, another key, outside its blocks
@@ -297,6 +325,7 @@ impl RouteTable {
             *n -= 1;
             if *n == 0 {
                 self.keys.remove(&key);
+                self.delisted.push(key);
             }
         }
         if let Some((_, n)) = self.by_endpoint.get_mut(&endpoint) {
@@ -514,5 +543,29 @@ mod tests {
         e.network = served;
         table.apply(Change::Put(by("w", e.clone())));
         assert_eq!(table.route(hash, e.ip).map(|r| r.key), Some([5; 32]));
+    }
+
+    #[test]
+    fn a_certificate_that_expires_takes_its_routes_and_lists_its_key_for_closing() {
+        let (ca_key, ca) = CaKey::generate("ca").unwrap();
+        let mut table = RouteTable::trusting(ca);
+        let mut short = on_n("10.0.1.0/24");
+        short.not_after = crate::cert::now_unix() + 60;
+        let b = ca_key.sign("b", &encode_key(&[2; 32]), short).unwrap();
+        let not_after = b.not_after;
+        table.apply(Change::Cert(b));
+        table.apply(Change::Put(by("b", entry("10.0.1.2", 2, &["web"]))));
+        assert!(table.is_listed(&[2; 32]));
+        assert!(table.take_delisted().is_empty());
+        assert!(
+            table.expire_certs(not_after).is_empty(),
+            "valid through its last second"
+        );
+        assert_eq!(table.expire_certs(not_after + 1), ["b"]);
+        assert!(!table.is_listed(&[2; 32]));
+        assert_eq!(table.addresses_of(1, "web"), None);
+        assert_eq!(table.refused(), 1);
+        assert_eq!(table.take_delisted(), [[2; 32]]);
+        assert!(table.take_delisted().is_empty());
     }
 }

@@ -65,6 +65,9 @@ enum Cmd {
         /// Days the certificate is valid.
         #[arg(long, default_value_t = 365)]
         days: u64,
+        /// Seconds the certificate is valid, instead of --days (short-lived certificates).
+        #[arg(long, value_name = "SECONDS", conflicts_with = "days")]
+        valid_seconds: Option<u64>,
         /// Where to write it [default: DIR/issued/NAME.crt]
         #[arg(long)]
         out: Option<PathBuf>,
@@ -102,6 +105,7 @@ fn main() -> ExitCode {
             networks,
             any_network,
             days,
+            valid_seconds,
             out,
         } => {
             let request = SignRequest {
@@ -110,7 +114,7 @@ fn main() -> ExitCode {
                 blocks,
                 networks,
                 any_network,
-                days,
+                valid_for: valid_seconds.unwrap_or(days * 86_400),
             };
             sign(&ca_dir, request, out)
         }
@@ -151,7 +155,8 @@ struct SignRequest {
     blocks: Vec<Ipv4Net>,
     networks: Vec<String>,
     any_network: bool,
-    days: u64,
+    /// Seconds from now.
+    valid_for: u64,
 }
 
 fn sign(dir: &Path, request: SignRequest, out: Option<PathBuf>) -> flatnet::Result<()> {
@@ -164,7 +169,7 @@ fn sign(dir: &Path, request: SignRequest, out: Option<PathBuf>) -> flatnet::Resu
         blocks: request.blocks,
         networks: allot_networks(dir, &request.networks)?,
         any_network: request.any_network,
-        not_after: cert::now_unix() + request.days * 86_400,
+        not_after: cert::now_unix() + request.valid_for,
     };
     let host = key.sign(name, &request.public_key, grant)?;
     let bytes = to_json(&host);

@@ -28,13 +28,14 @@ pub fn cert_binary() -> PathBuf {
 }
 
 /// The network CA in `ca` grants host `name` with key `key` the block on `networks`:
-/// `flatnet-cert sign`.
+/// `flatnet-cert sign`, with `extra` arguments.
 pub fn sign(
     ca: &Path,
     name: &str,
     key: &str,
     block: ipnet::Ipv4Net,
     networks: &[&str],
+    extra: &[&str],
     out: &Path,
 ) {
     let block = block.to_string();
@@ -50,6 +51,7 @@ pub fn sign(
     for network in networks {
         args.extend(["--network", network]);
     }
+    args.extend(extra);
     let status = Command::new(cert_binary())
         .args(args)
         .arg("--ca-dir")
@@ -175,6 +177,16 @@ impl Cluster {
 
     /// The host's key signed by the CA in `ca` (the network's, or another).
     pub fn grant_by(&self, host: usize, ca: &Path) {
+        self.grant_with(host, ca, &[]);
+    }
+
+    /// The host's key signed by the network CA, valid for `seconds` from now.
+    pub fn grant_for(&self, host: usize, seconds: u64) {
+        let ca = self.network_ca.as_ref().unwrap().path().to_path_buf();
+        self.grant_with(host, &ca, &["--valid-seconds", &seconds.to_string()]);
+    }
+
+    fn grant_with(&self, host: usize, ca: &Path, extra: &[&str]) {
         let h = &self.hosts[host];
         let out = Command::new(DAEMON)
             .arg("--state-dir")
@@ -192,6 +204,7 @@ impl Cluster {
             &key,
             self.block(host),
             &networks,
+            extra,
             &self.host_cert(host),
         );
     }
