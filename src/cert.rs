@@ -104,7 +104,103 @@ struct Signed<'a> {
     issuer: &'a str,
 }
 
+impl CaCert {
+    /// Whether this CA, named `issuer`, made `signature` (base64) over `bytes`.
+    fn verify(
+        &self,
+        issuer: &str,
+        bytes: &[u8],
+        signature: &str,
+    ) -> std::result::Result<(), String> {
+        if issuer != self.name {
+            return Err(format!("issued by {issuer:?}, not by {:?}", self.name));
+        }
+        let key = BASE64
+            .decode(&self.public_key)
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .and_then(|b| VerifyingKey::from_bytes(&b).ok())
+            .ok_or("the CA certificate's key is not an Ed25519 key")?;
+        let signature = BASE64
+            .decode(signature)
+            .ok()
+            .and_then(|b| <[u8; 64]>::try_from(b).ok())
+            .map(|b| Signature::from_bytes(&b))
+            .ok_or("the signature is not 64 bytes of base64")?;
+        key.verify_strict(bytes, &signature)
+            .map_err(|_| "the signature does not verify".to_string())
+    }
+}
+
+/// The host keys a CA has revoked: their certificates are void whatever their expiry. The CA
+/// signs a new list, with a higher serial, for each revocation; it travels through the
+/// lighthouse, and a daemon never goes back to a list with a lower serial.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevocationList {
+    pub version: u32,
+    pub issuer: String,
+    pub serial: u64,
+    /// Host public keys (base64), sorted.
+    pub revoked: Vec<String>,
+    pub signature: String,
+}
+
+#[derive(Serialize)]
+struct SignedRevocations<'a> {
+    version: u32,
+    issuer: &'a str,
+    serial: u64,
+    revoked: &'a [String],
+}
+
+impl RevocationList {
+    fn signed_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(&SignedRevocations {
+            version: self.version,
+            issuer: &self.issuer,
+            serial: self.serial,
+            revoked: &self.revoked,
+        })
+        .expect("revocation lists serialise")
+    }
+
+    /// Whether `ca` signed this list.
+    pub fn verify(&self, ca: &CaCert) -> std::result::Result<(), String> {
+        if self.version != 1 {
+            return Err(format!("revocation list version {} is not 1", self.version));
+        }
+        ca.verify(&self.issuer, &self.signed_bytes(), &self.signature)
+    }
+
+    pub fn revokes(&self, public_key: &str) -> bool {
+        self.revoked
+            .binary_search_by(|k| k.as_str().cmp(public_key))
+            .is_ok()
+    }
+}
+
 impl CaKey {
+    /// Signs the list of revoked host keys under `serial`.
+    pub fn sign_revocations(
+        &self,
+        serial: u64,
+        mut revoked: Vec<String>,
+    ) -> Result<RevocationList> {
+        revoked.sort();
+        revoked.dedup();
+        let mut list = RevocationList {
+            version: 1,
+            issuer: self.name.clone(),
+            serial,
+            revoked,
+            signature: String::new(),
+        };
+        let signature = self.signing_key()?.sign(&list.signed_bytes());
+        list.signature = BASE64.encode(signature.to_bytes());
+        Ok(list)
+    }
+
     /// A new CA key pair.
     pub fn generate(name: &str) -> Result<(CaKey, CaCert)> {
         check_name("CA name", name, 64).map_err(Error::InvalidRequest)?;
@@ -201,23 +297,7 @@ impl HostCert {
                 self.version
             ));
         }
-        if self.issuer != ca.name {
-            return Err(format!("issued by {:?}, not by {:?}", self.issuer, ca.name));
-        }
-        let key = BASE64
-            .decode(&ca.public_key)
-            .ok()
-            .and_then(|b| <[u8; 32]>::try_from(b).ok())
-            .and_then(|b| VerifyingKey::from_bytes(&b).ok())
-            .ok_or("the CA certificate's key is not an Ed25519 key")?;
-        let signature = BASE64
-            .decode(&self.signature)
-            .ok()
-            .and_then(|b| <[u8; 64]>::try_from(b).ok())
-            .map(|b| Signature::from_bytes(&b))
-            .ok_or("the signature is not 64 bytes of base64")?;
-        key.verify_strict(&self.signed_bytes(), &signature)
-            .map_err(|_| "the signature does not verify".to_string())?;
+        ca.verify(&self.issuer, &self.signed_bytes(), &self.signature)?;
         if now > self.not_after {
             return Err(format!("expired at {}", self.not_after));
         }
@@ -470,6 +550,27 @@ mod tests {
         assert!(ca_key.sign("host-a", &host_key(1), no_network).is_err());
         let bad_name = grant(&["10.0.0.0/24"], &[("a/b", 7)], 1);
         assert!(ca_key.sign("host-a", &host_key(1), bad_name).is_err());
+    }
+
+    #[test]
+    fn a_revocation_list_verifies_only_as_signed_and_only_for_its_ca() {
+        let (ca_key, ca) = CaKey::generate("net-ca").unwrap();
+        let list = ca_key
+            .sign_revocations(3, vec![host_key(2), host_key(1), host_key(2)])
+            .unwrap();
+        assert_eq!(list.verify(&ca), Ok(()));
+        assert_eq!(list.revoked.len(), 2, "sorted, once each");
+        assert!(list.revokes(&host_key(1)) && list.revokes(&host_key(2)));
+        assert!(!list.revokes(&host_key(3)));
+        let mut rolled_back = list.clone();
+        rolled_back.serial = 9;
+        let mut emptied = list.clone();
+        emptied.revoked.clear();
+        for forged in [rolled_back, emptied] {
+            assert!(forged.verify(&ca).unwrap_err().contains("does not verify"));
+        }
+        let (_, other) = CaKey::generate("net-ca").unwrap();
+        assert!(list.verify(&other).is_err());
     }
 
     #[test]

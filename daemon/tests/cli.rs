@@ -290,3 +290,59 @@ fn too_many_workers_are_refused_before_anything_starts() {
     let said = refused_before_anything_starts(&["--workers", "9"]);
     assert!(said.contains("--workers"), "{said}");
 }
+
+fn flatnet_cert(args: &[&str]) -> Output {
+    Command::new(plugin_dir().join("flatnet-cert"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// The CA's tool: a host certificate names its networks (their identifiers allotted once),
+/// signing a host's new key revokes its old one, and `revoke` adds to a list the CA signs.
+#[test]
+fn flatnet_cert_names_networks_and_revokes_replaced_keys() {
+    use flatnet::cert::{self, CaCert, HostCert, RevocationList};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca");
+    let ca_dir = ca.to_str().unwrap();
+    assert!(flatnet_cert(&["ca", "--name", "net", "--out-dir", ca_dir])
+        .status
+        .success());
+    let key = |n: u8| flatnet::tunnel::encode_key(&[n; 32]);
+    let sign = |k: &str, extra: &[&str]| {
+        let mut args = vec!["sign", "--ca-dir", ca_dir, "--name", "host-a"];
+        args.extend(["--public-key", k, "--block", "10.0.0.0/26"]);
+        args.extend(extra);
+        flatnet_cert(&args)
+    };
+    let refused = sign(&key(1), &[]);
+    assert!(!refused.status.success());
+    assert!(text(&refused).contains("--network"), "{}", text(&refused));
+    assert!(sign(&key(1), &["--network", "web"]).status.success());
+    assert!(!ca.join("revocations.json").exists(), "nothing revoked yet");
+
+    let rekeyed = sign(&key(2), &["--network", "web", "--network", "db"]);
+    assert!(rekeyed.status.success(), "{}", text(&rekeyed));
+    let ca_cert: CaCert = cert::load(&ca.join("ca.crt")).unwrap();
+    let list: RevocationList = cert::load(&ca.join("revocations.json")).unwrap();
+    assert_eq!(list.verify(&ca_cert), Ok(()));
+    assert_eq!((list.serial, list.revoked.clone()), (1, vec![key(1)]));
+    let host: HostCert = cert::load(&ca.join("issued/host-a.crt")).unwrap();
+    let registry: serde_json::Value = cert::load(&ca.join("networks.json")).unwrap();
+    assert_eq!(
+        host.network_id("web"),
+        registry["web"].as_u64().map(|id| id as u32)
+    );
+    assert_eq!(
+        host.network_id("db"),
+        registry["db"].as_u64().map(|id| id as u32)
+    );
+
+    let out = flatnet_cert(&["revoke", "--ca-dir", ca_dir, "--name", "host-a"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let list: RevocationList = cert::load(&ca.join("revocations.json")).unwrap();
+    assert_eq!(list.verify(&ca_cert), Ok(()));
+    assert_eq!(list.serial, 2);
+    assert!(list.revokes(&key(1)) && list.revokes(&key(2)));
+}

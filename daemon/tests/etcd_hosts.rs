@@ -619,6 +619,58 @@ fn a_certificate_that_expires_while_its_host_runs_is_dropped_at_that_moment() {
     assert!(!cluster.ping(a, b, 1));
 }
 
+/// The operator revokes host 2's key and puts the CA's new list in etcd: every host drops
+/// host 2's routes and tunnels within 2 s. A host's own credentials cannot put a list.
+#[test]
+fn a_revoked_key_is_dropped_by_every_host_within_two_seconds() {
+    needs_root!();
+    let (cluster, [a, b, c]) = three_hosts_with_a_container_each();
+    assert!(cluster.ping(a, c, 1) && cluster.ping(b, c, 1));
+    let revoked = cluster.status(2)["public_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ca_dir = cluster.network_ca.as_ref().unwrap().path();
+    let out = std::process::Command::new(cert_binary())
+        .args(["revoke", "--name", "host-2", "--ca-dir"])
+        .arg(ca_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list = std::fs::read_to_string(ca_dir.join("revocations.json")).unwrap();
+    let etcd = cluster.etcd();
+    let by_host = etcd.etcdctl_as(0, &["put", "/flatnet/v1/revocations", &list]);
+    assert!(
+        String::from_utf8_lossy(&by_host.stderr).contains("permission denied"),
+        "a host put the revocation list"
+    );
+    let published = Instant::now();
+    let put = etcd.etcdctl(
+        &etcd.endpoints(),
+        &["put", "/flatnet/v1/revocations", &list],
+    );
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    let took = wait_until(Duration::from_secs(2), "host 2 dropped everywhere", || {
+        [0, 1]
+            .iter()
+            .all(|&h| routes(&cluster, h) == 4 && !peer_keys(&cluster, h).contains(&revoked))
+    });
+    println!(
+        "revoked key dropped {took:?} after the list was put ({:?} in all)",
+        published.elapsed()
+    );
+    assert!(!cluster.ping(a, c, 1), "the revoked host is still reached");
+    assert!(cluster.ping(a, b, 1), "the others still talk");
+}
+
 fn flatnetd_status_text(cluster: &Cluster, host: usize) -> String {
     let out = std::process::Command::new(DAEMON)
         .arg("--state-dir")

@@ -5,7 +5,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
 
-use crate::cert::{CaCert, HostCert};
+use crate::cert::{CaCert, HostCert, RevocationList};
 use crate::lighthouse::{Change, Entry, NetworkId, Published};
 use crate::tunnel::{decode_key, PublicKey};
 
@@ -55,6 +55,8 @@ pub struct RouteTable {
     local: HashMap<NetworkId, String>,
     /// Keys whose last route went: their tunnels are to be closed (if still unlisted then).
     delisted: Vec<PublicKey>,
+    /// The newest revocation list the CA signed that reached us.
+    revocations: Option<RevocationList>,
 }
 
 impl RouteTable {
@@ -141,9 +143,12 @@ impl RouteTable {
     pub fn apply(&mut self, change: Change) {
         match change {
             Change::Reset { certs, entries } => {
+                let delisted: Vec<PublicKey> = self.keys.keys().copied().collect();
                 *self = RouteTable {
                     trust: self.trust.take(),
                     local: std::mem::take(&mut self.local),
+                    revocations: self.revocations.take(),
+                    delisted,
                     ..Default::default()
                 };
                 for cert in certs {
@@ -160,7 +165,44 @@ impl RouteTable {
                 self.certs.remove(&host);
                 self.settle_host(&host);
             }
+            Change::Revocations(list) => self.put_revocations(list),
         }
+    }
+
+    /// Takes a revocation list the CA signed if it is newer than the one held; every host is
+    /// looked at again, so a revoked key loses its routes at once.
+    fn put_revocations(&mut self, list: RevocationList) {
+        let Some(ca) = &self.trust else {
+            return;
+        };
+        if let Err(why) = list.verify(ca) {
+            tracing::warn!("a revocation list is not believed: {why}");
+            return;
+        }
+        if self
+            .revocations
+            .as_ref()
+            .is_some_and(|held| held.serial >= list.serial)
+        {
+            return;
+        }
+        tracing::info!(
+            "revocation list {} of {}: {} keys revoked",
+            list.serial,
+            list.issuer,
+            list.revoked.len()
+        );
+        self.revocations = Some(list);
+        let hosts: Vec<String> = self.by_host.keys().cloned().collect();
+        for host in hosts {
+            self.settle_host(&host);
+        }
+    }
+
+    fn is_revoked(&self, public_key: &str) -> bool {
+        self.revocations
+            .as_ref()
+            .is_some_and(|list| list.revokes(public_key))
     }
 
     /// Adds or replaces a host's entry for an address.
@@ -285,6 +327,7 @@ impl RouteTable {
         self.certs.get(host).is_some_and(|cert| {
             cert.public_key == entry.host.public_key
                 && cert.vouches_for(&entry.network, network_id, entry.ip)
+                && !self.is_revoked(&cert.public_key)
         })
     }
 
@@ -567,5 +610,47 @@ mod tests {
         assert_eq!(table.refused(), 1);
         assert_eq!(table.take_delisted(), [[2; 32]]);
         assert!(table.take_delisted().is_empty());
+    }
+
+    #[test]
+    fn a_revoked_key_loses_its_routes_and_an_older_list_does_not_bring_them_back() {
+        let (ca_key, ca) = CaKey::generate("ca").unwrap();
+        let mut table = RouteTable::trusting(ca);
+        for (name, host, block) in [("b", 2, "10.0.1.0/24"), ("c", 3, "10.0.2.0/24")] {
+            let cert = ca_key
+                .sign(name, &encode_key(&[host; 32]), on_n(block))
+                .unwrap();
+            table.apply(Change::Cert(cert));
+        }
+        table.apply(Change::Put(by("b", entry("10.0.1.2", 2, &[]))));
+        table.apply(Change::Put(by("c", entry("10.0.2.2", 3, &[]))));
+        assert_eq!(table.len(), 2);
+        table.take_delisted();
+
+        let revoke_b = ca_key
+            .sign_revocations(2, vec![encode_key(&[2; 32])])
+            .unwrap();
+        table.apply(Change::Revocations(revoke_b));
+        assert_eq!(table.len(), 1);
+        assert!(!table.is_listed(&[2; 32]) && table.is_listed(&[3; 32]));
+        assert_eq!(table.take_delisted(), [[2; 32]]);
+        // An older list (replayed by anyone), a forged one, or a reset: still revoked.
+        let older = ca_key.sign_revocations(1, Vec::new()).unwrap();
+        table.apply(Change::Revocations(older));
+        let (other_ca, _) = CaKey::generate("ca").unwrap();
+        let forged = other_ca.sign_revocations(9, Vec::new()).unwrap();
+        table.apply(Change::Revocations(forged));
+        table.apply(Change::Put(by("b", entry("10.0.1.3", 2, &[]))));
+        assert!(!table.is_listed(&[2; 32]));
+        let certs = vec![ca_key
+            .sign("b", &encode_key(&[2; 32]), on_n("10.0.1.0/24"))
+            .unwrap()];
+        let entries = vec![by("b", entry("10.0.1.2", 2, &[]))];
+        table.apply(Change::Reset { certs, entries });
+        assert!(!table.is_listed(&[2; 32]));
+        // A newer list that lifts it.
+        let lifted = ca_key.sign_revocations(3, Vec::new()).unwrap();
+        table.apply(Change::Revocations(lifted));
+        assert!(table.is_listed(&[2; 32]));
     }
 }

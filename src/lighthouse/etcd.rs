@@ -31,10 +31,14 @@ use etcd_client::{
 };
 
 use super::{Change, Entry, EtcdSettings, Feed, FeedHealth, Lighthouse, NetworkId, Published};
-use crate::cert::HostCert;
+use crate::cert::{HostCert, RevocationList};
 use crate::error::{Error, Result};
 
+/// Everything Flatnet keeps in etcd; what a daemon follows.
+const ROOT: &str = "/flatnet/v1/";
 const PREFIX: &str = "/flatnet/v1/hosts/";
+/// The network CA's revocation list, put there by the operator (hosts may only read it).
+const REVOCATIONS: &str = "/flatnet/v1/revocations";
 /// Longest one etcd call may take. A call that lands on a member in the middle of a leader
 /// election can hang until then; it is tried again (on whichever member answers) within
 /// [`CALL_BUDGET`].
@@ -278,7 +282,7 @@ impl Lighthouse for EtcdLighthouse {
             .iter()
             .filter_map(|kv| match parse_kv(kv)? {
                 Stored::Entry(published) => Some(published.entry),
-                Stored::Cert(_) => None,
+                Stored::Cert(_) | Stored::Revocations(_) => None,
             })
             .collect())
     }
@@ -493,23 +497,20 @@ impl Watcher {
     }
 
     async fn follow(&mut self) -> Result<()> {
-        let all = self
-            .client
-            .get(PREFIX, Some(GetOptions::new().with_prefix()));
+        let all = self.client.get(ROOT, Some(GetOptions::new().with_prefix()));
         let snapshot = bounded("reading the entries", all).await?;
         let revision = snapshot.header().map_or(0, |h| h.revision());
-        let (mut certs, mut entries) = (Vec::new(), Vec::new());
+        let (mut certs, mut entries, mut revocations) = (Vec::new(), Vec::new(), None);
         for stored in snapshot.kvs().iter().filter_map(parse_kv) {
             match stored {
                 Stored::Cert(cert) => certs.push(cert),
                 Stored::Entry(published) => entries.push(published),
+                Stored::Revocations(list) => revocations = Some(list),
             }
         }
-        if self
-            .changes
-            .send(vec![Change::Reset { certs, entries }])
-            .is_err()
-        {
+        let mut first = vec![Change::Reset { certs, entries }];
+        first.extend(revocations.map(Change::Revocations));
+        if self.changes.send(first).is_err() {
             return Ok(());
         }
         let options = WatchOptions::new()
@@ -517,7 +518,7 @@ impl Watcher {
             .with_start_revision(revision + 1);
         let mut stream = bounded(
             "watching the entries",
-            self.client.watch(PREFIX, Some(options)),
+            self.client.watch(ROOT, Some(options)),
         )
         .await?;
         self.set_following(revision);
@@ -626,7 +627,10 @@ fn change_of(event: &etcd_client::Event) -> Option<Change> {
         (EventType::Put, _) => match parse_kv(kv)? {
             Stored::Cert(cert) => Some(Change::Cert(cert)),
             Stored::Entry(published) => Some(Change::Put(published)),
+            Stored::Revocations(list) => Some(Change::Revocations(list)),
         },
+        // A list taken away revokes nothing less: only a newer list lifts a revocation.
+        (EventType::Delete, Key::Revocations) => None,
         (EventType::Delete, Key::Cert { host }) => Some(Change::CertGone { host }),
         (EventType::Delete, Key::Entry { host, network, ip }) => {
             Some(Change::Delete { host, network, ip })
@@ -690,6 +694,7 @@ fn cert_key(host: &str) -> String {
 /// What a key under the prefix names.
 #[derive(Debug, PartialEq)]
 enum Key {
+    Revocations,
     Cert {
         host: String,
     },
@@ -701,7 +706,11 @@ enum Key {
 }
 
 fn parse_key(key: &[u8]) -> Option<Key> {
-    let rest = std::str::from_utf8(key).ok()?.strip_prefix(PREFIX)?;
+    let key = std::str::from_utf8(key).ok()?;
+    if key == REVOCATIONS {
+        return Some(Key::Revocations);
+    }
+    let rest = key.strip_prefix(PREFIX)?;
     let (host, rest) = rest.split_once('/')?;
     let host = host.to_string();
     if rest == "cert" {
@@ -718,6 +727,7 @@ fn parse_key(key: &[u8]) -> Option<Key> {
 enum Stored {
     Cert(HostCert),
     Entry(Published),
+    Revocations(RevocationList),
 }
 
 /// A certificate or an entry whose key names it: a value stored under another name or
@@ -729,6 +739,9 @@ fn parse_kv(kv: &KeyValue) -> Option<Stored> {
             (cert.name == host).then_some(Stored::Cert(cert))
         }
         Key::Entry { .. } => parse_entry(kv).map(Stored::Entry),
+        Key::Revocations => serde_json::from_slice(kv.value())
+            .ok()
+            .map(Stored::Revocations),
     }
 }
 
@@ -798,5 +811,7 @@ mod tests {
         );
         assert_eq!(parse_key(b"/flatnet/v1/hosts/a/other"), None);
         assert_eq!(parse_key(b"/other/a/cert"), None);
+        assert_eq!(parse_key(REVOCATIONS.as_bytes()), Some(Key::Revocations));
+        assert_eq!(parse_key(b"/flatnet/v1/networks/net-a"), None);
     }
 }

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cert::HostCert;
+use crate::cert::{HostCert, RevocationList};
 use crate::error::Result;
 pub use etcd::EtcdLighthouse;
 pub use file::FileLighthouse;
@@ -87,6 +87,9 @@ pub enum Change {
     Cert(HostCert),
     /// A host's certificate is gone (the host left).
     CertGone { host: String },
+    /// The network CA's list of revoked host keys (not yet checked: the follower checks it).
+    /// Kept across a [`Change::Reset`]: a daemon never goes back to an older list.
+    Revocations(RevocationList),
 }
 
 /// A lighthouse as a stream of changes: what a data plane follows instead of reading the

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
-use flatnet::cert::{self, CaCert, CaKey, Grant, HostCert, NetworkRegistry};
+use flatnet::cert::{self, CaCert, CaKey, Grant, HostCert, NetworkRegistry, RevocationList};
 use ipnet::Ipv4Net;
 
 #[derive(Parser)]
@@ -72,6 +72,19 @@ enum Cmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Revoke a host's key: sign a new revocation list, DIR/revocations.json, to publish
+    /// (etcdctl put /flatnet/v1/revocations < DIR/revocations.json).
+    #[command(group = clap::ArgGroup::new("whom").required(true))]
+    Revoke {
+        #[arg(long, value_name = "DIR")]
+        ca_dir: PathBuf,
+        /// The host whose current certificate's key is revoked.
+        #[arg(long, group = "whom")]
+        name: Option<String>,
+        /// A host key to revoke.
+        #[arg(long, group = "whom")]
+        public_key: Option<String>,
+    },
     /// Show a certificate.
     Print { cert: PathBuf },
     /// Check a host certificate against a CA certificate; exit 1 if it is not valid now.
@@ -118,6 +131,11 @@ fn main() -> ExitCode {
             };
             sign(&ca_dir, request, out)
         }
+        Cmd::Revoke {
+            ca_dir,
+            name,
+            public_key,
+        } => revoke_host(&ca_dir, name.as_deref(), public_key),
         Cmd::Print { cert } => cert::load::<serde_json::Value>(&cert).map(|value| {
             println!("{}", serde_json::to_string_pretty(&value).unwrap());
         }),
@@ -165,6 +183,7 @@ fn sign(dir: &Path, request: SignRequest, out: Option<PathBuf>) -> flatnet::Resu
     flatnet::state::create_private_dir(&issued)?;
     let name = request.name.as_str();
     refuse_overlaps(&issued, name, &request.blocks)?;
+    let previous = cert::load::<HostCert>(&issued.join(format!("{name}.crt"))).ok();
     let grant = Grant {
         blocks: request.blocks,
         networks: allot_networks(dir, &request.networks)?,
@@ -172,6 +191,16 @@ fn sign(dir: &Path, request: SignRequest, out: Option<PathBuf>) -> flatnet::Resu
         not_after: cert::now_unix() + request.valid_for,
     };
     let host = key.sign(name, &request.public_key, grant)?;
+    // A host with a new key: its old certificate must not stay valid beside the new one.
+    if let Some(old) = previous.filter(|old| old.public_key != host.public_key) {
+        let list = revoke(dir, &key, &old.public_key)?;
+        eprintln!(
+            "{name} had key {}: revoked (list {}); publish {}",
+            old.public_key,
+            list.serial,
+            dir.join("revocations.json").display()
+        );
+    }
     let bytes = to_json(&host);
     // The CA's record of what it granted, against which later grants are checked.
     flatnet::state::write_atomic(&issued.join(format!("{name}.crt")), &bytes)?;
@@ -179,6 +208,44 @@ fn sign(dir: &Path, request: SignRequest, out: Option<PathBuf>) -> flatnet::Resu
     write_public(&out, &bytes)?;
     println!("{}", out.display());
     Ok(())
+}
+
+fn revoke_host(dir: &Path, name: Option<&str>, public_key: Option<String>) -> flatnet::Result<()> {
+    let key: CaKey = cert::load(&dir.join("ca.key"))?;
+    let public_key = match (name, public_key) {
+        (_, Some(public_key)) => public_key,
+        (Some(name), None) => {
+            cert::load::<HostCert>(&dir.join("issued").join(format!("{name}.crt")))?.public_key
+        }
+        (None, None) => unreachable!("clap requires one"),
+    };
+    let list = revoke(dir, &key, &public_key)?;
+    println!(
+        "{} (serial {}, {} keys revoked)",
+        dir.join("revocations.json").display(),
+        list.serial,
+        list.revoked.len()
+    );
+    Ok(())
+}
+
+/// Adds `public_key` to the CA's revocation list and signs it anew under the next serial.
+fn revoke(dir: &Path, key: &CaKey, public_key: &str) -> flatnet::Result<RevocationList> {
+    if flatnet::tunnel::decode_key(public_key).is_none() {
+        return Err(flatnet::Error::InvalidRequest(format!(
+            "{public_key:?} is not a host's public key"
+        )));
+    }
+    let path = dir.join("revocations.json");
+    let (serial, mut revoked) = match cert::load::<RevocationList>(&path) {
+        Ok(list) => (list.serial, list.revoked),
+        Err(_) if !path.exists() => (0, Vec::new()),
+        Err(e) => return Err(e),
+    };
+    revoked.push(public_key.to_string());
+    let list = key.sign_revocations(serial + 1, revoked)?;
+    write_public(&path, &to_json(&list))?;
+    Ok(list)
 }
 
 /// The identifiers of `names`, from the CA's registry (new names are allotted and recorded):
