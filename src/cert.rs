@@ -37,6 +37,73 @@ pub struct CaCert {
     pub public_key: String,
 }
 
+/// The CAs a host trusts: usually one; two while a CA is being replaced (hosts signed by
+/// either are believed). The file is one CA certificate or a JSON array of them, with
+/// distinct names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustBundle(Vec<CaCert>);
+
+impl TrustBundle {
+    pub fn new(cas: Vec<CaCert>) -> Result<Self> {
+        if cas.is_empty() {
+            return Err(Error::InvalidConfig(
+                "a trust bundle holds at least one CA".into(),
+            ));
+        }
+        let mut names: Vec<&str> = cas.iter().map(|ca| ca.name.as_str()).collect();
+        names.sort_unstable();
+        if let Some(twice) = names.windows(2).find(|w| w[0] == w[1]) {
+            return Err(Error::InvalidConfig(format!(
+                "two CAs named {:?} in one trust bundle: a new CA needs a name of its own",
+                twice[0]
+            )));
+        }
+        Ok(TrustBundle(cas))
+    }
+
+    /// Reads a CA certificate or a bundle of them.
+    pub fn load(path: &Path) -> Result<Self> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum OneOrMany {
+            One(CaCert),
+            Many(Vec<CaCert>),
+        }
+        let cas = match load::<OneOrMany>(path)? {
+            OneOrMany::One(ca) => vec![ca],
+            OneOrMany::Many(cas) => cas,
+        };
+        Self::new(cas).map_err(|e| Error::InvalidConfig(format!("{}: {e}", path.display())))
+    }
+
+    pub fn cas(&self) -> &[CaCert] {
+        &self.0
+    }
+
+    fn issuer(&self, name: &str) -> std::result::Result<&CaCert, String> {
+        self.0.iter().find(|ca| ca.name == name).ok_or_else(|| {
+            let trusted: Vec<&str> = self.0.iter().map(|ca| ca.name.as_str()).collect();
+            format!("issued by {name:?}, not by {}", trusted.join(" or "))
+        })
+    }
+
+    /// Whether a trusted CA signed `cert` and it is valid at `now`.
+    pub fn verify(&self, cert: &HostCert, now: u64) -> std::result::Result<(), String> {
+        cert.verify(self.issuer(&cert.issuer)?, now)
+    }
+
+    /// Whether a trusted CA signed `list`.
+    pub fn verify_revocations(&self, list: &RevocationList) -> std::result::Result<(), String> {
+        list.verify(self.issuer(&list.issuer)?)
+    }
+}
+
+impl From<CaCert> for TrustBundle {
+    fn from(ca: CaCert) -> Self {
+        TrustBundle(vec![ca])
+    }
+}
+
 /// The CA's secret half; only `flatnet-cert` reads it.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -416,10 +483,11 @@ pub fn load<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
         .map_err(|e| Error::InvalidConfig(format!("{}: {e}", path.display())))
 }
 
-/// This host's certificate, checked against the CA and against the host's own key.
-pub fn load_host_cert(path: &Path, ca: &CaCert, own_key: Option<&str>) -> Result<HostCert> {
+/// This host's certificate, checked against the trusted CAs and against the host's own key.
+pub fn load_host_cert(path: &Path, trust: &TrustBundle, own_key: Option<&str>) -> Result<HostCert> {
     let cert: HostCert = load(path)?;
-    cert.verify(ca, now_unix())
+    trust
+        .verify(&cert, now_unix())
         .map_err(|e| Error::InvalidConfig(format!("host certificate {}: {e}", path.display())))?;
     if let Some(own) = own_key.filter(|own| *own != cert.public_key) {
         return Err(Error::InvalidConfig(format!(
@@ -571,6 +639,36 @@ mod tests {
         }
         let (_, other) = CaKey::generate("net-ca").unwrap();
         assert!(list.verify(&other).is_err());
+    }
+
+    #[test]
+    fn a_bundle_trusts_each_of_its_cas_and_no_other() {
+        let (old_key, old) = CaKey::generate("net-ca").unwrap();
+        let (new_key, new) = CaKey::generate("net-ca-2").unwrap();
+        let (_, same_name) = CaKey::generate("net-ca").unwrap();
+        assert!(TrustBundle::new(vec![old.clone(), same_name]).is_err());
+        assert!(TrustBundle::new(Vec::new()).is_err());
+        let both = TrustBundle::new(vec![old.clone(), new]).unwrap();
+        let grant = || grant(&["10.0.0.0/24"], &[("web", 7)], u64::MAX);
+        let by_old = old_key.sign("a", &host_key(1), grant()).unwrap();
+        let by_new = new_key.sign("b", &host_key(2), grant()).unwrap();
+        assert_eq!(both.verify(&by_old, 0), Ok(()));
+        assert_eq!(both.verify(&by_new, 0), Ok(()));
+        let only_old = TrustBundle::from(old);
+        assert!(only_old
+            .verify(&by_new, 0)
+            .unwrap_err()
+            .contains("net-ca-2"));
+        let list = new_key.sign_revocations(1, vec![host_key(1)]).unwrap();
+        assert_eq!(both.verify_revocations(&list), Ok(()));
+        assert!(only_old.verify_revocations(&list).is_err());
+        // A file holds one CA or an array of them.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ca.crt");
+        std::fs::write(&file, serde_json::to_vec(both.cas()).unwrap()).unwrap();
+        assert_eq!(TrustBundle::load(&file).unwrap(), both);
+        std::fs::write(&file, serde_json::to_vec(&both.cas()[0]).unwrap()).unwrap();
+        assert_eq!(TrustBundle::load(&file).unwrap(), only_old);
     }
 
     #[test]

@@ -399,10 +399,10 @@ fn check_etcd_lighthouse(etcd: &EtcdSettings, state_dir: &StateDir) -> Result<St
         std::fs::File::open(file).map_err(|e| format!("etcd TLS file {}: {e}", file.display()))?;
     }
     let own = std::fs::read_to_string(state_dir.host_pub()).ok();
-    let ca: flatnet::cert::CaCert =
-        flatnet::cert::load(&etcd.network_ca_file).map_err(|e| e.to_string())?;
+    let trust =
+        flatnet::cert::TrustBundle::load(&etcd.network_ca_file).map_err(|e| e.to_string())?;
     let host =
-        flatnet::cert::load_host_cert(&etcd.host_cert_file, &ca, own.as_deref().map(str::trim))
+        flatnet::cert::load_host_cert(&etcd.host_cert_file, &trust, own.as_deref().map(str::trim))
             .map_err(|e| e.to_string())?;
     let endpoints = etcd.endpoints.join(",");
     if !control::is_running(state_dir) {

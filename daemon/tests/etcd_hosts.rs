@@ -643,7 +643,7 @@ fn a_revoked_key_is_dropped_by_every_host_within_two_seconds() {
     );
     let list = std::fs::read_to_string(ca_dir.join("revocations.json")).unwrap();
     let etcd = cluster.etcd();
-    let by_host = etcd.etcdctl_as(0, &["put", "/flatnet/v1/revocations", &list]);
+    let by_host = etcd.etcdctl_as(0, &["put", "/flatnet/v1/revocations/test-network", &list]);
     assert!(
         String::from_utf8_lossy(&by_host.stderr).contains("permission denied"),
         "a host put the revocation list"
@@ -651,7 +651,7 @@ fn a_revoked_key_is_dropped_by_every_host_within_two_seconds() {
     let published = Instant::now();
     let put = etcd.etcdctl(
         &etcd.endpoints(),
-        &["put", "/flatnet/v1/revocations", &list],
+        &["put", "/flatnet/v1/revocations/test-network", &list],
     );
     assert!(
         put.status.success(),
@@ -669,6 +669,67 @@ fn a_revoked_key_is_dropped_by_every_host_within_two_seconds() {
     );
     assert!(!cluster.ping(a, c, 1), "the revoked host is still reached");
     assert!(cluster.ping(a, b, 1), "the others still talk");
+}
+
+/// A CA rotation half done: every host trusts a bundle of the old and the new CA, host 0 is
+/// still signed by the old one, host 1 already by the new one (which carried the network's
+/// identifier over), and they talk. A host that trusts only the old CA does not believe host 1.
+#[test]
+fn hosts_signed_by_either_ca_of_a_bundle_talk_during_a_rotation() {
+    needs_root!();
+    let mut cluster = Cluster::with_etcd(2, 1);
+    let old = cluster.network_ca.as_ref().unwrap().path().to_path_buf();
+    let dir = tempfile::tempdir().unwrap();
+    let (new, bundle) = (dir.path().join("new"), dir.path().join("bundle.crt"));
+    let tool = |args: &[&std::ffi::OsStr]| {
+        let out = std::process::Command::new(cert_binary())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let os = |s: &'static str| std::ffi::OsStr::new(s);
+    tool(&[
+        os("ca"),
+        os("--name"),
+        os("test-network-2"),
+        os("--out-dir"),
+        new.as_os_str(),
+        os("--replacing"),
+        old.as_os_str(),
+    ]);
+    let (old_crt, new_crt) = (old.join("ca.crt"), new.join("ca.crt"));
+    tool(&[
+        os("bundle"),
+        os("--out"),
+        bundle.as_os_str(),
+        old_crt.as_os_str(),
+        new_crt.as_os_str(),
+    ]);
+    for host in 0..2 {
+        cluster.hosts[host].network_ca = Some(bundle.clone());
+    }
+    cluster.grant_by(1, &new);
+    let (a, b) = (cluster.attach(0), cluster.attach(1));
+    wait_routes(&cluster, &[0, 1], 4);
+    assert!(cluster.ping(a, b, 2) && cluster.ping(b, a, 2));
+    assert_eq!(network_tag(&cluster, 0), network_tag(&cluster, 1));
+
+    let only_old = cluster.add_host();
+    cluster.grant(only_old);
+    let c = cluster.attach(only_old);
+    wait_until(Duration::from_secs(5), "host 1's entries refused", || {
+        refused(&cluster, only_old) == 2
+    });
+    assert!(cluster.ping(c, a, 1), "old CA to old CA");
+    assert!(
+        !cluster.ping(c, b, 1),
+        "a host signed by a CA it does not trust"
+    );
 }
 
 fn flatnetd_status_text(cluster: &Cluster, host: usize) -> String {

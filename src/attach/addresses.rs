@@ -66,10 +66,9 @@ pub fn address_pool(config: &FlatnetConfig) -> std::result::Result<Vec<Ipv4Net>,
     let LighthouseSettings::Etcd(etcd) = &config.lighthouse else {
         return Ok(vec![config.subnet]);
     };
-    let ca: crate::cert::CaCert =
-        crate::cert::load(&etcd.network_ca_file).map_err(|e| e.to_string())?;
-    let host =
-        crate::cert::load_host_cert(&etcd.host_cert_file, &ca, None).map_err(|e| e.to_string())?;
+    let trust = crate::cert::TrustBundle::load(&etcd.network_ca_file).map_err(|e| e.to_string())?;
+    let host = crate::cert::load_host_cert(&etcd.host_cert_file, &trust, None)
+        .map_err(|e| e.to_string())?;
     if host.network_id(&config.network).is_none() {
         return Err(format!(
             "host certificate {} ({}) does not name network {}: the network CA must sign it \

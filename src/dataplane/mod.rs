@@ -42,7 +42,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::attachment;
-use crate::cert::{self, CaCert};
+use crate::cert::{self, TrustBundle};
 use crate::control::settings::{DaemonConfig, MetricsAddress, SameHost, MAX_WORKERS};
 use crate::control::status::{DaemonStatus, FastPathStats, MemberStatus, PollStatus};
 use crate::control::{DataPlaneRequest, Refusal, Reply, Response, PROTOCOL_VERSION};
@@ -214,7 +214,7 @@ const FIRST_READ: Duration = Duration::from_secs(3);
 /// (etcd; none for a file lighthouse, which every host shares and trusts as it is).
 struct Identity {
     name: String,
-    trust: Option<CaCert>,
+    trust: Option<TrustBundle>,
     /// When the host's own certificate is void (etcd).
     not_after: Option<u64>,
 }
@@ -237,14 +237,15 @@ fn open_lighthouse(
             Ok((Arc::new(FileLighthouse::new(path.clone())), identity))
         }
         LighthouseSettings::Etcd(settings) => {
-            let ca: CaCert = cert::load(&settings.network_ca_file)?;
-            let own = cert::load_host_cert(&settings.host_cert_file, &ca, Some(&host.public_key))?;
+            let trust = TrustBundle::load(&settings.network_ca_file)?;
+            let own =
+                cert::load_host_cert(&settings.host_cert_file, &trust, Some(&host.public_key))?;
             if let Some(warning) = cert::expiry_warning(own.not_after, cert::now_unix()) {
                 tracing::warn!("{warning}");
             }
             let identity = Identity {
                 name: own.name.clone(),
-                trust: Some(ca),
+                trust: Some(trust),
                 not_after: Some(own.not_after),
             };
             let etcd = EtcdLighthouse::connect(settings, own)?;

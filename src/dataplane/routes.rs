@@ -5,7 +5,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
 
-use crate::cert::{CaCert, HostCert, RevocationList};
+use crate::cert::{HostCert, RevocationList, TrustBundle};
 use crate::lighthouse::{Change, Entry, NetworkId, Published};
 use crate::tunnel::{decode_key, PublicKey};
 
@@ -27,7 +27,7 @@ type Address = (u32, Ipv4Addr);
 pub struct RouteTable {
     /// The network CA: with one, an entry counts only if the certificate of the host that
     /// published it verifies, names the entry's key and grants its address.
-    trust: Option<CaCert>,
+    trust: Option<TrustBundle>,
     /// Every published entry, by host and address.
     published: HashMap<(String, Address), Entry>,
     /// The network id each (host, network name, address) is published under: what a delete,
@@ -55,15 +55,15 @@ pub struct RouteTable {
     local: HashMap<NetworkId, String>,
     /// Keys whose last route went: their tunnels are to be closed (if still unlisted then).
     delisted: Vec<PublicKey>,
-    /// The newest revocation list the CA signed that reached us.
-    revocations: Option<RevocationList>,
+    /// The newest revocation list of each trusted CA that reached us, by CA name.
+    revocations: HashMap<String, RevocationList>,
 }
 
 impl RouteTable {
     /// A table that believes only what the network CA's certificates vouch for.
-    pub fn trusting(ca: CaCert) -> Self {
+    pub fn trusting(trust: impl Into<TrustBundle>) -> Self {
         RouteTable {
-            trust: Some(ca),
+            trust: Some(trust.into()),
             ..Default::default()
         }
     }
@@ -147,7 +147,7 @@ impl RouteTable {
                 *self = RouteTable {
                     trust: self.trust.take(),
                     local: std::mem::take(&mut self.local),
-                    revocations: self.revocations.take(),
+                    revocations: std::mem::take(&mut self.revocations),
                     delisted,
                     ..Default::default()
                 };
@@ -172,16 +172,16 @@ impl RouteTable {
     /// Takes a revocation list the CA signed if it is newer than the one held; every host is
     /// looked at again, so a revoked key loses its routes at once.
     fn put_revocations(&mut self, list: RevocationList) {
-        let Some(ca) = &self.trust else {
+        let Some(trust) = &self.trust else {
             return;
         };
-        if let Err(why) = list.verify(ca) {
+        if let Err(why) = trust.verify_revocations(&list) {
             tracing::warn!("a revocation list is not believed: {why}");
             return;
         }
         if self
             .revocations
-            .as_ref()
+            .get(&list.issuer)
             .is_some_and(|held| held.serial >= list.serial)
         {
             return;
@@ -192,7 +192,7 @@ impl RouteTable {
             list.issuer,
             list.revoked.len()
         );
-        self.revocations = Some(list);
+        self.revocations.insert(list.issuer.clone(), list);
         let hosts: Vec<String> = self.by_host.keys().cloned().collect();
         for host in hosts {
             self.settle_host(&host);
@@ -201,8 +201,8 @@ impl RouteTable {
 
     fn is_revoked(&self, public_key: &str) -> bool {
         self.revocations
-            .as_ref()
-            .is_some_and(|list| list.revokes(public_key))
+            .values()
+            .any(|list| list.revokes(public_key))
     }
 
     /// Adds or replaces a host's entry for an address.
@@ -260,7 +260,7 @@ impl RouteTable {
     fn put_cert(&mut self, cert: HostCert) {
         let host = cert.name.clone();
         let verdict = match &self.trust {
-            Some(ca) => cert.verify(ca, crate::cert::now_unix()),
+            Some(trust) => trust.verify(&cert, crate::cert::now_unix()),
             None => Ok(()),
         };
         match verdict {

@@ -37,8 +37,9 @@ use crate::error::{Error, Result};
 /// Everything Flatnet keeps in etcd; what a daemon follows.
 const ROOT: &str = "/flatnet/v1/";
 const PREFIX: &str = "/flatnet/v1/hosts/";
-/// The network CA's revocation list, put there by the operator (hosts may only read it).
-const REVOCATIONS: &str = "/flatnet/v1/revocations";
+/// Each network CA's revocation list, under the CA's name, put there by the operator (hosts
+/// may only read it).
+const REVOCATIONS: &str = "/flatnet/v1/revocations/";
 /// Longest one etcd call may take. A call that lands on a member in the middle of a leader
 /// election can hang until then; it is tried again (on whichever member answers) within
 /// [`CALL_BUDGET`].
@@ -500,16 +501,16 @@ impl Watcher {
         let all = self.client.get(ROOT, Some(GetOptions::new().with_prefix()));
         let snapshot = bounded("reading the entries", all).await?;
         let revision = snapshot.header().map_or(0, |h| h.revision());
-        let (mut certs, mut entries, mut revocations) = (Vec::new(), Vec::new(), None);
+        let (mut certs, mut entries, mut revocations) = (Vec::new(), Vec::new(), Vec::new());
         for stored in snapshot.kvs().iter().filter_map(parse_kv) {
             match stored {
                 Stored::Cert(cert) => certs.push(cert),
                 Stored::Entry(published) => entries.push(published),
-                Stored::Revocations(list) => revocations = Some(list),
+                Stored::Revocations(list) => revocations.push(list),
             }
         }
         let mut first = vec![Change::Reset { certs, entries }];
-        first.extend(revocations.map(Change::Revocations));
+        first.extend(revocations.into_iter().map(Change::Revocations));
         if self.changes.send(first).is_err() {
             return Ok(());
         }
@@ -630,7 +631,7 @@ fn change_of(event: &etcd_client::Event) -> Option<Change> {
             Stored::Revocations(list) => Some(Change::Revocations(list)),
         },
         // A list taken away revokes nothing less: only a newer list lifts a revocation.
-        (EventType::Delete, Key::Revocations) => None,
+        (EventType::Delete, Key::Revocations { .. }) => None,
         (EventType::Delete, Key::Cert { host }) => Some(Change::CertGone { host }),
         (EventType::Delete, Key::Entry { host, network, ip }) => {
             Some(Change::Delete { host, network, ip })
@@ -694,7 +695,9 @@ fn cert_key(host: &str) -> String {
 /// What a key under the prefix names.
 #[derive(Debug, PartialEq)]
 enum Key {
-    Revocations,
+    Revocations {
+        issuer: String,
+    },
     Cert {
         host: String,
     },
@@ -707,8 +710,10 @@ enum Key {
 
 fn parse_key(key: &[u8]) -> Option<Key> {
     let key = std::str::from_utf8(key).ok()?;
-    if key == REVOCATIONS {
-        return Some(Key::Revocations);
+    if let Some(issuer) = key.strip_prefix(REVOCATIONS) {
+        return Some(Key::Revocations {
+            issuer: issuer.to_string(),
+        });
     }
     let rest = key.strip_prefix(PREFIX)?;
     let (host, rest) = rest.split_once('/')?;
@@ -739,9 +744,10 @@ fn parse_kv(kv: &KeyValue) -> Option<Stored> {
             (cert.name == host).then_some(Stored::Cert(cert))
         }
         Key::Entry { .. } => parse_entry(kv).map(Stored::Entry),
-        Key::Revocations => serde_json::from_slice(kv.value())
-            .ok()
-            .map(Stored::Revocations),
+        Key::Revocations { issuer } => {
+            let list: RevocationList = serde_json::from_slice(kv.value()).ok()?;
+            (list.issuer == issuer).then_some(Stored::Revocations(list))
+        }
     }
 }
 
@@ -811,7 +817,12 @@ mod tests {
         );
         assert_eq!(parse_key(b"/flatnet/v1/hosts/a/other"), None);
         assert_eq!(parse_key(b"/other/a/cert"), None);
-        assert_eq!(parse_key(REVOCATIONS.as_bytes()), Some(Key::Revocations));
+        assert_eq!(
+            parse_key(b"/flatnet/v1/revocations/net-ca"),
+            Some(Key::Revocations {
+                issuer: "net-ca".into()
+            })
+        );
         assert_eq!(parse_key(b"/flatnet/v1/networks/net-a"), None);
     }
 }

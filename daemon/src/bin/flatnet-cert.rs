@@ -37,6 +37,18 @@ enum Cmd {
         name: String,
         #[arg(long, value_name = "DIR")]
         out_dir: PathBuf,
+        /// The CA this one replaces: its network identifiers and its record of issued
+        /// certificates carry over, so networks keep their identifiers and blocks stay disjoint.
+        #[arg(long, value_name = "OLD_DIR")]
+        replacing: Option<PathBuf>,
+    },
+    /// Write the trust bundle for a CA rotation: every CA certificate given, as one file to
+    /// install as each host's network CA file (names must differ).
+    Bundle {
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        #[arg(required = true, value_name = "CA_CRT")]
+        cas: Vec<PathBuf>,
     },
     /// Grant a host's key address blocks on networks; refuses blocks that overlap another
     /// host's.
@@ -73,7 +85,7 @@ enum Cmd {
         out: Option<PathBuf>,
     },
     /// Revoke a host's key: sign a new revocation list, DIR/revocations.json, to publish
-    /// (etcdctl put /flatnet/v1/revocations < DIR/revocations.json).
+    /// (etcdctl put /flatnet/v1/revocations/CA_NAME "$(cat DIR/revocations.json)").
     #[command(group = clap::ArgGroup::new("whom").required(true))]
     Revoke {
         #[arg(long, value_name = "DIR")]
@@ -109,7 +121,12 @@ fn write_manual(dir: &Path) -> flatnet::Result<()> {
 
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
-        Cmd::Ca { name, out_dir } => make_ca(&name, &out_dir),
+        Cmd::Ca {
+            name,
+            out_dir,
+            replacing,
+        } => make_ca(&name, &out_dir, replacing.as_deref()),
+        Cmd::Bundle { out, cas } => bundle(&out, &cas),
         Cmd::Sign {
             ca_dir,
             name,
@@ -151,8 +168,16 @@ fn main() -> ExitCode {
     }
 }
 
-fn make_ca(name: &str, dir: &Path) -> flatnet::Result<()> {
+fn make_ca(name: &str, dir: &Path, replacing: Option<&Path>) -> flatnet::Result<()> {
     let (key, cert) = CaKey::generate(name)?;
+    if let Some(old) = replacing {
+        let old_ca: CaCert = cert::load(&old.join("ca.crt"))?;
+        if old_ca.name == name {
+            return Err(flatnet::Error::InvalidRequest(format!(
+                "the new CA needs a name other than {name:?}: hosts trust both for a while"
+            )));
+        }
+    }
     flatnet::state::create_private_dir(dir)?;
     let key_path = dir.join("ca.key");
     let written = flatnet::state::create_exclusive(&key_path, &to_json(&key))?;
@@ -163,7 +188,42 @@ fn make_ca(name: &str, dir: &Path) -> flatnet::Result<()> {
         )));
     }
     write_public(&dir.join("ca.crt"), &to_json(&cert))?;
+    if let Some(old) = replacing {
+        carry_over(old, dir)?;
+    }
     println!("{}", dir.join("ca.crt").display());
+    Ok(())
+}
+
+/// What a replacing CA takes from the old one: network identifiers and issued certificates.
+fn carry_over(old: &Path, new: &Path) -> flatnet::Result<()> {
+    let io = |path: &Path| {
+        let path = path.display().to_string();
+        move |e: std::io::Error| flatnet::Error::InvalidConfig(format!("{path}: {e}"))
+    };
+    let registry = old.join("networks.json");
+    if registry.exists() {
+        std::fs::copy(&registry, new.join("networks.json")).map_err(io(&registry))?;
+    }
+    let issued = new.join("issued");
+    flatnet::state::create_private_dir(&issued)?;
+    if let Ok(entries) = std::fs::read_dir(old.join("issued")) {
+        for entry in entries.flatten() {
+            std::fs::copy(entry.path(), issued.join(entry.file_name()))
+                .map_err(io(&entry.path()))?;
+        }
+    }
+    Ok(())
+}
+
+fn bundle(out: &Path, cas: &[PathBuf]) -> flatnet::Result<()> {
+    let cas = cas
+        .iter()
+        .map(|path| cert::load::<CaCert>(path))
+        .collect::<flatnet::Result<Vec<_>>>()?;
+    let bundle = cert::TrustBundle::new(cas)?;
+    write_public(out, &to_json(&bundle.cas()))?;
+    println!("{}", out.display());
     Ok(())
 }
 
@@ -293,9 +353,10 @@ fn overlap(a: &Ipv4Net, b: &Ipv4Net) -> bool {
 }
 
 fn verify(ca: &Path, host: &Path) -> flatnet::Result<()> {
-    let ca: CaCert = cert::load(ca)?;
+    let trust = cert::TrustBundle::load(ca)?;
     let host: HostCert = cert::load(host)?;
-    host.verify(&ca, cert::now_unix())
+    trust
+        .verify(&host, cert::now_unix())
         .map_err(|e| flatnet::Error::InvalidConfig(format!("{}: {e}", host.name)))?;
     let blocks: Vec<String> = host.blocks.iter().map(ToString::to_string).collect();
     let mut networks: Vec<String> = host.networks.iter().map(|n| n.name.clone()).collect();
