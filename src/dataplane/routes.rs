@@ -23,6 +23,11 @@ struct Known {
 
 type Address = (u32, Ipv4Addr);
 
+/// DNS names one entry may give its address (a container's name and aliases).
+const MAX_NAMES: usize = 32;
+/// The longest name DNS carries.
+const MAX_NAME_LEN: usize = 253;
+
 #[derive(Default)]
 pub struct RouteTable {
     /// The network CA: with one, an entry counts only if the certificate of the host that
@@ -45,9 +50,9 @@ pub struct RouteTable {
     routes: HashMap<Address, Known>,
     /// Host key -> how many addresses it serves: only listed hosts may open tunnels.
     keys: HashMap<PublicKey, usize>,
-    /// Host endpoint -> its key and how many addresses name that pair, so that a datagram
-    /// for an unknown session is matched in O(1).
-    by_endpoint: HashMap<SocketAddr, (PublicKey, usize)>,
+    /// Host endpoint -> the keys routes name with it, and how many addresses each, so that a
+    /// datagram for an unknown session is matched in O(1).
+    by_endpoint: HashMap<SocketAddr, HashMap<PublicKey, usize>>,
     /// Network id -> DNS name -> addresses (a shared alias may name several containers).
     names: HashMap<u32, HashMap<String, Vec<Ipv4Addr>>>,
     /// The networks this host serves, by identifier: an entry that carries one of these
@@ -82,9 +87,16 @@ impl RouteTable {
         self.keys.contains_key(key)
     }
 
-    /// The key of the host whose endpoint this is.
+    /// The key of the host whose endpoint this is, if only one key claims it: a host that
+    /// publishes another host's endpoint with its own key (certified for its own addresses)
+    /// must not be handed that host's traffic. A host restarted with a new key has its old
+    /// entries replaced (the lighthouse says it moved), and the endpoint is one key's again.
     pub fn key_at(&self, endpoint: SocketAddr) -> Option<PublicKey> {
-        self.by_endpoint.get(&endpoint).map(|(key, _)| *key)
+        let keys = self.by_endpoint.get(&endpoint)?;
+        match keys.len() {
+            1 => keys.keys().next().copied(),
+            _ => None,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -205,9 +217,12 @@ impl RouteTable {
             .any(|list| list.revokes(public_key))
     }
 
-    /// Adds or replaces a host's entry for an address.
+    /// Adds or replaces a host's entry for an address. Its names are bounded (a host could
+    /// publish any number, of any length): the first [`MAX_NAMES`] that DNS can carry count.
     pub fn put(&mut self, published: Published) {
-        let Published { host, entry } = published;
+        let Published { host, mut entry } = published;
+        entry.names.retain(|name| name.len() <= MAX_NAME_LEN);
+        entry.names.truncate(MAX_NAMES);
         let address = (entry.wire_network_id(), entry.ip);
         let named = (host.clone(), entry.network.clone(), entry.ip);
         if let Some(old) = self.network_ids.insert(named, address.0) {
@@ -340,14 +355,12 @@ impl RouteTable {
             key,
         };
         *self.keys.entry(key).or_default() += 1;
-        self.by_endpoint
+        *self
+            .by_endpoint
             .entry(route.endpoint)
-            .and_modify(|(k, n)| {
-                // The newest claim on an endpoint wins (a host restarted with a new key).
-                *k = key;
-                *n += 1;
-            })
-            .or_insert((key, 1));
+            .or_default()
+            .entry(key)
+            .or_default() += 1;
         let names = self.names.entry(address.0).or_default();
         for name in &entry.names {
             names.entry(name.clone()).or_default().push(address.1);
@@ -371,9 +384,14 @@ impl RouteTable {
                 self.delisted.push(key);
             }
         }
-        if let Some((_, n)) = self.by_endpoint.get_mut(&endpoint) {
-            *n -= 1;
-            if *n == 0 {
+        if let Some(keys) = self.by_endpoint.get_mut(&endpoint) {
+            if let Some(n) = keys.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    keys.remove(&key);
+                }
+            }
+            if keys.is_empty() {
                 self.by_endpoint.remove(&endpoint);
             }
         }
@@ -652,5 +670,43 @@ mod tests {
         let lifted = ca_key.sign_revocations(3, Vec::new()).unwrap();
         table.apply(Change::Revocations(lifted));
         assert!(table.is_listed(&[2; 32]));
+    }
+
+    #[test]
+    fn an_endpoint_claimed_by_two_keys_belongs_to_neither_until_one_leaves() {
+        let (ca_key, ca) = CaKey::generate("ca").unwrap();
+        let mut table = RouteTable::trusting(ca);
+        for (name, host, block) in [("b", 2, "10.0.1.0/24"), ("c", 3, "10.0.2.0/24")] {
+            let cert = ca_key
+                .sign(name, &encode_key(&[host; 32]), on_n(block))
+                .unwrap();
+            table.apply(Change::Cert(cert));
+        }
+        let b_endpoint = SocketAddr::from(([192, 0, 2, 2], 4800));
+        table.apply(Change::Put(by("b", entry("10.0.1.2", 2, &[]))));
+        assert_eq!(table.key_at(b_endpoint), Some([2; 32]));
+        // C, certified for its own block, names B's endpoint with its own key.
+        let mut squat = entry("10.0.2.2", 3, &[]);
+        squat.host.endpoint = b_endpoint;
+        table.apply(Change::Put(by("c", squat)));
+        assert_eq!(table.key_at(b_endpoint), None);
+        table.apply(delete("c", "10.0.2.2"));
+        assert_eq!(table.key_at(b_endpoint), Some([2; 32]));
+    }
+
+    #[test]
+    fn an_entry_counts_with_a_bounded_number_of_names() {
+        let mut table = RouteTable::default();
+        let many: Vec<String> = (0..100).map(|i| format!("name-{i}")).collect();
+        let long = "x".repeat(MAX_NAME_LEN + 1);
+        let mut names: Vec<&str> = vec![long.as_str()];
+        names.extend(many.iter().map(String::as_str));
+        table.apply(Change::Put(anonymous(entry("10.0.0.2", 1, &names))));
+        assert_eq!(table.addresses_of(1, &long), None);
+        assert!(table.addresses_of(1, "name-0").is_some());
+        assert!(table
+            .addresses_of(1, &format!("name-{}", MAX_NAMES - 1))
+            .is_some());
+        assert_eq!(table.addresses_of(1, &format!("name-{MAX_NAMES}")), None);
     }
 }
