@@ -9,8 +9,8 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::lighthouse::{network_id, NetworkId};
 use crate::netns::NetnsId;
+use crate::network_id::{self, NetworkId};
 use crate::portmap::PortMapping;
 use crate::state::{
     check_name, create_private_dir, list_dir, read_if_exists, write_atomic, NetworkDirs, StateDir,

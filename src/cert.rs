@@ -20,7 +20,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::lighthouse::network_id::{self, NetworkId};
+use crate::network_id::{self, NetworkId};
 use crate::state::check_name;
 use crate::tunnel::decode_key;
 

@@ -153,7 +153,7 @@ pub fn firewall_table(config: &FlatnetConfig) -> String {
 }
 
 fn host_hash(config: &FlatnetConfig, suffix: &str) -> u32 {
-    crate::lighthouse::network_id::fnv1a(&format!("{}/{suffix}", config.endpoint))
+    crate::network_id::fnv1a(&format!("{}/{suffix}", config.endpoint))
 }
 
 fn single(ip: Ipv4Addr) -> Ipv4Net {

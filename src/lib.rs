@@ -30,6 +30,7 @@ pub mod logging;
 pub mod manual;
 pub mod metrics;
 pub mod netns;
+pub mod network_id;
 pub mod portmap;
 pub mod state;
 pub mod tun;

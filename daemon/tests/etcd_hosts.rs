@@ -631,16 +631,13 @@ fn a_revoked_key_is_dropped_by_every_host_within_two_seconds() {
         .unwrap()
         .to_string();
     let ca_dir = cluster.network_ca.as_ref().unwrap().path();
-    let out = std::process::Command::new(cert_binary())
-        .args(["revoke", "--name", "host-2", "--ca-dir"])
-        .arg(ca_dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    flatnet_cert(&[
+        "revoke".as_ref(),
+        "--name".as_ref(),
+        "host-2".as_ref(),
+        "--ca-dir".as_ref(),
+        ca_dir.as_os_str(),
+    ]);
     let list = std::fs::read_to_string(ca_dir.join("revocations.json")).unwrap();
     let etcd = cluster.etcd();
     let by_host = etcd.etcdctl_as(0, &["put", "/flatnet/v1/revocations/test-network", &list]);
@@ -681,19 +678,8 @@ fn hosts_signed_by_either_ca_of_a_bundle_talk_during_a_rotation() {
     let old = cluster.network_ca.as_ref().unwrap().path().to_path_buf();
     let dir = tempfile::tempdir().unwrap();
     let (new, bundle) = (dir.path().join("new"), dir.path().join("bundle.crt"));
-    let tool = |args: &[&std::ffi::OsStr]| {
-        let out = std::process::Command::new(cert_binary())
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
     let os = |s: &'static str| std::ffi::OsStr::new(s);
-    tool(&[
+    flatnet_cert(&[
         os("ca"),
         os("--name"),
         os("test-network-2"),
@@ -703,7 +689,7 @@ fn hosts_signed_by_either_ca_of_a_bundle_talk_during_a_rotation() {
         old.as_os_str(),
     ]);
     let (old_crt, new_crt) = (old.join("ca.crt"), new.join("ca.crt"));
-    tool(&[
+    flatnet_cert(&[
         os("bundle"),
         os("--out"),
         bundle.as_os_str(),
@@ -732,6 +718,19 @@ fn hosts_signed_by_either_ca_of_a_bundle_talk_during_a_rotation() {
     );
 }
 
+/// `flatnet-cert ARGS`, which must succeed.
+fn flatnet_cert(args: &[&std::ffi::OsStr]) {
+    let out = std::process::Command::new(cert_binary())
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn flatnetd_status_text(cluster: &Cluster, host: usize) -> String {
     let out = std::process::Command::new(DAEMON)
         .arg("--state-dir")
@@ -751,7 +750,7 @@ fn network_tag(cluster: &Cluster, host: usize) -> u32 {
 #[test]
 fn colliding_network_names_get_identifiers_of_their_own_from_the_ca() {
     needs_root!();
-    let (a, b) = flatnet::lighthouse::network_id::colliding_names("net-");
+    let (a, b) = flatnet::network_id::colliding_names("net-");
     let mut cluster = Cluster::with_etcd(2, 1);
     cluster.also_certified = vec![a.clone(), b.clone()];
     cluster.grant(0);
@@ -777,7 +776,7 @@ fn colliding_network_names_get_identifiers_of_their_own_from_the_ca() {
         registry[&a].as_u64().unwrap(),
         registry[&b].as_u64().unwrap(),
     );
-    assert_eq!(id_a, u64::from(flatnet::lighthouse::network_id::fnv1a(&a)));
+    assert_eq!(id_a, u64::from(flatnet::network_id::fnv1a(&a)));
     assert_ne!(id_a, id_b);
     // Each data plane tags its network with the identifier its certificate gives.
     let shown = |host: usize| u64::from(network_tag(&cluster, host));

@@ -54,7 +54,7 @@ fn two_then_three_hosts_reach_each_other() {
 #[test]
 fn networks_whose_names_collide_in_a_32_bit_hash_stay_apart() {
     needs_root!();
-    let (a, b) = flatnet::lighthouse::network_id::colliding_names("net-");
+    let (a, b) = flatnet::network_id::colliding_names("net-");
     let mut cluster = Cluster::new(4);
     let at = |last: u8| Ipv4Addr::new(198, 51, 100, last);
     cluster.network = a.clone();

@@ -593,8 +593,8 @@ mod tests {
         any.any_network = true;
         let w = ca_key.sign("w", &encode_key(&[5; 32]), any).unwrap();
         table.apply(Change::Cert(w));
-        let (served, impostor) = crate::lighthouse::network_id::colliding_names("net-");
-        let hash = crate::lighthouse::network_id::derived(&served);
+        let (served, impostor) = crate::network_id::colliding_names("net-");
+        let hash = crate::network_id::derived(&served);
         table.serve_network(hash, &served);
         let mut e = entry("10.0.4.2", 5, &[]);
         e.network = impostor;
@@ -630,8 +630,9 @@ mod tests {
         assert!(table.take_delisted().is_empty());
     }
 
-    #[test]
-    fn a_revoked_key_loses_its_routes_and_an_older_list_does_not_bring_them_back() {
+    /// A table trusting a new CA that certified hosts b (key 2, 10.0.1.0/24) and c (key 3,
+    /// 10.0.2.0/24) on "n".
+    fn hosts_b_and_c() -> (CaKey, RouteTable) {
         let (ca_key, ca) = CaKey::generate("ca").unwrap();
         let mut table = RouteTable::trusting(ca);
         for (name, host, block) in [("b", 2, "10.0.1.0/24"), ("c", 3, "10.0.2.0/24")] {
@@ -640,6 +641,12 @@ mod tests {
                 .unwrap();
             table.apply(Change::Cert(cert));
         }
+        (ca_key, table)
+    }
+
+    #[test]
+    fn a_revoked_key_loses_its_routes_and_an_older_list_does_not_bring_them_back() {
+        let (ca_key, mut table) = hosts_b_and_c();
         table.apply(Change::Put(by("b", entry("10.0.1.2", 2, &[]))));
         table.apply(Change::Put(by("c", entry("10.0.2.2", 3, &[]))));
         assert_eq!(table.len(), 2);
@@ -674,14 +681,7 @@ mod tests {
 
     #[test]
     fn an_endpoint_claimed_by_two_keys_belongs_to_neither_until_one_leaves() {
-        let (ca_key, ca) = CaKey::generate("ca").unwrap();
-        let mut table = RouteTable::trusting(ca);
-        for (name, host, block) in [("b", 2, "10.0.1.0/24"), ("c", 3, "10.0.2.0/24")] {
-            let cert = ca_key
-                .sign(name, &encode_key(&[host; 32]), on_n(block))
-                .unwrap();
-            table.apply(Change::Cert(cert));
-        }
+        let (_, mut table) = hosts_b_and_c();
         let b_endpoint = SocketAddr::from(([192, 0, 2, 2], 4800));
         table.apply(Change::Put(by("b", entry("10.0.1.2", 2, &[]))));
         assert_eq!(table.key_at(b_endpoint), Some([2; 32]));

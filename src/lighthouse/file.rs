@@ -15,8 +15,9 @@ use std::time::Duration;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 
-use super::{network_id, Change, Entry, Feed, FeedHealth, Lighthouse, NetworkId, Published};
+use super::{Change, Entry, Feed, FeedHealth, Lighthouse, NetworkId, Published};
 use crate::error::{Error, Result};
+use crate::network_id;
 use crate::state::{read_if_exists, remove_stale_temps, write_atomic, FileLock};
 
 const FORMAT_VERSION: u32 = 1;
@@ -31,7 +32,7 @@ struct Document {
     version: u32,
     /// network -> Flatnet IP -> entry
     networks: BTreeMap<String, BTreeMap<Ipv4Addr, Entry>>,
-    /// network -> its identifier, allotted once and kept (see [`super::network_id`]).
+    /// network -> its identifier, allotted once and kept (see [`crate::network_id`]).
     #[serde(default)]
     network_ids: BTreeMap<String, NetworkId>,
 }

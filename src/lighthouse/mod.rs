@@ -12,7 +12,6 @@
 
 pub mod etcd;
 pub mod file;
-pub mod network_id;
 mod settings;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -22,9 +21,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::cert::{HostCert, RevocationList};
 use crate::error::Result;
+pub use crate::network_id::NetworkId;
 pub use etcd::EtcdLighthouse;
 pub use file::FileLighthouse;
-pub use network_id::NetworkId;
 pub use settings::{EtcdSettings, LighthouseInput, LighthouseSettings, DEFAULT_LEASE_TTL_S};
 
 /// The host side of an entry: where to send tunnelled packets and which key must answer.
@@ -54,7 +53,7 @@ pub struct Entry {
 impl Entry {
     /// The identifier the entry's packets carry on the wire.
     pub fn wire_network_id(&self) -> NetworkId {
-        network_id::or_legacy(self.network_id, &self.network)
+        crate::network_id::or_legacy(self.network_id, &self.network)
     }
 }
 

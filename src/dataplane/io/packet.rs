@@ -1,5 +1,5 @@
 //! What the data plane reads of an inner packet, and the size of the network id (the
-//! network's identifier, [`crate::lighthouse::network_id`]) that travels with it.
+//! network's identifier, [`crate::network_id`]) that travels with it.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
