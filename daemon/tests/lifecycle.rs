@@ -220,6 +220,17 @@ fn a_daemon_started_by_a_plugin_is_detached_from_it() {
         (pid, pid),
         "not a session leader of its own"
     );
+    // Its soft limit on open files is its hard one: a descriptor per queue and DNS query.
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let open_files: Vec<&str> = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .split_whitespace()
+        .skip(3)
+        .take(2)
+        .collect();
+    assert_eq!(open_files[0], open_files[1], "{limits}");
 }
 
 #[test]

@@ -162,6 +162,7 @@ pub fn run(config: DaemonConfig, ready: Option<File>) -> Result<()> {
     let settings = serde_json::to_vec_pretty(&config).expect("config serialises");
     write_atomic(&state.daemon_settings(), &settings)?;
 
+    raise_open_file_limit();
     let (tx, rx) = std::sync::mpsc::sync_channel(16);
     let wake = Arc::new(
         EventFd::from_flags(EfdFlags::EFD_NONBLOCK)
@@ -217,6 +218,19 @@ struct Identity {
     trust: Option<TrustBundle>,
     /// When the host's own certificate is void (etcd).
     not_after: Option<u64>,
+}
+
+/// A descriptor per container queue and per DNS query in flight: the soft limit on open files
+/// (1024 unless raised) is raised to the hard one, so that a busy host does not run out.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!("raising the open file limit to {hard}: {e}");
+            }
+        }
+    }
 }
 
 /// The daemon's lighthouse. With etcd, the host's certificate must be the network CA's and
