@@ -204,6 +204,18 @@ fn a_daemon_started_by_a_plugin_is_detached_from_it() {
     // Without systemd (here), the fallback: a process in a session of its own. Under
     // systemd-run --scope the same process (it execs flatnetd) would be just as detached.
     let mut cluster = Cluster::new(1);
+    // The plugin, and so the daemon, starts with a soft limit on open files below the hard
+    // one (as under a shell's defaults).
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct given.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        limit.rlim_cur = limit.rlim_cur.min(1024).min(limit.rlim_max / 2);
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+    }
     cluster.attach(0);
     let pid = cluster.daemon_pid(0);
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -231,6 +243,7 @@ fn a_daemon_started_by_a_plugin_is_detached_from_it() {
         .take(2)
         .collect();
     assert_eq!(open_files[0], open_files[1], "{limits}");
+    assert_ne!(open_files[0], limit.rlim_cur.to_string(), "{limits}");
 }
 
 #[test]
