@@ -199,9 +199,11 @@ impl Forwarder {
     pub fn receive(&mut self) -> Vec<Reply> {
         let mut events = [EpollEvent::empty(); 64];
         let mut replies = Vec::new();
-        loop {
+        // Bounded: a socket that stays ready (whatever the reason) cannot hold the packet
+        // thread; what is left is read on the next wake-up.
+        for _ in 0..MAX_PENDING / events.len() {
             let ready = match self.sockets.wait(&mut events, EpollTimeout::ZERO) {
-                Ok(0) | Err(_) => return replies,
+                Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
             for event in &events[..ready] {
@@ -210,6 +212,7 @@ impl Forwarder {
                 }
             }
         }
+        replies
     }
 
     /// The answer on a query's socket, if one there is its answer; anything else is read
