@@ -718,19 +718,6 @@ fn hosts_signed_by_either_ca_of_a_bundle_talk_during_a_rotation() {
     );
 }
 
-/// `flatnet-cert ARGS`, which must succeed.
-fn flatnet_cert(args: &[&std::ffi::OsStr]) {
-    let out = std::process::Command::new(cert_binary())
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn flatnetd_status_text(cluster: &Cluster, host: usize) -> String {
     let out = std::process::Command::new(DAEMON)
         .arg("--state-dir")

@@ -86,8 +86,9 @@ impl Daemon {
             device,
             stats: Default::default(),
         })?;
+        let subnet = record.address.trunc();
         self.routes
-            .serve_network(record.wire_network_id(), &record.network);
+            .serve_network(record.wire_network_id(), &record.network, subnet);
         self.serve_host_member(&record.network, record.wire_network_id());
         // Registered a moment ago by the plugin: known here before the feed brings it back.
         let own = self.own_entry(

@@ -5,6 +5,8 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
 
+use ipnet::Ipv4Net;
+
 use crate::cert::{HostCert, RevocationList, TrustBundle};
 use crate::lighthouse::{Change, Entry, NetworkId, Published};
 use crate::tunnel::{decode_key, PublicKey};
@@ -55,9 +57,10 @@ pub struct RouteTable {
     by_endpoint: HashMap<SocketAddr, HashMap<PublicKey, usize>>,
     /// Network id -> DNS name -> addresses (a shared alias may name several containers).
     names: HashMap<u32, HashMap<String, Vec<Ipv4Addr>>>,
-    /// The networks this host serves, by identifier: an entry that carries one of these
-    /// identifiers under another network's name is not believed, whoever vouches for it.
-    local: HashMap<NetworkId, String>,
+    /// The networks this host serves, by identifier, with their subnets: an entry that carries
+    /// one of these identifiers under another network's name, or for an address outside the
+    /// subnet, is not believed, whoever vouches for it (so no packet from there is delivered).
+    local: HashMap<NetworkId, (String, Ipv4Net)>,
     /// Keys whose last route went: their tunnels are to be closed (if still unlisted then).
     delisted: Vec<PublicKey>,
     /// The newest revocation list of each trusted CA that reached us, by CA name.
@@ -103,12 +106,13 @@ impl RouteTable {
         self.routes.len()
     }
 
-    /// Tells the table that this host serves `network` under `network_id`.
-    pub fn serve_network(&mut self, network_id: NetworkId, network: &str) {
-        if self.local.get(&network_id).map(String::as_str) == Some(network) {
+    /// Tells the table that this host serves `network`, with `subnet`, under `network_id`.
+    pub fn serve_network(&mut self, network_id: NetworkId, network: &str, subnet: Ipv4Net) {
+        let served = (network.to_string(), subnet);
+        if self.local.get(&network_id) == Some(&served) {
             return;
         }
-        self.local.insert(network_id, network.to_string());
+        self.local.insert(network_id, served);
         let tagged: Vec<Address> = self
             .claimants
             .keys()
@@ -332,7 +336,7 @@ impl RouteTable {
         if self
             .local
             .get(&network_id)
-            .is_some_and(|local| *local != entry.network)
+            .is_some_and(|(name, subnet)| *name != entry.network || !subnet.contains(&entry.ip))
         {
             return false;
         }
@@ -564,7 +568,7 @@ mod tests {
     fn an_entry_counts_only_on_a_network_its_certificate_names_with_its_identifier() {
         let (ca_key, ca) = CaKey::generate("ca").unwrap();
         let mut table = RouteTable::trusting(ca);
-        table.serve_network(1, "n");
+        table.serve_network(1, "n", "10.0.0.0/16".parse().unwrap());
         let c = ca_key
             .sign("c", &encode_key(&[3; 32]), on_n("10.0.2.0/24"))
             .unwrap();
@@ -585,6 +589,12 @@ mod tests {
         assert_eq!(table.addresses_of(2, "github.com"), None);
         table.apply(Change::Put(on("n", 1, "10.0.2.8")));
         assert_eq!(table.len(), 1);
+        // The host's block reaches beyond the network's subnet here: what lies beyond does not
+        // count, and a narrower subnet served later takes back what it leaves out.
+        table.serve_network(1, "n", "10.0.2.0/25".parse().unwrap());
+        table.apply(Change::Put(on("n", 1, "10.0.2.200")));
+        assert_eq!(table.len(), 1);
+        assert_eq!(table.refused(), 4);
 
         // A host the operator let serve any network gets its hash as identifier; a name whose
         // hash is a served network's identifier does not pass as that network.
@@ -595,7 +605,7 @@ mod tests {
         table.apply(Change::Cert(w));
         let (served, impostor) = crate::network_id::colliding_names("net-");
         let hash = crate::network_id::derived(&served);
-        table.serve_network(hash, &served);
+        table.serve_network(hash, &served, "10.0.0.0/16".parse().unwrap());
         let mut e = entry("10.0.4.2", 5, &[]);
         e.network = impostor;
         e.network_id = hash;

@@ -66,13 +66,19 @@ pub fn sign(
 
 /// `flatnet-cert ARGS DIR`, which must succeed.
 fn cert_tool(args: &[&str], dir: &Path) {
-    let status = Command::new(cert_binary())
-        .args(args)
-        .arg(dir)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "flatnet-cert {args:?}");
+    let mut all: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+    all.push(dir.as_os_str());
+    flatnet_cert(&all);
+}
+
+/// `flatnet-cert ARGS`, which must succeed.
+pub fn flatnet_cert(args: &[&std::ffi::OsStr]) {
+    let out = Command::new(cert_binary()).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "flatnet-cert {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 pub fn cni_binary() -> PathBuf {
