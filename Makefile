@@ -29,7 +29,7 @@ BINARIES = $(RELEASE)/flatnetd $(RELEASE)/flatnet-cni $(RELEASE)/flatnet $(RELEA
 MAN_DIR = $(RELEASE)/man
 
 .PHONY: all build man unit install uninstall deb demo test bench bench-quick bench-anchors bench-convergence \
-	fuzz kill-campaign
+	fuzz flood kill-campaign
 
 all: build
 
@@ -116,6 +116,12 @@ kill-campaign:
 	cargo build --release --workspace --features flatnet/kill-points
 	FLATNET_E2E=1 FLATNET_KILLS=200 FLATNET_CYCLES=1000 cargo test --release -p flatnetd \
 		--test kill_points -- --nocapture --test-threads 1
+
+# 100,000 spoofed initiations a second for 200 s, across a natural rekey; CI floods for 10 s.
+FLOOD_SECONDS ?= 200
+flood:
+	FLATNET_FLOOD_SECONDS=$(FLOOD_SECONDS) cargo test --release -p flatnetd --test hostile \
+		a_spoofed_handshake_flood -- --nocapture
 
 FUZZ_SECONDS ?= 300
 fuzz:

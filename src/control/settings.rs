@@ -20,6 +20,8 @@ use crate::state::StateDir;
 /// How long the packet thread polls after a send before it sleeps: a round trip between
 /// hosts on one LAN fits in it.
 pub const DEFAULT_POLL_US: u32 = 50;
+/// Renew a tunnel's keys after two minutes, as WireGuard does.
+pub const DEFAULT_REKEY_AFTER_S: u32 = 120;
 /// The most sealing workers a daemon runs.
 pub const MAX_WORKERS: usize = 4;
 
@@ -62,6 +64,10 @@ pub struct Tuning {
     /// two, at most 4, or the last run's]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(0..=MAX_WORKERS as i64))]
     pub workers: Option<u8>,
+    /// Renew a tunnel's keys after SECS seconds, from 5 to 120; keys are never used a minute
+    /// past that [default: 120, or the last run's]
+    #[arg(long = "rekey-after", value_name = "SECS", value_parser = clap::value_parser!(u32).range(5..=120))]
+    pub rekey_after_s: Option<u32>,
 }
 
 impl Tuning {
@@ -74,6 +80,11 @@ impl Tuning {
         self.persistent_keepalive_s
             .filter(|&s| s > 0)
             .map(|s| Duration::from_secs(s.into()))
+    }
+
+    /// How old a session gets before its keys are renewed.
+    pub fn rekey_after(&self) -> Duration {
+        Duration::from_secs(self.rekey_after_s.unwrap_or(DEFAULT_REKEY_AFTER_S).into())
     }
 
     pub fn same_host(&self) -> SameHost {
@@ -277,6 +288,7 @@ mod tests {
             persistent_keepalive_s: Some(25),
             same_host: Some(SameHost::Encrypted),
             workers: Some(2),
+            rekey_after_s: Some(30),
         }
     }
 
@@ -286,7 +298,7 @@ mod tests {
     fn tuning_crosses_the_command_line_unchanged() {
         let tuning = every_knob_set();
         let args = tuning.to_args();
-        assert_eq!(args.len(), 5, "{args:?}");
+        assert_eq!(args.len(), 6, "{args:?}");
         let parsed = Flags::try_parse_from(std::iter::once("flatnetd".to_string()).chain(args))
             .unwrap()
             .tuning;

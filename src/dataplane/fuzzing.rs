@@ -10,7 +10,7 @@ use super::coalesce::Coalescer;
 use super::offload::{Segments, VNET_HDR_LEN};
 use super::packet::{ipv4_addresses, udp_datagram};
 use crate::tunnel::mac::MacKey;
-use crate::tunnel::wire::MAX_DATAGRAM;
+use crate::tunnel::wire::{INIT_LEN, INIT_MAC1_END, MAX_DATAGRAM};
 use crate::tunnel::{Limits, StaticKeys, TunnelManager};
 
 struct Pair {
@@ -78,7 +78,12 @@ pub fn tunnel_receive(data: &[u8]) {
         match mode % 3 {
             0 => {}
             1 if datagram.len() >= 16 => {
-                MacKey::for_receiver(pair.receiver.public_key()).seal(&mut datagram)
+                // An initiation's mac1 sits before its mac2; other messages end with it.
+                let mac1_end = match datagram.len() {
+                    INIT_LEN => INIT_MAC1_END,
+                    len => len,
+                };
+                MacKey::for_receiver(pair.receiver.public_key()).seal(&mut datagram[..mac1_end])
             }
             _ => {
                 let key = *pair.receiver.public_key();

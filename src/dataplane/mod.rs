@@ -30,7 +30,7 @@ mod routes;
 mod seal_workers;
 mod services;
 
-use io::{batch, coalesce, idle_poll, offload, packet};
+use io::{batch, coalesce, idle_poll, lanes, offload, packet};
 use services::{control_server, follower, metrics_server, notify, signals};
 
 use std::collections::{BTreeMap, HashMap};
@@ -52,12 +52,14 @@ use crate::lighthouse::{
     EtcdLighthouse, FileLighthouse, HostInfo, Lighthouse, LighthouseSettings, NetworkId, Published,
 };
 use crate::state::{create_private_dir, write_atomic, FileLock, StateDir};
+use crate::tunnel::wire::MSG_TRANSPORT;
 use crate::tunnel::{encode_key, DropReason, Limits, StaticKeys, TunnelManager};
 use batch::{RecvBatch, SendBatch};
 use coalesce::Coalescer;
 use follower::Follower;
 use forwarder::Forwarder;
 use idle_poll::IdlePoll;
+use lanes::Lanes;
 use members::LocalNetworks;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use nix::sys::eventfd::{EfdFlags, EventFd};
@@ -69,7 +71,8 @@ use seal_workers::SealWorkers;
 const TOKEN_UDP: u64 = 0;
 const TOKEN_WAKE: u64 = 1;
 const TOKEN_DNS: u64 = 2;
-const TOKEN_FIRST_PORT: u64 = 3;
+const TOKEN_HANDSHAKES: u64 = 3;
+const TOKEN_FIRST_PORT: u64 = 4;
 /// How often timers run (handshake retries, expiry, lighthouse changes).
 const TICK: Duration = Duration::from_millis(100);
 const BUFFER: usize = 65536;
@@ -86,6 +89,8 @@ struct Buffers {
     out: Vec<u8>,
     /// Always `Some` except while a batch is being handled.
     received: Option<Box<RecvBatch>>,
+    /// The same, for the handshake lane.
+    handshakes_received: Option<Box<RecvBatch>>,
     /// Segments for one container joined while a received batch is handled.
     train: Coalescer,
     to_send: Box<SendBatch>,
@@ -94,8 +99,10 @@ struct Buffers {
 #[derive(Default)]
 struct DropCounters {
     by_reason: HashMap<DropReason, u64>,
-    /// Datagrams the kernel dropped for a full socket buffer before flatnetd saw them.
+    /// Datagrams the kernel dropped for a full socket buffer before flatnetd saw them: on the
+    /// transport lane, and on the handshake lane (where a flood ends up).
     receive_buffer_overflow: u64,
+    handshake_buffer_overflow: u64,
 }
 
 impl DropCounters {
@@ -113,13 +120,20 @@ impl DropCounters {
             "receive_buffer_overflow".into(),
             self.receive_buffer_overflow,
         );
+        drops.insert(
+            "handshake_buffer_overflow".into(),
+            self.handshake_buffer_overflow,
+        );
         drops
     }
 }
 
 pub struct Daemon {
     config: DaemonConfig,
+    /// The transport lane of the underlay port; everything is sent from it.
     udp: UdpSocket,
+    /// The handshake lane: every other message type ([`lanes`]).
+    handshake_udp: UdpSocket,
     /// Where trains for other hosts are sealed when not on the packet thread.
     seal_workers: Option<SealWorkers>,
     epoll: Epoll,
@@ -311,23 +325,29 @@ impl Daemon {
         follower: Follower,
         identity: Identity,
     ) -> Result<Self> {
-        let udp =
-            UdpSocket::bind(config.listen).context(|| format!("binding UDP {}", config.listen))?;
-        udp.set_nonblocking(true)
-            .context(|| "making the UDP socket non-blocking")?;
-        // Bursts from a TCP window arrive faster than one thread drains them; the default
-        // buffers (208 KiB) overflow and TCP mistakes that for congestion.
-        let sized = setsockopt(&udp, sockopt::RcvBufForce, &SOCKET_BUFFER)
-            .and_then(|()| setsockopt(&udp, sockopt::SndBufForce, &SOCKET_BUFFER));
-        if let Err(e) = sized {
+        let Lanes {
+            transport: udp,
+            handshakes: handshake_udp,
+        } = lanes::bind(config.listen, MSG_TRANSPORT)
+            .context(|| format!("binding UDP {}", config.listen))?;
+        for lane in [&udp, &handshake_udp] {
+            lane.set_nonblocking(true)
+                .context(|| "making the UDP socket non-blocking")?;
+            // Bursts from a TCP window arrive faster than one thread drains them; the default
+            // buffers (208 KiB) overflow and TCP mistakes that for congestion.
+            if let Err(e) = setsockopt(lane, sockopt::RcvBufForce, &SOCKET_BUFFER) {
+                tracing::warn!("enlarging UDP buffers: {e}");
+            }
+            if let Err(e) = batch::count_kernel_drops(lane.as_raw_fd()) {
+                tracing::warn!("enabling SO_RXQ_OVFL: {e}");
+            }
+        }
+        if let Err(e) = setsockopt(&udp, sockopt::SndBufForce, &SOCKET_BUFFER) {
             tracing::warn!("enlarging UDP buffers: {e}");
         }
         // Trains of datagrams from one peer arrive as one message (split in `RecvBatch`).
         if let Err(e) = batch::enable_gro(udp.as_raw_fd()) {
             tracing::warn!("enabling UDP GRO: {e}");
-        }
-        if let Err(e) = batch::count_kernel_drops(udp.as_raw_fd()) {
-            tracing::warn!("enabling SO_RXQ_OVFL: {e}");
         }
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
             .map_err(|e| Error::io("creating epoll", e.into()))?;
@@ -335,6 +355,7 @@ impl Daemon {
         let forwarder = Forwarder::new()?;
         epoll
             .add(udp.as_fd(), readable(TOKEN_UDP))
+            .and_then(|()| epoll.add(handshake_udp.as_fd(), readable(TOKEN_HANDSHAKES)))
             .and_then(|()| epoll.add(wake.as_fd(), readable(TOKEN_WAKE)))
             .and_then(|()| epoll.add(forwarder.fd(), readable(TOKEN_DNS)))
             .map_err(|e| Error::io("registering with epoll", e.into()))?;
@@ -352,13 +373,15 @@ impl Daemon {
         let limits = Limits {
             persistent_keepalive: config.tuning.persistent_keepalive(),
             ..Limits::default()
-        };
+        }
+        .rekeying_after(config.tuning.rekey_after());
         let mut tunnels = TunnelManager::new(keys, limits);
         tunnels
             .remember_init_timestamps(handshake_memory::load(&config.state_dir.init_timestamps()));
         Ok(Daemon {
             config,
             udp,
+            handshake_udp,
             seal_workers,
             epoll,
             wake,
@@ -381,6 +404,7 @@ impl Daemon {
                 plain: vec![0; BUFFER + offload::VNET_HDR_LEN],
                 out: vec![0; BUFFER],
                 received: Some(RecvBatch::new()),
+                handshakes_received: Some(RecvBatch::new()),
                 train: Coalescer::new(),
                 to_send: SendBatch::new(),
             },
@@ -421,9 +445,12 @@ impl Daemon {
             };
             let woke = Instant::now();
             let sent_before = self.sent();
+            // The handshake lane comes last, so established tunnels' packets come first.
+            let mut handshakes = false;
             for event in &events[..n] {
                 match event.data() {
                     TOKEN_UDP => self.on_udp_readable(),
+                    TOKEN_HANDSHAKES => handshakes = true,
                     TOKEN_WAKE => self.on_commands(),
                     TOKEN_DNS => self.on_upstream_answers(),
                     token => {
@@ -433,6 +460,9 @@ impl Daemon {
                         }
                     }
                 }
+            }
+            if handshakes {
+                self.on_handshakes_readable();
             }
             let now = Instant::now();
             if now >= next_tick {

@@ -1,10 +1,10 @@
 //! Packets from the underlay: UDP -> tunnel (authenticate, decrypt) -> checks -> TUN queue.
 
 use std::io::{ErrorKind, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::Instant;
 
-use super::batch::BATCH;
+use super::batch::{RecvBatch, BATCH};
 use super::offload::{delivery_header, DECRYPT_OFFSET, VNET_HDR_LEN};
 use super::packet::{ipv4_addresses, NETWORK_ID_LEN};
 use super::queues::Queue;
@@ -12,13 +12,37 @@ use super::{batched, Daemon};
 use crate::tunnel::{DropReason, PublicKey, Received};
 
 impl Daemon {
-    /// Receives batches until the socket is empty (or a bound of batches, for fairness with
-    /// the containers' queues).
+    /// Receives transport batches until the lane is empty (or a bound of batches, for
+    /// fairness with the containers' queues).
     pub(super) fn on_udp_readable(&mut self) {
-        let fd = self.udp.as_raw_fd();
-        // The batch is taken out while its datagrams are handled (they borrow it), then put back.
-        let mut batch = self.bufs.received.take().expect("receive batch in place");
-        for _ in 0..8 {
+        let batch = self.bufs.received.take().expect("receive batch in place");
+        let (batch, kernel_drops) = self.receive_lane(self.udp.as_raw_fd(), batch, 8);
+        self.bufs.received = Some(batch);
+        self.drops.receive_buffer_overflow = kernel_drops;
+    }
+
+    /// Receives a bounded number of batches from the handshake lane: when a flood comes
+    /// faster than that, the handshake lane's buffer overflows, not the transport lane's.
+    pub(super) fn on_handshakes_readable(&mut self) {
+        let batch = self
+            .bufs
+            .handshakes_received
+            .take()
+            .expect("receive batch in place");
+        let (batch, kernel_drops) = self.receive_lane(self.handshake_udp.as_raw_fd(), batch, 4);
+        self.bufs.handshakes_received = Some(batch);
+        self.drops.handshake_buffer_overflow = kernel_drops;
+    }
+
+    /// Handles up to `max_batches` batches from `fd`; gives the batch back (its datagrams
+    /// borrow it while they are handled) with the lane's kernel drop count.
+    fn receive_lane(
+        &mut self,
+        fd: RawFd,
+        mut batch: Box<RecvBatch>,
+        max_batches: usize,
+    ) -> (Box<RecvBatch>, u64) {
+        for _ in 0..max_batches {
             let received = match batch.receive(fd) {
                 Ok(n) => n,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -30,7 +54,6 @@ impl Daemon {
                 }
             };
             let now = Instant::now();
-            self.drops.receive_buffer_overflow = batch.kernel_drops();
             for (datagram, from) in batch.datagrams() {
                 if let Err(reason) = self.receive_datagram(datagram, from, now) {
                     self.drops.count(reason);
@@ -41,7 +64,8 @@ impl Daemon {
                 break;
             }
         }
-        self.bufs.received = Some(batch);
+        let kernel_drops = batch.kernel_drops();
+        (batch, kernel_drops)
     }
 
     fn receive_datagram(

@@ -9,16 +9,17 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use snow::params::NoiseParams;
 use snow::{HandshakeState, StatelessTransportState};
 
+use super::cookie::{seal_mac2, Cookie};
 use super::keys::{PublicKey, StaticKeys, KEY_LEN};
 use super::mac::MacKey;
 use super::wire::{
-    write_init_header, write_response_header, INIT_HEADER_LEN, INIT_LEN, MAC_LEN,
-    RESPONSE_HEADER_LEN, RESPONSE_LEN, TIMESTAMP_LEN,
+    init_mac1, write_init_header, write_response_header, INIT_HEADER_LEN, INIT_LEN, INIT_MAC1_END,
+    MAC_LEN, RESPONSE_HEADER_LEN, RESPONSE_LEN, TIMESTAMP_LEN,
 };
 
 pub const NOISE_PATTERN: &str = "Noise_IK_25519_ChaChaPoly_BLAKE2s";
 /// Mixed into the handshake hash: both sides must speak this protocol version.
-const PROLOGUE: &[u8] = b"flatnet tunnel v2";
+const PROLOGUE: &[u8] = b"flatnet tunnel v3";
 
 pub fn noise_params() -> NoiseParams {
     static PARAMS: OnceLock<NoiseParams> = OnceLock::new();
@@ -33,13 +34,19 @@ pub struct Initiation {
     pub local_index: u32,
     pub peer: PublicKey,
     pub sent_at: Instant,
+    /// What a cookie reply to it is bound to.
+    pub mac1: [u8; MAC_LEN],
+    /// The cookie its mac2 is keyed by, if any.
+    pub cookie: Option<Cookie>,
 }
 
-/// Writes handshake message 1 into `out`; returns the pending initiation and the length.
+/// Writes handshake message 1 into `out`, with a mac2 if the responder gave us a `cookie`;
+/// returns the pending initiation and the length.
 pub fn initiate(
     keys: &StaticKeys,
     peer: &PublicKey,
     local_index: u32,
+    cookie: Option<Cookie>,
     now: Instant,
     out: &mut [u8],
 ) -> Result<(Initiation, usize), snow::Error> {
@@ -50,13 +57,22 @@ pub fn initiate(
         .build_initiator()?;
     write_init_header(out, local_index);
     let timestamp = wall_clock_nanos().to_be_bytes();
-    state.write_message(&timestamp, &mut out[INIT_HEADER_LEN..INIT_LEN - MAC_LEN])?;
-    MacKey::for_receiver(peer).seal(&mut out[..INIT_LEN]);
+    state.write_message(
+        &timestamp,
+        &mut out[INIT_HEADER_LEN..INIT_MAC1_END - MAC_LEN],
+    )?;
+    MacKey::for_receiver(peer).seal(&mut out[..INIT_MAC1_END]);
+    match &cookie {
+        Some(cookie) => seal_mac2(cookie, &mut out[..INIT_LEN]),
+        None => out[INIT_MAC1_END..INIT_LEN].fill(0),
+    }
     let initiation = Initiation {
         state,
         local_index,
         peer: *peer,
         sent_at: now,
+        mac1: init_mac1(&out[..INIT_LEN]),
+        cookie,
     };
     Ok((initiation, INIT_LEN))
 }

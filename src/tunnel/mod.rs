@@ -6,6 +6,7 @@
 //! I/O itself: datagrams to send are handed to a `send` callback, so the data plane decides how
 //! to batch them and the tests can wire two managers together in memory.
 
+pub mod cookie;
 pub mod handshake;
 pub mod keys;
 pub mod mac;
@@ -22,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use cookie::{Cookie, CookieMinter, COOKIE_LIFETIME};
 use handshake::Initiation;
 pub use keys::{decode_key, encode_key, PublicKey, StaticKeys};
 use mac::MacKey;
@@ -30,7 +32,9 @@ pub use sealer::{sealed_len, Sealer};
 pub use session::SealKey;
 use session::Session;
 pub use timers::Limits;
-use wire::{Message, INIT_LEN, MAX_DATAGRAM, RESPONSE_LEN};
+use wire::{
+    init_mac1, Message, COOKIE_REPLY_LEN, INIT_LEN, INIT_MAC1_END, MAX_DATAGRAM, RESPONSE_LEN,
+};
 
 /// Why a datagram or packet was not delivered. Counted per reason by the data plane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -56,6 +60,9 @@ pub enum DropReason {
     BadMac,
     /// A handshake over the budget of its source address or of all sources.
     RateLimited,
+    /// An initiation without a valid cookie while we are under load: answered with a cookie
+    /// reply instead of a handshake.
+    UnderLoad,
     /// The inner source address does not belong to the key (or container) that sent it.
     Spoofed,
     /// No lighthouse entry, or no local container, for the destination.
@@ -78,7 +85,7 @@ impl DropReason {
         }
     }
 
-    pub const ALL: [DropReason; 15] = [
+    pub const ALL: [DropReason; 16] = [
         DropReason::Malformed,
         DropReason::UnknownSession,
         DropReason::BadTag,
@@ -89,6 +96,7 @@ impl DropReason {
         DropReason::BadHandshake,
         DropReason::BadMac,
         DropReason::RateLimited,
+        DropReason::UnderLoad,
         DropReason::Spoofed,
         DropReason::NoRoute,
         DropReason::NotIpv4,
@@ -129,6 +137,8 @@ pub struct PeerStats {
     pub presumed_dead: u64,
     /// Times its handshakes went unanswered long enough to give it up.
     pub given_up: u64,
+    /// Cookie replies it sent us: it was under load and asked us to prove our address.
+    pub cookies_received: u64,
 }
 
 struct Peer {
@@ -158,6 +168,8 @@ struct Peer {
     trying_since: Option<Instant>,
     /// The last handshake a datagram from outside made us start.
     outside_trigger: Option<Instant>,
+    /// The newest cookie the peer gave us, and when.
+    cookie: Option<(Cookie, Instant)>,
     queue: VecDeque<Vec<u8>>,
     stats: PeerStats,
 }
@@ -181,6 +193,7 @@ impl Peer {
             reply_due: None,
             trying_since: None,
             outside_trigger: None,
+            cookie: None,
             queue: VecDeque::new(),
             stats: PeerStats::default(),
         }
@@ -253,14 +266,17 @@ pub struct TunnelManager {
     /// Verifies the MAC on handshake messages sent to us.
     mac_key: MacKey,
     limiter: HandshakeLimiter,
+    cookies: CookieMinter,
 }
 
 impl TunnelManager {
     pub fn new(keys: StaticKeys, limits: Limits) -> Self {
         let mac_key = MacKey::for_receiver(&keys.public);
+        let now = Instant::now();
         TunnelManager {
             mac_key,
-            limiter: HandshakeLimiter::new(Instant::now()),
+            limiter: HandshakeLimiter::new(now),
+            cookies: CookieMinter::new(&keys.public, now),
             keys,
             limits,
             peers: HashMap::new(),
@@ -360,14 +376,28 @@ impl TunnelManager {
         match wire::parse(datagram) {
             None => Received::Dropped(DropReason::Malformed),
             Some(Message::Init { sender, noise }) => {
-                if !self.mac_key.verify(datagram) {
+                if !self.mac_key.verify(&datagram[..INIT_MAC1_END]) {
                     return Received::Dropped(DropReason::BadMac);
+                }
+                if self.limiter.under_load(now) {
+                    if let Err(cookie) = self.cookies.check(datagram, from, now) {
+                        let mut reply = [0u8; COOKIE_REPLY_LEN];
+                        let mac1 = init_mac1(datagram);
+                        self.cookies.reply(sender, &mac1, &cookie, &mut reply);
+                        send(&reply, from);
+                        return Received::Dropped(DropReason::UnderLoad);
+                    }
                 }
                 if !self.limiter.allow(from.ip(), now) {
                     return Received::Dropped(DropReason::RateLimited);
                 }
                 self.on_init(sender, noise, from, now, authorize, send)
             }
+            Some(Message::CookieReply {
+                receiver,
+                nonce,
+                sealed,
+            }) => self.on_cookie_reply(receiver, nonce, sealed, now, send),
             Some(Message::Response {
                 sender,
                 receiver,
@@ -570,12 +600,17 @@ impl TunnelManager {
 
     fn start_handshake(&mut self, peer: &PublicKey, now: Instant, send: &mut Sender) {
         let index = self.fresh_index();
-        let mut buf = [0u8; INIT_LEN];
-        let Ok((initiation, len)) = handshake::initiate(&self.keys, peer, index, now, &mut buf)
-        else {
+        let Some(entry) = self.peers.get_mut(peer) else {
             return;
         };
-        let Some(entry) = self.peers.get_mut(peer) else {
+        let cookie = entry
+            .cookie
+            .filter(|(_, at)| now.saturating_duration_since(*at) < COOKIE_LIFETIME)
+            .map(|(cookie, _)| cookie);
+        let mut buf = [0u8; INIT_LEN];
+        let Ok((initiation, len)) =
+            handshake::initiate(&self.keys, peer, index, cookie, now, &mut buf)
+        else {
             return;
         };
         if let Some(old) = entry.pending.replace(index) {
@@ -685,6 +720,40 @@ impl TunnelManager {
         // session to the responder so it can send too.
         if !self.flush_queue(&key, now, send) {
             self.send_keepalive(&key, now, send);
+        }
+        Received::Handled
+    }
+
+    /// The peer is under load and sent a cookie for our initiation `receiver`: keep it, and
+    /// unless that initiation already carried this cookie, send a new one with it at once
+    /// (waiting for the retry timer would add a quarter second or more to every handshake
+    /// while the peer is flooded).
+    fn on_cookie_reply(
+        &mut self,
+        receiver: u32,
+        nonce: &[u8],
+        sealed: &[u8],
+        now: Instant,
+        send: &mut Sender,
+    ) -> Received {
+        let Some(initiation) = self.initiations.get(&receiver) else {
+            return Received::Dropped(DropReason::UnknownSession);
+        };
+        let Some(cookie) = cookie::open_reply(&initiation.peer, &initiation.mac1, nonce, sealed)
+        else {
+            return Received::Dropped(DropReason::BadHandshake);
+        };
+        let (key, had_it) = (initiation.peer, initiation.cookie == Some(cookie));
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return Received::Dropped(DropReason::UnknownSession);
+        };
+        peer.cookie = Some((cookie, now));
+        peer.stats.cookies_received += 1;
+        if !had_it && peer.pending == Some(receiver) {
+            // Not a failed attempt: the answer was "again, with this cookie".
+            peer.pending = None;
+            self.initiations.remove(&receiver);
+            self.start_handshake(&key, now, send);
         }
         Received::Handled
     }

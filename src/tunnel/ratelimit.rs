@@ -1,7 +1,10 @@
 //! A budget for handshakes that passed the MAC check, so that even a sender who knows our
 //! public key cannot make us spend more than a bounded share of a core on Diffie-Hellman.
 //! Token buckets: one per source address (a flood from one place leaves the others their
-//! share) and one for all (spoofed sources cannot multiply the budget).
+//! share) and one for all (spoofed sources cannot multiply the budget). Before either, a meter
+//! of arriving initiations says when we are under load: then only initiations whose source
+//! proved it can receive (a valid cookie, [`super::cookie`]) reach the buckets, so spoofed
+//! sources cannot spend the budget that peers rekeying need.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -13,6 +16,12 @@ const PER_SOURCE_RATE: f64 = 20.0;
 const GLOBAL_RATE: f64 = 1000.0;
 /// Sources remembered at most; past that, only the global budget applies to new ones.
 const MAX_SOURCES: usize = 4096;
+/// Initiations per second (and burst) that passed the MAC, above which we are under load:
+/// half the global budget, so load is declared before the budget runs out.
+const LOAD_RATE: f64 = GLOBAL_RATE / 2.0;
+/// How long load, once seen, is assumed to last: a flood is answered with cookies throughout,
+/// not in bursts each time the meter refills.
+const LOAD_HOLD: Duration = Duration::from_secs(1);
 
 struct Bucket {
     tokens: f64,
@@ -48,6 +57,8 @@ impl Bucket {
 pub struct HandshakeLimiter {
     per_source: HashMap<IpAddr, Bucket>,
     global: Bucket,
+    arrivals: Bucket,
+    loaded_until: Option<Instant>,
     pruned_at: Instant,
 }
 
@@ -56,8 +67,18 @@ impl HandshakeLimiter {
         HandshakeLimiter {
             per_source: HashMap::new(),
             global: Bucket::full(GLOBAL_RATE, now),
+            arrivals: Bucket::full(LOAD_RATE, now),
+            loaded_until: None,
             pruned_at: now,
         }
+    }
+
+    /// Counts one initiation that passed the MAC; whether we are under load.
+    pub fn under_load(&mut self, now: Instant) -> bool {
+        if !self.arrivals.take(LOAD_RATE, now) {
+            self.loaded_until = Some(now + LOAD_HOLD);
+        }
+        self.loaded_until.is_some_and(|until| now < until)
     }
 
     /// Whether a handshake from `source` may be answered now.
@@ -116,6 +137,30 @@ mod tests {
         }
         // The burst, then the rate for 2 s.
         assert!((55..=61).contains(&allowed), "allowed {allowed}");
+    }
+
+    #[test]
+    fn load_is_declared_above_half_the_budget_and_lasts_a_second_after() {
+        let start = Instant::now();
+        let mut limiter = HandshakeLimiter::new(start);
+        // At 400 a second, never.
+        let calm = (0..800u64).any(|i| limiter.under_load(start + Duration::from_micros(2500 * i)));
+        assert!(!calm, "under load at 400/s");
+        // At 10,000 a second, once the burst is spent.
+        let t = start + Duration::from_secs(2);
+        let loaded: Vec<bool> = (0..2000u64)
+            .map(|i| limiter.under_load(t + Duration::from_micros(100 * i)))
+            .collect();
+        let loaded_at = loaded
+            .iter()
+            .position(|&l| l)
+            .expect("never under load at 10,000/s");
+        assert!(loaded[loaded_at..].iter().all(|&l| l), "load came and went");
+        assert!((400..=600).contains(&loaded_at), "loaded after {loaded_at}");
+        // Still under load just inside the second after the meter last ran dry, not after.
+        let last_dry = t + Duration::from_micros(100 * 1999);
+        assert!(limiter.under_load(last_dry + LOAD_HOLD - Duration::from_millis(10)));
+        assert!(!limiter.under_load(last_dry + LOAD_HOLD * 3));
     }
 
     #[test]

@@ -439,6 +439,71 @@ fn handshakes_that_know_our_key_are_rate_limited_per_source() {
     assert_eq!(got, vec![b"from elsewhere".to_vec()]);
 }
 
+/// Initiations with a valid mac1 and a random body (an attacker who read `b`'s public key),
+/// one from each of `sources` spoofed addresses in 198.18.0.0/15; the outcomes by kind.
+fn mac1_flood(b: &mut Host, sources: u32, wire: &mut Wire, now: Instant) -> HashMap<String, u32> {
+    let key = mac::MacKey::for_receiver(b.tm.public_key());
+    let mut outcomes = HashMap::new();
+    for i in 0..sources {
+        let mut init = random_initiation();
+        key.seal(&mut init[..wire::INIT_MAC1_END]);
+        let from = SocketAddr::from((std::net::Ipv4Addr::from(0xc612_0000 + i), 4800));
+        let (r, _) = b.receive(&init, from, wire, now);
+        *outcomes.entry(format!("{r:?}")).or_insert(0) += 1;
+    }
+    outcomes
+}
+
+#[test]
+fn under_a_spoofed_flood_only_initiators_that_prove_their_address_are_answered() {
+    let (mut a, mut b, mut wire, now) = established();
+    let outcomes = mac1_flood(&mut b, 2000, &mut wire, now);
+    let count = |kind: &str| outcomes.get(kind).copied().unwrap_or(0);
+    let (cookies, tried) = (count("Dropped(UnderLoad)"), count("Dropped(BadHandshake)"));
+    assert_eq!(cookies + tried, 2000, "{outcomes:?}");
+    // Until the load is seen, an initiation costs a Diffie-Hellman; after, only a cookie.
+    assert!(tried <= 500 && cookies >= 1500, "{outcomes:?}");
+    let replies: Vec<_> = wire.drain(..).collect();
+    assert_eq!(replies.len(), cookies as usize);
+    assert!(replies
+        .iter()
+        .all(|(d, _, to)| d.len() == wire::COOKIE_REPLY_LEN && to.ip() != a.addr.ip()));
+
+    // A host that comes up now is answered at once: a cookie, the initiation again with its
+    // mac2, the response.
+    let mut c = host(3, Limits::default());
+    c.send_packet(&b, b"new host", &mut wire, now);
+    let (_, got) = pump(&mut c, &mut b, &mut wire, now);
+    assert_eq!(got, vec![b"new host".to_vec()]);
+    let stats = &c.tm.status(now)[0].stats;
+    assert_eq!(
+        (
+            stats.cookies_received,
+            stats.handshakes_completed,
+            stats.handshakes_failed
+        ),
+        (1, 1, 0)
+    );
+
+    // The established tunnel rekeys while the flood goes on.
+    let later = now + Duration::from_secs(121);
+    mac1_flood(&mut b, 2000, &mut wire, later);
+    wire.clear();
+    a.send_packet(&b, b"rekeyed", &mut wire, later);
+    let (_, got) = pump(&mut a, &mut b, &mut wire, later);
+    assert_eq!(got, vec![b"rekeyed".to_vec()]);
+    let stats = &a.tm.status(later)[0].stats;
+    assert_eq!((stats.cookies_received, stats.handshakes_completed), (1, 2));
+}
+
+#[test]
+fn without_load_no_cookie_is_asked_for() {
+    let (mut a, mut b, mut wire, now) = sending(b"calm");
+    let (_, got) = pump(&mut a, &mut b, &mut wire, now);
+    assert_eq!(got, vec![b"calm".to_vec()]);
+    assert_eq!(a.tm.status(now)[0].stats.cookies_received, 0);
+}
+
 #[test]
 fn a_quiet_receiver_sends_a_keepalive_and_both_see_it() {
     let (mut a, mut b, mut wire, now) = established();

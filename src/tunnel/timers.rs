@@ -52,3 +52,14 @@ impl Default for Limits {
         }
     }
 }
+
+impl Limits {
+    /// These limits with sessions renewed after `age`, and refused a minute past it.
+    pub fn rekeying_after(self, age: Duration) -> Limits {
+        Limits {
+            rekey_after_time: age,
+            reject_after_time: age + Duration::from_secs(60),
+            ..self
+        }
+    }
+}

@@ -3,15 +3,20 @@
 //! session without trying keys.
 //!
 //! ```text
-//! init      1 0 0 0 | sender u32 | Noise IK message 1 (e, s, timestamp) | mac  = 128 bytes
-//! response  2 0 0 0 | sender u32 | receiver u32 | Noise IK message 2 (e) | mac =  76 bytes
+//! init      1 0 0 0 | sender u32 | Noise IK message 1 (e, s, timestamp) | mac1 | mac2 = 144 bytes
+//! response  2 0 0 0 | sender u32 | receiver u32 | Noise IK message 2 (e) | mac1    =  92 bytes
+//! cookie    3 0 0 0 | receiver u32 | nonce 24 | AEAD(cookie 16)              =  64 bytes
 //! transport 4 0 0 0 | receiver u32 | counter u64 | AEAD(network id u32 + IP packet)
 //! ```
 //!
-//! `mac` is a MAC over the bytes before it, keyed by the receiver's public key ([`super::mac`]).
+//! `mac1` is a MAC over the bytes before it, keyed by the receiver's public key; `mac2` one over
+//! the bytes before it keyed by a cookie, or zeros without one ([`super::mac`],
+//! [`super::cookie`]). A response needs no cookie: it is matched to an initiation in flight by
+//! a random index before any work is done for it.
 
 pub const MSG_INIT: u8 = 1;
 pub const MSG_RESPONSE: u8 = 2;
+pub const MSG_COOKIE: u8 = 3;
 pub const MSG_TRANSPORT: u8 = 4;
 
 pub const DH_LEN: usize = 32;
@@ -23,8 +28,13 @@ pub const RESPONSE_NOISE_LEN: usize = DH_LEN + AEAD_TAG_LEN;
 pub const INIT_HEADER_LEN: usize = 8;
 pub const RESPONSE_HEADER_LEN: usize = 12;
 pub const TRANSPORT_HEADER_LEN: usize = 16;
-pub const INIT_LEN: usize = INIT_HEADER_LEN + INIT_NOISE_LEN + MAC_LEN;
+pub const INIT_LEN: usize = INIT_HEADER_LEN + INIT_NOISE_LEN + 2 * MAC_LEN;
+/// An initiation up to and including mac1: what mac1 covers, followed by it.
+pub const INIT_MAC1_END: usize = INIT_LEN - MAC_LEN;
 pub const RESPONSE_LEN: usize = RESPONSE_HEADER_LEN + RESPONSE_NOISE_LEN + MAC_LEN;
+pub const COOKIE_NONCE_LEN: usize = 24;
+pub const COOKIE_LEN: usize = 16;
+pub const COOKIE_REPLY_LEN: usize = 8 + COOKIE_NONCE_LEN + COOKIE_LEN + AEAD_TAG_LEN;
 /// The largest datagram Flatnet sends or accepts.
 pub const MAX_DATAGRAM: usize = 65535;
 
@@ -33,6 +43,11 @@ pub enum Message<'a> {
     Init {
         sender: u32,
         noise: &'a [u8],
+    },
+    CookieReply {
+        receiver: u32,
+        nonce: &'a [u8],
+        sealed: &'a [u8],
     },
     Response {
         sender: u32,
@@ -55,7 +70,12 @@ pub fn parse(buf: &[u8]) -> Option<Message<'_>> {
     match buf[0] {
         MSG_INIT if buf.len() == INIT_LEN => Some(Message::Init {
             sender: u32_at(4),
-            noise: &buf[INIT_HEADER_LEN..INIT_LEN - MAC_LEN],
+            noise: &buf[INIT_HEADER_LEN..INIT_MAC1_END - MAC_LEN],
+        }),
+        MSG_COOKIE if buf.len() == COOKIE_REPLY_LEN => Some(Message::CookieReply {
+            receiver: u32_at(4),
+            nonce: &buf[8..8 + COOKIE_NONCE_LEN],
+            sealed: &buf[8 + COOKIE_NONCE_LEN..],
         }),
         MSG_RESPONSE if buf.len() == RESPONSE_LEN => Some(Message::Response {
             sender: u32_at(4),
@@ -76,6 +96,18 @@ pub fn parse(buf: &[u8]) -> Option<Message<'_>> {
 pub fn write_init_header(buf: &mut [u8], sender: u32) {
     buf[..4].copy_from_slice(&[MSG_INIT, 0, 0, 0]);
     buf[4..8].copy_from_slice(&sender.to_le_bytes());
+}
+
+pub fn write_cookie_header(buf: &mut [u8], receiver: u32) {
+    buf[..4].copy_from_slice(&[MSG_COOKIE, 0, 0, 0]);
+    buf[4..8].copy_from_slice(&receiver.to_le_bytes());
+}
+
+/// The mac1 of an initiation (the cookie reply to it is bound to it).
+pub fn init_mac1(init: &[u8]) -> [u8; MAC_LEN] {
+    init[INIT_MAC1_END - MAC_LEN..INIT_MAC1_END]
+        .try_into()
+        .expect("an initiation's length")
 }
 
 pub fn write_response_header(buf: &mut [u8], sender: u32, receiver: u32) {
@@ -114,6 +146,13 @@ mod tests {
             })
         ));
         assert_eq!(parse(&t[..TRANSPORT_HEADER_LEN]), None);
+        let mut c = [0u8; COOKIE_REPLY_LEN];
+        write_cookie_header(&mut c, 5);
+        assert!(matches!(
+            parse(&c),
+            Some(Message::CookieReply { receiver: 5, .. })
+        ));
+        assert_eq!(parse(&c[..COOKIE_REPLY_LEN - 1]), None);
         assert_eq!(parse(&[3, 0, 0, 0, 1, 2, 3, 4]), None);
         assert_eq!(parse(&[]), None);
     }

@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod etcd;
+pub mod flood;
 
 use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
