@@ -724,10 +724,11 @@ impl TunnelManager {
         Received::Handled
     }
 
-    /// The peer is under load and sent a cookie for our initiation `receiver`: keep it, and
-    /// unless that initiation already carried this cookie, send a new one with it at once
-    /// (waiting for the retry timer would add a quarter second or more to every handshake
-    /// while the peer is flooded).
+    /// The peer is under load and sent a cookie for our initiation `receiver`: keep it, and if
+    /// that initiation carried no cookie, send a new one with it at once (waiting for the
+    /// retry timer would add a quarter second or more to every handshake while the peer is
+    /// flooded). One that carried a cookie (gone stale) waits for the timer: whoever can see
+    /// our initiations could otherwise make us start one per forged reply.
     fn on_cookie_reply(
         &mut self,
         receiver: u32,
@@ -743,13 +744,13 @@ impl TunnelManager {
         else {
             return Received::Dropped(DropReason::BadHandshake);
         };
-        let (key, had_it) = (initiation.peer, initiation.cookie == Some(cookie));
+        let (key, had_one) = (initiation.peer, initiation.cookie.is_some());
         let Some(peer) = self.peers.get_mut(&key) else {
             return Received::Dropped(DropReason::UnknownSession);
         };
         peer.cookie = Some((cookie, now));
         peer.stats.cookies_received += 1;
-        if !had_it && peer.pending == Some(receiver) {
+        if !had_one && peer.pending == Some(receiver) {
             // Not a failed attempt: the answer was "again, with this cookie".
             peer.pending = None;
             self.initiations.remove(&receiver);

@@ -497,6 +497,42 @@ fn under_a_spoofed_flood_only_initiators_that_prove_their_address_are_answered()
 }
 
 #[test]
+fn a_stale_cookie_is_replaced_and_the_retry_timer_sends_the_next_initiation() {
+    let now = Instant::now();
+    let rekeying = Limits::default().rekeying_after(Duration::from_secs(20));
+    let (mut c, mut b) = (host(3, rekeying), host(2, Limits::default()));
+    let mut wire = Wire::new();
+    let first = now + Duration::from_secs(100);
+    mac1_flood(&mut b, 2000, &mut wire, first);
+    wire.clear();
+    c.send_packet(&b, b"first", &mut wire, first);
+    assert_eq!(
+        pump(&mut c, &mut b, &mut wire, first).1,
+        vec![b"first".to_vec()]
+    );
+
+    // B has drawn a new secret (every 120 s) while C still uses its cookie (for 110 s): C's
+    // rekey gets a new cookie, and no second initiation at once.
+    let second = now + Duration::from_secs(125);
+    mac1_flood(&mut b, 2000, &mut wire, second);
+    wire.clear();
+    c.send_packet(&b, b"second", &mut wire, second);
+    assert_eq!(
+        pump(&mut c, &mut b, &mut wire, second).1,
+        vec![b"second".to_vec()]
+    );
+    let stats = c.tm.status(second)[0].stats.clone();
+    assert_eq!((stats.cookies_received, stats.handshakes_completed), (2, 1));
+
+    // The retry timer sends it, with the new cookie, and it is answered under load.
+    let retry = second + Duration::from_millis(300);
+    let c_addr = c.addr;
+    c.tm.tick(retry, &mut |d, to| wire.push_back((d.to_vec(), c_addr, to)));
+    pump(&mut c, &mut b, &mut wire, retry);
+    assert_eq!(c.tm.status(retry)[0].stats.handshakes_completed, 2);
+}
+
+#[test]
 fn without_load_no_cookie_is_asked_for() {
     let (mut a, mut b, mut wire, now) = sending(b"calm");
     let (_, got) = pump(&mut a, &mut b, &mut wire, now);
