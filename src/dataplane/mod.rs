@@ -328,27 +328,7 @@ impl Daemon {
         let Lanes {
             transport: udp,
             handshakes: handshake_udp,
-        } = lanes::bind(config.listen, MSG_TRANSPORT)
-            .context(|| format!("binding UDP {}", config.listen))?;
-        for lane in [&udp, &handshake_udp] {
-            lane.set_nonblocking(true)
-                .context(|| "making the UDP socket non-blocking")?;
-            // Bursts from a TCP window arrive faster than one thread drains them; the default
-            // buffers (208 KiB) overflow and TCP mistakes that for congestion.
-            if let Err(e) = setsockopt(lane, sockopt::RcvBufForce, &SOCKET_BUFFER) {
-                tracing::warn!("enlarging UDP buffers: {e}");
-            }
-            if let Err(e) = batch::count_kernel_drops(lane.as_raw_fd()) {
-                tracing::warn!("enabling SO_RXQ_OVFL: {e}");
-            }
-        }
-        if let Err(e) = setsockopt(&udp, sockopt::SndBufForce, &SOCKET_BUFFER) {
-            tracing::warn!("enlarging UDP buffers: {e}");
-        }
-        // Trains of datagrams from one peer arrive as one message (split in `RecvBatch`).
-        if let Err(e) = batch::enable_gro(udp.as_raw_fd()) {
-            tracing::warn!("enabling UDP GRO: {e}");
-        }
+        } = open_underlay(config.listen)?;
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
             .map_err(|e| Error::io("creating epoll", e.into()))?;
         let readable = |token| EpollEvent::new(EpollFlags::EPOLLIN, token);
@@ -668,6 +648,32 @@ fn member_status(queue: &queues::Queue) -> MemberStatus {
 }
 
 /// The `send` callback of the tunnel manager: queue in the batch, send when it is full.
+/// The underlay port's two lanes, non-blocking, with large buffers and kernel drops counted.
+fn open_underlay(listen: SocketAddr) -> Result<Lanes> {
+    let lanes = lanes::bind(listen, MSG_TRANSPORT).context(|| format!("binding UDP {listen}"))?;
+    for lane in [&lanes.transport, &lanes.handshakes] {
+        lane.set_nonblocking(true)
+            .context(|| "making the UDP socket non-blocking")?;
+        // Bursts from a TCP window arrive faster than one thread drains them; the default
+        // buffers (208 KiB) overflow and TCP mistakes that for congestion.
+        if let Err(e) = setsockopt(lane, sockopt::RcvBufForce, &SOCKET_BUFFER) {
+            tracing::warn!("enlarging UDP buffers: {e}");
+        }
+        if let Err(e) = batch::count_kernel_drops(lane.as_raw_fd()) {
+            tracing::warn!("enabling SO_RXQ_OVFL: {e}");
+        }
+    }
+    let udp = &lanes.transport;
+    if let Err(e) = setsockopt(udp, sockopt::SndBufForce, &SOCKET_BUFFER) {
+        tracing::warn!("enlarging UDP buffers: {e}");
+    }
+    // Trains of datagrams from one peer arrive as one message (split in `RecvBatch`).
+    if let Err(e) = batch::enable_gro(udp.as_raw_fd()) {
+        tracing::warn!("enabling UDP GRO: {e}");
+    }
+    Ok(lanes)
+}
+
 fn batched(batch: &mut SendBatch, fd: RawFd) -> impl FnMut(&[u8], SocketAddr) + '_ {
     move |datagram, to| {
         batch.push(datagram, to);
