@@ -496,6 +496,20 @@ fn under_a_spoofed_flood_only_initiators_that_prove_their_address_are_answered()
     assert_eq!((stats.cookies_received, stats.handshakes_completed), (1, 2));
 }
 
+/// `c` sends `packet` to `b` while `b` is flooded; what `b` got.
+fn send_while_flooded(
+    c: &mut Host,
+    b: &mut Host,
+    packet: &[u8],
+    wire: &mut Wire,
+    at: Instant,
+) -> Vec<Vec<u8>> {
+    mac1_flood(b, 2000, wire, at);
+    wire.clear();
+    c.send_packet(b, packet, wire, at);
+    pump(c, b, wire, at).1
+}
+
 #[test]
 fn a_stale_cookie_is_replaced_and_the_retry_timer_sends_the_next_initiation() {
     let now = Instant::now();
@@ -503,24 +517,14 @@ fn a_stale_cookie_is_replaced_and_the_retry_timer_sends_the_next_initiation() {
     let (mut c, mut b) = (host(3, rekeying), host(2, Limits::default()));
     let mut wire = Wire::new();
     let first = now + Duration::from_secs(100);
-    mac1_flood(&mut b, 2000, &mut wire, first);
-    wire.clear();
-    c.send_packet(&b, b"first", &mut wire, first);
-    assert_eq!(
-        pump(&mut c, &mut b, &mut wire, first).1,
-        vec![b"first".to_vec()]
-    );
+    let got = send_while_flooded(&mut c, &mut b, b"first", &mut wire, first);
+    assert_eq!(got, vec![b"first".to_vec()]);
 
     // B has drawn a new secret (every 120 s) while C still uses its cookie (for 110 s): C's
     // rekey gets a new cookie, and no second initiation at once.
     let second = now + Duration::from_secs(125);
-    mac1_flood(&mut b, 2000, &mut wire, second);
-    wire.clear();
-    c.send_packet(&b, b"second", &mut wire, second);
-    assert_eq!(
-        pump(&mut c, &mut b, &mut wire, second).1,
-        vec![b"second".to_vec()]
-    );
+    let got = send_while_flooded(&mut c, &mut b, b"second", &mut wire, second);
+    assert_eq!(got, vec![b"second".to_vec()]);
     let stats = c.tm.status(second)[0].stats.clone();
     assert_eq!((stats.cookies_received, stats.handshakes_completed), (2, 1));
 

@@ -130,16 +130,25 @@ pub fn count_kernel_drops(fd: RawFd) -> io::Result<()> {
 }
 
 /// Turns a boolean socket option on.
-fn set_int_option(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Result<()> {
-    let on: libc::c_int = 1;
-    // SAFETY: a plain setsockopt with an int value that outlives the call.
+pub fn set_int_option(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Result<()> {
+    set_option(fd, level, name, &(1 as libc::c_int))
+}
+
+/// Sets a socket option to `value`, whatever its type.
+pub fn set_option<T>(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+) -> io::Result<()> {
+    // SAFETY: `value` is a live `T` of `size_of::<T>()` bytes for the duration of the call.
     let rc = unsafe {
         libc::setsockopt(
             fd,
             level,
             name,
-            (&on as *const libc::c_int).cast(),
-            size_of::<libc::c_int>() as u32,
+            (value as *const T).cast(),
+            size_of::<T>() as u32,
         )
     };
     if rc == 0 {

@@ -7,11 +7,12 @@
 //! same reason).
 
 use std::io;
-use std::mem::size_of;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::sys::socket::{SockaddrIn, SockaddrIn6};
+
+use super::batch::{set_int_option, set_option};
 
 /// The two sockets of one UDP port.
 pub struct Lanes {
@@ -49,12 +50,7 @@ fn reuseport_socket(address: SocketAddr) -> io::Result<UdpSocket> {
     }
     // SAFETY: `fd` is a new descriptor nothing else owns.
     let socket = UdpSocket::from(unsafe { OwnedFd::from_raw_fd(fd) });
-    set_option(
-        fd,
-        libc::SO_REUSEPORT,
-        &1 as *const libc::c_int,
-        size_of::<libc::c_int>(),
-    )?;
+    set_int_option(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT)?;
     let bound = match address {
         SocketAddr::V4(v4) => nix::sys::socket::bind(fd, &SockaddrIn::from(v4)),
         SocketAddr::V6(v6) => nix::sys::socket::bind(fd, &SockaddrIn6::from(v6)),
@@ -98,22 +94,7 @@ fn steer_by_first_byte(fd: RawFd, transport_type: u8) -> io::Result<()> {
         len: program.len() as u16,
         filter: program.as_mut_ptr(),
     };
-    set_option(
-        fd,
-        libc::SO_ATTACH_REUSEPORT_CBPF,
-        &fprog as *const libc::sock_fprog,
-        size_of::<libc::sock_fprog>(),
-    )
-}
-
-fn set_option<T>(fd: RawFd, name: libc::c_int, value: *const T, len: usize) -> io::Result<()> {
-    // SAFETY: `value` points at a live value of `len` bytes for the duration of the call.
-    let rc = unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, name, value.cast(), len as u32) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    set_option(fd, libc::SOL_SOCKET, libc::SO_ATTACH_REUSEPORT_CBPF, &fprog)
 }
 
 #[cfg(test)]
