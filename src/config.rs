@@ -43,6 +43,11 @@ pub struct FlatnetConfig {
     /// egress, and DNS names outside the network are refused. Published ports still work
     /// (their connections come from the host member's address).
     pub internal: bool,
+    /// Forwarded traffic to the network's containers is dropped unless it comes from one of
+    /// Flatnet's own interfaces, belongs to a connection a container opened, or is for a
+    /// published port: a neighbour routing the subnet through this host reaches only what
+    /// `-p` publishes (docs/podman.md, "Ingress filter").
+    pub ingress_filter: bool,
     /// Where names outside the network are forwarded; `None`: the host's resolv.conf.
     pub dns_upstreams: Option<Vec<SocketAddr>>,
 }
@@ -60,6 +65,8 @@ pub struct ConfigInput {
     pub tunnel_port: Option<String>,
     pub endpoint: Option<String>,
     pub internal: bool,
+    /// `true` or `false`; on unless given (what a network made today gets).
+    pub ingress_filter: Option<String>,
     /// Comma-separated `ip` or `ip:port` resolvers.
     pub dns_upstreams: Option<String>,
 }
@@ -93,6 +100,10 @@ impl FlatnetConfig {
             })?,
             None => default_endpoint(tunnel_port),
         };
+        let ingress_filter = match input.ingress_filter.as_deref() {
+            Some(text) => parse_bool("ingressFilter", text)?,
+            None => true,
+        };
         let dns_upstreams = input
             .dns_upstreams
             .as_deref()
@@ -108,6 +119,7 @@ impl FlatnetConfig {
             tunnel_port,
             endpoint,
             internal: input.internal,
+            ingress_filter,
             dns_upstreams,
         })
     }
@@ -191,6 +203,14 @@ fn parse_abs_path(field: &str, text: Option<&str>, default: &str) -> Result<Path
     Ok(path)
 }
 
+fn parse_bool(field: &str, text: &str) -> Result<bool> {
+    match text.trim() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(invalid(format!("{field} {text:?} must be true or false"))),
+    }
+}
+
 /// `192.0.2.53` or `192.0.2.53:5353`, comma-separated; port 53 unless given.
 fn parse_upstreams(text: &str) -> Result<Vec<SocketAddr>> {
     text.split(',')
@@ -238,7 +258,24 @@ mod tests {
         );
         assert_eq!(cfg.endpoint.to_string(), "127.0.0.1:4800");
         assert!(!cfg.internal);
+        assert!(cfg.ingress_filter);
         assert_eq!(cfg.dns_upstreams, None);
+    }
+
+    #[test]
+    fn the_ingress_filter_is_a_boolean() {
+        let with = |text: &str| {
+            let mut i = input("flat");
+            i.ingress_filter = Some(text.into());
+            FlatnetConfig::from_input(i)
+        };
+        assert!(!with("false").unwrap().ingress_filter);
+        assert!(with("true").unwrap().ingress_filter);
+        let err = with("yes").unwrap_err().to_string();
+        assert!(
+            err.contains("ingressFilter") && err.contains("\"yes\""),
+            "{err}"
+        );
     }
 
     #[test]

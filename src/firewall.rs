@@ -1,5 +1,6 @@
-//! The host's packet filter for Flatnet: published ports (DNAT) and egress (masquerading), in an
-//! nftables table of Flatnet's own. Nothing else is touched.
+//! The host's packet filter for Flatnet: published ports (DNAT), egress (masquerading) and what
+//! may be routed to the containers, in an nftables table of Flatnet's own. Nothing else is
+//! touched.
 //!
 //! The table is not edited rule by rule: it is computed from the state on disk (host members
 //! and attachment records) and replaced in one `nft` transaction. A crashed plugin, a killed
@@ -13,7 +14,7 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use nftables::batch::Batch;
 use nftables::expr::{Expression, Fib, FibFlag, FibResult, Meta, MetaKey, NamedExpression, CT};
-use nftables::expr::{Payload, PayloadField, Prefix};
+use nftables::expr::{Payload, PayloadField, Prefix, SetItem};
 use nftables::schema::{Chain, NfListObject, Rule, Table};
 use nftables::stmt::{JumpTarget, Match, NATFamily, Operator, Statement, NAT};
 use nftables::types::{NfChainType, NfFamily, NfHook};
@@ -33,6 +34,7 @@ pub struct NetworkRules {
     pub ifname: String,
     pub subnet: Ipv4Net,
     pub internal: bool,
+    pub ingress_filter: bool,
 }
 
 /// A published port and the container address it goes to.
@@ -156,6 +158,18 @@ fn build(name: &str, rules: &Ruleset) -> Batch<'static> {
             batch.add(NfListObject::Rule(rule("internal-isolation", expr)));
         }
     }
+    // What the host routes to a filtered network's containers: only from Flatnet's own
+    // interfaces, replies, and published ports.
+    batch.add(NfListObject::Chain(Chain {
+        _type: Some(NfChainType::Filter),
+        ..chain("ingress", Some((NfHook::Forward, 0)))
+    }));
+    let members: Vec<&str> = rules.networks.iter().map(|n| n.ifname.as_str()).collect();
+    for network in rules.networks.iter().filter(|n| n.ingress_filter) {
+        for expr in ingress_rules(network, &members) {
+            batch.add(NfListObject::Rule(rule("ingress", expr)));
+        }
+    }
     batch.add(NfListObject::Chain(chain(
         "postrouting",
         Some((NfHook::Postrouting, 100)),
@@ -246,14 +260,58 @@ fn isolation_rules(network: &NetworkRules) -> Vec<Vec<Statement<'static>>> {
     rules
 }
 
+/// Forwarded traffic into a filtered network's member passes if it comes from one of this
+/// host's Flatnet members, belongs to a connection a container opened (or to one it accepted
+/// through the filter), or is for a published port; anything else routed here is dropped.
+/// Without it, a neighbour with a route to the subnet via this host reaches every container
+/// port, published or not (Docker 28 closed the same hole in its bridge networks).
+fn ingress_rules(network: &NetworkRules, members: &[&str]) -> Vec<Vec<Statement<'static>>> {
+    let into_member = || is_eq(meta(MetaKey::Oifname), string(network.ifname.clone()));
+    let accept = || Statement::Accept(None);
+    let flatnet_interfaces = members
+        .iter()
+        .map(|m| SetItem::Element(string(*m)))
+        .collect();
+    vec![
+        vec![
+            into_member(),
+            ct_state_in(&["established", "related"]),
+            accept(),
+        ],
+        vec![into_member(), was_dnat(), accept()],
+        vec![
+            into_member(),
+            is_eq(
+                meta(MetaKey::Iifname),
+                Expression::Named(NamedExpression::Set(flatnet_interfaces)),
+            ),
+            accept(),
+        ],
+        vec![into_member(), Statement::Drop(None)],
+    ]
+}
+
+/// `ct state { ... }`.
+fn ct_state_in(states: &[&'static str]) -> Statement<'static> {
+    Statement::Match(Match {
+        left: conntrack("state"),
+        right: Expression::List(states.iter().map(|s| string(*s)).collect()),
+        op: Operator::IN,
+    })
+}
+
+fn conntrack(key: &'static str) -> Expression<'static> {
+    Expression::Named(NamedExpression::CT(CT {
+        key: key.into(),
+        family: None,
+        dir: None,
+    }))
+}
+
 /// `ct status dnat`: the connection came in through a published port.
 fn was_dnat() -> Statement<'static> {
     Statement::Match(Match {
-        left: Expression::Named(NamedExpression::CT(CT {
-            key: "status".into(),
-            family: None,
-            dir: None,
-        })),
+        left: conntrack("status"),
         right: string("dnat"),
         op: Operator::IN,
     })
@@ -328,6 +386,7 @@ mod tests {
                 ifname: "fn-1".into(),
                 subnet: "10.77.0.0/16".parse().unwrap(),
                 internal: false,
+                ingress_filter: false,
             }],
             forwards: vec![Forward {
                 container: "10.77.0.5".parse().unwrap(),
@@ -362,6 +421,7 @@ mod tests {
             ifname: "fn-1".into(),
             subnet: "10.77.0.0/16".parse().unwrap(),
             internal: true,
+            ingress_filter: false,
         };
         let internal = text(&masquerade_rules(&network));
         assert!(internal.contains(r#""ct":{"key":"status"}"#), "{internal}");
@@ -380,6 +440,7 @@ mod tests {
             ifname: ifname.into(),
             subnet: "10.77.0.0/16".parse().unwrap(),
             internal,
+            ingress_filter: false,
         };
         let rules = Ruleset {
             networks: vec![network("fn-int", true), network("fn-open", false)],
@@ -402,6 +463,42 @@ mod tests {
                 internal.contains(needle),
                 "{needle} missing from {internal}"
             );
+        }
+    }
+
+    #[test]
+    fn only_filtered_networks_drop_what_is_routed_in_from_elsewhere() {
+        let network = |ifname: &str, ingress_filter| NetworkRules {
+            ifname: ifname.into(),
+            subnet: "10.77.0.0/16".parse().unwrap(),
+            internal: false,
+            ingress_filter,
+        };
+        let rules = Ruleset {
+            networks: vec![network("fn-shut", true), network("fn-open", false)],
+            forwards: vec![],
+        };
+        let table = json("flatnet-t", &rules);
+        let filtering = table.matches(r#""chain":"ingress""#).count();
+        assert_eq!(
+            filtering, 4,
+            "four rules for fn-shut, none for fn-open: {table}"
+        );
+
+        let shut = ingress_rules(&network("fn-shut", true), &["fn-shut", "fn-open"]);
+        let last = text(&shut[shut.len() - 1..]);
+        assert!(last.contains(r#""drop""#), "{last}");
+        assert!(shut[..shut.len() - 1]
+            .iter()
+            .all(|rule| text(std::slice::from_ref(rule)).contains(r#""accept""#)));
+        let all = text(&shut);
+        for needle in [
+            r#"{"meta":{"key":"oifname"}},"right":"fn-shut""#,
+            r#""right":["established","related"]"#,
+            r#""right":"dnat""#,
+            r#"{"meta":{"key":"iifname"}},"right":{"set":["fn-shut","fn-open"]}"#,
+        ] {
+            assert!(all.contains(needle), "{needle} missing from {all}");
         }
     }
 }

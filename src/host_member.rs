@@ -41,6 +41,9 @@ pub struct HostMember {
     pub address: Ipv4Addr,
     pub mtu: u32,
     pub internal: bool,
+    /// Records made before the option existed lack it: their networks keep routed access.
+    #[serde(default)]
+    pub ingress_filter: bool,
     /// Where the daemon forwards names outside the network.
     pub dns_upstreams: Vec<SocketAddr>,
 }
@@ -62,6 +65,7 @@ impl HostMember {
             address,
             mtu: config.mtu,
             internal: config.internal,
+            ingress_filter: config.ingress_filter,
             dns_upstreams,
         })
     }

@@ -128,6 +128,33 @@ impl Outside {
         }
     }
 
+    /// Routes `subnet` through the host, as a neighbour that learnt it would.
+    fn route_through_host(&self, subnet: &str) {
+        self.ns
+            .ip(&["route", "add", subnet, "via", OUTSIDE_HOST_SIDE]);
+    }
+
+    /// Fetches `url` from the outside within 3 s: the page, or None.
+    fn fetch(&self, url: &str) -> Option<String> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns.name, BUSYBOX])
+            .args(["timeout", "3", BUSYBOX, "wget", "-q", "-O", "-", url])
+            .output()
+            .unwrap();
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).to_string())
+    }
+
+    fn pings(&self, ip: &str) -> bool {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns.name])
+            .args(["ping", "-c", "1", "-W", "2", ip])
+            .output()
+            .unwrap();
+        out.status.success()
+    }
+
     /// Every query the outside resolver was asked, as it logged them.
     fn queries(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("queries.log")).unwrap_or_default()
@@ -411,6 +438,16 @@ fn complete_network(backend: Backend, name: &str, subnet: &str, ports: Ports) {
         status["dns"]
     );
 
+    // A neighbour routing the subnet through the host reaches the published port, not the
+    // container's own address (the ingress filter, on for a new network).
+    outside.route_through_host(&net.subnet.to_string());
+    let web_address = net.address_inside(&web, "eth0").unwrap().addr();
+    assert_eq!(outside.fetch(&format!("http://{web_address}/")), None);
+    assert!(!outside.pings(&web_address.to_string()));
+    let published = format!("http://{OUTSIDE_HOST_SIDE}:{}/", ports.any);
+    assert_eq!(outside.fetch(&published).as_deref(), Some("hello-web\n"));
+    assert!(nft_ruleset().contains("chain ingress"));
+
     // A host port already published: a clear error naming it, and no rule changes. Podman 5
     // reserves its containers' host ports itself (conmon binds them), so it refuses first;
     // on Podman 4.3 (CNI) Flatnet refuses, naming the container that holds the port.
@@ -552,9 +589,17 @@ fn internal_network(backend: Backend, name: &str, subnet: &str, other_subnet: &s
 
     // Nor can another network on this host route in through the host, though its own egress
     // works: an internal network is entered by its members and its published ports alone.
-    let other = Net::create(backend, &format!("{name}x"), other_subnet);
+    // (A network made without the ingress filter keeps routed access from the outside.)
+    let unfiltered = NetOptions {
+        ingress_filter: Some(false),
+        ..NetOptions::default()
+    };
+    let other = Net::create_with(backend, &format!("{name}x"), other_subnet, &unfiltered);
     let stranger = other.container(1);
     other.run_detached(&stranger, &[]);
+    outside.route_through_host(other_subnet);
+    let stranger_address = other.address_inside(&stranger, "eth0").unwrap().addr();
+    assert!(outside.pings(&stranger_address.to_string()));
     assert_eq!(
         fetch(&other, &stranger, &page).as_deref(),
         Some("outside-web\n")

@@ -124,6 +124,10 @@ pub struct NetConf {
     pub endpoint: Option<String>,
     /// Containers reach only Flatnet and the host: no default route, no published ports.
     pub internal: Option<bool>,
+    /// Drop routed traffic to the containers from outside Flatnet but for published ports and
+    /// replies; on unless `false` (a conflist is read at every ADD: there is no creation step
+    /// at which an older network could be told apart).
+    pub ingress_filter: Option<bool>,
     /// Resolvers for names outside the network (`ip` or `ip:port`); default: the host's.
     pub dns_upstreams: Option<Vec<String>>,
     /// What the runtime fills in for the capabilities the conflist declares.
@@ -207,6 +211,7 @@ impl NetConf {
             tunnel_port: self.tunnel_port.map(|v| v.to_string()),
             endpoint: self.endpoint.clone(),
             internal: self.internal.unwrap_or(false),
+            ingress_filter: self.ingress_filter.map(|on| on.to_string()),
             dns_upstreams: self.dns_upstreams.as_ref().map(|list| list.join(",")),
         }
     }
@@ -575,6 +580,26 @@ mod tests {
         let input = conf.config_input();
         assert!(input.internal);
         assert_eq!(input.dns_upstreams.as_deref(), Some("192.0.2.53"));
+    }
+
+    #[test]
+    fn the_ingress_filter_is_on_unless_the_conflist_turns_it_off() {
+        let conf = |extra: &str| {
+            let text =
+                format!(r#"{{"cniVersion":"1.0.0","name":"n","type":"flatnet-cni"{extra}}}"#);
+            NetConf::parse(text.as_bytes())
+        };
+        let filtered = |extra| {
+            conf(extra)
+                .unwrap()
+                .flatnet_config()
+                .unwrap()
+                .ingress_filter
+        };
+        assert!(filtered(""));
+        assert!(!filtered(r#","ingressFilter":false"#));
+        let err = conf(r#","ingressFilter":"no""#).unwrap_err();
+        assert_eq!(err.code, code::INVALID_CONFIG);
     }
 
     #[test]

@@ -59,7 +59,7 @@ fn render(s: &DaemonStatus) -> String {
         }
     }
     out += &format!(
-        "\n{:<14} {:<8} {:<12} {:<16} {:<16} {:<18} {:<8} {}\n",
+        "\n{:<14} {:<8} {:<12} {:<16} {:<16} {:<18} {:<8} {:<8} {}\n",
         "NETWORK",
         "ID",
         "HOST MEMBER",
@@ -67,11 +67,12 @@ fn render(s: &DaemonStatus) -> String {
         "GATEWAY",
         "SUBNET",
         "EGRESS",
+        "INGRESS",
         "DNS UPSTREAMS"
     );
     for n in &s.networks {
         out += &format!(
-            "{:<14} {:<8} {:<12} {:<16} {:<16} {:<18} {:<8} {}\n",
+            "{:<14} {:<8} {:<12} {:<16} {:<16} {:<18} {:<8} {:<8} {}\n",
             n.network,
             n.id,
             n.host_member,
@@ -79,6 +80,11 @@ fn render(s: &DaemonStatus) -> String {
             n.gateway.to_string(),
             n.subnet.to_string(),
             if n.internal { "no" } else { "yes" },
+            if n.ingress_filter {
+                "filtered"
+            } else {
+                "routed"
+            },
             joined(&n.dns_upstreams, ","),
         );
     }

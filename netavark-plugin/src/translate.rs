@@ -13,6 +13,10 @@ use netavark::network::types::{
     StatusBlock, Subnet,
 };
 
+/// Networks created before the ingress filter existed carry no such option: they keep routed
+/// access. `create` writes the option into every new network, on unless given.
+const INGRESS_FILTER: &str = "ingress_filter";
+
 /// `-o key=value` options a Flatnet network accepts, and the config field each sets.
 pub const OPTIONS: &[&str] = &[
     "mtu",
@@ -28,6 +32,7 @@ pub const OPTIONS: &[&str] = &[
     "host_cert_file",
     "endpoint",
     "dns_upstreams",
+    INGRESS_FILTER,
 ];
 
 /// Validates a network at `podman network create` and fills in what was left out (a subnet and
@@ -57,6 +62,11 @@ pub fn normalise(mut network: Network) -> Result<Network, Error> {
     // Flatnet answers DNS itself (netavark starts aardvark-dns for bridge networks only);
     // Podman accepts `--network-alias` only on networks with DNS enabled.
     network.dns_enabled = true;
+    network
+        .options
+        .get_or_insert_with(HashMap::new)
+        .entry(INGRESS_FILTER.to_string())
+        .or_insert_with(|| "true".to_string());
     let config = config_of(&network)?;
     if matches!(config.lighthouse, LighthouseSettings::Etcd(_)) {
         narrow_to_host(&mut network, config)?;
@@ -142,6 +152,7 @@ pub fn config_of(network: &Network) -> Result<FlatnetConfig, Error> {
         tunnel_port: option("tunnel_port"),
         endpoint: option("endpoint"),
         internal: network.internal,
+        ingress_filter: Some(option(INGRESS_FILTER).unwrap_or_else(|| "false".to_string())),
         dns_upstreams,
     })
 }
@@ -310,6 +321,29 @@ mod tests {
             config.dns_upstreams,
             Some(vec!["192.0.2.53:53".parse().unwrap()])
         );
+    }
+
+    #[test]
+    fn new_networks_get_the_ingress_filter_and_older_ones_keep_routed_access() {
+        let created = normalise(network(base())).unwrap();
+        let recorded = created.options.as_ref().unwrap().get(INGRESS_FILTER);
+        assert_eq!(recorded.map(String::as_str), Some("true"));
+        assert!(config_of(&created).unwrap().ingress_filter);
+
+        let mut opted_out = base();
+        opted_out["options"] = serde_json::json!({"ingress_filter": "false"});
+        let created = normalise(network(opted_out)).unwrap();
+        assert!(!config_of(&created).unwrap().ingress_filter);
+
+        // A network from before the option: created, as Podman stored it, without it.
+        let mut older = created.clone();
+        older.options.as_mut().unwrap().remove(INGRESS_FILTER);
+        assert!(!config_of(&older).unwrap().ingress_filter);
+
+        let mut bad = base();
+        bad["options"] = serde_json::json!({"ingress_filter": "on"});
+        let err = normalise(network(bad)).unwrap_err().to_string();
+        assert!(err.contains("ingressFilter"), "{err}");
     }
 
     fn exec(json: serde_json::Value) -> NetworkPluginExec {

@@ -108,6 +108,7 @@ impl Network {
                     ifname: member.ifname,
                     subnet: member.subnet,
                     internal: member.internal,
+                    ingress_filter: member.ingress_filter,
                 });
             }
             for record in attachment::in_network(&dirs)? {

@@ -89,6 +89,9 @@ pub struct NetworkStatus {
     pub gateway: Ipv4Addr,
     pub subnet: Ipv4Net,
     pub internal: bool,
+    /// Forwarded traffic to the containers only from Flatnet, replies and published ports.
+    #[serde(default)]
+    pub ingress_filter: bool,
     pub dns_upstreams: Vec<SocketAddr>,
     /// Whether the host member's queue is open.
     pub served: bool,

@@ -56,6 +56,7 @@ impl LocalNetworks {
                     gateway: m.gateway,
                     subnet: m.subnet,
                     internal: m.internal,
+                    ingress_filter: m.ingress_filter,
                     dns_upstreams: m.dns_upstreams.clone(),
                     served: n.host_slot.is_some(),
                 }

@@ -768,7 +768,9 @@ pub fn nc_receiver(ns: &str, port: u16, into: &Path) -> NcReceiver {
 /// A continuous ping whose replies are read as they come.
 pub struct Pinger {
     child: Child,
-    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+    /// Sequence numbers of replies, as ping prints them. A thread reads ping's output as it
+    /// comes: a long run would otherwise fill the pipe and stall ping.
+    replies: std::sync::mpsc::Receiver<u64>,
     interval: f64,
 }
 
@@ -793,30 +795,39 @@ impl Pinger {
             .spawn()
             .unwrap();
         let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let (sender, replies) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let sequence = |line: &str| {
+                line.split("seq=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            };
+            for seq in lines.map_while(Result::ok).filter_map(|l| sequence(&l)) {
+                if sender.send(seq).is_err() {
+                    break;
+                }
+            }
+        });
         Pinger {
             child,
-            lines,
+            replies,
             interval,
         }
     }
 
     /// Blocks until the next reply; returns its sequence number.
     pub fn next_reply(&mut self) -> Option<u64> {
-        for line in self.lines.by_ref() {
-            let line = line.ok()?;
-            if let Some(seq) = line.split("seq=").nth(1) {
-                return seq.split_whitespace().next()?.parse().ok();
-            }
-        }
-        None
+        self.replies.recv().ok()
     }
 
     /// Reads the rest; returns (replies, the longest run of missing replies in seconds).
-    pub fn finish(mut self, mut seen: Vec<u64>) -> (usize, f64) {
-        while let Some(seq) = self.next_reply() {
-            seen.push(seq);
-        }
-        let _ = self.child.wait();
+    pub fn finish(self, mut seen: Vec<u64>) -> (usize, f64) {
+        seen.extend(self.replies.iter());
+        let mut child = self.child;
+        let _ = child.wait();
         let longest = seen.windows(2).map(|w| w[1] - w[0] - 1).max().unwrap_or(0);
         (seen.len(), longest as f64 * self.interval)
     }

@@ -70,6 +70,8 @@ pub fn in_chroot(program: &str) -> Command {
 #[derive(Debug, Default)]
 pub struct NetOptions {
     pub internal: bool,
+    /// `None`: the default (on).
+    pub ingress_filter: Option<bool>,
     /// The resolver names outside the network go to (tests bring their own; never the host's).
     pub dns_upstream: Option<&'static str>,
     /// A state directory and tunnel port of the network's own (a daemon of its own).
@@ -116,6 +118,9 @@ impl Net {
                 if let Some(upstream) = options.dns_upstream {
                     plugin["dnsUpstreams"] = serde_json::json!([upstream]);
                 }
+                if let Some(on) = options.ingress_filter {
+                    plugin["ingressFilter"] = serde_json::json!(on);
+                }
                 if let Some(dir) = options.state_dir {
                     plugin["stateDir"] = serde_json::json!(dir);
                 }
@@ -141,6 +146,12 @@ impl Net {
                 let upstream = options.dns_upstream.map(|u| format!("dns_upstreams={u}"));
                 if let Some(upstream) = &upstream {
                     args.extend(["-o", upstream]);
+                }
+                let ingress = options
+                    .ingress_filter
+                    .map(|on| format!("ingress_filter={on}"));
+                if let Some(ingress) = &ingress {
+                    args.extend(["-o", ingress]);
                 }
                 if options.internal {
                     args.push("--internal");
