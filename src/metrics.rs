@@ -344,6 +344,7 @@ mod tests {
                 handshake_age_ms: None,
                 last_received_ms: None,
                 queued: 0,
+                seen_as: None,
                 stats: PeerStats {
                     tx_bytes: 1000,
                     rx_bytes: 2000,

@@ -6,6 +6,7 @@
 //! I/O itself: datagrams to send are handed to a `send` callback, so the data plane decides how
 //! to batch them and the tests can wire two managers together in memory.
 
+pub mod control;
 pub mod cookie;
 pub mod handshake;
 pub mod keys;
@@ -23,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use control::{Control, MAX_CONTROL_LEN};
 use cookie::{Cookie, CookieMinter, COOKIE_LIFETIME};
 use handshake::Initiation;
 pub use keys::{decode_key, encode_key, PublicKey, StaticKeys};
@@ -170,6 +172,12 @@ struct Peer {
     outside_trigger: Option<Instant>,
     /// The newest cookie the peer gave us, and when.
     cookie: Option<(Cookie, Instant)>,
+    /// Where the peer says our datagrams come from (our address behind its view of the
+    /// underlay: a NAT's, if one is in between).
+    seen_as: Option<SocketAddr>,
+    /// The endpoint we last told the peer we see it at, and in which session: told again
+    /// when either changes (a restarted peer has forgotten; a roaming one has moved).
+    told: Option<(SocketAddr, u32)>,
     queue: VecDeque<Vec<u8>>,
     stats: PeerStats,
 }
@@ -194,6 +202,8 @@ impl Peer {
             trying_since: None,
             outside_trigger: None,
             cookie: None,
+            seen_as: None,
+            told: None,
             queue: VecDeque::new(),
             stats: PeerStats::default(),
         }
@@ -247,6 +257,9 @@ pub struct PeerStatus {
     /// Milliseconds since anything authenticated came from the peer.
     pub last_received_ms: Option<u64>,
     pub queued: usize,
+    /// Our endpoint as the peer sees it, if it said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seen_as: Option<SocketAddr>,
     #[serde(flatten)]
     pub stats: PeerStats,
 }
@@ -591,6 +604,7 @@ impl TunnelManager {
                     .last_received
                     .map(|t| now.duration_since(t).as_millis() as u64),
                 queued: p.queue.len(),
+                seen_as: p.seen_as,
                 stats: p.stats.clone(),
             })
             .collect();
@@ -721,6 +735,7 @@ impl TunnelManager {
         if !self.flush_queue(&key, now, send) {
             self.send_keepalive(&key, now, send);
         }
+        self.tell_observed(&key, now, send);
         Received::Handled
     }
 
@@ -782,18 +797,57 @@ impl TunnelManager {
             return Received::Dropped(DropReason::UnknownSession);
         };
         peer.endpoint = from;
-        peer.heard(len > 0, now, &self.limits);
         peer.stats.rx_packets += 1;
         peer.stats.rx_bytes += len as u64;
-        if peer.unconfirmed == Some(receiver) {
+        let control = control::is_control(&out[..len]);
+        if control {
+            if let Some(Control::Observed(address)) = Control::decode(&out[..len]) {
+                peer.seen_as = Some(address);
+            }
+        }
+        peer.heard(len > 0 && !control, now, &self.limits);
+        let confirmed = peer.unconfirmed == Some(receiver);
+        if confirmed {
             peer.unconfirmed = None;
             peer.promote(receiver, &mut self.sessions, now);
+        }
+        let untold = peer.told != peer.current.map(|index| (from, index));
+        if confirmed {
             self.flush_queue(&key, now, send);
         }
-        if len == 0 {
+        if untold {
+            self.tell_observed(&key, now, send);
+        }
+        if len == 0 || control {
             Received::Handled
         } else {
             Received::Data { peer: key, len }
+        }
+    }
+
+    /// Tells the peer where its datagrams come from, once per session and endpoint.
+    fn tell_observed(&mut self, key: &PublicKey, now: Instant, send: &mut Sender) {
+        let Some(peer) = self.peers.get_mut(key) else {
+            return;
+        };
+        let Some(index) = peer.current else {
+            return;
+        };
+        let told = (peer.endpoint, index);
+        if peer.told == Some(told) {
+            return;
+        }
+        let mut message = [0u8; MAX_CONTROL_LEN];
+        let len = Control::Observed(peer.endpoint).encode(&mut message);
+        let mut out = [0u8; wire::TRANSPORT_HEADER_LEN + MAX_CONTROL_LEN + wire::AEAD_TAG_LEN];
+        let session = self.sessions.get_mut(&index);
+        if let Some(sealed) = session
+            .filter(|s| s.can_send(now, &self.limits))
+            .and_then(|s| s.encrypt(&message[..len], &mut out))
+        {
+            send(&out[..sealed], peer.endpoint);
+            peer.sent(false, now, &self.limits);
+            peer.told = Some(told);
         }
     }
 

@@ -282,7 +282,8 @@ fn a_captured_initiation_stays_stale_after_the_peer_is_forgotten() {
 #[test]
 fn out_of_order_inside_the_window_is_accepted() {
     let (mut a, mut b, mut wire, now) = established();
-    for i in 0..50u8 {
+    // Payloads start with a network id, never 0 (that marks a control message).
+    for i in 1..=50u8 {
         a.send_packet(&b, &[i; 20], &mut wire, now);
     }
     let mut datagrams: Vec<_> = wire.drain(..).collect();
@@ -294,7 +295,7 @@ fn out_of_order_inside_the_window_is_accepted() {
         }
     }
     got.sort();
-    assert_eq!(got, (0..50).collect::<Vec<u8>>());
+    assert_eq!(got, (1..=50).collect::<Vec<u8>>());
 }
 
 #[test]
@@ -547,6 +548,9 @@ fn without_load_no_cookie_is_asked_for() {
 #[test]
 fn a_quiet_receiver_sends_a_keepalive_and_both_see_it() {
     let (mut a, mut b, mut wire, now) = established();
+    // The session's first exchange ended with b's control message; now data alone.
+    a.send_packet(&b, b"data", &mut wire, now);
+    pump(&mut a, &mut b, &mut wire, now);
     let limits = Limits::default();
     let mut sent = Vec::new();
     b.tm.tick(now + limits.keepalive_after / 2, &mut |d, to| {
@@ -718,7 +722,7 @@ fn a_train_is_sealed_through_one_lookup_and_renewed_after() {
     assert_eq!(sealer.endpoint(), b.addr);
     let mut sealed = Vec::new();
     for i in 0..10u32 {
-        let packet = i.to_le_bytes().repeat(10);
+        let packet = (i + 1).to_le_bytes().repeat(10);
         let mut out = vec![0u8; sealed_len(packet.len())];
         match sealer.seal(&packet, &mut out) {
             Some(len) => {
@@ -728,8 +732,8 @@ fn a_train_is_sealed_through_one_lookup_and_renewed_after() {
             None => break,
         }
     }
-    // "hello" used one message of the eight.
-    assert_eq!(sealed.len(), 7, "the session's budget ends the train");
+    // "hello" and the control message saying where b is seen used two of the eight.
+    assert_eq!(sealed.len(), 6, "the session's budget ends the train");
     assert!(sealer.finish(), "the spent session is due for renewal");
     let handshakes = a.tm.status(now)[0].stats.handshakes_sent;
     a.tm.renew(&key, now, &mut |d, to| {
@@ -740,7 +744,7 @@ fn a_train_is_sealed_through_one_lookup_and_renewed_after() {
         wire.push_back((datagram, a.addr, b.addr));
     }
     let (_, got) = pump(&mut a, &mut b, &mut wire, now);
-    let expected: Vec<Vec<u8>> = (0..7u32).map(|i| i.to_le_bytes().repeat(10)).collect();
+    let expected: Vec<Vec<u8>> = (1..=6u32).map(|i| i.to_le_bytes().repeat(10)).collect();
     assert_eq!(got, expected);
 }
 
@@ -801,4 +805,46 @@ fn trains_handed_off_to_other_threads_never_share_a_counter() {
     }
     let (_, replayed) = pump(&mut a, &mut b, &mut wire, now);
     assert!(replayed.is_empty(), "each counter is accepted once");
+}
+
+#[test]
+fn each_side_learns_where_the_other_sees_it_through_a_nat() {
+    let (mut a, mut b, mut wire, now) = sending(b"through the nat");
+    // A is behind a NAT: what it sends reaches B from `outside`, what B sends there reaches A.
+    let outside = SocketAddr::from(([203, 0, 113, 9], 61000));
+    let mut got_b = Vec::new();
+    while let Some((d, from, to)) = wire.pop_front() {
+        if to == b.addr {
+            let from = if from == a.addr { outside } else { from };
+            if let (Received::Data { .. }, data) = b.receive(&d, from, &mut wire, now) {
+                got_b.push(data);
+            }
+        } else {
+            assert_eq!(to, outside, "B answers where A's datagrams came from");
+            let (received, _) = a.receive(&d, b.addr, &mut wire, now);
+            assert!(!matches!(received, Received::Data { .. }), "A got no data");
+        }
+    }
+    assert_eq!(got_b, vec![b"through the nat".to_vec()], "control is not data");
+    assert_eq!(a.tm.status(now)[0].seen_as, Some(outside));
+    assert_eq!(b.tm.status(now)[0].seen_as, Some(b.addr));
+}
+
+#[test]
+fn the_peer_is_told_once_per_session_and_again_when_it_moves() {
+    let (mut a, mut b, mut wire, now) = established();
+    assert_eq!(b.tm.status(now)[0].seen_as, Some(b.addr));
+    let heard_from_b = |a: &Host| a.tm.status(now)[0].stats.rx_packets;
+    let before = heard_from_b(&a);
+    for _ in 0..3 {
+        a.send_packet(&b, b"more", &mut wire, now);
+    }
+    pump(&mut a, &mut b, &mut wire, now);
+    assert_eq!(heard_from_b(&a), before, "B had nothing new to tell");
+
+    // B roams; its authentic packet moves A's idea of it, and A says so.
+    b.addr = SocketAddr::from(([192, 0, 2, 99], 4800));
+    b.send_packet(&a, b"from elsewhere", &mut wire, now);
+    pump(&mut a, &mut b, &mut wire, now);
+    assert_eq!(b.tm.status(now)[0].seen_as, Some(b.addr));
 }
