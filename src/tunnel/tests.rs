@@ -825,7 +825,11 @@ fn each_side_learns_where_the_other_sees_it_through_a_nat() {
             assert!(!matches!(received, Received::Data { .. }), "A got no data");
         }
     }
-    assert_eq!(got_b, vec![b"through the nat".to_vec()], "control is not data");
+    assert_eq!(
+        got_b,
+        vec![b"through the nat".to_vec()],
+        "control is not data"
+    );
     assert_eq!(a.tm.status(now)[0].seen_as, Some(outside));
     assert_eq!(b.tm.status(now)[0].seen_as, Some(b.addr));
 }
