@@ -345,6 +345,7 @@ mod tests {
                 last_received_ms: None,
                 queued: 0,
                 seen_as: None,
+                path_mtu: None,
                 stats: PeerStats {
                     tx_bytes: 1000,
                     rx_bytes: 2000,

@@ -110,16 +110,27 @@ fn render(s: &DaemonStatus) -> String {
         );
     }
     out += &format!(
-        "\n{:<13} {:<21} {:>8} {:>13} {:>9} {:>22} {:>22}\n",
-        "PEER", "ENDPOINT", "SESSIONS", "HANDSHAKE AGE", "LAST RX", "TX PKT/B", "RX PKT/B"
+        "\n{:<13} {:<21} {:<21} {:>8} {:>8} {:>13} {:>9} {:>22} {:>22}\n",
+        "PEER",
+        "ENDPOINT",
+        "SEEN AS",
+        "PATH MTU",
+        "SESSIONS",
+        "HANDSHAKE AGE",
+        "LAST RX",
+        "TX PKT/B",
+        "RX PKT/B"
     );
+    let or_dash = |value: Option<String>| value.unwrap_or_else(|| "-".into());
     let seconds =
         |ms: Option<u64>| ms.map_or("-".to_string(), |ms| format!("{:.1} s", ms as f64 / 1000.0));
     for p in &s.peers {
         out += &format!(
-            "{:<13} {:<21} {:>8} {:>13} {:>9} {:>22} {:>22}\n",
+            "{:<13} {:<21} {:<21} {:>8} {:>8} {:>13} {:>9} {:>22} {:>22}\n",
             short(&p.public_key),
             p.endpoint.to_string(),
+            or_dash(p.seen_as.map(|a| a.to_string())),
+            or_dash(p.path_mtu.map(|m| m.to_string())),
             p.sessions,
             seconds(p.handshake_age_ms),
             seconds(p.last_received_ms),

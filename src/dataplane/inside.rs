@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use super::offload::{Segments, VNET_HDR_LEN};
 use super::packet::{ipv4_addresses, udp_datagram, NETWORK_ID_LEN};
+use super::pmtu::Fit;
 use super::routes::Route;
 use super::seal_workers::{SealWorkers, Train};
 use super::{batched, Buffers, Daemon, DropCounters, SameHost};
@@ -56,7 +57,7 @@ impl Daemon {
                 .ok_or(DropReason::NotIpv4)
                 .and_then(|(src, dst)| self.next_hop(network_id, address, from_host, src, dst, n));
             let result = match hop {
-                Ok(Hop::Tunnel(route)) => self.send_train(network_id, route, n),
+                Ok(Hop::Tunnel(route)) => self.send_train(slot, network_id, route, n),
                 Ok(Hop::Local(to)) => self.write_local(to, n),
                 Ok(Hop::Neighbour(to)) => self.write_to_neighbour(to, n),
                 Ok(Hop::Resolver) => {
@@ -131,17 +132,26 @@ impl Daemon {
         }
     }
 
-    /// Cuts the frame's train into packets, then prefixes each with the network id, seals it and
-    /// queues it for `route`: the peer's session is looked up once for the train, and each
-    /// packet sealed straight into the send batch, here or by the flow's sealing worker.
+    /// Fits the frame to the path, cuts its train into packets, then prefixes each with the
+    /// network id, seals it and queues it for `route`: the peer's session is looked up once for
+    /// the train, and each packet sealed straight into the send batch, here or by the flow's
+    /// sealing worker. `slot` is the sending member's.
     fn send_train(
         &mut self,
+        slot: usize,
         network_id: NetworkId,
         route: Route,
         n: usize,
     ) -> Result<(), DropReason> {
-        let segments = Segments::new(&self.bufs.frame[..n]).ok_or(DropReason::Malformed)?;
         let now = Instant::now();
+        let endpoint = self
+            .tunnels
+            .endpoint_of(&route.key)
+            .unwrap_or(route.endpoint);
+        if let Fit::Fragments(mtu) = self.fit_to_path(slot, network_id, endpoint, n, now)? {
+            return self.send_fragments(network_id, route, n, mtu, now);
+        }
+        let segments = Segments::new(&self.bufs.frame[..n]).ok_or(DropReason::Malformed)?;
         let fd = self.udp.as_raw_fd();
         let Some(mut sealer) = self.tunnels.sealer(&route.key, route.endpoint, now) else {
             // No session yet: packet by packet, held until the handshake completes.
@@ -201,7 +211,7 @@ impl Daemon {
 
     /// `plain[..NETWORK_ID_LEN + len]` holds a packet behind its network id for `route`: seal
     /// and queue it.
-    fn send_from_container(
+    pub(super) fn send_from_container(
         &mut self,
         route: Route,
         len: usize,

@@ -24,13 +24,14 @@ mod io;
 mod local;
 mod members;
 mod outside;
+mod pmtu;
 mod queues;
 mod resolver;
 mod routes;
 mod seal_workers;
 mod services;
 
-use io::{batch, coalesce, idle_poll, lanes, offload, packet};
+use io::{batch, coalesce, fragment, icmp, idle_poll, lanes, offload, packet};
 use services::{control_server, follower, metrics_server, notify, signals};
 
 use std::collections::{BTreeMap, HashMap};
@@ -152,6 +153,7 @@ pub struct Daemon {
     /// Networks with members here: their host member and DNS settings.
     networks: LocalNetworks,
     forwarder: Forwarder,
+    path_mtus: pmtu::PathMtus,
     drops: DropCounters,
     fast_path: FastPathStats,
     bufs: Buffers,
@@ -356,6 +358,7 @@ impl Daemon {
         }
         .rekeying_after(config.tuning.rekey_after());
         let mut tunnels = TunnelManager::new(keys, limits);
+        let path_mtus = pmtu::PathMtus::new(config.listen.ip());
         tunnels
             .remember_init_timestamps(handshake_memory::load(&config.state_dir.init_timestamps()));
         Ok(Daemon {
@@ -377,6 +380,7 @@ impl Daemon {
             queues: Queues::default(),
             networks: LocalNetworks::default(),
             forwarder,
+            path_mtus,
             drops: DropCounters::default(),
             fast_path: FastPathStats::default(),
             bufs: Buffers {
@@ -498,6 +502,7 @@ impl Daemon {
         self.tunnels
             .tick(now, &mut batched(&mut self.bufs.to_send, fd));
         self.save_init_timestamps(now);
+        self.path_mtus.forget_idle(now);
         if !self.routes.expire_certs(crate::cert::now_unix()).is_empty() {
             self.close_delisted_tunnels();
         }
@@ -621,7 +626,7 @@ impl Daemon {
             refused_entries: self.routes.refused(),
             certificate_not_after: self.own_not_after,
             containers: self.queues.iter().map(member_status).collect(),
-            peers: self.tunnels.status(now),
+            peers: self.peer_status(now),
             sessions: self.tunnels.session_count(),
             networks: self.networks.status(),
             dns: self.forwarder.stats.clone(),
@@ -632,6 +637,17 @@ impl Daemon {
                 stats: self.poll.stats().clone(),
             },
         }
+    }
+}
+
+impl Daemon {
+    /// The tunnels' view of each peer, with the path MTU the data plane knows.
+    fn peer_status(&self, now: Instant) -> Vec<crate::tunnel::PeerStatus> {
+        let mut peers = self.tunnels.status(now);
+        for peer in &mut peers {
+            peer.path_mtu = self.path_mtus.path_mtu(peer.endpoint);
+        }
+        peers
     }
 }
 
@@ -666,6 +682,9 @@ fn open_underlay(listen: SocketAddr) -> Result<Lanes> {
     let udp = &lanes.transport;
     if let Err(e) = setsockopt(udp, sockopt::SndBufForce, &SOCKET_BUFFER) {
         tracing::warn!("enlarging UDP buffers: {e}");
+    }
+    if let Err(e) = pmtu::forbid_fragmenting(udp) {
+        tracing::warn!("setting DF on the tunnel's datagrams: {e}");
     }
     // Trains of datagrams from one peer arrive as one message (split in `RecvBatch`).
     if let Err(e) = batch::enable_gro(udp.as_raw_fd()) {

@@ -76,6 +76,9 @@ pub enum DropReason {
     /// The container's TUN device did not take the packet (its queue is full, or the device
     /// is gone).
     DeliveryFailed,
+    /// Larger than the path to the peer carries, with fragmenting forbidden: answered with
+    /// ICMP "fragmentation needed".
+    TooBig,
 }
 
 impl DropReason {
@@ -87,7 +90,7 @@ impl DropReason {
         }
     }
 
-    pub const ALL: [DropReason; 16] = [
+    pub const ALL: [DropReason; 17] = [
         DropReason::Malformed,
         DropReason::UnknownSession,
         DropReason::BadTag,
@@ -104,6 +107,7 @@ impl DropReason {
         DropReason::NotIpv4,
         DropReason::QueueFull,
         DropReason::DeliveryFailed,
+        DropReason::TooBig,
     ];
 }
 
@@ -260,6 +264,9 @@ pub struct PeerStatus {
     /// Our endpoint as the peer sees it, if it said.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seen_as: Option<SocketAddr>,
+    /// The underlay's path MTU to the peer, as the data plane last read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_mtu: Option<u32>,
     #[serde(flatten)]
     pub stats: PeerStats,
 }
@@ -580,6 +587,11 @@ impl TunnelManager {
         self.initiations.clear();
     }
 
+    /// Where `peer` is now (it may have roamed from where the lighthouse says).
+    pub fn endpoint_of(&self, peer: &PublicKey) -> Option<SocketAddr> {
+        self.peers.get(peer).map(|p| p.endpoint)
+    }
+
     pub fn session_count(&self) -> usize {
         self.sessions.len()
     }
@@ -605,6 +617,7 @@ impl TunnelManager {
                     .map(|t| now.duration_since(t).as_millis() as u64),
                 queued: p.queue.len(),
                 seen_as: p.seen_as,
+                path_mtu: None,
                 stats: p.stats.clone(),
             })
             .collect();

@@ -134,6 +134,8 @@ pub struct Cluster {
     pub network_ca: Option<tempfile::TempDir>,
     /// Networks besides `network` that the hosts' certificates name.
     pub also_certified: Vec<String>,
+    /// Router namespaces between the bridge and hosts behind them.
+    pub routers: Vec<TestNetns>,
 }
 
 impl Cluster {
@@ -252,6 +254,7 @@ impl Cluster {
             subnet: "198.51.100.0/24".into(),
             network_ca: None,
             also_certified: Vec::new(),
+            routers: Vec::new(),
         }
     }
 
@@ -279,6 +282,65 @@ impl Cluster {
         ns.ip(&["addr", "add", &format!("{address}/24"), "dev", "eth0"]);
         ns.ip(&["link", "set", "eth0", "up"]);
         ns.ip(&["link", "set", "lo", "up"]);
+        let state = tempfile::Builder::new()
+            .prefix("flatnet-host-")
+            .tempdir()
+            .unwrap();
+        self.hosts.push(Host {
+            ns,
+            address,
+            state,
+            network_ca: None,
+        });
+        i
+    }
+
+    /// A host on a network of its own (203.0.113.0/24) behind a router on the bridge, over a
+    /// link of `link_mtu` bytes. The hosts already on the bridge route to it through the
+    /// router (no NAT); the router answers datagrams too large for the link with ICMP.
+    pub fn add_host_behind_router(&mut self, link_mtu: u32) -> usize {
+        assert!(self.routers.is_empty(), "one router so far");
+        let router = TestNetns::new("router");
+        let (outside, inside) = ("192.0.2.254", "203.0.113.1");
+        self.wire.ip(&[
+            "link",
+            "add",
+            "r0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "wan",
+            "netns",
+            &router.name,
+        ]);
+        self.wire.ip(&["link", "set", "r0", "master", "br0", "up"]);
+        router.ip(&["addr", "add", &format!("{outside}/24"), "dev", "wan"]);
+        router.ip(&["link", "set", "wan", "up"]);
+        let forwarding = in_ns(&router.name, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+            .status()
+            .unwrap();
+        assert!(forwarding.success());
+        for host in &self.hosts {
+            host.ns
+                .ip(&["route", "add", "203.0.113.0/24", "via", outside]);
+        }
+
+        let i = self.hosts.len();
+        let ns = TestNetns::new("host");
+        let mtu = link_mtu.to_string();
+        router.ip(&[
+            "link", "add", "lan", "mtu", &mtu, "type", "veth", "peer", "name", "eth0", "mtu", &mtu,
+            "netns", &ns.name,
+        ]);
+        router.ip(&["addr", "add", &format!("{inside}/24"), "dev", "lan"]);
+        router.ip(&["link", "set", "lan", "up"]);
+        let address = Ipv4Addr::new(203, 0, 113, 10);
+        ns.ip(&["addr", "add", &format!("{address}/24"), "dev", "eth0"]);
+        ns.ip(&["link", "set", "eth0", "up"]);
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns.ip(&["route", "add", "default", "via", inside]);
+        self.routers.push(router);
         let state = tempfile::Builder::new()
             .prefix("flatnet-host-")
             .tempdir()

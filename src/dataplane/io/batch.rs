@@ -217,8 +217,9 @@ pub struct SendBatch {
     count: usize,
     /// Off once the kernel refused a GSO message (a device without checksum offload).
     gso: bool,
-    /// Peers behind a path narrower than our datagrams: the kernel fragments those one by
-    /// one but refuses to cut a GSO message into fragments.
+    /// Peers whose path was found narrower than our datagrams (warned about once): the
+    /// kernel refuses datagrams above the path MTU, alone or in a GSO message, until the
+    /// data plane has lowered what members send (`dataplane/pmtu.rs`).
     narrow: HashSet<SocketAddr>,
     /// Datagrams handed to the kernel since the start.
     flushed: u64,
@@ -295,8 +296,6 @@ impl SendBatch {
             && last.len == last.segment * last.segments as usize
             && last.len + len <= GSO_BYTES
             && last.segments < GSO_SEGMENTS
-            // Asked once per message, not per datagram.
-            && (last.segments > 1 || !self.narrow.contains(&to))
     }
 
     /// Sends everything queued. Datagrams the kernel refuses (a full socket buffer, an
@@ -306,8 +305,13 @@ impl SendBatch {
         while done < self.count {
             match self.send_from(fd, done) {
                 Ok(n) => done += n,
+                Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
+                    self.note_narrow_path(done);
+                    done += 1;
+                }
                 Err(e) if self.messages[done].segments > 1 && refuses_gso(&e) => {
-                    self.give_up_gso(&e, done);
+                    tracing::warn!("UDP GSO refused ({e}); sending datagrams one by one");
+                    self.gso = false;
                     self.send_one_by_one(fd, done);
                     done += 1;
                 }
@@ -358,21 +362,16 @@ impl SendBatch {
         }
     }
 
-    /// After the kernel refused GSO message `i`: for its peer only if the path is too narrow
-    /// (the datagrams still go, fragmented), else for good.
-    fn give_up_gso(&mut self, e: &io::Error, i: usize) {
+    /// After the kernel refused message `i` as larger than the path to its peer: it is
+    /// dropped (sent alone, its datagrams would be refused too).
+    fn note_narrow_path(&mut self, i: usize) {
         let to = self.messages[i].to.expect("queued");
-        if e.raw_os_error() == Some(libc::EMSGSIZE) {
-            if self.narrow.insert(to) {
-                tracing::warn!(
-                    "the path to {to} is narrower than Flatnet's datagrams ({} bytes): they \
-                     leave fragmented; a smaller network MTU avoids that",
-                    self.messages[i].segment
-                );
-            }
-        } else {
-            tracing::warn!("UDP GSO refused ({e}); sending datagrams one by one");
-            self.gso = false;
+        if self.narrow.insert(to) {
+            tracing::warn!(
+                "the path to {to} is narrower than Flatnet's datagrams ({} bytes): they are \
+                 dropped until members are told the path's MTU (within a second)",
+                self.messages[i].segment
+            );
         }
     }
 
@@ -410,7 +409,7 @@ impl SendBatch {
 fn refuses_gso(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
-        Some(libc::EMSGSIZE | libc::EIO | libc::EINVAL | libc::ENOPROTOOPT | libc::EOPNOTSUPP)
+        Some(libc::EIO | libc::EINVAL | libc::ENOPROTOOPT | libc::EOPNOTSUPP)
     )
 }
 

@@ -108,6 +108,15 @@ impl Segments {
         }
     }
 
+    /// The length of the largest packet [`Segments::next_into`] will write (`packet_len`:
+    /// the frame's, less its header).
+    pub fn largest(&self, packet_len: usize) -> usize {
+        match self.header.gso_type {
+            GSO_NONE => packet_len,
+            _ => self.headers_len + self.header.gso_size.min(self.payload_len),
+        }
+    }
+
     /// How many bytes those packets hold together (`packet_len`: the frame's, less its header).
     pub fn bytes(&self, packet_len: usize) -> usize {
         match self.header.gso_type {
@@ -153,6 +162,24 @@ impl Segments {
         self.index += 1;
         self.done = last;
         Some(len)
+    }
+}
+
+/// Whether the frame's packet carries a checksum left partial for the device to finish.
+pub fn needs_checksum(frame: &[u8]) -> bool {
+    frame.first().is_some_and(|flags| flags & F_NEEDS_CSUM != 0)
+}
+
+/// Finishes the checksum of the frame's packet, written to `packet`, if the sender left it
+/// partial: a packet about to be fragmented must carry a whole one.
+pub fn finish_checksum(frame: &[u8], packet: &mut [u8]) {
+    if let Some(header) = Segments::new(frame).map(|s| s.header) {
+        if header.flags & F_NEEDS_CSUM != 0 && header.gso_type == GSO_NONE {
+            let field = header.csum_start + header.csum_offset + 2;
+            if field <= packet.len() {
+                complete_checksum(packet, header.csum_start, header.csum_offset);
+            }
+        }
     }
 }
 
