@@ -179,6 +179,7 @@ fn same_host_encrypted_sends_neighbours_through_the_tunnel() {
     let peer = &status["peers"][0];
     assert_eq!(&peer["public_key"], own_key, "the host tunnels to itself");
     assert!(peer["tx_packets"].as_u64().unwrap() > 0);
+    assert_eq!(peer["seen_as"], peer["endpoint"], "told where it is seen");
 
     // Asking a running daemon for the other path is refused, not ignored.
     let said = cluster.refused_start(0, &["--same-host", "fast"]);

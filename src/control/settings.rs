@@ -50,7 +50,8 @@ pub struct Tuning {
     #[arg(long)]
     pub metrics: Option<MetricsAddress>,
     /// Send a keepalive on every tunnel at least every SECS seconds and keep idle tunnels
-    /// open, for peers behind NAT; 0 turns it off [default: off, or the last run's]
+    /// open, for peers behind NAT; 0 turns it off [default: every 25 s to the peers that see
+    /// this host through NAT (elsewhere than its endpoint), to no others; or the last run's]
     #[arg(long = "persistent-keepalive", value_name = "SECS")]
     pub persistent_keepalive_s: Option<u32>,
     /// How containers of this host reach each other: `fast` (straight from one TUN device to

@@ -352,12 +352,18 @@ impl Daemon {
             0 => None,
             n => Some(SealWorkers::spawn(n, &udp, frame_len)?),
         };
+        let defaults = Limits::default();
         let limits = Limits {
             persistent_keepalive: config.tuning.persistent_keepalive(),
-            ..Limits::default()
+            // The operator's own setting, on or off, replaces the one for NAT.
+            nat_keepalive: defaults
+                .nat_keepalive
+                .filter(|_| config.tuning.persistent_keepalive_s.is_none()),
+            ..defaults
         }
         .rekeying_after(config.tuning.rekey_after());
         let mut tunnels = TunnelManager::new(keys, limits);
+        tunnels.set_published_endpoint(config.listen);
         let path_mtus = pmtu::PathMtus::new(config.listen.ip());
         tunnels
             .remember_init_timestamps(handshake_memory::load(&config.state_dir.init_timestamps()));

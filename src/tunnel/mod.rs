@@ -287,6 +287,8 @@ pub struct TunnelManager {
     mac_key: MacKey,
     limiter: HandshakeLimiter,
     cookies: CookieMinter,
+    /// The endpoint this host publishes: a peer that sees it elsewhere sees it through NAT.
+    published: Option<SocketAddr>,
 }
 
 impl TunnelManager {
@@ -297,6 +299,7 @@ impl TunnelManager {
             mac_key,
             limiter: HandshakeLimiter::new(now),
             cookies: CookieMinter::new(&keys.public, now),
+            published: None,
             keys,
             limits,
             peers: HashMap::new(),
@@ -325,6 +328,11 @@ impl TunnelManager {
             return None;
         }
         Some(self.init_timestamps.iter().map(|(k, t)| (*k, *t)).collect())
+    }
+
+    /// The endpoint this host publishes, to tell which peers see it through NAT.
+    pub fn set_published_endpoint(&mut self, endpoint: SocketAddr) {
+        self.published = Some(endpoint);
     }
 
     pub fn public_key(&self) -> &PublicKey {
@@ -528,11 +536,20 @@ impl TunnelManager {
     }
 
     /// Sends a keepalive if one is due: passive (we received data and sent nothing back) or
-    /// persistent (configured, for peers behind NAT).
+    /// persistent (configured, or to a peer that sees us through NAT).
     fn send_due_keepalive(&mut self, key: &PublicKey, now: Instant, send: &mut Sender) {
+        let published = self.published;
         let peer = self.peers.get_mut(key).expect("listed peer");
         let passive = peer.keepalive_due.is_some_and(|due| now >= due);
-        let persistent = self.limits.persistent_keepalive.is_some_and(|every| {
+        let through_nat = peer
+            .seen_as
+            .zip(published)
+            .is_some_and(|(seen, published)| !same_endpoint(seen, published));
+        let every = self
+            .limits
+            .persistent_keepalive
+            .or(self.limits.nat_keepalive.filter(|_| through_nat));
+        let persistent = every.is_some_and(|every| {
             peer.current.is_some() && peer.last_sent.is_none_or(|at| now >= at + every)
         });
         if persistent {
@@ -928,6 +945,16 @@ fn fresh_index(sessions: &HashMap<u32, Session>, initiations: &HashMap<u32, Init
         if index != 0 && !sessions.contains_key(&index) && !initiations.contains_key(&index) {
             return index;
         }
+    }
+}
+
+/// Whether a peer seeing us at `seen` sees the endpoint we publish: any address with its
+/// port when we publish none in particular (bound to all addresses).
+fn same_endpoint(seen: SocketAddr, published: SocketAddr) -> bool {
+    if published.ip().is_unspecified() {
+        seen.port() == published.port()
+    } else {
+        seen == published
     }
 }
 

@@ -852,3 +852,48 @@ fn the_peer_is_told_once_per_session_and_again_when_it_moves() {
     pump(&mut a, &mut b, &mut wire, now);
     assert_eq!(b.tm.status(now)[0].seen_as, Some(b.addr));
 }
+
+#[test]
+fn a_host_seen_through_nat_keeps_the_mapping_open_and_the_other_does_not() {
+    let (mut a, mut b, mut wire, now) = sending(b"through the nat");
+    a.tm.set_published_endpoint(a.addr);
+    b.tm.set_published_endpoint(b.addr);
+    let outside = SocketAddr::from(([203, 0, 113, 9], 61000));
+    let mut t = now;
+    // A is behind a NAT (its datagrams reach B from `outside`); both stay idle for 100 s.
+    let end = now + Duration::from_secs(100);
+    while t < end {
+        while let Some((d, from, to)) = wire.pop_front() {
+            if to == b.addr {
+                let from = if from == a.addr { outside } else { from };
+                b.receive(&d, from, &mut wire, t);
+            } else {
+                a.receive(&d, b.addr, &mut wire, t);
+            }
+        }
+        t += Duration::from_secs(1);
+        let (from_a, from_b) = (a.addr, b.addr);
+        a.tm.tick(t, &mut |d, to| wire.push_back((d.to_vec(), from_a, to)));
+        b.tm.tick(t, &mut |d, to| wire.push_back((d.to_vec(), from_b, to)));
+    }
+    assert_eq!(a.tm.status(t)[0].seen_as, Some(outside));
+    let keepalives = |h: &Host| h.tm.status(t)[0].stats.keepalives_sent;
+    // Every 25 s from A; B sends none of its own (the tunnel stays open on both sides).
+    assert!(
+        (4..=5).contains(&keepalives(&a)),
+        "{} from A",
+        keepalives(&a)
+    );
+    assert!(keepalives(&b) <= 1, "{} from B", keepalives(&b));
+    assert_eq!((a.tm.peer_count(), b.tm.peer_count()), (1, 1));
+
+    // With the keepalive for NAT off (an operator's own setting), the same tunnel goes idle.
+    let limits = Limits {
+        nat_keepalive: None,
+        ..Limits::default()
+    };
+    let (mut a, _, _, now) = established_with(limits);
+    a.tm.set_published_endpoint(SocketAddr::from(([198, 51, 100, 1], 4800)));
+    a.tm.tick(now + Limits::default().idle_timeout, &mut |_, _| {});
+    assert_eq!(a.tm.peer_count(), 0);
+}

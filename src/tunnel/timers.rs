@@ -32,6 +32,11 @@ pub struct Limits {
     /// Send a keepalive at least this often on an established tunnel, and keep it from going
     /// idle: for peers behind NAT, whose mapping must be kept open. Off by default.
     pub persistent_keepalive: Option<Duration>,
+    /// Without `persistent_keepalive`: the same, but only to peers that see this host
+    /// elsewhere than it publishes (a NAT is in between, and its mapping for them must stay
+    /// open). 25 s: below the 30 s after which common NATs forget an idle UDP mapping
+    /// (WireGuard's advice for its persistent keepalive).
+    pub nat_keepalive: Option<Duration>,
 }
 
 impl Default for Limits {
@@ -49,6 +54,7 @@ impl Default for Limits {
             dead_after: Duration::from_secs(15),
             give_up_after: Duration::from_secs(90),
             persistent_keepalive: None,
+            nat_keepalive: Some(Duration::from_secs(25)),
         }
     }
 }
