@@ -10,7 +10,7 @@
 pub mod etcd;
 pub mod flood;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -102,6 +102,10 @@ pub fn busybox() -> String {
     );
     path
 }
+
+/// The network behind every router: private, the same behind each (as homes' are).
+const PRIVATE_NET: &str = "203.0.113.0/24";
+const PRIVATE_GATEWAY: &str = "203.0.113.1";
 
 pub struct Host {
     pub ns: TestNetns,
@@ -299,13 +303,59 @@ impl Cluster {
     /// link of `link_mtu` bytes. The hosts already on the bridge route to it through the
     /// router (no NAT); the router answers datagrams too large for the link with ICMP.
     pub fn add_host_behind_router(&mut self, link_mtu: u32) -> usize {
-        assert!(self.routers.is_empty(), "one router so far");
+        let outside = self.add_router(link_mtu);
+        for host in &self.hosts {
+            host.ns
+                .ip(&["route", "add", PRIVATE_NET, "via", &outside.to_string()]);
+        }
+        self.add_private_host()
+    }
+
+    /// A host behind a NAT router on the bridge, as at home: the router masquerades what
+    /// leaves by its bridge address (keeping source ports where it can, admitting from
+    /// outside only what answers a mapping: Linux's NAT) and forgets an idle UDP mapping after
+    /// 30 s, as common NATs do. Its private network (203.0.113.0/24) is reachable from
+    /// nowhere else. Returns the host and the router's outside address.
+    pub fn add_host_behind_nat(&mut self) -> (usize, Ipv4Addr) {
+        let outside = self.add_router(1500);
+        let router = &self.routers[self.routers.len() - 1];
+        let rules = "add table ip nat\n\
+             add chain ip nat out { type nat hook postrouting priority srcnat; }\n\
+             add rule ip nat out oifname wan masquerade\n";
+        let mut nft = in_ns(&router.name, &["nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        nft.stdin
+            .take()
+            .unwrap()
+            .write_all(rules.as_bytes())
+            .unwrap();
+        assert!(nft.wait().unwrap().success(), "nft refused the NAT rules");
+        for timeout in [
+            "net.netfilter.nf_conntrack_udp_timeout=30",
+            "net.netfilter.nf_conntrack_udp_timeout_stream=30",
+        ] {
+            let set = in_ns(&router.name, &["sysctl", "-qw", timeout])
+                .status()
+                .unwrap();
+            assert!(set.success(), "{timeout}");
+        }
+        (self.add_private_host(), outside)
+    }
+
+    /// A router namespace between the bridge (its next outside address) and a private
+    /// network of `link_mtu` bytes; returns its outside address.
+    fn add_router(&mut self, link_mtu: u32) -> Ipv4Addr {
+        let i = self.routers.len();
+        assert!(i < 2, "private networks share one range");
         let router = TestNetns::new("router");
-        let (outside, inside) = ("192.0.2.254", "203.0.113.1");
+        let outside = Ipv4Addr::new(192, 0, 2, 254 - i as u8);
+        let port = format!("r{i}");
         self.wire.ip(&[
             "link",
             "add",
-            "r0",
+            &port,
             "type",
             "veth",
             "peer",
@@ -314,33 +364,40 @@ impl Cluster {
             "netns",
             &router.name,
         ]);
-        self.wire.ip(&["link", "set", "r0", "master", "br0", "up"]);
+        self.wire.ip(&["link", "set", &port, "master", "br0", "up"]);
         router.ip(&["addr", "add", &format!("{outside}/24"), "dev", "wan"]);
         router.ip(&["link", "set", "wan", "up"]);
+        let mtu = link_mtu.to_string();
+        router.ip(&[
+            "link", "add", "lan", "mtu", &mtu, "type", "veth", "peer", "name", "eth0", "mtu", &mtu,
+        ]);
+        router.ip(&[
+            "addr",
+            "add",
+            &format!("{PRIVATE_GATEWAY}/24"),
+            "dev",
+            "lan",
+        ]);
+        router.ip(&["link", "set", "lan", "up"]);
         let forwarding = in_ns(&router.name, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])
             .status()
             .unwrap();
         assert!(forwarding.success());
-        for host in &self.hosts {
-            host.ns
-                .ip(&["route", "add", "203.0.113.0/24", "via", outside]);
-        }
+        self.routers.push(router);
+        outside
+    }
 
+    /// A host on the private side of the newest router: its `eth0` waits there.
+    fn add_private_host(&mut self) -> usize {
+        let router = &self.routers[self.routers.len() - 1];
         let i = self.hosts.len();
         let ns = TestNetns::new("host");
-        let mtu = link_mtu.to_string();
-        router.ip(&[
-            "link", "add", "lan", "mtu", &mtu, "type", "veth", "peer", "name", "eth0", "mtu", &mtu,
-            "netns", &ns.name,
-        ]);
-        router.ip(&["addr", "add", &format!("{inside}/24"), "dev", "lan"]);
-        router.ip(&["link", "set", "lan", "up"]);
+        router.ip(&["link", "set", "eth0", "netns", &ns.name]);
         let address = Ipv4Addr::new(203, 0, 113, 10);
         ns.ip(&["addr", "add", &format!("{address}/24"), "dev", "eth0"]);
         ns.ip(&["link", "set", "eth0", "up"]);
         ns.ip(&["link", "set", "lo", "up"]);
-        ns.ip(&["route", "add", "default", "via", inside]);
-        self.routers.push(router);
+        ns.ip(&["route", "add", "default", "via", PRIVATE_GATEWAY]);
         let state = tempfile::Builder::new()
             .prefix("flatnet-host-")
             .tempdir()
