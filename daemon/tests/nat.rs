@@ -8,19 +8,6 @@ use std::time::{Duration, Instant};
 
 use cluster::*;
 use flatnet_test_support::needs_root;
-use serde_json::Value;
-
-/// What `host` knows of the peer that is `other`.
-fn peer(cluster: &Cluster, host: usize, other: usize) -> Value {
-    let key = cluster.status(other)["public_key"].clone();
-    cluster.status(host)["peers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["public_key"] == key)
-        .cloned()
-        .unwrap_or_else(|| panic!("host {host} has no peer for host {other}"))
-}
 
 /// Host 1 is behind a NAT whose UDP mappings last 30 s idle. Its container reaches host 0's
 /// first (host 0 cannot: the lighthouse lists host 1's private endpoint); each host then knows
@@ -37,7 +24,7 @@ fn a_host_behind_nat_is_reached_through_a_mapping_it_keeps_open() {
         cluster.ping(private, public, 1),
         "the host behind NAT does not reach the public one"
     );
-    let mapped = peer(&cluster, 0, home)["endpoint"]
+    let mapped = cluster.peer(0, home)["endpoint"]
         .as_str()
         .unwrap()
         .to_string();
@@ -45,16 +32,16 @@ fn a_host_behind_nat_is_reached_through_a_mapping_it_keeps_open() {
         mapped.starts_with(&format!("{router}:")),
         "host 0 sees host 1 at {mapped}, not at the NAT"
     );
-    assert_eq!(peer(&cluster, home, 0)["seen_as"], mapped.as_str());
+    assert_eq!(cluster.peer(home, 0)["seen_as"], mapped.as_str());
     assert_eq!(
-        peer(&cluster, 0, home)["seen_as"],
+        cluster.peer(0, home)["seen_as"],
         format!("{}:{TUNNEL_PORT}", cluster.hosts[0].address).as_str(),
         "host 0 is seen where it is"
     );
 
     let quiet_since = Instant::now();
     let keepalives = |host: usize, other: usize| {
-        peer(&cluster, host, other)["keepalives_sent"]
+        cluster.peer(host, other)["keepalives_sent"]
             .as_u64()
             .unwrap()
     };

@@ -9,19 +9,6 @@ use std::time::{Duration, Instant};
 
 use cluster::*;
 use flatnet_test_support::needs_root;
-use serde_json::Value;
-
-/// What `host` knows of the peer that is `other`.
-fn peer(cluster: &Cluster, host: usize, other: usize) -> Value {
-    let key = cluster.status(other)["public_key"].clone();
-    cluster.status(host)["peers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["public_key"] == key)
-        .cloned()
-        .unwrap_or_else(|| panic!("host {host} has no peer for host {other}"))
-}
 
 /// A file of `bytes` bytes of a pattern that shows misordered or lost data.
 fn pattern_file(cluster: &Cluster, name: &str, bytes: u32) -> (std::path::PathBuf, Vec<u8>) {
@@ -72,7 +59,7 @@ fn the_underlay_interfaces_mtu_is_the_paths_from_the_start() {
     let (a, b) = (cluster.attach(0), cluster.attach(1));
     let mbits = transfer(&cluster, a, b, 7300, 3_000_000);
     println!("3 MB over a 1400-byte underlay: {mbits:.0} Mbit/s");
-    assert_eq!(peer(&cluster, 0, 1)["path_mtu"], 1400);
+    assert_eq!(cluster.peer(0, 1)["path_mtu"], 1400);
     let log = std::fs::read_to_string(cluster.hosts[0].state.path().join("flatnetd.log")).unwrap();
     assert!(
         !log.contains("narrower than Flatnet's datagrams"),
@@ -99,7 +86,7 @@ fn a_narrow_link_beyond_a_router_is_learnt_and_nothing_black_holes() {
     // The far host knows its link from the start: a DF packet too large is answered at once.
     let (_, out) = ping(&cluster, b, a, &["-c", "1", "-M", "do", "-s", "1300"]);
     assert!(out.contains("mtu = 1216"), "no ICMP naming the path: {out}");
-    assert_eq!(peer(&cluster, far, 0)["path_mtu"], 1280);
+    assert_eq!(cluster.peer(far, 0)["path_mtu"], 1280);
 
     let there = transfer(&cluster, a, b, 7310, 50_000_000);
     let back = transfer(&cluster, b, a, 7311, 50_000_000);
@@ -107,10 +94,12 @@ fn a_narrow_link_beyond_a_router_is_learnt_and_nothing_black_holes() {
     // Clamped from either end, TCP never sent the near host a datagram the link refused;
     // a large ping does (the container's fragments are sent with DF): the router's ICMP
     // teaches the near host's kernel, and flatnetd reads it within a second of sending.
-    assert_eq!(peer(&cluster, 0, far)["path_mtu"], 1500);
+    assert_eq!(cluster.peer(0, far)["path_mtu"], 1500);
     ping(&cluster, a, b, &["-c", "1", "-s", "1400"]);
     let deadline = Instant::now() + Duration::from_secs(5);
-    while cluster.ping(a, b, 1) && peer(&cluster, 0, far)["path_mtu"] != 1280 {
+    // Small pings make flatnetd send, and so read the path again.
+    while cluster.peer(0, far)["path_mtu"] != 1280 {
+        assert!(cluster.ping(a, b, 1), "small pings stopped crossing");
         assert!(
             Instant::now() < deadline,
             "the router's ICMP was not heard: {}",

@@ -282,7 +282,11 @@ impl Cluster {
             "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
         ]);
         self.wire.ip(&["link", "set", &port, "master", "br0", "up"]);
-        let address = Ipv4Addr::new(192, 0, 2, 10 + i as u8);
+        self.push_host(ns, Ipv4Addr::new(192, 0, 2, 10 + i as u8))
+    }
+
+    /// Takes on a host whose namespace has its `eth0`: addressed, up, with a state directory.
+    fn push_host(&mut self, ns: TestNetns, address: Ipv4Addr) -> usize {
         ns.ip(&["addr", "add", &format!("{address}/24"), "dev", "eth0"]);
         ns.ip(&["link", "set", "eth0", "up"]);
         ns.ip(&["link", "set", "lo", "up"]);
@@ -296,7 +300,7 @@ impl Cluster {
             state,
             network_ca: None,
         });
-        i
+        self.hosts.len() - 1
     }
 
     /// A host on a network of its own (203.0.113.0/24) behind a router on the bridge, over a
@@ -390,25 +394,13 @@ impl Cluster {
     /// A host on the private side of the newest router: its `eth0` waits there.
     fn add_private_host(&mut self) -> usize {
         let router = &self.routers[self.routers.len() - 1];
-        let i = self.hosts.len();
         let ns = TestNetns::new("host");
         router.ip(&["link", "set", "eth0", "netns", &ns.name]);
-        let address = Ipv4Addr::new(203, 0, 113, 10);
-        ns.ip(&["addr", "add", &format!("{address}/24"), "dev", "eth0"]);
-        ns.ip(&["link", "set", "eth0", "up"]);
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns.ip(&["route", "add", "default", "via", PRIVATE_GATEWAY]);
-        let state = tempfile::Builder::new()
-            .prefix("flatnet-host-")
-            .tempdir()
-            .unwrap();
-        self.hosts.push(Host {
-            ns,
-            address,
-            state,
-            network_ca: None,
-        });
-        i
+        let host = self.push_host(ns, Ipv4Addr::new(203, 0, 113, 10));
+        self.hosts[host]
+            .ns
+            .ip(&["route", "add", "default", "via", PRIVATE_GATEWAY]);
+        host
     }
 
     /// The network config as the runtime hands it over, with `runtimeConfig` filled in.
@@ -643,6 +635,18 @@ impl Cluster {
             assert!(Instant::now() < deadline, "nothing listens on {port}");
             std::thread::yield_now();
         }
+    }
+
+    /// What `host`'s daemon knows of the peer that is host `other` (JSON).
+    pub fn peer(&self, host: usize, other: usize) -> Value {
+        let key = self.status(other)["public_key"].clone();
+        self.status(host)["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["public_key"] == key)
+            .cloned()
+            .unwrap_or_else(|| panic!("host {host} has no peer for host {other}"))
     }
 
     /// The daemon's status as it crosses the socket (JSON), for tests that read its fields.
