@@ -644,9 +644,7 @@ impl Daemon {
             },
         }
     }
-}
 
-impl Daemon {
     /// The tunnels' view of each peer, with the path MTU the data plane knows.
     fn peer_status(&self, now: Instant) -> Vec<crate::tunnel::PeerStatus> {
         let mut peers = self.tunnels.status(now);

@@ -163,14 +163,11 @@ impl Daemon {
             (inner_mtu - IPV4_HEADER - TCP_HEADER) as u16,
             partial_checksum,
         );
-        let largest = Segments::new(frame)
-            .ok_or(DropReason::Malformed)?
-            .largest(n - VNET_HDR_LEN);
-        if largest <= inner_mtu as usize {
+        let segments = Segments::new(frame).ok_or(DropReason::Malformed)?;
+        if segments.largest(n - VNET_HDR_LEN) <= inner_mtu as usize {
             return Ok(Fit::Whole);
         }
-        let train = largest < n - VNET_HDR_LEN;
-        if !train && !dont_fragment(&frame[VNET_HDR_LEN..]) {
+        if !segments.is_train() && !dont_fragment(&frame[VNET_HDR_LEN..]) {
             return Ok(Fit::Fragments(inner_mtu));
         }
         self.answer_too_big(slot, network_id, n, inner_mtu);

@@ -108,6 +108,11 @@ impl Segments {
         }
     }
 
+    /// Whether the frame is a segment train (TSO), not a single packet.
+    pub fn is_train(&self) -> bool {
+        self.header.gso_type != GSO_NONE
+    }
+
     /// The length of the largest packet [`Segments::next_into`] will write (`packet_len`:
     /// the frame's, less its header).
     pub fn largest(&self, packet_len: usize) -> usize {
