@@ -184,8 +184,8 @@ impl Daemon {
         mtu: u32,
         now: Instant,
     ) -> Result<(), DropReason> {
-        let (header, packet) = self.bufs.frame[..n].split_at_mut(VNET_HDR_LEN);
-        offload::finish_checksum(header, packet);
+        offload::finish_checksum(&mut self.bufs.frame[..n]);
+        let packet = &self.bufs.frame[VNET_HDR_LEN..n];
         let mut fragments = Fragments::new(packet, mtu as usize).ok_or(DropReason::Malformed)?;
         self.bufs.plain[..NETWORK_ID_LEN].copy_from_slice(&network_id.to_be_bytes());
         loop {

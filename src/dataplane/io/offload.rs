@@ -175,16 +175,16 @@ pub fn needs_checksum(frame: &[u8]) -> bool {
     frame.first().is_some_and(|flags| flags & F_NEEDS_CSUM != 0)
 }
 
-/// Finishes the checksum of the frame's packet, written to `packet`, if the sender left it
+/// Finishes, in place, the checksum of the frame's single packet if the sender left it
 /// partial: a packet about to be fragmented must carry a whole one.
-pub fn finish_checksum(frame: &[u8], packet: &mut [u8]) {
-    if let Some(header) = Segments::new(frame).map(|s| s.header) {
-        if header.flags & F_NEEDS_CSUM != 0 && header.gso_type == GSO_NONE {
-            let field = header.csum_start + header.csum_offset + 2;
-            if field <= packet.len() {
-                complete_checksum(packet, header.csum_start, header.csum_offset);
-            }
-        }
+pub fn finish_checksum(frame: &mut [u8]) {
+    let Some(header) = Segments::new(frame).map(|s| s.header) else {
+        return;
+    };
+    let packet = &mut frame[VNET_HDR_LEN..];
+    let field = header.csum_start + header.csum_offset + 2;
+    if header.flags & F_NEEDS_CSUM != 0 && header.gso_type == GSO_NONE && field <= packet.len() {
+        complete_checksum(packet, header.csum_start, header.csum_offset);
     }
 }
 
@@ -308,6 +308,34 @@ mod tests {
         f.extend(tcp);
         f.extend_from_slice(payload);
         f
+    }
+
+    #[test]
+    fn a_partial_checksum_is_finished_before_fragmenting() {
+        let (src, dst) = (
+            "10.77.0.2:5000".parse().unwrap(),
+            "10.77.0.3:53".parse().unwrap(),
+        );
+        let mut packet = [0u8; 1200];
+        let len =
+            super::super::packet::write_udp_packet(&mut packet, src, dst, &[7u8; 1000]).unwrap();
+        let whole = packet[..len].to_vec();
+        // As a container's stack hands it over: the field holds the pseudo-header sum only.
+        let pseudo = fold(sum(
+            &whole[12..20],
+            u64::from(PROTO_UDP) + (len - 20) as u64,
+        ));
+        let mut frame = vec![F_NEEDS_CSUM, GSO_NONE, 0, 0, 0, 0];
+        frame.extend_from_slice(&20u16.to_ne_bytes());
+        frame.extend_from_slice(&6u16.to_ne_bytes());
+        frame.extend_from_slice(&whole);
+        frame[VNET_HDR_LEN + 26..VNET_HDR_LEN + 28].copy_from_slice(&pseudo.to_be_bytes());
+        finish_checksum(&mut frame);
+        assert_eq!(
+            &frame[VNET_HDR_LEN..],
+            &whole[..],
+            "the full checksum is back"
+        );
     }
 
     #[test]
