@@ -306,6 +306,7 @@ mod tests {
             protocol: 1,
             public_key: "OWN".into(),
             listen: "127.0.0.1:4800".parse().unwrap(),
+            candidates: Vec::new(),
             lighthouse: "/run/flatnet/lighthouse.json".into(),
             lighthouse_state: FeedHealth {
                 healthy: true,

@@ -52,6 +52,10 @@ fn render(s: &DaemonStatus) -> String {
         s.lighthouse,
         lighthouse_state(&s.lighthouse_state),
     );
+    if !s.candidates.is_empty() {
+        let candidates: Vec<String> = s.candidates.iter().map(ToString::to_string).collect();
+        out += &format!("also reachable at {}\n", candidates.join(", "));
+    }
     if let Some(not_after) = s.certificate_not_after {
         match flatnet::cert::expiry_warning(not_after, flatnet::cert::now_unix()) {
             Some(warning) => out += &format!("WARNING: {warning}\n"),

@@ -1,13 +1,16 @@
 //! Hosts behind NAT (see `cluster`: router namespaces with nftables masquerade). So far: a host
 //! behind NAT reaches a public one, learns from it where the NAT puts it (inside the tunnel),
-//! and keeps the NAT's mapping open, so the public host reaches it too. Needs root.
+//! keeps the NAT's mapping open, so the public host reaches it too, and publishes that place
+//! as a candidate endpoint, where a host that lost its tunnel finds it again; two hosts behind
+//! NAT are introduced by the public host and punch through to each other. With the file
+//! lighthouse and with etcd. Needs root.
 
 mod cluster;
 
 use std::time::{Duration, Instant};
 
 use cluster::*;
-use flatnet_test_support::needs_root;
+use flatnet_test_support::{needs_root, wait_until};
 
 /// Host 1 is behind a NAT whose UDP mappings last 30 s idle. Its container reaches host 0's
 /// first (host 0 cannot: the lighthouse lists host 1's private endpoint); each host then knows
@@ -61,4 +64,98 @@ fn a_host_behind_nat_is_reached_through_a_mapping_it_keeps_open() {
         cluster.ping(public, private, 1),
         "the NAT forgot host 1's mapping"
     );
+}
+
+/// Host 0 restarts and so forgets its tunnel to host 1, which is behind NAT and published
+/// where host 0 saw it as a candidate endpoint. Host 0's container reaches host 1's at once:
+/// its initiation goes to the private endpoint in the entries (unreachable) and to the
+/// candidate, through the mapping host 1 keeps open. Without the candidate it would have to
+/// wait for host 1 to write first.
+fn a_restarted_host_finds_one_behind_nat_at_its_candidate(mut cluster: Cluster) {
+    let (home, _) = cluster.add_host_behind_nat();
+    if cluster.etcd.is_some() {
+        cluster.grant(home);
+    }
+    let (public, private) = (cluster.attach(0), cluster.attach(home));
+    assert!(cluster.ping(private, public, 1), "no way out of the NAT");
+    let mapped = cluster.peer(0, home)["endpoint"].clone();
+    wait_until(Duration::from_secs(10), || {
+        cluster.status(home)["candidates"] == serde_json::json!([mapped])
+    });
+
+    cluster.stop_daemon(0);
+    cluster.start_daemon(0);
+    assert!(
+        cluster.ping(public, private, 1),
+        "the restarted host does not find the one behind NAT"
+    );
+    assert_eq!(cluster.peer(0, home)["endpoint"], mapped);
+}
+
+#[test]
+fn a_restarted_host_finds_one_behind_nat_at_its_candidate_from_a_file() {
+    needs_root!();
+    a_restarted_host_finds_one_behind_nat_at_its_candidate(Cluster::new(1));
+}
+
+#[test]
+fn a_restarted_host_finds_one_behind_nat_at_its_candidate_from_etcd() {
+    needs_root!();
+    a_restarted_host_finds_one_behind_nat_at_its_candidate(Cluster::with_etcd(1, 1));
+}
+
+/// Hosts 1 and 2 are behind NATs of their own (the same private address behind each); each
+/// has a tunnel with the public host 0 and published where host 0 sees it. Host 1's container
+/// reaches host 2's: host 1's initiation to host 2's NAT is dropped there (no mapping), host 0
+/// tells host 2 that host 1 is trying, host 2 writes to host 1's NAT, which lets it through
+/// (host 1 wrote to host 2's first). The tunnel is direct, NAT to NAT, and carries 20 MB.
+fn two_hosts_behind_nat_punch_through(mut cluster: Cluster) {
+    let (one, router_one) = cluster.add_host_behind_nat();
+    let (two, router_two) = cluster.add_host_behind_nat();
+    if cluster.etcd.is_some() {
+        cluster.grant(one);
+        cluster.grant(two);
+    }
+    let (public, b, c) = (cluster.attach(0), cluster.attach(one), cluster.attach(two));
+    for (host, container) in [(one, b), (two, c)] {
+        assert!(cluster.ping(container, public, 1), "no way out of the NAT");
+        let mapped = cluster.peer(0, host)["endpoint"].clone();
+        wait_until(Duration::from_secs(10), || {
+            cluster.status(host)["candidates"] == serde_json::json!([mapped])
+        });
+    }
+
+    assert!(cluster.ping(b, c, 3), "host 1 does not reach host 2");
+    let at = |host: usize, other: usize| {
+        let endpoint = cluster.peer(host, other)["endpoint"].clone();
+        endpoint
+            .as_str()
+            .unwrap()
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+    };
+    assert_eq!(
+        at(one, two).ip(),
+        router_two,
+        "not straight to host 2's NAT"
+    );
+    assert_eq!(
+        at(two, one).ip(),
+        router_one,
+        "not straight to host 1's NAT"
+    );
+    let mbits = cluster.transfer(b, c, 7400, 20_000_000);
+    println!("20 MB NAT to NAT after punching: {mbits:.0} Mbit/s");
+}
+
+#[test]
+fn two_hosts_behind_nat_punch_through_with_a_file() {
+    needs_root!();
+    two_hosts_behind_nat_punch_through(Cluster::new(1));
+}
+
+#[test]
+fn two_hosts_behind_nat_punch_through_with_etcd() {
+    needs_root!();
+    two_hosts_behind_nat_punch_through(Cluster::with_etcd(1, 1));
 }

@@ -10,24 +10,6 @@ use std::time::{Duration, Instant};
 use cluster::*;
 use flatnet_test_support::needs_root;
 
-/// A file of `bytes` bytes of a pattern that shows misordered or lost data.
-fn pattern_file(cluster: &Cluster, name: &str, bytes: u32) -> (std::path::PathBuf, Vec<u8>) {
-    let file = cluster.shared.path().join(name);
-    let content: Vec<u8> = (0..bytes).map(|i| (i * 7 % 251) as u8).collect();
-    std::fs::write(&file, &content).unwrap();
-    (file, content)
-}
-
-/// Sends `bytes` over TCP from `from` to `to`; returns Mbit/s, after checking the data.
-fn transfer(cluster: &Cluster, from: usize, to: usize, port: u16, bytes: u32) -> f64 {
-    let (file, content) = pattern_file(cluster, &format!("bulk-{port}"), bytes);
-    let started = Instant::now();
-    let received = cluster.send_file(from, to, port, &file);
-    let seconds = started.elapsed().as_secs_f64();
-    assert!(received == content, "the transfer arrived damaged or short");
-    f64::from(bytes) * 8.0 / seconds / 1e6
-}
-
 /// iputils `ping` (busybox's cannot forbid fragmenting) in container `from` to `to` with
 /// `args`: its exit status and output.
 fn ping(cluster: &Cluster, from: usize, to: usize, args: &[&str]) -> (bool, String) {
@@ -57,7 +39,7 @@ fn the_underlay_interfaces_mtu_is_the_paths_from_the_start() {
             .ip(&["link", "set", &format!("h{i}"), "mtu", "1400"]);
     }
     let (a, b) = (cluster.attach(0), cluster.attach(1));
-    let mbits = transfer(&cluster, a, b, 7300, 3_000_000);
+    let mbits = cluster.transfer(a, b, 7300, 3_000_000);
     println!("3 MB over a 1400-byte underlay: {mbits:.0} Mbit/s");
     assert_eq!(cluster.peer(0, 1)["path_mtu"], 1400);
     let log = std::fs::read_to_string(cluster.hosts[0].state.path().join("flatnetd.log")).unwrap();
@@ -88,8 +70,8 @@ fn a_narrow_link_beyond_a_router_is_learnt_and_nothing_black_holes() {
     assert!(out.contains("mtu = 1216"), "no ICMP naming the path: {out}");
     assert_eq!(cluster.peer(far, 0)["path_mtu"], 1280);
 
-    let there = transfer(&cluster, a, b, 7310, 50_000_000);
-    let back = transfer(&cluster, b, a, 7311, 50_000_000);
+    let there = cluster.transfer(a, b, 7310, 50_000_000);
+    let back = cluster.transfer(b, a, 7311, 50_000_000);
     println!("50 MB across a 1280-byte link: {there:.0} Mbit/s towards it, {back:.0} Mbit/s back");
     // Clamped from either end, TCP never sent the near host a datagram the link refused;
     // a large ping does (the container's fragments are sent with DF): the router's ICMP

@@ -22,6 +22,9 @@ pub struct DaemonStatus {
     pub protocol: u32,
     pub public_key: String,
     pub listen: SocketAddr,
+    /// The candidate endpoints this host published last (where else peers may reach it).
+    #[serde(default)]
+    pub candidates: Vec<SocketAddr>,
     /// The lighthouse as its settings name it (a path, or `etcd <endpoints>`).
     pub lighthouse: String,
     pub lighthouse_state: FeedHealth,

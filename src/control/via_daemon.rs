@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use super::client::{call, is_running};
 use super::protocol::{LighthouseRequest, Reply};
 use crate::error::{Error, Result};
-use crate::lighthouse::{Entry, Feed, Lighthouse, NetworkId};
+use crate::lighthouse::{Candidates, Entry, Feed, Lighthouse, NetworkId};
 use crate::state::StateDir;
 
 pub struct ViaDaemon {
@@ -86,6 +86,12 @@ impl Lighthouse for ViaDaemon {
 
     fn all_entries(&self) -> Result<Vec<Entry>> {
         self.entries_of(LighthouseRequest::Entries { network: None })
+    }
+
+    fn publish_candidates(&self, _: &Candidates) -> Result<()> {
+        Err(Error::InvalidRequest(
+            "only the daemon holding the lighthouse publishes its host's candidates".into(),
+        ))
     }
 
     fn follow(&self) -> Result<Box<dyn Feed>> {

@@ -15,6 +15,7 @@
 //! I/O that knows nothing of them is in [`io`]; threads beside the packet thread, which reach
 //! it only through the command channel, in [`services`].
 
+mod candidates;
 mod forwarder;
 #[cfg(fuzzing)]
 pub mod fuzzing;
@@ -32,7 +33,7 @@ mod seal_workers;
 mod services;
 
 use io::{batch, coalesce, fragment, icmp, idle_poll, lanes, offload, packet};
-use services::{control_server, follower, metrics_server, notify, signals};
+use services::{control_server, follower, metrics_server, notify, publisher, signals};
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -65,6 +66,7 @@ use members::LocalNetworks;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::socket::{setsockopt, sockopt};
+use publisher::Publisher;
 use queues::Queues;
 use routes::RouteTable;
 use seal_workers::SealWorkers;
@@ -76,6 +78,8 @@ const TOKEN_HANDSHAKES: u64 = 3;
 const TOKEN_FIRST_PORT: u64 = 4;
 /// How often timers run (handshake retries, expiry, lighthouse changes).
 const TICK: Duration = Duration::from_millis(100);
+/// How often what peers see this host at is looked at (for the candidates it publishes).
+const OBSERVED_EVERY: Duration = Duration::from_secs(1);
 const BUFFER: usize = 65536;
 const SOCKET_BUFFER: usize = 4 << 20;
 
@@ -129,6 +133,12 @@ impl DropCounters {
     }
 }
 
+/// The threads the packet thread takes changes from and hands its findings to.
+struct Services {
+    follower: Follower,
+    publisher: Publisher,
+}
+
 pub struct Daemon {
     config: DaemonConfig,
     /// The transport lane of the underlay port; everything is sent from it.
@@ -149,6 +159,9 @@ pub struct Daemon {
     /// When this host's certificate is void (etcd): warned about ahead of time.
     own_not_after: Option<u64>,
     follower: Follower,
+    publisher: Publisher,
+    /// When to hand the publisher what peers see this host at, next.
+    next_observed: Instant,
     queues: Queues,
     /// Networks with members here: their host member and DNS settings.
     networks: LocalNetworks,
@@ -191,7 +204,12 @@ pub fn run(config: DaemonConfig, ready: Option<File>) -> Result<()> {
     };
     let (lighthouse, identity) = open_lighthouse(&config, &host)?;
     let follower = Follower::spawn(lighthouse.as_ref(), wake.clone(), FIRST_READ)?;
-    let mut daemon = Daemon::new(config, keys, rx, wake.clone(), follower, identity)?;
+    let publisher = Publisher::spawn(lighthouse.clone(), host.public_key.clone(), config.listen)?;
+    let services = Services {
+        follower,
+        publisher,
+    };
+    let mut daemon = Daemon::new(config, keys, rx, wake.clone(), services, identity)?;
     daemon.recover();
     if let Some(address) = &daemon.config.tuning.metrics {
         metrics_server::spawn(address, tx.clone(), wake.clone())?;
@@ -324,7 +342,7 @@ impl Daemon {
         keys: StaticKeys,
         commands: Receiver<Command>,
         wake: Arc<EventFd>,
-        follower: Follower,
+        services: Services,
         identity: Identity,
     ) -> Result<Self> {
         let Lanes {
@@ -382,7 +400,9 @@ impl Daemon {
                 .map_or_else(RouteTable::default, RouteTable::trusting),
             own_name: identity.name,
             own_not_after: identity.not_after,
-            follower,
+            follower: services.follower,
+            publisher: services.publisher,
+            next_observed: Instant::now(),
             queues: Queues::default(),
             networks: LocalNetworks::default(),
             forwarder,
@@ -508,6 +528,10 @@ impl Daemon {
         self.tunnels
             .tick(now, &mut batched(&mut self.bufs.to_send, fd));
         self.save_init_timestamps(now);
+        if now >= self.next_observed {
+            self.publisher.observed(self.tunnels.observed_endpoints());
+            self.next_observed = now + OBSERVED_EVERY;
+        }
         self.path_mtus.forget_idle(now);
         if !self.routes.expire_certs(crate::cert::now_unix()).is_empty() {
             self.close_delisted_tunnels();
@@ -557,6 +581,9 @@ impl Daemon {
     fn apply_lighthouse_changes(&mut self) {
         for change in self.follower.pending() {
             self.routes.apply(change);
+        }
+        for (key, endpoints) in self.routes.take_changed_candidates() {
+            self.tunnels.set_candidates(key, endpoints);
         }
         self.close_delisted_tunnels();
     }
@@ -616,6 +643,7 @@ impl Daemon {
             protocol: PROTOCOL_VERSION,
             public_key: encode_key(self.tunnels.public_key()),
             listen: self.config.listen,
+            candidates: self.publisher.published(),
             lighthouse: self.config.lighthouse.to_string(),
             lighthouse_state: self.follower.health(),
             metrics: tuning.metrics.clone(),

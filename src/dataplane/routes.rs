@@ -7,6 +7,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 use ipnet::Ipv4Net;
 
+use super::candidates::CandidateBook;
 use crate::cert::{HostCert, RevocationList, TrustBundle};
 use crate::lighthouse::{Change, Entry, NetworkId, Published};
 use crate::tunnel::{decode_key, PublicKey};
@@ -65,6 +66,8 @@ pub struct RouteTable {
     delisted: Vec<PublicKey>,
     /// The newest revocation list of each trusted CA that reached us, by CA name.
     revocations: HashMap<String, RevocationList>,
+    /// Where else hosts may be reached.
+    candidates: CandidateBook,
 }
 
 impl RouteTable {
@@ -94,12 +97,20 @@ impl RouteTable {
     /// publishes another host's endpoint with its own key (certified for its own addresses)
     /// must not be handed that host's traffic. A host restarted with a new key has its old
     /// entries replaced (the lighthouse says it moved), and the endpoint is one key's again.
+    /// An endpoint no route names may be one that only one host lists as a candidate.
     pub fn key_at(&self, endpoint: SocketAddr) -> Option<PublicKey> {
-        let keys = self.by_endpoint.get(&endpoint)?;
+        let Some(keys) = self.by_endpoint.get(&endpoint) else {
+            return self.candidates.owner(endpoint);
+        };
         match keys.len() {
             1 => keys.keys().next().copied(),
             _ => None,
         }
+    }
+
+    /// The keys whose candidate endpoints changed since the last call, with their lists now.
+    pub fn take_changed_candidates(&mut self) -> Vec<(PublicKey, Vec<SocketAddr>)> {
+        self.candidates.take_changed()
     }
 
     pub fn len(&self) -> usize {
@@ -138,6 +149,9 @@ impl RouteTable {
             self.certs.remove(host);
             self.settle_host(host);
         }
+        if !expired.is_empty() {
+            self.settle_candidates();
+        }
         expired
     }
 
@@ -158,12 +172,18 @@ impl RouteTable {
 
     pub fn apply(&mut self, change: Change) {
         match change {
-            Change::Reset { certs, entries } => {
+            Change::Reset {
+                certs,
+                entries,
+                candidates,
+            } => {
                 let delisted: Vec<PublicKey> = self.keys.keys().copied().collect();
                 *self = RouteTable {
                     trust: self.trust.take(),
                     local: std::mem::take(&mut self.local),
                     revocations: std::mem::take(&mut self.revocations),
+                    // Kept, so that the keys whose lists are gone are reported.
+                    candidates: std::mem::take(&mut self.candidates),
                     delisted,
                     ..Default::default()
                 };
@@ -173,9 +193,11 @@ impl RouteTable {
                 for published in entries {
                     self.put(published);
                 }
+                self.candidates.reset(candidates);
             }
-            Change::Put(published) => self.put(published),
-            Change::Delete { host, network, ip } => self.delete(&host, &network, ip),
+            Change::Put(published) => return self.put(published),
+            Change::Delete { host, network, ip } => return self.delete(&host, &network, ip),
+            Change::Candidates { host, candidates } => self.candidates.put(host, candidates),
             Change::Cert(cert) => self.put_cert(cert),
             Change::CertGone { host } => {
                 self.certs.remove(&host);
@@ -183,6 +205,20 @@ impl RouteTable {
             }
             Change::Revocations(list) => self.put_revocations(list),
         }
+        // Whatever else changed may change which candidate lists are believed.
+        self.settle_candidates();
+    }
+
+    fn settle_candidates(&mut self) {
+        let (trust, certs) = (&self.trust, &self.certs);
+        let revocations = &self.revocations;
+        self.candidates.settle(|host, public_key| {
+            trust.is_none()
+                || certs.get(host).is_some_and(|cert| {
+                    cert.public_key == public_key
+                        && !revocations.values().any(|list| list.revokes(public_key))
+                })
+        });
     }
 
     /// Takes a revocation list the CA signed if it is newer than the one held; every host is
@@ -469,6 +505,7 @@ mod tests {
                 anonymous(entry("10.0.0.2", 1, &["web"])),
                 anonymous(entry("10.0.0.3", 1, &["web", "db"])),
             ],
+            candidates: vec![],
         });
         table.apply(Change::Put(anonymous(entry("10.0.0.4", 2, &[]))));
         assert_eq!(table.len(), 3);
@@ -494,9 +531,42 @@ mod tests {
         table.apply(Change::Reset {
             certs: vec![],
             entries: vec![],
+            candidates: vec![],
         });
         assert_eq!(table.len(), 0);
         assert!(!table.is_listed(&[3; 32]));
+    }
+
+    #[test]
+    fn with_a_ca_candidates_count_for_the_key_the_certificate_names() {
+        let (ca_key, ca) = CaKey::generate("ca").unwrap();
+        let mut table = RouteTable::trusting(ca);
+        let b = ca_key
+            .sign("b", &encode_key(&[2; 32]), on_n("10.0.1.0/24"))
+            .unwrap();
+        table.apply(Change::Cert(b));
+        let mapped = SocketAddr::from(([198, 51, 100, 7], 31000));
+        let publish = |host: &str, key: u8| Change::Candidates {
+            host: host.into(),
+            candidates: crate::lighthouse::Candidates {
+                public_key: encode_key(&[key; 32]),
+                endpoints: vec![mapped],
+            },
+        };
+        // Host "b" for another key, and a host without a certificate: neither counts.
+        table.apply(publish("b", 3));
+        table.apply(publish("c", 3));
+        assert!(table.take_changed_candidates().is_empty());
+        assert_eq!(table.key_at(mapped), None);
+        table.apply(publish("b", 2));
+        assert_eq!(table.take_changed_candidates(), [([2; 32], vec![mapped])]);
+        assert_eq!(
+            table.key_at(mapped),
+            Some([2; 32]),
+            "a datagram from there is b's"
+        );
+        table.apply(Change::CertGone { host: "b".into() });
+        assert_eq!(table.take_changed_candidates(), [([2; 32], vec![])]);
     }
 
     /// What a CA grants in these tests: one block on network "n" (identifier 1).
@@ -681,7 +751,11 @@ mod tests {
             .sign("b", &encode_key(&[2; 32]), on_n("10.0.1.0/24"))
             .unwrap()];
         let entries = vec![by("b", entry("10.0.1.2", 2, &[]))];
-        table.apply(Change::Reset { certs, entries });
+        table.apply(Change::Reset {
+            certs,
+            entries,
+            candidates: vec![],
+        });
         assert!(!table.is_listed(&[2; 32]));
         // A newer list that lifts it.
         let lifted = ca_key.sign_revocations(3, Vec::new()).unwrap();

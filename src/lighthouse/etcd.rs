@@ -4,7 +4,8 @@
 //!
 //! Layout: everything of a host lives under `/flatnet/v1/hosts/<host>/`, which etcd's RBAC
 //! lets only that host write: `cert` (its certificate from the network CA) and
-//! `entries/<network>/<ip>` (an [`Entry`] as JSON). Every key of a host hangs on that host's
+//! `entries/<network>/<ip>` (an [`Entry`] as JSON) and `candidates` (its [`Candidates`], which
+//! peers believe only if its certificate names the same key). Every key of a host hangs on that host's
 //! etcd lease, which its daemon keeps alive: a host that dies vanishes from every route table
 //! once the lease runs out. Hosts never collide on an address because the CA grants them
 //! disjoint blocks; peers believe an entry only inside its host's blocks. Writes are
@@ -30,7 +31,9 @@ use etcd_client::{
     KeyValue, PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse, TxnResponse, WatchOptions,
 };
 
-use super::{Change, Entry, EtcdSettings, Feed, FeedHealth, Lighthouse, NetworkId, Published};
+use super::{
+    Candidates, Change, Entry, EtcdSettings, Feed, FeedHealth, Lighthouse, NetworkId, Published,
+};
 use crate::cert::{HostCert, RevocationList};
 use crate::error::{Error, Result};
 
@@ -61,6 +64,8 @@ pub struct EtcdLighthouse {
     lease: Arc<AtomicI64>,
     /// What this process registered, to put again under a new lease after losing the old one.
     owned: Arc<Mutex<BTreeMap<String, Entry>>>,
+    /// The candidates this process published, to put again under a new lease.
+    candidates: Arc<Mutex<Option<Candidates>>>,
     /// Claims whose outcome is unknown (etcd did not answer): a proposal may still commit once
     /// etcd is back, so each is removed then unless it was claimed again. Key -> container.
     in_doubt: Arc<Mutex<BTreeMap<String, String>>>,
@@ -117,6 +122,7 @@ impl EtcdLighthouse {
             host,
             lease: Arc::new(AtomicI64::new(0)),
             owned: Arc::default(),
+            candidates: Arc::default(),
             in_doubt: Arc::default(),
             health: Arc::default(),
         })
@@ -134,6 +140,7 @@ impl EtcdLighthouse {
             ttl: i64::from(self.settings.lease_ttl_s),
             lease: self.lease.clone(),
             owned: self.owned.clone(),
+            candidates: self.candidates.clone(),
             in_doubt: self.in_doubt.clone(),
             health: self.health.clone(),
             lease_file,
@@ -283,9 +290,17 @@ impl Lighthouse for EtcdLighthouse {
             .iter()
             .filter_map(|kv| match parse_kv(kv)? {
                 Stored::Entry(published) => Some(published.entry),
-                Stored::Cert(_) | Stored::Revocations(_) => None,
+                _ => None,
             })
             .collect())
+    }
+
+    /// Kept for the next lease too; put now if the host holds one (else when it takes one).
+    fn publish_candidates(&self, candidates: &Candidates) -> Result<()> {
+        *self.candidates.lock().unwrap() = Some(candidates.clone());
+        let lease = self.current_lease()?;
+        let name = &self.host.name;
+        self.call(|client| put_candidates(client, name, candidates, lease))
     }
 
     fn follow(&self) -> Result<Box<dyn Feed>> {
@@ -322,6 +337,7 @@ struct LeaseKeeper {
     ttl: i64,
     lease: Arc<AtomicI64>,
     owned: Arc<Mutex<BTreeMap<String, Entry>>>,
+    candidates: Arc<Mutex<Option<Candidates>>>,
     health: Arc<Mutex<Health>>,
     lease_file: PathBuf,
 }
@@ -400,6 +416,10 @@ impl LeaseKeeper {
                 }
                 result => result?,
             }
+        }
+        let candidates = self.candidates.lock().unwrap().clone();
+        if let Some(candidates) = candidates {
+            put_candidates(self.client.clone(), &self.host.name, &candidates, id).await?;
         }
         self.lease.store(id, Ordering::SeqCst);
         tracing::info!("etcd lease {id:x}, TTL {} s", self.ttl);
@@ -502,14 +522,20 @@ impl Watcher {
         let snapshot = bounded("reading the entries", all).await?;
         let revision = snapshot.header().map_or(0, |h| h.revision());
         let (mut certs, mut entries, mut revocations) = (Vec::new(), Vec::new(), Vec::new());
+        let mut candidates = Vec::new();
         for stored in snapshot.kvs().iter().filter_map(parse_kv) {
             match stored {
                 Stored::Cert(cert) => certs.push(cert),
                 Stored::Entry(published) => entries.push(published),
                 Stored::Revocations(list) => revocations.push(list),
+                Stored::Candidates(host, published) => candidates.push((host, published)),
             }
         }
-        let mut first = vec![Change::Reset { certs, entries }];
+        let mut first = vec![Change::Reset {
+            certs,
+            entries,
+            candidates,
+        }];
         first.extend(revocations.into_iter().map(Change::Revocations));
         if self.changes.send(first).is_err() {
             return Ok(());
@@ -598,6 +624,24 @@ async fn claim(mut client: Client, key: &str, entry: &Entry, lease: i64) -> Resu
     Ok(())
 }
 
+/// Puts (or, when there are none, deletes) the host's candidates under `lease`.
+async fn put_candidates(
+    mut client: Client,
+    host: &str,
+    candidates: &Candidates,
+    lease: i64,
+) -> Result<()> {
+    let key = candidates_key(host);
+    if candidates.endpoints.is_empty() {
+        bounded("withdrawing the candidates", client.delete(key, None)).await?;
+        return Ok(());
+    }
+    let value = serde_json::to_vec(candidates).expect("candidates serialise");
+    let put = client.put(key, value, Some(lease_option(lease)));
+    bounded("publishing the candidates", put).await?;
+    Ok(())
+}
+
 /// The key a failed transaction read in its `or_else` branch, if it exists.
 fn read_on_failure(response: TxnResponse) -> Option<KeyValue> {
     response.op_responses().into_iter().find_map(|op| match op {
@@ -629,10 +673,15 @@ fn change_of(event: &etcd_client::Event) -> Option<Change> {
             Stored::Cert(cert) => Some(Change::Cert(cert)),
             Stored::Entry(published) => Some(Change::Put(published)),
             Stored::Revocations(list) => Some(Change::Revocations(list)),
+            Stored::Candidates(host, candidates) => Some(Change::Candidates { host, candidates }),
         },
         // A list taken away revokes nothing less: only a newer list lifts a revocation.
         (EventType::Delete, Key::Revocations { .. }) => None,
         (EventType::Delete, Key::Cert { host }) => Some(Change::CertGone { host }),
+        (EventType::Delete, Key::Candidates { host }) => Some(Change::Candidates {
+            host,
+            candidates: Candidates::default(),
+        }),
         (EventType::Delete, Key::Entry { host, network, ip }) => {
             Some(Change::Delete { host, network, ip })
         }
@@ -692,6 +741,10 @@ fn cert_key(host: &str) -> String {
     format!("{PREFIX}{host}/cert")
 }
 
+fn candidates_key(host: &str) -> String {
+    format!("{PREFIX}{host}/candidates")
+}
+
 /// What a key under the prefix names.
 #[derive(Debug, PartialEq)]
 enum Key {
@@ -699,6 +752,9 @@ enum Key {
         issuer: String,
     },
     Cert {
+        host: String,
+    },
+    Candidates {
         host: String,
     },
     Entry {
@@ -718,8 +774,10 @@ fn parse_key(key: &[u8]) -> Option<Key> {
     let rest = key.strip_prefix(PREFIX)?;
     let (host, rest) = rest.split_once('/')?;
     let host = host.to_string();
-    if rest == "cert" {
-        return Some(Key::Cert { host });
+    match rest {
+        "cert" => return Some(Key::Cert { host }),
+        "candidates" => return Some(Key::Candidates { host }),
+        _ => {}
     }
     let (network, ip) = rest.strip_prefix("entries/")?.split_once('/')?;
     Some(Key::Entry {
@@ -733,6 +791,8 @@ enum Stored {
     Cert(HostCert),
     Entry(Published),
     Revocations(RevocationList),
+    /// A host's candidates, with the host's name.
+    Candidates(String, Candidates),
 }
 
 /// A certificate or an entry whose key names it: a value stored under another name or
@@ -744,6 +804,10 @@ fn parse_kv(kv: &KeyValue) -> Option<Stored> {
             (cert.name == host).then_some(Stored::Cert(cert))
         }
         Key::Entry { .. } => parse_entry(kv).map(Stored::Entry),
+        Key::Candidates { host } => {
+            let candidates = serde_json::from_slice(kv.value()).ok()?;
+            Some(Stored::Candidates(host, candidates))
+        }
         Key::Revocations { issuer } => {
             let list: RevocationList = serde_json::from_slice(kv.value()).ok()?;
             (list.issuer == issuer).then_some(Stored::Revocations(list))
@@ -808,6 +872,12 @@ mod tests {
         assert_eq!(
             parse_key(cert_key("host-a").as_bytes()),
             Some(Key::Cert {
+                host: "host-a".into()
+            })
+        );
+        assert_eq!(
+            parse_key(candidates_key("host-a").as_bytes()),
+            Some(Key::Candidates {
                 host: "host-a".into()
             })
         );

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -15,7 +15,7 @@ use std::time::Duration;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 
-use super::{Change, Entry, Feed, FeedHealth, Lighthouse, NetworkId, Published};
+use super::{Candidates, Change, Entry, Feed, FeedHealth, Lighthouse, NetworkId, Published};
 use crate::error::{Error, Result};
 use crate::network_id;
 use crate::state::{read_if_exists, remove_stale_temps, write_atomic, FileLock};
@@ -35,6 +35,11 @@ struct Document {
     /// network -> its identifier, allotted once and kept (see [`crate::network_id`]).
     #[serde(default)]
     network_ids: BTreeMap<String, NetworkId>,
+    /// Host public key -> its candidate endpoints. A host that left keeps its list until it
+    /// comes back with the same key (there are no leases here to take it away); the list
+    /// is only tried, so a stale one costs unanswered handshakes, nothing more.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    candidates: BTreeMap<String, Vec<SocketAddr>>,
 }
 
 impl Default for Document {
@@ -43,6 +48,7 @@ impl Default for Document {
             version: FORMAT_VERSION,
             networks: BTreeMap::new(),
             network_ids: BTreeMap::new(),
+            candidates: BTreeMap::new(),
         }
     }
 }
@@ -182,12 +188,20 @@ impl Lighthouse for FileLighthouse {
 
     fn all_entries(&self) -> Result<Vec<Entry>> {
         let _guard = FileLock::acquire(&self.lock)?;
-        Ok(self
-            .read()?
-            .networks
-            .into_values()
-            .flat_map(|entries| entries.into_values())
-            .collect())
+        Ok(all_entries_of(self.read()?))
+    }
+
+    fn publish_candidates(&self, candidates: &Candidates) -> Result<()> {
+        self.update(|doc| {
+            let key = candidates.public_key.clone();
+            let changed = if candidates.endpoints.is_empty() {
+                doc.candidates.remove(&key).is_some()
+            } else {
+                doc.candidates.insert(key, candidates.endpoints.clone())
+                    != Some(candidates.endpoints.clone())
+            };
+            Ok(changed)
+        })
     }
 
     fn follow(&self) -> Result<Box<dyn Feed>> {
@@ -261,20 +275,13 @@ impl Feed for FileFeed {
             if self.revision == Some(revision) {
                 return Ok(Vec::new());
             }
-            let entries = self.lighthouse.all_entries()?;
+            let doc = {
+                let _guard = FileLock::acquire(&self.lighthouse.lock)?;
+                self.lighthouse.read()?
+            };
             self.revision = Some(revision);
             self.changes_seen += 1;
-            let entries = entries
-                .into_iter()
-                .map(|entry| Published {
-                    host: String::new(),
-                    entry,
-                })
-                .collect();
-            Ok(vec![Change::Reset {
-                certs: Vec::new(),
-                entries,
-            }])
+            Ok(vec![reset_of(doc)])
         });
         self.last_error = result.as_ref().err().map(ToString::to_string);
         result
@@ -288,6 +295,39 @@ impl Feed for FileFeed {
             revision: self.changes_seen as i64,
             ..FeedHealth::default()
         }
+    }
+}
+
+fn all_entries_of(doc: Document) -> Vec<Entry> {
+    doc.networks
+        .into_values()
+        .flat_map(|entries| entries.into_values())
+        .collect()
+}
+
+/// The whole file as a feed reports it: entries and candidates are not per host here.
+fn reset_of(mut doc: Document) -> Change {
+    let candidates = std::mem::take(&mut doc.candidates)
+        .into_iter()
+        .map(|(public_key, endpoints)| {
+            let candidates = Candidates {
+                public_key,
+                endpoints,
+            };
+            (String::new(), candidates)
+        })
+        .collect();
+    let entries = all_entries_of(doc)
+        .into_iter()
+        .map(|entry| Published {
+            host: String::new(),
+            entry,
+        })
+        .collect();
+    Change::Reset {
+        certs: Vec::new(),
+        entries,
+        candidates,
     }
 }
 
@@ -346,6 +386,7 @@ mod tests {
         let empty = Change::Reset {
             certs: vec![],
             entries: vec![],
+            candidates: vec![],
         };
         assert_eq!(feed.changes(Duration::ZERO).unwrap(), [empty]);
         assert!(feed.changes(Duration::ZERO).unwrap().is_empty());
@@ -367,10 +408,48 @@ mod tests {
             changes,
             [Change::Reset {
                 certs: vec![],
-                entries: vec![published]
+                entries: vec![published],
+                candidates: vec![],
             }]
         );
         assert!(feed.health().healthy);
+    }
+
+    #[test]
+    fn candidates_are_kept_by_key_replaced_and_withdrawn() {
+        let dir = tempfile::tempdir().unwrap();
+        let lh = FileLighthouse::new(dir.path().join("lh.json"));
+        let mut feed = lh.follow().unwrap();
+        let of = |key: &str, endpoints: &[&str]| Candidates {
+            public_key: key.into(),
+            endpoints: endpoints.iter().map(|e| e.parse().unwrap()).collect(),
+        };
+        lh.publish_candidates(&of("k1", &["198.51.100.7:4800"]))
+            .unwrap();
+        lh.publish_candidates(&of("k2", &["198.51.100.8:4800"]))
+            .unwrap();
+        lh.publish_candidates(&of("k1", &["198.51.100.9:4800", "192.0.2.1:4800"]))
+            .unwrap();
+        let Change::Reset { candidates, .. } = &feed.changes(Duration::ZERO).unwrap()[0] else {
+            panic!("a feed starts with everything");
+        };
+        let expected = [
+            (
+                String::new(),
+                of("k1", &["198.51.100.9:4800", "192.0.2.1:4800"]),
+            ),
+            (String::new(), of("k2", &["198.51.100.8:4800"])),
+        ];
+        assert_eq!(candidates, &expected);
+        lh.publish_candidates(&of("k2", &[])).unwrap();
+        let mut changes = feed.changes(Duration::from_secs(10)).unwrap();
+        while changes.is_empty() {
+            changes = feed.changes(Duration::from_secs(10)).unwrap();
+        }
+        let Change::Reset { candidates, .. } = &changes[0] else {
+            panic!("the file feed reports each write whole");
+        };
+        assert_eq!(candidates, &expected[..1]);
     }
 
     #[test]

@@ -65,6 +65,21 @@ pub struct Published {
     pub entry: Entry,
 }
 
+/// Where else than its entries' endpoint a host may be reached: the addresses its peers see
+/// it at (a NAT's, if it is behind one) and, when it listens on all addresses, its local
+/// ones. Published once per host, not per entry, since they change together. Peers only try
+/// them: a handshake still has to prove the key.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Candidates {
+    /// The host's static Noise public key, base64.
+    pub public_key: String,
+    /// Most useful first; at most [`MAX_CANDIDATES`] are believed.
+    pub endpoints: Vec<SocketAddr>,
+}
+
+/// Candidate endpoints believed per host: each handshake is sent to all of them.
+pub const MAX_CANDIDATES: usize = 8;
+
 /// One change to the lighthouse, as a [`Feed`] reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
@@ -73,6 +88,8 @@ pub enum Change {
     Reset {
         certs: Vec<HostCert>,
         entries: Vec<Published>,
+        /// Each host's candidate endpoints, with the host's name.
+        candidates: Vec<(String, Candidates)>,
     },
     /// An entry was added or updated.
     Put(Published),
@@ -81,6 +98,11 @@ pub enum Change {
         host: String,
         network: String,
         ip: Ipv4Addr,
+    },
+    /// A host published its candidate endpoints (none: it withdrew them).
+    Candidates {
+        host: String,
+        candidates: Candidates,
     },
     /// A host published its certificate (not yet checked: the follower checks it).
     Cert(HostCert),
@@ -137,6 +159,8 @@ pub trait Lighthouse: Send + Sync {
     }
     /// Every entry of every network.
     fn all_entries(&self) -> Result<Vec<Entry>>;
+    /// Publishes this host's candidate endpoints, replacing the last ones.
+    fn publish_candidates(&self, candidates: &Candidates) -> Result<()>;
     /// Follows the entries from now on.
     fn follow(&self) -> Result<Box<dyn Feed>>;
 }

@@ -5,19 +5,30 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use super::PublicKey;
+
 /// The network id that marks a control message.
 const CONTROL: [u8; 4] = [0; 4];
 const OBSERVED: u8 = 1;
+const INTRODUCE: u8 = 2;
+const KNOCK: u8 = 3;
 const V4: u8 = 4;
 const V6: u8 = 6;
-/// Id, type, family, an IPv6 address and a port.
-pub const MAX_CONTROL_LEN: usize = 4 + 1 + 1 + 16 + 2;
+/// Id, type, a key, family, an IPv6 address and a port.
+pub const MAX_CONTROL_LEN: usize = 4 + 1 + 32 + 1 + 16 + 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Control {
     /// "Your datagrams reach me from this address and port": the sender's view of the
     /// receiver's underlay endpoint, which differs from the receiver's own behind a NAT.
     Observed(SocketAddr),
+    /// "I cannot reach this host: if you have a tunnel with it, tell it where I am." Sent to
+    /// peers the sender has sessions with, so that two hosts behind NAT write to each other
+    /// at about the same time (hole punching).
+    Introduce(PublicKey),
+    /// "This host is trying to reach you; I see it here": an introducer's answer, sent to the
+    /// host asked for. The receiver sends its initiation there at once.
+    Knock { from: PublicKey, at: SocketAddr },
 }
 
 /// Whether a decrypted payload is a control message rather than a network's packet.
@@ -28,51 +39,73 @@ pub fn is_control(payload: &[u8]) -> bool {
 impl Control {
     /// Writes the message into `out` (at least [`MAX_CONTROL_LEN`]); returns its length.
     pub fn encode(&self, out: &mut [u8]) -> usize {
-        let Control::Observed(address) = self;
         out[..4].copy_from_slice(&CONTROL);
-        out[4] = OBSERVED;
-        let after_address = match address.ip() {
-            IpAddr::V4(ip) => {
-                out[5] = V4;
-                out[6..10].copy_from_slice(&ip.octets());
-                10
+        match self {
+            Control::Observed(address) => {
+                out[4] = OBSERVED;
+                5 + put_endpoint(*address, &mut out[5..])
             }
-            IpAddr::V6(ip) => {
-                out[5] = V6;
-                out[6..22].copy_from_slice(&ip.octets());
-                22
+            Control::Introduce(key) => {
+                out[4] = INTRODUCE;
+                out[5..37].copy_from_slice(key);
+                37
             }
-        };
-        out[after_address..after_address + 2].copy_from_slice(&address.port().to_be_bytes());
-        after_address + 2
+            Control::Knock { from, at } => {
+                out[4] = KNOCK;
+                out[5..37].copy_from_slice(from);
+                37 + put_endpoint(*at, &mut out[37..])
+            }
+        }
     }
 
     /// Reads a control message; `None` for an unknown type or a malformed body (a newer peer
     /// may send types this host does not know: they are ignored, not errors).
     pub fn decode(payload: &[u8]) -> Option<Control> {
         let body = payload.strip_prefix(&CONTROL)?;
-        match body {
-            [OBSERVED, V4, rest @ ..] if rest.len() == 4 + 2 => {
-                let ip: [u8; 4] = rest[..4].try_into().ok()?;
-                Some(Control::Observed(SocketAddr::new(
-                    Ipv4Addr::from(ip).into(),
-                    port(&rest[4..]),
-                )))
-            }
-            [OBSERVED, V6, rest @ ..] if rest.len() == 16 + 2 => {
-                let ip: [u8; 16] = rest[..16].try_into().ok()?;
-                Some(Control::Observed(SocketAddr::new(
-                    Ipv6Addr::from(ip).into(),
-                    port(&rest[16..]),
-                )))
-            }
+        let (&kind, rest) = body.split_first()?;
+        match kind {
+            OBSERVED => Some(Control::Observed(endpoint(rest)?)),
+            INTRODUCE => Some(Control::Introduce(rest.try_into().ok()?)),
+            KNOCK if rest.len() > 32 => Some(Control::Knock {
+                from: rest[..32].try_into().ok()?,
+                at: endpoint(&rest[32..])?,
+            }),
             _ => None,
         }
     }
 }
 
-fn port(bytes: &[u8]) -> u16 {
-    u16::from_be_bytes([bytes[0], bytes[1]])
+/// Family, address, port; returns the length written.
+fn put_endpoint(address: SocketAddr, out: &mut [u8]) -> usize {
+    let after_address = match address.ip() {
+        IpAddr::V4(ip) => {
+            out[0] = V4;
+            out[1..5].copy_from_slice(&ip.octets());
+            5
+        }
+        IpAddr::V6(ip) => {
+            out[0] = V6;
+            out[1..17].copy_from_slice(&ip.octets());
+            17
+        }
+    };
+    out[after_address..after_address + 2].copy_from_slice(&address.port().to_be_bytes());
+    after_address + 2
+}
+
+/// An endpoint as [`put_endpoint`] writes it, filling `bytes` exactly.
+fn endpoint(bytes: &[u8]) -> Option<SocketAddr> {
+    let ip: IpAddr = match bytes {
+        [V4, rest @ ..] if rest.len() == 4 + 2 => {
+            Ipv4Addr::from(<[u8; 4]>::try_from(&rest[..4]).ok()?).into()
+        }
+        [V6, rest @ ..] if rest.len() == 16 + 2 => {
+            Ipv6Addr::from(<[u8; 16]>::try_from(&rest[..16]).ok()?).into()
+        }
+        _ => return None,
+    };
+    let port = &bytes[bytes.len() - 2..];
+    Some(SocketAddr::new(ip, u16::from_be_bytes([port[0], port[1]])))
 }
 
 #[cfg(test)]
@@ -80,13 +113,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn observed_addresses_round_trip_in_both_families() {
+    fn every_message_round_trips_in_both_families() {
         for text in ["198.51.100.7:40123", "[2001:db8::7]:4800"] {
-            let message = Control::Observed(text.parse().unwrap());
-            let mut out = [0u8; MAX_CONTROL_LEN];
-            let len = message.encode(&mut out);
-            assert!(is_control(&out[..len]));
-            assert_eq!(Control::decode(&out[..len]), Some(message), "{text}");
+            let at: SocketAddr = text.parse().unwrap();
+            for message in [
+                Control::Observed(at),
+                Control::Introduce([7; 32]),
+                Control::Knock { from: [9; 32], at },
+            ] {
+                let mut out = [0u8; MAX_CONTROL_LEN];
+                let len = message.encode(&mut out);
+                assert!(is_control(&out[..len]));
+                assert_eq!(Control::decode(&out[..len]), Some(message), "{text}");
+            }
         }
     }
 
@@ -105,5 +144,13 @@ mod tests {
         unknown[4] = 99;
         assert_eq!(Control::decode(&unknown[..len]), None);
         assert!(is_control(&unknown[..len]), "still not a network's packet");
+        let knock = Control::Knock {
+            from: [1; 32],
+            at: "192.0.2.1:1".parse().unwrap(),
+        };
+        let len = knock.encode(&mut out);
+        for cut in [5, 36, 37, len - 1] {
+            assert_eq!(Control::decode(&out[..cut]), None, "cut at {cut}");
+        }
     }
 }

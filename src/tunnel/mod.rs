@@ -182,6 +182,11 @@ struct Peer {
     /// The endpoint we last told the peer we see it at, and in which session: told again
     /// when either changes (a restarted peer has forgotten; a roaming one has moved).
     told: Option<(SocketAddr, u32)>,
+    /// Where an introducer last said the peer is trying to reach us from: our initiations go
+    /// there too until a handshake completes.
+    knocked_from: Option<SocketAddr>,
+    /// When we last passed on the peer's request for an introduction (at most one a second).
+    introduced_at: Option<Instant>,
     queue: VecDeque<Vec<u8>>,
     stats: PeerStats,
 }
@@ -208,6 +213,8 @@ impl Peer {
             cookie: None,
             seen_as: None,
             told: None,
+            knocked_from: None,
+            introduced_at: None,
             queue: VecDeque::new(),
             stats: PeerStats::default(),
         }
@@ -289,6 +296,9 @@ pub struct TunnelManager {
     cookies: CookieMinter,
     /// The endpoint this host publishes: a peer that sees it elsewhere sees it through NAT.
     published: Option<SocketAddr>,
+    /// Where else each peer host may be reached, as it published: every initiation to it
+    /// goes there too.
+    candidates: HashMap<PublicKey, Vec<SocketAddr>>,
 }
 
 impl TunnelManager {
@@ -300,6 +310,7 @@ impl TunnelManager {
             limiter: HandshakeLimiter::new(now),
             cookies: CookieMinter::new(&keys.public, now),
             published: None,
+            candidates: HashMap::new(),
             keys,
             limits,
             peers: HashMap::new(),
@@ -337,6 +348,34 @@ impl TunnelManager {
 
     pub fn public_key(&self) -> &PublicKey {
         &self.keys.public
+    }
+
+    /// Where else `peer` may be reached (none: only at its lighthouse endpoint).
+    pub fn set_candidates(&mut self, peer: PublicKey, endpoints: Vec<SocketAddr>) {
+        if endpoints.is_empty() {
+            self.candidates.remove(&peer);
+        } else {
+            self.candidates.insert(peer, endpoints);
+        }
+    }
+
+    /// The distinct endpoints peers with a session see this host at, most recently heard
+    /// first: what this host learnt of its place in the underlay (behind NAT, a NAT's).
+    pub fn observed_endpoints(&self) -> Vec<SocketAddr> {
+        let mut seen: Vec<(Instant, SocketAddr)> = self
+            .peers
+            .values()
+            .filter(|p| p.current.is_some())
+            .filter_map(|p| Some((p.last_received?, p.seen_as?)))
+            .collect();
+        seen.sort_by_key(|&(heard, _)| std::cmp::Reverse(heard));
+        let mut endpoints: Vec<SocketAddr> = Vec::new();
+        for (_, endpoint) in seen {
+            if !endpoints.contains(&endpoint) {
+                endpoints.push(endpoint);
+            }
+        }
+        endpoints
     }
 
     /// Starts a tunnel to a peer host, unless one is up or being set up.
@@ -443,7 +482,9 @@ impl TunnelManager {
                 receiver,
                 counter,
                 ciphertext,
-            }) => self.on_transport(receiver, counter, ciphertext, from, out, now, send),
+            }) => self.on_transport(
+                receiver, counter, ciphertext, from, out, now, authorize, send,
+            ),
         }
     }
 
@@ -529,6 +570,7 @@ impl TunnelManager {
         peer.trying_since = None;
         peer.reply_due = None;
         peer.queue.clear();
+        peer.knocked_from = None;
         peer.endpoint = peer.lighthouse_endpoint;
         peer.backoff = self.limits.handshake_retry_base;
         peer.stats.given_up += 1;
@@ -670,7 +712,102 @@ impl TunnelManager {
         entry.backoff = (entry.backoff * 2).min(self.limits.handshake_retry_max);
         entry.stats.handshakes_sent += 1;
         tracing::debug!("handshake to {} at {}", encode_key(peer), entry.endpoint);
-        send(&buf[..len], entry.endpoint);
+        // The same initiation to every place the peer may be: the first answer makes the
+        // session (a second arrival is stale to the peer), and two hosts behind NAT that
+        // write to each other's mappings at about the same time open both (hole punching).
+        let candidates = self.candidates.get(peer).map_or(&[][..], Vec::as_slice);
+        let mut endpoints: Vec<SocketAddr> = Vec::with_capacity(candidates.len() + 2);
+        for endpoint in [entry.endpoint]
+            .into_iter()
+            .chain(candidates.iter().copied())
+            .chain(entry.knocked_from)
+        {
+            if !endpoint.ip().is_unspecified() && !endpoints.contains(&endpoint) {
+                endpoints.push(endpoint);
+            }
+        }
+        for endpoint in endpoints {
+            send(&buf[..len], endpoint);
+        }
+        // A host that publishes candidates may be behind NAT, where only a host writing to us
+        // at about the same time gets through: ask the hosts we have sessions with to tell it.
+        if entry.current.is_none() && !candidates.is_empty() {
+            self.ask_for_introductions(peer, now, send);
+        }
+    }
+
+    /// Sends [`Control::Introduce`] for `target` to the peers most recently heard from (up to
+    /// [`MAX_INTRODUCERS`]): whichever has a session with it passes our endpoint on.
+    fn ask_for_introductions(&mut self, target: &PublicKey, now: Instant, send: &mut Sender) {
+        let mut introducers: Vec<(Instant, PublicKey)> = self
+            .peers
+            .iter()
+            .filter(|(key, p)| *key != target && p.current.is_some())
+            .filter_map(|(key, p)| Some((p.last_received?, *key)))
+            .collect();
+        introducers.sort_by_key(|&(heard, _)| std::cmp::Reverse(heard));
+        for (_, introducer) in introducers.into_iter().take(MAX_INTRODUCERS) {
+            self.send_control(&introducer, Control::Introduce(*target), now, send);
+        }
+    }
+
+    /// An introducer's side: `asker` cannot reach `target`; if we have a session with the
+    /// target, tell it where we see the asker (at most once a second per asker).
+    fn introduce(&mut self, asker: PublicKey, target: PublicKey, now: Instant, send: &mut Sender) {
+        let Some(entry) = self.peers.get_mut(&asker) else {
+            return;
+        };
+        let recent = entry
+            .introduced_at
+            .is_some_and(|at| now.duration_since(at) < OUTSIDE_TRIGGER_INTERVAL);
+        if target == asker || recent {
+            return;
+        }
+        entry.introduced_at = Some(now);
+        let knock = Control::Knock {
+            from: asker,
+            at: entry.endpoint,
+        };
+        if self.send_control(&target, knock, now, send) {
+            tracing::debug!(
+                "introduced {} to {}",
+                encode_key(&asker),
+                encode_key(&target)
+            );
+        }
+    }
+
+    /// The target's side: `from` is trying to reach us at `at`. Unless we have a session with
+    /// it, send an initiation there (and to its other endpoints) now, so that both NATs open
+    /// a mapping for the other; at most once a second per host, and only for hosts we may
+    /// open tunnels with.
+    fn on_knock(
+        &mut self,
+        from: PublicKey,
+        at: SocketAddr,
+        now: Instant,
+        authorize: &mut dyn FnMut(&PublicKey) -> bool,
+        send: &mut Sender,
+    ) {
+        if from == self.keys.public || !authorize(&from) {
+            return;
+        }
+        let limits = &self.limits;
+        let entry = self
+            .peers
+            .entry(from)
+            .or_insert_with(|| Peer::new(at, now, limits));
+        let recent = entry
+            .outside_trigger
+            .is_some_and(|t| now.duration_since(t) < OUTSIDE_TRIGGER_INTERVAL);
+        if entry.current.is_some() || recent {
+            return;
+        }
+        entry.outside_trigger = Some(now);
+        entry.knocked_from = Some(at);
+        entry.last_activity = now;
+        tracing::debug!("{} knocks from {at}", encode_key(&from));
+        self.start_handshake(&from, now, send);
     }
 
     fn on_init(
@@ -751,6 +888,7 @@ impl TunnelManager {
             peer.pending = None;
         }
         peer.endpoint = from;
+        peer.knocked_from = None;
         peer.heard(false, now, &self.limits);
         peer.trying_since = None;
         peer.backoff = self.limits.handshake_retry_base;
@@ -813,6 +951,7 @@ impl TunnelManager {
         from: SocketAddr,
         out: &mut [u8],
         now: Instant,
+        authorize: &mut dyn FnMut(&PublicKey) -> bool,
         send: &mut Sender,
     ) -> Received {
         let Some(session) = self.sessions.get_mut(&receiver) else {
@@ -830,10 +969,9 @@ impl TunnelManager {
         peer.stats.rx_packets += 1;
         peer.stats.rx_bytes += len as u64;
         let control = control::is_control(&out[..len]);
-        if control {
-            if let Some(Control::Observed(address)) = Control::decode(&out[..len]) {
-                peer.seen_as = Some(address);
-            }
+        let message = control.then(|| Control::decode(&out[..len])).flatten();
+        if let Some(Control::Observed(address)) = message {
+            peer.seen_as = Some(address);
         }
         peer.heard(len > 0 && !control, now, &self.limits);
         let confirmed = peer.unconfirmed == Some(receiver);
@@ -847,6 +985,11 @@ impl TunnelManager {
         }
         if untold {
             self.tell_observed(&key, now, send);
+        }
+        match message {
+            Some(Control::Introduce(target)) => self.introduce(key, target, now, send),
+            Some(Control::Knock { from, at }) => self.on_knock(from, at, now, authorize, send),
+            _ => {}
         }
         if len == 0 || control {
             Received::Handled
@@ -867,18 +1010,37 @@ impl TunnelManager {
         if peer.told == Some(told) {
             return;
         }
-        let mut message = [0u8; MAX_CONTROL_LEN];
-        let len = Control::Observed(peer.endpoint).encode(&mut message);
-        let mut out = [0u8; wire::TRANSPORT_HEADER_LEN + MAX_CONTROL_LEN + wire::AEAD_TAG_LEN];
-        let session = self.sessions.get_mut(&index);
-        if let Some(sealed) = session
-            .filter(|s| s.can_send(now, &self.limits))
-            .and_then(|s| s.encrypt(&message[..len], &mut out))
-        {
-            send(&out[..sealed], peer.endpoint);
-            peer.sent(false, now, &self.limits);
-            peer.told = Some(told);
+        if self.send_control(key, Control::Observed(told.0), now, send) {
+            if let Some(peer) = self.peers.get_mut(key) {
+                peer.told = Some(told);
+            }
         }
+    }
+
+    /// Seals `message` in the peer's current session and sends it; whether it could.
+    fn send_control(
+        &mut self,
+        key: &PublicKey,
+        message: Control,
+        now: Instant,
+        send: &mut Sender,
+    ) -> bool {
+        let Some(peer) = self.peers.get_mut(key) else {
+            return false;
+        };
+        let mut plain = [0u8; MAX_CONTROL_LEN];
+        let len = message.encode(&mut plain);
+        let mut out = [0u8; wire::TRANSPORT_HEADER_LEN + MAX_CONTROL_LEN + wire::AEAD_TAG_LEN];
+        let session = peer.current.and_then(|index| self.sessions.get_mut(&index));
+        let Some(sealed) = session
+            .filter(|s| s.can_send(now, &self.limits))
+            .and_then(|s| s.encrypt(&plain[..len], &mut out))
+        else {
+            return false;
+        };
+        send(&out[..sealed], peer.endpoint);
+        peer.sent(false, now, &self.limits);
+        true
     }
 
     /// Sends the packets queued for `peer`; returns whether there were any.
@@ -934,6 +1096,9 @@ fn touch_peer<'a>(
     entry.lighthouse_endpoint = endpoint;
     entry
 }
+
+/// Peers asked at once to introduce us to a host we cannot reach.
+const MAX_INTRODUCERS: usize = 4;
 
 /// A random session index not in use: indices are visible on the wire, so they should not
 /// reveal how many sessions a host has had.

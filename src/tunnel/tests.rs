@@ -897,3 +897,198 @@ fn a_host_seen_through_nat_keeps_the_mapping_open_and_the_other_does_not() {
     a.tm.tick(now + Limits::default().idle_timeout, &mut |_, _| {});
     assert_eq!(a.tm.peer_count(), 0);
 }
+
+/// Hosts on an underlay where some sit behind a cone NAT as a Linux router with nftables
+/// `masquerade` and a firewall makes one: one outside endpoint for all of the inside host's
+/// datagrams, and only answers let in (from endpoints the host has written to); the rest is
+/// dropped without a trace.
+struct Underlay {
+    hosts: Vec<Host>,
+    /// Per host: its NAT's outside endpoint and whom the host has written to.
+    nats: Vec<Option<(SocketAddr, std::collections::HashSet<SocketAddr>)>>,
+    wire: Wire,
+    dropped_by_nat: usize,
+}
+
+impl Underlay {
+    fn new() -> Self {
+        Underlay {
+            hosts: Vec::new(),
+            nats: Vec::new(),
+            wire: Wire::new(),
+            dropped_by_nat: 0,
+        }
+    }
+
+    /// A host, behind a NAT with this outside endpoint if `nat` is given.
+    fn add(&mut self, nat: Option<SocketAddr>) -> usize {
+        let n = self.hosts.len() as u8 + 1;
+        self.hosts.push(host(n, Limits::default()));
+        self.nats
+            .push(nat.map(|outside| (outside, Default::default())));
+        self.hosts.len() - 1
+    }
+
+    /// Where others reach host `i`.
+    fn outside(&self, i: usize) -> SocketAddr {
+        self.nats[i]
+            .as_ref()
+            .map_or(self.hosts[i].addr, |(o, _)| *o)
+    }
+
+    fn key(&self, i: usize) -> PublicKey {
+        *self.hosts[i].tm.public_key()
+    }
+
+    /// Host `from` sends `packet` to host `to`, addressed as its entries say (its own address).
+    fn send(&mut self, from: usize, to: usize, packet: &[u8], now: Instant) {
+        let (key, endpoint) = (self.key(to), self.hosts[to].addr);
+        let source = self.hosts[from].addr;
+        let wire = &mut self.wire;
+        let mut out = vec![0u8; MAX_DATAGRAM];
+        self.hosts[from]
+            .tm
+            .encrypt_packet(&key, endpoint, packet, &mut out, now, &mut |d, dst| {
+                wire.push_back((d.to_vec(), source, dst))
+            })
+            .unwrap();
+    }
+
+    /// Delivers until the wire is quiet; returns the packets each host got.
+    fn pump(&mut self, now: Instant) -> Vec<Vec<Vec<u8>>> {
+        let mut got = vec![Vec::new(); self.hosts.len()];
+        while let Some((d, from, to)) = self.wire.pop_front() {
+            let sender = self.hosts.iter().position(|h| h.addr == from).unwrap();
+            if let Some((_, written_to)) = &mut self.nats[sender] {
+                written_to.insert(to);
+            }
+            let from = self.outside(sender);
+            let Some(receiver) = (0..self.hosts.len()).find(|&i| self.outside(i) == to) else {
+                continue; // a private endpoint: unreachable from outside
+            };
+            let answer = self.nats[receiver]
+                .as_ref()
+                .is_none_or(|(_, written_to)| written_to.contains(&from));
+            if !answer {
+                self.dropped_by_nat += 1;
+                continue;
+            }
+            let (received, data) = self.hosts[receiver].receive(&d, from, &mut self.wire, now);
+            if let Received::Data { .. } = received {
+                got[receiver].push(data);
+            }
+        }
+        got
+    }
+}
+
+#[test]
+fn two_hosts_behind_cone_nats_meet_at_their_candidates_when_both_write() {
+    let now = Instant::now();
+    let mut net = Underlay::new();
+    let a = net.add(Some(SocketAddr::from(([198, 51, 100, 1], 40001))));
+    let b = net.add(Some(SocketAddr::from(([198, 51, 100, 2], 40002))));
+    // Both are published at private endpoints nobody reaches; their NATs' are candidates.
+    let (key_a, key_b) = (net.key(a), net.key(b));
+    let (outside_a, outside_b) = (net.outside(a), net.outside(b));
+    net.hosts[a].tm.set_candidates(key_b, vec![outside_b]);
+    net.hosts[b].tm.set_candidates(key_a, vec![outside_a]);
+    net.send(a, b, b"from a", now);
+    assert_eq!(
+        net.wire.iter().map(|(_, _, to)| *to).collect::<Vec<_>>(),
+        [net.hosts[b].addr, outside_b],
+        "one initiation, to the published endpoint and to each candidate"
+    );
+    // B writes to A at about the same time (its own traffic, or asked to).
+    net.send(b, a, b"from b", now);
+    let got = net.pump(now);
+    assert!(
+        net.dropped_by_nat >= 1,
+        "the first initiation finds no mapping"
+    );
+    assert_eq!(got[b], [b"from a".to_vec()]);
+    assert_eq!(got[a], [b"from b".to_vec()]);
+    assert_eq!(net.hosts[a].tm.endpoint_of(&key_b), Some(outside_b));
+    assert_eq!(net.hosts[b].tm.endpoint_of(&key_a), Some(outside_a));
+}
+
+#[test]
+fn a_host_both_reach_introduces_two_hosts_behind_nat_and_they_punch_through() {
+    let now = Instant::now();
+    let mut net = Underlay::new();
+    let public = net.add(None);
+    let b = net.add(Some(SocketAddr::from(([198, 51, 100, 2], 40002))));
+    let c = net.add(Some(SocketAddr::from(([198, 51, 100, 3], 40003))));
+    // B and C each have a tunnel with the public host (they wrote first, through their NATs).
+    net.send(b, public, b"b is up", now);
+    net.send(c, public, b"c is up", now);
+    net.pump(now);
+    let (key_b, key_c) = (net.key(b), net.key(c));
+    let (outside_b, outside_c) = (net.outside(b), net.outside(c));
+    net.hosts[b].tm.set_candidates(key_c, vec![outside_c]);
+    net.hosts[c].tm.set_candidates(key_b, vec![outside_b]);
+
+    // Only B has something to send; C learns of it through the public host.
+    net.send(b, c, b"punched", now);
+    let got = net.pump(now);
+    assert!(
+        net.dropped_by_nat >= 1,
+        "B's first initiation finds no mapping"
+    );
+    assert_eq!(got[c], [b"punched".to_vec()]);
+    assert_eq!(net.hosts[b].tm.endpoint_of(&key_c), Some(outside_c));
+    assert_eq!(net.hosts[c].tm.endpoint_of(&key_b), Some(outside_b));
+
+    // A knock for a host that may not open tunnels here is ignored.
+    let mut sent = Vec::new();
+    let stranger = SocketAddr::from(([192, 0, 2, 99], 4800));
+    net.hosts[c]
+        .tm
+        .on_knock([9; 32], stranger, now, &mut |_| false, &mut |_, to| {
+            sent.push(to)
+        });
+    assert!(sent.is_empty(), "C wrote to {sent:?} for an unlisted host");
+}
+
+#[test]
+fn observed_endpoints_are_distinct_and_newest_first() {
+    let (mut a, mut b, mut wire, now) = sending(b"hello");
+    let mut c = host(3, Limits::default());
+    // B sees A at `outside`; C, heard from later, at `other`.
+    let outside = SocketAddr::from(([198, 51, 100, 1], 40001));
+    while let Some((d, from, to)) = wire.pop_front() {
+        if to == b.addr {
+            b.receive(
+                &d,
+                if from == a.addr { outside } else { from },
+                &mut wire,
+                now,
+            );
+        } else {
+            a.receive(&d, b.addr, &mut wire, now);
+        }
+    }
+    assert_eq!(a.tm.observed_endpoints(), [outside]);
+    let later = now + Duration::from_secs(1);
+    let other = SocketAddr::from(([198, 51, 100, 1], 40999));
+    let mut out = vec![0u8; MAX_DATAGRAM];
+    let key_c = *c.tm.public_key();
+    let from_a = a.addr;
+    a.tm.encrypt_packet(&key_c, c.addr, b"hi", &mut out, later, &mut |d, to| {
+        wire.push_back((d.to_vec(), from_a, to))
+    })
+    .unwrap();
+    while let Some((d, from, to)) = wire.pop_front() {
+        if to == c.addr {
+            c.receive(
+                &d,
+                if from == a.addr { other } else { from },
+                &mut wire,
+                later,
+            );
+        } else {
+            a.receive(&d, c.addr, &mut wire, later);
+        }
+    }
+    assert_eq!(a.tm.observed_endpoints(), [other, outside]);
+}

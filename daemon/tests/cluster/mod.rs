@@ -317,15 +317,21 @@ impl Cluster {
 
     /// A host behind a NAT router on the bridge, as at home: the router masquerades what
     /// leaves by its bridge address (keeping source ports where it can, admitting from
-    /// outside only what answers a mapping: Linux's NAT) and forgets an idle UDP mapping after
-    /// 30 s, as common NATs do. Its private network (203.0.113.0/24) is reachable from
+    /// outside only what answers a mapping: Linux's NAT, a "cone" one for hole punching) and
+    /// forgets an idle UDP mapping after 30 s, as common NATs do. Its private network (203.0.113.0/24) is reachable from
     /// nowhere else. Returns the host and the router's outside address.
     pub fn add_host_behind_nat(&mut self) -> (usize, Ipv4Addr) {
         let outside = self.add_router(1500);
         let router = &self.routers[self.routers.len() - 1];
+        // The router itself takes nothing from outside, as home routers' firewalls do. That
+        // also keeps an unsolicited datagram from leaving a conntrack entry behind that would
+        // make the next mapping towards its sender take another port.
         let rules = "add table ip nat\n\
              add chain ip nat out { type nat hook postrouting priority srcnat; }\n\
-             add rule ip nat out oifname wan masquerade\n";
+             add rule ip nat out oifname wan masquerade\n\
+             add table ip filter\n\
+             add chain ip filter in { type filter hook input priority filter; }\n\
+             add rule ip filter in iifname wan drop\n";
         let mut nft = in_ns(&router.name, &["nft", "-f", "-"])
             .stdin(Stdio::piped())
             .spawn()
@@ -622,6 +628,19 @@ impl Cluster {
         assert!(status.success(), "sending to {to} failed");
         assert!(listener.wait());
         std::fs::read(&received).unwrap()
+    }
+
+    /// Sends `bytes` of a pattern that shows misordered or lost data over TCP from `from` to
+    /// `to`, checks what arrived, and returns Mbit/s.
+    pub fn transfer(&self, from: usize, to: usize, port: u16, bytes: u32) -> f64 {
+        let file = self.shared.path().join(format!("bulk-{port}"));
+        let content: Vec<u8> = (0..bytes).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(&file, &content).unwrap();
+        let started = std::time::Instant::now();
+        let received = self.send_file(from, to, port, &file);
+        let seconds = started.elapsed().as_secs_f64();
+        assert!(received == content, "the transfer arrived damaged or short");
+        f64::from(bytes) * 8.0 / seconds / 1e6
     }
 
     pub fn wait_listening(&self, c: usize, port: u16) {

@@ -1,0 +1,186 @@
+//! Publishes this host's candidate endpoints through the lighthouse, on a thread of its own (a
+//! call to etcd may take seconds when it is out of reach). What the packet thread hands over
+//! is what its peers see this host at; the thread adds its local addresses when the daemon
+//! listens on all of them, looks at them again every few seconds (a new DHCP lease, a moved
+//! laptop), and publishes whenever the list changed, again after a failure.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::lighthouse::{Candidates, Lighthouse, MAX_CANDIDATES};
+
+/// How often local addresses are looked at again, and a failed publication retried.
+const RESCAN_EVERY: Duration = Duration::from_secs(2);
+
+pub struct Publisher {
+    observed: Sender<Vec<SocketAddr>>,
+    last_handed: Vec<SocketAddr>,
+    published: Arc<Mutex<Vec<SocketAddr>>>,
+}
+
+impl Publisher {
+    /// Starts the thread. `listen` is the daemon's underlay address, which its entries carry.
+    pub fn spawn(
+        lighthouse: Arc<dyn Lighthouse>,
+        public_key: String,
+        listen: SocketAddr,
+    ) -> Result<Self> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let published = Arc::new(Mutex::new(Vec::new()));
+        let shared = published.clone();
+        std::thread::Builder::new()
+            .name("publisher".into())
+            .spawn(move || run(lighthouse.as_ref(), public_key, listen, rx, &shared))
+            .map_err(|e| Error::io("spawning the publisher thread", e))?;
+        Ok(Publisher {
+            observed: tx,
+            last_handed: Vec::new(),
+            published,
+        })
+    }
+
+    /// What the lighthouse holds of this host's candidates, as far as this daemon knows.
+    pub fn published(&self) -> Vec<SocketAddr> {
+        self.published.lock().unwrap().clone()
+    }
+
+    /// Where peers see this host now, newest first; passed on only when it changed.
+    pub fn observed(&mut self, endpoints: Vec<SocketAddr>) {
+        if endpoints != self.last_handed {
+            self.last_handed = endpoints.clone();
+            let _ = self.observed.send(endpoints);
+        }
+    }
+}
+
+fn run(
+    lighthouse: &dyn Lighthouse,
+    public_key: String,
+    listen: SocketAddr,
+    observed: Receiver<Vec<SocketAddr>>,
+    shared: &Mutex<Vec<SocketAddr>>,
+) {
+    let mut seen = Vec::new();
+    let mut published: Option<Vec<SocketAddr>> = None;
+    let mut last_error = String::new();
+    loop {
+        match observed.recv_timeout(RESCAN_EVERY) {
+            Ok(endpoints) => seen = observed.try_iter().last().unwrap_or(endpoints),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return, // the data plane is gone
+        }
+        let endpoints = candidate_list(listen, &seen, &local_addresses(listen));
+        if published.as_ref() == Some(&endpoints) {
+            continue;
+        }
+        let candidates = Candidates {
+            public_key: public_key.clone(),
+            endpoints,
+        };
+        match lighthouse.publish_candidates(&candidates) {
+            Ok(()) => {
+                tracing::info!("published candidate endpoints {:?}", candidates.endpoints);
+                shared.lock().unwrap().clone_from(&candidates.endpoints);
+                published = Some(candidates.endpoints);
+                last_error.clear();
+            }
+            Err(e) => {
+                let text = e.to_string();
+                if text != last_error {
+                    tracing::warn!("publishing candidate endpoints: {text}");
+                    last_error = text;
+                }
+            }
+        }
+    }
+}
+
+/// What a host publishes: where its peers see it (newest first), then, when it listens on all
+/// addresses, its own addresses with its port; never what its entries carry already, at most
+/// [`MAX_CANDIDATES`].
+pub fn candidate_list(
+    listen: SocketAddr,
+    observed: &[SocketAddr],
+    local: &[IpAddr],
+) -> Vec<SocketAddr> {
+    let own = local
+        .iter()
+        .filter(|_| listen.ip().is_unspecified())
+        .map(|&ip| SocketAddr::new(ip, listen.port()));
+    let mut endpoints: Vec<SocketAddr> = Vec::new();
+    for endpoint in observed.iter().copied().chain(own) {
+        if endpoint != listen && !endpoints.contains(&endpoint) {
+            endpoints.push(endpoint);
+        }
+    }
+    endpoints.truncate(MAX_CANDIDATES);
+    endpoints
+}
+
+/// The host's addresses of `listen`'s family that another host could send to (not loopback,
+/// not link-local), when it listens on all of them.
+fn local_addresses(listen: SocketAddr) -> Vec<IpAddr> {
+    if !listen.ip().is_unspecified() {
+        return Vec::new();
+    }
+    let Ok(interfaces) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    let mut addresses: Vec<IpAddr> = interfaces
+        .filter_map(|interface| {
+            let address = interface.address?;
+            let ip = match (address.as_sockaddr_in(), address.as_sockaddr_in6()) {
+                (Some(v4), _) => IpAddr::V4(v4.ip()),
+                (_, Some(v6)) => IpAddr::V6(v6.ip()),
+                _ => return None,
+            };
+            let link_local = match ip {
+                IpAddr::V4(v4) => v4.is_link_local(),
+                IpAddr::V6(v6) => v6.is_unicast_link_local(),
+            };
+            let usable = ip.is_ipv4() == listen.is_ipv4() && !ip.is_loopback() && !link_local;
+            usable.then_some(ip)
+        })
+        .collect();
+    addresses.sort();
+    addresses.dedup();
+    addresses
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ep(text: &str) -> SocketAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn observed_come_first_then_own_addresses_only_when_listening_on_all() {
+        let observed = [ep("198.51.100.1:40001"), ep("192.0.2.5:4800")];
+        let local: Vec<IpAddr> = vec!["192.0.2.5".parse().unwrap(), "10.9.0.1".parse().unwrap()];
+        assert_eq!(
+            candidate_list(ep("0.0.0.0:4800"), &observed, &local),
+            [
+                ep("198.51.100.1:40001"),
+                ep("192.0.2.5:4800"),
+                ep("10.9.0.1:4800")
+            ]
+        );
+        assert_eq!(
+            candidate_list(ep("192.0.2.5:4800"), &observed, &local),
+            [ep("198.51.100.1:40001")],
+            "the endpoint the entries carry is not repeated"
+        );
+        let many: Vec<SocketAddr> = (1..=20)
+            .map(|i| SocketAddr::from(([198, 51, 100, i], 4800)))
+            .collect();
+        assert_eq!(
+            candidate_list(ep("192.0.2.5:4800"), &many, &[]).len(),
+            MAX_CANDIDATES
+        );
+    }
+}
