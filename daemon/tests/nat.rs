@@ -7,6 +7,8 @@
 
 mod cluster;
 
+use std::io::Write;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use cluster::*;
@@ -158,4 +160,74 @@ fn two_hosts_behind_nat_punch_through_with_a_file() {
 fn two_hosts_behind_nat_punch_through_with_etcd() {
     needs_root!();
     two_hosts_behind_nat_punch_through(Cluster::with_etcd(1, 1));
+}
+
+/// Reads one line a child printed.
+fn line_of(child: &mut std::process::Child) -> String {
+    use std::io::BufRead;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    line.trim().to_string()
+}
+
+/// Host 1's NAT gets a new outside address (a new lease from the provider) in the middle of a
+/// TCP connection from host 1's container to host 0's. The connection carries on: host 1's
+/// next datagram leaves through a new mapping, host 0 follows it there (authenticated traffic
+/// moves the peer) and tells host 1, which publishes its new place. Nothing is restarted.
+#[test]
+fn a_tcp_connection_survives_the_nat_moving_to_another_address() {
+    needs_root!();
+    let mut cluster = Cluster::new(1);
+    let (home, old) = cluster.add_host_behind_nat();
+    let (public, private) = (cluster.attach(0), cluster.attach(home));
+    assert!(cluster.ping(private, public, 1), "no way out of the NAT");
+    const HALF: usize = 1 << 20;
+    let server = format!(
+        "import socket\n\
+         s = socket.socket(); s.bind(('0.0.0.0', 7500)); s.listen(1); s.settimeout(30)\n\
+         print('ready', flush=True)\n\
+         c, _ = s.accept(); c.settimeout(30); data = bytearray()\n\
+         while True:\n    b = c.recv(65536)\n    if not b: break\n    data += b\n\
+         ok = data == bytes(i % 251 for i in range(2 * {HALF}))\n\
+         print('intact' if ok else 'damaged', len(data), flush=True)\n"
+    );
+    let client = format!(
+        "import socket, sys\n\
+         data = bytes(i % 251 for i in range(2 * {HALF}))\n\
+         c = socket.create_connection(('{}', 7500), timeout=30)\n\
+         c.sendall(data[:{HALF}]); print('half', flush=True)\n\
+         sys.stdin.readline()\n\
+         c.sendall(data[{HALF}:]); c.close(); print('sent', flush=True)\n",
+        cluster.containers[public].ip
+    );
+    let piped = |ns: &str, script: &str| {
+        in_ns(ns, &["python3", "-c", script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut server = piped(&cluster.containers[public].ns.name, &server);
+    assert_eq!(line_of(&mut server), "ready");
+    let mut client = piped(&cluster.containers[private].ns.name, &client);
+    assert_eq!(line_of(&mut client), "half");
+
+    let router = &cluster.routers[0];
+    let moved = std::net::Ipv4Addr::new(192, 0, 2, 250);
+    // The old address first: the new one would be its secondary, and go with it.
+    router.ip(&["addr", "del", &format!("{old}/24"), "dev", "wan"]);
+    router.ip(&["addr", "add", &format!("{moved}/24"), "dev", "wan"]);
+    client.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    assert_eq!(line_of(&mut client), "sent");
+    assert_eq!(line_of(&mut server), format!("intact {}", 2 * HALF));
+    assert!(client.wait().unwrap().success() && server.wait().unwrap().success());
+
+    let endpoint = cluster.peer(0, home)["endpoint"].clone();
+    let endpoint: std::net::SocketAddr = endpoint.as_str().unwrap().parse().unwrap();
+    assert_eq!(endpoint.ip(), moved, "host 0 did not follow host 1");
+    wait_until(Duration::from_secs(10), || {
+        cluster.status(home)["candidates"] == serde_json::json!([endpoint])
+    });
 }
