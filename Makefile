@@ -8,6 +8,7 @@
 #   make bench, bench-quick   measurements (docs/benchmark.md)
 #   make bench-anchors        the data plane against Nebula and boringtun, same rounds (installs them)
 #   make bench-convergence    30 hosts on etcd, 10 containers each: how fast routes spread
+#   make bench-punch          first reply across a punched path, 30 rounds (p50, p99)
 #   make fuzz                 every fuzz target for FUZZ_SECONDS (300) each (cargo fuzz)
 #   make kill-campaign        200 kills at random points and 1000 start/stop cycles a backend
 
@@ -28,7 +29,7 @@ RELEASE = target/release
 BINARIES = $(RELEASE)/flatnetd $(RELEASE)/flatnet-cni $(RELEASE)/flatnet $(RELEASE)/flatnet-cert
 MAN_DIR = $(RELEASE)/man
 
-.PHONY: all build man unit install uninstall deb demo test bench bench-quick bench-anchors bench-convergence \
+.PHONY: all build man unit install uninstall deb demo test bench bench-quick bench-anchors bench-convergence bench-punch \
 	fuzz flood kill-campaign
 
 all: build
@@ -109,6 +110,12 @@ BENCH_PER_HOST ?= 10
 bench-convergence: build
 	FLATNET_BENCH_HOSTS=$(BENCH_HOSTS) FLATNET_BENCH_PER_HOST=$(BENCH_PER_HOST) cargo test \
 		--release -p flatnetd --test etcd_convergence -- --nocapture
+
+# CI runs 3 rounds (the test's default).
+PUNCH_ROUNDS ?= 30
+bench-punch: build
+	FLATNET_BENCH_ROUNDS=$(PUNCH_ROUNDS) cargo test --release -p flatnetd --test nat \
+		-- time_to_the_first_reply --nocapture
 
 # Kill points on both backends (200 kills, 1000 start/stop cycles each); CI runs 20 and 30.
 # The plugins the test gives Podman are the test builds, which carry the kill points.

@@ -106,48 +106,132 @@ fn a_restarted_host_finds_one_behind_nat_at_its_candidate_from_etcd() {
     a_restarted_host_finds_one_behind_nat_at_its_candidate(Cluster::with_etcd(1, 1));
 }
 
-/// Hosts 1 and 2 are behind NATs of their own (the same private address behind each); each
-/// has a tunnel with the public host 0 and published where host 0 sees it. Host 1's container
-/// reaches host 2's: host 1's initiation to host 2's NAT is dropped there (no mapping), host 0
-/// tells host 2 that host 1 is trying, host 2 writes to host 1's NAT, which lets it through
-/// (host 1 wrote to host 2's first). The tunnel is direct, NAT to NAT, and carries 20 MB.
-fn two_hosts_behind_nat_punch_through(mut cluster: Cluster) {
+/// Two hosts behind NATs of their own (the same private address behind each), each with a
+/// container, a tunnel with the public host 0 and its place published: the hosts, their NATs'
+/// outside addresses and the containers (host 0's first).
+struct BehindTwoNats {
+    hosts: [usize; 2],
+    routers: [std::net::Ipv4Addr; 2],
+    containers: [usize; 3],
+}
+
+fn behind_two_nats(cluster: &mut Cluster) -> BehindTwoNats {
     let (one, router_one) = cluster.add_host_behind_nat();
     let (two, router_two) = cluster.add_host_behind_nat();
     if cluster.etcd.is_some() {
         cluster.grant(one);
         cluster.grant(two);
     }
-    let (public, b, c) = (cluster.attach(0), cluster.attach(one), cluster.attach(two));
-    for (host, container) in [(one, b), (two, c)] {
-        assert!(cluster.ping(container, public, 1), "no way out of the NAT");
+    let containers = [cluster.attach(0), cluster.attach(one), cluster.attach(two)];
+    let setup = BehindTwoNats {
+        hosts: [one, two],
+        routers: [router_one, router_two],
+        containers,
+    };
+    reach_the_public_host(cluster, &setup);
+    setup
+}
+
+/// Each host behind NAT pings host 0's container and waits until it has published where host
+/// 0 sees it.
+fn reach_the_public_host(cluster: &Cluster, setup: &BehindTwoNats) {
+    for (host, container) in setup.hosts.into_iter().zip(&setup.containers[1..]) {
+        assert!(
+            cluster.ping(*container, setup.containers[0], 1),
+            "no way out of the NAT"
+        );
         let mapped = cluster.peer(0, host)["endpoint"].clone();
         wait_until(Duration::from_secs(10), || {
             cluster.status(host)["candidates"] == serde_json::json!([mapped])
         });
     }
+}
 
+/// Where `host` has `other` now.
+fn endpoint_of(cluster: &Cluster, host: usize, other: usize) -> std::net::SocketAddr {
+    let endpoint = cluster.peer(host, other)["endpoint"].clone();
+    endpoint.as_str().unwrap().parse().unwrap()
+}
+
+/// Hosts 1 and 2 are behind NATs of their own. Host 1's container reaches host 2's: host 1's
+/// initiation to host 2's NAT is dropped there (no mapping), host 0 tells host 2 that host 1
+/// is trying, host 2 writes to host 1's NAT, which lets it through (host 1 wrote to host 2's
+/// first). The tunnel is direct, NAT to NAT, and carries 20 MB.
+fn two_hosts_behind_nat_punch_through(mut cluster: Cluster) {
+    let setup = behind_two_nats(&mut cluster);
+    let ([one, two], [_, b, c]) = (setup.hosts, setup.containers);
     assert!(cluster.ping(b, c, 3), "host 1 does not reach host 2");
-    let at = |host: usize, other: usize| {
-        let endpoint = cluster.peer(host, other)["endpoint"].clone();
-        endpoint
-            .as_str()
-            .unwrap()
-            .parse::<std::net::SocketAddr>()
-            .unwrap()
-    };
     assert_eq!(
-        at(one, two).ip(),
-        router_two,
+        endpoint_of(&cluster, one, two).ip(),
+        setup.routers[1],
         "not straight to host 2's NAT"
     );
     assert_eq!(
-        at(two, one).ip(),
-        router_one,
+        endpoint_of(&cluster, two, one).ip(),
+        setup.routers[0],
         "not straight to host 1's NAT"
     );
     let mbits = cluster.transfer(b, c, 7400, 20_000_000);
     println!("20 MB NAT to NAT after punching: {mbits:.0} Mbit/s");
+}
+
+/// The round trip of a container's first ping to another's, handshake and punching included.
+fn first_reply_ms(cluster: &Cluster, from: usize, to: usize) -> f64 {
+    let to = cluster.containers[to].ip.to_string();
+    let out = cluster
+        .in_container(from, &["ping", "-c", "1", "-W", "5", &to])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let time = text
+        .split("time=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no reply: {text}"));
+    time.parse().unwrap()
+}
+
+/// `make bench-punch` (and a bounded run in CI): the time from a container's first packet to
+/// the first reply across a punched path, from fresh daemons and fresh NAT mappings each
+/// round. Prints p50 and p99; asserts only that every round was punched (direct).
+#[test]
+fn time_to_the_first_reply_across_a_punched_path() {
+    needs_root!();
+    let rounds: usize = std::env::var("FLATNET_BENCH_ROUNDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(3);
+    let mut cluster = Cluster::new(1);
+    let setup = behind_two_nats(&mut cluster);
+    let ([one, two], [_, b, c]) = (setup.hosts, setup.containers);
+    let mut times = Vec::new();
+    for round in 0..rounds {
+        if round > 0 {
+            // Both forget their tunnels, both NATs their mappings (taking the outside address
+            // away drops every mapping made with it).
+            for host in setup.hosts {
+                cluster.stop_daemon(host);
+            }
+            for (router, address) in cluster.routers.iter().zip(setup.routers) {
+                let address = format!("{address}/24");
+                router.ip(&["addr", "del", &address, "dev", "wan"]);
+                router.ip(&["addr", "add", &address, "dev", "wan"]);
+            }
+            for host in setup.hosts {
+                cluster.start_daemon(host);
+            }
+            reach_the_public_host(&cluster, &setup);
+        }
+        times.push(first_reply_ms(&cluster, b, c));
+        assert_eq!(endpoint_of(&cluster, one, two).ip(), setup.routers[1]);
+    }
+    times.sort_by(f64::total_cmp);
+    let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
+    println!(
+        "first reply across a punched path, {rounds} rounds: p50 {:.2} ms, p99 {:.2} ms",
+        at(0.5),
+        at(0.99)
+    );
 }
 
 #[test]
@@ -224,8 +308,7 @@ fn a_tcp_connection_survives_the_nat_moving_to_another_address() {
     assert_eq!(line_of(&mut server), format!("intact {}", 2 * HALF));
     assert!(client.wait().unwrap().success() && server.wait().unwrap().success());
 
-    let endpoint = cluster.peer(0, home)["endpoint"].clone();
-    let endpoint: std::net::SocketAddr = endpoint.as_str().unwrap().parse().unwrap();
+    let endpoint = endpoint_of(&cluster, 0, home);
     assert_eq!(endpoint.ip(), moved, "host 0 did not follow host 1");
     wait_until(Duration::from_secs(10), || {
         cluster.status(home)["candidates"] == serde_json::json!([endpoint])
