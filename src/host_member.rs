@@ -145,10 +145,16 @@ pub fn member_id(config: &FlatnetConfig) -> String {
     format!("flatnet-host-{:08x}", host_hash(config, ""))
 }
 
+/// What every host member's interface name starts with.
+pub const MEMBER_IFNAME_PREFIX: &str = "fn-";
+
 /// `fn-` and eight hex digits: unique per (host data plane, network), within the 15 characters
 /// of an interface name. Two state directories in one namespace (two Podmans) never collide.
 pub fn member_ifname(config: &FlatnetConfig) -> String {
-    format!("fn-{:08x}", host_hash(config, &config.network))
+    format!(
+        "{MEMBER_IFNAME_PREFIX}{:08x}",
+        host_hash(config, &config.network)
+    )
 }
 
 /// The nftables table of one state directory's data plane (one per endpoint).

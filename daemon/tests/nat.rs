@@ -314,3 +314,23 @@ fn a_tcp_connection_survives_the_nat_moving_to_another_address() {
         cluster.status(home)["candidates"] == serde_json::json!([endpoint])
     });
 }
+
+/// Host 1 listens on every address: its entries carry `0.0.0.0`, which nobody can send to, and
+/// it publishes its own address as a candidate. Host 0's container reaches host 1's first,
+/// at that candidate.
+#[test]
+fn a_host_listening_on_all_addresses_is_reached_at_its_own() {
+    needs_root!();
+    let mut cluster = Cluster::new(2);
+    cluster.hosts[1].on_all_addresses = true;
+    let (a, b) = (cluster.attach(0), cluster.attach(1));
+    let own = format!("{}:{TUNNEL_PORT}", cluster.hosts[1].address);
+    wait_until(Duration::from_secs(10), || {
+        cluster.status(1)["candidates"] == serde_json::json!([own])
+    });
+    assert!(
+        cluster.ping(a, b, 1),
+        "host 1 is not reached at its own address"
+    );
+    assert_eq!(endpoint_of(&cluster, 0, 1).to_string(), own);
+}

@@ -113,6 +113,21 @@ pub struct Host {
     pub state: tempfile::TempDir,
     /// The CA certificate this host trusts, when it is not the network's (a rogue host).
     pub network_ca: Option<PathBuf>,
+    /// Its endpoint is `0.0.0.0:TUNNEL_PORT` (set before its daemon starts): it listens on
+    /// every address and publishes them as candidates.
+    pub on_all_addresses: bool,
+}
+
+impl Host {
+    /// The endpoint its network config and daemon are given.
+    pub fn endpoint(&self) -> String {
+        let address = if self.on_all_addresses {
+            Ipv4Addr::UNSPECIFIED
+        } else {
+            self.address
+        };
+        format!("{address}:{TUNNEL_PORT}")
+    }
 }
 
 pub struct Container {
@@ -299,6 +314,7 @@ impl Cluster {
             address,
             state,
             network_ca: None,
+            on_all_addresses: false,
         });
         self.hosts.len() - 1
     }
@@ -425,7 +441,7 @@ impl Cluster {
             "subnet": network.1,
             "stateDir": h.state.path(),
             "lighthouse": self.shared.path().join("lighthouse.json"),
-            "endpoint": format!("{}:{TUNNEL_PORT}", h.address),
+            "endpoint": h.endpoint(),
             "tunnelPort": TUNNEL_PORT,
             "runtimeConfig": runtime_config,
         });
@@ -712,7 +728,7 @@ impl Cluster {
             .args(extra)
             .args(self.lighthouse_flags(host))
             .arg("--listen")
-            .arg(format!("{}:{TUNNEL_PORT}", h.address))
+            .arg(h.endpoint())
             .env("FLATNETD", DAEMON)
             .status()
             .unwrap();

@@ -67,33 +67,32 @@ fn run(
     let mut published: Option<Vec<SocketAddr>> = None;
     let mut last_error = String::new();
     loop {
+        let endpoints = candidate_list(listen, &seen, &local_addresses(listen));
+        if published.as_ref() != Some(&endpoints) {
+            let candidates = Candidates {
+                public_key: public_key.clone(),
+                endpoints,
+            };
+            match lighthouse.publish_candidates(&candidates) {
+                Ok(()) => {
+                    tracing::info!("published candidate endpoints {:?}", candidates.endpoints);
+                    shared.lock().unwrap().clone_from(&candidates.endpoints);
+                    published = Some(candidates.endpoints);
+                    last_error.clear();
+                }
+                Err(e) => {
+                    let text = e.to_string();
+                    if text != last_error {
+                        tracing::warn!("publishing candidate endpoints: {text}");
+                        last_error = text;
+                    }
+                }
+            }
+        }
         match observed.recv_timeout(RESCAN_EVERY) {
             Ok(endpoints) => seen = observed.try_iter().last().unwrap_or(endpoints),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return, // the data plane is gone
-        }
-        let endpoints = candidate_list(listen, &seen, &local_addresses(listen));
-        if published.as_ref() == Some(&endpoints) {
-            continue;
-        }
-        let candidates = Candidates {
-            public_key: public_key.clone(),
-            endpoints,
-        };
-        match lighthouse.publish_candidates(&candidates) {
-            Ok(()) => {
-                tracing::info!("published candidate endpoints {:?}", candidates.endpoints);
-                shared.lock().unwrap().clone_from(&candidates.endpoints);
-                published = Some(candidates.endpoints);
-                last_error.clear();
-            }
-            Err(e) => {
-                let text = e.to_string();
-                if text != last_error {
-                    tracing::warn!("publishing candidate endpoints: {text}");
-                    last_error = text;
-                }
-            }
         }
     }
 }
@@ -120,8 +119,7 @@ pub fn candidate_list(
     endpoints
 }
 
-/// The host's addresses of `listen`'s family that another host could send to (not loopback,
-/// not link-local), when it listens on all of them.
+/// The host's addresses that another host could send to, when it listens on all of them.
 fn local_addresses(listen: SocketAddr) -> Vec<IpAddr> {
     if !listen.ip().is_unspecified() {
         return Vec::new();
@@ -137,17 +135,25 @@ fn local_addresses(listen: SocketAddr) -> Vec<IpAddr> {
                 (_, Some(v6)) => IpAddr::V6(v6.ip()),
                 _ => return None,
             };
-            let link_local = match ip {
-                IpAddr::V4(v4) => v4.is_link_local(),
-                IpAddr::V6(v6) => v6.is_unicast_link_local(),
-            };
-            let usable = ip.is_ipv4() == listen.is_ipv4() && !ip.is_loopback() && !link_local;
-            usable.then_some(ip)
+            is_underlay_address(&interface.interface_name, ip, listen).then_some(ip)
         })
         .collect();
     addresses.sort();
     addresses.dedup();
     addresses
+}
+
+/// Of `listen`'s family, not loopback or link-local, and not a Flatnet address (a host
+/// member's interface): an underlay datagram sent there would enter the overlay.
+fn is_underlay_address(ifname: &str, ip: IpAddr, listen: SocketAddr) -> bool {
+    let link_local = match ip {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => v6.is_unicast_link_local(),
+    };
+    ip.is_ipv4() == listen.is_ipv4()
+        && !ip.is_loopback()
+        && !link_local
+        && !ifname.starts_with(crate::host_member::MEMBER_IFNAME_PREFIX)
 }
 
 #[cfg(test)]
@@ -181,6 +187,24 @@ mod tests {
         assert_eq!(
             candidate_list(ep("192.0.2.5:4800"), &many, &[]).len(),
             MAX_CANDIDATES
+        );
+    }
+
+    #[test]
+    fn flatnet_loopback_and_link_local_addresses_are_no_candidates() {
+        let all = ep("0.0.0.0:4800");
+        let ip = |text: &str| -> IpAddr { text.parse().unwrap() };
+        assert!(is_underlay_address("eth0", ip("192.0.2.5"), all));
+        assert!(!is_underlay_address(
+            "fn-1a2b3c4d",
+            ip("10.77.255.254"),
+            all
+        ));
+        assert!(!is_underlay_address("lo", ip("127.0.0.1"), all));
+        assert!(!is_underlay_address("eth0", ip("169.254.1.1"), all));
+        assert!(
+            !is_underlay_address("eth0", ip("2001:db8::5"), all),
+            "another family"
         );
     }
 }
