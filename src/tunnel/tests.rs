@@ -1052,43 +1052,24 @@ fn a_host_both_reach_introduces_two_hosts_behind_nat_and_they_punch_through() {
 
 #[test]
 fn observed_endpoints_are_distinct_and_newest_first() {
-    let (mut a, mut b, mut wire, now) = sending(b"hello");
-    let mut c = host(3, Limits::default());
-    // B sees A at `outside`; C, heard from later, at `other`.
-    let outside = SocketAddr::from(([198, 51, 100, 1], 40001));
-    while let Some((d, from, to)) = wire.pop_front() {
-        if to == b.addr {
-            b.receive(
-                &d,
-                if from == a.addr { outside } else { from },
-                &mut wire,
-                now,
-            );
-        } else {
-            a.receive(&d, b.addr, &mut wire, now);
-        }
-    }
-    assert_eq!(a.tm.observed_endpoints(), [outside]);
+    let now = Instant::now();
+    let mut net = Underlay::new();
+    let first = SocketAddr::from(([198, 51, 100, 1], 40001));
+    let a = net.add(Some(first));
+    let (b, c) = (net.add(None), net.add(None));
+    net.send(a, b, b"hello", now);
+    net.send(a, c, b"hello", now);
+    net.pump(now);
+    assert_eq!(
+        net.hosts[a].tm.observed_endpoints(),
+        [first],
+        "once, though two say so"
+    );
+    // A's NAT moves; C, heard from later, sees it at the new place, B still at the old.
+    let moved = SocketAddr::from(([198, 51, 100, 9], 40999));
+    net.nats[a].as_mut().unwrap().0 = moved;
     let later = now + Duration::from_secs(1);
-    let other = SocketAddr::from(([198, 51, 100, 1], 40999));
-    let mut out = vec![0u8; MAX_DATAGRAM];
-    let key_c = *c.tm.public_key();
-    let from_a = a.addr;
-    a.tm.encrypt_packet(&key_c, c.addr, b"hi", &mut out, later, &mut |d, to| {
-        wire.push_back((d.to_vec(), from_a, to))
-    })
-    .unwrap();
-    while let Some((d, from, to)) = wire.pop_front() {
-        if to == c.addr {
-            c.receive(
-                &d,
-                if from == a.addr { other } else { from },
-                &mut wire,
-                later,
-            );
-        } else {
-            a.receive(&d, c.addr, &mut wire, later);
-        }
-    }
-    assert_eq!(a.tm.observed_endpoints(), [other, outside]);
+    net.send(a, c, b"again", later);
+    net.pump(later);
+    assert_eq!(net.hosts[a].tm.observed_endpoints(), [moved, first]);
 }
