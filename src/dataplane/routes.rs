@@ -171,6 +171,9 @@ impl RouteTable {
     }
 
     pub fn apply(&mut self, change: Change) {
+        // Which candidate lists are believed depends on lists, certificates and revocations,
+        // not on entries.
+        let about_trust = !matches!(change, Change::Put(_) | Change::Delete { .. });
         match change {
             Change::Reset {
                 certs,
@@ -195,8 +198,8 @@ impl RouteTable {
                 }
                 self.candidates.reset(candidates);
             }
-            Change::Put(published) => return self.put(published),
-            Change::Delete { host, network, ip } => return self.delete(&host, &network, ip),
+            Change::Put(published) => self.put(published),
+            Change::Delete { host, network, ip } => self.delete(&host, &network, ip),
             Change::Candidates { host, candidates } => self.candidates.put(host, candidates),
             Change::Cert(cert) => self.put_cert(cert),
             Change::CertGone { host } => {
@@ -205,8 +208,9 @@ impl RouteTable {
             }
             Change::Revocations(list) => self.put_revocations(list),
         }
-        // Whatever else changed may change which candidate lists are believed.
-        self.settle_candidates();
+        if about_trust {
+            self.settle_candidates();
+        }
     }
 
     fn settle_candidates(&mut self) {
