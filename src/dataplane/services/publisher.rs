@@ -159,6 +159,7 @@ fn is_underlay_address(ifname: &str, ip: IpAddr, listen: SocketAddr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lighthouse::Change;
 
     fn ep(text: &str) -> SocketAddr {
         text.parse().unwrap()
@@ -205,6 +206,73 @@ mod tests {
         assert!(
             !is_underlay_address("eth0", ip("2001:db8::5"), all),
             "another family"
+        );
+    }
+
+    /// A lighthouse whose first `failures` publications fail (etcd out of reach), then a file.
+    struct Flaky {
+        file: crate::lighthouse::FileLighthouse,
+        failures: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Lighthouse for Flaky {
+        fn network_id(&self, network: &str) -> Result<crate::lighthouse::NetworkId> {
+            self.file.network_id(network)
+        }
+        fn register(&self, entry: &crate::lighthouse::Entry) -> Result<()> {
+            self.file.register(entry)
+        }
+        fn unregister(&self, network: &str, ip: std::net::Ipv4Addr, id: &str) -> Result<()> {
+            self.file.unregister(network, ip, id)
+        }
+        fn lookup(
+            &self,
+            network: &str,
+            ip: std::net::Ipv4Addr,
+        ) -> Result<Option<crate::lighthouse::Entry>> {
+            self.file.lookup(network, ip)
+        }
+        fn all_entries(&self) -> Result<Vec<crate::lighthouse::Entry>> {
+            self.file.all_entries()
+        }
+        fn publish_candidates(&self, candidates: &Candidates) -> Result<()> {
+            use std::sync::atomic::Ordering;
+            let left = self.failures.load(Ordering::SeqCst);
+            if left > 0 {
+                self.failures.store(left - 1, Ordering::SeqCst);
+                return Err(Error::LighthouseUnavailable("out of reach".into()));
+            }
+            self.file.publish_candidates(candidates)
+        }
+        fn follow(&self) -> Result<Box<dyn crate::lighthouse::Feed>> {
+            self.file.follow()
+        }
+    }
+
+    #[test]
+    fn a_failed_publication_is_retried_until_the_lighthouse_takes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let flaky = Arc::new(Flaky {
+            file: crate::lighthouse::FileLighthouse::new(dir.path().join("lh.json")),
+            failures: 2.into(),
+        });
+        let mut publisher =
+            Publisher::spawn(flaky.clone(), "KEY".into(), ep("192.0.2.5:4800")).unwrap();
+        let seen = vec![ep("198.51.100.1:40001")];
+        publisher.observed(seen.clone());
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while publisher.published() != seen {
+            assert!(std::time::Instant::now() < deadline, "never published");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(flaky.failures.load(std::sync::atomic::Ordering::SeqCst), 0);
+        let mut feed = flaky.file.follow().unwrap();
+        let Change::Reset { candidates, .. } = &feed.changes(Duration::ZERO).unwrap()[0] else {
+            panic!("a feed starts with everything");
+        };
+        assert_eq!(
+            candidates[0].1.endpoints, seen,
+            "the lighthouse holds what status says"
         );
     }
 }
