@@ -5,10 +5,11 @@
 #   make install              into PREFIX (/usr/local), DESTDIR for staging
 #   make uninstall            the same files out again; the user's config stays
 #   make deb                  target/debian/flatnet_<version>-1_<arch>.deb (cargo-deb)
-#   make bench, bench-quick   measurements (docs/benchmark.md)
+#   make bench, bench-quick   measurements (docs/benchmark.md); bench adds bench-paths
 #   make bench-anchors        the data plane against Nebula and boringtun, same rounds (installs them)
 #   make bench-convergence    30 hosts on etcd, 10 containers each: how fast routes spread
-#   make bench-punch          first reply across a punched path, 30 rounds (p50, p99)
+#   make bench-paths          first reply across a punched path and a relay, 30 rounds each
+#                             (p50, p99); one stream through a relay against direct
 #   make fuzz                 every fuzz target for FUZZ_SECONDS (300) each (cargo fuzz)
 #   make kill-campaign        200 kills at random points and 1000 start/stop cycles a backend
 
@@ -29,7 +30,7 @@ RELEASE = target/release
 BINARIES = $(RELEASE)/flatnetd $(RELEASE)/flatnet-cni $(RELEASE)/flatnet $(RELEASE)/flatnet-cert
 MAN_DIR = $(RELEASE)/man
 
-.PHONY: all build man unit install uninstall deb demo test bench bench-quick bench-anchors bench-convergence bench-punch \
+.PHONY: all build man unit install uninstall deb demo test bench bench-quick bench-anchors bench-convergence bench-paths \
 	fuzz flood kill-campaign
 
 all: build
@@ -95,6 +96,7 @@ test:
 
 bench: build
 	python3 scripts/bench.py
+	$(MAKE) bench-paths
 
 bench-quick: build
 	python3 scripts/bench.py --quick
@@ -111,11 +113,13 @@ bench-convergence: build
 	FLATNET_BENCH_HOSTS=$(BENCH_HOSTS) FLATNET_BENCH_PER_HOST=$(BENCH_PER_HOST) cargo test \
 		--release -p flatnetd --test etcd_convergence -- --nocapture
 
-# CI runs 3 rounds (the test's default).
-PUNCH_ROUNDS ?= 30
-bench-punch: build
-	FLATNET_BENCH_ROUNDS=$(PUNCH_ROUNDS) cargo test --release -p flatnetd --test nat \
+# CI runs 3 rounds and 50 MB (the tests' defaults).
+PATH_ROUNDS ?= 30
+bench-paths: build
+	FLATNET_BENCH_ROUNDS=$(PATH_ROUNDS) cargo test --release -p flatnetd --test nat \
 		-- time_to_the_first_reply --nocapture
+	FLATNET_BENCH_ROUNDS=$(PATH_ROUNDS) FLATNET_BENCH_BYTES=200000000 cargo test --release \
+		-p flatnetd --test relay -- time_to_the_first_reply --nocapture
 
 # Kill points on both backends (200 kills, 1000 start/stop cycles each); CI runs 20 and 30.
 # The plugins the test gives Podman are the test builds, which carry the kill points.

@@ -57,6 +57,27 @@ fn gauge(registry: &mut Registry, name: &str, help: &str, value: u64) {
     registry.register(name, help, gauge);
 }
 
+/// What this host passed on as a relay, per pair of hosts.
+fn register_relayed(registry: &mut Registry, status: &DaemonStatus) {
+    let datagrams = counter_family(
+        registry,
+        "flatnet_relayed_datagrams",
+        "Datagrams this host relayed from one host to another, still sealed for the receiver",
+        None,
+    );
+    let bytes = counter_family(
+        registry,
+        "flatnet_relayed",
+        "Bytes this host relayed from one host to another",
+        Some(Unit::Bytes),
+    );
+    for pair in &status.relayed {
+        let pair_labels = labels(&[("from", &pair.from), ("to", &pair.to)]);
+        datagrams.get_or_create(&pair_labels).inc_by(pair.datagrams);
+        bytes.get_or_create(&pair_labels).inc_by(pair.bytes);
+    }
+}
+
 /// Per peer host: traffic and handshakes, labelled by its public key and endpoint.
 fn register_peers(registry: &mut Registry, status: &DaemonStatus) {
     let series: [(&str, &str, Option<Unit>, PeerField); 7] = [
@@ -114,6 +135,12 @@ fn register_peers(registry: &mut Registry, status: &DaemonStatus) {
         "Live Noise sessions with the peer",
         sessions.clone(),
     );
+    let relayed = Gauges::default();
+    registry.register(
+        "flatnet_peer_relayed",
+        "1 while the peer is reached through the relay `via` (a host key), 0 while directly",
+        relayed.clone(),
+    );
     for peer in peers {
         let endpoint = peer.endpoint.to_string();
         let peer_labels = labels(&[("peer", &peer.public_key), ("endpoint", &endpoint)]);
@@ -125,7 +152,13 @@ fn register_peers(registry: &mut Registry, status: &DaemonStatus) {
         sessions
             .get_or_create(&peer_labels)
             .set(peer.sessions as i64);
+        let via = peer.via.as_deref().unwrap_or_default();
+        let path_labels = labels(&[("peer", &peer.public_key), ("via", via)]);
+        relayed
+            .get_or_create(&path_labels)
+            .set(i64::from(peer.via.is_some()));
     }
+    register_relayed(registry, status);
     gauge(
         registry,
         "flatnet_peers",
@@ -337,6 +370,13 @@ mod tests {
                 member("a", true),
                 member("b", false),
             ],
+            relay: true,
+            relayed: vec![crate::tunnel::RelayedPair {
+                from: "A".into(),
+                to: "B".into(),
+                datagrams: 3,
+                bytes: 300,
+            }],
             peers: vec![PeerStatus {
                 public_key: "KEY".into(),
                 endpoint: "192.0.2.11:4800".parse().unwrap(),
@@ -346,6 +386,7 @@ mod tests {
                 last_received_ms: None,
                 queued: 0,
                 seen_as: None,
+                via: Some("RELAY".into()),
                 path_mtu: None,
                 stats: PeerStats {
                     tx_bytes: 1000,
@@ -413,6 +454,19 @@ mod tests {
         assert_eq!(
             line_value(&text, r#"flatnet_drops_total{reason="replay"}"#),
             7.0
+        );
+        assert_eq!(
+            line_value(&text, r#"flatnet_peer_relayed{peer="KEY",via="RELAY"}"#),
+            1.0
+        );
+        let pair = r#"{from="A",to="B"}"#;
+        assert_eq!(
+            line_value(&text, &format!("flatnet_relayed_datagrams_total{pair}")),
+            3.0
+        );
+        assert_eq!(
+            line_value(&text, &format!("flatnet_relayed_bytes_total{pair}")),
+            300.0
         );
         assert_eq!(line_value(&text, r#"flatnet_containers{network="a"}"#), 2.0);
         assert_eq!(line_value(&text, r#"flatnet_containers{network="b"}"#), 1.0);

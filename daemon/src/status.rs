@@ -114,9 +114,10 @@ fn render(s: &DaemonStatus) -> String {
         );
     }
     out += &format!(
-        "\n{:<13} {:<21} {:<21} {:>8} {:>8} {:>13} {:>9} {:>22} {:>22}\n",
+        "\n{:<13} {:<21} {:<17} {:<21} {:>8} {:>8} {:>13} {:>9} {:>22} {:>22}\n",
         "PEER",
         "ENDPOINT",
+        "PATH",
         "SEEN AS",
         "PATH MTU",
         "SESSIONS",
@@ -130,9 +131,12 @@ fn render(s: &DaemonStatus) -> String {
         |ms: Option<u64>| ms.map_or("-".to_string(), |ms| format!("{:.1} s", ms as f64 / 1000.0));
     for p in &s.peers {
         out += &format!(
-            "{:<13} {:<21} {:<21} {:>8} {:>8} {:>13} {:>9} {:>22} {:>22}\n",
+            "{:<13} {:<21} {:<17} {:<21} {:>8} {:>8} {:>13} {:>9} {:>22} {:>22}\n",
             short(&p.public_key),
             p.endpoint.to_string(),
+            p.via
+                .as_ref()
+                .map_or("direct".into(), |relay| format!("via {}", short(relay))),
             or_dash(p.seen_as.map(|a| a.to_string())),
             or_dash(p.path_mtu.map(|m| m.to_string())),
             p.sessions,
@@ -141,6 +145,21 @@ fn render(s: &DaemonStatus) -> String {
             pair(p.stats.tx_packets, p.stats.tx_bytes),
             pair(p.stats.rx_packets, p.stats.rx_bytes),
         );
+    }
+    if s.relay {
+        out += &format!(
+            "\nRELAY for other hosts: {:<13} -> {:<13} {:>22}\n",
+            "FROM", "TO", "DATAGRAMS/B"
+        );
+        for pair_of in &s.relayed {
+            out += &format!(
+                "{:<22}{:<13} -> {:<13} {:>22}\n",
+                "",
+                short(&pair_of.from),
+                short(&pair_of.to),
+                pair(pair_of.datagrams, pair_of.bytes),
+            );
+        }
     }
     let dns = &s.dns;
     out += &format!(

@@ -7,8 +7,6 @@
 
 mod cluster;
 
-use std::io::Write;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use cluster::*;
@@ -175,22 +173,6 @@ fn two_hosts_behind_nat_punch_through(mut cluster: Cluster) {
     println!("20 MB NAT to NAT after punching: {mbits:.0} Mbit/s");
 }
 
-/// The round trip of a container's first ping to another's, handshake and punching included.
-fn first_reply_ms(cluster: &Cluster, from: usize, to: usize) -> f64 {
-    let to = cluster.containers[to].ip.to_string();
-    let out = cluster
-        .in_container(from, &["ping", "-c", "1", "-W", "5", &to])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let time = text
-        .split("time=")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no reply: {text}"));
-    time.parse().unwrap()
-}
-
 /// `make bench-punch` (and a bounded run in CI): the time from a container's first packet to
 /// the first reply across a punched path, from fresh daemons and fresh NAT mappings each
 /// round. Prints p50 and p99; asserts only that every round was punched (direct).
@@ -222,7 +204,7 @@ fn time_to_the_first_reply_across_a_punched_path() {
             }
             reach_the_public_host(&cluster, &setup);
         }
-        times.push(first_reply_ms(&cluster, b, c));
+        times.push(cluster.first_reply_ms(b, c));
         assert_eq!(endpoint_of(&cluster, one, two).ip(), setup.routers[1]);
     }
     times.sort_by(f64::total_cmp);
@@ -246,16 +228,6 @@ fn two_hosts_behind_nat_punch_through_with_etcd() {
     two_hosts_behind_nat_punch_through(Cluster::with_etcd(1, 1));
 }
 
-/// Reads one line a child printed.
-fn line_of(child: &mut std::process::Child) -> String {
-    use std::io::BufRead;
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    line.trim().to_string()
-}
-
 /// Host 1's NAT gets a new outside address (a new lease from the provider) in the middle of a
 /// TCP connection from host 1's container to host 0's. The connection carries on: host 1's
 /// next datagram leaves through a new mapping, host 0 follows it there (authenticated traffic
@@ -267,46 +239,13 @@ fn a_tcp_connection_survives_the_nat_moving_to_another_address() {
     let (home, old) = cluster.add_host_behind_nat();
     let (public, private) = (cluster.attach(0), cluster.attach(home));
     assert!(cluster.ping(private, public, 1), "no way out of the NAT");
-    const HALF: usize = 1 << 20;
-    let server = format!(
-        "import socket\n\
-         s = socket.socket(); s.bind(('0.0.0.0', 7500)); s.listen(1); s.settimeout(30)\n\
-         print('ready', flush=True)\n\
-         c, _ = s.accept(); c.settimeout(30); data = bytearray()\n\
-         while True:\n    b = c.recv(65536)\n    if not b: break\n    data += b\n\
-         ok = data == bytes(i % 251 for i in range(2 * {HALF}))\n\
-         print('intact' if ok else 'damaged', len(data), flush=True)\n"
-    );
-    let client = format!(
-        "import socket, sys\n\
-         data = bytes(i % 251 for i in range(2 * {HALF}))\n\
-         c = socket.create_connection(('{}', 7500), timeout=30)\n\
-         c.sendall(data[:{HALF}]); print('half', flush=True)\n\
-         sys.stdin.readline()\n\
-         c.sendall(data[{HALF}:]); c.close(); print('sent', flush=True)\n",
-        cluster.containers[public].ip
-    );
-    let piped = |ns: &str, script: &str| {
-        in_ns(ns, &["python3", "-c", script])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
-    let mut server = piped(&cluster.containers[public].ns.name, &server);
-    assert_eq!(line_of(&mut server), "ready");
-    let mut client = piped(&cluster.containers[private].ns.name, &client);
-    assert_eq!(line_of(&mut client), "half");
-
+    let transfer = cluster.paused_transfer(private, public, 7500, 1 << 20);
     let router = &cluster.routers[0];
     let moved = std::net::Ipv4Addr::new(192, 0, 2, 250);
     // The old address first: the new one would be its secondary, and go with it.
     router.ip(&["addr", "del", &format!("{old}/24"), "dev", "wan"]);
     router.ip(&["addr", "add", &format!("{moved}/24"), "dev", "wan"]);
-    client.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
-    assert_eq!(line_of(&mut client), "sent");
-    assert_eq!(line_of(&mut server), format!("intact {}", 2 * HALF));
-    assert!(client.wait().unwrap().success() && server.wait().unwrap().success());
+    transfer.finish();
 
     let endpoint = endpoint_of(&cluster, 0, home);
     assert_eq!(endpoint.ip(), moved, "host 0 did not follow host 1");

@@ -69,6 +69,12 @@ pub struct Tuning {
     /// past that [default: 120, or the last run's]
     #[arg(long = "rekey-after", value_name = "SECS", value_parser = clap::value_parser!(u32).range(5..=120))]
     pub rekey_after_s: Option<u32>,
+    /// Relay for hosts that cannot reach each other (behind symmetric NAT or firewalls that
+    /// drop unsolicited UDP): published through the lighthouse, and every host keeps a session
+    /// with a relay; it passes their sealed datagrams on and cannot read them. Give it to
+    /// hosts every other reaches [default: false, or the last run's]
+    #[arg(long, value_name = "true|false")]
+    pub relay: Option<bool>,
 }
 
 impl Tuning {
@@ -86,6 +92,10 @@ impl Tuning {
     /// How old a session gets before its keys are renewed.
     pub fn rekey_after(&self) -> Duration {
         Duration::from_secs(self.rekey_after_s.unwrap_or(DEFAULT_REKEY_AFTER_S).into())
+    }
+
+    pub fn relay(&self) -> bool {
+        self.relay.unwrap_or(false)
     }
 
     pub fn same_host(&self) -> SameHost {
@@ -290,6 +300,7 @@ mod tests {
             same_host: Some(SameHost::Encrypted),
             workers: Some(2),
             rekey_after_s: Some(30),
+            relay: Some(true),
         }
     }
 
@@ -299,7 +310,8 @@ mod tests {
     fn tuning_crosses_the_command_line_unchanged() {
         let tuning = every_knob_set();
         let args = tuning.to_args();
-        assert_eq!(args.len(), 6, "{args:?}");
+        let set = as_map(&tuning).values().filter(|v| !v.is_null()).count();
+        assert_eq!(args.len(), set, "a flag for each knob: {args:?}");
         let parsed = Flags::try_parse_from(std::iter::once("flatnetd".to_string()).chain(args))
             .unwrap()
             .tuning;

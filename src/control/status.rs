@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::settings::{MetricsAddress, SameHost};
 use crate::lighthouse::FeedHealth;
-use crate::tunnel::PeerStatus;
+use crate::tunnel::{PeerStatus, RelayedPair};
 
 /// Everything a running daemon reports about itself.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,6 +47,12 @@ pub struct DaemonStatus {
     /// Members served: containers and host members.
     pub containers: Vec<MemberStatus>,
     pub peers: Vec<PeerStatus>,
+    /// Whether this host relays for others (`--relay`), and what it passed on, per pair of
+    /// hosts (sealed for each other: it never opens them).
+    #[serde(default)]
+    pub relay: bool,
+    #[serde(default)]
+    pub relayed: Vec<RelayedPair>,
     pub sessions: usize,
     pub networks: Vec<NetworkStatus>,
     pub dns: DnsStats,

@@ -10,12 +10,19 @@ use std::net::SocketAddr;
 use crate::lighthouse::{Candidates, MAX_CANDIDATES};
 use crate::tunnel::{decode_key, PublicKey};
 
+/// What is believed of one host: where it may be reached, and whether it relays.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Believed {
+    pub endpoints: Vec<SocketAddr>,
+    pub relay: bool,
+}
+
 #[derive(Default)]
 pub struct CandidateBook {
     /// What each host published (a file lighthouse names no hosts: all under "").
     published: HashMap<String, Vec<Candidates>>,
-    /// The believed endpoints of each key.
-    believed: HashMap<PublicKey, Vec<SocketAddr>>,
+    /// What is believed of each key.
+    believed: HashMap<PublicKey, Believed>,
     /// Endpoint -> the key that lists it; `None` when several do.
     owners: HashMap<SocketAddr, Option<PublicKey>>,
     /// Keys whose list changed since [`CandidateBook::take_changed`].
@@ -43,7 +50,7 @@ impl CandidateBook {
     /// Works out again what is believed; `believes(host, key)` says whether `host` may
     /// publish for `key`.
     pub fn settle(&mut self, believes: impl Fn(&str, &str) -> bool) {
-        let mut believed: HashMap<PublicKey, Vec<SocketAddr>> = HashMap::new();
+        let mut believed: HashMap<PublicKey, Believed> = HashMap::new();
         for (host, lists) in &self.published {
             for candidates in lists {
                 if !believes(host, &candidates.public_key) {
@@ -52,7 +59,9 @@ impl CandidateBook {
                 let Some(key) = decode_key(&candidates.public_key) else {
                     continue;
                 };
-                let endpoints = believed.entry(key).or_default();
+                let host = believed.entry(key).or_default();
+                host.relay |= candidates.relay;
+                let endpoints = &mut host.endpoints;
                 for &endpoint in &candidates.endpoints {
                     let usable = !endpoint.ip().is_unspecified() && endpoint.port() != 0;
                     if usable && endpoints.len() < MAX_CANDIDATES && !endpoints.contains(&endpoint)
@@ -62,7 +71,7 @@ impl CandidateBook {
                 }
             }
         }
-        believed.retain(|_, endpoints| !endpoints.is_empty());
+        believed.retain(|_, host| !host.endpoints.is_empty());
         let keys: BTreeSet<PublicKey> = believed
             .keys()
             .chain(self.believed.keys())
@@ -74,8 +83,8 @@ impl CandidateBook {
             }
         }
         self.owners.clear();
-        for (key, endpoints) in &believed {
-            for &endpoint in endpoints {
+        for (key, host) in &believed {
+            for &endpoint in &host.endpoints {
                 self.owners
                     .entry(endpoint)
                     .and_modify(|owner| *owner = None)
@@ -90,8 +99,9 @@ impl CandidateBook {
         self.owners.get(&endpoint).copied().flatten()
     }
 
-    /// The keys whose lists changed since the last call, with their lists now (empty: none).
-    pub fn take_changed(&mut self) -> Vec<(PublicKey, Vec<SocketAddr>)> {
+    /// The keys whose lists changed since the last call, with what is believed now (no
+    /// endpoints: nothing).
+    pub fn take_changed(&mut self) -> Vec<(PublicKey, Believed)> {
         std::mem::take(&mut self.changed)
             .into_iter()
             .map(|key| (key, self.believed.get(&key).cloned().unwrap_or_default()))
@@ -108,11 +118,19 @@ mod tests {
         Candidates {
             public_key: encode_key(&[key; 32]),
             endpoints: endpoints.iter().map(|e| e.parse().unwrap()).collect(),
+            relay: false,
         }
     }
 
     fn ep(text: &str) -> SocketAddr {
         text.parse().unwrap()
+    }
+
+    fn reach(endpoints: &[&str], relay: bool) -> Believed {
+        Believed {
+            endpoints: endpoints.iter().map(|e| ep(e)).collect(),
+            relay,
+        }
     }
 
     #[test]
@@ -125,7 +143,7 @@ mod tests {
         book.settle(believes);
         assert_eq!(
             book.take_changed(),
-            [([1; 32], vec![ep("198.51.100.1:4800")])],
+            [([1; 32], reach(&["198.51.100.1:4800"], false))],
             "an unspecified address is no candidate"
         );
         assert!(book.take_changed().is_empty());
@@ -134,7 +152,7 @@ mod tests {
 
         book.put("a".into(), list(1, &[]));
         book.settle(believes);
-        assert_eq!(book.take_changed(), [([1; 32], vec![])]);
+        assert_eq!(book.take_changed(), [([1; 32], reach(&[], false))]);
         assert_eq!(book.owner(ep("198.51.100.1:4800")), None);
     }
 
@@ -149,8 +167,28 @@ mod tests {
         ]);
         book.settle(|_, _| true);
         let changed = book.take_changed();
-        assert_eq!(changed[0].1.len(), MAX_CANDIDATES);
+        assert_eq!(changed[0].1.endpoints.len(), MAX_CANDIDATES);
         assert_eq!(book.owner(ep("198.51.100.1:4800")), None);
         assert_eq!(book.owner(ep("198.51.100.2:4800")), Some([1; 32]));
+    }
+
+    #[test]
+    fn becoming_a_relay_is_a_change_and_a_relay_without_endpoints_is_nothing() {
+        let mut book = CandidateBook::default();
+        book.put("r".into(), list(3, &["192.0.2.10:4800"]));
+        book.settle(|_, _| true);
+        book.take_changed();
+        let mut relay = list(3, &["192.0.2.10:4800"]);
+        relay.relay = true;
+        book.put("r".into(), relay.clone());
+        book.settle(|_, _| true);
+        assert_eq!(
+            book.take_changed(),
+            [([3; 32], reach(&["192.0.2.10:4800"], true))]
+        );
+        relay.endpoints.clear();
+        book.put("r".into(), relay);
+        book.settle(|_, _| true);
+        assert_eq!(book.take_changed(), [([3; 32], reach(&[], false))]);
     }
 }

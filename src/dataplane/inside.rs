@@ -144,11 +144,11 @@ impl Daemon {
         n: usize,
     ) -> Result<(), DropReason> {
         let now = Instant::now();
-        let endpoint = self
+        let first_hop = self
             .tunnels
-            .endpoint_of(&route.key)
-            .unwrap_or(route.endpoint);
-        if let Fit::Fragments(mtu) = self.fit_to_path(slot, network_id, endpoint, n, now)? {
+            .first_hop(&route.key)
+            .unwrap_or((route.endpoint, 0));
+        if let Fit::Fragments(mtu) = self.fit_to_path(slot, network_id, first_hop, n, now)? {
             return self.send_fragments(network_id, route, n, mtu, now);
         }
         let segments = Segments::new(&self.bufs.frame[..n]).ok_or(DropReason::Malformed)?;

@@ -204,7 +204,12 @@ pub fn run(config: DaemonConfig, ready: Option<File>) -> Result<()> {
     };
     let (lighthouse, identity) = open_lighthouse(&config, &host)?;
     let follower = Follower::spawn(lighthouse.as_ref(), wake.clone(), FIRST_READ)?;
-    let publisher = Publisher::spawn(lighthouse.clone(), host.public_key.clone(), config.listen)?;
+    let publisher = Publisher::spawn(
+        lighthouse.clone(),
+        host.public_key.clone(),
+        config.listen,
+        config.tuning.relay(),
+    )?;
     let services = Services {
         follower,
         publisher,
@@ -382,6 +387,9 @@ impl Daemon {
         .rekeying_after(config.tuning.rekey_after());
         let mut tunnels = TunnelManager::new(keys, limits);
         tunnels.set_published_endpoint(config.listen);
+        if config.tuning.relay() {
+            tunnels.serve_as_relay();
+        }
         let path_mtus = pmtu::PathMtus::new(config.listen.ip());
         tunnels
             .remember_init_timestamps(handshake_memory::load(&config.state_dir.init_timestamps()));
@@ -582,8 +590,9 @@ impl Daemon {
         for change in self.follower.pending() {
             self.routes.apply(change);
         }
-        for (key, endpoints) in self.routes.take_changed_candidates() {
-            self.tunnels.set_candidates(key, endpoints);
+        for (key, believed) in self.routes.take_changed_candidates() {
+            self.tunnels
+                .set_candidates(key, believed.endpoints, believed.relay);
         }
         self.close_delisted_tunnels();
     }
@@ -661,6 +670,8 @@ impl Daemon {
             certificate_not_after: self.own_not_after,
             containers: self.queues.iter().map(member_status).collect(),
             peers: self.peer_status(now),
+            relay: self.config.tuning.relay(),
+            relayed: self.tunnels.relayed_pairs(),
             sessions: self.tunnels.session_count(),
             networks: self.networks.status(),
             dns: self.forwarder.stats.clone(),

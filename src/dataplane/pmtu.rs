@@ -141,20 +141,22 @@ fn ipv6_mtu(socket: &UdpSocket) -> io::Result<libc::c_int> {
 }
 
 impl Daemon {
-    /// Fits the member's frame in `bufs.frame[..n]`, bound for the peer at `endpoint`, to the
-    /// path: clamps a SYN's MSS; answers a packet too large to go whole and forbidden to be
+    /// Fits the member's frame in `bufs.frame[..n]`, bound for a peer whose datagrams go first
+    /// to `endpoint` (a relay's, when `relaying` bytes are added to them), to the path: clamps a SYN's MSS; answers a packet too large to go whole and forbidden to be
     /// fragmented with ICMP to the member in `slot` (`Err(TooBig)`: it is not sent).
     pub(super) fn fit_to_path(
         &mut self,
         slot: usize,
         network_id: NetworkId,
-        endpoint: SocketAddr,
+        (endpoint, relaying): (SocketAddr, usize),
         n: usize,
         now: Instant,
     ) -> Result<Fit, DropReason> {
         let Some(inner_mtu) = self.path_mtus.inner_mtu(endpoint, now) else {
             return Ok(Fit::Whole);
         };
+        // Through a relay, the datagram travels inside another session.
+        let inner_mtu = inner_mtu.saturating_sub(relaying as u32).max(MIN_INNER_MTU);
         let frame = &mut self.bufs.frame[..n];
         let partial_checksum = offload::needs_checksum(frame);
         let packet = &mut frame[VNET_HDR_LEN..];

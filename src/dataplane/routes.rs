@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 use ipnet::Ipv4Net;
 
-use super::candidates::CandidateBook;
+use super::candidates::{Believed, CandidateBook};
 use crate::cert::{HostCert, RevocationList, TrustBundle};
 use crate::lighthouse::{Change, Entry, NetworkId, Published};
 use crate::tunnel::{decode_key, PublicKey};
@@ -109,7 +109,7 @@ impl RouteTable {
     }
 
     /// The keys whose candidate endpoints changed since the last call, with their lists now.
-    pub fn take_changed_candidates(&mut self) -> Vec<(PublicKey, Vec<SocketAddr>)> {
+    pub fn take_changed_candidates(&mut self) -> Vec<(PublicKey, Believed)> {
         self.candidates.take_changed()
     }
 
@@ -555,6 +555,7 @@ mod tests {
             candidates: crate::lighthouse::Candidates {
                 public_key: encode_key(&[key; 32]),
                 endpoints: vec![mapped],
+                relay: false,
             },
         };
         // Host "b" for another key, and a host without a certificate: neither counts.
@@ -563,14 +564,24 @@ mod tests {
         assert!(table.take_changed_candidates().is_empty());
         assert_eq!(table.key_at(mapped), None);
         table.apply(publish("b", 2));
-        assert_eq!(table.take_changed_candidates(), [([2; 32], vec![mapped])]);
+        let changed = table.take_changed_candidates();
+        assert_eq!(changed.len(), 1);
+        assert_eq!(
+            (changed[0].0, &changed[0].1.endpoints),
+            ([2; 32], &vec![mapped])
+        );
         assert_eq!(
             table.key_at(mapped),
             Some([2; 32]),
             "a datagram from there is b's"
         );
         table.apply(Change::CertGone { host: "b".into() });
-        assert_eq!(table.take_changed_candidates(), [([2; 32], vec![])]);
+        let changed = table.take_changed_candidates();
+        assert_eq!(changed.len(), 1);
+        assert!(
+            changed[0].1.endpoints.is_empty(),
+            "withdrawn with the certificate"
+        );
     }
 
     /// What a CA grants in these tests: one block on network "n" (identifier 1).

@@ -2,7 +2,7 @@
 //! plugin processes and daemons on one machine (or on several, over a shared file system) can
 //! use it at once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -40,6 +40,9 @@ struct Document {
     /// is only tried, so a stale one costs unanswered handshakes, nothing more.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     candidates: BTreeMap<String, Vec<SocketAddr>>,
+    /// The keys among them of hosts that relay for others.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    relays: BTreeSet<String>,
 }
 
 impl Default for Document {
@@ -49,6 +52,7 @@ impl Default for Document {
             networks: BTreeMap::new(),
             network_ids: BTreeMap::new(),
             candidates: BTreeMap::new(),
+            relays: BTreeSet::new(),
         }
     }
 }
@@ -194,13 +198,18 @@ impl Lighthouse for FileLighthouse {
     fn publish_candidates(&self, candidates: &Candidates) -> Result<()> {
         self.update(|doc| {
             let key = candidates.public_key.clone();
+            let relay_changed = if candidates.relay && !candidates.endpoints.is_empty() {
+                doc.relays.insert(key.clone())
+            } else {
+                doc.relays.remove(&key)
+            };
             let changed = if candidates.endpoints.is_empty() {
                 doc.candidates.remove(&key).is_some()
             } else {
                 doc.candidates.insert(key, candidates.endpoints.clone())
                     != Some(candidates.endpoints.clone())
             };
-            Ok(changed)
+            Ok(changed || relay_changed)
         })
     }
 
@@ -307,10 +316,12 @@ fn all_entries_of(doc: Document) -> Vec<Entry> {
 
 /// The whole file as a feed reports it: entries and candidates are not per host here.
 fn reset_of(mut doc: Document) -> Change {
+    let relays = std::mem::take(&mut doc.relays);
     let candidates = std::mem::take(&mut doc.candidates)
         .into_iter()
         .map(|(public_key, endpoints)| {
             let candidates = Candidates {
+                relay: relays.contains(&public_key),
                 public_key,
                 endpoints,
             };
@@ -423,6 +434,7 @@ mod tests {
         let of = |key: &str, endpoints: &[&str]| Candidates {
             public_key: key.into(),
             endpoints: endpoints.iter().map(|e| e.parse().unwrap()).collect(),
+            relay: false,
         };
         lh.publish_candidates(&of("k1", &["198.51.100.7:4800"]))
             .unwrap();
@@ -450,6 +462,24 @@ mod tests {
             panic!("the file feed reports each write whole");
         };
         assert_eq!(candidates, &expected[..1]);
+
+        // A relay says so beside its list; withdrawn, it is no relay any more.
+        let relay = Candidates {
+            relay: true,
+            ..of("k3", &["192.0.2.3:4800"])
+        };
+        lh.publish_candidates(&relay).unwrap();
+        let Change::Reset { candidates, .. } = reset_of(lh.read().unwrap()) else {
+            unreachable!("reset_of makes a reset");
+        };
+        assert_eq!(candidates[1], (String::new(), relay));
+        lh.publish_candidates(&of("k3", &[])).unwrap();
+        lh.publish_candidates(&of("k3", &["192.0.2.3:4800"]))
+            .unwrap();
+        let Change::Reset { candidates, .. } = reset_of(lh.read().unwrap()) else {
+            unreachable!("reset_of makes a reset");
+        };
+        assert!(!candidates[1].1.relay, "still a relay after withdrawing");
     }
 
     #[test]

@@ -75,6 +75,10 @@ pub struct Candidates {
     pub public_key: String,
     /// Most useful first; at most [`MAX_CANDIDATES`] are believed.
     pub endpoints: Vec<SocketAddr>,
+    /// The host relays for hosts that cannot reach each other (`flatnetd --relay`); every
+    /// host keeps a session with it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub relay: bool,
 }
 
 /// Candidate endpoints believed per host: each handshake is sent to all of them.

@@ -12,10 +12,16 @@ const CONTROL: [u8; 4] = [0; 4];
 const OBSERVED: u8 = 1;
 const INTRODUCE: u8 = 2;
 const KNOCK: u8 = 3;
+const RELAY: u8 = 4;
+const RELAYED: u8 = 5;
 const V4: u8 = 4;
 const V6: u8 = 6;
 /// Id, type, a key, family, an IPv6 address and a port.
 pub const MAX_CONTROL_LEN: usize = 4 + 1 + 32 + 1 + 16 + 2;
+/// What comes before the datagram a [`Control::Relay`] carries: id, type, key.
+pub const RELAY_HEADER_LEN: usize = 4 + 1 + 32;
+/// What comes before the datagram a [`Control::Relayed`] carries: id, type.
+pub const RELAYED_HEADER_LEN: usize = 4 + 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Control {
@@ -29,6 +35,12 @@ pub enum Control {
     /// "This host is trying to reach you; I see it here": an introducer's answer, sent to the
     /// host asked for. The receiver sends its initiation there at once.
     Knock { from: PublicKey, at: SocketAddr },
+    /// "Pass the datagram that follows on to this host": to a relay, from a host that cannot
+    /// reach the other directly. The datagram is sealed for the other host, not the relay.
+    Relay(PublicKey),
+    /// "A host passed me the datagram that follows for you": from a relay. The datagram is
+    /// handled as if it had come straight from the underlay, only answered through the relay.
+    Relayed,
 }
 
 /// Whether a decrypted payload is a control message rather than a network's packet.
@@ -55,11 +67,21 @@ impl Control {
                 out[5..37].copy_from_slice(from);
                 37 + put_endpoint(*at, &mut out[37..])
             }
+            Control::Relay(to) => {
+                out[4] = RELAY;
+                out[5..37].copy_from_slice(to);
+                RELAY_HEADER_LEN
+            }
+            Control::Relayed => {
+                out[4] = RELAYED;
+                RELAYED_HEADER_LEN
+            }
         }
     }
 
     /// Reads a control message; `None` for an unknown type or a malformed body (a newer peer
-    /// may send types this host does not know: they are ignored, not errors).
+    /// may send types this host does not know: they are ignored, not errors). The datagram
+    /// that [`Control::Relay`] and [`Control::Relayed`] carry is [`carried`]'s.
     pub fn decode(payload: &[u8]) -> Option<Control> {
         let body = payload.strip_prefix(&CONTROL)?;
         let (&kind, rest) = body.split_first()?;
@@ -70,8 +92,19 @@ impl Control {
                 from: rest[..32].try_into().ok()?,
                 at: endpoint(&rest[32..])?,
             }),
+            RELAY if rest.len() > 32 => Some(Control::Relay(rest[..32].try_into().ok()?)),
+            RELAYED if !rest.is_empty() => Some(Control::Relayed),
             _ => None,
         }
+    }
+}
+
+/// The datagram a relaying message carries (empty for the others).
+pub fn carried(payload: &[u8], message: Control) -> &[u8] {
+    match message {
+        Control::Relay(_) => &payload[RELAY_HEADER_LEN..],
+        Control::Relayed => &payload[RELAYED_HEADER_LEN..],
+        _ => &[],
     }
 }
 
@@ -152,5 +185,25 @@ mod tests {
         for cut in [5, 36, 37, len - 1] {
             assert_eq!(Control::decode(&out[..cut]), None, "cut at {cut}");
         }
+    }
+
+    #[test]
+    fn relaying_messages_carry_the_datagram_behind_them_and_none_is_empty() {
+        let datagram = [4u8, 0, 0, 0, 9, 9, 9];
+        for message in [Control::Relay([3; 32]), Control::Relayed] {
+            let mut out = vec![0u8; MAX_CONTROL_LEN];
+            let header = message.encode(&mut out);
+            out.truncate(header);
+            assert_eq!(
+                Control::decode(&out),
+                None,
+                "{message:?} without a datagram"
+            );
+            out.extend_from_slice(&datagram);
+            let decoded = Control::decode(&out).unwrap();
+            assert_eq!(decoded, message);
+            assert_eq!(carried(&out, decoded), datagram);
+        }
+        assert!(carried(&[0; 8], Control::Introduce([1; 32])).is_empty());
     }
 }

@@ -12,13 +12,14 @@ pub mod handshake;
 pub mod keys;
 pub mod mac;
 pub mod ratelimit;
+pub mod relay;
 pub mod replay;
 pub mod sealer;
 pub mod session;
 pub mod timers;
 pub mod wire;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -30,6 +31,8 @@ use handshake::Initiation;
 pub use keys::{decode_key, encode_key, PublicKey, StaticKeys};
 use mac::MacKey;
 use ratelimit::{HandshakeLimiter, OUTSIDE_TRIGGER_INTERVAL};
+pub use relay::{Path, RelayedPair, RELAY_OVERHEAD};
+use relay::{RelayBuffers, Relaying, RELAY_AFTER};
 pub use sealer::{sealed_len, Sealer};
 pub use session::SealKey;
 use session::Session;
@@ -145,6 +148,9 @@ pub struct PeerStats {
     pub given_up: u64,
     /// Cookie replies it sent us: it was under load and asked us to prove our address.
     pub cookies_received: u64,
+    /// Keepalives sent straight to its endpoints while it was reached through a relay.
+    #[serde(default)]
+    pub direct_probes: u64,
 }
 
 struct Peer {
@@ -187,6 +193,12 @@ struct Peer {
     knocked_from: Option<SocketAddr>,
     /// When we last passed on the peer's request for an introduction (at most one a second).
     introduced_at: Option<Instant>,
+    /// The relay the peer's datagrams go through; `None`: straight to `endpoint`.
+    via: Option<PublicKey>,
+    /// Whether the current series of handshakes went through the relays too.
+    relay_tried: bool,
+    /// When to try a relayed peer's direct endpoints again.
+    probe_at: Instant,
     queue: VecDeque<Vec<u8>>,
     stats: PeerStats,
 }
@@ -215,6 +227,9 @@ impl Peer {
             told: None,
             knocked_from: None,
             introduced_at: None,
+            via: None,
+            relay_tried: false,
+            probe_at: now,
             queue: VecDeque::new(),
             stats: PeerStats::default(),
         }
@@ -237,6 +252,17 @@ impl Peer {
         self.reply_due = None;
         if data && self.keepalive_due.is_none() {
             self.keepalive_due = Some(now + limits.keepalive_after);
+        }
+    }
+
+    /// An authenticated datagram came along `path`: answers go back that way.
+    fn arrived(&mut self, path: Path) {
+        match path {
+            Path::Direct(endpoint) => {
+                self.endpoint = endpoint;
+                self.via = None;
+            }
+            Path::Via(relay) => self.via = Some(relay),
         }
     }
 
@@ -271,6 +297,9 @@ pub struct PeerStatus {
     /// Our endpoint as the peer sees it, if it said.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seen_as: Option<SocketAddr>,
+    /// The relay its datagrams go through (its key); absent: direct.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
     /// The underlay's path MTU to the peer, as the data plane last read it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_mtu: Option<u32>,
@@ -299,6 +328,10 @@ pub struct TunnelManager {
     /// Where else each peer host may be reached, as it published: every initiation to it
     /// goes there too.
     candidates: HashMap<PublicKey, Vec<SocketAddr>>,
+    /// The hosts that relay for others: this one keeps a session with each.
+    relays: BTreeSet<PublicKey>,
+    relaying: Relaying,
+    relay_buffers: RelayBuffers,
 }
 
 impl TunnelManager {
@@ -311,6 +344,9 @@ impl TunnelManager {
             cookies: CookieMinter::new(&keys.public, now),
             published: None,
             candidates: HashMap::new(),
+            relays: BTreeSet::new(),
+            relaying: Relaying::default(),
+            relay_buffers: RelayBuffers::default(),
             keys,
             limits,
             peers: HashMap::new(),
@@ -350,8 +386,14 @@ impl TunnelManager {
         &self.keys.public
     }
 
-    /// Where else `peer` may be reached (none: only at its lighthouse endpoint).
-    pub fn set_candidates(&mut self, peer: PublicKey, endpoints: Vec<SocketAddr>) {
+    /// Where else `peer` may be reached (none: only at its lighthouse endpoint), and whether
+    /// it relays for others.
+    pub fn set_candidates(&mut self, peer: PublicKey, endpoints: Vec<SocketAddr>, relay: bool) {
+        if relay && !endpoints.is_empty() {
+            self.relays.insert(peer);
+        } else {
+            self.relays.remove(&peer);
+        }
         if endpoints.is_empty() {
             self.candidates.remove(&peer);
         } else {
@@ -403,10 +445,11 @@ impl TunnelManager {
         now: Instant,
         send: &mut Sender,
     ) -> Result<(), DropReason> {
-        if let Some(mut sealer) = self.sealer(peer, endpoint, now) {
+        if let Some(mut sealer) = self.any_sealer(peer, endpoint, now) {
             let len = sealer.seal(plaintext, out).ok_or(DropReason::Expired)?;
-            send(&out[..len], sealer.endpoint());
-            if sealer.finish() {
+            let renew = sealer.finish();
+            self.transmit(peer, &out[..len], now, send);
+            if renew {
                 self.renew(peer, now, send);
             }
             return Ok(());
@@ -440,22 +483,44 @@ impl TunnelManager {
         authorize: &mut dyn FnMut(&PublicKey) -> bool,
         send: &mut Sender,
     ) -> Received {
+        self.receive(datagram, Path::Direct(from), out, now, authorize, send)
+    }
+
+    /// [`TunnelManager::decrypt_packet`] for a datagram that came along `path`.
+    fn receive(
+        &mut self,
+        datagram: &[u8],
+        from: Path,
+        out: &mut [u8],
+        now: Instant,
+        authorize: &mut dyn FnMut(&PublicKey) -> bool,
+        send: &mut Sender,
+    ) -> Received {
         match wire::parse(datagram) {
             None => Received::Dropped(DropReason::Malformed),
             Some(Message::Init { sender, noise }) => {
                 if !self.mac_key.verify(&datagram[..INIT_MAC1_END]) {
                     return Received::Dropped(DropReason::BadMac);
                 }
-                if self.limiter.under_load(now) {
-                    if let Err(cookie) = self.cookies.check(datagram, from, now) {
+                // Through a relay, the relay's address is the one whose budget counts; it
+                // has proved its key, so no cookie is asked of it.
+                let source = match from {
+                    Path::Direct(address) => address,
+                    Path::Via(relay) => match self.peers.get(&relay) {
+                        Some(peer) => peer.endpoint,
+                        None => return Received::Dropped(DropReason::UnknownSession),
+                    },
+                };
+                if self.limiter.under_load(now) && matches!(from, Path::Direct(_)) {
+                    if let Err(cookie) = self.cookies.check(datagram, source, now) {
                         let mut reply = [0u8; COOKIE_REPLY_LEN];
                         let mac1 = init_mac1(datagram);
                         self.cookies.reply(sender, &mac1, &cookie, &mut reply);
-                        send(&reply, from);
+                        send(&reply, source);
                         return Received::Dropped(DropReason::UnderLoad);
                     }
                 }
-                if !self.limiter.allow(from.ip(), now) {
+                if !self.limiter.allow(source.ip(), now) {
                     return Received::Dropped(DropReason::RateLimited);
                 }
                 self.on_init(sender, noise, from, now, authorize, send)
@@ -493,10 +558,12 @@ impl TunnelManager {
     /// that fell silent, and forgets expired sessions and idle peers. Call a few times a second.
     pub fn tick(&mut self, now: Instant, send: &mut Sender) {
         self.limiter.forget_idle(now);
+        self.tend_relayed_paths(now, send);
         let keys: Vec<PublicKey> = self.peers.keys().copied().collect();
         for key in keys {
             let peer = self.peers.get_mut(&key).expect("listed peer");
-            if now.duration_since(peer.last_activity) >= self.limits.idle_timeout {
+            let idle = now.duration_since(peer.last_activity) >= self.limits.idle_timeout;
+            if idle && !self.relays.contains(&key) {
                 self.close_tunnel(&key);
                 continue;
             }
@@ -512,6 +579,7 @@ impl TunnelManager {
                 // there now. Look for it where the lighthouse says it is.
                 peer.reply_due = None;
                 peer.endpoint = peer.lighthouse_endpoint;
+                peer.via = None;
                 peer.stats.presumed_dead += 1;
                 tracing::debug!("{} fell silent", encode_key(&key));
             }
@@ -519,7 +587,13 @@ impl TunnelManager {
             let wanted = silent
                 || !peer.queue.is_empty()
                 || current.is_some_and(|s| s.initiator && s.wants_rekey(now, &self.limits));
-            if wanted && now >= peer.retry_at {
+            // Unanswered directly for a while: try through the relays at once.
+            let relay_due = peer.pending.is_some()
+                && !peer.relay_tried
+                && peer
+                    .trying_since
+                    .is_some_and(|since| now >= since + RELAY_AFTER);
+            if (wanted && now >= peer.retry_at) || (relay_due && self.may_relay_to(&key)) {
                 self.start_handshake(&key, now, send);
             }
         }
@@ -572,6 +646,8 @@ impl TunnelManager {
         peer.queue.clear();
         peer.knocked_from = None;
         peer.endpoint = peer.lighthouse_endpoint;
+        peer.via = None;
+        peer.relay_tried = false;
         peer.backoff = self.limits.handshake_retry_base;
         peer.stats.given_up += 1;
         true
@@ -587,10 +663,12 @@ impl TunnelManager {
             .seen_as
             .zip(published)
             .is_some_and(|(seen, published)| !same_endpoint(seen, published));
+        // A relay's session is kept open too: hosts that cannot reach this one reach it there.
+        let kept_open = through_nat || self.relays.contains(key);
         let every = self
             .limits
             .persistent_keepalive
-            .or(self.limits.nat_keepalive.filter(|_| through_nat));
+            .or(self.limits.nat_keepalive.filter(|_| kept_open));
         let persistent = every.is_some_and(|every| {
             peer.current.is_some() && peer.last_sent.is_none_or(|at| now >= at + every)
         });
@@ -676,6 +754,7 @@ impl TunnelManager {
                     .map(|t| now.duration_since(t).as_millis() as u64),
                 queued: p.queue.len(),
                 seen_as: p.seen_as,
+                via: p.via.as_ref().map(encode_key),
                 path_mtu: None,
                 stats: p.stats.clone(),
             })
@@ -706,32 +785,29 @@ impl TunnelManager {
             entry.stats.handshakes_failed += 1;
             entry.endpoint = entry.lighthouse_endpoint;
         }
-        entry.trying_since.get_or_insert(now);
         self.initiations.insert(index, initiation);
         entry.retry_at = now + entry.backoff;
         entry.backoff = (entry.backoff * 2).min(self.limits.handshake_retry_max);
         entry.stats.handshakes_sent += 1;
         tracing::debug!("handshake to {} at {}", encode_key(peer), entry.endpoint);
+        let unanswered_for = now.duration_since(*entry.trying_since.get_or_insert(now));
+        let relayed = entry.via.is_some() || unanswered_for >= RELAY_AFTER;
+        let connected = entry.current.is_some();
         // The same initiation to every place the peer may be: the first answer makes the
         // session (a second arrival is stale to the peer), and two hosts behind NAT that
         // write to each other's mappings at about the same time open both (hole punching).
-        let candidates = self.candidates.get(peer).map_or(&[][..], Vec::as_slice);
-        let mut endpoints: Vec<SocketAddr> = Vec::with_capacity(candidates.len() + 2);
-        for endpoint in [entry.endpoint]
-            .into_iter()
-            .chain(candidates.iter().copied())
-            .chain(entry.knocked_from)
-        {
-            if !endpoint.ip().is_unspecified() && !endpoints.contains(&endpoint) {
-                endpoints.push(endpoint);
-            }
-        }
-        for endpoint in endpoints {
+        for endpoint in self.direct_endpoints(peer) {
             send(&buf[..len], endpoint);
+        }
+        // Unanswered directly (or relayed already): through the relays too.
+        if relayed && self.initiate_via_relays(peer, &buf[..len], now, send) {
+            if let Some(entry) = self.peers.get_mut(peer) {
+                entry.relay_tried = true;
+            }
         }
         // A host that publishes candidates may be behind NAT, where only a host writing to us
         // at about the same time gets through: ask the hosts we have sessions with to tell it.
-        if entry.current.is_none() && !candidates.is_empty() {
+        if !connected && self.candidates.contains_key(peer) {
             self.ask_for_introductions(peer, now, send);
         }
     }
@@ -814,7 +890,7 @@ impl TunnelManager {
         &mut self,
         sender: u32,
         noise: &[u8],
-        from: SocketAddr,
+        from: Path,
         now: Instant,
         authorize: &mut dyn FnMut(&PublicKey) -> bool,
         send: &mut Sender,
@@ -834,10 +910,18 @@ impl TunnelManager {
             return Received::Dropped(DropReason::StaleHandshake);
         }
         let limits = &self.limits;
+        let first_seen = match from {
+            Path::Direct(address) => address,
+            Path::Via(_) => self
+                .candidates
+                .get(&key)
+                .and_then(|c| c.first().copied())
+                .unwrap_or(UNKNOWN_ENDPOINT),
+        };
         let peer = self
             .peers
             .entry(key)
-            .or_insert_with(|| Peer::new(from, now, limits));
+            .or_insert_with(|| Peer::new(first_seen, now, limits));
         let index = fresh_index(&self.sessions, &self.initiations);
         let mut buf = [0u8; RESPONSE_LEN];
         let timestamp = init.timestamp;
@@ -846,15 +930,15 @@ impl TunnelManager {
         };
         self.init_timestamps.insert(key, timestamp);
         self.init_timestamps_changed = true;
-        peer.endpoint = from;
+        peer.arrived(from);
         peer.heard(false, now, &self.limits);
         let session = Session::new(index, sender, key, transport, false, now);
         if let Some(old) = peer.unconfirmed.replace(index) {
             self.sessions.remove(&old);
         }
         self.sessions.insert(index, session);
-        tracing::debug!("answered a handshake from {} at {from}", encode_key(&key));
-        send(&buf[..len], from);
+        tracing::debug!("answered a handshake from {} ({from:?})", encode_key(&key));
+        self.transmit(&key, &buf[..len], now, send);
         Received::Handled
     }
 
@@ -863,7 +947,7 @@ impl TunnelManager {
         sender: u32,
         receiver: u32,
         noise: &[u8],
-        from: SocketAddr,
+        from: Path,
         now: Instant,
         send: &mut Sender,
     ) -> Received {
@@ -887,14 +971,15 @@ impl TunnelManager {
         if peer.pending == Some(receiver) {
             peer.pending = None;
         }
-        peer.endpoint = from;
+        peer.arrived(from);
         peer.knocked_from = None;
         peer.heard(false, now, &self.limits);
         peer.trying_since = None;
+        peer.relay_tried = false;
         peer.backoff = self.limits.handshake_retry_base;
         peer.retry_at = now;
         peer.stats.handshakes_completed += 1;
-        tracing::debug!("handshake with {} at {from} complete", encode_key(&key));
+        tracing::debug!("handshake with {} ({from:?}) complete", encode_key(&key));
         let session = Session::new(receiver, sender, key, transport, true, now);
         self.sessions.insert(receiver, session);
         peer.promote(receiver, &mut self.sessions, now);
@@ -948,7 +1033,7 @@ impl TunnelManager {
         receiver: u32,
         counter: u64,
         ciphertext: &[u8],
-        from: SocketAddr,
+        from: Path,
         out: &mut [u8],
         now: Instant,
         authorize: &mut dyn FnMut(&PublicKey) -> bool,
@@ -965,11 +1050,13 @@ impl TunnelManager {
         let Some(peer) = self.peers.get_mut(&key) else {
             return Received::Dropped(DropReason::UnknownSession);
         };
-        peer.endpoint = from;
-        peer.stats.rx_packets += 1;
-        peer.stats.rx_bytes += len as u64;
+        peer.arrived(from);
         let control = control::is_control(&out[..len]);
         let message = control.then(|| Control::decode(&out[..len])).flatten();
+        if !matches!(message, Some(Control::Relay(_) | Control::Relayed)) {
+            peer.stats.rx_packets += 1;
+            peer.stats.rx_bytes += len as u64;
+        }
         if let Some(Control::Observed(address)) = message {
             peer.seen_as = Some(address);
         }
@@ -978,17 +1065,37 @@ impl TunnelManager {
         if confirmed {
             peer.unconfirmed = None;
             peer.promote(receiver, &mut self.sessions, now);
+            // The peer's handshake made the session: ours, if one is unanswered, is not
+            // needed (nor to be retried through a relay).
+            if let Some(ours) = peer.pending.take() {
+                self.initiations.remove(&ours);
+            }
+            peer.trying_since = None;
+            peer.relay_tried = false;
+            peer.backoff = self.limits.handshake_retry_base;
         }
-        let untold = peer.told != peer.current.map(|index| (from, index));
+        let untold = match from {
+            Path::Direct(address) => peer.told != peer.current.map(|index| (address, index)),
+            Path::Via(_) => false,
+        };
         if confirmed {
             self.flush_queue(&key, now, send);
         }
         if untold {
             self.tell_observed(&key, now, send);
         }
+        // Relaying goes one hop: what comes through a relay is never passed on again.
+        let direct = matches!(from, Path::Direct(_));
         match message {
             Some(Control::Introduce(target)) => self.introduce(key, target, now, send),
             Some(Control::Knock { from, at }) => self.on_knock(from, at, now, authorize, send),
+            Some(Control::Relay(to)) if direct => {
+                let datagram = &out[control::RELAY_HEADER_LEN..len];
+                self.pass_on(key, to, datagram, now, send);
+            }
+            Some(Control::Relayed) if direct => {
+                return self.receive_relayed(key, out, len, now, authorize, send);
+            }
             _ => {}
         }
         if len == 0 || control {
@@ -1003,7 +1110,7 @@ impl TunnelManager {
         let Some(peer) = self.peers.get_mut(key) else {
             return;
         };
-        let Some(index) = peer.current else {
+        let Some(index) = peer.current.filter(|_| peer.via.is_none()) else {
             return;
         };
         let told = (peer.endpoint, index);
@@ -1038,8 +1145,8 @@ impl TunnelManager {
         else {
             return false;
         };
-        send(&out[..sealed], peer.endpoint);
         peer.sent(false, now, &self.limits);
+        self.transmit(key, &out[..sealed], now, send);
         true
     }
 
@@ -1070,9 +1177,9 @@ impl TunnelManager {
             .filter(|s| s.can_send(now, &self.limits))
             .and_then(|s| s.encrypt(&[], &mut out))
         {
-            send(&out[..len], peer.endpoint);
             peer.sent(false, now, &self.limits);
             peer.stats.keepalives_sent += 1;
+            self.transmit(key, &out[..len], now, send);
         }
     }
 
@@ -1096,6 +1203,12 @@ fn touch_peer<'a>(
     entry.lighthouse_endpoint = endpoint;
     entry
 }
+
+/// A peer first heard of through a relay, before the lighthouse says where it is.
+const UNKNOWN_ENDPOINT: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::UNSPECIFIED,
+    0,
+));
 
 /// Peers asked at once to introduce us to a host we cannot reach.
 const MAX_INTRODUCERS: usize = 4;

@@ -26,9 +26,24 @@ pub fn sealed_len(plaintext_len: usize) -> usize {
 }
 
 impl TunnelManager {
-    /// A sealer for `peer` if it has a session that may send now. Without one the caller goes
-    /// packet by packet through [`TunnelManager::encrypt_packet`], which queues and handshakes.
+    /// A sealer for `peer` if it has a session that may send now, straight to the peer.
+    /// Without one (or for a relayed peer, whose datagrams are wrapped once more) the caller
+    /// goes packet by packet through [`TunnelManager::encrypt_packet`], which queues,
+    /// handshakes and relays.
     pub fn sealer(
+        &mut self,
+        peer: &PublicKey,
+        endpoint: SocketAddr,
+        now: Instant,
+    ) -> Option<Sealer<'_>> {
+        if self.peers.get(peer).is_some_and(|p| p.via.is_some()) {
+            return None;
+        }
+        self.any_sealer(peer, endpoint, now)
+    }
+
+    /// A sealer for `peer` whatever its path.
+    pub(super) fn any_sealer(
         &mut self,
         peer: &PublicKey,
         endpoint: SocketAddr,

@@ -908,6 +908,8 @@ struct Underlay {
     nats: Vec<Option<(SocketAddr, std::collections::HashSet<SocketAddr>)>>,
     wire: Wire,
     dropped_by_nat: usize,
+    /// Pairs of hosts between which a firewall drops everything (either way).
+    walls: std::collections::HashSet<(usize, usize)>,
 }
 
 impl Underlay {
@@ -917,6 +919,7 @@ impl Underlay {
             nats: Vec::new(),
             wire: Wire::new(),
             dropped_by_nat: 0,
+            walls: Default::default(),
         }
     }
 
@@ -954,6 +957,15 @@ impl Underlay {
             .unwrap();
     }
 
+    /// Runs every host's timers at `now`.
+    fn tick(&mut self, now: Instant) {
+        for host in &mut self.hosts {
+            let (wire, from) = (&mut self.wire, host.addr);
+            host.tm
+                .tick(now, &mut |d, to| wire.push_back((d.to_vec(), from, to)));
+        }
+    }
+
     /// Delivers until the wire is quiet; returns the packets each host got.
     fn pump(&mut self, now: Instant) -> Vec<Vec<Vec<u8>>> {
         let mut got = vec![Vec::new(); self.hosts.len()];
@@ -969,7 +981,10 @@ impl Underlay {
             let answer = self.nats[receiver]
                 .as_ref()
                 .is_none_or(|(_, written_to)| written_to.contains(&from));
-            if !answer {
+            let walled = self
+                .walls
+                .contains(&(sender.min(receiver), sender.max(receiver)));
+            if !answer || walled {
                 self.dropped_by_nat += 1;
                 continue;
             }
@@ -991,8 +1006,12 @@ fn two_hosts_behind_cone_nats_meet_at_their_candidates_when_both_write() {
     // Both are published at private endpoints nobody reaches; their NATs' are candidates.
     let (key_a, key_b) = (net.key(a), net.key(b));
     let (outside_a, outside_b) = (net.outside(a), net.outside(b));
-    net.hosts[a].tm.set_candidates(key_b, vec![outside_b]);
-    net.hosts[b].tm.set_candidates(key_a, vec![outside_a]);
+    net.hosts[a]
+        .tm
+        .set_candidates(key_b, vec![outside_b], false);
+    net.hosts[b]
+        .tm
+        .set_candidates(key_a, vec![outside_a], false);
     net.send(a, b, b"from a", now);
     assert_eq!(
         net.wire.iter().map(|(_, _, to)| *to).collect::<Vec<_>>(),
@@ -1025,8 +1044,12 @@ fn a_host_both_reach_introduces_two_hosts_behind_nat_and_they_punch_through() {
     net.pump(now);
     let (key_b, key_c) = (net.key(b), net.key(c));
     let (outside_b, outside_c) = (net.outside(b), net.outside(c));
-    net.hosts[b].tm.set_candidates(key_c, vec![outside_c]);
-    net.hosts[c].tm.set_candidates(key_b, vec![outside_b]);
+    net.hosts[b]
+        .tm
+        .set_candidates(key_c, vec![outside_c], false);
+    net.hosts[c]
+        .tm
+        .set_candidates(key_b, vec![outside_b], false);
 
     // Only B has something to send; C learns of it through the public host.
     net.send(b, c, b"punched", now);
@@ -1072,4 +1095,143 @@ fn observed_endpoints_are_distinct_and_newest_first() {
     net.send(a, c, b"again", later);
     net.pump(later);
     assert_eq!(net.hosts[a].tm.observed_endpoints(), [moved, first]);
+}
+
+#[test]
+fn hosts_that_cannot_reach_each_other_meet_through_a_relay_that_cannot_read_them() {
+    let start = Instant::now();
+    let mut net = Underlay::new();
+    let relay = net.add(None);
+    let b = net.add(Some(SocketAddr::from(([198, 51, 100, 2], 40002))));
+    let d = net.add(Some(SocketAddr::from(([198, 51, 100, 4], 40004))));
+    net.walls.insert((b, d));
+    net.hosts[relay].tm.serve_as_relay();
+    let (key_r, key_b, key_d) = (net.key(relay), net.key(b), net.key(d));
+    let relay_at = net.hosts[relay].addr;
+    for (host, other) in [(b, d), (d, b)] {
+        let (key, outside) = (net.key(other), net.outside(other));
+        net.hosts[host]
+            .tm
+            .set_candidates(key_r, vec![relay_at], true);
+        net.hosts[host].tm.set_candidates(key, vec![outside], false);
+    }
+    // Each keeps a session with the relay, unasked.
+    net.tick(start);
+    net.pump(start);
+    assert_eq!(net.hosts[relay].tm.peer_count(), 2);
+
+    net.send(b, d, b"through the relay", start);
+    let mut t = start;
+    let mut got = vec![Vec::new(); 3];
+    while got[d].is_empty() && t < start + Duration::from_secs(5) {
+        t += Duration::from_millis(100);
+        net.tick(t);
+        got = net.pump(t);
+    }
+    assert_eq!(got[d], [b"through the relay".to_vec()]);
+    let via = |net: &Underlay, host: usize, peer: PublicKey| {
+        let status = net.hosts[host].tm.status(start);
+        let peer = status.iter().find(|p| p.public_key == encode_key(&peer));
+        peer.and_then(|p| p.via.clone())
+    };
+    assert_eq!(via(&net, b, key_d), Some(encode_key(&key_r)));
+    assert_eq!(via(&net, d, key_b), Some(encode_key(&key_r)));
+    net.send(d, b, b"and back", t);
+    assert_eq!(net.pump(t)[b], [b"and back".to_vec()]);
+
+    // The relay passed datagrams both ways, and never had one to read.
+    let passed = net.hosts[relay].tm.relayed_pairs();
+    let count = |from: PublicKey, to: PublicKey| {
+        passed
+            .iter()
+            .find(|p| p.from == encode_key(&from) && p.to == encode_key(&to))
+            .map_or(0, |p| p.datagrams)
+    };
+    assert!(count(key_b, key_d) >= 2, "{passed:?}");
+    assert!(count(key_d, key_b) >= 2, "{passed:?}");
+    assert_eq!(
+        net.hosts[relay].tm.peer_count(),
+        2,
+        "no session of its own with the pair"
+    );
+    assert!(got[relay].is_empty(), "the relay received no packet");
+    let received: u64 = net.hosts[relay]
+        .tm
+        .status(t)
+        .iter()
+        .map(|p| p.stats.rx_bytes)
+        .sum();
+    let relayed: u64 = passed.iter().map(|p| p.bytes).sum();
+    assert!(
+        received < relayed,
+        "what it passed on ({relayed} B) is not its peers' traffic to it ({received} B)"
+    );
+
+    // The firewall goes: within a probe interval the path is direct, in the same session.
+    net.walls.clear();
+    let handshakes = net.hosts[b]
+        .tm
+        .status(t)
+        .iter()
+        .map(|p| p.stats.handshakes_completed)
+        .sum::<u64>();
+    for _ in 0..2 {
+        t += relay::DIRECT_PROBE_EVERY;
+        net.tick(t);
+        net.pump(t);
+    }
+    assert_eq!(via(&net, b, key_d), None);
+    assert_eq!(via(&net, d, key_b), None);
+    assert_eq!(net.hosts[b].tm.endpoint_of(&key_d), Some(net.outside(d)));
+    let before = count_all(&net.hosts[relay].tm);
+    net.send(b, d, b"direct", t);
+    assert_eq!(net.pump(t)[d], [b"direct".to_vec()]);
+    assert_eq!(
+        count_all(&net.hosts[relay].tm),
+        before,
+        "nothing through the relay"
+    );
+    assert_eq!(
+        net.hosts[b]
+            .tm
+            .status(t)
+            .iter()
+            .map(|p| p.stats.handshakes_completed)
+            .sum::<u64>(),
+        handshakes,
+        "no new handshake"
+    );
+}
+
+fn count_all(relay: &TunnelManager) -> u64 {
+    relay.relayed_pairs().iter().map(|p| p.datagrams).sum()
+}
+
+#[test]
+fn only_a_relay_passes_datagrams_on_and_never_one_that_came_through_a_relay() {
+    let start = Instant::now();
+    let mut net = Underlay::new();
+    let not_a_relay = net.add(None);
+    let b = net.add(Some(SocketAddr::from(([198, 51, 100, 2], 40002))));
+    let d = net.add(Some(SocketAddr::from(([198, 51, 100, 4], 40004))));
+    net.walls.insert((b, d));
+    // B and D believe the host relays; it does not serve as one.
+    let (key_r, relay_at) = (net.key(not_a_relay), net.hosts[not_a_relay].addr);
+    for (host, other) in [(b, d), (d, b)] {
+        let (key, outside) = (net.key(other), net.outside(other));
+        net.hosts[host]
+            .tm
+            .set_candidates(key_r, vec![relay_at], true);
+        net.hosts[host].tm.set_candidates(key, vec![outside], false);
+    }
+    net.tick(start);
+    net.pump(start);
+    net.send(b, d, b"nobody passes this on", start);
+    let mut t = start;
+    for _ in 0..30 {
+        t += Duration::from_millis(100);
+        net.tick(t);
+        assert!(net.pump(t)[d].is_empty());
+    }
+    assert!(net.hosts[not_a_relay].tm.relayed_pairs().is_empty());
 }

@@ -106,6 +106,24 @@ pub fn busybox() -> String {
 /// The network behind every router: private, the same behind each (as homes' are).
 const PRIVATE_NET: &str = "203.0.113.0/24";
 const PRIVATE_GATEWAY: &str = "203.0.113.1";
+/// The address of the host behind each router (they all use the same private range, as homes do).
+const PRIVATE_HOST: &str = "203.0.113.10";
+
+/// How a router in front of a host's private network treats UDP (each masquerades what leaves).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Nat {
+    /// Linux's own: a mapping keeps the source port where it can; only answers come in (from
+    /// where the host wrote to). Two such hosts punch through.
+    Cone,
+    /// Full cone: the host's tunnel port is also open to anyone from outside (a forwarded
+    /// port), so any host reaches it at its mapping.
+    FullCone,
+    /// A new random port for each destination: what one host learns of its mapping is of no
+    /// use to another. Punching works only towards a full cone.
+    Symmetric,
+    /// UDP goes out only to this address (a strict firewall): punching cannot open anything.
+    UdpOutOnlyTo(Ipv4Addr),
+}
 
 pub struct Host {
     pub ns: TestNetns,
@@ -334,20 +352,45 @@ impl Cluster {
     /// A host behind a NAT router on the bridge, as at home: the router masquerades what
     /// leaves by its bridge address (keeping source ports where it can, admitting from
     /// outside only what answers a mapping: Linux's NAT, a "cone" one for hole punching) and
-    /// forgets an idle UDP mapping after 30 s, as common NATs do. Its private network (203.0.113.0/24) is reachable from
-    /// nowhere else. Returns the host and the router's outside address.
+    /// forgets an idle UDP mapping after 30 s, as common NATs do. Its private network
+    /// (203.0.113.0/24) is reachable from nowhere else. Returns the host and the router's
+    /// outside address.
     pub fn add_host_behind_nat(&mut self) -> (usize, Ipv4Addr) {
+        self.add_host_behind(Nat::Cone)
+    }
+
+    /// A host behind a NAT router of the given kind (see [`Nat`]).
+    pub fn add_host_behind(&mut self, nat: Nat) -> (usize, Ipv4Addr) {
         let outside = self.add_router(1500);
         let router = &self.routers[self.routers.len() - 1];
         // The router itself takes nothing from outside, as home routers' firewalls do. That
         // also keeps an unsolicited datagram from leaving a conntrack entry behind that would
         // make the next mapping towards its sender take another port.
-        let rules = "add table ip nat\n\
-             add chain ip nat out { type nat hook postrouting priority srcnat; }\n\
-             add rule ip nat out oifname wan masquerade\n\
+        let mut rules = format!(
+            "add table ip nat\n\
+             add chain ip nat out {{ type nat hook postrouting priority srcnat; }}\n\
+             add rule ip nat out oifname wan masquerade{}\n\
              add table ip filter\n\
-             add chain ip filter in { type filter hook input priority filter; }\n\
-             add rule ip filter in iifname wan drop\n";
+             add chain ip filter in {{ type filter hook input priority filter; }}\n\
+             add rule ip filter in iifname wan drop\n\
+             add chain ip filter outbound {{ type filter hook forward priority filter; }}\n",
+            if nat == Nat::Symmetric { " random" } else { "" }
+        );
+        match nat {
+            Nat::FullCone => {
+                rules += &format!(
+                    "add chain ip nat pre {{ type nat hook prerouting priority dstnat; }}\n\
+                     add rule ip nat pre iifname wan udp dport {TUNNEL_PORT} \
+                     dnat to {PRIVATE_HOST}\n"
+                );
+            }
+            Nat::UdpOutOnlyTo(allowed) => {
+                rules += &format!(
+                    "add rule ip filter outbound iifname lan meta l4proto udp ip daddr != {allowed} drop\n"
+                );
+            }
+            Nat::Cone | Nat::Symmetric => {}
+        }
         let mut nft = in_ns(&router.name, &["nft", "-f", "-"])
             .stdin(Stdio::piped())
             .spawn()
@@ -370,11 +413,23 @@ impl Cluster {
         (self.add_private_host(), outside)
     }
 
+    /// Takes away the firewall of the `router`th router (in the order they were added):
+    /// what [`Nat::UdpOutOnlyTo`] forbade goes out from now on.
+    pub fn open_firewall(&self, router: usize) {
+        let flush = in_ns(
+            &self.routers[router].name,
+            &["nft", "flush", "chain", "ip", "filter", "outbound"],
+        )
+        .status()
+        .unwrap();
+        assert!(flush.success(), "the firewall stays");
+    }
+
     /// A router namespace between the bridge (its next outside address) and a private
     /// network of `link_mtu` bytes; returns its outside address.
     fn add_router(&mut self, link_mtu: u32) -> Ipv4Addr {
         let i = self.routers.len();
-        assert!(i < 2, "private networks share one range");
+        assert!(i < 8, "room on the bridge for eight routers");
         let router = TestNetns::new("router");
         let outside = Ipv4Addr::new(192, 0, 2, 254 - i as u8);
         let port = format!("r{i}");
@@ -418,7 +473,7 @@ impl Cluster {
         let router = &self.routers[self.routers.len() - 1];
         let ns = TestNetns::new("host");
         router.ip(&["link", "set", "eth0", "netns", &ns.name]);
-        let host = self.push_host(ns, Ipv4Addr::new(203, 0, 113, 10));
+        let host = self.push_host(ns, PRIVATE_HOST.parse().unwrap());
         self.hosts[host]
             .ns
             .ip(&["route", "add", "default", "via", PRIVATE_GATEWAY]);
@@ -659,6 +714,69 @@ impl Cluster {
         f64::from(bytes) * 8.0 / seconds / 1e6
     }
 
+    /// Starts a TCP connection from container `from` to `to` that carries `half` bytes of a
+    /// pattern and waits (the caller changes the network under it), then the second half on
+    /// [`PausedTransfer::finish`], which checks that all arrived intact.
+    pub fn paused_transfer(
+        &self,
+        from: usize,
+        to: usize,
+        port: u16,
+        half: usize,
+    ) -> PausedTransfer {
+        let server = format!(
+            "import socket\n\
+             s = socket.socket(); s.bind(('0.0.0.0', {port})); s.listen(1); s.settimeout(30)\n\
+             print('ready', flush=True)\n\
+             c, _ = s.accept(); c.settimeout(30); data = bytearray()\n\
+             while True:\n    b = c.recv(65536)\n    if not b: break\n    data += b\n\
+             ok = data == bytes(i % 251 for i in range(2 * {half}))\n\
+             print('intact' if ok else 'damaged', len(data), flush=True)\n"
+        );
+        let client = format!(
+            "import socket, sys\n\
+             data = bytes(i % 251 for i in range(2 * {half}))\n\
+             c = socket.create_connection(('{}', {port}), timeout=30)\n\
+             c.sendall(data[:{half}]); print('half', flush=True)\n\
+             sys.stdin.readline()\n\
+             c.sendall(data[{half}:]); c.close(); print('sent', flush=True)\n",
+            self.containers[to].ip
+        );
+        let piped = |c: usize, script: &str| {
+            in_ns(&self.containers[c].ns.name, &["python3", "-c", script])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let mut server = piped(to, &server);
+        assert_eq!(line_of(&mut server), "ready");
+        let mut client = piped(from, &client);
+        assert_eq!(line_of(&mut client), "half");
+        PausedTransfer {
+            server,
+            client,
+            bytes: 2 * half,
+        }
+    }
+
+    /// The round trip of container `from`'s first ping to `to`, in ms: handshakes, punching
+    /// and relaying included.
+    pub fn first_reply_ms(&self, from: usize, to: usize) -> f64 {
+        let to = self.containers[to].ip.to_string();
+        let out = self
+            .in_container(from, &["ping", "-c", "1", "-W", "5", &to])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let time = text
+            .split("time=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no reply: {text}"));
+        time.parse().unwrap()
+    }
+
     pub fn wait_listening(&self, c: usize, port: u16) {
         let needle = format!(":{port} ");
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -825,6 +943,37 @@ pub fn in_ns(ns: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", ns]).args(args);
     cmd
+}
+
+/// A TCP connection half way through its data (see [`Cluster::paused_transfer`]).
+pub struct PausedTransfer {
+    server: Child,
+    client: Child,
+    bytes: usize,
+}
+
+impl PausedTransfer {
+    /// Sends the second half; asserts that the whole arrived intact, in order.
+    pub fn finish(mut self) {
+        self.client
+            .stdin
+            .as_mut()
+            .unwrap()
+            .write_all(b"go\n")
+            .unwrap();
+        assert_eq!(line_of(&mut self.client), "sent");
+        assert_eq!(line_of(&mut self.server), format!("intact {}", self.bytes));
+        assert!(self.client.wait().unwrap().success() && self.server.wait().unwrap().success());
+    }
+}
+
+/// Reads one line a child printed.
+fn line_of(child: &mut Child) -> String {
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    line.trim().to_string()
 }
 
 /// A UDP listener in a namespace that reports whether a datagram arrived within 3 s.

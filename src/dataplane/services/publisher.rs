@@ -22,18 +22,27 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// Starts the thread. `listen` is the daemon's underlay address, which its entries carry.
+    /// Starts the thread. `listen` is the daemon's underlay address, which its entries carry;
+    /// `relay`: the host relays for others, and says so.
     pub fn spawn(
         lighthouse: Arc<dyn Lighthouse>,
         public_key: String,
         listen: SocketAddr,
+        relay: bool,
     ) -> Result<Self> {
         let (tx, rx) = std::sync::mpsc::channel();
         let published = Arc::new(Mutex::new(Vec::new()));
         let shared = published.clone();
         std::thread::Builder::new()
             .name("publisher".into())
-            .spawn(move || run(lighthouse.as_ref(), public_key, listen, rx, &shared))
+            .spawn(move || {
+                let host = Advertised {
+                    public_key,
+                    listen,
+                    relay,
+                };
+                run(lighthouse.as_ref(), &host, rx, &shared)
+            })
             .map_err(|e| Error::io("spawning the publisher thread", e))?;
         Ok(Publisher {
             observed: tx,
@@ -56,22 +65,30 @@ impl Publisher {
     }
 }
 
-fn run(
-    lighthouse: &dyn Lighthouse,
+/// What the thread publishes of the host besides what its peers see.
+struct Advertised {
     public_key: String,
     listen: SocketAddr,
+    relay: bool,
+}
+
+fn run(
+    lighthouse: &dyn Lighthouse,
+    host: &Advertised,
     observed: Receiver<Vec<SocketAddr>>,
     shared: &Mutex<Vec<SocketAddr>>,
 ) {
+    let listen = host.listen;
     let mut seen = Vec::new();
     let mut published: Option<Vec<SocketAddr>> = None;
     let mut last_error = String::new();
     loop {
-        let endpoints = candidate_list(listen, &seen, &local_addresses(listen));
+        let endpoints = candidate_list(listen, &seen, &local_addresses(listen), host.relay);
         if published.as_ref() != Some(&endpoints) {
             let candidates = Candidates {
-                public_key: public_key.clone(),
+                public_key: host.public_key.clone(),
                 endpoints,
+                relay: host.relay,
             };
             match lighthouse.publish_candidates(&candidates) {
                 Ok(()) => {
@@ -98,18 +115,22 @@ fn run(
 }
 
 /// What a host publishes: where its peers see it (newest first), then, when it listens on all
-/// addresses, its own addresses with its port; never what its entries carry already, at most
-/// [`MAX_CANDIDATES`].
+/// addresses, its own addresses with its port; never what its entries carry already (but a
+/// relay, which may serve no container, its own endpoint first), at most [`MAX_CANDIDATES`].
 pub fn candidate_list(
     listen: SocketAddr,
     observed: &[SocketAddr],
     local: &[IpAddr],
+    relay: bool,
 ) -> Vec<SocketAddr> {
     let own = local
         .iter()
         .filter(|_| listen.ip().is_unspecified())
         .map(|&ip| SocketAddr::new(ip, listen.port()));
     let mut endpoints: Vec<SocketAddr> = Vec::new();
+    if relay && !listen.ip().is_unspecified() {
+        endpoints.push(listen);
+    }
     for endpoint in observed.iter().copied().chain(own) {
         if endpoint != listen && !endpoints.contains(&endpoint) {
             endpoints.push(endpoint);
@@ -170,7 +191,7 @@ mod tests {
         let observed = [ep("198.51.100.1:40001"), ep("192.0.2.5:4800")];
         let local: Vec<IpAddr> = vec!["192.0.2.5".parse().unwrap(), "10.9.0.1".parse().unwrap()];
         assert_eq!(
-            candidate_list(ep("0.0.0.0:4800"), &observed, &local),
+            candidate_list(ep("0.0.0.0:4800"), &observed, &local, false),
             [
                 ep("198.51.100.1:40001"),
                 ep("192.0.2.5:4800"),
@@ -178,15 +199,20 @@ mod tests {
             ]
         );
         assert_eq!(
-            candidate_list(ep("192.0.2.5:4800"), &observed, &local),
+            candidate_list(ep("192.0.2.5:4800"), &observed, &local, false),
             [ep("198.51.100.1:40001")],
             "the endpoint the entries carry is not repeated"
+        );
+        assert_eq!(
+            candidate_list(ep("192.0.2.5:4800"), &observed, &local, true),
+            [ep("192.0.2.5:4800"), ep("198.51.100.1:40001")],
+            "but a relay's comes first"
         );
         let many: Vec<SocketAddr> = (1..=20)
             .map(|i| SocketAddr::from(([198, 51, 100, i], 4800)))
             .collect();
         assert_eq!(
-            candidate_list(ep("192.0.2.5:4800"), &many, &[]).len(),
+            candidate_list(ep("192.0.2.5:4800"), &many, &[], true).len(),
             MAX_CANDIDATES
         );
     }
@@ -257,7 +283,7 @@ mod tests {
             failures: 2.into(),
         });
         let mut publisher =
-            Publisher::spawn(flaky.clone(), "KEY".into(), ep("192.0.2.5:4800")).unwrap();
+            Publisher::spawn(flaky.clone(), "KEY".into(), ep("192.0.2.5:4800"), false).unwrap();
         let seen = vec![ep("198.51.100.1:40001")];
         publisher.observed(seen.clone());
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
