@@ -218,13 +218,7 @@ fn a_daemon_started_by_a_plugin_is_detached_from_it() {
     }
     cluster.attach(0);
     let pid = cluster.daemon_pid(0);
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .collect();
+    let fields = proc_stat(pid);
     // After the name: state, ppid, pgrp, session.
     let (pgrp, session): (u32, u32) = (fields[2].parse().unwrap(), fields[3].parse().unwrap());
     assert_eq!(

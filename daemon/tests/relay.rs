@@ -172,14 +172,8 @@ fn a_relayed_path_turns_direct_when_the_firewall_goes_mid_transfer() {
 
 /// CPU seconds (user and system) a process has used.
 fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .collect();
-    // After the name: state is field 3, utime 14 and stime 15 (1-based, /proc/[pid]/stat).
+    let fields = proc_stat(pid);
+    // utime and stime: fields 14 and 15 of proc(5), in clock ticks of 1/100 s.
     let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
     ticks as f64 / 100.0
 }

@@ -1100,21 +1100,9 @@ fn observed_endpoints_are_distinct_and_newest_first() {
 #[test]
 fn hosts_that_cannot_reach_each_other_meet_through_a_relay_that_cannot_read_them() {
     let start = Instant::now();
-    let mut net = Underlay::new();
-    let relay = net.add(None);
-    let b = net.add(Some(SocketAddr::from(([198, 51, 100, 2], 40002))));
-    let d = net.add(Some(SocketAddr::from(([198, 51, 100, 4], 40004))));
-    net.walls.insert((b, d));
+    let (mut net, [relay, b, d]) = walled_off();
     net.hosts[relay].tm.serve_as_relay();
     let (key_r, key_b, key_d) = (net.key(relay), net.key(b), net.key(d));
-    let relay_at = net.hosts[relay].addr;
-    for (host, other) in [(b, d), (d, b)] {
-        let (key, outside) = (net.key(other), net.outside(other));
-        net.hosts[host]
-            .tm
-            .set_candidates(key_r, vec![relay_at], true);
-        net.hosts[host].tm.set_candidates(key, vec![outside], false);
-    }
     // Each keeps a session with the relay, unasked.
     net.tick(start);
     net.pump(start);
@@ -1203,6 +1191,24 @@ fn hosts_that_cannot_reach_each_other_meet_through_a_relay_that_cannot_read_them
     );
 }
 
+/// A public host and two hosts behind NATs of their own with a wall between them; B and D
+/// know each other's NAT and believe the public host relays.
+fn walled_off() -> (Underlay, [usize; 3]) {
+    let mut net = Underlay::new();
+    let public = net.add(None);
+    let b = net.add(Some(SocketAddr::from(([198, 51, 100, 2], 40002))));
+    let d = net.add(Some(SocketAddr::from(([198, 51, 100, 4], 40004))));
+    net.walls.insert((b, d));
+    let (key_r, relay_at) = (net.key(public), net.hosts[public].addr);
+    for (host, other) in [(b, d), (d, b)] {
+        let (key, outside) = (net.key(other), net.outside(other));
+        let tm = &mut net.hosts[host].tm;
+        tm.set_candidates(key_r, vec![relay_at], true);
+        tm.set_candidates(key, vec![outside], false);
+    }
+    (net, [public, b, d])
+}
+
 fn count_all(relay: &TunnelManager) -> u64 {
     relay.relayed_pairs().iter().map(|p| p.datagrams).sum()
 }
@@ -1210,20 +1216,8 @@ fn count_all(relay: &TunnelManager) -> u64 {
 #[test]
 fn only_a_relay_passes_datagrams_on_and_never_one_that_came_through_a_relay() {
     let start = Instant::now();
-    let mut net = Underlay::new();
-    let not_a_relay = net.add(None);
-    let b = net.add(Some(SocketAddr::from(([198, 51, 100, 2], 40002))));
-    let d = net.add(Some(SocketAddr::from(([198, 51, 100, 4], 40004))));
-    net.walls.insert((b, d));
     // B and D believe the host relays; it does not serve as one.
-    let (key_r, relay_at) = (net.key(not_a_relay), net.hosts[not_a_relay].addr);
-    for (host, other) in [(b, d), (d, b)] {
-        let (key, outside) = (net.key(other), net.outside(other));
-        net.hosts[host]
-            .tm
-            .set_candidates(key_r, vec![relay_at], true);
-        net.hosts[host].tm.set_candidates(key, vec![outside], false);
-    }
+    let (mut net, [not_a_relay, b, d]) = walled_off();
     net.tick(start);
     net.pump(start);
     net.send(b, d, b"nobody passes this on", start);

@@ -967,6 +967,14 @@ impl PausedTransfer {
     }
 }
 
+/// The fields of `/proc/<pid>/stat` after the process's name (the name may hold spaces):
+/// the first is its state, field 3 of proc(5).
+pub fn proc_stat(pid: u32) -> Vec<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_name = stat.rsplit(')').next().unwrap();
+    after_name.split_whitespace().map(String::from).collect()
+}
+
 /// Reads one line a child printed.
 fn line_of(child: &mut Child) -> String {
     let mut line = String::new();
