@@ -207,12 +207,9 @@ fn time_to_the_first_reply_across_a_punched_path() {
         times.push(cluster.first_reply_ms(b, c));
         assert_eq!(endpoint_of(&cluster, one, two).ip(), setup.routers[1]);
     }
-    times.sort_by(f64::total_cmp);
-    let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
+    let (p50, p99) = p50_p99(&mut times);
     println!(
-        "first reply across a punched path, {rounds} rounds: p50 {:.2} ms, p99 {:.2} ms",
-        at(0.5),
-        at(0.99)
+        "first reply across a punched path, {rounds} rounds: p50 {p50:.2} ms, p99 {p99:.2} ms"
     );
 }
 

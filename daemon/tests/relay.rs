@@ -211,13 +211,8 @@ fn time_to_the_first_reply_and_throughput_across_a_relay() {
         times.push(cluster.first_reply_ms(cb, cd));
         assert_eq!(via(&cluster, b, d), net.relay_key);
     }
-    times.sort_by(f64::total_cmp);
-    let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
-    println!(
-        "first reply across a relay, {rounds} rounds: p50 {:.1} ms, p99 {:.1} ms",
-        at(0.5),
-        at(0.99)
-    );
+    let (p50, p99) = p50_p99(&mut times);
+    println!("first reply across a relay, {rounds} rounds: p50 {p50:.1} ms, p99 {p99:.1} ms");
 
     let relay = cluster.daemon_pid(0);
     let cpu = cpu_seconds(relay);

@@ -445,10 +445,11 @@ impl TunnelManager {
         now: Instant,
         send: &mut Sender,
     ) -> Result<(), DropReason> {
-        if let Some(mut sealer) = self.any_sealer(peer, endpoint, now) {
+        if let Some(mut sealer) = self.sealer_on(peer, endpoint, now, true) {
             let len = sealer.seal(plaintext, out).ok_or(DropReason::Expired)?;
+            let path = (sealer.via(), sealer.endpoint());
             let renew = sealer.finish();
-            self.transmit(peer, &out[..len], now, send);
+            self.send_on(peer, path, &out[..len], now, send);
             if renew {
                 self.renew(peer, now, send);
             }

@@ -117,9 +117,21 @@ impl TunnelManager {
         now: Instant,
         send: &mut Sender,
     ) {
-        let Some(&Peer { via, endpoint, .. }) = self.peers.get(key) else {
-            return;
-        };
+        if let Some(&Peer { via, endpoint, .. }) = self.peers.get(key) {
+            self.send_on(key, (via, endpoint), datagram, now, send);
+        }
+    }
+
+    /// Sends a datagram of `key`'s tunnel through the relay `via`, or (without one, or when
+    /// the relay's session cannot send) straight to `endpoint`.
+    pub(super) fn send_on(
+        &mut self,
+        key: &PublicKey,
+        (via, endpoint): (Option<PublicKey>, SocketAddr),
+        datagram: &[u8],
+        now: Instant,
+        send: &mut Sender,
+    ) {
         match via {
             Some(relay) if self.send_via(&relay, key, datagram, now, send) => {}
             _ => send(datagram, endpoint),

@@ -36,21 +36,22 @@ impl TunnelManager {
         endpoint: SocketAddr,
         now: Instant,
     ) -> Option<Sealer<'_>> {
-        if self.peers.get(peer).is_some_and(|p| p.via.is_some()) {
-            return None;
-        }
-        self.any_sealer(peer, endpoint, now)
+        self.sealer_on(peer, endpoint, now, false)
     }
 
-    /// A sealer for `peer` whatever its path.
-    pub(super) fn any_sealer(
+    /// A sealer for `peer`, also when it is relayed if `relayed_too`.
+    pub(super) fn sealer_on(
         &mut self,
         peer: &PublicKey,
         endpoint: SocketAddr,
         now: Instant,
+        relayed_too: bool,
     ) -> Option<Sealer<'_>> {
         let limits = &self.limits;
         let entry = touch_peer(&mut self.peers, limits, peer, endpoint, now);
+        if entry.via.is_some() && !relayed_too {
+            return None;
+        }
         let session = entry
             .current
             .and_then(|i| self.sessions.get_mut(&i))
@@ -100,6 +101,11 @@ impl Sealer<'_> {
         self.peer.stats.tx_packets += packets as u64;
         self.peer.stats.tx_bytes += bytes as u64;
         Some(key)
+    }
+
+    /// The relay the peer's datagrams go through, if any.
+    pub(super) fn via(&self) -> Option<PublicKey> {
+        self.peer.via
     }
 
     /// Ends the train. True when the session is due for renewal and no handshake is under way

@@ -975,6 +975,13 @@ pub fn proc_stat(pid: u32) -> Vec<String> {
     after_name.split_whitespace().map(String::from).collect()
 }
 
+/// The median and the 99th percentile of `times` (sorted here).
+pub fn p50_p99(times: &mut [f64]) -> (f64, f64) {
+    times.sort_by(f64::total_cmp);
+    let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
+    (at(0.5), at(0.99))
+}
+
 /// Reads one line a child printed.
 fn line_of(child: &mut Child) -> String {
     let mut line = String::new();
