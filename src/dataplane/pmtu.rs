@@ -142,8 +142,9 @@ fn ipv6_mtu(socket: &UdpSocket) -> io::Result<libc::c_int> {
 
 impl Daemon {
     /// Fits the member's frame in `bufs.frame[..n]`, bound for a peer whose datagrams go first
-    /// to `endpoint` (a relay's, when `relaying` bytes are added to them), to the path: clamps a SYN's MSS; answers a packet too large to go whole and forbidden to be
-    /// fragmented with ICMP to the member in `slot` (`Err(TooBig)`: it is not sent).
+    /// to `endpoint` (a relay's, when `relaying` bytes are added to them), to the path: clamps
+    /// a SYN's MSS; answers a packet too large to go whole and forbidden to be fragmented with
+    /// ICMP to the member in `slot` (`Err(TooBig)`: it is not sent).
     pub(super) fn fit_to_path(
         &mut self,
         slot: usize,
