@@ -230,12 +230,17 @@ fn register_fast_path(registry: &mut Registry, status: &DaemonStatus) {
         ("flatnet_fast_path_packets", "Frames moved between containers of this host without a tunnel (a segment train counts once)", None, fast_path.packets),
         ("flatnet_fast_path", "Bytes moved between containers of this host without a tunnel", Some(Unit::Bytes), fast_path.bytes),
     ];
+    single_counters(registry, &series);
+}
+
+/// Counters without labels: (name, help, unit, value).
+fn single_counters(registry: &mut Registry, series: &[(&str, &str, Option<Unit>, u64)]) {
     for (name, help, unit, value) in series {
         let counter: Counter = Counter::default();
-        counter.inc_by(value);
+        counter.inc_by(*value);
         match unit {
-            Some(unit) => registry.register_with_unit(name, help, unit, counter),
-            None => registry.register(name, help, counter),
+            Some(unit) => registry.register_with_unit(*name, *help, unit.clone(), counter),
+            None => registry.register(*name, *help, counter),
         }
     }
 }
@@ -247,6 +252,13 @@ fn register_daemon(registry: &mut Registry, status: &DaemonStatus) {
         "1 when the last lighthouse read succeeded",
         status.lighthouse_state.healthy as u64,
     );
+    let lighthouse = &status.lighthouse_state;
+    let follows = [
+        ("flatnet_lighthouse_full_reads", "Times a part of the lighthouse was read whole (etcd: at start, and after a compaction)", None, lighthouse.full_reads),
+        ("flatnet_lighthouse_resumed_watches", "etcd watches started again from the revision they had reached", None, lighthouse.resumed_watches),
+        ("flatnet_lighthouse_read", "Key and value bytes read from the lighthouse (etcd)", Some(Unit::Bytes), lighthouse.read_bytes),
+    ];
+    single_counters(registry, &follows);
     gauge(
         registry,
         "flatnet_lighthouse_routes",

@@ -35,6 +35,18 @@ fn lighthouse_state(state: &FeedHealth) -> String {
             state.lease_ttl_s.unwrap_or(0)
         );
     }
+    if let Some(networks) = &state.networks {
+        let networks = match networks.is_empty() {
+            true => "none".to_string(),
+            false => networks.join(", "),
+        };
+        text += &format!(
+            "\n  networks followed: {networks}; {} full reads, {} watches resumed, {} KiB read",
+            state.full_reads,
+            state.resumed_watches,
+            state.read_bytes / 1024
+        );
+    }
     text
 }
 

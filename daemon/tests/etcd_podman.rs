@@ -169,7 +169,7 @@ impl PodmanHost {
             &self.in_chroot(&host_cert),
         );
         let etcd = cluster.etcd();
-        let client = etcd.client(self.index);
+        let client = etcd.host_client(self.index, &[NETWORK]);
         let endpoints = etcd.endpoints().join(",");
         [
             ("lighthouse", "etcd".to_string()),

@@ -100,6 +100,7 @@ impl Daemon {
             record.names.clone(),
         );
         self.routes.put(own);
+        self.follow_served_networks();
         tracing::info!(
             "attached {} on {} at {}",
             record.container_id,
@@ -121,10 +122,17 @@ impl Daemon {
                 self.unserve(network, &local.member.id);
             }
         }
+        self.follow_served_networks();
         if self.queues.containers() == 0 {
             // Nothing here to send or receive for: keep no keys around.
             self.tunnels.close_all();
         }
+    }
+
+    /// The lighthouse's entries are followed for the networks with members here only.
+    fn follow_served_networks(&mut self) {
+        let served = self.queues.iter().map(|q| q.network.clone()).collect();
+        self.follower.follow_networks(served);
     }
 
     /// A queue whose device vanished (namespace destroyed without a detach, or a host member
@@ -143,6 +151,7 @@ impl Daemon {
         if host {
             self.unserve(&network, &id);
             self.networks.0.remove(&network_id);
+            self.follow_served_networks();
         } else {
             self.detach(&network, &id);
         }

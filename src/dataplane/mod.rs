@@ -203,7 +203,10 @@ pub fn run(config: DaemonConfig, ready: Option<File>) -> Result<()> {
         public_key: encode_key(&keys.public),
     };
     let (lighthouse, identity) = open_lighthouse(&config, &host)?;
-    let follower = Follower::spawn(lighthouse.as_ref(), wake.clone(), FIRST_READ)?;
+    let served = attachment::all(state)
+        .map(|records| records.into_iter().map(|r| r.network).collect())
+        .unwrap_or_default();
+    let follower = Follower::spawn(lighthouse.clone(), served, wake.clone(), FIRST_READ)?;
     let publisher = Publisher::spawn(
         lighthouse.clone(),
         host.public_key.clone(),
@@ -393,6 +396,10 @@ impl Daemon {
         let path_mtus = pmtu::PathMtus::new(config.listen.ip());
         tunnels
             .remember_init_timestamps(handshake_memory::load(&config.state_dir.init_timestamps()));
+        let mut routes = identity
+            .trust
+            .map_or_else(RouteTable::default, RouteTable::trusting);
+        routes.admit_certified(config.tuning.relay());
         Ok(Daemon {
             config,
             udp,
@@ -403,9 +410,7 @@ impl Daemon {
             commands,
             tunnels,
             handshake_save: handshake_memory::SaveClock::new(Instant::now()),
-            routes: identity
-                .trust
-                .map_or_else(RouteTable::default, RouteTable::trusting),
+            routes,
             own_name: identity.name,
             own_not_after: identity.not_after,
             follower: services.follower,

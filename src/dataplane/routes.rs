@@ -47,6 +47,11 @@ pub struct RouteTable {
     by_host: HashMap<String, HashSet<Address>>,
     /// Certificates that verified, by host name.
     certs: HashMap<String, HostCert>,
+    /// Their keys, with the host's name.
+    certified: HashMap<PublicKey, String>,
+    /// Admit every certified key, not only those that serve an address here (a relay, which
+    /// may serve none, passes traffic between any two hosts).
+    admit_certified: bool,
     /// Published entries not believed right now.
     refused: HashSet<(String, Address)>,
     /// The entries believed: where each address is routed.
@@ -88,9 +93,22 @@ impl RouteTable {
         self.routes.get(&(network_id, ip)).map(|known| known.route)
     }
 
-    /// May this key open tunnels? Only hosts that serve some Flatnet address may.
+    /// May this key open tunnels? Only hosts that serve some Flatnet address may (on a
+    /// relay: every host whose certificate is believed and not revoked).
     pub fn is_listed(&self, key: &PublicKey) -> bool {
-        self.keys.contains_key(key)
+        self.keys.contains_key(key) || (self.admit_certified && self.is_certified(key))
+    }
+
+    fn is_certified(&self, key: &PublicKey) -> bool {
+        self.certified
+            .get(key)
+            .and_then(|host| self.certs.get(host))
+            .is_some_and(|cert| !self.is_revoked(&cert.public_key))
+    }
+
+    /// Admits every certified host (see [`RouteTable::is_listed`]).
+    pub fn admit_certified(&mut self, admit: bool) {
+        self.admit_certified = admit;
     }
 
     /// The key of the host whose endpoint this is, if only one key claims it: a host that
@@ -146,8 +164,7 @@ impl RouteTable {
             .collect();
         for host in &expired {
             tracing::warn!("host {host}'s certificate expired: its routes are dropped");
-            self.certs.remove(host);
-            self.settle_host(host);
+            self.drop_cert(host);
         }
         if !expired.is_empty() {
             self.settle_candidates();
@@ -183,6 +200,7 @@ impl RouteTable {
                 let delisted: Vec<PublicKey> = self.keys.keys().copied().collect();
                 *self = RouteTable {
                     trust: self.trust.take(),
+                    admit_certified: self.admit_certified,
                     local: std::mem::take(&mut self.local),
                     revocations: std::mem::take(&mut self.revocations),
                     // Kept, so that the keys whose lists are gone are reported.
@@ -198,14 +216,16 @@ impl RouteTable {
                 }
                 self.candidates.reset(candidates);
             }
+            Change::Hosts { certs, candidates } => {
+                self.replace_certs(certs);
+                self.candidates.reset(candidates);
+            }
+            Change::Network { network, entries } => self.replace_network(&network, entries),
             Change::Put(published) => self.put(published),
             Change::Delete { host, network, ip } => self.delete(&host, &network, ip),
             Change::Candidates { host, candidates } => self.candidates.put(host, candidates),
             Change::Cert(cert) => self.put_cert(cert),
-            Change::CertGone { host } => {
-                self.certs.remove(&host);
-                self.settle_host(&host);
-            }
+            Change::CertGone { host } => self.drop_cert(&host),
             Change::Revocations(list) => self.put_revocations(list),
         }
         if about_trust {
@@ -316,6 +336,62 @@ impl RouteTable {
         self.settle(address);
     }
 
+    /// Every certificate there is: the hosts whose certificate is gone lose their routes.
+    fn replace_certs(&mut self, certs: Vec<HostCert>) {
+        let named: HashSet<&str> = certs.iter().map(|cert| cert.name.as_str()).collect();
+        let gone: Vec<String> = self
+            .certs
+            .keys()
+            .filter(|host| !named.contains(host.as_str()))
+            .cloned()
+            .collect();
+        for host in gone {
+            self.drop_cert(&host);
+        }
+        for cert in certs {
+            if self.certs.get(&cert.name) != Some(&cert) {
+                self.put_cert(cert);
+            }
+        }
+    }
+
+    /// Every entry of a network: the ones not among them go, the others are put (an entry
+    /// put again unchanged keeps its route).
+    fn replace_network(&mut self, network: &str, entries: Vec<Published>) {
+        let kept: HashSet<(&str, Ipv4Addr)> = entries
+            .iter()
+            .map(|p| (p.host.as_str(), p.entry.ip))
+            .collect();
+        let gone: Vec<(String, Ipv4Addr)> = self
+            .network_ids
+            .keys()
+            .filter(|(host, name, ip)| name == network && !kept.contains(&(host.as_str(), *ip)))
+            .map(|(host, _, ip)| (host.clone(), *ip))
+            .collect();
+        for (host, ip) in gone {
+            self.delete(&host, network, ip);
+        }
+        for published in entries {
+            let address = (published.entry.wire_network_id(), published.entry.ip);
+            let unchanged = self
+                .published
+                .get(&(published.host.clone(), address))
+                .is_some_and(|held| *held == published.entry);
+            if !unchanged {
+                self.put(published);
+            }
+        }
+    }
+
+    fn drop_cert(&mut self, host: &str) {
+        if let Some(cert) = self.certs.remove(host) {
+            if let Some(key) = decode_key(&cert.public_key) {
+                self.certified.remove(&key);
+            }
+        }
+        self.settle_host(host);
+    }
+
     fn put_cert(&mut self, cert: HostCert) {
         let host = cert.name.clone();
         let verdict = match &self.trust {
@@ -324,14 +400,24 @@ impl RouteTable {
         };
         match verdict {
             Ok(()) => {
+                if let Some(old) = self
+                    .certs
+                    .get(&host)
+                    .and_then(|c| decode_key(&c.public_key))
+                {
+                    self.certified.remove(&old);
+                }
+                if let Some(key) = decode_key(&cert.public_key) {
+                    self.certified.insert(key, host.clone());
+                }
                 self.certs.insert(host.clone(), cert);
+                self.settle_host(&host);
             }
             Err(why) => {
                 tracing::warn!("host {host}'s certificate is not believed: {why}");
-                self.certs.remove(&host);
+                self.drop_cert(&host);
             }
         }
-        self.settle_host(&host);
     }
 
     fn settle_host(&mut self, host: &str) {
@@ -543,12 +629,7 @@ mod tests {
 
     #[test]
     fn with_a_ca_candidates_count_for_the_key_the_certificate_names() {
-        let (ca_key, ca) = CaKey::generate("ca").unwrap();
-        let mut table = RouteTable::trusting(ca);
-        let b = ca_key
-            .sign("b", &encode_key(&[2; 32]), on_n("10.0.1.0/24"))
-            .unwrap();
-        table.apply(Change::Cert(b));
+        let (_, mut table) = trusting_b();
         let mapped = SocketAddr::from(([198, 51, 100, 7], 31000));
         let publish = |host: &str, key: u8| Change::Candidates {
             host: host.into(),
@@ -584,6 +665,97 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_network_read_again_replaces_only_that_networks_entries() {
+        let mut table = RouteTable::default();
+        let on = |network: &str, id: u32, ip: &str, host: u8| {
+            let mut e = entry(ip, host, &[]);
+            (e.network, e.network_id) = (network.into(), id);
+            by(&format!("h{host}"), e)
+        };
+        for put in [on("n", 1, "10.0.0.2", 1), on("n", 1, "10.0.0.3", 2)] {
+            table.apply(Change::Put(put));
+        }
+        table.apply(Change::Put(on("m", 2, "10.9.0.2", 2)));
+        assert_eq!(table.len(), 3);
+        table.take_delisted();
+
+        // Read again: 10.0.0.3 went while the watch was down, 10.0.0.2 is unchanged.
+        table.apply(Change::Network {
+            network: "n".into(),
+            entries: vec![on("n", 1, "10.0.0.2", 1)],
+        });
+        let route = |table: &RouteTable, id: u32, ip: &str| table.route(id, ip.parse().unwrap());
+        assert!(route(&table, 1, "10.0.0.2").is_some());
+        assert_eq!(route(&table, 1, "10.0.0.3"), None);
+        assert!(
+            route(&table, 2, "10.9.0.2").is_some(),
+            "network m is untouched"
+        );
+        assert!(table.take_delisted().is_empty(), "host 2 still serves m");
+
+        // No longer followed: nothing of n is held.
+        table.apply(Change::Network {
+            network: "n".into(),
+            entries: vec![],
+        });
+        assert_eq!(table.len(), 1);
+        assert_eq!(table.take_delisted(), vec![[1; 32]]);
+        assert!(table.published.keys().all(|(host, _)| host == "h2"));
+    }
+
+    #[test]
+    fn every_certificate_read_again_drops_the_hosts_without_one() {
+        let (ca_key, ca) = CaKey::generate("ca").unwrap();
+        let grant = |name: &str, host: u8, block: &str| certify(&ca_key, name, host, block);
+        let mut table = RouteTable::trusting(ca);
+        let (b, c) = (grant("b", 2, "10.0.1.0/24"), grant("c", 3, "10.0.2.0/24"));
+        table.apply(Change::Hosts {
+            certs: vec![b.clone(), c],
+            candidates: vec![],
+        });
+        table.apply(Change::Put(by("b", entry("10.0.1.2", 2, &[]))));
+        table.apply(Change::Put(by("c", entry("10.0.2.2", 3, &[]))));
+        assert_eq!(table.len(), 2);
+        table.apply(Change::Hosts {
+            certs: vec![b],
+            candidates: vec![],
+        });
+        assert_eq!(table.len(), 1, "c's certificate is gone, and its route");
+        assert_eq!(table.refused(), 1);
+    }
+
+    #[test]
+    fn a_relay_admits_every_certified_key_and_no_revoked_one() {
+        let (ca_key, mut table) = trusting_b();
+        assert!(!table.is_listed(&[2; 32]), "b serves nothing here");
+        table.admit_certified(true);
+        assert!(table.is_listed(&[2; 32]));
+        assert!(!table.is_listed(&[3; 32]), "no certificate names this key");
+        let list = ca_key
+            .sign_revocations(1, vec![encode_key(&[2; 32])])
+            .unwrap();
+        table.apply(Change::Revocations(list));
+        assert!(!table.is_listed(&[2; 32]), "revoked");
+        table.apply(Change::CertGone { host: "b".into() });
+        assert!(table.certified.is_empty());
+    }
+
+    /// A table trusting a new CA, which certified host "b" (key 2) for 10.0.1.0/24.
+    fn trusting_b() -> (CaKey, RouteTable) {
+        let (ca_key, ca) = CaKey::generate("ca").unwrap();
+        let mut table = RouteTable::trusting(ca);
+        table.apply(Change::Cert(certify(&ca_key, "b", 2, "10.0.1.0/24")));
+        (ca_key, table)
+    }
+
+    /// Host `name`'s certificate for key `[key; 32]` and `block` on network "n".
+    fn certify(ca_key: &CaKey, name: &str, key: u8, block: &str) -> HostCert {
+        ca_key
+            .sign(name, &encode_key(&[key; 32]), on_n(block))
+            .unwrap()
+    }
+
     /// What a CA grants in these tests: one block on network "n" (identifier 1).
     fn on_n(block: &str) -> Grant {
         Grant {
@@ -601,11 +773,7 @@ mod tests {
     fn with_a_ca_only_what_a_certificate_grants_is_routed() {
         let network_id = 1;
         let (ca_key, ca) = CaKey::generate("ca").unwrap();
-        let grant = |name: &str, host: u8, block: &str| {
-            ca_key
-                .sign(name, &encode_key(&[host; 32]), on_n(block))
-                .unwrap()
-        };
+        let grant = |name: &str, host: u8, block: &str| certify(&ca_key, name, host, block);
         let mut table = RouteTable::trusting(ca);
         // B's entry before B's certificate: held back until the certificate comes.
         table.apply(Change::Put(by("b", entry("10.0.1.2", 2, &["web"]))));

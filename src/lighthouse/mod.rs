@@ -87,13 +87,24 @@ pub const MAX_CANDIDATES: usize = 8;
 /// One change to the lighthouse, as a [`Feed`] reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    /// Everything there is: forget what came before (the first change of a feed, and after
-    /// the feed lost track, e.g. across an etcd outage).
+    /// Everything there is: forget what came before (the file lighthouse, at every change).
     Reset {
         certs: Vec<HostCert>,
         entries: Vec<Published>,
         /// Each host's candidate endpoints, with the host's name.
         candidates: Vec<(String, Candidates)>,
+    },
+    /// Every host's certificate and candidates: forget the ones known before (etcd, when it
+    /// reads them).
+    Hosts {
+        certs: Vec<HostCert>,
+        candidates: Vec<(String, Candidates)>,
+    },
+    /// Every entry of a network: forget the ones known of it before (etcd, when it reads the
+    /// network; empty when the host stops following it).
+    Network {
+        network: String,
+        entries: Vec<Published>,
     },
     /// An entry was added or updated.
     Put(Published),
@@ -120,7 +131,7 @@ pub enum Change {
 /// A lighthouse as a stream of changes: what a data plane follows instead of reading the
 /// lighthouse on its packet path.
 pub trait Feed: Send {
-    /// The changes since the last call; the first call starts with a [`Change::Reset`]. Waits
+    /// The changes since the last call; the first calls read everything followed. Waits
     /// up to `wait` for something to happen; an empty answer means nothing did.
     fn changes(&mut self, wait: Duration) -> Result<Vec<Change>>;
     /// The backend's state for `flatnetd status`.
@@ -144,6 +155,19 @@ pub struct FeedHealth {
     pub lease_ttl_s: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease_ttl_left_ms: Option<i64>,
+    /// Times a scope (the hosts, the revocations, a network) was read whole: once each at
+    /// start, and again only when etcd compacted past what a broken watch had seen.
+    #[serde(default)]
+    pub full_reads: u64,
+    /// Watches started again from the revision they had reached, after they broke.
+    #[serde(default)]
+    pub resumed_watches: u64,
+    /// Key and value bytes read from the lighthouse, by reads and watches.
+    #[serde(default)]
+    pub read_bytes: u64,
+    /// The networks whose entries are followed; `None`: every network (the file lighthouse).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub networks: Option<Vec<String>>,
 }
 
 /// A lighthouse backend.
@@ -165,6 +189,10 @@ pub trait Lighthouse: Send + Sync {
     fn all_entries(&self) -> Result<Vec<Entry>>;
     /// Publishes this host's candidate endpoints, replacing the last ones.
     fn publish_candidates(&self, candidates: &Candidates) -> Result<()>;
-    /// Follows the entries from now on.
+    /// Follows the lighthouse from now on.
     fn follow(&self) -> Result<Box<dyn Feed>>;
+    /// The networks the host serves: a backend that can follows the entries of these only,
+    /// and its feed forgets the others ([`Change::Network`], empty). The file lighthouse is
+    /// read whole at every change and follows every network.
+    fn follow_networks(&self, _networks: &std::collections::BTreeSet<String>) {}
 }

@@ -107,12 +107,21 @@ impl Etcd {
         );
     }
 
-    /// Host `host`'s etcd user and role: its own prefix to write, everything of Flatnet to
-    /// read.
-    fn add_host_user(&self, name: &str) {
-        let own = format!("/flatnet/v1/hosts/{name}/");
+    /// Host `host`'s etcd user and role: its own prefix and its part of each of `networks`
+    /// to write, everything of Flatnet to read.
+    fn add_host_user(&self, name: &str, networks: &[&str]) {
+        let mut grants = vec![
+            ("readwrite", format!("/flatnet/v1/hosts/{name}/")),
+            ("read", "/flatnet/v1/".to_string()),
+        ];
+        for network in networks {
+            grants.push((
+                "readwrite",
+                format!("/flatnet/v1/entries/{network}/{name}/"),
+            ));
+        }
         self.admin(&["role", "add", name]);
-        for (permission, prefix) in [("readwrite", own.as_str()), ("read", "/flatnet/v1/")] {
+        for (permission, prefix) in &grants {
             self.admin(&[
                 "role",
                 "grant-permission",
@@ -135,16 +144,32 @@ impl Etcd {
             .collect()
     }
 
+    /// The endpoints of the members running now.
+    pub fn live_endpoints(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .filter(|m| m.process.is_some())
+            .map(|m| format!("https://{}:{CLIENT_PORT}", m.ip))
+            .collect()
+    }
+
     pub fn ca_file(&self) -> PathBuf {
         self.certs.path().join("ca.pem")
     }
 
-    /// Host `host`'s client certificate and etcd user, made on first use.
+    /// Host `host`'s client certificate and etcd user, made on first use (without a network
+    /// to write entries on: see [`Etcd::host_client`]).
     pub fn client(&self, host: usize) -> ClientCert {
+        self.host_client(host, &[])
+    }
+
+    /// Host `host`'s client certificate and etcd user, made on first use with the right to
+    /// write its entries on `networks`.
+    pub fn host_client(&self, host: usize, networks: &[&str]) -> ClientCert {
         let name = format!("host-{host}");
         let (cert, made) = self.identity(&name);
         if made {
-            self.add_host_user(&name);
+            self.add_host_user(&name, networks);
         }
         cert
     }
@@ -280,6 +305,60 @@ impl Etcd {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// The member that leads now.
+    pub fn leader(&self) -> usize {
+        let out = self.etcdctl(
+            &self.live_endpoints(),
+            &["endpoint", "status", "-w", "json"],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let members: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let members = members.as_array().unwrap();
+        let leader = &members[0]["Status"]["leader"];
+        let at = members
+            .iter()
+            .find(|m| m["Status"]["header"]["member_id"] == *leader)
+            .expect("a member leads")["Endpoint"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        self.endpoints().iter().position(|e| *e == at).unwrap()
+    }
+
+    /// The cluster's revision now.
+    pub fn revision(&self) -> i64 {
+        let out = self.etcdctl(&self.live_endpoints(), &["get", "/", "-w", "json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let read: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        read["header"]["revision"].as_i64().unwrap()
+    }
+
+    /// Forgets every revision before `revision`, as etcd's auto-compaction does.
+    pub fn compact(&self, revision: i64) {
+        let out = self.etcdctl(
+            &self.live_endpoints(),
+            &["compaction", &revision.to_string()],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The members' addresses on the underlay.
+    pub fn addresses(&self) -> Vec<Ipv4Addr> {
+        self.members.iter().map(|m| m.ip).collect()
     }
 
     fn log_tail(&self, i: usize) -> String {

@@ -171,6 +171,10 @@ pub struct Cluster {
     pub network_ca: Option<tempfile::TempDir>,
     /// Networks besides `network` that the hosts' certificates name.
     pub also_certified: Vec<String>,
+    /// Subnets besides `subnet` in which each host's certificate grants the same block.
+    pub also_granted: Vec<String>,
+    /// The etcd lease TTL the hosts' daemons take (etcd clusters only).
+    pub lease_ttl_s: u32,
     /// Router namespaces between the bridge and hosts behind them.
     pub routers: Vec<TestNetns>,
 }
@@ -209,9 +213,14 @@ impl Cluster {
 
     /// Host `host`'s block: a /27 of the subnet, the first one left for the gateway.
     pub fn block(&self, host: usize) -> ipnet::Ipv4Net {
-        let subnet: ipnet::Ipv4Net = self.subnet.parse().unwrap();
-        let start = u32::from(subnet.network()) + 32 * (host as u32 + 1);
-        ipnet::Ipv4Net::new(Ipv4Addr::from(start), 27).unwrap()
+        block_in(&self.subnet, host)
+    }
+
+    /// The networks the hosts' certificates name, and their etcd roles let them write on.
+    fn certified_networks(&self) -> Vec<&str> {
+        let mut networks = vec![self.network.as_str()];
+        networks.extend(self.also_certified.iter().map(String::as_str));
+        networks
     }
 
     /// The host's key (`flatnetd key`, made now) signed by the network CA with its block, as
@@ -242,15 +251,23 @@ impl Cluster {
             .unwrap();
         assert!(out.status.success());
         let key = String::from_utf8(out.stdout).unwrap().trim().to_string();
-        let mut networks = vec![self.network.as_str()];
-        networks.extend(self.also_certified.iter().map(String::as_str));
+        let networks = self.certified_networks();
+        let also: Vec<String> = self
+            .also_granted
+            .iter()
+            .map(|subnet| block_in(subnet, host).to_string())
+            .collect();
+        let mut extra = extra.to_vec();
+        for block in &also {
+            extra.extend(["--block", block]);
+        }
         sign(
             ca,
             &format!("host-{host}"),
             &key,
             self.block(host),
             &networks,
-            extra,
+            &extra,
             &self.host_cert(host),
         );
     }
@@ -291,6 +308,8 @@ impl Cluster {
             subnet: "198.51.100.0/24".into(),
             network_ca: None,
             also_certified: Vec::new(),
+            also_granted: Vec::new(),
+            lease_ttl_s: etcd::LEASE_TTL_S,
             routers: Vec::new(),
         }
     }
@@ -501,13 +520,13 @@ impl Cluster {
             "runtimeConfig": runtime_config,
         });
         if let Some(etcd) = &self.etcd {
-            let client = etcd.client(host);
+            let client = etcd.host_client(host, &self.certified_networks());
             conf["lighthouse"] = json!("etcd");
             conf["etcdEndpoints"] = json!(etcd.endpoints());
             conf["etcdCaFile"] = json!(etcd.ca_file());
             conf["etcdCertFile"] = json!(client.cert);
             conf["etcdKeyFile"] = json!(client.key);
-            conf["leaseTtl"] = json!(etcd::LEASE_TTL_S);
+            conf["leaseTtl"] = json!(self.lease_ttl_s);
             conf["networkCaFile"] = json!(self.trusted_ca(host));
             conf["hostCertFile"] = json!(self.host_cert(host));
         }
@@ -881,14 +900,14 @@ impl Cluster {
             let file = self.shared.path().join("lighthouse.json");
             return vec!["--lighthouse".into(), file.display().to_string()];
         };
-        let client = etcd.client(host);
+        let client = etcd.host_client(host, &self.certified_networks());
         vec![
             "--lighthouse=etcd".into(),
             format!("--etcd-endpoints={}", etcd.endpoints().join(",")),
             format!("--etcd-ca-file={}", etcd.ca_file().display()),
             format!("--etcd-cert-file={}", client.cert.display()),
             format!("--etcd-key-file={}", client.key.display()),
-            format!("--lease-ttl={}", etcd::LEASE_TTL_S),
+            format!("--lease-ttl={}", self.lease_ttl_s),
             format!("--network-ca-file={}", self.trusted_ca(host).display()),
             format!("--host-cert-file={}", self.host_cert(host).display()),
         ]
@@ -1162,4 +1181,50 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
     let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
     ticks as f64 / 100.0
+}
+
+/// Waits until `done` holds, for at most `within`; returns how long it took.
+pub fn wait_until(within: Duration, what: &str, mut done: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < within, "not within {within:?}: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    started.elapsed()
+}
+
+pub fn routes(cluster: &Cluster, host: usize) -> u64 {
+    cluster.status(host)["routes"].as_u64().unwrap()
+}
+
+/// Every host's data plane knows `n` addresses (containers and host members).
+pub fn wait_routes(cluster: &Cluster, hosts: &[usize], n: u64) -> Duration {
+    let started = Instant::now();
+    while !hosts.iter().all(|&h| routes(cluster, h) == n) {
+        if started.elapsed() > Duration::from_secs(20) {
+            let seen: Vec<String> = hosts
+                .iter()
+                .map(|&h| {
+                    let s = cluster.status(h);
+                    format!(
+                        "host {h}: {} routes, {}",
+                        s["routes"], s["lighthouse_state"]
+                    )
+                })
+                .collect();
+            panic!(
+                "not {n} routes everywhere within 20 s:\n{}",
+                seen.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    started.elapsed()
+}
+
+/// Host `host`'s block of `subnet`: a /27, the first one left for the gateway.
+fn block_in(subnet: &str, host: usize) -> ipnet::Ipv4Net {
+    let subnet: ipnet::Ipv4Net = subnet.parse().unwrap();
+    let start = u32::from(subnet.network()) + 32 * (host as u32 + 1);
+    ipnet::Ipv4Net::new(Ipv4Addr::from(start), 27).unwrap()
 }

@@ -3,6 +3,7 @@
 //! eventfd. The packet thread never reads a file or talks to etcd; it applies in-memory
 //! changes between batches.
 
+use std::collections::BTreeSet;
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,18 +19,24 @@ const HEALTH_EVERY: Duration = Duration::from_millis(250);
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
 
 pub struct Follower {
+    lighthouse: Arc<dyn Lighthouse>,
     changes: Receiver<Vec<Change>>,
     health: Arc<Mutex<FeedHealth>>,
+    /// The networks whose entries are followed.
+    networks: BTreeSet<String>,
 }
 
 impl Follower {
-    /// Starts following; returns once the first read of the lighthouse arrived or `within`
-    /// passed (then the table fills as soon as the lighthouse answers).
+    /// Starts following, the entries of `networks` among the rest; returns once the first
+    /// read of the lighthouse arrived or `within` passed (then the table fills as soon as the
+    /// lighthouse answers).
     pub fn spawn(
-        lighthouse: &dyn Lighthouse,
+        lighthouse: Arc<dyn Lighthouse>,
+        networks: BTreeSet<String>,
         wake: Arc<EventFd>,
         within: Duration,
     ) -> Result<Self> {
+        lighthouse.follow_networks(&networks);
         let mut feed = lighthouse.follow()?;
         let health = Arc::new(Mutex::new(feed.health()));
         let (tx, rx) = std::sync::mpsc::channel();
@@ -43,8 +50,10 @@ impl Follower {
             .spawn(move || follow(feed, tx, wake, shared))
             .map_err(|e| crate::error::Error::io("spawning the lighthouse thread", e))?;
         Ok(Follower {
+            lighthouse,
             changes: rx,
             health,
+            networks,
         })
     }
 
@@ -61,6 +70,14 @@ impl Follower {
                     return Vec::new();
                 }
             }
+        }
+    }
+
+    /// Follows the entries of these networks (the ones this host serves) and of no other.
+    pub fn follow_networks(&mut self, networks: BTreeSet<String>) {
+        if networks != self.networks {
+            self.lighthouse.follow_networks(&networks);
+            self.networks = networks;
         }
     }
 
