@@ -11,7 +11,7 @@ use etcd_client::{Client, DeleteOptions, GetOptions};
 
 use super::layout::{cert_key, host_entries_prefix, legacy_entries_prefix, parse_entry};
 use super::writes::{bounded, claim, delete_at, lease_option, put_candidates, snapshot};
-use super::{Health, RETRY_PAUSE};
+use super::{LeaseState, RETRY_PAUSE};
 use crate::cert::HostCert;
 use crate::error::{Error, Result};
 use crate::lighthouse::{Candidates, Entry};
@@ -27,7 +27,7 @@ pub(super) struct LeaseKeeper {
     pub(super) lease: Arc<AtomicI64>,
     pub(super) owned: Arc<Mutex<BTreeMap<String, Entry>>>,
     pub(super) candidates: Arc<Mutex<Option<Candidates>>>,
-    pub(super) health: Arc<Mutex<Health>>,
+    pub(super) lease_state: Arc<Mutex<LeaseState>>,
     pub(super) lease_file: PathBuf,
 }
 
@@ -35,7 +35,7 @@ impl LeaseKeeper {
     pub(super) async fn run(mut self) {
         loop {
             if let Err(e) = self.keep().await {
-                self.health.lock().unwrap().lease_error = Some(e.to_string());
+                self.lease_state.lock().unwrap().lease_error = Some(e.to_string());
                 tracing::warn!("etcd lease: {e}");
             }
             tokio::time::sleep(RETRY_PAUSE).await;
@@ -60,10 +60,10 @@ impl LeaseKeeper {
                 return Ok(());
             }
             {
-                let mut health = self.health.lock().unwrap();
-                health.lease_id = id;
-                health.lease_ttl = Some((ttl, Instant::now()));
-                health.lease_error = None;
+                let mut state = self.lease_state.lock().unwrap();
+                state.lease_id = id;
+                state.lease_ttl = Some((ttl, Instant::now()));
+                state.lease_error = None;
             }
             self.settle_doubts().await;
             tokio::time::sleep(Duration::from_secs((self.ttl / 3).max(1) as u64)).await;

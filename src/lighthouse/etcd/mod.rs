@@ -41,6 +41,7 @@ use layout::{entry_key, parse_entry, parse_kv, Stored, ENTRIES};
 use lease::LeaseKeeper;
 use watch::Watches;
 use writes::{bounded, claim, delete_at, put_candidates, OP_TIMEOUT};
+
 /// Longest a plugin's request may take before it hears "try again": an election (1-2 s with
 /// etcd's defaults) is ridden out, a cluster without quorum fails the ADD within the 5 s the
 /// runtime is promised.
@@ -63,13 +64,13 @@ pub struct EtcdLighthouse {
     /// Claims whose outcome is unknown (etcd did not answer): a proposal may still commit once
     /// etcd is back, so each is removed then unless it was claimed again. Key -> container.
     in_doubt: Arc<Mutex<BTreeMap<String, String>>>,
-    health: Arc<Mutex<Health>>,
+    lease_state: Arc<Mutex<LeaseState>>,
     watches: Watches,
 }
 
 /// How keeping the lease goes.
 #[derive(Debug, Default, Clone)]
-struct Health {
+struct LeaseState {
     /// Why the lease could not be kept, until it can.
     lease_error: Option<String>,
     lease_id: i64,
@@ -118,7 +119,7 @@ impl EtcdLighthouse {
             owned: Arc::default(),
             candidates: Arc::default(),
             in_doubt: Arc::default(),
-            health: Arc::default(),
+            lease_state: Arc::default(),
         })
     }
 
@@ -136,7 +137,7 @@ impl EtcdLighthouse {
             owned: self.owned.clone(),
             candidates: self.candidates.clone(),
             in_doubt: self.in_doubt.clone(),
-            health: self.health.clone(),
+            lease_state: self.lease_state.clone(),
             lease_file,
         };
         self.runtime.spawn(keeper.run());
@@ -300,7 +301,7 @@ impl Lighthouse for EtcdLighthouse {
     fn follow(&self) -> Result<Box<dyn Feed>> {
         let feed = self
             .watches
-            .start(self.health.clone(), self.settings.lease_ttl_s);
+            .start(self.lease_state.clone(), self.settings.lease_ttl_s);
         Ok(Box::new(feed))
     }
 

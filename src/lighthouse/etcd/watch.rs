@@ -17,7 +17,7 @@ use tokio::task::AbortHandle;
 
 use super::layout::{self, parse_key, parse_kv, Key, Stored};
 use super::writes::{bounded, unavailable};
-use super::{Health, RETRY_PAUSE};
+use super::{LeaseState, RETRY_PAUSE};
 use crate::error::{Error, Result};
 use crate::lighthouse::{Candidates, Change, Feed, FeedHealth};
 
@@ -135,7 +135,7 @@ impl Watches {
 
     /// Starts following (again, from scratch, if it did already): the feed receives the
     /// scopes' reads, then their changes.
-    pub(super) fn start(&self, lease: Arc<Mutex<Health>>, ttl_s: u32) -> EtcdFeed {
+    pub(super) fn start(&self, lease: Arc<Mutex<LeaseState>>, ttl_s: u32) -> EtcdFeed {
         let (tx, rx) = std::sync::mpsc::channel();
         let mut registry = self.registry.lock().unwrap();
         for (_, (_, task)) in std::mem::take(&mut registry.active) {
@@ -437,7 +437,7 @@ pub(super) struct EtcdFeed {
     changes: Receiver<Batch>,
     registry: Arc<Mutex<Registry>>,
     state: Arc<Mutex<WatchState>>,
-    lease: Arc<Mutex<Health>>,
+    lease: Arc<Mutex<LeaseState>>,
     ttl_s: u32,
 }
 
