@@ -185,7 +185,9 @@ impl Watches {
                     entries: Vec::new(),
                 }],
             };
-            let _ = registry.sink.as_ref().map(|sink| sink.send(forget));
+            if let Some(sink) = &registry.sink {
+                let _ = sink.send(forget);
+            }
         }
         for network in networks {
             let scope = Scope::Network(network.clone());
@@ -196,11 +198,11 @@ impl Watches {
     }
 
     fn spawn(&self, registry: &mut Registry, scope: Scope) {
-        registry.next_id += 1;
-        let id = registry.next_id;
         let Some(sink) = registry.sink.clone() else {
             return;
         };
+        registry.next_id += 1;
+        let id = registry.next_id;
         // Following starts with the certificates; a network joined later is read in a moment,
         // and is no reason to refuse the attaches that come meanwhile.
         let first = match scope {
