@@ -272,17 +272,14 @@ fn host_ping(ip: &str) -> bool {
 
 /// Runs `cmd` in `container`; true if it succeeded.
 fn succeeds(net: &Net, container: &str, cmd: &[&str]) -> bool {
-    net.exec(container, cmd).output().unwrap().status.success()
+    net.exec_output(container, cmd).status.success()
 }
 
 /// Fetches `url` from inside `container` within 3 s: the page, or None if it cannot be had.
 /// The limit is busybox's `timeout`: busybox 1.35's own `wget -T` crashes (exit 139), which
 /// would pass for "unreachable", so a crash fails the test instead.
 fn fetch(net: &Net, container: &str, url: &str) -> Option<String> {
-    let out = net
-        .exec(container, &["timeout", "3", "wget", "-q", "-O", "-", url])
-        .output()
-        .unwrap();
+    let out = net.exec_output(container, &["timeout", "3", "wget", "-q", "-O", "-", url]);
     // Through `podman exec` a crash is an exit code.
     let crashed = out.status.code() == Some(128 + libc::SIGSEGV);
     assert!(
@@ -299,10 +296,7 @@ fn fetch(net: &Net, container: &str, url: &str) -> Option<String> {
 /// Asks the network's resolver (flatnetd at the gateway) inside `container`.
 fn nslookup(net: &Net, container: &str, name: &str) -> String {
     let gateway = gateway(net);
-    let out = net
-        .exec(container, &["nslookup", name, &gateway])
-        .output()
-        .unwrap();
+    let out = net.exec_output(container, &["nslookup", name, &gateway]);
     String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
 }
 

@@ -313,8 +313,27 @@ impl Net {
         cmd
     }
 
+    /// Runs `args` in the container. Podman's own failures (exit 125, such as conmon's
+    /// "container create failed ... EOF" under load) are tried again, twice at most, and
+    /// reported; the command's own exit status is returned as it is.
+    pub fn exec_output(&self, container: &str, args: &[&str]) -> Output {
+        const PODMAN_FAILED: i32 = 125;
+        let mut tries = 0;
+        loop {
+            let out = self.exec(container, args).output().unwrap();
+            tries += 1;
+            if out.status.code() != Some(PODMAN_FAILED) || tries == 3 {
+                return out;
+            }
+            eprintln!(
+                "podman exec {container} {args:?} failed, trying again: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
     pub fn exec_ok(&self, container: &str, args: &[&str]) -> String {
-        let out = self.exec(container, args).output().unwrap();
+        let out = self.exec_output(container, args);
         assert!(
             out.status.success(),
             "{args:?} in {container}: {}{}",
@@ -370,11 +389,19 @@ impl Net {
     }
 
     /// The address `ip addr` shows inside the container on `ifname`.
+    /// The IPv4 address on `ifname` in the container; None when it has no such interface or no
+    /// address. Any other failure of `podman exec` panics with what it said (busybox `ip` says
+    /// "can't find device", iproute2 "does not exist").
     pub fn address_inside(&self, container: &str, ifname: &str) -> Option<Ipv4Net> {
-        let out = self
-            .exec(container, &["ip", "-4", "-o", "addr", "show", ifname])
-            .output()
-            .unwrap();
+        let out = self.exec_output(container, &["ip", "-4", "-o", "addr", "show", ifname]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success()
+                || stderr.contains("can't find device")
+                || stderr.contains("does not exist"),
+            "ip addr show {ifname} in {container} ({:?}): {stderr}",
+            self.backend
+        );
         let text = String::from_utf8_lossy(&out.stdout);
         text.split_whitespace()
             .skip_while(|w| *w != "inet")
