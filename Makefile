@@ -7,7 +7,9 @@
 #   make deb                  target/debian/flatnet_<version>-1_<arch>.deb (cargo-deb)
 #   make bench, bench-quick   measurements (docs/benchmark.md); bench adds bench-paths
 #   make bench-anchors        the data plane against Nebula and boringtun, same rounds (installs them)
-#   make bench-convergence    30 hosts on etcd, 10 containers each: how fast routes spread
+#   make bench-convergence    30 real daemons, then 300 hosts (270 light) on etcd, 10
+#                             containers each on 10 networks: how fast routes spread, etcd's
+#                             load, and a leader killed at that size
 #   make bench-paths          first reply across a punched path and a relay, 30 rounds each
 #                             (p50, p99); one stream through a relay against direct
 #   make fuzz                 every fuzz target for FUZZ_SECONDS (300) each (cargo fuzz)
@@ -106,12 +108,15 @@ bench-anchors: build
 	scripts/install-anchors.sh
 	python3 scripts/bench.py --anchors
 
-# CI runs the same benchmark with 4 hosts and 3 containers each.
-BENCH_HOSTS ?= 30
-BENCH_PER_HOST ?= 10
+# CI runs 4 real daemons and 36 light hosts, 4 containers each on 3 networks (the defaults).
+SCALE_REAL ?= 30
+SCALE_LIGHT ?= 270
+SCALE_PER_HOST ?= 10
+SCALE_NETWORKS ?= 10
 bench-convergence: build
-	FLATNET_BENCH_HOSTS=$(BENCH_HOSTS) FLATNET_BENCH_PER_HOST=$(BENCH_PER_HOST) cargo test \
-		--release -p flatnetd --test etcd_convergence -- --nocapture
+	FLATNET_SCALE_REAL=$(SCALE_REAL) FLATNET_SCALE_LIGHT=$(SCALE_LIGHT) \
+		FLATNET_SCALE_PER_HOST=$(SCALE_PER_HOST) FLATNET_SCALE_NETWORKS=$(SCALE_NETWORKS) \
+		cargo test --release -p flatnetd --test etcd_scale -- --nocapture
 
 # CI runs 3 rounds and 50 MB (the tests' defaults).
 PATH_ROUNDS ?= 30

@@ -257,6 +257,7 @@ fn register_daemon(registry: &mut Registry, status: &DaemonStatus) {
         ("flatnet_lighthouse_full_reads", "Times a part of the lighthouse was read whole (etcd: at start, and after a compaction)", None, lighthouse.full_reads),
         ("flatnet_lighthouse_resumed_watches", "etcd watches started again from the revision they had reached", None, lighthouse.resumed_watches),
         ("flatnet_lighthouse_read", "Key and value bytes read from the lighthouse (etcd)", Some(Unit::Bytes), lighthouse.read_bytes),
+        ("flatnet_lighthouse_routes_withdrawn", "Routes taken away or pointed to another host", None, status.routes_withdrawn),
     ];
     single_counters(registry, &follows);
     gauge(
@@ -374,6 +375,7 @@ mod tests {
             uptime_ms: 61_000,
             rss_kib: 4096,
             routes: 5,
+            routes_withdrawn: 2,
             refused_entries: 0,
             certificate_not_after: Some(1_900_000_000),
             containers: vec![

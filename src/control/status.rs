@@ -39,6 +39,10 @@ pub struct DaemonStatus {
     pub rss_kib: u64,
     /// Flatnet addresses the route table maps to hosts.
     pub routes: usize,
+    /// Routes taken away since the daemon started (containers gone, entries no longer
+    /// believed): what a lighthouse outage that changed nothing must leave alone.
+    #[serde(default)]
+    pub routes_withdrawn: u64,
     /// Lighthouse entries refused (not vouched for by the network CA).
     pub refused_entries: usize,
     /// With etcd: Unix seconds after which this host's own certificate is void.

@@ -13,7 +13,8 @@
 //! member), [`members`] and [`queues`] (what is served: one TUN queue per member, by slot),
 //! [`routes`] (the lighthouse's table), [`resolver`], [`forwarder`], [`seal_workers`]. Kernel
 //! I/O that knows nothing of them is in [`io`]; threads beside the packet thread, which reach
-//! it only through the command channel, in [`services`].
+//! it only through the command channel, in [`services`]. [`LightHost`] runs the lighthouse
+//! follower and the route table alone, for simulations of hundreds of hosts.
 
 mod candidates;
 mod forwarder;
@@ -22,6 +23,7 @@ pub mod fuzzing;
 mod handshake_memory;
 mod inside;
 mod io;
+mod light_host;
 mod local;
 mod members;
 mod outside;
@@ -34,6 +36,9 @@ mod services;
 
 use io::{batch, coalesce, fragment, icmp, idle_poll, lanes, offload, packet};
 use services::{control_server, follower, metrics_server, notify, publisher, signals};
+
+pub use light_host::LightHost;
+pub use routes::Route;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -671,6 +676,7 @@ impl Daemon {
             uptime_ms: now.duration_since(self.started).as_millis() as u64,
             rss_kib: rss_kib(),
             routes: self.routes.len(),
+            routes_withdrawn: self.routes.withdrawn(),
             refused_entries: self.routes.refused(),
             certificate_not_after: self.own_not_after,
             containers: self.queues.iter().map(member_status).collect(),

@@ -73,6 +73,9 @@ pub struct RouteTable {
     revocations: HashMap<String, RevocationList>,
     /// Where else hosts may be reached.
     candidates: CandidateBook,
+    /// Routes taken away or pointed elsewhere so far (deleted, no longer believed, moved to
+    /// another host): a lighthouse that reconnects without a change must not move this.
+    withdrawn: u64,
 }
 
 impl RouteTable {
@@ -133,6 +136,11 @@ impl RouteTable {
 
     pub fn len(&self) -> usize {
         self.routes.len()
+    }
+
+    /// Routes withdrawn or changed since the table was made.
+    pub fn withdrawn(&self) -> u64 {
+        self.withdrawn
     }
 
     /// Tells the table that this host serves `network`, with `subnet`, under `network_id`.
@@ -198,6 +206,8 @@ impl RouteTable {
                 candidates,
             } => {
                 let delisted: Vec<PublicKey> = self.keys.keys().copied().collect();
+                let old: Vec<(Address, Route)> =
+                    self.routes.iter().map(|(a, k)| (*a, k.route)).collect();
                 *self = RouteTable {
                     trust: self.trust.take(),
                     admit_certified: self.admit_certified,
@@ -206,6 +216,7 @@ impl RouteTable {
                     // Kept, so that the keys whose lists are gone are reported.
                     candidates: std::mem::take(&mut self.candidates),
                     delisted,
+                    withdrawn: self.withdrawn,
                     ..Default::default()
                 };
                 for cert in certs {
@@ -215,6 +226,8 @@ impl RouteTable {
                     self.put(published);
                 }
                 self.candidates.reset(candidates);
+                let gone = old.iter().filter(|(a, r)| self.route(a.0, a.1) != Some(*r));
+                self.withdrawn += gone.count() as u64;
             }
             Change::Hosts { certs, candidates } => {
                 self.replace_certs(certs);
@@ -433,6 +446,7 @@ impl RouteTable {
 
     /// Routes an address to the first of its claimants that is believed, if any.
     fn settle(&mut self, address: Address) {
+        let before = self.route(address.0, address.1);
         self.uninstall(address);
         let claimants: Vec<String> = self
             .claimants
@@ -454,6 +468,10 @@ impl RouteTable {
         }
         if let Some(entry) = chosen {
             self.install(address, entry);
+        }
+        let after = self.route(address.0, address.1);
+        if before.is_some() && after != before {
+            self.withdrawn += 1;
         }
     }
 
@@ -603,6 +621,7 @@ mod tests {
         assert!(table.is_listed(&[1; 32]) && table.is_listed(&[2; 32]));
 
         table.apply(delete("", "10.0.0.3"));
+        assert_eq!(table.withdrawn(), 1);
         let web: Ipv4Addr = "10.0.0.2".parse().unwrap();
         assert_eq!(table.addresses_of(network_id, "web").unwrap(), [web]);
         assert_eq!(table.addresses_of(network_id, "db"), None);
@@ -618,12 +637,21 @@ mod tests {
         table.apply(Change::Put(anonymous(entry("10.0.0.4", 3, &[]))));
         assert!(!table.is_listed(&[2; 32]));
         assert_eq!(table.len(), 1);
+        assert_eq!(table.withdrawn(), 3, "a route that moved counts");
+        let same = || Change::Reset {
+            certs: vec![],
+            entries: vec![anonymous(entry("10.0.0.4", 3, &[]))],
+            candidates: vec![],
+        };
+        table.apply(same());
+        assert_eq!(table.withdrawn(), 3, "read again, unchanged");
         table.apply(Change::Reset {
             certs: vec![],
             entries: vec![],
             candidates: vec![],
         });
         assert_eq!(table.len(), 0);
+        assert_eq!(table.withdrawn(), 4);
         assert!(!table.is_listed(&[3; 32]));
     }
 
@@ -693,6 +721,7 @@ mod tests {
             "network m is untouched"
         );
         assert!(table.take_delisted().is_empty(), "host 2 still serves m");
+        assert_eq!(table.withdrawn(), 1, "only 10.0.0.3 went");
 
         // No longer followed: nothing of n is held.
         table.apply(Change::Network {

@@ -174,6 +174,17 @@ impl Etcd {
         cert
     }
 
+    /// A client certificate whose common name is `name` (the etcd user it logs in as, which
+    /// the caller makes), made on first use.
+    pub fn certificate(&self, name: &str) -> ClientCert {
+        self.identity(name).0
+    }
+
+    /// The administrator's (`root`) client certificate.
+    pub fn root(&self) -> ClientCert {
+        self.certificate("root")
+    }
+
     /// A client certificate whose common name is `name`, and whether it was made now.
     fn identity(&self, name: &str) -> (ClientCert, bool) {
         let cert = self.certs.path().join(format!("{name}.pem"));
@@ -309,26 +320,27 @@ impl Etcd {
 
     /// The member that leads now.
     pub fn leader(&self) -> usize {
+        self.leader_now().expect("a member leads")
+    }
+
+    /// The member that leads now, if one does (none during an election).
+    pub fn leader_now(&self) -> Option<usize> {
         let out = self.etcdctl(
             &self.live_endpoints(),
             &["endpoint", "status", "-w", "json"],
         );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let members: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let members = members.as_array().unwrap();
-        let leader = &members[0]["Status"]["leader"];
+        if !out.status.success() {
+            return None;
+        }
+        let members: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let members = members.as_array()?;
+        let leader = &members.first()?["Status"]["leader"];
         let at = members
             .iter()
-            .find(|m| m["Status"]["header"]["member_id"] == *leader)
-            .expect("a member leads")["Endpoint"]
-            .as_str()
-            .unwrap()
+            .find(|m| m["Status"]["header"]["member_id"] == *leader)?["Endpoint"]
+            .as_str()?
             .to_string();
-        self.endpoints().iter().position(|e| *e == at).unwrap()
+        self.endpoints().iter().position(|e| *e == at)
     }
 
     /// The cluster's revision now.

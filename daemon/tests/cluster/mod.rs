@@ -9,6 +9,7 @@
 
 pub mod etcd;
 pub mod flood;
+pub mod light;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::Ipv4Addr;
@@ -195,8 +196,23 @@ impl Cluster {
     }
 
     pub fn with_etcd_in(hosts: usize, members: usize, subnet: &str) -> Cluster {
+        let network = ("multihost".to_string(), subnet.to_string());
+        Cluster::with_etcd_networks(hosts, members, &[network])
+    }
+
+    /// Hosts on etcd whose certificates name every one of `networks` (name, subnet), with
+    /// their block in each; attaches join the first until `network` and `subnet` are changed.
+    pub fn with_etcd_networks(
+        hosts: usize,
+        members: usize,
+        networks: &[(String, String)],
+    ) -> Cluster {
         let mut cluster = Cluster::wire_only();
-        cluster.subnet = subnet.into();
+        let ((first, subnet), others) = networks.split_first().expect("a network");
+        cluster.network = first.clone();
+        cluster.subnet = subnet.clone();
+        cluster.also_certified = others.iter().map(|(name, _)| name.clone()).collect();
+        cluster.also_granted = others.iter().map(|(_, subnet)| subnet.clone()).collect();
         cluster.etcd = Some(etcd::Etcd::start(&cluster.wire, members));
         let ca = tempfile::Builder::new()
             .prefix("flatnet-network-ca-")
@@ -1223,7 +1239,7 @@ pub fn wait_routes(cluster: &Cluster, hosts: &[usize], n: u64) -> Duration {
 }
 
 /// Host `host`'s block of `subnet`: a /27, the first one left for the gateway.
-fn block_in(subnet: &str, host: usize) -> ipnet::Ipv4Net {
+pub fn block_in(subnet: &str, host: usize) -> ipnet::Ipv4Net {
     let subnet: ipnet::Ipv4Net = subnet.parse().unwrap();
     let start = u32::from(subnet.network()) + 32 * (host as u32 + 1);
     ipnet::Ipv4Net::new(Ipv4Addr::from(start), 27).unwrap()
