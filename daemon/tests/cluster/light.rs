@@ -20,7 +20,7 @@ use etcd_client::{Client, ConnectOptions, Identity, Permission, TlsOptions};
 use flatnet::cert::{self, CaKey, CertNetwork, Grant, NetworkRegistry, TrustBundle};
 use flatnet::dataplane::LightHost;
 use flatnet::lighthouse::{
-    Candidates, EtcdLighthouse, EtcdSettings, FeedHealth, HostInfo, Lighthouse,
+    Candidates, EtcdLighthouse, EtcdSettings, FeedHealth, HostInfo, Lighthouse, DEFAULT_LEASE_TTL_S,
 };
 use flatnet::netns::NetworkNamespace;
 use flatnet::tunnel::encode_key;
@@ -29,7 +29,7 @@ use super::etcd::Etcd;
 use super::{block_in, Cluster};
 
 /// How long a light host's thread waits for its feed before it looks at its flags again.
-const IDLE: Duration = Duration::from_millis(200);
+const IDLE: Duration = Duration::from_secs(1);
 
 /// A network the simulation runs: its name, subnet and the identifier the network CA gave it.
 #[derive(Clone)]
@@ -266,7 +266,8 @@ fn connect(
         ca_file: etcd.ca_file(),
         cert_file: client.cert,
         key_file: client.key,
-        lease_ttl_s: super::etcd::LEASE_TTL_S,
+        // flatnetd's default: etcd sees the keepalives production brings.
+        lease_ttl_s: DEFAULT_LEASE_TTL_S,
         network_ca_file: PathBuf::new(),
         host_cert_file: PathBuf::new(),
     };
