@@ -313,16 +313,21 @@ impl Net {
         cmd
     }
 
-    /// Runs `args` in the container. Podman's own failures (exit 125, such as conmon's
-    /// "container create failed ... EOF" under load) are tried again, twice at most, and
-    /// reported; the command's own exit status is returned as it is.
+    /// Runs `args` in the container. Podman's and the OCI runtime's own failures under load
+    /// (exit 125; "OCI runtime error", such as runc's "read init-p: connection reset by
+    /// peer" or conmon's "container create failed ... EOF") are tried again, twice at most,
+    /// and reported; the command's own exit status is returned as it is.
     pub fn exec_output(&self, container: &str, args: &[&str]) -> Output {
         const PODMAN_FAILED: i32 = 125;
+        let runtime_failed = |out: &Output| {
+            out.status.code() == Some(PODMAN_FAILED)
+                || String::from_utf8_lossy(&out.stderr).starts_with("Error: OCI runtime error")
+        };
         let mut tries = 0;
         loop {
             let out = self.exec(container, args).output().unwrap();
             tries += 1;
-            if out.status.code() != Some(PODMAN_FAILED) || tries == 3 {
+            if !runtime_failed(&out) || tries == 3 {
                 return out;
             }
             eprintln!(
