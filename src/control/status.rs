@@ -39,8 +39,8 @@ pub struct DaemonStatus {
     pub rss_kib: u64,
     /// Flatnet addresses the route table maps to hosts.
     pub routes: usize,
-    /// Routes taken away since the daemon started (containers gone, entries no longer
-    /// believed): what a lighthouse outage that changed nothing must leave alone.
+    /// Routes taken away or moved to another host since the daemon started (containers
+    /// gone, entries no longer believed): a lighthouse outage that changed nothing leaves it.
     #[serde(default)]
     pub routes_withdrawn: u64,
     /// Lighthouse entries refused (not vouched for by the network CA).

@@ -638,12 +638,11 @@ mod tests {
         assert!(!table.is_listed(&[2; 32]));
         assert_eq!(table.len(), 1);
         assert_eq!(table.withdrawn(), 3, "a route that moved counts");
-        let same = || Change::Reset {
+        table.apply(Change::Reset {
             certs: vec![],
             entries: vec![anonymous(entry("10.0.0.4", 3, &[]))],
             candidates: vec![],
-        };
-        table.apply(same());
+        });
         assert_eq!(table.withdrawn(), 3, "read again, unchanged");
         table.apply(Change::Reset {
             certs: vec![],
