@@ -18,7 +18,7 @@
 
 mod cluster;
 
-use flatnet_test_support::needs_root;
+use flatnet_test_support::{needs_root, setting};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
@@ -31,13 +31,6 @@ use cluster::*;
 
 /// How long a probe waits for its first answer before the run counts as not converged.
 const PROBE_LIMIT_S: &str = "10";
-
-fn setting(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn now_s() -> f64 {
     SystemTime::now()

@@ -8,7 +8,7 @@
 //! backend; `make kill-campaign`: 200 and 1000).
 
 use flatnet_test_support as support;
-use flatnet_test_support::needs_podman;
+use flatnet_test_support::{needs_podman, setting};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,13 +19,6 @@ use flatnet_test_support::podman::{chroot_dir, in_chroot, Backend, Net, NetOptio
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_flatnetd");
 const STATE_DIR: &str = "/run/flatnet-kill";
-
-fn count(variable: &str, default: usize) -> usize {
-    std::env::var(variable)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// A small deterministic generator: the seed is printed, so a failing round can be replayed.
 struct Rng(u64);
@@ -239,7 +232,7 @@ fn applies(backend: Backend, point: &str) -> bool {
 }
 
 fn kill_campaign(backend: Backend) {
-    let kills = count("FLATNET_KILLS", 20);
+    let kills = setting("FLATNET_KILLS", 20);
     let seed = seed();
     let mut rng = Rng(seed);
     let net = kill_net(backend);
@@ -322,7 +315,7 @@ fn rss_kib(backend: Backend) -> u64 {
 }
 
 fn start_stop_cycles(backend: Backend) {
-    let cycles = count("FLATNET_CYCLES", 30);
+    let cycles = setting("FLATNET_CYCLES", 30);
     let net = kill_net(backend);
     let mut rss = Vec::new();
     let started = Instant::now();

@@ -331,6 +331,14 @@ pub fn assert_documented(page: &str, terms: &[&str]) {
     }
 }
 
+/// A size a long run takes from the environment (`make` targets set it), else `default`.
+pub fn setting(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Polls `ready` (a readiness check: a file appears, a port answers) until it holds; fails the
 /// test after `limit`.
 pub fn wait_until(limit: std::time::Duration, mut ready: impl FnMut() -> bool) {
