@@ -2,11 +2,11 @@
 //! plugins (last in an attach, first to go in a detach) and read by the data plane to know
 //! which TUN devices to serve. The record is the source of truth for both.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use ipnet::Ipv4Net;
-use serde::{Deserialize, Serialize};
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::error::{Error, Result};
 use crate::netns::NetnsId;
@@ -30,9 +30,13 @@ pub struct Attachment {
     pub container_id: String,
     pub ifname: String,
     pub netns: PathBuf,
-    /// The container's address with the subnet's prefix length.
-    pub address: Ipv4Net,
-    pub gateway: Ipv4Addr,
+    /// The container's addresses, one per subnet of the network (IPv4 first), each with its
+    /// subnet's prefix length. A record of an IPv4-only Flatnet has one `address`.
+    #[serde(alias = "address", deserialize_with = "one_or_more")]
+    pub addresses: Vec<IpNet>,
+    /// The subnets' gateways, in the same order (`gateway` in an older record).
+    #[serde(alias = "gateway", deserialize_with = "one_or_more")]
+    pub gateways: Vec<IpAddr>,
     /// TUN devices have no MAC; runtimes insist on one, so report a stable, locally
     /// administered one derived from the address.
     pub mac: String,
@@ -56,6 +60,29 @@ impl Attachment {
     pub fn wire_network_id(&self) -> NetworkId {
         network_id::or_legacy(self.network_id, &self.network)
     }
+
+    /// The container's addresses without their prefix lengths.
+    pub fn ips(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.addresses.iter().map(IpNet::addr)
+    }
+}
+
+/// A list, or (as older records wrote it) a single value.
+pub(crate) fn one_or_more<'de, D, T>(deserializer: D) -> std::result::Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMore<T> {
+        One(T),
+        More(Vec<T>),
+    }
+    Ok(match OneOrMore::deserialize(deserializer)? {
+        OneOrMore::One(one) => vec![one],
+        OneOrMore::More(more) => more,
+    })
 }
 
 /// The record of one container on one network; `None` if it has none.
@@ -110,9 +137,16 @@ pub fn check_container_id(id: &str) -> Result<()> {
     check_name("container ID", id, 255).map_err(Error::InvalidRequest)
 }
 
-/// The locally administered MAC reported for an address: 02:46 ('F') then the four octets.
-pub fn mac_for(ip: Ipv4Addr) -> String {
-    let [a, b, c, d] = ip.octets();
+/// The locally administered MAC reported for an address: 02:46 ('F') then its last four
+/// octets (all of an IPv4 address).
+pub fn mac_for(ip: IpAddr) -> String {
+    let [a, b, c, d] = match ip {
+        IpAddr::V4(v4) => v4.octets(),
+        IpAddr::V6(v6) => {
+            let o = v6.octets();
+            [o[12], o[13], o[14], o[15]]
+        }
+    };
     format!("02:46:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
 }
 
@@ -137,5 +171,21 @@ mod tests {
             .expect("serde's error");
         assert!(json.is_eof(), "{json}");
         assert!(err.to_string().contains("c1.json"), "{err}");
+    }
+
+    /// A record an IPv4-only Flatnet wrote (one `address`, one `gateway`) is read as a
+    /// record with one address, and written back in the new form.
+    #[test]
+    fn an_older_single_address_record_is_read() {
+        let old = r#"{"version": 1, "network": "n", "container_id": "c1", "ifname": "eth0",
+            "netns": "/run/netns/x", "address": "10.77.0.2/16", "gateway": "10.77.0.1",
+            "mac": "02:46:0a:4d:00:02", "mtu": 1416}"#;
+        let record: Attachment = serde_json::from_str(old).unwrap();
+        assert_eq!(record.addresses, ["10.77.0.2/16".parse::<IpNet>().unwrap()]);
+        assert_eq!(record.gateways, ["10.77.0.1".parse::<IpAddr>().unwrap()]);
+        let again = serde_json::to_value(&record).unwrap();
+        assert_eq!(again["addresses"][0], "10.77.0.2/16");
+        let back: Attachment = serde_json::from_value(again).unwrap();
+        assert_eq!(back, record);
     }
 }

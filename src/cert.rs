@@ -10,13 +10,13 @@
 //! Both kinds of certificate are small JSON documents; the signature covers the certificate's
 //! fields as serialised in their fixed order.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::Path;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -124,7 +124,7 @@ pub struct HostCert {
     /// The host's Noise (X25519) public key, base64.
     pub public_key: String,
     /// The addresses the host may serve, on the networks below.
-    pub blocks: Vec<Ipv4Net>,
+    pub blocks: Vec<IpNet>,
     /// The networks the host may serve, with the identifiers the CA allotted them (none in a
     /// version 1 certificate, which is read only to be refused).
     #[serde(default)]
@@ -152,7 +152,7 @@ pub struct CertNetwork {
 /// What the CA grants a host, besides its name and key.
 #[derive(Debug, Clone)]
 pub struct Grant {
-    pub blocks: Vec<Ipv4Net>,
+    pub blocks: Vec<IpNet>,
     pub networks: Vec<CertNetwork>,
     pub any_network: bool,
     pub not_after: u64,
@@ -164,7 +164,7 @@ struct Signed<'a> {
     version: u32,
     name: &'a str,
     public_key: &'a str,
-    blocks: &'a [Ipv4Net],
+    blocks: &'a [IpNet],
     networks: &'a [CertNetwork],
     any_network: bool,
     not_after: u64,
@@ -327,7 +327,7 @@ impl CaKey {
             version: VERSION,
             name: name.to_string(),
             public_key: public_key.to_string(),
-            blocks: grant.blocks.iter().map(Ipv4Net::trunc).collect(),
+            blocks: grant.blocks.iter().map(IpNet::trunc).collect(),
             networks: grant.networks,
             any_network: grant.any_network,
             not_after: grant.not_after,
@@ -372,7 +372,7 @@ impl HostCert {
     }
 
     /// Whether the certificate lets its host serve `ip`.
-    pub fn grants(&self, ip: Ipv4Addr) -> bool {
+    pub fn grants(&self, ip: IpAddr) -> bool {
         self.blocks.iter().any(|b| b.contains(&ip))
     }
 
@@ -387,12 +387,12 @@ impl HostCert {
     }
 
     /// Whether an entry for `ip` on `network` tagged `id` is one this certificate vouches for.
-    pub fn vouches_for(&self, network: &str, id: NetworkId, ip: Ipv4Addr) -> bool {
+    pub fn vouches_for(&self, network: &str, id: NetworkId, ip: IpAddr) -> bool {
         self.grants(ip) && self.network_id(network) == Some(id)
     }
 
     /// The parts of `subnet` the certificate grants.
-    pub fn blocks_in(&self, subnet: Ipv4Net) -> Vec<Ipv4Net> {
+    pub fn blocks_in(&self, subnet: IpNet) -> Vec<IpNet> {
         self.blocks
             .iter()
             .filter_map(|b| {
@@ -526,7 +526,7 @@ mod tests {
     #[test]
     fn a_signed_certificate_verifies_and_grants_its_blocks_on_its_networks_only() {
         let (ca_key, ca) = CaKey::generate("net-ca").unwrap();
-        let block: Ipv4Net = "198.51.100.64/26".parse().unwrap();
+        let block: IpNet = "198.51.100.64/26".parse().unwrap();
         let cert = ca_key
             .sign(
                 "host-a",

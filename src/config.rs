@@ -7,13 +7,15 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 
 use crate::error::{Error, Result};
 use crate::lighthouse::{LighthouseInput, LighthouseSettings};
 use crate::state::{check_name, NetworkDirs, StateDir};
 
 pub const DEFAULT_SUBNET: &str = "10.77.0.0/16";
+/// The IPv6 subnet a network asked to be dual-stack (`--ipv6`) without naming one gets.
+pub const DEFAULT_SUBNET6: &str = "fd77::/64";
 pub const DEFAULT_STATE_DIR: &str = "/run/flatnet";
 pub const DEFAULT_TUNNEL_PORT: u16 = 4800;
 /// Bytes a tunnelled packet adds on the underlay: IPv6 header (40, the worst case) + UDP (8)
@@ -28,9 +30,8 @@ const MTU_RANGE: std::ops::RangeInclusive<u32> = 576..=(9000 - TUNNEL_OVERHEAD);
 pub struct FlatnetConfig {
     /// Network name; also names the network's state directory.
     pub network: String,
-    pub subnet: Ipv4Net,
-    /// Reserved for the host's own member of the network; never given to a container.
-    pub gateway: Ipv4Addr,
+    /// One subnet per address family, IPv4 first: a network is IPv4, IPv6 or dual-stack.
+    pub subnets: Vec<Subnet>,
     pub mtu: u32,
     pub state_dir: StateDir,
     /// The file lighthouse (Phase 1's LighthouseClient backend) or an etcd cluster.
@@ -52,13 +53,43 @@ pub struct FlatnetConfig {
     pub dns_upstreams: Option<Vec<SocketAddr>>,
 }
 
+/// One address family's part of a network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subnet {
+    pub net: IpNet,
+    /// Reserved for the host's own member of the network; never given to a container.
+    pub gateway: IpAddr,
+}
+
+impl Subnet {
+    pub fn is_ipv4(&self) -> bool {
+        self.net.addr().is_ipv4()
+    }
+}
+
+/// A subnet as a front end gave it, with its gateway if one was given.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SubnetInput {
+    pub subnet: String,
+    pub gateway: Option<String>,
+}
+
+impl SubnetInput {
+    pub fn new(subnet: impl Into<String>, gateway: Option<String>) -> Self {
+        SubnetInput {
+            subnet: subnet.into(),
+            gateway,
+        }
+    }
+}
+
 /// Raw, unvalidated settings as text, the common denominator of JSON numbers and netavark's
 /// string options. `None` means "use the default".
 #[derive(Debug, Clone, Default)]
 pub struct ConfigInput {
     pub network: String,
-    pub subnet: Option<String>,
-    pub gateway: Option<String>,
+    /// None: the default subnet alone.
+    pub subnets: Vec<SubnetInput>,
     pub mtu: Option<String>,
     pub state_dir: Option<String>,
     pub lighthouse: LighthouseInput,
@@ -74,11 +105,7 @@ pub struct ConfigInput {
 impl FlatnetConfig {
     pub fn from_input(input: ConfigInput) -> Result<Self> {
         check_name("network name", &input.network, 200).map_err(Error::InvalidConfig)?;
-        let subnet = parse_subnet(input.subnet.as_deref().unwrap_or(DEFAULT_SUBNET))?;
-        let gateway = match input.gateway.as_deref() {
-            Some(text) => parse_gateway(text, subnet)?,
-            None => first_host(subnet),
-        };
+        let subnets = parse_subnets(&input.subnets)?;
         let mtu = match input.mtu.as_deref() {
             Some(text) => parse_mtu(text)?,
             None => DEFAULT_MTU,
@@ -111,8 +138,7 @@ impl FlatnetConfig {
             .transpose()?;
         Ok(FlatnetConfig {
             network: input.network,
-            subnet,
-            gateway,
+            subnets,
             mtu,
             state_dir,
             lighthouse,
@@ -128,6 +154,20 @@ impl FlatnetConfig {
     pub fn dirs(&self) -> NetworkDirs {
         self.state_dir.network(&self.network)
     }
+
+    /// The IPv4 subnet and its gateway, if the network has one.
+    pub fn ipv4(&self) -> Option<(Ipv4Net, Ipv4Addr)> {
+        self.subnets.iter().find_map(|s| match (s.net, s.gateway) {
+            (IpNet::V4(net), IpAddr::V4(gateway)) => Some((net, gateway)),
+            _ => None,
+        })
+    }
+
+    /// The subnets, comma-separated, for messages.
+    pub fn subnets_text(&self) -> String {
+        let all: Vec<String> = self.subnets.iter().map(|s| s.net.to_string()).collect();
+        all.join(", ")
+    }
 }
 
 /// Where a host's data plane listens, and is reached, when no endpoint is configured: loopback,
@@ -140,10 +180,45 @@ fn invalid(msg: String) -> Error {
     Error::InvalidConfig(msg)
 }
 
-fn parse_subnet(text: &str) -> Result<Ipv4Net> {
-    let net: Ipv4Net = text.parse().map_err(|_| {
+/// The subnets of a network: the default if none is given, else at most one per family.
+fn parse_subnets(inputs: &[SubnetInput]) -> Result<Vec<Subnet>> {
+    let default = [SubnetInput::new(DEFAULT_SUBNET, None)];
+    let inputs = if inputs.is_empty() {
+        &default[..]
+    } else {
+        inputs
+    };
+    let mut subnets = Vec::with_capacity(inputs.len());
+    for input in inputs {
+        let net = parse_subnet(&input.subnet)?;
+        let gateway = match input.gateway.as_deref() {
+            Some(text) => parse_gateway(text, net)?,
+            None => first_host(net),
+        };
+        if let Some(same) = subnets
+            .iter()
+            .find(|s: &&Subnet| s.is_ipv4() == net.addr().is_ipv4())
+        {
+            return Err(invalid(format!(
+                "subnets {} and {net} are of one address family: a network has at most one \
+                 IPv4 and one IPv6 subnet",
+                same.net
+            )));
+        }
+        subnets.push(Subnet { net, gateway });
+    }
+    subnets.sort_by_key(|s| !s.is_ipv4());
+    Ok(subnets)
+}
+
+/// Prefix lengths an IPv6 subnet may have: a /48 holds 65,536 hosts' /64 blocks; a /120 still
+/// leaves a gateway, a host member and containers.
+const IPV6_PREFIX: std::ops::RangeInclusive<u8> = 48..=120;
+
+fn parse_subnet(text: &str) -> Result<IpNet> {
+    let net: IpNet = text.parse().map_err(|_| {
         invalid(format!(
-            "subnet {text:?} is not an IPv4 CIDR such as {DEFAULT_SUBNET} (Flatnet networks are IPv4)"
+            "subnet {text:?} is not a CIDR such as {DEFAULT_SUBNET} or fd77::/64"
         ))
     })?;
     if net.network() != net.addr() {
@@ -152,18 +227,46 @@ fn parse_subnet(text: &str) -> Result<Ipv4Net> {
             net.trunc()
         )));
     }
-    if net.prefix_len() > 30 {
+    if let Some(why) = unusable_range(net.addr()) {
         return Err(invalid(format!(
-            "subnet {text:?} is too small: a /30 or larger is needed for a gateway and a container"
+            "subnet {text:?} is {why}: it cannot carry containers"
         )));
     }
-    Ok(net)
+    match net {
+        IpNet::V4(v4) if v4.prefix_len() > 30 => Err(invalid(format!(
+            "subnet {text:?} is too small: a /30 or larger is needed for a gateway and a container"
+        ))),
+        IpNet::V6(v6) if !IPV6_PREFIX.contains(&v6.prefix_len()) => Err(invalid(format!(
+            "IPv6 subnet {text:?} must be from /{} to /{}",
+            IPV6_PREFIX.start(),
+            IPV6_PREFIX.end()
+        ))),
+        _ => Ok(net),
+    }
 }
 
-fn parse_gateway(text: &str, subnet: Ipv4Net) -> Result<Ipv4Addr> {
-    let ip: Ipv4Addr = text
+/// Why addresses in this range cannot be a network's, if they cannot.
+fn unusable_range(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        IpAddr::V4(v4) if v4.is_multicast() || v4.is_broadcast() => Some("multicast"),
+        IpAddr::V4(v4) if v4.is_link_local() => Some("link-local"),
+        IpAddr::V4(v4) if v4.is_loopback() || v4.is_unspecified() => {
+            Some("loopback or unspecified")
+        }
+        IpAddr::V6(v6) if v6.is_multicast() => Some("multicast"),
+        IpAddr::V6(v6) if v6.is_unicast_link_local() => Some("link-local"),
+        IpAddr::V6(v6) if v6.is_loopback() || v6.is_unspecified() => {
+            Some("loopback or unspecified")
+        }
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some() => Some("IPv4-mapped"),
+        _ => None,
+    }
+}
+
+fn parse_gateway(text: &str, subnet: IpNet) -> Result<IpAddr> {
+    let ip: IpAddr = text
         .parse()
-        .map_err(|_| invalid(format!("gateway {text:?} is not an IPv4 address")))?;
+        .map_err(|_| invalid(format!("gateway {text:?} is not an IP address")))?;
     if !subnet.contains(&ip) || ip == subnet.network() || ip == subnet.broadcast() {
         return Err(invalid(format!(
             "gateway {ip} is not a host address of subnet {subnet}"
@@ -211,7 +314,8 @@ fn parse_bool(field: &str, text: &str) -> Result<bool> {
     }
 }
 
-/// `192.0.2.53` or `192.0.2.53:5353`, comma-separated; port 53 unless given.
+/// `192.0.2.53`, `192.0.2.53:5353`, `2001:db8::53` or `[2001:db8::53]:5353`, comma-separated;
+/// port 53 unless given.
 fn parse_upstreams(text: &str) -> Result<Vec<SocketAddr>> {
     text.split(',')
         .map(str::trim)
@@ -219,20 +323,21 @@ fn parse_upstreams(text: &str) -> Result<Vec<SocketAddr>> {
         .map(|t| {
             t.parse::<SocketAddr>()
                 .or_else(|_| t.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
-                .ok()
-                .filter(SocketAddr::is_ipv4)
-                .ok_or_else(|| {
+                .map_err(|_| {
                     invalid(format!(
-                        "dnsUpstreams entry {t:?} is not an IPv4 address or address:port"
+                        "dnsUpstreams entry {t:?} is not an IP address or address:port"
                     ))
                 })
         })
         .collect()
 }
 
-/// The first host address of a subnet: 10.77.0.0/16 -> 10.77.0.1.
-pub fn first_host(subnet: Ipv4Net) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(subnet.network()) + 1)
+/// The first host address of a subnet: 10.77.0.0/16 -> 10.77.0.1, fd77::/64 -> fd77::1.
+pub fn first_host(subnet: IpNet) -> IpAddr {
+    match subnet {
+        IpNet::V4(v4) => Ipv4Addr::from(u32::from(v4.network()) + 1).into(),
+        IpNet::V6(v6) => std::net::Ipv6Addr::from(u128::from(v6.network()) + 1).into(),
+    }
 }
 
 #[cfg(test)]
@@ -249,8 +354,12 @@ mod tests {
     #[test]
     fn defaults_fill_every_field() {
         let cfg = FlatnetConfig::from_input(input("flat")).unwrap();
-        assert_eq!(cfg.subnet.to_string(), DEFAULT_SUBNET);
-        assert_eq!(cfg.gateway, Ipv4Addr::new(10, 77, 0, 1));
+        assert_eq!(cfg.subnets_text(), DEFAULT_SUBNET);
+        assert_eq!(cfg.subnets[0].gateway, Ipv4Addr::new(10, 77, 0, 1));
+        assert_eq!(
+            cfg.ipv4(),
+            Some((DEFAULT_SUBNET.parse().unwrap(), Ipv4Addr::new(10, 77, 0, 1)))
+        );
         assert_eq!(cfg.mtu, 1416);
         assert_eq!(
             cfg.lighthouse,
@@ -281,11 +390,12 @@ mod tests {
     #[test]
     fn dns_upstreams_take_a_default_port() {
         let mut i = input("flat");
-        i.dns_upstreams = Some("192.0.2.53, 198.51.100.9:5353".into());
+        i.dns_upstreams = Some("192.0.2.53, 198.51.100.9:5353, 2001:db8::53".into());
         let cfg = FlatnetConfig::from_input(i).unwrap();
         let want: Vec<SocketAddr> = vec![
             "192.0.2.53:53".parse().unwrap(),
             "198.51.100.9:5353".parse().unwrap(),
+            "[2001:db8::53]:53".parse().unwrap(),
         ];
         assert_eq!(cfg.dns_upstreams, Some(want));
     }
@@ -294,8 +404,7 @@ mod tests {
     fn explicit_values_are_kept() {
         let cfg = FlatnetConfig::from_input(ConfigInput {
             network: "n1".into(),
-            subnet: Some("192.0.2.0/24".into()),
-            gateway: Some("192.0.2.254".into()),
+            subnets: vec![SubnetInput::new("192.0.2.0/24", Some("192.0.2.254".into()))],
             mtu: Some("1380".into()),
             state_dir: Some("/tmp/fn".into()),
             tunnel_port: Some("5000".into()),
@@ -303,13 +412,43 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        assert_eq!(cfg.gateway, Ipv4Addr::new(192, 0, 2, 254));
+        assert_eq!(cfg.subnets[0].gateway, Ipv4Addr::new(192, 0, 2, 254));
         assert_eq!(cfg.mtu, 1380);
         assert_eq!(
             cfg.lighthouse,
             LighthouseSettings::File("/tmp/fn/lighthouse.json".into())
         );
         assert_eq!(cfg.tunnel_port, 5000);
+    }
+
+    #[test]
+    fn a_network_is_ipv4_ipv6_or_both_with_ipv4_first() {
+        let with = |subnets: &[&str]| {
+            let mut i = input("flat");
+            i.subnets = subnets.iter().map(|s| SubnetInput::new(*s, None)).collect();
+            FlatnetConfig::from_input(i).unwrap()
+        };
+        let both = with(&["fd77::/64", "10.77.0.0/24"]);
+        let found: Vec<(String, String)> = both
+            .subnets
+            .iter()
+            .map(|s| (s.net.to_string(), s.gateway.to_string()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("10.77.0.0/24".to_string(), "10.77.0.1".to_string()),
+                ("fd77::/64".to_string(), "fd77::1".to_string())
+            ]
+        );
+        let only = with(&["fd77:1::/120"]);
+        assert_eq!(only.ipv4(), None);
+        assert_eq!(only.subnets[0].gateway.to_string(), "fd77:1::1");
+    }
+
+    fn subnets(list: &[(&str, Option<&str>)]) -> Vec<SubnetInput> {
+        let one = |(s, g): &(&str, Option<&str>)| SubnetInput::new(*s, g.map(str::to_string));
+        list.iter().map(one).collect()
     }
 
     fn error_of(edit: impl FnOnce(&mut ConfigInput)) -> String {
@@ -325,28 +464,63 @@ mod tests {
         type Edit = Box<dyn FnOnce(&mut ConfigInput)>;
         let cases: Vec<(Edit, &str)> = vec![
             (
-                Box::new(|i| i.subnet = Some("10.0.0.0/33".into())),
+                Box::new(|i| i.subnets = subnets(&[("10.0.0.0/33", None)])),
                 "subnet \"10.0.0.0/33\"",
             ),
-            (Box::new(|i| i.subnet = Some("fd00::/64".into())), "IPv4"),
             (
-                Box::new(|i| i.subnet = Some("10.0.0.5/24".into())),
+                Box::new(|i| i.subnets = subnets(&[("10.0.0.5/24", None)])),
                 "10.0.0.0/24",
             ),
             (
-                Box::new(|i| i.subnet = Some("10.0.0.0/31".into())),
+                Box::new(|i| i.subnets = subnets(&[("10.0.0.0/31", None)])),
                 "too small",
             ),
             (
-                Box::new(|i| i.gateway = Some("10.78.0.1".into())),
+                Box::new(|i| i.subnets = subnets(&[("fd00::/124", None)])),
+                "/48 to /120",
+            ),
+            (
+                Box::new(|i| i.subnets = subnets(&[("fd00::/40", None)])),
+                "/48 to /120",
+            ),
+            (
+                Box::new(|i| i.subnets = subnets(&[("fe80::/64", None)])),
+                "link-local",
+            ),
+            (
+                Box::new(|i| i.subnets = subnets(&[("ff05::/64", None)])),
+                "multicast",
+            ),
+            (
+                Box::new(|i| i.subnets = subnets(&[("224.1.0.0/16", None)])),
+                "multicast",
+            ),
+            (
+                Box::new(|i| i.subnets = subnets(&[("::ffff:10.0.0.0/120", None)])),
+                "IPv4-mapped",
+            ),
+            (
+                Box::new(|i| i.subnets = subnets(&[("fd00::/64", None), ("fd01::/64", None)])),
+                "at most one IPv4 and one IPv6",
+            ),
+            (
+                Box::new(|i| i.subnets = subnets(&[("10.0.0.0/24", None), ("10.0.0.0/25", None)])),
+                "at most one IPv4 and one IPv6",
+            ),
+            (
+                Box::new(|i| i.subnets = subnets(&[("10.77.0.0/16", Some("10.78.0.1"))])),
                 "gateway 10.78.0.1",
             ),
             (
-                Box::new(|i| i.gateway = Some("10.77.0.0".into())),
+                Box::new(|i| i.subnets = subnets(&[("10.77.0.0/16", Some("10.77.0.0"))])),
                 "gateway 10.77.0.0",
             ),
             (
-                Box::new(|i| i.gateway = Some("nope".into())),
+                Box::new(|i| i.subnets = subnets(&[("fd77::/64", Some("10.77.0.1"))])),
+                "gateway 10.77.0.1",
+            ),
+            (
+                Box::new(|i| i.subnets = subnets(&[("10.77.0.0/16", Some("nope"))])),
                 "gateway \"nope\"",
             ),
             (Box::new(|i| i.mtu = Some("100".into())), "mtu \"100\""),
@@ -372,7 +546,7 @@ mod tests {
                 "dnsUpstreams entry \"resolver\"",
             ),
             (
-                Box::new(|i| i.dns_upstreams = Some("2001:db8::53".into())),
+                Box::new(|i| i.dns_upstreams = Some("2001:db8::53:99999".into())),
                 "dnsUpstreams",
             ),
             (Box::new(|i| i.network = "../x".into()), "network name"),

@@ -6,11 +6,11 @@
 //! Messages are parsed and built with `hickory-proto`; this module decides, the data plane
 //! moves packets (`dataplane::resolver`).
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
 use hickory_proto::op::{Message, MessageType, Metadata, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::A;
+use hickory_proto::rr::rdata::{A, AAAA};
 use hickory_proto::rr::{RData, Record, RecordType};
 
 use crate::error::Result;
@@ -36,7 +36,7 @@ pub enum Verdict {
 /// without the trailing dot). `internal` networks never forward.
 pub fn answer<'a>(
     query: &[u8],
-    lookup: impl Fn(&str) -> Option<&'a [Ipv4Addr]>,
+    lookup: impl Fn(&str) -> Option<&'a [IpAddr]>,
     internal: bool,
 ) -> Verdict {
     let Ok(request) = Message::from_vec(query) else {
@@ -54,15 +54,17 @@ pub fn answer<'a>(
     let name = question.name.to_lowercase().to_ascii();
     let name = name.trim_end_matches('.');
     if let Some(addresses) = lookup(name) {
-        let answers = if question.query_type == RecordType::A {
-            addresses
-                .iter()
-                .map(|ip| Record::from_rdata(question.name.clone(), TTL, RData::A(A(*ip))))
-                .collect()
-        } else {
-            // The name exists, with IPv4 addresses only: NOERROR and no records (AAAA too).
-            Vec::new()
-        };
+        // A name without addresses of the asked type (or a type other than A and AAAA)
+        // exists all the same: NOERROR and no records.
+        let answers = addresses
+            .iter()
+            .filter_map(|ip| match (question.query_type, ip) {
+                (RecordType::A, IpAddr::V4(v4)) => Some(RData::A(A(*v4))),
+                (RecordType::AAAA, IpAddr::V6(v6)) => Some(RData::AAAA(AAAA(*v6))),
+                _ => None,
+            })
+            .map(|rdata| Record::from_rdata(question.name.clone(), TTL, rdata))
+            .collect();
         return reply(&request, ResponseCode::NoError, answers);
     }
     if !name.contains('.') {
@@ -120,8 +122,8 @@ fn reply(request: &Message, code: ResponseCode, answers: Vec<Record>) -> Verdict
     }
 }
 
-/// The IPv4 `nameserver`s of a resolv.conf (IPv6 ones cannot be reached from Flatnet's IPv4
-/// data plane and are skipped). A missing file means none.
+/// The `nameserver`s of a resolv.conf, both families (flatnetd asks them from the host's
+/// namespace). A missing file means none.
 pub fn host_resolvers(path: &Path) -> Result<Vec<SocketAddr>> {
     let Some(bytes) = read_if_exists(path)? else {
         return Ok(Vec::new());
@@ -131,10 +133,9 @@ pub fn host_resolvers(path: &Path) -> Result<Vec<SocketAddr>> {
         .filter_map(|line| {
             let mut words = line.split_whitespace();
             (words.next()? == "nameserver").then_some(())?;
-            match words.next()?.parse::<IpAddr>().ok()? {
-                IpAddr::V4(ip) => Some(SocketAddr::from((ip, 53))),
-                IpAddr::V6(_) => None,
-            }
+            // A link-local one needs its zone (`fe80::1%eth0`), which Rust does not parse.
+            let ip = words.next()?.parse::<IpAddr>().ok()?;
+            Some(SocketAddr::new(ip, 53))
         })
         .collect())
 }
@@ -159,7 +160,13 @@ mod tests {
     use hickory_proto::rr::Name;
     use std::str::FromStr;
 
-    const WEB: [Ipv4Addr; 1] = [Ipv4Addr::new(10, 77, 0, 5)];
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    const WEB: [IpAddr; 2] = [
+        IpAddr::V4(Ipv4Addr::new(10, 77, 0, 5)),
+        IpAddr::V6(Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, 5)),
+    ];
+    const OLD: [IpAddr; 1] = [IpAddr::V4(Ipv4Addr::new(10, 77, 0, 6))];
 
     fn query(name: &str, kind: RecordType) -> Vec<u8> {
         let mut message = Message::query();
@@ -169,8 +176,21 @@ mod tests {
         message.to_vec().unwrap()
     }
 
-    fn zone(name: &str) -> Option<&'static [Ipv4Addr]> {
-        (name == "web").then_some(&WEB[..])
+    fn zone(name: &str) -> Option<&'static [IpAddr]> {
+        match name {
+            "web" => Some(&WEB[..]),
+            "old" => Some(&OLD[..]),
+            _ => None,
+        }
+    }
+
+    fn answered(response: &Message) -> Vec<IpAddr> {
+        let data = response.answers.iter().map(|r| match &r.data {
+            RData::A(a) => IpAddr::V4(a.0),
+            RData::AAAA(aaaa) => IpAddr::V6(aaaa.0),
+            other => panic!("{other:?}"),
+        });
+        data.collect()
     }
 
     fn parsed(verdict: Verdict) -> Message {
@@ -187,20 +207,19 @@ mod tests {
         assert_eq!(response.metadata.response_code, ResponseCode::NoError);
         assert!(response.metadata.recursion_desired);
         assert_eq!(response.queries.len(), 1);
-        let addresses: Vec<_> = response
-            .answers
-            .iter()
-            .map(|r| match &r.data {
-                RData::A(a) => a.0,
-                other => panic!("{other:?}"),
-            })
-            .collect();
-        assert_eq!(addresses, WEB.to_vec());
+        assert_eq!(answered(&response), WEB[..1]);
     }
 
     #[test]
-    fn aaaa_for_a_flatnet_name_is_noerror_and_empty() {
+    fn aaaa_answers_the_ipv6_address() {
         let response = parsed(answer(&query("web.", RecordType::AAAA), zone, false));
+        assert_eq!(response.metadata.response_code, ResponseCode::NoError);
+        assert_eq!(answered(&response), WEB[1..]);
+    }
+
+    #[test]
+    fn aaaa_for_an_ipv4_only_name_is_noerror_and_empty() {
+        let response = parsed(answer(&query("old.", RecordType::AAAA), zone, false));
         assert_eq!(response.metadata.response_code, ResponseCode::NoError);
         assert!(response.answers.is_empty());
     }
@@ -237,7 +256,7 @@ mod tests {
     }
 
     #[test]
-    fn resolv_conf_gives_ipv4_nameservers() {
+    fn resolv_conf_gives_the_nameservers_of_both_families() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("resolv.conf");
         std::fs::write(
@@ -250,6 +269,7 @@ mod tests {
             found,
             vec![
                 "192.0.2.53:53".parse::<SocketAddr>().unwrap(),
+                "[2001:db8::1]:53".parse().unwrap(),
                 "127.0.0.53:53".parse().unwrap()
             ]
         );

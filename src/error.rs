@@ -4,7 +4,7 @@
 //! a library keep it as their `source`, with a context saying what was being done.
 
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -23,7 +23,7 @@ pub enum Error {
     #[error("no free address left in {subnet} on network {network}")]
     AddressExhausted { network: String, subnet: String },
     #[error("address {ip} is already in use by container {owner}")]
-    AddressInUse { ip: Ipv4Addr, owner: String },
+    AddressInUse { ip: IpAddr, owner: String },
     #[error("host port {port} is already published by container {owner} ({held})")]
     PortInUse {
         port: String,

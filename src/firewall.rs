@@ -9,9 +9,9 @@
 
 use std::borrow::Cow;
 use std::collections::HashSet;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use nftables::batch::Batch;
 use nftables::expr::{Expression, Fib, FibFlag, FibResult, Meta, MetaKey, NamedExpression, CT};
 use nftables::expr::{Payload, PayloadField, Prefix, SetItem};
@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::portmap::PortMapping;
 
 /// 127.0.0.0/8.
-const LOOPBACK_NET: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 0);
+const LOOPBACK_NET: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0));
 /// Chain that holds one DNAT rule per published port; jumped to for local destinations.
 const PORTS_CHAIN: &str = "published-ports";
 
@@ -32,15 +32,17 @@ const PORTS_CHAIN: &str = "published-ports";
 pub struct NetworkRules {
     /// The host member's interface.
     pub ifname: String,
-    pub subnet: Ipv4Net,
+    /// The network's subnets, both families.
+    pub subnets: Vec<IpNet>,
     pub internal: bool,
     pub ingress_filter: bool,
 }
 
-/// A published port and the container address it goes to.
+/// A published port and the container address it goes to (one of the mapping's family: a
+/// port published on every address has one forward per container address).
 #[derive(Debug, Clone)]
 pub struct Forward {
-    pub container: Ipv4Addr,
+    pub container: IpAddr,
     pub mapping: PortMapping,
 }
 
@@ -138,14 +140,16 @@ fn build(name: &str, rules: &Ruleset) -> Batch<'static> {
         ..chain("members-in", Some((NfHook::Prerouting, -300)))
     }));
     for network in &rules.networks {
-        batch.add(NfListObject::Rule(rule(
-            "members-in",
-            vec![
-                is_eq(meta(MetaKey::Iifname), string(network.ifname.clone())),
-                is_eq(payload("ip", "daddr"), prefix(LOOPBACK_NET, 8)),
-                Statement::Drop(None),
-            ],
-        )));
+        for (protocol, loopback) in [("ip", prefix(LOOPBACK_NET, 8)), ("ip6", ipv6_loopback())] {
+            batch.add(NfListObject::Rule(rule(
+                "members-in",
+                vec![
+                    is_eq(meta(MetaKey::Iifname), string(network.ifname.clone())),
+                    is_eq(payload(protocol, "daddr"), loopback),
+                    Statement::Drop(None),
+                ],
+            )));
+        }
     }
     // An internal network is entered by its members and its published ports alone: another
     // network on this host must not route into it through the host (as Docker's isolation).
@@ -182,12 +186,17 @@ fn build(name: &str, rules: &Ruleset) -> Batch<'static> {
     batch
 }
 
-/// `[ip daddr H] meta l4proto P th dport HP dnat ip to C:CP`
+/// `meta nfproto F [ip(6) daddr H] meta l4proto P th dport HP dnat ip(6) to C:CP`, F the
+/// container address's family.
 fn dnat_rule(forward: &Forward, host_port: u16, container_port: u16) -> Vec<Statement<'static>> {
     let mapping = &forward.mapping;
-    let mut expr = vec![is_eq(meta(MetaKey::Nfproto), string("ipv4"))];
+    let (nfproto, protocol, family) = match forward.container {
+        IpAddr::V4(_) => ("ipv4", "ip", NATFamily::IP),
+        IpAddr::V6(_) => ("ipv6", "ip6", NATFamily::IP6),
+    };
+    let mut expr = vec![is_eq(meta(MetaKey::Nfproto), string(nfproto))];
     if let Some(ip) = mapping.host_ip {
-        expr.push(is_eq(payload("ip", "daddr"), string(ip.to_string())));
+        expr.push(is_eq(payload(protocol, "daddr"), string(ip.to_string())));
     }
     expr.push(is_eq(
         meta(MetaKey::L4proto),
@@ -199,7 +208,7 @@ fn dnat_rule(forward: &Forward, host_port: u16, container_port: u16) -> Vec<Stat
     ));
     expr.push(Statement::DNAT(Some(NAT {
         addr: Some(string(forward.container.to_string())),
-        family: Some(NATFamily::IP),
+        family: Some(family),
         port: Some(Expression::Number(u32::from(container_port))),
         flags: None,
     })));
@@ -211,7 +220,8 @@ fn dnat_rule(forward: &Forward, host_port: u16, container_port: u16) -> Vec<Stat
 /// (with `route_localnet` on the member, as Podman's bridge does). On an internal network the
 /// containers have no route out, so every connection to a published port gets the member's
 /// address. A network that is not internal masquerades its containers' traffic to the host's
-/// other networks.
+/// other networks, IPv6 too (as Podman does for its IPv6 bridges: the containers' unique local
+/// addresses are no one else's to route back).
 fn masquerade_rules(network: &NetworkRules) -> Vec<Vec<Statement<'static>>> {
     let oifname = || meta(MetaKey::Oifname);
     let masquerade = || Statement::Masquerade(None);
@@ -224,14 +234,17 @@ fn masquerade_rules(network: &NetworkRules) -> Vec<Vec<Statement<'static>>> {
     if network.internal {
         rules.push(vec![into_member(), was_dnat(), masquerade()]);
     } else {
-        rules.push(vec![
-            is_eq(
-                payload("ip", "saddr"),
-                prefix(network.subnet.network(), network.subnet.prefix_len()),
-            ),
-            is_ne(oifname(), string(network.ifname.clone())),
-            masquerade(),
-        ]);
+        for subnet in &network.subnets {
+            let protocol = if subnet.addr().is_ipv4() { "ip" } else { "ip6" };
+            rules.push(vec![
+                is_eq(
+                    payload(protocol, "saddr"),
+                    prefix(subnet.network(), subnet.prefix_len()),
+                ),
+                is_ne(oifname(), string(network.ifname.clone())),
+                masquerade(),
+            ]);
+        }
     }
     rules
 }
@@ -350,7 +363,12 @@ fn payload(protocol: &'static str, field: &'static str) -> Expression<'static> {
     )))
 }
 
-fn prefix(addr: Ipv4Addr, len: u8) -> Expression<'static> {
+/// `::1` (a single address needs no prefix).
+fn ipv6_loopback() -> Expression<'static> {
+    string(Ipv6Addr::LOCALHOST.to_string())
+}
+
+fn prefix(addr: IpAddr, len: u8) -> Expression<'static> {
     Expression::Named(NamedExpression::Prefix(Prefix {
         addr: Box::new(string(addr.to_string())),
         len: u32::from(len),
@@ -384,7 +402,7 @@ mod tests {
         let rules = Ruleset {
             networks: vec![NetworkRules {
                 ifname: "fn-1".into(),
-                subnet: "10.77.0.0/16".parse().unwrap(),
+                subnets: vec!["10.77.0.0/16".parse().unwrap()],
                 internal: false,
                 ingress_filter: false,
             }],
@@ -419,7 +437,7 @@ mod tests {
     fn an_internal_network_masquerades_published_connections_not_its_containers() {
         let network = NetworkRules {
             ifname: "fn-1".into(),
-            subnet: "10.77.0.0/16".parse().unwrap(),
+            subnets: vec!["10.77.0.0/16".parse().unwrap()],
             internal: true,
             ingress_filter: false,
         };
@@ -438,7 +456,7 @@ mod tests {
     fn only_internal_networks_are_closed_to_forwarding_but_for_published_ports() {
         let network = |ifname: &str, internal| NetworkRules {
             ifname: ifname.into(),
-            subnet: "10.77.0.0/16".parse().unwrap(),
+            subnets: vec!["10.77.0.0/16".parse().unwrap()],
             internal,
             ingress_filter: false,
         };
@@ -470,7 +488,7 @@ mod tests {
     fn only_filtered_networks_drop_what_is_routed_in_from_elsewhere() {
         let network = |ifname: &str, ingress_filter| NetworkRules {
             ifname: ifname.into(),
-            subnet: "10.77.0.0/16".parse().unwrap(),
+            subnets: vec!["10.77.0.0/16".parse().unwrap()],
             internal: false,
             ingress_filter,
         };

@@ -12,10 +12,10 @@
 //! removed by the last detach (both under the state directory's member lock).
 
 use std::fs;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::config::FlatnetConfig;
@@ -35,10 +35,15 @@ pub struct HostMember {
     /// Lease and lighthouse identity of this member: unique per host.
     pub id: String,
     pub ifname: String,
-    pub subnet: Ipv4Net,
-    pub gateway: Ipv4Addr,
-    /// The member's own address (not the gateway), unique across hosts.
-    pub address: Ipv4Addr,
+    /// The network's subnets, IPv4 first (`subnet` in a record of an IPv4-only Flatnet).
+    #[serde(alias = "subnet", deserialize_with = "crate::attachment::one_or_more")]
+    pub subnets: Vec<IpNet>,
+    /// Their gateways, in the same order.
+    #[serde(alias = "gateway", deserialize_with = "crate::attachment::one_or_more")]
+    pub gateways: Vec<IpAddr>,
+    /// The member's own addresses (not the gateways), one per subnet, unique across hosts.
+    #[serde(alias = "address", deserialize_with = "crate::attachment::one_or_more")]
+    pub addresses: Vec<IpAddr>,
     pub mtu: u32,
     pub internal: bool,
     /// Records made before the option existed lack it: their networks keep routed access.
@@ -50,7 +55,7 @@ pub struct HostMember {
 
 impl HostMember {
     /// The member a network would have on this host, for an address IPAM gave it.
-    pub fn describe(config: &FlatnetConfig, address: Ipv4Addr) -> Result<Self> {
+    pub fn describe(config: &FlatnetConfig, addresses: Vec<IpAddr>) -> Result<Self> {
         let dns_upstreams = match &config.dns_upstreams {
             Some(upstreams) => upstreams.clone(),
             None => dns::host_resolvers(Path::new(dns::HOST_RESOLV_CONF))?,
@@ -60,9 +65,9 @@ impl HostMember {
             network: config.network.clone(),
             id: member_id(config),
             ifname: member_ifname(config),
-            subnet: config.subnet,
-            gateway: config.gateway,
-            address,
+            subnets: config.subnets.iter().map(|s| s.net).collect(),
+            gateways: config.subnets.iter().map(|s| s.gateway).collect(),
+            addresses,
             mtu: config.mtu,
             internal: config.internal,
             ingress_filter: config.ingress_filter,
@@ -102,16 +107,35 @@ impl HostMember {
                 host.remove_interface(&self.ifname)?;
             }
             let device = host.create_interface(&self.ifname, self.mtu)?;
-            let configured = host
-                .assign_ip(&device, single(self.gateway))
-                .and_then(|()| host.assign_ip(&device, single(self.address)))
-                .and_then(|()| host.set_up(&device))
-                .and_then(|()| host.add_route(&device, self.subnet, self.address))
-                .and_then(|()| self.set_sysctls());
+            let configured = (|| {
+                if self.has_ipv6() {
+                    host.enable_ipv6(&device)?;
+                }
+                for &ip in self.gateways.iter().chain(&self.addresses) {
+                    host.assign_ip(&device, IpNet::from(ip))?;
+                }
+                host.set_up(&device)?;
+                for (&subnet, &address) in self.subnets.iter().zip(&self.addresses) {
+                    host.add_route(&device, subnet, address)?;
+                }
+                self.set_sysctls()
+            })();
             if configured.is_err() {
                 let _ = host.remove_interface(&device.name);
             }
             configured
+        })
+    }
+
+    pub fn has_ipv6(&self) -> bool {
+        self.subnets.iter().any(|s| s.addr().is_ipv6())
+    }
+
+    /// The network's IPv4 subnet, if it has one.
+    pub fn ipv4_subnet(&self) -> Option<ipnet::Ipv4Net> {
+        self.subnets.iter().find_map(|s| match s {
+            IpNet::V4(v4) => Some(*v4),
+            IpNet::V6(_) => None,
         })
     }
 
@@ -134,6 +158,11 @@ impl HostMember {
         )?;
         if !self.internal {
             write_sysctl("net/ipv4/ip_forward", "1")?;
+            if self.has_ipv6() {
+                // As Podman does for an IPv6 bridge; hosts that learn their own IPv6 route
+                // from router advertisements need accept_ra=2 on that interface then.
+                write_sysctl("net/ipv6/conf/all/forwarding", "1")?;
+            }
         }
         Ok(())
     }
@@ -164,10 +193,6 @@ pub fn firewall_table(config: &FlatnetConfig) -> String {
 
 fn host_hash(config: &FlatnetConfig, suffix: &str) -> u32 {
     crate::network_id::fnv1a(&format!("{}/{suffix}", config.endpoint))
-}
-
-fn single(ip: Ipv4Addr) -> Ipv4Net {
-    Ipv4Net::new(ip, 32).expect("/32 is valid")
 }
 
 fn write_sysctl(key: &str, value: &str) -> Result<()> {

@@ -337,7 +337,7 @@ mod tests {
             network: network.into(),
             container_id: "c".into(),
             ifname: "eth0".into(),
-            address: "10.0.0.2".parse().unwrap(),
+            addresses: vec!["10.0.0.2".parse().unwrap()],
             host_member,
             published_ports: Vec::new(),
             stats: MemberStats::default(),

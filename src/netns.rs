@@ -5,11 +5,11 @@
 //! its own; the caller's threads never leave the host namespace.
 
 use std::fs::File;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use futures::TryStreamExt;
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use nix::sched::{setns, CloneFlags};
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
@@ -43,7 +43,7 @@ pub struct InterfaceState {
     pub index: u32,
     pub up: bool,
     pub mtu: Option<u32>,
-    pub addresses: Vec<Ipv4Net>,
+    pub addresses: Vec<IpNet>,
 }
 
 impl NetworkNamespace {
@@ -202,12 +202,11 @@ impl Inside {
         Ok(device)
     }
 
-    pub fn assign_ip(&mut self, device: &TunDevice, address: Ipv4Net) -> Result<()> {
-        let request = self.handle.address().add(
-            device.index,
-            IpAddr::V4(address.addr()),
-            address.prefix_len(),
-        );
+    pub fn assign_ip(&mut self, device: &TunDevice, address: IpNet) -> Result<()> {
+        let request = self
+            .handle
+            .address()
+            .add(device.index, address.addr(), address.prefix_len());
         self.runtime
             .block_on(request.execute())
             .map_err(netlink_err("assigning address"))
@@ -218,14 +217,22 @@ impl Inside {
     pub fn add_route(
         &mut self,
         device: &TunDevice,
-        destination: Ipv4Net,
-        source: Ipv4Addr,
+        destination: IpNet,
+        source: IpAddr,
     ) -> Result<()> {
-        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(destination.network(), destination.prefix_len())
-            .output_interface(device.index)
-            .pref_source(source)
-            .build();
+        let msg = match (destination, source) {
+            (IpNet::V4(to), IpAddr::V4(from)) => RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(to.network(), to.prefix_len())
+                .output_interface(device.index)
+                .pref_source(from)
+                .build(),
+            (IpNet::V6(to), IpAddr::V6(from)) => RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(to.network(), to.prefix_len())
+                .output_interface(device.index)
+                .pref_source(from)
+                .build(),
+            _ => return Err(mixed_families(destination, source)),
+        };
         self.runtime
             .block_on(self.handle.route().add(msg).execute())
             .map_err(netlink_err(&format!("adding route to {destination}")))
@@ -234,15 +241,45 @@ impl Inside {
     /// A default route via `gateway` through the device. Each interface's default route gets
     /// its own metric (100 + the interface index), so a container on several networks has one
     /// per network: the first attached is preferred, and the others remain when it leaves.
-    pub fn add_default_route(&mut self, device: &TunDevice, gateway: Ipv4Addr) -> Result<()> {
-        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
-            .output_interface(device.index)
-            .gateway(gateway)
-            .priority(100 + device.index)
-            .build();
+    pub fn add_default_route(&mut self, device: &TunDevice, gateway: IpAddr) -> Result<()> {
+        let msg = match gateway {
+            IpAddr::V4(gateway) => RouteMessageBuilder::<Ipv4Addr>::new()
+                .output_interface(device.index)
+                .gateway(gateway)
+                .priority(100 + device.index)
+                .build(),
+            IpAddr::V6(gateway) => RouteMessageBuilder::<Ipv6Addr>::new()
+                .output_interface(device.index)
+                .gateway(gateway)
+                .priority(100 + device.index)
+                .build(),
+        };
         self.runtime
             .block_on(self.handle.route().add(msg).execute())
             .map_err(netlink_err("adding the default route"))
+    }
+
+    /// Lets the device carry IPv6 with only the addresses Flatnet gives it: a namespace may
+    /// have IPv6 off by default, and a TUN device has no link layer to autoconfigure (no
+    /// link-local address, router solicitations or neighbour discovery: see docs/design.md).
+    /// Written before the device is up, so it never sends anything of its own.
+    pub fn enable_ipv6(&mut self, device: &TunDevice) -> Result<()> {
+        let conf = Path::new("/proc/sys/net/ipv6/conf").join(&device.name);
+        for (key, value) in [
+            ("addr_gen_mode", "1"),
+            ("accept_ra", "0"),
+            ("autoconf", "0"),
+            ("disable_ipv6", "0"),
+        ] {
+            let path = conf.join(key);
+            std::fs::write(&path, value).context(|| {
+                format!(
+                    "setting {} (is IPv6 enabled in the kernel?)",
+                    path.display()
+                )
+            })?;
+        }
+        Ok(())
     }
 
     pub fn set_up(&mut self, device: &TunDevice) -> Result<()> {
@@ -293,12 +330,17 @@ impl Inside {
                 .await
                 .map_err(netlink_err("listing addresses"))?
             {
-                for attr in &msg.attributes {
-                    if let AddressAttribute::Local(IpAddr::V4(ip)) = attr {
-                        if let Ok(net) = Ipv4Net::new(*ip, msg.header.prefix_len) {
-                            found.push(net);
-                        }
-                    }
+                // IPv4 names the interface's own address `Local`; IPv6 only `Address`.
+                let local = msg.attributes.iter().find_map(|attr| match attr {
+                    AddressAttribute::Local(ip @ IpAddr::V4(_)) => Some(*ip),
+                    _ => None,
+                });
+                let address = msg.attributes.iter().find_map(|attr| match attr {
+                    AddressAttribute::Address(ip @ IpAddr::V6(_)) => Some(*ip),
+                    _ => None,
+                });
+                if let Some(ip) = local.or(address) {
+                    found.extend(IpNet::new(ip, msg.header.prefix_len));
                 }
             }
             Ok::<_, Error>(found)
@@ -331,4 +373,10 @@ impl Inside {
             }
         })
     }
+}
+
+fn mixed_families(destination: IpNet, source: IpAddr) -> Error {
+    Error::InvalidRequest(format!(
+        "a route to {destination} cannot have source {source}: the families differ"
+    ))
 }

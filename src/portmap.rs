@@ -4,7 +4,7 @@
 //! already holds, and [`crate::firewall`] turns them into DNAT rules.
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
@@ -39,8 +39,9 @@ impl Protocol {
 /// `[host_ip:]host_port[-end]:container_port[-end][/protocol]`, ranges kept as a count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortMapping {
-    /// Only this host address; `None` for every address of the host.
-    pub host_ip: Option<Ipv4Addr>,
+    /// Only this host address (and only its family); `None` for every address of the host,
+    /// both families.
+    pub host_ip: Option<IpAddr>,
     pub host_port: u16,
     pub container_port: u16,
     pub protocol: Protocol,
@@ -50,7 +51,7 @@ pub struct PortMapping {
 
 impl PortMapping {
     /// Checks the fields a runtime sent. `host_ip` is text because both protocols send text
-    /// (empty or `0.0.0.0` for every address).
+    /// (empty, `0.0.0.0` or `::` for every address).
     pub fn new(
         host_ip: &str,
         host_port: u16,
@@ -58,15 +59,23 @@ impl PortMapping {
         protocol: &str,
         range: u16,
     ) -> Result<Self> {
-        let host_ip = match host_ip.trim() {
-            "" | "0.0.0.0" => None,
-            text => Some(text.parse::<Ipv4Addr>().map_err(|_| {
+        let host_ip = match host_ip.trim().trim_start_matches('[').trim_end_matches(']') {
+            "" | "0.0.0.0" | "::" => None,
+            text => Some(text.parse::<IpAddr>().map_err(|_| {
                 Error::InvalidRequest(format!(
-                    "published port host address {text:?} is not an IPv4 address \
-                     (Flatnet networks are IPv4)"
+                    "published port host address {text:?} is not an IP address"
                 ))
             })?),
         };
+        if host_ip.is_some_and(|ip| ip.is_ipv6() && ip.is_loopback()) {
+            // Connections from ::1 cannot be forwarded by the kernel (IPv6 has no
+            // `route_localnet`); publishing there would accept and then hang.
+            return Err(Error::InvalidRequest(
+                "publishing on ::1 is not supported: the kernel cannot forward IPv6 loopback \
+                 connections; publish on all addresses or on one of the host's IPv6 addresses"
+                    .into(),
+            ));
+        }
         let mapping = PortMapping {
             host_ip,
             host_port,
@@ -81,6 +90,12 @@ impl PortMapping {
             )));
         }
         Ok(mapping)
+    }
+
+    /// Whether the mapping forwards to a container address of this family.
+    pub fn carries(&self, container: IpAddr) -> bool {
+        self.host_ip
+            .is_none_or(|host| host.is_ipv4() == container.is_ipv4())
     }
 
     /// Each single port of a range: (host port, container port).
@@ -104,8 +119,10 @@ impl PortMapping {
 
 impl fmt::Display for PortMapping {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Some(ip) = self.host_ip {
-            write!(f, "{ip}:")?;
+        match self.host_ip {
+            Some(IpAddr::V6(ip)) => write!(f, "[{ip}]:")?,
+            Some(ip) => write!(f, "{ip}:")?,
+            None => {}
         }
         let span = |start: u16| {
             if self.range > 1 {
@@ -166,6 +183,13 @@ mod tests {
             "127.0.0.1:9000-9002:9000-9002/udp"
         );
         assert_eq!(map("0.0.0.0", 1, 2, "", 0).host_ip, None);
+        assert_eq!(map("::", 1, 2, "", 0).host_ip, None);
+        let v6 = map("2001:db8::10", 8080, 80, "tcp", 1);
+        assert_eq!(v6.to_string(), "[2001:db8::10]:8080:80/tcp");
+        assert_eq!(map("[2001:db8::10]", 8080, 80, "tcp", 1), v6);
+        assert!(v6.carries("fd77::5".parse().unwrap()));
+        assert!(!v6.carries("10.77.0.5".parse().unwrap()));
+        assert!(map("", 1, 2, "", 0).carries("10.77.0.5".parse().unwrap()));
         let ports: Vec<_> = map("", 9000, 7000, "tcp", 3).ports().collect();
         assert_eq!(ports, vec![(9000, 7000), (9001, 7001), (9002, 7002)]);
     }
@@ -176,7 +200,8 @@ mod tests {
             ("", 0, 80, "tcp", 1, "1-65535"),
             ("", 65535, 80, "tcp", 2, "1-65535"),
             ("", 80, 80, "sctp", 1, "sctp"),
-            ("::1", 80, 80, "tcp", 1, "IPv4"),
+            ("::1", 80, 80, "tcp", 1, "::1 is not supported"),
+            ("host", 80, 80, "tcp", 1, "not an IP address"),
         ] {
             let err = PortMapping::new(ip, host, ctr, proto, range).unwrap_err();
             assert!(err.to_string().contains(needle), "{err}");

@@ -114,14 +114,14 @@ fn traffic(backend: Backend, name: &str, subnet: &str) {
             from,
             &["sh", "-c", &format!("echo '{message}' > /tmp/message")],
         );
-        net.send_file(from, to, to_ip, port, "/tmp/message");
+        net.send_file(from, to, to_ip.into(), port, "/tmp/message");
         assert_eq!(net.exec_ok(to, &["cat", "/tmp/message"]).trim(), message);
     }
 
     let make = "dd if=/dev/urandom of=/tmp/blob bs=1M count=50 2>/dev/null && sha256sum /tmp/blob";
     let sent = net.exec_ok(&a, &["sh", "-c", make]);
     let started = Instant::now();
-    net.send_file(&a, &b, ip_b, 7003, "/tmp/blob");
+    net.send_file(&a, &b, ip_b.into(), 7003, "/tmp/blob");
     let elapsed = started.elapsed();
     let received = net.exec_ok(&b, &["sha256sum", "/tmp/blob"]);
     let digest = |s: &str| s.split_whitespace().next().unwrap().to_string();

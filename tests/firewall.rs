@@ -76,7 +76,7 @@ impl Topology {
     fn apply(&self, filtered: bool) {
         let network = |ifname: &str, subnet: &str, ingress_filter| NetworkRules {
             ifname: ifname.into(),
-            subnet: subnet.parse().unwrap(),
+            subnets: vec![subnet.parse().unwrap()],
             internal: false,
             ingress_filter,
         };

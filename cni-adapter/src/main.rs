@@ -71,7 +71,7 @@ fn add(conf: &NetConf, network: &Network) -> Result<Value, CniError> {
         container_id: &container_id,
         netns: Path::new(&netns),
         ifname: &ifname,
-        static_ip: args.ip,
+        static_ips: &args.ips,
         names: &names,
         ports: &conf.port_mappings()?,
     })?;
@@ -98,7 +98,9 @@ fn check(conf: &NetConf, network: &Network) -> Result<(), CniError> {
     let ifname = required_env("CNI_IFNAME")?;
     let attachment = network.check(&container_id, Path::new(&netns), &ifname)?;
     match &conf.prev_result {
-        Some(prev) => protocol::check_prev_result(prev, &ifname, &attachment.address.to_string()),
+        Some(prev) => attachment.addresses.iter().try_for_each(|address| {
+            protocol::check_prev_result(prev, &ifname, &address.to_string())
+        }),
         None => Ok(()),
     }
 }

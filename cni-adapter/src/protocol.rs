@@ -2,8 +2,9 @@
 //! objects the plugin prints, in the config's own spec version.
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
+use flatnet::config::SubnetInput;
 use flatnet::lighthouse::LighthouseInput;
 use flatnet::{Attachment, ConfigInput, Error, FlatnetConfig, PortMapping};
 use serde::Deserialize;
@@ -104,8 +105,11 @@ fn is_transient(err: &std::io::Error) -> bool {
 pub struct NetConf {
     pub cni_version: String,
     pub name: String,
+    /// The network's one subnet, and its gateway (first host address if left out)...
     pub subnet: Option<String>,
     pub gateway: Option<String>,
+    /// ... or its subnets, one IPv4 and one IPv6 at most: a dual-stack network.
+    pub subnets: Option<Vec<CniSubnet>>,
     pub mtu: Option<u32>,
     pub state_dir: Option<String>,
     /// A file path, or `etcd` with the `etcd*` keys below.
@@ -136,6 +140,14 @@ pub struct NetConf {
     /// GC: the attachments the runtime still knows about.
     #[serde(rename = "cni.dev/valid-attachments")]
     pub valid_attachments: Option<Vec<ValidAttachment>>,
+}
+
+/// One subnet of `subnets`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CniSubnet {
+    pub subnet: String,
+    pub gateway: Option<String>,
 }
 
 /// `portMappings` and `aliases` capabilities (the CNI conventions' shapes).
@@ -188,14 +200,13 @@ impl NetConf {
     /// The core's configuration of the network this plugin configuration describes: where
     /// every command starts, and what `flatnetd check` reads a conflist's entries with.
     pub fn flatnet_config(&self) -> Result<FlatnetConfig, CniError> {
-        Ok(FlatnetConfig::from_input(self.config_input())?)
+        Ok(FlatnetConfig::from_input(self.config_input()?)?)
     }
 
-    pub fn config_input(&self) -> ConfigInput {
-        ConfigInput {
+    pub fn config_input(&self) -> Result<ConfigInput, CniError> {
+        Ok(ConfigInput {
             network: self.name.clone(),
-            subnet: self.subnet.clone(),
-            gateway: self.gateway.clone(),
+            subnets: self.subnet_inputs()?,
             mtu: self.mtu.map(|v| v.to_string()),
             state_dir: self.state_dir.clone(),
             lighthouse: LighthouseInput {
@@ -213,6 +224,34 @@ impl NetConf {
             internal: self.internal.unwrap_or(false),
             ingress_filter: self.ingress_filter.map(|on| on.to_string()),
             dns_upstreams: self.dns_upstreams.as_ref().map(|list| list.join(",")),
+        })
+    }
+
+    /// `subnet` and `gateway`, or `subnets`: not both.
+    fn subnet_inputs(&self) -> Result<Vec<SubnetInput>, CniError> {
+        match (&self.subnet, &self.subnets) {
+            (Some(_), Some(_)) => Err(CniError::new(
+                code::INVALID_CONFIG,
+                "network config has both subnet and subnets: give one",
+            )),
+            (None, Some(_)) if self.gateway.is_some() => Err(CniError::new(
+                code::INVALID_CONFIG,
+                "network config has gateway beside subnets: give each subnet its gateway",
+            )),
+            (Some(subnet), None) => Ok(vec![SubnetInput::new(subnet, self.gateway.clone())]),
+            (None, Some(subnets)) if subnets.is_empty() => Err(CniError::new(
+                code::INVALID_CONFIG,
+                "network config has an empty subnets list",
+            )),
+            (None, Some(subnets)) => Ok(subnets
+                .iter()
+                .map(|s| SubnetInput::new(&s.subnet, s.gateway.clone()))
+                .collect()),
+            (None, None) if self.gateway.is_some() => Err(CniError::new(
+                code::INVALID_CONFIG,
+                "network config has a gateway but no subnet",
+            )),
+            (None, None) => Ok(Vec::new()),
         }
     }
 
@@ -328,33 +367,47 @@ pub fn add_result(version: &str, attachment: &Attachment, sandbox: &str) -> Valu
     if version == "1.1.0" {
         interface["mtu"] = json!(attachment.mtu);
     }
-    let mut ip = json!({
-        "address": attachment.address.to_string(),
-        "gateway": attachment.gateway.to_string(),
-        "interface": 0,
-    });
-    if version == "0.4.0" {
-        ip["version"] = json!("4");
+    let subnets = attachment.addresses.iter().zip(&attachment.gateways);
+    let mut ips = Vec::new();
+    let mut routes = Vec::new();
+    for (address, gateway) in subnets.clone() {
+        let mut ip = json!({
+            "address": address.to_string(),
+            "gateway": gateway.to_string(),
+            "interface": 0,
+        });
+        if version == "0.4.0" {
+            ip["version"] = json!(if address.addr().is_ipv4() { "4" } else { "6" });
+        }
+        ips.push(ip);
+        routes.push(json!({ "dst": address.trunc().to_string() }));
     }
-    let mut routes = vec![json!({ "dst": attachment.address.trunc().to_string() })];
     if attachment.egress {
-        routes.push(json!({ "dst": "0.0.0.0/0", "gw": attachment.gateway.to_string() }));
+        for (address, gateway) in subnets {
+            let everywhere = if address.addr().is_ipv4() {
+                "0.0.0.0/0"
+            } else {
+                "::/0"
+            };
+            routes.push(json!({ "dst": everywhere, "gw": gateway.to_string() }));
+        }
     }
     json!({
         "cniVersion": version,
         "interfaces": [interface],
-        "ips": [ip],
+        "ips": ips,
         "routes": routes,
-        // flatnetd answers DNS at the gateway address.
-        "dns": { "nameservers": [attachment.gateway.to_string()] },
+        // flatnetd answers DNS at the gateway addresses.
+        "dns": { "nameservers": attachment.gateways.iter().map(ToString::to_string).collect::<Vec<_>>() },
     })
 }
 
-/// Options from CNI_ARGS (`K=V;K=V`): `IP` asks for a static address (Podman's `--ip`);
+/// Options from CNI_ARGS (`K=V;K=V`): `IP` asks for static addresses, comma-separated, one
+/// per subnet (Podman's `--ip`, `--ip6`);
 /// `K8S_POD_NAME` is the container's name (Podman sets it), which becomes a DNS name.
 #[derive(Debug, Default, PartialEq)]
 pub struct CniArgs {
-    pub ip: Option<Ipv4Addr>,
+    pub ips: Vec<IpAddr>,
     pub name: Option<String>,
 }
 
@@ -370,13 +423,15 @@ impl CniArgs {
             };
             match key {
                 "IP" => {
-                    let addr = value.split('/').next().unwrap_or(value);
-                    args.ip = Some(addr.parse().map_err(|_| {
-                        CniError::new(
-                            code::INVALID_ENV,
-                            format!("CNI_ARGS IP={value:?} is not an IPv4 address"),
-                        )
-                    })?);
+                    for one in value.split(',').filter(|v| !v.is_empty()) {
+                        let addr = one.split('/').next().unwrap_or(one);
+                        args.ips.push(addr.parse().map_err(|_| {
+                            CniError::new(
+                                code::INVALID_ENV,
+                                format!("CNI_ARGS IP={value:?}: {one:?} is not an IP address"),
+                            )
+                        })?);
+                    }
                 }
                 "MAC" => {
                     return Err(CniError::new(
@@ -404,8 +459,8 @@ mod tests {
             container_id: "c1".into(),
             ifname: "eth0".into(),
             netns: "/run/netns/x".into(),
-            address: "10.77.0.5/16".parse().unwrap(),
-            gateway: "10.77.0.1".parse().unwrap(),
+            addresses: vec!["10.77.0.5/16".parse().unwrap()],
+            gateways: vec!["10.77.0.1".parse().unwrap()],
             mac: "02:46:0a:4d:00:05".into(),
             mtu: 1416,
             names: vec!["web".into()],
@@ -577,7 +632,7 @@ mod tests {
             .collect();
         assert_eq!(ports, ["127.0.0.1:8080:80/tcp", "5353:53/udp"]);
         assert_eq!(conf.aliases(), ["www"]);
-        let input = conf.config_input();
+        let input = conf.config_input().unwrap();
         assert!(input.internal);
         assert_eq!(input.dns_upstreams.as_deref(), Some("192.0.2.53"));
     }
@@ -605,7 +660,10 @@ mod tests {
     #[test]
     fn cni_args() {
         let a = CniArgs::parse("IgnoreUnknown=1;K8S_POD_NAME=web;IP=10.77.0.9").unwrap();
-        assert_eq!(a.ip, Some("10.77.0.9".parse().unwrap()));
+        assert_eq!(a.ips, ["10.77.0.9".parse::<IpAddr>().unwrap()]);
+        let two = CniArgs::parse("IP=10.77.0.9/16,fd77::9").unwrap();
+        assert_eq!(two.ips.len(), 2);
+        assert!(two.ips[1].is_ipv6());
         assert_eq!(a.name.as_deref(), Some("web"));
         assert_eq!(CniArgs::parse("").unwrap(), CniArgs::default());
         assert_eq!(

@@ -92,9 +92,9 @@ fn render(s: &DaemonStatus) -> String {
             n.network,
             n.id,
             n.host_member,
-            n.address.to_string(),
-            n.gateway.to_string(),
-            n.subnet.to_string(),
+            joined(&n.addresses, ","),
+            joined(&n.gateways, ","),
+            joined(&n.subnets, ","),
             if n.internal { "no" } else { "yes" },
             if n.ingress_filter {
                 "filtered"
@@ -119,7 +119,7 @@ fn render(s: &DaemonStatus) -> String {
             "{:<13} {:<14} {:<16} {:>22} {:>22}  {}\n",
             member,
             c.network,
-            c.address.to_string(),
+            joined(&c.addresses, ","),
             pair(st.from_container_packets, st.from_container_bytes),
             pair(st.to_container_packets, st.to_container_bytes),
             c.published_ports.join(" "),

@@ -108,7 +108,7 @@ fn names_resolve_and_host_members_answer_across_hosts() {
     // Containers reach their own host at the gateway, another host at its member's address.
     let members: Vec<String> = (0..2)
         .map(|h| {
-            cluster.status(h)["networks"][0]["address"]
+            cluster.status(h)["networks"][0]["addresses"][0]
                 .as_str()
                 .unwrap()
                 .to_string()

@@ -29,7 +29,7 @@ impl Plugin for FlatnetPlugin {
             container_id: &opts.container_id,
             netns: Path::new(&netns),
             ifname: &options.interface_name,
-            static_ip: translate::static_ip(options)?,
+            static_ips: &translate::static_ips(options)?,
             names: &translate::names(&opts),
             ports: &translate::ports(&opts)?,
         })?;

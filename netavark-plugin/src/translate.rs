@@ -2,12 +2,11 @@
 //! a `FlatnetConfig`, and how an attachment becomes the StatusBlock Podman shows.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
-use flatnet::config::{first_host, DEFAULT_SUBNET};
+use flatnet::config::{first_host, SubnetInput, DEFAULT_SUBNET, DEFAULT_SUBNET6};
 use flatnet::lighthouse::{LighthouseInput, LighthouseSettings};
 use flatnet::{Attachment, ConfigInput, Error, FlatnetConfig, PortMapping};
-use ipnet::IpNet;
 use netavark::network::types::{
     LeaseRange, NetAddress, NetInterface, Network, NetworkPluginExec, PerNetworkOptions,
     StatusBlock, Subnet,
@@ -38,26 +37,19 @@ pub const OPTIONS: &[&str] = &[
 /// Validates a network at `podman network create` and fills in what was left out (a subnet and
 /// its gateway), leaving name, id and driver as they are.
 pub fn normalise(mut network: Network) -> Result<Network, Error> {
-    if network.ipv6_enabled {
-        return Err(invalid(
-            "IPv6 is not supported yet: Flatnet networks are IPv4",
-        ));
-    }
     let mut subnets = network.subnets.take().unwrap_or_default();
+    let has_ipv6 = |subnets: &[Subnet]| subnets.iter().any(|s| s.subnet.addr().is_ipv6());
     if subnets.is_empty() {
-        subnets.push(Subnet {
-            gateway: None,
-            lease_range: None,
-            subnet: DEFAULT_SUBNET.parse().expect("default subnet parses"),
-        });
+        subnets.push(default_subnet(DEFAULT_SUBNET));
     }
-    if subnets.len() > 1 {
-        return Err(invalid("a Flatnet network has exactly one subnet"));
+    // `--ipv6` without an IPv6 subnet: a dual-stack network with the default one.
+    if network.ipv6_enabled && !has_ipv6(&subnets) {
+        subnets.push(default_subnet(DEFAULT_SUBNET6));
     }
-    let subnet = &mut subnets[0];
-    if let IpNet::V4(v4) = subnet.subnet {
-        subnet.gateway.get_or_insert(IpAddr::V4(first_host(v4)));
+    for subnet in &mut subnets {
+        subnet.gateway.get_or_insert(first_host(subnet.subnet));
     }
+    network.ipv6_enabled = has_ipv6(&subnets);
     network.subnets = Some(subnets);
     // Flatnet answers DNS itself (netavark starts aardvark-dns for bridge networks only);
     // Podman accepts `--network-alias` only on networks with DNS enabled.
@@ -74,16 +66,35 @@ pub fn normalise(mut network: Network) -> Result<Network, Error> {
     Ok(network)
 }
 
+fn default_subnet(text: &str) -> Subnet {
+    Subnet {
+        gateway: None,
+        lease_range: None,
+        subnet: text.parse().expect("default subnets parse"),
+    }
+}
+
 /// Podman allocates the addresses of a plugin network itself, from its own per-host database
 /// and within the subnet's lease range: on several hosts it would hand out the same addresses.
 /// The range is narrowed here to this host's block (from its certificate), so each host's
 /// Podman allocates only what this host may serve. A range the user gave (`--ip-range`) must
 /// lie inside it.
 fn narrow_to_host(network: &mut Network, config: FlatnetConfig) -> Result<(), Error> {
-    let (start, end) = flatnet::Network::open(config).runtime_range()?;
-    let subnet = &mut network.subnets.as_mut().expect("normalised")[0];
+    let ranges = flatnet::Network::open(config).runtime_ranges()?;
+    for subnet in network.subnets.as_mut().expect("normalised") {
+        let family = |ip: &IpAddr| ip.is_ipv4() == subnet.subnet.addr().is_ipv4();
+        let Some(&(start, end)) = ranges.iter().find(|(start, _)| family(start)) else {
+            continue;
+        };
+        narrow_subnet(subnet, start, end)?;
+    }
+    Ok(())
+}
+
+/// Narrows one subnet's lease range to `start`-`end`; a range given must lie inside.
+fn narrow_subnet(subnet: &mut Subnet, start: IpAddr, end: IpAddr) -> Result<(), Error> {
     let given = subnet.lease_range.as_ref().map(|range| {
-        let parse = |ip: &Option<String>| ip.as_deref().map(str::parse::<Ipv4Addr>);
+        let parse = |ip: &Option<String>| ip.as_deref().map(str::parse::<IpAddr>);
         (parse(&range.start_ip), parse(&range.end_ip))
     });
     match given {
@@ -113,7 +124,11 @@ pub fn config_of(network: &Network) -> Result<FlatnetConfig, Error> {
         )));
     }
     refuse_unsupported(network)?;
-    let subnet = network.subnets.as_ref().and_then(|s| s.first());
+    let subnets = network
+        .subnets
+        .iter()
+        .flatten()
+        .map(|s| SubnetInput::new(s.subnet.to_string(), s.gateway.map(|g| g.to_string())));
     let option = |key: &str| options.get(key).cloned();
     // `podman network create --dns` names the network's upstream resolvers, as `-o dns_upstreams`.
     let dns_servers = network.network_dns_servers.as_deref().unwrap_or_default();
@@ -135,8 +150,7 @@ pub fn config_of(network: &Network) -> Result<FlatnetConfig, Error> {
     };
     FlatnetConfig::from_input(ConfigInput {
         network: network.name.clone(),
-        subnet: subnet.map(|s| s.subnet.to_string()),
-        gateway: subnet.and_then(|s| s.gateway).map(|g| g.to_string()),
+        subnets: subnets.collect(),
         mtu: option("mtu"),
         state_dir: option("state_dir"),
         lighthouse: LighthouseInput {
@@ -218,40 +232,33 @@ pub fn ports(opts: &NetworkPluginExec) -> Result<Vec<PortMapping>, Error> {
         .collect()
 }
 
-/// The address Podman picked (it allocates whenever the network has subnets) or `--ip` asked for.
-pub fn static_ip(options: &PerNetworkOptions) -> Result<Option<Ipv4Addr>, Error> {
+/// The addresses Podman picked (it allocates whenever the network has subnets, one per
+/// subnet) or `--ip`/`--ip6` asked for; the core matches them to the subnets.
+pub fn static_ips(options: &PerNetworkOptions) -> Result<Vec<IpAddr>, Error> {
     if options.static_mac.as_deref().is_some_and(|m| !m.is_empty()) {
         return Err(Error::InvalidRequest(
             "Flatnet interfaces are layer-3 TUN devices and cannot take a MAC address".into(),
         ));
     }
-    let ips = options.static_ips.as_deref().unwrap_or_default();
-    match ips {
-        [] => Ok(None),
-        [IpAddr::V4(ip)] => Ok(Some(*ip)),
-        [IpAddr::V6(ip)] => Err(Error::InvalidRequest(format!(
-            "static address {ip} is IPv6; Flatnet networks are IPv4"
-        ))),
-        _ => Err(Error::InvalidRequest(format!(
-            "{} static addresses given; a Flatnet interface has one",
-            ips.len()
-        ))),
-    }
+    Ok(options.static_ips.clone().unwrap_or_default())
 }
 
 pub fn status_block(attachment: &Attachment) -> StatusBlock {
-    let address = NetAddress {
-        gateway: Some(IpAddr::V4(attachment.gateway)),
-        ipnet: IpNet::V4(attachment.address),
-    };
+    let addresses = attachment.addresses.iter().zip(&attachment.gateways);
+    let subnets = addresses
+        .map(|(address, gateway)| NetAddress {
+            gateway: Some(*gateway),
+            ipnet: *address,
+        })
+        .collect();
     let interface = NetInterface {
         mac_address: attachment.mac.clone(),
-        subnets: Some(vec![address]),
+        subnets: Some(subnets),
     };
     // Podman writes these into the container's resolv.conf (unless `--dns` overrides them).
     StatusBlock {
         dns_search_domains: Some(Vec::new()),
-        dns_server_ips: Some(vec![IpAddr::V4(attachment.gateway)]),
+        dns_server_ips: Some(attachment.gateways.clone()),
         interfaces: Some(HashMap::from([(attachment.ifname.clone(), interface)])),
     }
 }
@@ -386,8 +393,10 @@ mod tests {
 
     #[test]
     fn create_rejects_bad_networks() {
-        let mut v6 = base();
-        v6["subnets"] = serde_json::json!([{"subnet": "fd00::/64"}]);
+        let mut link_local = base();
+        link_local["subnets"] = serde_json::json!([{"subnet": "fe80::/64"}]);
+        let mut wide = base();
+        wide["subnets"] = serde_json::json!([{"subnet": "fd00::/32"}]);
         let mut unknown = base();
         unknown["options"] = serde_json::json!({"colour": "blue"});
         let mut bad_mtu = base();
@@ -406,10 +415,11 @@ mod tests {
         twice["network_dns_servers"] = serde_json::json!(["192.0.2.53"]);
         twice["options"] = serde_json::json!({"dns_upstreams": "192.0.2.54"});
         for (case, needle) in [
-            (v6, "IPv4"),
+            (link_local, "link-local"),
+            (wide, "/48 to /120"),
             (unknown, "colour"),
             (bad_mtu, "mtu"),
-            (two, "one subnet"),
+            (two, "at most one IPv4 and one IPv6"),
             (routes, "--route"),
             (parent, "--interface-name"),
             (dhcp, "dhcp"),
@@ -429,11 +439,39 @@ mod tests {
             static_mac: None,
             options: None,
         };
-        assert_eq!(
-            static_ip(&opts).unwrap(),
-            Some("10.77.0.9".parse().unwrap())
-        );
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(static_ips(&opts).unwrap(), [ip("10.77.0.9")]);
+        opts.static_ips = Some(vec![ip("10.77.0.9"), ip("fd77::9")]);
+        assert_eq!(static_ips(&opts).unwrap(), [ip("10.77.0.9"), ip("fd77::9")]);
         opts.static_mac = Some("02:00:00:00:00:01".into());
-        assert!(static_ip(&opts).is_err());
+        assert!(static_ips(&opts).is_err());
+    }
+
+    #[test]
+    fn ipv6_makes_a_dual_stack_network_with_gateways() {
+        let mut asked = base();
+        asked["ipv6_enabled"] = serde_json::json!(true);
+        let out = normalise(network(asked)).unwrap();
+        let subnets = out.subnets.unwrap();
+        let text: Vec<(String, String)> = subnets
+            .iter()
+            .map(|s| (s.subnet.to_string(), s.gateway.unwrap().to_string()))
+            .collect();
+        assert_eq!(
+            text,
+            [
+                (DEFAULT_SUBNET.to_string(), "10.77.0.1".to_string()),
+                (DEFAULT_SUBNET6.to_string(), "fd77::1".to_string())
+            ]
+        );
+        // An IPv6 subnet alone makes an IPv6-only network, marked as IPv6.
+        let mut only = base();
+        only["subnets"] = serde_json::json!([{"subnet": "fd78::/64"}]);
+        let out = normalise(network(only)).unwrap();
+        assert!(out.ipv6_enabled);
+        assert_eq!(
+            out.subnets.unwrap()[0].gateway.unwrap().to_string(),
+            "fd78::1"
+        );
     }
 }

@@ -86,8 +86,16 @@ fn info_and_create() {
         "too small",
     );
     let mut v6 = network(&state);
-    v6["ipv6_enabled"] = json!(true);
-    assert_error(&plugin(&state, &["create"], &v6.to_string()), "IPv6");
+    v6["subnets"] = json!([{"subnet": "fd77::/64"}, {"subnet": "fd78::/64"}]);
+    assert_error(
+        &plugin(&state, &["create"], &v6.to_string()),
+        "at most one IPv4 and one IPv6",
+    );
+    let mut dual = network(&state);
+    dual["ipv6_enabled"] = json!(true);
+    let created = stdout_json(&plugin_ok(&state, &["create"], &dual.to_string()));
+    assert_eq!(created["subnets"][1]["subnet"], "fd77::/64");
+    assert_eq!(created["subnets"][1]["gateway"], "fd77::1");
     assert_error(&plugin(&state, &["create"], "{not json"), "");
     assert_error(&plugin(&state, &["frobnicate"], "{}"), "unknown subcommand");
 }
@@ -257,10 +265,19 @@ fn bad_setup_input_leaves_nothing() {
     let outside = exec_opts(&state, "b2", Some(vec!["192.0.2.9"]));
     assert_error(
         &plugin(&state, &["setup", ns.path_str()], &outside),
-        "not assignable",
+        "in no subnet of network",
     );
+    // The network is IPv4-only: an IPv6 address is in none of its subnets either.
     let v6 = exec_opts(&state, "b3", Some(vec!["fd00::9"]));
-    assert_error(&plugin(&state, &["setup", ns.path_str()], &v6), "IPv6");
+    assert_error(
+        &plugin(&state, &["setup", ns.path_str()], &v6),
+        "fd00::9 is in no subnet",
+    );
+    let two = exec_opts(&state, "b4", Some(vec!["198.51.100.7", "198.51.100.8"]));
+    assert_error(
+        &plugin(&state, &["setup", ns.path_str()], &two),
+        "one per subnet",
+    );
     let mut mac: Value = serde_json::from_str(&opts).unwrap();
     mac["network_options"]["static_mac"] = json!("02:00:00:00:00:01");
     assert_error(

@@ -29,12 +29,16 @@ impl Network {
             }
         }
         let member = host_member::member_id(&self.config);
-        for (ip, lease) in self.ipam.leases()? {
-            let id = lease.container_id;
-            if id != member && !recorded.contains(&id) {
-                tracing::info!("releasing {ip}, leased to {id} by an attach that did not finish");
-                self.ipam.release_exact(&id, ip)?;
-                self.lighthouse.unregister(&self.config.network, ip, &id)?;
+        for ipam in &self.ipams {
+            for (ip, lease) in ipam.leases()? {
+                let id = lease.container_id;
+                if id != member && !recorded.contains(&id) {
+                    tracing::info!(
+                        "releasing {ip}, leased to {id} by an attach that did not finish"
+                    );
+                    ipam.release_exact(&id, ip)?;
+                    self.lighthouse.unregister(&self.config.network, ip, &id)?;
+                }
             }
         }
         Ok(())
@@ -75,10 +79,12 @@ impl Network {
             }
         }
         let member = host_member::member_id(&self.config);
-        for (_, lease) in self.ipam.leases()? {
-            let id = lease.container_id.as_str();
-            if !keep.contains(&id) && id != member {
-                clean(id, &lease.ifname);
+        for ipam in &self.ipams {
+            for (_, lease) in ipam.leases()? {
+                let id = lease.container_id.as_str();
+                if !keep.contains(&id) && id != member {
+                    clean(id, &lease.ifname);
+                }
             }
         }
         first_error.map_or(Ok(cleaned), Err)

@@ -38,21 +38,24 @@ impl Network {
             container_id: id.clone(),
             ifname: host_member::member_ifname(&self.config),
         };
-        let mut taken = Vec::new();
-        let address = loop {
-            let ip = self.ipam.allocate_highest(&lease, &taken)?;
-            match self.lighthouse.register(&self.entry(ip, &id, Vec::new())?) {
-                Ok(()) => break ip,
-                // Another host's member (or container) holds it in the lighthouse.
-                Err(Error::AddressInUse { .. }) if taken.len() < CLAIM_ATTEMPTS => {
-                    self.ipam.release_exact(&id, ip)?;
-                    taken.push(ip);
+        let mut addresses = Vec::with_capacity(self.ipams.len());
+        for ipam in &self.ipams {
+            let mut taken = Vec::new();
+            addresses.push(loop {
+                let ip = ipam.allocate_highest(&lease, &taken)?;
+                match self.lighthouse.register(&self.entry(ip, &id, Vec::new())?) {
+                    Ok(()) => break ip,
+                    // Another host's member (or container) holds it in the lighthouse.
+                    Err(Error::AddressInUse { .. }) if taken.len() < CLAIM_ATTEMPTS => {
+                        ipam.release_exact(&id, ip)?;
+                        taken.push(ip);
+                    }
+                    Err(e) => return Err(e),
                 }
-                Err(e) => return Err(e),
-            }
-        };
+            });
+        }
         // The record first: whatever exists of a member, its record says how to remove it.
-        let member = HostMember::describe(&self.config, address)?;
+        let member = HostMember::describe(&self.config, addresses)?;
         member.save(&dirs)?;
         member.create_interface()?;
         Ok(true)
@@ -68,21 +71,37 @@ impl Network {
         if let Some(member) = &recorded {
             member.remove_interface()?;
         }
-        let released = self.ipam.release_ip(&id)?;
-        for ip in released
-            .into_iter()
-            .chain(recorded.as_ref().map(|m| m.address))
-        {
+        let mut released = Vec::new();
+        for ipam in &self.ipams {
+            released.extend(ipam.release_ip(&id)?);
+        }
+        let recorded_ips = recorded.iter().flat_map(|m| m.addresses.iter().copied());
+        for ip in released.iter().copied().chain(recorded_ips) {
             self.lighthouse.unregister(&self.config.network, ip, &id)?;
         }
         HostMember::forget(&dirs)?;
-        Ok(recorded.is_some() || released.is_some())
+        Ok(recorded.is_some() || !released.is_empty())
     }
 
-    /// A host port another Flatnet container of this state directory publishes is refused.
+    /// A host port another Flatnet container of this state directory publishes is refused,
+    /// and so is one on a host address of a family the network has no subnet of.
     pub(super) fn refuse_taken_ports(&self, req: &AttachRequest) -> Result<()> {
         if req.ports.is_empty() {
             return Ok(());
+        }
+        let families: Vec<std::net::IpAddr> =
+            self.config.subnets.iter().map(|s| s.net.addr()).collect();
+        if let Some(stray) = req
+            .ports
+            .iter()
+            .find(|m| !families.iter().any(|&f| m.carries(f)))
+        {
+            return Err(Error::InvalidRequest(format!(
+                "published port {stray} is on an address of a family network {} has no \
+                 subnet of ({})",
+                self.config.network,
+                self.config.subnets_text()
+            )));
         }
         let others: Vec<Attachment> = attachment::all(&self.config.state_dir)?
             .into_iter()
@@ -106,18 +125,19 @@ impl Network {
             if let Some(member) = HostMember::load(&dirs)? {
                 rules.networks.push(firewall::NetworkRules {
                     ifname: member.ifname,
-                    subnet: member.subnet,
+                    subnets: member.subnets,
                     internal: member.internal,
                     ingress_filter: member.ingress_filter,
                 });
             }
             for record in attachment::in_network(&dirs)? {
-                rules
-                    .forwards
-                    .extend(record.ports.iter().map(|mapping| firewall::Forward {
-                        container: record.address.addr(),
+                for mapping in &record.ports {
+                    let to = record.ips().filter(|&ip| mapping.carries(ip));
+                    rules.forwards.extend(to.map(|container| firewall::Forward {
+                        container,
                         mapping: *mapping,
                     }));
+                }
             }
         }
         firewall::apply(&host_member::firewall_table(&self.config), &rules)

@@ -10,13 +10,13 @@ mod serving;
 mod undo;
 
 use std::fs;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::OnceLock;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
-pub use addresses::address_pool;
+pub use addresses::address_pools;
 use undo::Undo;
 
 use crate::attachment::{self, Attachment};
@@ -40,8 +40,8 @@ pub struct AttachRequest<'a> {
     pub container_id: &'a str,
     pub netns: &'a Path,
     pub ifname: &'a str,
-    /// A specific address (`--ip`); `None` lets IPAM choose.
-    pub static_ip: Option<Ipv4Addr>,
+    /// Specific addresses (`--ip`, `--ip6`), at most one per subnet; IPAM chooses the rest.
+    pub static_ips: &'a [IpAddr],
     /// DNS names on the network: the container's name and aliases.
     pub names: &'a [String],
     /// Host ports to forward to the container (`-p`).
@@ -51,7 +51,8 @@ pub struct AttachRequest<'a> {
 /// One Flatnet network on this host.
 pub struct Network {
     config: FlatnetConfig,
-    ipam: IpAddressManager<DirLeaseStore>,
+    /// One per subnet, in the configuration's order.
+    ipams: Vec<IpAddressManager<DirLeaseStore>>,
     lighthouse: Box<dyn Lighthouse>,
     /// The network's identifier, asked of the lighthouse once.
     id: OnceLock<NetworkId>,
@@ -71,16 +72,29 @@ impl Network {
 
     pub fn with_lighthouse(config: FlatnetConfig, lighthouse: Box<dyn Lighthouse>) -> Self {
         let dirs = config.dirs();
-        let store = DirLeaseStore::new(dirs.leases(), dirs.lock_file());
-        let pool = address_pool(&config);
-        let ipam = IpAddressManager::new(&config.network, config.subnet, config.gateway, store)
-            .with_pool(pool.clone().unwrap_or_default());
+        let pools = address_pools(&config);
+        let ipams = config
+            .subnets
+            .iter()
+            .zip(
+                pools
+                    .clone()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .chain(std::iter::repeat(vec![])),
+            )
+            .map(|(subnet, pool)| {
+                let store = DirLeaseStore::new(dirs.leases(), dirs.lock_file());
+                IpAddressManager::new(&config.network, subnet.net, subnet.gateway, store)
+                    .with_pool(pool)
+            })
+            .collect();
         Network {
             config,
-            ipam,
+            ipams,
             lighthouse,
             id: OnceLock::new(),
-            pool_error: pool.err(),
+            pool_error: pools.err(),
         }
     }
 
@@ -88,26 +102,32 @@ impl Network {
         &self.config
     }
 
-    pub fn ipam(&self) -> &IpAddressManager<DirLeaseStore> {
-        &self.ipam
+    /// The address managers, one per subnet.
+    pub fn ipams(&self) -> &[IpAddressManager<DirLeaseStore>] {
+        &self.ipams
     }
 
     pub fn lighthouse(&self) -> &dyn Lighthouse {
         self.lighthouse.as_ref()
     }
 
-    /// The addresses Podman may hand out for this network on this host (it allocates for
-    /// plugin networks itself, from one range): see [`IpAddressManager::runtime_range`].
-    pub fn runtime_range(&self) -> Result<(Ipv4Addr, Ipv4Addr)> {
+    /// The addresses Podman may hand out for this network on this host, one range per subnet
+    /// (it allocates for plugin networks itself): see [`IpAddressManager::runtime_range`].
+    pub fn runtime_ranges(&self) -> Result<Vec<(IpAddr, IpAddr)>> {
         if let Some(why) = &self.pool_error {
             return Err(Error::InvalidConfig(why.clone()));
         }
-        self.ipam.runtime_range().ok_or_else(|| {
-            Error::InvalidConfig(format!(
-                "this host's blocks of {} leave no address for containers",
-                self.config.subnet
-            ))
-        })
+        self.ipams
+            .iter()
+            .map(|ipam| {
+                ipam.runtime_range().ok_or_else(|| {
+                    Error::InvalidConfig(format!(
+                        "this host's blocks of {} leave no address for containers",
+                        ipam.subnet()
+                    ))
+                })
+            })
+            .collect()
     }
 
     /// The network's identifier as the lighthouse allotted it.
@@ -141,9 +161,9 @@ impl Network {
         // Runs last on failure: the table then says what the state left on disk says.
         undo.push(|| self.sync_firewall());
         let member_created = self.ensure_host_member(&mut undo)?;
-        let ip = self.claim_address(req, &names, &mut undo)?;
+        let ips = self.claim_addresses(req, &names, &mut undo)?;
         killpoint::here("attach.address_claimed");
-        let attachment = self.attachment_for(req, network_id, ip, names, netns.identity()?);
+        let attachment = self.attachment_for(req, network_id, &ips, names, netns.identity()?);
 
         make_interface(&netns, &attachment)?;
         let iface = attachment.clone();
@@ -182,7 +202,7 @@ impl Network {
         // Only what we made goes: an interface in the recorded namespace, or (an attach killed
         // before its record) one the container's lease says was being made. With neither, the
         // name in the runtime's namespace is not ours, even if the container was once.
-        let attaching = record.is_some() || self.ipam.resolve_ip(container_id)?.is_some();
+        let attaching = record.is_some() || self.leases_of(container_id)?.next().is_some();
         let netns = netns.or(record.as_ref().map(|r| r.netns.as_path()));
         let ifname = record.as_ref().map_or(ifname, |r| r.ifname.as_str());
         let made_in = record.as_ref().and_then(|r| r.netns_id);
@@ -190,16 +210,15 @@ impl Network {
             NetworkNamespace::teardown(netns, ifname, made_in)?;
         }
         killpoint::here("detach.interface_removed");
-        if let Some(ip) = self.ipam.release_ip(container_id)? {
+        for ipam in &self.ipams {
+            if let Some(ip) = ipam.release_ip(container_id)? {
+                self.lighthouse
+                    .unregister(&self.config.network, ip, container_id)?;
+            }
+        }
+        for ip in record.iter().flat_map(Attachment::ips) {
             self.lighthouse
                 .unregister(&self.config.network, ip, container_id)?;
-        }
-        if let Some(record) = &record {
-            self.lighthouse.unregister(
-                &self.config.network,
-                record.address.addr(),
-                container_id,
-            )?;
         }
         killpoint::here("detach.address_released");
         remove_if_exists(&self.config.dirs().attachment(container_id))?;
@@ -222,20 +241,26 @@ impl Network {
         if record.ifname != ifname {
             return failed(format!("attached as {}, not {ifname}", record.ifname));
         }
-        let ip = record.address.addr();
-        if self.ipam.resolve_ip(container_id)? != Some(ip) {
-            return failed(format!("address {ip} is not leased to {container_id}"));
-        }
-        let entry = self.lighthouse.lookup(&self.config.network, ip)?;
-        if entry.is_none_or(|e| e.container_id != container_id) {
-            return failed(format!("lighthouse does not map {ip} to {container_id}"));
+        let leased: Vec<IpAddr> = self.leases_of(container_id)?.collect();
+        for ip in record.ips() {
+            if !leased.contains(&ip) {
+                return failed(format!("address {ip} is not leased to {container_id}"));
+            }
+            let entry = self.lighthouse.lookup(&self.config.network, ip)?;
+            if entry.is_none_or(|e| e.container_id != container_id) {
+                return failed(format!("lighthouse does not map {ip} to {container_id}"));
+            }
         }
         let ns = NetworkNamespace::open(netns)?;
         let Some(state) = ns.enter(|inside| inside.interface_state(ifname))? else {
             return failed(format!("interface {ifname} is missing"));
         };
-        if !state.addresses.contains(&record.address) {
-            return failed(format!("{ifname} lacks address {}", record.address));
+        if let Some(missing) = record
+            .addresses
+            .iter()
+            .find(|a| !state.addresses.contains(a))
+        {
+            return failed(format!("{ifname} lacks address {missing}"));
         }
         if !state.up {
             return failed(format!("{ifname} is down"));
@@ -268,7 +293,16 @@ impl Network {
             .any(|p| p.extension().is_some_and(|e| e == "json")))
     }
 
-    fn entry(&self, ip: Ipv4Addr, id: &str, names: Vec<String>) -> Result<Entry> {
+    /// The addresses the container holds a lease on, one per subnet at most.
+    fn leases_of(&self, container_id: &str) -> Result<impl Iterator<Item = IpAddr>> {
+        let mut held = Vec::new();
+        for ipam in &self.ipams {
+            held.extend(ipam.resolve_ip(container_id)?);
+        }
+        Ok(held.into_iter())
+    }
+
+    fn entry(&self, ip: IpAddr, id: &str, names: Vec<String>) -> Result<Entry> {
         Ok(Entry {
             network: self.config.network.clone(),
             network_id: self.id()?,
@@ -283,10 +317,16 @@ impl Network {
         &self,
         req: &AttachRequest,
         network_id: NetworkId,
-        ip: Ipv4Addr,
+        ips: &[IpAddr],
         names: Vec<String>,
         netns_id: NetnsId,
     ) -> Attachment {
+        let subnets = &self.config.subnets;
+        let addresses = ips
+            .iter()
+            .zip(subnets)
+            .map(|(&ip, subnet)| IpNet::new(ip, subnet.net.prefix_len()).expect("valid prefix"))
+            .collect();
         Attachment {
             version: attachment::RECORD_VERSION,
             network: self.config.network.clone(),
@@ -294,9 +334,9 @@ impl Network {
             container_id: req.container_id.to_string(),
             ifname: req.ifname.to_string(),
             netns: req.netns.to_path_buf(),
-            address: Ipv4Net::new(ip, self.config.subnet.prefix_len()).expect("valid prefix"),
-            gateway: self.config.gateway,
-            mac: attachment::mac_for(ip),
+            addresses,
+            gateways: subnets.iter().map(|s| s.gateway).collect(),
+            mac: attachment::mac_for(ips[0]),
             mtu: self.config.mtu,
             names,
             ports: req.ports.to_vec(),
@@ -321,13 +361,21 @@ impl Network {
 fn make_interface(netns: &NetworkNamespace, attachment: &Attachment) -> Result<()> {
     netns.enter(|inside| {
         let device = inside.create_interface(&attachment.ifname, attachment.mtu)?;
-        let configured = inside
-            .assign_ip(&device, attachment.address)
-            .and_then(|()| inside.set_up(&device))
-            .and_then(|()| match attachment.egress {
-                true => inside.add_default_route(&device, attachment.gateway),
-                false => Ok(()),
-            });
+        let configured = (|| {
+            if attachment.addresses.iter().any(|a| a.addr().is_ipv6()) {
+                inside.enable_ipv6(&device)?;
+            }
+            for address in &attachment.addresses {
+                inside.assign_ip(&device, *address)?;
+            }
+            inside.set_up(&device)?;
+            if attachment.egress {
+                for gateway in &attachment.gateways {
+                    inside.add_default_route(&device, *gateway)?;
+                }
+            }
+            Ok(())
+        })();
         if configured.is_err() {
             let _ = inside.remove_interface(&device.name);
         }

@@ -37,7 +37,9 @@ impl Network {
             )
         })?;
         if self.config.dirs().leases().exists() {
-            self.ipam.leases()?;
+            for ipam in &self.ipams {
+                ipam.leases()?;
+            }
         }
         self.data_plane_readiness()
     }

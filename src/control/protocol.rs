@@ -7,7 +7,7 @@
 //! holds ([`LighthouseRequest`]); the wire spells both as one object tagged by `op`. An answer
 //! is a [`Reply`] or a [`Refusal`]; the wire spells both as one object with `ok`.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
@@ -55,12 +55,12 @@ pub enum LighthouseRequest {
     },
     Unregister {
         network: String,
-        ip: Ipv4Addr,
+        ip: IpAddr,
         container_id: String,
     },
     Lookup {
         network: String,
-        ip: Ipv4Addr,
+        ip: IpAddr,
     },
     /// Every entry; with a network, that network's.
     Entries {
@@ -105,7 +105,7 @@ pub type Response = std::result::Result<Reply, Refusal>;
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Failure {
     AddressInUse {
-        ip: Ipv4Addr,
+        ip: IpAddr,
         owner: String,
     },
     /// The lighthouse cannot be reached or has no quorum: try again later.

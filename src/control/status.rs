@@ -4,9 +4,9 @@
 //! (per member, DNS, fast path, polling) are these types too: what it counts is what it shows.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use super::settings::{MetricsAddress, SameHost};
@@ -73,7 +73,9 @@ pub struct MemberStatus {
     pub network: String,
     pub container_id: String,
     pub ifname: String,
-    pub address: Ipv4Addr,
+    /// IPv4 first (`address` from a daemon of an IPv4-only Flatnet).
+    #[serde(alias = "address", deserialize_with = "crate::attachment::one_or_more")]
+    pub addresses: Vec<IpAddr>,
     pub host_member: bool,
     /// Host ports published to it, as `host_ip:host_port->container_port/protocol`.
     pub published_ports: Vec<String>,
@@ -98,9 +100,13 @@ pub struct NetworkStatus {
     pub id: String,
     /// The host member's interface.
     pub host_member: String,
-    pub address: Ipv4Addr,
-    pub gateway: Ipv4Addr,
-    pub subnet: Ipv4Net,
+    /// The host member's addresses, the gateways and the subnets, one per subnet, IPv4 first.
+    #[serde(alias = "address", deserialize_with = "crate::attachment::one_or_more")]
+    pub addresses: Vec<IpAddr>,
+    #[serde(alias = "gateway", deserialize_with = "crate::attachment::one_or_more")]
+    pub gateways: Vec<IpAddr>,
+    #[serde(alias = "subnet", deserialize_with = "crate::attachment::one_or_more")]
+    pub subnets: Vec<IpNet>,
     pub internal: bool,
     /// Forwarded traffic to the containers only from Flatnet, replies and published ports.
     #[serde(default)]

@@ -3,7 +3,7 @@
 //! connection and the host's lease, so a short-lived plugin needs neither etcd credentials nor a
 //! TLS handshake of its own.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use super::client::{call, is_running};
 use super::protocol::{LighthouseRequest, Reply};
@@ -58,7 +58,7 @@ impl Lighthouse for ViaDaemon {
 
     /// Without a daemon there is nothing to do: the host's lease lapses and takes its
     /// entries along, and a daemon that starts again drops the entries nothing records.
-    fn unregister(&self, network: &str, ip: Ipv4Addr, container_id: &str) -> Result<()> {
+    fn unregister(&self, network: &str, ip: IpAddr, container_id: &str) -> Result<()> {
         if !is_running(&self.state_dir) {
             return Ok(());
         }
@@ -70,7 +70,7 @@ impl Lighthouse for ViaDaemon {
         self.ask(request).map(drop)
     }
 
-    fn lookup(&self, network: &str, ip: Ipv4Addr) -> Result<Option<Entry>> {
+    fn lookup(&self, network: &str, ip: IpAddr) -> Result<Option<Entry>> {
         let request = LighthouseRequest::Lookup {
             network: network.to_string(),
             ip,

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::io::ErrorKind;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
@@ -32,7 +32,7 @@ const MAX_PENDING: usize = 512;
 const MAX_MESSAGE: usize = 4096;
 
 /// Who asked: a container's address on a network.
-type Asker = (NetworkId, Ipv4Addr);
+type Asker = (NetworkId, IpAddr);
 
 /// A forwarded query: where its answer goes back to.
 struct Pending {
@@ -40,9 +40,9 @@ struct Pending {
     /// The container's queue slot and address, checked again when the answer comes.
     slot: usize,
     network_id: NetworkId,
-    client: SocketAddrV4,
+    client: SocketAddr,
     /// The gateway address the query was sent to; the answer comes from it.
-    server: SocketAddrV4,
+    server: SocketAddr,
     original_id: u16,
     /// The ID the upstream was asked under.
     id: u16,
@@ -57,8 +57,8 @@ struct Pending {
 pub struct Reply {
     pub slot: usize,
     pub network_id: NetworkId,
-    pub from: SocketAddrV4,
-    pub to: SocketAddrV4,
+    pub from: SocketAddr,
+    pub to: SocketAddr,
     pub message: Vec<u8>,
 }
 
@@ -67,8 +67,8 @@ pub struct Reply {
 pub struct Asked {
     pub slot: usize,
     pub network_id: NetworkId,
-    pub client: SocketAddrV4,
-    pub server: SocketAddrV4,
+    pub client: SocketAddr,
+    pub server: SocketAddr,
 }
 
 pub struct Forwarder {
@@ -131,7 +131,7 @@ impl Forwarder {
         self.stats.forwarded += 1;
         *self
             .per_container
-            .entry((asked.network_id, *asked.client.ip()))
+            .entry((asked.network_id, asked.client.ip()))
             .or_default() += 1;
         *self.per_network.entry(asked.network_id).or_default() += 1;
         self.pending.insert(
@@ -159,7 +159,7 @@ impl Forwarder {
     }
 
     fn has_room(&self, asked: Asked) -> bool {
-        let container = (asked.network_id, *asked.client.ip());
+        let container = (asked.network_id, asked.client.ip());
         self.pending.len() < MAX_PENDING
             && self.per_container.get(&container).copied().unwrap_or(0) < MAX_PER_CONTAINER
             && self
@@ -258,7 +258,7 @@ impl Forwarder {
     fn remove(&mut self, token: u64) -> Option<Pending> {
         let pending = self.pending.remove(&token)?;
         let _ = self.sockets.delete(&pending.socket);
-        let container = (pending.network_id, *pending.client.ip());
+        let container = (pending.network_id, pending.client.ip());
         release(&mut self.per_container, container);
         release(&mut self.per_network, pending.network_id);
         Some(pending)

@@ -4,12 +4,12 @@
 //! through it), or the DNS resolver for a query to the gateway.
 
 use std::io::{ErrorKind, Read};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Instant;
 
 use super::offload::{Segments, VNET_HDR_LEN};
-use super::packet::{ipv4_addresses, udp_datagram, NETWORK_ID_LEN};
+use super::packet::{ip_addresses, udp_datagram, NETWORK_ID_LEN};
 use super::pmtu::Fit;
 use super::routes::Route;
 use super::seal_workers::{SealWorkers, Train};
@@ -49,13 +49,17 @@ impl Daemon {
             };
             queue.stats.from_container_packets += 1;
             queue.stats.from_container_bytes += n.saturating_sub(VNET_HDR_LEN) as u64;
-            let (network_id, address, from_host) =
-                (queue.network_id, queue.address, queue.is_host());
+            let (network_id, from_host) = (queue.network_id, queue.is_host());
             // Every segment of a train has the train's addresses: check and route once.
-            let addresses = ipv4_addresses(&self.bufs.frame[VNET_HDR_LEN..n]);
-            let hop = addresses
-                .ok_or(DropReason::NotIpv4)
-                .and_then(|(src, dst)| self.next_hop(network_id, address, from_host, src, dst, n));
+            let addresses = ip_addresses(&self.bufs.frame[VNET_HDR_LEN..n]);
+            // A container may only speak with its own addresses.
+            let spoofed =
+                addresses.is_some_and(|(src, _)| !from_host && !queue.addresses.contains(&src));
+            let hop = match addresses {
+                None => Err(DropReason::NotIp),
+                Some(_) if spoofed => Err(DropReason::Spoofed),
+                Some((src, dst)) => self.next_hop(network_id, from_host, src, dst, n),
+            };
             let result = match hop {
                 Ok(Hop::Tunnel(route)) => self.send_train(slot, network_id, route, n),
                 Ok(Hop::Local(to)) => self.write_local(to, n),
@@ -73,24 +77,20 @@ impl Daemon {
         true
     }
 
-    /// Where a packet from `src` to `dst`, read from the member at `own` (`from_host`: the host
-    /// member), goes, if it may go. The first `n` bytes of `frame` hold it.
+    /// Where a packet from `src` to `dst`, read from a member whose source address was checked
+    /// (`from_host`: the host member, which may send from any), goes, if it may go. The first
+    /// `n` bytes of `frame` hold it.
     fn next_hop(
         &mut self,
         network_id: NetworkId,
-        own: Ipv4Addr,
         from_host: bool,
-        src: Ipv4Addr,
-        dst: Ipv4Addr,
+        src: IpAddr,
+        dst: IpAddr,
         n: usize,
     ) -> Result<Hop, DropReason> {
-        if !from_host && src != own {
-            // A container may only speak with its own address.
-            return Err(DropReason::Spoofed);
-        }
         let network = self.networks.get(network_id);
         if let Some(network) = network {
-            let to_gateway = dst == network.member.gateway && !from_host;
+            let to_gateway = network.member.gateways.contains(&dst) && !from_host;
             if to_gateway && is_dns_query(&self.bufs.frame[VNET_HDR_LEN..n]) {
                 return Ok(Hop::Resolver);
             }
@@ -114,9 +114,9 @@ impl Daemon {
                 .ok_or(DropReason::NoRoute);
         };
         let member = &network.member;
-        if member.subnet.contains(&dst) {
-            // Other hosts know this host's member by its own address only.
-            if from_host && src != member.address {
+        if member.subnets.iter().any(|s| s.contains(&dst)) {
+            // Other hosts know this host's member by its own addresses only.
+            if from_host && !member.addresses.contains(&src) {
                 return Err(DropReason::Spoofed);
             }
             return self
@@ -290,12 +290,23 @@ fn seal_here(
 /// loopback: the member has `route_localnet` on (for published ports reached from 127.0.0.1),
 /// so the host would deliver it to services that listen on 127.0.0.1 only. Nor to addresses
 /// that are no one host's (unspecified, broadcast, multicast, link-local).
-fn may_leave_for(dst: Ipv4Addr) -> bool {
-    !(dst.is_loopback()
-        || dst.is_unspecified()
-        || dst.is_broadcast()
-        || dst.is_multicast()
-        || dst.is_link_local())
+fn may_leave_for(dst: IpAddr) -> bool {
+    match dst {
+        IpAddr::V4(v4) => {
+            !(v4.is_loopback()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.is_link_local())
+        }
+        IpAddr::V6(v6) => {
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || v6.is_unicast_link_local()
+                || v6.to_ipv4_mapped().is_some())
+        }
+    }
 }
 
 /// A UDP datagram to port 53.
@@ -316,10 +327,15 @@ mod tests {
             "255.255.255.255",
             "224.0.0.1",
             "169.254.1.1",
+            "::1",
+            "::",
+            "ff02::2",
+            "fe80::1",
+            "::ffff:127.0.0.1",
         ] {
             assert!(!may_leave_for(dst.parse().unwrap()), "{dst}");
         }
-        for dst in ["198.51.100.2", "192.0.2.2", "10.255.255.53"] {
+        for dst in ["198.51.100.2", "192.0.2.2", "10.255.255.53", "2001:db8::5"] {
             assert!(may_leave_for(dst.parse().unwrap()), "{dst}");
         }
     }

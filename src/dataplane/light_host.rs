@@ -4,12 +4,12 @@
 //! host's reads, watches and writes exactly as flatnetd makes them.
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
@@ -43,8 +43,8 @@ impl LightHost {
     }
 
     /// Serves `network` from now on, as a daemon does when its first member there attaches.
-    pub fn serve(&mut self, network_id: NetworkId, network: &str, subnet: Ipv4Net) {
-        self.table.serve_network(network_id, network, subnet);
+    pub fn serve(&mut self, network_id: NetworkId, network: &str, subnet: IpNet) {
+        self.table.serve_network(network_id, network, vec![subnet]);
         self.served.insert(network.to_string());
         self.follower.follow_networks(self.served.clone());
     }
@@ -64,7 +64,7 @@ impl LightHost {
         applied
     }
 
-    pub fn route(&self, network_id: NetworkId, ip: Ipv4Addr) -> Option<Route> {
+    pub fn route(&self, network_id: NetworkId, ip: IpAddr) -> Option<Route> {
         self.table.route(network_id, ip)
     }
 

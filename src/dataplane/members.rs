@@ -6,6 +6,8 @@
 use std::collections::HashMap;
 use std::os::fd::AsFd;
 
+use ipnet::IpNet;
+
 use nix::sys::epoll::{EpollEvent, EpollFlags};
 
 use super::queues::{Queue, QueueOwner};
@@ -52,9 +54,9 @@ impl LocalNetworks {
                     network: m.network.clone(),
                     id: format!("{id:08x}"),
                     host_member: m.ifname.clone(),
-                    address: m.address,
-                    gateway: m.gateway,
-                    subnet: m.subnet,
+                    addresses: m.addresses.clone(),
+                    gateways: m.gateways.clone(),
+                    subnets: m.subnets.clone(),
                     internal: m.internal,
                     ingress_filter: m.ingress_filter,
                     dns_upstreams: m.dns_upstreams.clone(),
@@ -80,41 +82,45 @@ impl Daemon {
             network_id: record.wire_network_id(),
             container_id: record.container_id.clone(),
             ifname: record.ifname.clone(),
-            address: record.address.addr(),
+            addresses: record.ips().collect(),
             aliases: Vec::new(),
             owner: QueueOwner::Container,
             published: record.ports.clone(),
             device,
             stats: Default::default(),
         })?;
-        let subnet = record.address.trunc();
+        let subnets = record.addresses.iter().map(IpNet::trunc).collect();
         self.routes
-            .serve_network(record.wire_network_id(), &record.network, subnet);
+            .serve_network(record.wire_network_id(), &record.network, subnets);
         self.serve_host_member(&record.network, record.wire_network_id());
         // Registered a moment ago by the plugin: known here before the feed brings it back.
-        let own = self.own_entry(
-            &record.network,
-            record.wire_network_id(),
-            record.address.addr(),
-            &record.container_id,
-            record.names.clone(),
-        );
-        self.routes.put(own);
+        for ip in record.ips() {
+            let own = self.own_entry(
+                &record.network,
+                record.wire_network_id(),
+                ip,
+                &record.container_id,
+                record.names.clone(),
+            );
+            self.routes.put(own);
+        }
         self.follow_served_networks();
         tracing::info!(
-            "attached {} on {} at {}",
+            "attached {} on {} at {:?}",
             record.container_id,
             record.network,
-            record.address.addr()
+            record.addresses
         );
         Ok(())
     }
 
     pub(super) fn detach(&mut self, network: &str, container_id: &str) {
-        if let Some(address) = self.queues.address_of(network, container_id) {
+        if let Some(addresses) = self.queues.addresses_of(network, container_id) {
             tracing::info!("detached {container_id} from {network}");
             let own = self.own_name.clone();
-            self.routes.delete(&own, network, address);
+            for address in addresses {
+                self.routes.delete(&own, network, address);
+            }
         }
         self.unserve(network, container_id);
         if !self.queues.network_has_containers(network) {
@@ -178,8 +184,8 @@ impl Daemon {
                     network_id,
                     container_id: member.id.clone(),
                     ifname: member.ifname.clone(),
-                    address: member.address,
-                    aliases: vec![member.gateway],
+                    addresses: member.addresses.clone(),
+                    aliases: member.gateways.clone(),
                     owner: QueueOwner::Host,
                     published: Vec::new(),
                     device,

@@ -327,24 +327,34 @@ fn recorded_entries(state_dir: &StateDir, host: &HostInfo) -> Vec<crate::lightho
         .iter()
         .map(|r| (r.network.as_str(), r.wire_network_id()))
         .collect();
-    let members = networks.into_iter().filter_map(|(network, network_id)| {
-        let member = HostMember::load(&state_dir.network(network)).ok()??;
-        Some(crate::lighthouse::Entry {
-            network: member.network,
-            network_id,
-            ip: member.address,
-            container_id: member.id,
-            names: Vec::new(),
-            host: host.clone(),
+    let members = networks.into_iter().flat_map(|(network, network_id)| {
+        let member = HostMember::load(&state_dir.network(network)).ok().flatten();
+        let host = host.clone();
+        member.into_iter().flat_map(move |member| {
+            let host = host.clone();
+            member
+                .addresses
+                .iter()
+                .map(|&ip| crate::lighthouse::Entry {
+                    network: member.network.clone(),
+                    network_id,
+                    ip,
+                    container_id: member.id.clone(),
+                    names: Vec::new(),
+                    host: host.clone(),
+                })
+                .collect::<Vec<_>>()
         })
     });
-    let containers = records.iter().map(|r| crate::lighthouse::Entry {
-        network: r.network.clone(),
-        network_id: r.wire_network_id(),
-        ip: r.address.addr(),
-        container_id: r.container_id.clone(),
-        names: r.names.clone(),
-        host: host.clone(),
+    let containers = records.iter().flat_map(|r| {
+        r.ips().map(|ip| crate::lighthouse::Entry {
+            network: r.network.clone(),
+            network_id: r.wire_network_id(),
+            ip,
+            container_id: r.container_id.clone(),
+            names: r.names.clone(),
+            host: host.clone(),
+        })
     });
     containers.chain(members).collect()
 }
@@ -620,7 +630,7 @@ impl Daemon {
         &self,
         network: &str,
         network_id: NetworkId,
-        ip: std::net::Ipv4Addr,
+        ip: std::net::IpAddr,
         id: &str,
         names: Vec<String>,
     ) -> Published {
@@ -710,7 +720,7 @@ fn member_status(queue: &queues::Queue) -> MemberStatus {
         network: queue.network.clone(),
         container_id: queue.container_id.clone(),
         ifname: queue.ifname.clone(),
-        address: queue.address,
+        addresses: queue.addresses.clone(),
         host_member: queue.is_host(),
         published_ports: queue.published.iter().map(ToString::to_string).collect(),
         stats: queue.stats.clone(),

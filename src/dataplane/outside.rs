@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use super::batch::{RecvBatch, BATCH};
 use super::offload::{delivery_header, DECRYPT_OFFSET, VNET_HDR_LEN};
-use super::packet::{ipv4_addresses, NETWORK_ID_LEN};
+use super::packet::{ip_addresses, NETWORK_ID_LEN};
 use super::queues::Queue;
 use super::{batched, Daemon};
 use crate::tunnel::{DropReason, PublicKey, Received};
@@ -126,7 +126,7 @@ impl Daemon {
                 .unwrap(),
         );
         let (src, dst) =
-            ipv4_addresses(&self.bufs.plain[VNET_HDR_LEN..end]).ok_or(DropReason::NotIpv4)?;
+            ip_addresses(&self.bufs.plain[VNET_HDR_LEN..end]).ok_or(DropReason::NotIp)?;
         // The inner source must be an address the lighthouse gives to the sending host (the
         // route table believes no address outside a served network's subnet).
         if self.routes.route(network_id, src).map(|r| r.key) != Some(*peer) {

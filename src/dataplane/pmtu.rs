@@ -161,11 +161,12 @@ impl Daemon {
         let frame = &mut self.bufs.frame[..n];
         let partial_checksum = offload::needs_checksum(frame);
         let packet = &mut frame[VNET_HDR_LEN..];
-        clamp_mss(
-            packet,
-            (inner_mtu - IPV4_HEADER - TCP_HEADER) as u16,
-            partial_checksum,
-        );
+        let ip_header = match packet.first().map(|b| b >> 4) {
+            Some(6) => IPV6_HEADER,
+            _ => IPV4_HEADER,
+        };
+        let max_mss = inner_mtu.saturating_sub(ip_header + TCP_HEADER) as u16;
+        clamp_mss(packet, max_mss, partial_checksum);
         let segments = Segments::new(frame).ok_or(DropReason::Malformed)?;
         if segments.largest(n - VNET_HDR_LEN) <= inner_mtu as usize {
             return Ok(Fit::Whole);
@@ -207,17 +208,30 @@ impl Daemon {
     /// `slot`, from the network's gateway (the hop that could not forward it) if it has one.
     fn answer_too_big(&mut self, slot: usize, network_id: NetworkId, n: usize, inner_mtu: u32) {
         let original = &self.bufs.frame[VNET_HDR_LEN..n];
-        let Some((_, dst)) = super::packet::ipv4_addresses(original) else {
+        let Some((_, dst)) = super::packet::ip_addresses(original) else {
             return;
         };
-        let from = self
-            .networks
-            .get(network_id)
-            .map_or(dst, |network| network.member.gateway);
+        // The gateway of the packet's family, else its destination.
+        let gateway = self.networks.get(network_id).and_then(|network| {
+            let gateways = &network.member.gateways;
+            gateways
+                .iter()
+                .copied()
+                .find(|g| g.is_ipv4() == dst.is_ipv4())
+        });
         let mut reply = [0u8; VNET_HDR_LEN + icmp::MAX_ERROR_LEN];
         reply[..VNET_HDR_LEN].copy_from_slice(&DELIVERY_HEADER);
-        let mtu = u16::try_from(inner_mtu).unwrap_or(u16::MAX);
-        let len = icmp::fragmentation_needed(&mut reply[VNET_HDR_LEN..], from, mtu, original);
+        let out = &mut reply[VNET_HDR_LEN..];
+        let len = match (gateway.unwrap_or(dst), dst) {
+            (IpAddr::V4(from), IpAddr::V4(_)) => {
+                let mtu = u16::try_from(inner_mtu).unwrap_or(u16::MAX);
+                icmp::fragmentation_needed(out, from, mtu, original)
+            }
+            (IpAddr::V6(from), IpAddr::V6(_)) => {
+                icmp::packet_too_big(out, from, inner_mtu.max(IPV6_MIN_MTU), original)
+            }
+            _ => return,
+        };
         if let Some(queue) = self.queues.get_mut(slot) {
             let _ = queue.device.write(&reply[..VNET_HDR_LEN + len]);
         }
@@ -230,6 +244,10 @@ pub enum Fit {
     /// In IPv4 fragments of at most this many bytes.
     Fragments(u32),
 }
+
+/// What every IPv6 link carries: an IPv6 host never goes below it, so a "packet too big"
+/// names at least this much (a path narrower for Flatnet than 1280 bytes carries no IPv6).
+const IPV6_MIN_MTU: u32 = 1280;
 
 /// Makes every datagram of `socket` carry DF, whatever its size, and never be fragmented
 /// here: the kernel refuses one larger than the known path MTU instead (the data plane keeps
@@ -250,12 +268,17 @@ pub fn forbid_fragmenting(socket: &UdpSocket) -> io::Result<()> {
     super::batch::set_option(socket.as_raw_fd(), level, name, &value)
 }
 
-/// Whether an IPv4 packet forbids fragmenting.
+/// Whether a packet forbids fragmenting on the way: an IPv4 packet with DF, and every IPv6
+/// packet (only its source may fragment it).
 fn dont_fragment(packet: &[u8]) -> bool {
-    packet.len() >= 20 && packet[6] & 0x40 != 0
+    match packet.first().map(|b| b >> 4) {
+        Some(4) => packet.len() >= 20 && packet[6] & 0x40 != 0,
+        Some(6) => true,
+        _ => false,
+    }
 }
 
-/// Lowers the MSS option of an IPv4 TCP SYN above `max_mss` to it. A full checksum is mended
+/// Lowers the MSS option of a TCP SYN (IPv4, or IPv6 without extension headers) above `max_mss` to it. A full checksum is mended
 /// (RFC 1624); a partial one covers the pseudo-header only and stays as it is.
 pub fn clamp_mss(packet: &mut [u8], max_mss: u16, partial_checksum: bool) {
     const PROTO_TCP: u8 = 6;
@@ -263,11 +286,15 @@ pub fn clamp_mss(packet: &mut [u8], max_mss: u16, partial_checksum: bool) {
     const OPTION_END: u8 = 0;
     const OPTION_NOP: u8 = 1;
     const OPTION_MSS: u8 = 2;
-    if packet.len() < 20 || packet[0] >> 4 != 4 || packet[9] != PROTO_TCP {
-        return;
-    }
-    let ip_len = usize::from(packet[0] & 0x0f) * 4;
-    let fragment = u16::from_be_bytes([packet[6], packet[7]]) & 0x1fff != 0;
+    let (ip_len, fragment) = match packet.first().map(|b| b >> 4) {
+        Some(4) if packet.len() >= 20 && packet[9] == PROTO_TCP => (
+            usize::from(packet[0] & 0x0f) * 4,
+            u16::from_be_bytes([packet[6], packet[7]]) & 0x1fff != 0,
+        ),
+        // TCP right after the fixed header: extension headers are not looked through.
+        Some(6) if packet.len() >= 40 && packet[6] == PROTO_TCP => (40, false),
+        _ => return,
+    };
     let Some(tcp) = packet.get_mut(ip_len..).filter(|tcp| tcp.len() >= 20) else {
         return;
     };

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use crate::control::status::MemberStats;
 use crate::lighthouse::NetworkId;
@@ -23,9 +23,10 @@ pub struct Queue {
     pub network_id: NetworkId,
     pub container_id: String,
     pub ifname: String,
-    pub address: Ipv4Addr,
-    /// Further addresses delivered to this queue (the host member's gateway address).
-    pub aliases: Vec<Ipv4Addr>,
+    /// The member's own addresses, one per subnet: the sources a container may send from.
+    pub addresses: Vec<IpAddr>,
+    /// Further addresses delivered to this queue (the host member's gateway addresses).
+    pub aliases: Vec<IpAddr>,
     pub owner: QueueOwner,
     /// Host ports published to this container, for `flatnetd status`.
     pub published: Vec<PortMapping>,
@@ -42,7 +43,7 @@ impl Queue {
 #[derive(Default)]
 pub struct Queues {
     slots: Vec<Option<Queue>>,
-    by_address: HashMap<(u32, Ipv4Addr), usize>,
+    by_address: HashMap<(u32, IpAddr), usize>,
     by_container: HashMap<(String, String), usize>,
 }
 
@@ -56,7 +57,7 @@ impl Queues {
                 self.slots.push(None);
                 self.slots.len() - 1
             });
-        for address in std::iter::once(queue.address).chain(queue.aliases.iter().copied()) {
+        for &address in queue.addresses.iter().chain(&queue.aliases) {
             self.by_address.insert((queue.network_id, address), slot);
         }
         self.by_container
@@ -70,8 +71,8 @@ impl Queues {
             .by_container
             .remove(&(network.to_string(), container_id.to_string()))?;
         let queue = self.slots[slot].take()?;
-        for address in std::iter::once(queue.address).chain(queue.aliases.iter().copied()) {
-            self.by_address.remove(&(queue.network_id, address));
+        for address in queue.addresses.iter().chain(&queue.aliases) {
+            self.by_address.remove(&(queue.network_id, *address));
         }
         // Keep the table from growing without bound after churn.
         while self.slots.last().is_some_and(Option::is_none) {
@@ -85,12 +86,12 @@ impl Queues {
             .contains_key(&(network.to_string(), container_id.to_string()))
     }
 
-    /// The address of a container served here.
-    pub fn address_of(&self, network: &str, container_id: &str) -> Option<Ipv4Addr> {
+    /// The addresses of a container served here.
+    pub fn addresses_of(&self, network: &str, container_id: &str) -> Option<Vec<IpAddr>> {
         let slot = self
             .by_container
             .get(&(network.to_string(), container_id.to_string()))?;
-        self.get(*slot).map(|queue| queue.address)
+        self.get(*slot).map(|queue| queue.addresses.clone())
     }
 
     pub fn get(&self, slot: usize) -> Option<&Queue> {
@@ -101,7 +102,7 @@ impl Queues {
         self.slots.get_mut(slot).and_then(Option::as_mut)
     }
 
-    pub fn slot_of(&self, network_id: NetworkId, address: Ipv4Addr) -> Option<usize> {
+    pub fn slot_of(&self, network_id: NetworkId, address: IpAddr) -> Option<usize> {
         self.by_address.get(&(network_id, address)).copied()
     }
 

@@ -79,7 +79,7 @@ impl Daemon {
         let Some(queue) = self.queues.get_mut(reply.slot) else {
             return;
         };
-        if queue.network_id != reply.network_id || queue.address != *reply.to.ip() {
+        if queue.network_id != reply.network_id || !queue.addresses.contains(&reply.to.ip()) {
             return;
         }
         let out = &mut self.bufs.plain;

@@ -3,9 +3,9 @@
 //! ([`super::follower`]); the packet path only ever reads these maps.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 use super::candidates::{Believed, CandidateBook};
 use crate::cert::{HostCert, RevocationList, TrustBundle};
@@ -24,7 +24,7 @@ struct Known {
     names: Vec<String>,
 }
 
-type Address = (u32, Ipv4Addr);
+type Address = (u32, IpAddr);
 
 /// DNS names one entry may give its address (a container's name and aliases).
 const MAX_NAMES: usize = 32;
@@ -40,7 +40,7 @@ pub struct RouteTable {
     published: HashMap<(String, Address), Entry>,
     /// The network id each (host, network name, address) is published under: what a delete,
     /// which names the network, undoes.
-    network_ids: HashMap<(String, String, Ipv4Addr), NetworkId>,
+    network_ids: HashMap<(String, String, IpAddr), NetworkId>,
     /// The hosts that publish each address (one, unless someone lies).
     claimants: HashMap<Address, BTreeSet<String>>,
     /// The addresses each host publishes: looked at again when its certificate changes.
@@ -62,11 +62,11 @@ pub struct RouteTable {
     /// datagram for an unknown session is matched in O(1).
     by_endpoint: HashMap<SocketAddr, HashMap<PublicKey, usize>>,
     /// Network id -> DNS name -> addresses (a shared alias may name several containers).
-    names: HashMap<u32, HashMap<String, Vec<Ipv4Addr>>>,
+    names: HashMap<u32, HashMap<String, Vec<IpAddr>>>,
     /// The networks this host serves, by identifier, with their subnets: an entry that carries
     /// one of these identifiers under another network's name, or for an address outside the
     /// subnet, is not believed, whoever vouches for it (so no packet from there is delivered).
-    local: HashMap<NetworkId, (String, Ipv4Net)>,
+    local: HashMap<NetworkId, (String, Vec<IpNet>)>,
     /// Keys whose last route went: their tunnels are to be closed (if still unlisted then).
     delisted: Vec<PublicKey>,
     /// The newest revocation list of each trusted CA that reached us, by CA name.
@@ -88,11 +88,11 @@ impl RouteTable {
     }
 
     /// The addresses a name has on a network (lower case, no trailing dot).
-    pub fn addresses_of(&self, network_id: NetworkId, name: &str) -> Option<&[Ipv4Addr]> {
+    pub fn addresses_of(&self, network_id: NetworkId, name: &str) -> Option<&[IpAddr]> {
         self.names.get(&network_id)?.get(name).map(Vec::as_slice)
     }
 
-    pub fn route(&self, network_id: NetworkId, ip: Ipv4Addr) -> Option<Route> {
+    pub fn route(&self, network_id: NetworkId, ip: IpAddr) -> Option<Route> {
         self.routes.get(&(network_id, ip)).map(|known| known.route)
     }
 
@@ -143,9 +143,9 @@ impl RouteTable {
         self.withdrawn
     }
 
-    /// Tells the table that this host serves `network`, with `subnet`, under `network_id`.
-    pub fn serve_network(&mut self, network_id: NetworkId, network: &str, subnet: Ipv4Net) {
-        let served = (network.to_string(), subnet);
+    /// Tells the table that this host serves `network`, with `subnets`, under `network_id`.
+    pub fn serve_network(&mut self, network_id: NetworkId, network: &str, subnets: Vec<IpNet>) {
+        let served = (network.to_string(), subnets);
         if self.local.get(&network_id) == Some(&served) {
             return;
         }
@@ -321,7 +321,7 @@ impl RouteTable {
     }
 
     /// Drops a host's entry for an address of the named network.
-    pub fn delete(&mut self, host: &str, network: &str, ip: Ipv4Addr) {
+    pub fn delete(&mut self, host: &str, network: &str, ip: IpAddr) {
         let named = (host.to_string(), network.to_string(), ip);
         if let Some(network_id) = self.network_ids.remove(&named) {
             self.delete_address(host, (network_id, ip));
@@ -371,11 +371,11 @@ impl RouteTable {
     /// Every entry of a network: the ones not among them go, the others are put (an entry
     /// put again unchanged keeps its route).
     fn replace_network(&mut self, network: &str, entries: Vec<Published>) {
-        let kept: HashSet<(&str, Ipv4Addr)> = entries
+        let kept: HashSet<(&str, IpAddr)> = entries
             .iter()
             .map(|p| (p.host.as_str(), p.entry.ip))
             .collect();
-        let gone: Vec<(String, Ipv4Addr)> = self
+        let gone: Vec<(String, IpAddr)> = self
             .network_ids
             .keys()
             .filter(|(host, name, ip)| name == network && !kept.contains(&(host.as_str(), *ip)))
@@ -477,11 +477,9 @@ impl RouteTable {
 
     fn believes(&self, host: &str, entry: &Entry) -> bool {
         let network_id = entry.wire_network_id();
-        if self
-            .local
-            .get(&network_id)
-            .is_some_and(|(name, subnet)| *name != entry.network || !subnet.contains(&entry.ip))
-        {
+        if self.local.get(&network_id).is_some_and(|(name, subnets)| {
+            *name != entry.network || !subnets.iter().any(|s| s.contains(&entry.ip))
+        }) {
             return false;
         }
         if self.trust.is_none() {
@@ -622,7 +620,7 @@ mod tests {
 
         table.apply(delete("", "10.0.0.3"));
         assert_eq!(table.withdrawn(), 1);
-        let web: Ipv4Addr = "10.0.0.2".parse().unwrap();
+        let web: IpAddr = "10.0.0.2".parse().unwrap();
         assert_eq!(table.addresses_of(network_id, "web").unwrap(), [web]);
         assert_eq!(table.addresses_of(network_id, "db"), None);
         assert!(table.is_listed(&[1; 32]), "host 1 still serves 10.0.0.2");
@@ -849,7 +847,7 @@ mod tests {
     fn an_entry_counts_only_on_a_network_its_certificate_names_with_its_identifier() {
         let (ca_key, ca) = CaKey::generate("ca").unwrap();
         let mut table = RouteTable::trusting(ca);
-        table.serve_network(1, "n", "10.0.0.0/16".parse().unwrap());
+        table.serve_network(1, "n", vec!["10.0.0.0/16".parse().unwrap()]);
         let c = ca_key
             .sign("c", &encode_key(&[3; 32]), on_n("10.0.2.0/24"))
             .unwrap();
@@ -872,7 +870,7 @@ mod tests {
         assert_eq!(table.len(), 1);
         // The host's block reaches beyond the network's subnet here: what lies beyond does not
         // count, and a narrower subnet served later takes back what it leaves out.
-        table.serve_network(1, "n", "10.0.2.0/25".parse().unwrap());
+        table.serve_network(1, "n", vec!["10.0.2.0/25".parse().unwrap()]);
         table.apply(Change::Put(on("n", 1, "10.0.2.200")));
         assert_eq!(table.len(), 1);
         assert_eq!(table.refused(), 4);
@@ -886,7 +884,7 @@ mod tests {
         table.apply(Change::Cert(w));
         let (served, impostor) = crate::network_id::colliding_names("net-");
         let hash = crate::network_id::derived(&served);
-        table.serve_network(hash, &served, "10.0.0.0/16".parse().unwrap());
+        table.serve_network(hash, &served, vec!["10.0.0.0/16".parse().unwrap()]);
         let mut e = entry("10.0.4.2", 5, &[]);
         e.network = impostor;
         e.network_id = hash;

@@ -1,7 +1,9 @@
 //! Where leases live. The allocator's policy (`super`) talks only to [`LeaseStore`], so a
 //! networked store can replace the directory one without touching the policy.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
 use std::path::{Path, PathBuf};
 
 use crate::error::Result;
@@ -22,12 +24,13 @@ pub struct Lease {
 pub trait LeaseStore {
     fn transaction<R>(&self, f: impl FnOnce(&Self) -> Result<R>) -> Result<R>;
     /// Records `lease` for `ip` unless the address is held; returns whether it was recorded.
-    fn reserve(&self, ip: Ipv4Addr, lease: &Lease) -> Result<bool>;
-    fn release(&self, ip: Ipv4Addr) -> Result<()>;
-    fn holder(&self, ip: Ipv4Addr) -> Result<Option<Lease>>;
-    fn leases(&self) -> Result<Vec<(Ipv4Addr, Lease)>>;
-    fn last_reserved(&self) -> Result<Option<Ipv4Addr>>;
-    fn set_last_reserved(&self, ip: Ipv4Addr) -> Result<()>;
+    fn reserve(&self, ip: IpAddr, lease: &Lease) -> Result<bool>;
+    fn release(&self, ip: IpAddr) -> Result<()>;
+    fn holder(&self, ip: IpAddr) -> Result<Option<Lease>>;
+    fn leases(&self) -> Result<Vec<(IpAddr, Lease)>>;
+    /// Where the last allocation in `subnet` ended (one cursor per address family).
+    fn last_reserved(&self, subnet: IpNet) -> Result<Option<IpAddr>>;
+    fn set_last_reserved(&self, ip: IpAddr) -> Result<()>;
 }
 
 /// One file per address in a directory, named by the address, as CNI's host-local does:
@@ -37,14 +40,20 @@ pub struct DirLeaseStore {
     lock: PathBuf,
 }
 
-const LAST_RESERVED: &str = "last_reserved_ip";
+/// The cursor files, IPv4's under the name it always had.
+fn cursor_name(ip: IpAddr) -> &'static str {
+    match ip {
+        IpAddr::V4(_) => "last_reserved_ip",
+        IpAddr::V6(_) => "last_reserved_ip6",
+    }
+}
 
 impl DirLeaseStore {
     pub fn new(dir: PathBuf, lock: PathBuf) -> Self {
         DirLeaseStore { dir, lock }
     }
 
-    fn path_of(&self, ip: Ipv4Addr) -> PathBuf {
+    fn path_of(&self, ip: IpAddr) -> PathBuf {
         self.dir.join(ip.to_string())
     }
 }
@@ -70,20 +79,20 @@ impl LeaseStore for DirLeaseStore {
         f(self)
     }
 
-    fn reserve(&self, ip: Ipv4Addr, lease: &Lease) -> Result<bool> {
+    fn reserve(&self, ip: IpAddr, lease: &Lease) -> Result<bool> {
         let content = format!("{}\n{}\n", lease.container_id, lease.ifname);
         create_exclusive(&self.path_of(ip), content.as_bytes())
     }
 
-    fn release(&self, ip: Ipv4Addr) -> Result<()> {
+    fn release(&self, ip: IpAddr) -> Result<()> {
         remove_if_exists(&self.path_of(ip))
     }
 
-    fn holder(&self, ip: Ipv4Addr) -> Result<Option<Lease>> {
+    fn holder(&self, ip: IpAddr) -> Result<Option<Lease>> {
         read_lease(&self.path_of(ip))
     }
 
-    fn leases(&self) -> Result<Vec<(Ipv4Addr, Lease)>> {
+    fn leases(&self) -> Result<Vec<(IpAddr, Lease)>> {
         let mut leases = Vec::new();
         for path in list_dir(&self.dir)? {
             let name = path.file_name().and_then(|n| n.to_str());
@@ -98,12 +107,13 @@ impl LeaseStore for DirLeaseStore {
         Ok(leases)
     }
 
-    fn last_reserved(&self) -> Result<Option<Ipv4Addr>> {
-        let bytes = read_if_exists(&self.dir.join(LAST_RESERVED))?;
-        Ok(bytes.and_then(|b| String::from_utf8_lossy(&b).trim().parse().ok()))
+    fn last_reserved(&self, subnet: IpNet) -> Result<Option<IpAddr>> {
+        let bytes = read_if_exists(&self.dir.join(cursor_name(subnet.addr())))?;
+        let ip = bytes.and_then(|b| String::from_utf8_lossy(&b).trim().parse().ok());
+        Ok(ip.filter(|ip| subnet.contains(ip)))
     }
 
-    fn set_last_reserved(&self, ip: Ipv4Addr) -> Result<()> {
-        write_atomic(&self.dir.join(LAST_RESERVED), ip.to_string().as_bytes())
+    fn set_last_reserved(&self, ip: IpAddr) -> Result<()> {
+        write_atomic(&self.dir.join(cursor_name(ip)), ip.to_string().as_bytes())
     }
 }

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -31,7 +31,7 @@ pub struct FileLighthouse {
 struct Document {
     version: u32,
     /// network -> Flatnet IP -> entry
-    networks: BTreeMap<String, BTreeMap<Ipv4Addr, Entry>>,
+    networks: BTreeMap<String, BTreeMap<IpAddr, Entry>>,
     /// network -> its identifier, allotted once and kept (see [`crate::network_id`]).
     #[serde(default)]
     network_ids: BTreeMap<String, NetworkId>,
@@ -156,7 +156,7 @@ impl Lighthouse for FileLighthouse {
         })
     }
 
-    fn unregister(&self, network: &str, ip: Ipv4Addr, container_id: &str) -> Result<()> {
+    fn unregister(&self, network: &str, ip: IpAddr, container_id: &str) -> Result<()> {
         self.update(|doc| {
             let Some(entries) = doc.networks.get_mut(network) else {
                 return Ok(false);
@@ -171,7 +171,7 @@ impl Lighthouse for FileLighthouse {
         })
     }
 
-    fn lookup(&self, network: &str, ip: Ipv4Addr) -> Result<Option<Entry>> {
+    fn lookup(&self, network: &str, ip: IpAddr) -> Result<Option<Entry>> {
         let _guard = FileLock::acquire(&self.lock)?;
         Ok(self
             .read()?

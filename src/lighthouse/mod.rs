@@ -14,7 +14,7 @@ pub mod etcd;
 pub mod file;
 mod settings;
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -42,7 +42,7 @@ pub struct Entry {
     /// did not allot them: see [`Entry::wire_network_id`]).
     #[serde(default)]
     pub network_id: NetworkId,
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub container_id: String,
     /// DNS names of the container on its network: its name and aliases, normalised.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -112,7 +112,7 @@ pub enum Change {
     Delete {
         host: String,
         network: String,
-        ip: Ipv4Addr,
+        ip: IpAddr,
     },
     /// A host published its candidate endpoints (none: it withdrew them).
     Candidates {
@@ -178,8 +178,8 @@ pub trait Lighthouse: Send + Sync {
     /// Claims `entry.ip` for `entry.container_id`; re-registering one's own address updates it.
     fn register(&self, entry: &Entry) -> Result<()>;
     /// Drops the entry if this container holds it; anything else is a no-op.
-    fn unregister(&self, network: &str, ip: Ipv4Addr, container_id: &str) -> Result<()>;
-    fn lookup(&self, network: &str, ip: Ipv4Addr) -> Result<Option<Entry>>;
+    fn unregister(&self, network: &str, ip: IpAddr, container_id: &str) -> Result<()>;
+    fn lookup(&self, network: &str, ip: IpAddr) -> Result<Option<Entry>>;
     fn entries(&self, network: &str) -> Result<Vec<Entry>> {
         let mut all = self.all_entries()?;
         all.retain(|e| e.network == network);

@@ -72,8 +72,8 @@ pub enum DropReason {
     Spoofed,
     /// No lighthouse entry, or no local container, for the destination.
     NoRoute,
-    /// Not an IPv4 packet.
-    NotIpv4,
+    /// Neither an IPv4 nor an IPv6 packet.
+    NotIp,
     /// The per-peer queue overflowed while a handshake was under way.
     QueueFull,
     /// The container's TUN device did not take the packet (its queue is full, or the device
@@ -107,7 +107,7 @@ impl DropReason {
         DropReason::UnderLoad,
         DropReason::Spoofed,
         DropReason::NoRoute,
-        DropReason::NotIpv4,
+        DropReason::NotIp,
         DropReason::QueueFull,
         DropReason::DeliveryFailed,
         DropReason::TooBig,

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use flatnet::cert::{self, CaCert, CaKey, Grant, HostCert, NetworkRegistry, RevocationList};
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 #[derive(Parser)]
 #[command(
@@ -63,9 +63,9 @@ enum Cmd {
         /// The host's public key, as `flatnetd key` prints it on that host.
         #[arg(long)]
         public_key: String,
-        /// An IPv4 block the host may serve (repeat for more).
+        /// An IPv4 or IPv6 block the host may serve (repeat for more).
         #[arg(long = "block", value_name = "CIDR", required = true)]
-        blocks: Vec<Ipv4Net>,
+        blocks: Vec<IpNet>,
         /// A network the host may serve (repeat for more); the CA allots its identifier once,
         /// in DIR/networks.json.
         #[arg(long = "network", value_name = "NAME", group = "served")]
@@ -230,7 +230,7 @@ fn bundle(out: &Path, cas: &[PathBuf]) -> flatnet::Result<()> {
 struct SignRequest {
     name: String,
     public_key: String,
-    blocks: Vec<Ipv4Net>,
+    blocks: Vec<IpNet>,
     networks: Vec<String>,
     any_network: bool,
     /// Seconds from now.
@@ -326,7 +326,7 @@ fn allot_networks(dir: &Path, names: &[String]) -> flatnet::Result<Vec<cert::Cer
 }
 
 /// Two hosts granted one address would both be believed: never sign that.
-fn refuse_overlaps(issued: &Path, name: &str, blocks: &[Ipv4Net]) -> flatnet::Result<()> {
+fn refuse_overlaps(issued: &Path, name: &str, blocks: &[IpNet]) -> flatnet::Result<()> {
     let entries = std::fs::read_dir(issued)
         .map_err(|e| flatnet::Error::InvalidConfig(format!("{}: {e}", issued.display())))?;
     for entry in entries.flatten() {
@@ -348,7 +348,7 @@ fn refuse_overlaps(issued: &Path, name: &str, blocks: &[Ipv4Net]) -> flatnet::Re
     Ok(())
 }
 
-fn overlap(a: &Ipv4Net, b: &Ipv4Net) -> bool {
+fn overlap(a: &IpNet, b: &IpNet) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
 }
 

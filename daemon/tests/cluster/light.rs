@@ -155,7 +155,7 @@ impl LightHosts {
         let entry = flatnet::lighthouse::Entry {
             network: network.name.clone(),
             network_id: network.id,
-            ip,
+            ip: ip.into(),
             container_id: format!("{}-{ip}", light.name),
             names: Vec::new(),
             host: HostInfo {
@@ -247,7 +247,7 @@ fn connect(
     let grant = Grant {
         blocks: networks
             .iter()
-            .map(|n| block_in(&n.subnet.to_string(), at.number))
+            .map(|n| block_in(&n.subnet.to_string(), at.number).into())
             .collect(),
         networks: networks
             .iter()
@@ -291,7 +291,7 @@ fn connect(
         .unwrap();
     let mut host = LightHost::start(lighthouse.clone(), trust.clone()).unwrap();
     for network in &networks {
-        host.serve(network.id, &network.name, network.subnet);
+        host.serve(network.id, &network.name, network.subnet.into());
     }
     let snapshot = Arc::new(Mutex::new(Snapshot::default()));
     let thread = {
@@ -330,7 +330,7 @@ fn follow(
         let now = Instant::now();
         let wanted = *shared.sought.lock().unwrap();
         if let Some(s) = wanted.filter(|s| s.round != reported && served.contains(&s.network_id)) {
-            if host.route(s.network_id, s.ip).is_some() {
+            if host.route(s.network_id, s.ip.into()).is_some() {
                 reported = s.round;
                 let _ = shared.found.send((index, s.round, now));
             }

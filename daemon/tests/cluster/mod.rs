@@ -12,7 +12,7 @@ pub mod flood;
 pub mod light;
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -135,11 +135,17 @@ pub struct Host {
     /// Its endpoint is `0.0.0.0:TUNNEL_PORT` (set before its daemon starts): it listens on
     /// every address and publishes them as candidates.
     pub on_all_addresses: bool,
+    /// Its IPv6 address on the underlay, in a cluster whose hosts talk IPv6 (2001:db8:ff::/64):
+    /// then its endpoint.
+    pub address6: Option<Ipv6Addr>,
 }
 
 impl Host {
     /// The endpoint its network config and daemon are given.
     pub fn endpoint(&self) -> String {
+        if let Some(address6) = self.address6 {
+            return format!("[{address6}]:{TUNNEL_PORT}");
+        }
         let address = if self.on_all_addresses {
             Ipv4Addr::UNSPECIFIED
         } else {
@@ -154,7 +160,9 @@ pub struct Container {
     pub host: usize,
     pub id: String,
     pub ip: Ipv4Addr,
-    /// The network it joined, and that network's subnet.
+    /// Its IPv6 address, on a dual-stack network.
+    pub ip6: Option<Ipv6Addr>,
+    /// The network it joined, and that network's subnets (comma-separated).
     pub network: (String, String),
 }
 
@@ -165,9 +173,12 @@ pub struct Cluster {
     pub shared: tempfile::TempDir,
     /// The etcd cluster the hosts share; none: a shared lighthouse file.
     pub etcd: Option<etcd::Etcd>,
-    /// The Flatnet network the next attach joins, and its subnet.
+    /// The Flatnet network the next attach joins, and its subnet: an IPv4 one, or an IPv4 and
+    /// an IPv6 one comma-separated (a dual-stack network).
     pub network: String,
     pub subnet: String,
+    /// The hosts' underlay is IPv6 (hosts added from now on get an IPv6 endpoint).
+    pub ipv6_underlay: bool,
     /// The network CA's directory (`flatnet-cert ca`), kept apart from every host; with etcd.
     pub network_ca: Option<tempfile::TempDir>,
     /// Networks besides `network` that the hosts' certificates name.
@@ -310,7 +321,8 @@ impl Cluster {
         self.network_ca.as_ref().unwrap().path().join("ca.crt")
     }
 
-    fn wire_only() -> Cluster {
+    /// The underlay bridge alone: hosts are added with [`Cluster::add_host`].
+    pub fn wire_only() -> Cluster {
         let wire = TestNetns::new("wire");
         wire.ip(&["link", "add", "br0", "type", "bridge"]);
         wire.ip(&["link", "set", "br0", "up"]);
@@ -322,6 +334,7 @@ impl Cluster {
             etcd: None,
             network: "multihost".into(),
             subnet: "198.51.100.0/24".into(),
+            ipv6_underlay: false,
             network_ca: None,
             also_certified: Vec::new(),
             also_granted: Vec::new(),
@@ -356,6 +369,21 @@ impl Cluster {
     /// Takes on a host whose namespace has its `eth0`: addressed, up, with a state directory.
     fn push_host(&mut self, ns: TestNetns, address: Ipv4Addr) -> usize {
         ns.ip(&["addr", "add", &format!("{address}/24"), "dev", "eth0"]);
+        let address6 = self.ipv6_underlay.then(|| {
+            let address6 = Ipv6Addr::new(
+                0x2001,
+                0xdb8,
+                0xff,
+                0,
+                0,
+                0,
+                0,
+                10 + self.hosts.len() as u16,
+            );
+            let cidr = format!("{address6}/64");
+            ns.ip(&["-6", "addr", "add", &cidr, "dev", "eth0", "nodad"]);
+            address6
+        });
         ns.ip(&["link", "set", "eth0", "up"]);
         ns.ip(&["link", "set", "lo", "up"]);
         let state = tempfile::Builder::new()
@@ -368,6 +396,7 @@ impl Cluster {
             state,
             network_ca: None,
             on_all_addresses: false,
+            address6,
         });
         self.hosts.len() - 1
     }
@@ -528,7 +557,7 @@ impl Cluster {
             "cniVersion": "1.0.0",
             "name": network.0,
             "type": "flatnet-cni",
-            "subnet": network.1,
+            "subnets": network.1.split(',').map(|s| json!({"subnet": s})).collect::<Vec<_>>(),
             "stateDir": h.state.path(),
             "lighthouse": self.shared.path().join("lighthouse.json"),
             "endpoint": h.endpoint(),
@@ -608,7 +637,9 @@ impl Cluster {
             self.daemon_log(host)
         );
         let ip = added_address(&out);
-        self.keep(ns, host, id, ip)
+        let index = self.keep(ns, host, id, ip);
+        self.containers[index].ip6 = added_address6(&out);
+        index
     }
 
     /// Records a container just attached to the current network; returns its index.
@@ -620,6 +651,7 @@ impl Cluster {
             host,
             id,
             ip,
+            ip6: None,
             network,
         });
         self.containers.len() - 1
@@ -672,6 +704,7 @@ impl Cluster {
         let ip = added_address(&out);
         let container = &mut self.containers[c];
         container.ip = ip;
+        container.ip6 = added_address6(&out);
         container.network = moved;
         ip
     }
@@ -698,7 +731,17 @@ impl Cluster {
     }
 
     pub fn ping(&self, from: usize, to: usize, count: u32) -> bool {
-        let to = self.containers[to].ip.to_string();
+        self.ping_address(from, self.containers[to].ip.into(), count)
+    }
+
+    /// Pings container `to` at its IPv6 address.
+    pub fn ping6(&self, from: usize, to: usize, count: u32) -> bool {
+        let to = self.containers[to].ip6.expect("a dual-stack container");
+        self.ping_address(from, to.into(), count)
+    }
+
+    pub fn ping_address(&self, from: usize, to: IpAddr, count: u32) -> bool {
+        let to = to.to_string();
         let out = self
             .in_container(from, &["ping", "-c", &count.to_string(), "-W", "2", &to])
             .output()
@@ -717,14 +760,25 @@ impl Cluster {
 
     /// Sends a file's content over TCP from one container to another; returns what arrived.
     pub fn send_file(&self, from: usize, to: usize, port: u16, file: &Path) -> Vec<u8> {
+        let address = self.containers[to].ip.into();
+        self.send_file_to(from, (to, address), port, file)
+    }
+
+    /// [`Cluster::send_file`] to one of the container's addresses.
+    pub fn send_file_to(
+        &self,
+        from: usize,
+        (to, address): (usize, IpAddr),
+        port: u16,
+        file: &Path,
+    ) -> Vec<u8> {
         let received = file.with_extension("received");
         let mut listener = nc_receiver(&self.containers[to].ns.name, port, &received);
         self.wait_listening(to, port);
         // Bounded, so a stalled transfer fails the test instead of hanging it.
         let send = format!(
-            "timeout 60 {} nc {} {port} < {}",
+            "timeout 60 {} nc {address} {port} < {}",
             busybox(),
-            self.containers[to].ip,
             file.display()
         );
         let status = self
@@ -739,11 +793,17 @@ impl Cluster {
     /// Sends `bytes` of a pattern that shows misordered or lost data over TCP from `from` to
     /// `to`, checks what arrived, and returns Mbit/s.
     pub fn transfer(&self, from: usize, to: usize, port: u16, bytes: u32) -> f64 {
+        let address = self.containers[to].ip.into();
+        self.transfer_to(from, (to, address), port, bytes)
+    }
+
+    /// [`Cluster::transfer`] to one of the container's addresses.
+    pub fn transfer_to(&self, from: usize, to: (usize, IpAddr), port: u16, bytes: u32) -> f64 {
         let file = self.shared.path().join(format!("bulk-{port}"));
         let content: Vec<u8> = (0..bytes).map(|i| (i * 7 % 251) as u8).collect();
         std::fs::write(&file, &content).unwrap();
         let started = std::time::Instant::now();
-        let received = self.send_file(from, to, port, &file);
+        let received = self.send_file_to(from, to, port, &file);
         let seconds = started.elapsed().as_secs_f64();
         assert!(received == content, "the transfer arrived damaged or short");
         f64::from(bytes) * 8.0 / seconds / 1e6
@@ -905,7 +965,7 @@ impl Cluster {
         std::fs::read_dir(dir).map_or(0, |entries| {
             entries
                 .filter_map(Result::ok)
-                .filter(|e| e.file_name().to_string_lossy().parse::<Ipv4Addr>().is_ok())
+                .filter(|e| e.file_name().to_string_lossy().parse::<IpAddr>().is_ok())
                 .count()
         })
     }
@@ -952,13 +1012,31 @@ impl Drop for Cluster {
     }
 }
 
-/// The container's address in a successful ADD's result.
+/// The container's addresses in a successful ADD's result.
+fn added_addresses(out: &std::process::Output) -> Vec<IpAddr> {
+    let result = stdout_json(out);
+    let ips = result["ips"].as_array().cloned().unwrap_or_default();
+    ips.iter()
+        .filter_map(|ip| ip["address"].as_str()?.split('/').next()?.parse().ok())
+        .collect()
+}
+
+/// The container's IPv4 address in a successful ADD's result (every test network has one).
 fn added_address(out: &std::process::Output) -> Ipv4Addr {
-    let cidr = stdout_json(out)["ips"][0]["address"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    cidr.split('/').next().unwrap().parse().unwrap()
+    added_addresses(out)
+        .into_iter()
+        .find_map(|ip| match ip {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(_) => None,
+        })
+        .expect("an IPv4 address")
+}
+
+fn added_address6(out: &std::process::Output) -> Option<Ipv6Addr> {
+    added_addresses(out).into_iter().find_map(|ip| match ip {
+        IpAddr::V6(v6) => Some(v6),
+        IpAddr::V4(_) => None,
+    })
 }
 
 /// The gateway of the test network: every host's member answers to it, locally.
@@ -968,6 +1046,16 @@ pub const GATEWAY: &str = "198.51.100.1";
 pub fn lookup(cluster: &Cluster, c: usize, name: &str) -> String {
     let out = cluster
         .in_container(c, &["nslookup", name, GATEWAY])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// `nslookup -type=KIND name` against the gateway, from container `c`.
+pub fn lookup_type(cluster: &Cluster, c: usize, name: &str, kind: &str) -> String {
+    let kind = format!("-type={kind}");
+    let out = cluster
+        .in_container(c, &["nslookup", &kind, name, GATEWAY])
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)

@@ -248,13 +248,13 @@ mod tests {
         fn register(&self, entry: &crate::lighthouse::Entry) -> Result<()> {
             self.file.register(entry)
         }
-        fn unregister(&self, network: &str, ip: std::net::Ipv4Addr, id: &str) -> Result<()> {
+        fn unregister(&self, network: &str, ip: std::net::IpAddr, id: &str) -> Result<()> {
             self.file.unregister(network, ip, id)
         }
         fn lookup(
             &self,
             network: &str,
-            ip: std::net::Ipv4Addr,
+            ip: std::net::IpAddr,
         ) -> Result<Option<crate::lighthouse::Entry>> {
             self.file.lookup(network, ip)
         }

@@ -13,7 +13,7 @@
 //! certificate must grant the address). Certificates, candidates and revocations are few and
 //! every host follows them all.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use etcd_client::KeyValue;
 
@@ -26,7 +26,7 @@ pub const ENTRIES: &str = "/flatnet/v1/entries/";
 /// may only read it).
 pub const REVOCATIONS: &str = "/flatnet/v1/revocations/";
 
-pub fn entry_key(network: &str, host: &str, ip: Ipv4Addr) -> String {
+pub fn entry_key(network: &str, host: &str, ip: IpAddr) -> String {
     format!("{ENTRIES}{network}/{host}/{ip}")
 }
 
@@ -69,7 +69,7 @@ pub enum Key {
     Entry {
         network: String,
         host: String,
-        ip: Ipv4Addr,
+        ip: IpAddr,
     },
 }
 

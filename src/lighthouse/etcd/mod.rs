@@ -26,7 +26,7 @@ mod watch;
 mod writes;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -252,7 +252,7 @@ impl Lighthouse for EtcdLighthouse {
         Ok(())
     }
 
-    fn unregister(&self, network: &str, ip: Ipv4Addr, container_id: &str) -> Result<()> {
+    fn unregister(&self, network: &str, ip: IpAddr, container_id: &str) -> Result<()> {
         let key = entry_key(network, &self.host.name, ip);
         self.owned.lock().unwrap().remove(&key);
         let Some((entry, revision)) = self.read(&key)? else {
@@ -270,7 +270,7 @@ impl Lighthouse for EtcdLighthouse {
     }
 
     /// This host's entry for the address.
-    fn lookup(&self, network: &str, ip: Ipv4Addr) -> Result<Option<Entry>> {
+    fn lookup(&self, network: &str, ip: IpAddr) -> Result<Option<Entry>> {
         let key = entry_key(network, &self.host.name, ip);
         Ok(self.read(&key)?.map(|(entry, _)| entry))
     }

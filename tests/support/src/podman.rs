@@ -6,13 +6,13 @@
 //! builds the image and sets FLATNET_E2E=1. Without it the tests skip on a developer machine
 //! and fail in CI, where skipping would hide a regression.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use crate::{leaked_state, lighthouse_entries};
 
@@ -70,6 +70,8 @@ pub fn in_chroot(program: &str) -> Command {
 #[derive(Debug, Default)]
 pub struct NetOptions {
     pub internal: bool,
+    /// An IPv6 subnet besides the IPv4 one: a dual-stack network.
+    pub subnet6: Option<&'static str>,
     /// `None`: the default (on).
     pub ingress_filter: Option<bool>,
     /// The resolver names outside the network go to (tests bring their own; never the host's).
@@ -87,6 +89,7 @@ pub struct Net {
     pub backend: Backend,
     pub name: String,
     pub subnet: Ipv4Net,
+    pub subnet6: Option<Ipv6Net>,
     own_state_dir: Option<&'static str>,
     containers_conf: Option<String>,
 }
@@ -103,15 +106,20 @@ impl Net {
             backend,
             name: name.to_string(),
             subnet: subnet.parse().unwrap(),
+            subnet6: options.subnet6.map(|s| s.parse().unwrap()),
             own_state_dir: options.state_dir,
             containers_conf: options.containers_conf.clone(),
         };
         net.remove_leftovers();
         match backend {
             Backend::Cni => {
+                let subnets: Vec<_> = std::iter::once(subnet)
+                    .chain(options.subnet6)
+                    .map(|s| serde_json::json!({"subnet": s}))
+                    .collect();
                 let mut plugin = serde_json::json!({
                     "type": "flatnet-cni",
-                    "subnet": subnet,
+                    "subnets": subnets,
                     "capabilities": {"portMappings": true, "aliases": true},
                     "internal": options.internal,
                 });
@@ -137,6 +145,9 @@ impl Net {
             Backend::Netavark => {
                 // The host's CNI data plane holds UDP 4800 in this network namespace.
                 let mut args = vec!["network", "create", "-d", "flatnet", "--subnet", subnet];
+                if let Some(subnet6) = options.subnet6 {
+                    args.extend(["--ipv6", "--subnet", subnet6]);
+                }
                 let port = format!("tunnel_port={}", options.tunnel_port.unwrap_or(4801));
                 args.extend(["-o", &port]);
                 let state_dir = options.state_dir.map(|d| format!("state_dir={d}"));
@@ -306,6 +317,18 @@ impl Net {
             .unwrap_or_else(|_| panic!("inspect IP of {container}: {out:?}"))
     }
 
+    /// The IPv6 address Podman reports for the container on this network.
+    pub fn inspect_ip6(&self, container: &str) -> Ipv6Addr {
+        let format = format!(
+            "{{{{(index .NetworkSettings.Networks \"{}\").GlobalIPv6Address}}}}",
+            self.name
+        );
+        let out = self.podman_ok(&["inspect", "-f", &format, container]);
+        out.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("inspect IPv6 of {container}: {out:?}"))
+    }
+
     /// Runs a command inside a running container (`podman exec`).
     pub fn exec(&self, container: &str, args: &[&str]) -> Command {
         let mut cmd = self.podman_command();
@@ -365,7 +388,7 @@ impl Net {
     }
 
     /// Sends `file` (a path inside `from`) over TCP to `to`, which stores it at the same path.
-    pub fn send_file(&self, from: &str, to: &str, to_ip: Ipv4Addr, port: u16, file: &str) {
+    pub fn send_file(&self, from: &str, to: &str, to_ip: IpAddr, port: u16, file: &str) {
         let store = format!("cat > {file}");
         let mut receiver = self
             .exec(
