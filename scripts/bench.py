@@ -83,14 +83,14 @@ class Lab:
         sh("ip", "-n", a, "link", "set", names[0], "up")
         sh("ip", "-n", b, "link", "set", names[1], "up")
 
-    def host(self, role, endpoint, lighthouse):
+    def host(self, role, endpoint, lighthouse, subnets=("198.51.100.0/24",)):
         ns = self.ns(role)
         state = Path(tempfile.mkdtemp(prefix="flatnet-bench-"))
         self.state_dirs.append(state)
         conf = json.dumps({
             "cniVersion": "1.0.0", "name": "bench", "type": "flatnet-cni",
-            "subnet": "198.51.100.0/24", "stateDir": str(state), "lighthouse": str(lighthouse),
-            "endpoint": endpoint, "tunnelPort": PORT,
+            "subnets": [{"subnet": s} for s in subnets], "stateDir": str(state),
+            "lighthouse": str(lighthouse), "endpoint": endpoint, "tunnelPort": PORT,
         })
         return {"ns": ns, "conf": conf, "state": state}
 
@@ -106,11 +106,13 @@ class Lab:
             raise RuntimeError(f"{command} failed: {out.stdout} {out.stderr}")
         return out.stdout, elapsed
 
-    def attach(self, host, role, name=""):
+    def attach(self, host, role, name="", family=4):
+        """A container; returns its namespace and its address of `family` (4 or 6)."""
         ns = self.ns(role)
         out, _ = self.cni(host, "ADD", ns, ns, name)
         self.attached.append((host, ns))
-        return ns, json.loads(out)["ips"][0]["address"].split("/")[0]
+        addresses = [ip["address"].split("/")[0] for ip in json.loads(out)["ips"]]
+        return ns, next(a for a in addresses if (":" in a) == (family == 6))
 
     def detach(self, host, ns):
         _, elapsed = self.cni(host, "DEL", ns, ns)
@@ -241,6 +243,21 @@ def scenario_two_hosts(l, workers=None):
     return a, b, ip_b, [l.daemon(h1)["pid"], l.daemon(h2)["pid"]]
 
 
+def scenario_two_hosts_ipv6(l):
+    """The two-host scenario with a dual-stack network over an IPv6 underlay, measured over the
+    containers' IPv6 addresses."""
+    lighthouse = Path(tempfile.mkdtemp(prefix="flatnet-bench-lh-")) / "lighthouse.json"
+    subnets = ("198.51.100.0/24", "fd77:b::/64")
+    h1 = l.host("s1", f"[2001:db8::11]:{PORT}", lighthouse, subnets)
+    h2 = l.host("s2", f"[2001:db8::12]:{PORT}", lighthouse, subnets)
+    l.veth(h1["ns"], h2["ns"], "192.0.2.11", "192.0.2.12", names=("u1", "u2"))
+    for h, ip, dev in ((h1, "2001:db8::11", "u1"), (h2, "2001:db8::12", "u2")):
+        sh("ip", "-n", h["ns"], "-6", "addr", "add", f"{ip}/64", "dev", dev, "nodad")
+    a, _ = l.attach(h1, "6a", family=6)
+    b, ip_b = l.attach(h2, "6b", family=6)
+    return a, b, ip_b, [l.daemon(h1)["pid"], l.daemon(h2)["pid"]]
+
+
 def underlay_pair(l, tag):
     """Two host namespaces on a veth underlay, as in the two-host scenario."""
     h1, h2 = l.ns(f"{tag}1"), l.ns(f"{tag}2")
@@ -329,6 +346,7 @@ def scenario_two_hosts_2_workers(l):
 
 SCENARIOS = [("veth", scenario_veth), ("flatnet_same_host", scenario_same_host),
              ("flatnet_two_hosts", scenario_two_hosts),
+             ("flatnet_two_hosts_ipv6", scenario_two_hosts_ipv6),
              ("flatnet_two_hosts_0_workers", scenario_two_hosts_0_workers),
              ("flatnet_two_hosts_2_workers", scenario_two_hosts_2_workers)]
 ANCHOR_SCENARIOS = [("nebula", scenario_nebula), ("boringtun", scenario_boringtun)]
@@ -618,6 +636,12 @@ def table(report):
         lines.append(f"2 sealing workers / none (flatnetd's default here: {report['machine']['default_workers']}), "
                      f"two hosts, same rounds: TCP 1 stream x{paired['tcp1']:.3f}, "
                      f"TCP 4 streams x{paired['tcp4']:.3f}, RTT x{rtt:.2f}")
+    six, four = report["rounds"].get("flatnet_two_hosts_ipv6"), report["rounds"].get("flatnet_two_hosts")
+    if six and four:
+        paired = {m: statistics.median([a[m]["gbps"] / b[m]["gbps"] for a, b in zip(six, four)])
+                  for m in ("tcp1", "tcp4")}
+        lines.append(f"IPv6 / IPv4 (dual-stack network, each over its own underlay family), two hosts, "
+                     f"same rounds: TCP 1 stream x{paired['tcp1']:.3f}, TCP 4 streams x{paired['tcp4']:.3f}")
     fast, two = report["summary"].get("flatnet_same_host"), report["summary"].get("flatnet_two_hosts")
     if fast and two:
         lines.append(f"4 streams / 1 stream: one host x{fast['tcp4']['median_gbps'] / fast['tcp1']['median_gbps']:.2f}, "

@@ -115,6 +115,9 @@ impl HostMember {
                     host.assign_ip(&device, IpNet::from(ip))?;
                 }
                 host.set_up(&device)?;
+                if self.has_ipv6() {
+                    host.wait_addresses_usable(&device)?;
+                }
                 for (&subnet, &address) in self.subnets.iter().zip(&self.addresses) {
                     host.add_route(&device, subnet, address)?;
                 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use futures::TryStreamExt;
 use ipnet::IpNet;
 use nix::sched::{setns, CloneFlags};
-use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
 use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 
@@ -280,6 +280,48 @@ impl Inside {
             })?;
         }
         Ok(())
+    }
+
+    /// Waits until no IPv6 address of the device is tentative: the kernel finishes (skips, on a
+    /// TUN device) duplicate address detection on a work queue after the link comes up, and
+    /// until then the address can be neither a route's source nor a packet's.
+    pub fn wait_addresses_usable(&mut self, device: &TunDevice) -> Result<()> {
+        const WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
+        let deadline = std::time::Instant::now() + WITHIN;
+        while self.has_tentative_address(device.index)? {
+            if std::time::Instant::now() > deadline {
+                return Err(Error::io(
+                    format!("IPv6 addresses of {} stay tentative", device.name),
+                    std::io::Error::from_raw_os_error(libc::ETIMEDOUT),
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        Ok(())
+    }
+
+    fn has_tentative_address(&mut self, index: u32) -> Result<bool> {
+        self.runtime.block_on(async {
+            let mut stream = self
+                .handle
+                .address()
+                .get()
+                .set_link_index_filter(index)
+                .execute();
+            let mut tentative = false;
+            while let Some(msg) = stream
+                .try_next()
+                .await
+                .map_err(netlink_err("listing addresses"))?
+            {
+                let in_header = msg.header.flags.contains(AddressHeaderFlags::Tentative);
+                let in_attribute = msg.attributes.iter().any(|attr| {
+                    matches!(attr, AddressAttribute::Flags(f) if f.contains(AddressFlags::Tentative))
+                });
+                tentative |= in_header || in_attribute;
+            }
+            Ok(tentative)
+        })
     }
 
     pub fn set_up(&mut self, device: &TunDevice) -> Result<()> {

@@ -37,6 +37,7 @@ nix::ioctl_write_int_bad!(
 /// to 64 KiB and leave checksums to us (we segment and checksum in `dataplane::offload`).
 const TUN_F_CSUM: libc::c_int = 0x01;
 const TUN_F_TSO4: libc::c_int = 0x02;
+const TUN_F_TSO6: libc::c_int = 0x04;
 
 /// Flags every Flatnet TUN queue uses: layer 3, no packet-info prefix, multi-queue.
 const QUEUE_FLAGS: libc::c_int = libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_MULTI_QUEUE;
@@ -73,7 +74,7 @@ pub fn open_offload_queue(name: &str) -> Result<File> {
     }
     let queue = open(name, QUEUE_FLAGS | libc::IFF_VNET_HDR)?;
     // SAFETY: plain integer ioctl on a TUN queue we own.
-    unsafe { tun_set_offload(queue.as_raw_fd(), TUN_F_CSUM | TUN_F_TSO4) }
+    unsafe { tun_set_offload(queue.as_raw_fd(), TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6) }
         .map_err(|e| Error::io(format!("enabling offloads on {name}"), e.into()))?;
     Ok(queue)
 }

@@ -369,6 +369,10 @@ fn make_interface(netns: &NetworkNamespace, attachment: &Attachment) -> Result<(
                 inside.assign_ip(&device, *address)?;
             }
             inside.set_up(&device)?;
+            if attachment.addresses.iter().any(|a| a.addr().is_ipv6()) {
+                // Usable before the runtime starts the container's process.
+                inside.wait_addresses_usable(&device)?;
+            }
             if attachment.egress {
                 for gateway in &attachment.gateways {
                     inside.add_default_route(&device, *gateway)?;

@@ -5,9 +5,8 @@
 //! packet.
 
 use super::offload::{delivery_header, VNET_HDR_LEN};
-use super::packet::{checksum_fold as fold, checksum_sum as sum};
+use super::packet::IpHeader;
 
-const IP_LEN: usize = 20;
 const TCP_ACK: u8 = 0x10;
 const TCP_PSH: u8 = 0x08;
 const MAX_TRAIN: usize = 65535;
@@ -18,6 +17,8 @@ pub struct Coalescer {
     /// Bytes of `frame` in use; 0 when empty.
     len: usize,
     slot: usize,
+    /// The train's IP header: IPv4 or IPv6, and where TCP starts.
+    ip: Option<IpHeader>,
     headers_len: usize,
     segment_size: usize,
     next_seq: u32,
@@ -39,6 +40,7 @@ impl Coalescer {
             frame: vec![0; VNET_HDR_LEN + MAX_TRAIN],
             len: 0,
             slot: 0,
+            ip: None,
             headers_len: 0,
             segment_size: 0,
             next_seq: 0,
@@ -47,7 +49,7 @@ impl Coalescer {
         }
     }
 
-    /// Adds an IPv4 packet for the queue in `slot`. False means it does not continue the
+    /// Adds an IPv4 or IPv6 packet for the queue in `slot`. False means it does not continue the
     /// current train: finish that one, then [`Coalescer::start`] with the packet.
     pub fn append(&mut self, slot: usize, packet: &[u8]) -> bool {
         if self.len == 0 || self.closed || slot != self.slot {
@@ -58,13 +60,10 @@ impl Coalescer {
         };
         let train = &self.frame[VNET_HDR_LEN..self.len];
         let payload = packet.len() - seg.headers_len;
-        let same_flow = seg.headers_len == self.headers_len
-            && packet[12..24] == train[12..24] // addresses and ports
-            && packet[1] == train[1] // TOS
-            && packet[8] == train[8] // TTL
-            && packet[IP_LEN + 8..IP_LEN + 13] == train[IP_LEN + 8..IP_LEN + 13] // ack, offset
-            && packet[IP_LEN + 14..IP_LEN + 16] == train[IP_LEN + 14..IP_LEN + 16] // window
-            && packet[IP_LEN + 20..seg.headers_len] == train[IP_LEN + 20..seg.headers_len]; // options
+        let same_flow = Some(seg.ip) == self.ip
+            && seg.headers_len == self.headers_len
+            && same_ip_fields(seg.ip, packet, train)
+            && same_tcp_fields(seg.ip.len, seg.headers_len, packet, train);
         if !same_flow
             || seg.seq != self.next_seq
             || payload > self.segment_size
@@ -77,7 +76,7 @@ impl Coalescer {
         self.next_seq = self.next_seq.wrapping_add(payload as u32);
         self.segments += 1;
         if seg.flags & TCP_PSH != 0 {
-            self.frame[VNET_HDR_LEN + IP_LEN + 13] |= TCP_PSH;
+            self.frame[VNET_HDR_LEN + seg.ip.len + 13] |= TCP_PSH;
         }
         self.closed = payload < self.segment_size || seg.flags & TCP_PSH != 0;
         true
@@ -94,6 +93,7 @@ impl Coalescer {
         self.frame[VNET_HDR_LEN..VNET_HDR_LEN + packet.len()].copy_from_slice(packet);
         self.len = VNET_HDR_LEN + packet.len();
         self.slot = slot;
+        self.ip = Some(seg.ip);
         self.headers_len = seg.headers_len;
         self.segment_size = payload;
         self.next_seq = seg.seq.wrapping_add(payload as u32);
@@ -123,54 +123,69 @@ impl Coalescer {
         })
     }
 
-    /// IP length and checksum of the joined packet, the partial TCP checksum the kernel will
-    /// finish, and the header that says "TCP segments of `segment_size`".
+    /// IP length (and IPv4 checksum) of the joined packet, the partial TCP checksum the kernel
+    /// will finish, and the header that says "TCP segments of `segment_size`".
     fn seal(&mut self, len: usize) {
+        let ip = self.ip.expect("a train has its IP header");
         let packet = &mut self.frame[VNET_HDR_LEN..len];
-        let total = packet.len() as u16;
-        packet[2..4].copy_from_slice(&total.to_be_bytes());
-        packet[10..12].copy_from_slice(&[0, 0]);
-        let ip_sum = !fold(sum(&packet[..IP_LEN], 0));
-        packet[10..12].copy_from_slice(&ip_sum.to_be_bytes());
-        let tcp_len = u64::from(total) - IP_LEN as u64;
-        let pseudo = fold(sum(&packet[12..20], 6 + tcp_len));
-        packet[IP_LEN + 16..IP_LEN + 18].copy_from_slice(&pseudo.to_be_bytes());
+        ip.set_length(packet);
+        let pseudo = ip.pseudo_sum(packet);
+        packet[ip.len + 16..ip.len + 18].copy_from_slice(&pseudo.to_be_bytes());
 
         let header = &mut self.frame[..VNET_HDR_LEN];
         header[0] = 1; // NEEDS_CSUM
-        header[1] = 1; // GSO_TCPV4
+        header[1] = if ip.ipv6 { 4 } else { 1 }; // GSO_TCPV6, GSO_TCPV4
         header[2..4].copy_from_slice(&(self.headers_len as u16).to_ne_bytes());
         header[4..6].copy_from_slice(&(self.segment_size as u16).to_ne_bytes());
-        header[6..8].copy_from_slice(&(IP_LEN as u16).to_ne_bytes());
+        header[6..8].copy_from_slice(&(ip.len as u16).to_ne_bytes());
         header[8..10].copy_from_slice(&16u16.to_ne_bytes());
     }
 }
 
-/// The parts of a TCP/IPv4 data segment that decide whether it can join a train.
+/// Addresses and ports, and the IP fields every segment of a train shares: IPv4's TOS and TTL,
+/// IPv6's traffic class, flow label and hop limit.
+fn same_ip_fields(ip: IpHeader, packet: &[u8], train: &[u8]) -> bool {
+    let ports = ip.len..ip.len + 4;
+    let shared = if ip.ipv6 {
+        packet[..4] == train[..4] && packet[7] == train[7]
+    } else {
+        packet[1] == train[1] && packet[8] == train[8]
+    };
+    shared && ip.addresses(packet) == ip.addresses(train) && packet[ports.clone()] == train[ports]
+}
+
+/// The TCP fields every segment of a train shares: ack, data offset, window, options.
+fn same_tcp_fields(tcp: usize, headers_len: usize, packet: &[u8], train: &[u8]) -> bool {
+    packet[tcp + 8..tcp + 13] == train[tcp + 8..tcp + 13]
+        && packet[tcp + 14..tcp + 16] == train[tcp + 14..tcp + 16]
+        && packet[tcp + 20..headers_len] == train[tcp + 20..headers_len]
+}
+
+/// The parts of a TCP data segment that decide whether it can join a train.
 struct TcpSegment {
+    ip: IpHeader,
     headers_len: usize,
     seq: u32,
     flags: u8,
 }
 
 impl TcpSegment {
-    /// Only plain data segments: IPv4 without options or fragmentation, TCP with ACK (and
-    /// perhaps PSH) and a payload.
+    /// Only plain data segments: IPv4 without options or fragmentation, or IPv6 without
+    /// extension headers; TCP with ACK (and perhaps PSH) and a payload.
     fn parse(packet: &[u8]) -> Option<Self> {
-        if packet.len() < IP_LEN + 20 || packet[0] != 0x45 || packet[9] != 6 {
+        let ip = IpHeader::whole(packet)?;
+        if ip.protocol != 6 || (!ip.ipv6 && ip.len != 20) || packet.len() < ip.len + 20 {
             return None;
         }
-        let fragmented = u16::from_be_bytes([packet[6], packet[7]]) & 0x3fff != 0;
-        if fragmented || usize::from(u16::from_be_bytes([packet[2], packet[3]])) != packet.len() {
+        let tcp = ip.len;
+        let headers_len = tcp + usize::from(packet[tcp + 12] >> 4) * 4;
+        let flags = packet[tcp + 13];
+        if headers_len < tcp + 20 || headers_len >= packet.len() || flags & !TCP_PSH != TCP_ACK {
             return None;
         }
-        let headers_len = IP_LEN + usize::from(packet[IP_LEN + 12] >> 4) * 4;
-        let flags = packet[IP_LEN + 13];
-        if headers_len < IP_LEN + 20 || headers_len >= packet.len() || flags & !TCP_PSH != TCP_ACK {
-            return None;
-        }
-        let seq = u32::from_be_bytes(packet[IP_LEN + 4..IP_LEN + 8].try_into().unwrap());
+        let seq = u32::from_be_bytes(packet[tcp + 4..tcp + 8].try_into().unwrap());
         Some(TcpSegment {
+            ip,
             headers_len,
             seq,
             flags,
@@ -180,6 +195,7 @@ impl TcpSegment {
 
 #[cfg(test)]
 mod tests {
+    use super::super::packet::{checksum_fold as fold, checksum_sum as sum};
     use super::*;
 
     fn segment(seq: u32, payload: &[u8], flags: u8) -> Vec<u8> {
@@ -218,6 +234,49 @@ mod tests {
         assert_eq!(&p[40..1040], &[1; 1000][..]);
         assert_eq!(&p[2040..], &[3; 500][..]);
         assert!(c.finish().is_none());
+    }
+
+    fn segment6(seq: u32, payload: &[u8], flags: u8) -> Vec<u8> {
+        let v4 = segment(seq, payload, flags);
+        let mut p = vec![0x60, 0, 0, 0, 0, 0, 6, 64];
+        p[4..6].copy_from_slice(&((20 + payload.len()) as u16).to_be_bytes());
+        p.extend_from_slice(&"fd77::2".parse::<std::net::Ipv6Addr>().unwrap().octets());
+        p.extend_from_slice(&"fd77::3".parse::<std::net::Ipv6Addr>().unwrap().octets());
+        p.extend_from_slice(&v4[20..]);
+        p
+    }
+
+    #[test]
+    fn ipv6_segments_become_one_train_and_never_join_ipv4_ones() {
+        let mut c = Coalescer::new();
+        assert!(c.start(2, &segment6(100, &[1; 1000], TCP_ACK)));
+        assert!(c.append(2, &segment6(1100, &[2; 1000], TCP_ACK)));
+        assert!(
+            !c.append(2, &segment(2100, &[3; 1000], TCP_ACK)),
+            "IPv4 of the same ports"
+        );
+        let train = c.finish().unwrap();
+        assert_eq!(train.segments, 2);
+        let f = train.frame;
+        assert_eq!((f[0], f[1]), (1, 4), "NEEDS_CSUM, GSO_TCPV6");
+        assert_eq!(
+            u16::from_ne_bytes([f[6], f[7]]),
+            40,
+            "checksum starts after IPv6"
+        );
+        let p = &f[VNET_HDR_LEN..];
+        assert_eq!(usize::from(u16::from_be_bytes([p[4], p[5]])), p.len() - 40);
+        let pseudo = fold(sum(&p[8..40], 6 + (p.len() as u64 - 40)));
+        assert_eq!(
+            u16::from_be_bytes([p[56], p[57]]),
+            pseudo,
+            "partial TCP checksum"
+        );
+        assert_eq!(&p[60..1060], &[1; 1000][..]);
+        let mut flow_label = segment6(2100, &[0; 1000], TCP_ACK);
+        assert!(c.start(2, &segment6(1100, &[0; 1000], TCP_ACK)));
+        flow_label[3] = 7;
+        assert!(!c.append(2, &flow_label), "another flow label");
     }
 
     #[test]

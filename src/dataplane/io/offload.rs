@@ -13,7 +13,7 @@
 //! the AEAD has not: a packet the receiver's kernel forwards has its checksum finished there,
 //! one it delivers locally is taken as verified.
 
-use super::packet::{checksum_fold as fold, checksum_sum as sum, NETWORK_ID_LEN};
+use super::packet::{checksum_fold as fold, checksum_sum as sum, IpHeader, NETWORK_ID_LEN};
 
 pub const VNET_HDR_LEN: usize = 10;
 const F_NEEDS_CSUM: u8 = 1;
@@ -24,6 +24,7 @@ const PROTO_TCP: u8 = 6;
 const PROTO_UDP: u8 = 17;
 const GSO_NONE: u8 = 0;
 const GSO_TCPV4: u8 = 1;
+const GSO_TCPV6: u8 = 4;
 const GSO_ECN: u8 = 0x80;
 const TCP_FIN: u8 = 0x01;
 const TCP_PSH: u8 = 0x08;
@@ -44,7 +45,9 @@ struct Header {
 /// Cuts one frame read from an offload queue into the packets to tunnel.
 pub struct Segments {
     header: Header,
-    /// For segmentation: IP + TCP header length, payload length, bytes already emitted.
+    /// For segmentation: the IP header, IP + TCP header length, payload length, bytes already
+    /// emitted.
+    ip: Option<IpHeader>,
     headers_len: usize,
     payload_len: usize,
     offset: usize,
@@ -69,6 +72,7 @@ impl Segments {
         let packet = &frame[VNET_HDR_LEN..];
         let mut segments = Segments {
             header,
+            ip: None,
             headers_len: 0,
             payload_len: 0,
             offset: 0,
@@ -82,16 +86,18 @@ impl Segments {
                     return None;
                 }
             }
-            GSO_TCPV4 => {
-                let ip_len = usize::from(*packet.first()? & 0x0f) * 4;
-                let tcp_len = usize::from(*packet.get(ip_len + 12)? >> 4) * 4;
-                let headers_len = ip_len + tcp_len;
-                if ip_len < 20 || tcp_len < 20 || packet[9] != 6 || headers_len > packet.len() {
+            GSO_TCPV4 | GSO_TCPV6 => {
+                let ip = IpHeader::whole(packet)?;
+                let tcp_len = usize::from(*packet.get(ip.len + 12)? >> 4) * 4;
+                let headers_len = ip.len + tcp_len;
+                let family_ok = ip.ipv6 == (header.gso_type == GSO_TCPV6);
+                if !family_ok || ip.protocol != PROTO_TCP || tcp_len < 20 {
                     return None;
                 }
-                if header.gso_size == 0 {
+                if headers_len > packet.len() || header.gso_size == 0 {
                     return None;
                 }
+                segments.ip = Some(ip);
                 segments.headers_len = headers_len;
                 segments.payload_len = packet.len() - headers_len;
             }
@@ -156,9 +162,10 @@ impl Segments {
         let payload =
             &packet[self.headers_len + self.offset..self.headers_len + self.offset + chunk];
         out[self.headers_len..len].copy_from_slice(payload);
+        let ip = self.ip.expect("a train has its IP header");
         fix_segment(
             &mut out[..len],
-            self.headers_len,
+            (ip, self.headers_len),
             self.offset as u32,
             self.index,
             last,
@@ -188,18 +195,22 @@ pub fn finish_checksum(frame: &mut [u8]) {
     }
 }
 
-/// IP length, id and checksum; TCP sequence number, flags and checksum of one segment.
-fn fix_segment(seg: &mut [u8], headers_len: usize, offset: u32, index: u16, last: bool) {
-    let ip_len = usize::from(seg[0] & 0x0f) * 4;
-    let total = seg.len() as u16;
-    seg[2..4].copy_from_slice(&total.to_be_bytes());
-    let id = u16::from_be_bytes([seg[4], seg[5]]).wrapping_add(index);
-    seg[4..6].copy_from_slice(&id.to_be_bytes());
-    seg[10..12].copy_from_slice(&[0, 0]);
-    let ip_sum = !fold(sum(&seg[..ip_len], 0));
-    seg[10..12].copy_from_slice(&ip_sum.to_be_bytes());
+/// IP length (IPv4: id and checksum too); TCP sequence number, flags and checksum of one
+/// segment.
+fn fix_segment(
+    seg: &mut [u8],
+    (ip, headers_len): (IpHeader, usize),
+    offset: u32,
+    index: u16,
+    last: bool,
+) {
+    if !ip.ipv6 {
+        let id = u16::from_be_bytes([seg[4], seg[5]]).wrapping_add(index);
+        seg[4..6].copy_from_slice(&id.to_be_bytes());
+    }
+    ip.set_length(seg);
 
-    let tcp = ip_len;
+    let tcp = ip.len;
     let seq = u32::from_be_bytes(seg[tcp + 4..tcp + 8].try_into().unwrap()).wrapping_add(offset);
     seg[tcp + 4..tcp + 8].copy_from_slice(&seq.to_be_bytes());
     if !last {
@@ -210,8 +221,7 @@ fn fix_segment(seg: &mut [u8], headers_len: usize, offset: u32, index: u16, last
     }
     debug_assert!(headers_len >= tcp + 20);
     // Partial, like the train's: the segment's own pseudo-header sum.
-    let tcp_len = (seg.len() - tcp) as u64;
-    let pseudo = fold(sum(&seg[12..20], u64::from(PROTO_TCP) + tcp_len));
+    let pseudo = ip.pseudo_sum(seg);
     seg[tcp + 16..tcp + 18].copy_from_slice(&pseudo.to_be_bytes());
 }
 
@@ -231,11 +241,8 @@ pub fn delivery_header(packet: &mut [u8]) -> [u8; VNET_HDR_LEN] {
     let Some((start, offset)) = checksum_field(packet) else {
         return DELIVERY_HEADER;
     };
-    let protocol = u64::from(packet[9]);
-    let pseudo = fold(sum(
-        &packet[12..20],
-        protocol + (packet.len() - start) as u64,
-    ));
+    let ip = IpHeader::whole(packet).expect("checked by checksum_field");
+    let pseudo = ip.pseudo_sum(packet);
     packet[start + offset..start + offset + 2].copy_from_slice(&pseudo.to_be_bytes());
     let mut header = [F_NEEDS_CSUM, GSO_NONE, 0, 0, 0, 0, 0, 0, 0, 0];
     header[6..8].copy_from_slice(&(start as u16).to_ne_bytes());
@@ -246,21 +253,13 @@ pub fn delivery_header(packet: &mut [u8]) -> [u8; VNET_HDR_LEN] {
 /// Where a TCP or UDP packet's transport header starts and its checksum's offset in it; none
 /// for other packets, fragments and packets whose length field disagrees with their size.
 fn checksum_field(packet: &[u8]) -> Option<(usize, usize)> {
-    let header_len = usize::from(*packet.first()? & 0x0f) * 4;
-    if packet.len() < 20 || packet[0] >> 4 != 4 || header_len < 20 {
-        return None;
-    }
-    let total = usize::from(u16::from_be_bytes([packet[2], packet[3]]));
-    let fragmented = u16::from_be_bytes([packet[6], packet[7]]) & 0x3fff != 0;
-    if total != packet.len() || fragmented {
-        return None;
-    }
-    let (offset, min_len) = match packet[9] {
+    let ip = IpHeader::whole(packet)?;
+    let (offset, min_len) = match ip.protocol {
         PROTO_TCP => (16, 20),
         PROTO_UDP => (6, 8),
         _ => return None,
     };
-    (packet.len() >= header_len + min_len).then_some((header_len, offset))
+    (packet.len() >= ip.len + min_len).then_some((ip.len, offset))
 }
 
 /// Where a decrypted packet should land so that the network id sits just before it and the
@@ -380,6 +379,61 @@ mod tests {
         assert_eq!(count, 4);
         assert_eq!((packets, bytes), (4, written), "counted before cutting");
         assert_eq!(rebuilt, payload);
+    }
+
+    /// A TCP/IPv6 segment train from fd77::2 to fd77::3 as a container's stack hands it over.
+    fn tso6_frame(payload: &[u8], gso_size: u16) -> Vec<u8> {
+        let mut f = vec![F_NEEDS_CSUM, GSO_TCPV6, 0, 0];
+        f.extend_from_slice(&gso_size.to_ne_bytes());
+        f.extend_from_slice(&40u16.to_ne_bytes());
+        f.extend_from_slice(&16u16.to_ne_bytes());
+        let mut ip = vec![0x60, 0, 0, 0, 0, 0, 6, 64];
+        ip[4..6].copy_from_slice(&((20 + payload.len()) as u16).to_be_bytes());
+        ip.extend_from_slice(&"fd77::2".parse::<std::net::Ipv6Addr>().unwrap().octets());
+        ip.extend_from_slice(&"fd77::3".parse::<std::net::Ipv6Addr>().unwrap().octets());
+        let mut tcp = vec![
+            0x1f, 0x90, 0x1b, 0x59, 0, 0, 0, 0, 0, 0, 0, 1, 0x50, 0x18, 0xff, 0xff,
+        ];
+        tcp.extend_from_slice(&[0, 0, 0, 0]);
+        tcp[4..8].copy_from_slice(&7000u32.to_be_bytes());
+        f.extend(ip);
+        f.extend(tcp);
+        f.extend_from_slice(payload);
+        f
+    }
+
+    #[test]
+    fn an_ipv6_segment_train_is_cut_into_valid_packets() {
+        let payload: Vec<u8> = (0..3000u32).map(|i| (i * 11) as u8).collect();
+        let frame = tso6_frame(&payload, 1380);
+        let mut segs = Segments::new(&frame).unwrap();
+        assert_eq!(segs.packets(), 3);
+        let mut out = vec![0u8; 2000];
+        let (mut rebuilt, mut count) = (Vec::new(), 0u32);
+        while let Some(len) = segs.next_into(&frame, &mut out) {
+            let p = &out[..len];
+            assert_eq!(usize::from(u16::from_be_bytes([p[4], p[5]])), len - 40);
+            let seq = u32::from_be_bytes(p[44..48].try_into().unwrap());
+            assert_eq!(seq, 7000 + 1380 * count);
+            let mut delivered = p.to_vec();
+            assert!(finish_as_the_kernel_would(&mut delivered));
+            let pseudo = sum(&p[8..40], 6 + (len as u64 - 40));
+            assert_eq!(
+                fold(sum(&delivered[40..], pseudo)),
+                0xffff,
+                "segment {count}"
+            );
+            rebuilt.extend_from_slice(&p[60..]);
+            count += 1;
+        }
+        assert_eq!(rebuilt, payload);
+        // A TCPv6 train must be IPv6 carrying TCP.
+        let mut lying = tso6_frame(&payload, 1380);
+        lying[1] = GSO_TCPV4;
+        assert!(Segments::new(&lying).is_none(), "IPv6 under GSO_TCPV4");
+        let mut extension = tso6_frame(&payload, 1380);
+        extension[VNET_HDR_LEN + 6] = 0; // hop-by-hop options first
+        assert!(Segments::new(&extension).is_none());
     }
 
     /// What the receiving kernel does with a delivered packet that leaves the host: finish

@@ -40,6 +40,75 @@ const IPV4_HEADER: usize = 20;
 const UDP_HEADER: usize = 8;
 const PROTO_UDP: u8 = 17;
 
+/// What segmentation, coalescing and checksums need of a packet's IP header, either family:
+/// its length, the transport protocol, and where the pseudo-header's addresses lie. IPv6
+/// extension headers are not looked through (TCP and UDP right after the fixed header only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpHeader {
+    pub ipv6: bool,
+    pub len: usize,
+    pub protocol: u8,
+}
+
+impl IpHeader {
+    /// The header of an unfragmented packet whose length fields agree with its size.
+    pub fn whole(packet: &[u8]) -> Option<IpHeader> {
+        match packet.first()? >> 4 {
+            4 if packet.len() >= IPV4_HEADER => {
+                let len = usize::from(packet[0] & 0x0f) * 4;
+                let total = usize::from(u16::from_be_bytes([packet[2], packet[3]]));
+                let fragmented = u16::from_be_bytes([packet[6], packet[7]]) & 0x3fff != 0;
+                (len >= IPV4_HEADER && total == packet.len() && !fragmented).then_some(IpHeader {
+                    ipv6: false,
+                    len,
+                    protocol: packet[9],
+                })
+            }
+            6 if packet.len() >= IPV6_HEADER => {
+                let payload = usize::from(u16::from_be_bytes([packet[4], packet[5]]));
+                (IPV6_HEADER + payload == packet.len()).then_some(IpHeader {
+                    ipv6: true,
+                    len: IPV6_HEADER,
+                    protocol: packet[6],
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// The source and destination addresses, as the pseudo-header sums them.
+    pub fn addresses(self, packet: &[u8]) -> &[u8] {
+        if self.ipv6 {
+            &packet[8..40]
+        } else {
+            &packet[12..20]
+        }
+    }
+
+    /// Sets the packet's length fields to its size (and the IPv4 header's checksum).
+    pub fn set_length(self, packet: &mut [u8]) {
+        if self.ipv6 {
+            let payload = (packet.len() - IPV6_HEADER) as u16;
+            packet[4..6].copy_from_slice(&payload.to_be_bytes());
+            return;
+        }
+        let total = packet.len() as u16;
+        packet[2..4].copy_from_slice(&total.to_be_bytes());
+        packet[10..12].copy_from_slice(&[0, 0]);
+        let sum = !checksum_fold(checksum_sum(&packet[..self.len], 0));
+        packet[10..12].copy_from_slice(&sum.to_be_bytes());
+    }
+
+    /// The folded pseudo-header sum of the transport segment that follows the header.
+    pub fn pseudo_sum(self, packet: &[u8]) -> u16 {
+        let transport_len = (packet.len() - self.len) as u64;
+        checksum_fold(checksum_sum(
+            self.addresses(packet),
+            u64::from(self.protocol) + transport_len,
+        ))
+    }
+}
+
 /// A whole (unfragmented) UDP datagram in an IPv4 packet, or in an IPv6 packet without
 /// extension headers: source, destination and payload.
 pub fn udp_datagram(packet: &[u8]) -> Option<(SocketAddr, SocketAddr, &[u8])> {

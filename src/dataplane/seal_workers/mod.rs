@@ -296,22 +296,28 @@ fn seal(
 }
 
 /// A hash of the packet's flow: addresses and protocol, and the ports of an unfragmented TCP
-/// or UDP packet. Every packet of a flow hashes alike (a train's segments share its headers).
+/// or UDP packet (IPv6: one whose next header is TCP or UDP, without extension headers). Every
+/// packet of a flow hashes alike (a train's segments share its headers).
 fn flow_hash(packet: &[u8]) -> u32 {
     const TCP: u8 = 6;
     const UDP: u8 = 17;
-    let Some(header) = packet.get(..20) else {
-        return 0;
-    };
     let word = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
-    let protocol = header[9];
-    let mut hash = mix(word(&header[12..16]) ^ mix(word(&header[16..20]) ^ u32::from(protocol)));
-    let fragmented = u16::from_be_bytes([header[6], header[7]]) & 0x3fff != 0;
-    let ports_at = usize::from(header[0] & 0x0f) * 4;
-    if matches!(protocol, TCP | UDP) && !fragmented {
-        if let Some(ports) = packet.get(ports_at..ports_at + 4) {
-            hash = mix(hash ^ word(ports));
+    let (addresses, protocol, ports_at) = match packet.first().map(|b| b >> 4) {
+        Some(4) if packet.len() >= 20 => {
+            let fragmented = u16::from_be_bytes([packet[6], packet[7]]) & 0x3fff != 0;
+            let ports_at = (!fragmented).then_some(usize::from(packet[0] & 0x0f) * 4);
+            (&packet[12..20], packet[9], ports_at)
         }
+        Some(6) if packet.len() >= 40 => (&packet[8..40], packet[6], Some(40)),
+        _ => return 0,
+    };
+    let mut hash = mix(u32::from(protocol));
+    for chunk in addresses.chunks_exact(4) {
+        hash = mix(hash ^ word(chunk));
+    }
+    let ports = ports_at.and_then(|at| packet.get(at..at + 4));
+    if let Some(ports) = ports.filter(|_| matches!(protocol, TCP | UDP)) {
+        hash = mix(hash ^ word(ports));
     }
     hash
 }
@@ -363,5 +369,24 @@ mod tests {
         later[20..24].copy_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
         assert_eq!(flow_hash(&first), flow_hash(&later));
         assert_eq!(flow_hash(&[0x45; 10]), 0, "too short to route");
+    }
+
+    #[test]
+    fn an_ipv6_flow_hashes_alike_whatever_its_lengths_and_flows_spread() {
+        let flow = |port: u16, payload_len: u16| {
+            let mut p = vec![0x60, 0, 0, 0, 0, 0, 6, 64];
+            p[4..6].copy_from_slice(&payload_len.to_be_bytes());
+            p.extend_from_slice(&[0xfd, 0x77, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+            p.extend_from_slice(&[0xfd, 0x77, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3]);
+            p.extend_from_slice(&port.to_be_bytes());
+            p.extend_from_slice(&[0x1f, 0x90]);
+            p.extend_from_slice(&[0xaa; 16]);
+            p
+        };
+        assert_eq!(flow_hash(&flow(40000, 1420)), flow_hash(&flow(40000, 77)));
+        let lanes: std::collections::HashSet<u32> = (0..64)
+            .map(|port| flow_hash(&flow(40000 + port, 1420)) % 4)
+            .collect();
+        assert_eq!(lanes.len(), 4, "64 flows reach every one of 4 workers");
     }
 }
