@@ -108,9 +108,7 @@ impl HostMember {
             }
             let device = host.create_interface(&self.ifname, self.mtu)?;
             let configured = (|| {
-                if self.has_ipv6() {
-                    host.enable_ipv6(&device)?;
-                }
+                host.configure_ipv6(&device, self.has_ipv6())?;
                 for &ip in self.gateways.iter().chain(&self.addresses) {
                     host.assign_ip(&device, IpNet::from(ip))?;
                 }

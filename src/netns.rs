@@ -259,17 +259,22 @@ impl Inside {
             .map_err(netlink_err("adding the default route"))
     }
 
-    /// Lets the device carry IPv6 with only the addresses Flatnet gives it: a namespace may
-    /// have IPv6 off by default, and a TUN device has no link layer to autoconfigure (no
-    /// link-local address, router solicitations or neighbour discovery: see docs/design.md).
-    /// Written before the device is up, so it never sends anything of its own.
-    pub fn enable_ipv6(&mut self, device: &TunDevice) -> Result<()> {
+    /// IPv6 on the device: with `carry`, only the addresses Flatnet gives it; without, none
+    /// at all. Either way the kernel makes none of its own: a TUN device has no link layer to
+    /// autoconfigure (no link-local address, router solicitations or MLD reports: see
+    /// docs/design.md). Written before the device is up, so it never sends anything of its own.
+    /// A kernel without IPv6 is fine for a device that carries none.
+    pub fn configure_ipv6(&mut self, device: &TunDevice, carry: bool) -> Result<()> {
         let conf = Path::new("/proc/sys/net/ipv6/conf").join(&device.name);
+        if !carry && !conf.exists() {
+            return Ok(());
+        }
+        let disable = if carry { "0" } else { "1" };
         for (key, value) in [
             ("addr_gen_mode", "1"),
             ("accept_ra", "0"),
             ("autoconf", "0"),
-            ("disable_ipv6", "0"),
+            ("disable_ipv6", disable),
         ] {
             let path = conf.join(key);
             std::fs::write(&path, value).context(|| {

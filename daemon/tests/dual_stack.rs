@@ -122,6 +122,35 @@ fn nothing_is_left_of_a_dual_stack_network() {
     }
 }
 
+/// On etcd, each host hands out IPv6 addresses from the IPv6 block its certificate grants,
+/// as it does IPv4 ones, and a request for another host's IPv6 address is refused.
+#[test]
+fn hosts_on_etcd_hand_out_ipv6_addresses_from_their_certified_blocks() {
+    needs_root!();
+    let mut cluster = Cluster::with_etcd_in(2, 1, DUAL_STACK);
+    let (a, b) = (cluster.attach(0), cluster.attach(1));
+    for (c, host) in [(a, 0), (b, 1)] {
+        let ip6 = cluster.containers[c].ip6.expect("an IPv6 address");
+        let block = cluster.block6(host).unwrap();
+        assert!(
+            block.contains(&ip6),
+            "{ip6} outside host {host}'s block {block}"
+        );
+        assert!(cluster.block(host).contains(&cluster.containers[c].ip));
+    }
+    assert!(cluster.ping6(a, b, 2) && cluster.ping6(b, a, 2));
+
+    let foreign = cluster.block6(1).unwrap().hosts().nth(7).unwrap();
+    let ns = support::TestNetns::new("ctr");
+    let args = format!("IgnoreUnknown=1;IP={foreign}");
+    let conf = cluster.conf_with(0, &serde_json::Value::Null);
+    let out = cluster.cni_conf(0, "ADD", &ns, "foreign6", &args, &conf);
+    let answer = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "host 0 took {foreign}");
+    assert!(answer.contains("not in this host's blocks"), "{answer}");
+    assert!(!ns.has_link("eth0"), "the refused ADD left an interface");
+}
+
 fn family(ipv6: bool) -> &'static str {
     if ipv6 {
         "IPv6"

@@ -4,7 +4,7 @@
 //! daemon's attach, removes the container (and runs CNI GC where it applies), and checks that
 //! no lease, record, lighthouse entry, temporary file or host interface of the network is left.
 //! Then containers are started and stopped many times over: nothing left, flatnetd's memory
-//! flat. `FLATNET_KILLS` and `FLATNET_CYCLES` set the counts (CI's bounded run: 20 and 30 per
+//! flat. The network is dual-stack: every point is crossed with an address of each family. `FLATNET_KILLS` and `FLATNET_CYCLES` set the counts (CI's bounded run: 20 and 30 per
 //! backend; `make kill-campaign`: 200 and 1000).
 
 use flatnet_test_support as support;
@@ -128,14 +128,17 @@ impl Drop for KillNet {
     }
 }
 
+/// The campaign's network: dual-stack, so that both families' leases, entries and routes
+/// are made and undone at every point.
 fn kill_net(backend: Backend) -> KillNet {
-    let (name, subnet, port) = match backend {
-        Backend::Cni => ("fnkill-cni", "10.91.0.0/24", 4810),
+    let (name, subnet, subnet6, port) = match backend {
+        Backend::Cni => ("fnkill-cni", "10.91.0.0/24", "fd77:91::/64", 4810),
         // Podman allocates netavark plugin networks' addresses itself, round robin, unaware of
         // the host member at the top of the range (issue 10): room for a campaign's setups.
-        Backend::Netavark => ("fnkill-nv", "10.92.0.0/21", 4811),
+        Backend::Netavark => ("fnkill-nv", "10.92.0.0/21", "fd77:92::/64", 4811),
     };
     let options = NetOptions {
+        subnet6: Some(subnet6),
         state_dir: Some(STATE_DIR),
         tunnel_port: Some(port),
         containers_conf: Some(install_test_builds(backend)),
@@ -172,7 +175,10 @@ fn cni_gc(net: &Net) {
         "cniVersion": "1.1.0",
         "name": net.name,
         "type": "flatnet-cni",
-        "subnet": net.subnet.to_string(),
+        "subnets": [
+            {"subnet": net.subnet.to_string()},
+            {"subnet": net.subnet6.expect("dual-stack").to_string()},
+        ],
         "stateDir": STATE_DIR,
         "tunnelPort": 4810,
         "cni.dev/valid-attachments": [],

@@ -362,14 +362,13 @@ fn make_interface(netns: &NetworkNamespace, attachment: &Attachment) -> Result<(
     netns.enter(|inside| {
         let device = inside.create_interface(&attachment.ifname, attachment.mtu)?;
         let configured = (|| {
-            if attachment.addresses.iter().any(|a| a.addr().is_ipv6()) {
-                inside.enable_ipv6(&device)?;
-            }
+            let ipv6 = attachment.addresses.iter().any(|a| a.addr().is_ipv6());
+            inside.configure_ipv6(&device, ipv6)?;
             for address in &attachment.addresses {
                 inside.assign_ip(&device, *address)?;
             }
             inside.set_up(&device)?;
-            if attachment.addresses.iter().any(|a| a.addr().is_ipv6()) {
+            if ipv6 {
                 // Usable before the runtime starts the container's process.
                 inside.wait_addresses_usable(&device)?;
             }

@@ -843,6 +843,34 @@ mod tests {
         assert!(!table.is_listed(&[3; 32]));
     }
 
+    /// IPv6 entries are believed as IPv4 ones are: inside a block the certificate grants,
+    /// and inside a subnet of the network where this host serves it.
+    #[test]
+    fn ipv6_entries_count_only_inside_granted_blocks_and_served_subnets() {
+        let (ca_key, ca) = CaKey::generate("ca").unwrap();
+        let mut table = RouteTable::trusting(ca);
+        let mut grant = on_n("10.0.1.0/24");
+        grant.blocks.push("fd77::1:0/112".parse().unwrap());
+        let cert = ca_key.sign("b", &encode_key(&[2; 32]), grant).unwrap();
+        table.apply(Change::Cert(cert));
+        table.apply(Change::Put(by("b", entry("fd77::1:5", 2, &["web"]))));
+        table.apply(Change::Put(by("b", entry("fd77::2:5", 2, &[]))));
+        let routed = |table: &RouteTable, ip: &str| table.route(1, ip.parse().unwrap()).is_some();
+        assert!(routed(&table, "fd77::1:5"));
+        assert!(!routed(&table, "fd77::2:5"), "outside the granted block");
+        let names = table.addresses_of(1, "web").unwrap();
+        assert_eq!(names, ["fd77::1:5".parse::<IpAddr>().unwrap()]);
+        // Served here with an IPv4 subnet alone, the network has no IPv6 address to believe.
+        table.serve_network(1, "n", vec!["10.0.0.0/16".parse().unwrap()]);
+        assert!(!routed(&table, "fd77::1:5"));
+        table.serve_network(
+            1,
+            "n",
+            vec!["10.0.0.0/16".parse().unwrap(), "fd77::/64".parse().unwrap()],
+        );
+        assert!(routed(&table, "fd77::1:5"));
+    }
+
     #[test]
     fn an_entry_counts_only_on_a_network_its_certificate_names_with_its_identifier() {
         let (ca_key, ca) = CaKey::generate("ca").unwrap();

@@ -238,9 +238,18 @@ impl Cluster {
         cluster
     }
 
-    /// Host `host`'s block: a /27 of the subnet, the first one left for the gateway.
+    /// Host `host`'s block: a /27 of the (IPv4) subnet, the first one left for the gateway.
     pub fn block(&self, host: usize) -> ipnet::Ipv4Net {
-        block_in(&self.subnet, host)
+        block_in(self.subnet.split(',').next().unwrap(), host)
+    }
+
+    /// Host `host`'s block of the IPv6 subnet, on a dual-stack network: a /112, the first one
+    /// left for the gateway.
+    pub fn block6(&self, host: usize) -> Option<ipnet::Ipv6Net> {
+        let subnet6 = self.subnet.split(',').nth(1)?;
+        let subnet: ipnet::Ipv6Net = subnet6.parse().unwrap();
+        let start = u128::from(subnet.network()) + ((host as u128 + 1) << 16);
+        Some(ipnet::Ipv6Net::new(Ipv6Addr::from(start), 112).unwrap())
     }
 
     /// The networks the hosts' certificates name, and their etcd roles let them write on.
@@ -284,8 +293,9 @@ impl Cluster {
             .iter()
             .map(|subnet| block_in(subnet, host).to_string())
             .collect();
+        let block6 = self.block6(host).map(|b| b.to_string());
         let mut extra = extra.to_vec();
-        for block in &also {
+        for block in also.iter().chain(&block6) {
             extra.extend(["--block", block]);
         }
         sign(

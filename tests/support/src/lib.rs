@@ -161,7 +161,7 @@ pub fn leaked_state(state_dir: &Path) -> Vec<PathBuf> {
     found.retain(|p| {
         let name = p.file_name().unwrap().to_string_lossy();
         let in_attachments = p.parent().is_some_and(|d| d.ends_with("attachments"));
-        name.parse::<std::net::Ipv4Addr>().is_ok() || in_attachments
+        name.parse::<std::net::IpAddr>().is_ok() || in_attachments
     });
     found.extend(lighthouse_entries(state_dir).into_iter().map(PathBuf::from));
     found

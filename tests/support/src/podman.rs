@@ -448,7 +448,7 @@ impl Net {
             entry
                 .file_name()
                 .to_string_lossy()
-                .parse::<Ipv4Addr>()
+                .parse::<IpAddr>()
                 .is_ok()
                 && !std::fs::read_to_string(entry.path())
                     .unwrap_or_default()
