@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use futures::TryStreamExt;
 use ipnet::IpNet;
 use nix::sched::{setns, CloneFlags};
-use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
+use rtnetlink::packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
+};
 use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 
@@ -306,26 +308,28 @@ impl Inside {
     }
 
     fn has_tentative_address(&mut self, index: u32) -> Result<bool> {
+        let tentative = |msg: &AddressMessage| {
+            msg.header.flags.contains(AddressHeaderFlags::Tentative)
+                || msg.attributes.iter().any(|attr| {
+                    matches!(attr, AddressAttribute::Flags(f) if f.contains(AddressFlags::Tentative))
+                })
+        };
+        Ok(self.address_messages(index)?.iter().any(tentative))
+    }
+
+    /// The kernel's address messages of one interface.
+    fn address_messages(&mut self, index: u32) -> Result<Vec<AddressMessage>> {
         self.runtime.block_on(async {
-            let mut stream = self
+            let stream = self
                 .handle
                 .address()
                 .get()
                 .set_link_index_filter(index)
                 .execute();
-            let mut tentative = false;
-            while let Some(msg) = stream
-                .try_next()
+            stream
+                .try_collect()
                 .await
-                .map_err(netlink_err("listing addresses"))?
-            {
-                let in_header = msg.header.flags.contains(AddressHeaderFlags::Tentative);
-                let in_attribute = msg.attributes.iter().any(|attr| {
-                    matches!(attr, AddressAttribute::Flags(f) if f.contains(AddressFlags::Tentative))
-                });
-                tentative |= in_header || in_attribute;
-            }
-            Ok(tentative)
+                .map_err(netlink_err("listing addresses"))
         })
     }
 
@@ -364,19 +368,10 @@ impl Inside {
             _ => None,
         });
         let up = link.header.flags.contains(LinkFlags::Up);
-        let addresses = self.runtime.block_on(async {
-            let mut stream = self
-                .handle
-                .address()
-                .get()
-                .set_link_index_filter(index)
-                .execute();
-            let mut found = Vec::new();
-            while let Some(msg) = stream
-                .try_next()
-                .await
-                .map_err(netlink_err("listing addresses"))?
-            {
+        let addresses = self
+            .address_messages(index)?
+            .iter()
+            .filter_map(|msg| {
                 // IPv4 names the interface's own address `Local`; IPv6 only `Address`.
                 let local = msg.attributes.iter().find_map(|attr| match attr {
                     AddressAttribute::Local(ip @ IpAddr::V4(_)) => Some(*ip),
@@ -386,12 +381,9 @@ impl Inside {
                     AddressAttribute::Address(ip @ IpAddr::V6(_)) => Some(*ip),
                     _ => None,
                 });
-                if let Some(ip) = local.or(address) {
-                    found.extend(IpNet::new(ip, msg.header.prefix_len));
-                }
-            }
-            Ok::<_, Error>(found)
-        })?;
+                IpNet::new(local.or(address)?, msg.header.prefix_len).ok()
+            })
+            .collect();
         Ok(Some(InterfaceState {
             index,
             up,

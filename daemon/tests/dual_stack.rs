@@ -5,7 +5,7 @@
 mod cluster;
 
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cluster::*;
 use flatnet_test_support::{self as support, needs_root};
@@ -91,14 +91,9 @@ for _ in range(5):
 "#
     );
     python_in(&cluster.containers[a].ns.name, &script);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while cluster.drops(0, "spoofed") < before + 5 {
-        assert!(
-            Instant::now() < deadline,
-            "spoofed packets were not dropped and counted"
-        );
-        std::thread::yield_now();
-    }
+    wait_until(Duration::from_secs(5), "5 spoofed packets counted", || {
+        cluster.drops(0, "spoofed") >= before + 5
+    });
     assert!(cluster.ping6(a, b, 1), "genuine traffic still flows");
 }
 

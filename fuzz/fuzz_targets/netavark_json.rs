@@ -17,6 +17,6 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         let _ = translate::names(&exec);
         let _ = translate::ports(&exec);
         let _ = translate::refuse_container_options(&exec.network_options);
-        let _ = translate::static_ip(&exec.network_options);
+        let _ = translate::static_ips(&exec.network_options);
     }
 });
