@@ -154,18 +154,20 @@ pub fn write_udp_packet(
     payload: &[u8],
 ) -> Option<usize> {
     let udp_len = UDP_HEADER + payload.len();
-    let ip_header = match (src.ip(), dst.ip()) {
-        (IpAddr::V4(from), IpAddr::V4(to)) => ipv4_header(from, to, udp_len),
-        (IpAddr::V6(from), IpAddr::V6(to)) => ipv6_header(from, to, udp_len),
+    // On the stack: a header of either family, and how much of it is used.
+    let (ip_header, header_len) = match (src.ip(), dst.ip()) {
+        (IpAddr::V4(from), IpAddr::V4(to)) => (ipv4_header(from, to, udp_len), IPV4_HEADER),
+        (IpAddr::V6(from), IpAddr::V6(to)) => (ipv6_header(from, to, udp_len), IPV6_HEADER),
         _ => return None,
     };
+    let ip_header = &ip_header[..header_len];
     let total = ip_header.len() + udp_len;
     if udp_len > usize::from(u16::MAX) - IPV4_HEADER || total > out.len() {
         return None;
     }
     let out = &mut out[..total];
     let (header, udp) = out.split_at_mut(ip_header.len());
-    header.copy_from_slice(&ip_header);
+    header.copy_from_slice(ip_header);
     udp[0..2].copy_from_slice(&src.port().to_be_bytes());
     udp[2..4].copy_from_slice(&dst.port().to_be_bytes());
     udp[4..6].copy_from_slice(&(udp_len as u16).to_be_bytes());
@@ -184,27 +186,29 @@ pub fn write_udp_packet(
     Some(total)
 }
 
-/// An IPv4 header, checksummed, for a UDP datagram of `udp_len` bytes.
-fn ipv4_header(src: Ipv4Addr, dst: Ipv4Addr, udp_len: usize) -> Vec<u8> {
-    let mut header = vec![
+/// An IPv4 header, checksummed, for a UDP datagram of `udp_len` bytes (in the first 20 bytes).
+fn ipv4_header(src: Ipv4Addr, dst: Ipv4Addr, udp_len: usize) -> [u8; IPV6_HEADER] {
+    let mut header = [0u8; IPV6_HEADER];
+    header[..12].copy_from_slice(&[
         0x45, 0, 0, 0, // version 4, 20-byte header; length below
         0, 0, 0x40, 0, // id 0, don't fragment
         64, PROTO_UDP, 0, 0, // TTL, protocol; checksum below
-    ];
+    ]);
     header[2..4].copy_from_slice(&((IPV4_HEADER + udp_len) as u16).to_be_bytes());
-    header.extend_from_slice(&src.octets());
-    header.extend_from_slice(&dst.octets());
-    let sum = !checksum_fold(checksum_sum(&header, 0));
+    header[12..16].copy_from_slice(&src.octets());
+    header[16..20].copy_from_slice(&dst.octets());
+    let sum = !checksum_fold(checksum_sum(&header[..IPV4_HEADER], 0));
     header[10..12].copy_from_slice(&sum.to_be_bytes());
     header
 }
 
 /// An IPv6 header for a UDP datagram of `udp_len` bytes.
-fn ipv6_header(src: Ipv6Addr, dst: Ipv6Addr, udp_len: usize) -> Vec<u8> {
-    let mut header = vec![0x60, 0, 0, 0, 0, 0, PROTO_UDP, 64];
+fn ipv6_header(src: Ipv6Addr, dst: Ipv6Addr, udp_len: usize) -> [u8; IPV6_HEADER] {
+    let mut header = [0u8; IPV6_HEADER];
+    header[..8].copy_from_slice(&[0x60, 0, 0, 0, 0, 0, PROTO_UDP, 64]);
     header[4..6].copy_from_slice(&(udp_len as u16).to_be_bytes());
-    header.extend_from_slice(&src.octets());
-    header.extend_from_slice(&dst.octets());
+    header[8..24].copy_from_slice(&src.octets());
+    header[24..40].copy_from_slice(&dst.octets());
     header
 }
 
