@@ -67,6 +67,68 @@ pub fn apply(name: &str, rules: &Ruleset) -> Result<()> {
 
 const NO_ARGS: &[&str] = &[];
 
+/// Replaces the table `name` with redirects of TCP connections to `[::1]:host_port` onto
+/// `[::1]:relay_port`, where flatnetd's loopback relay listens; removes it when empty. Only
+/// locally made connections can be to `::1`, so the output hook is the only one.
+pub fn apply_loopback_redirects(name: &str, redirects: &[(u16, u16)]) -> Result<()> {
+    let batch = build_loopback_redirects(name, redirects);
+    nftables::helper::apply_ruleset_with_args(&batch.to_nftables(), Some(nft_program()), NO_ARGS)
+        .map_err(|source| Error::Firewall {
+            table: name.to_string(),
+            source,
+        })
+}
+
+fn build_loopback_redirects(name: &str, redirects: &[(u16, u16)]) -> Batch<'static> {
+    let name: Cow<'static, str> = Cow::Owned(name.to_string());
+    let table = || Table {
+        family: NfFamily::INet,
+        name: name.clone(),
+        handle: None,
+    };
+    let mut batch = Batch::new();
+    batch.add(NfListObject::Table(table()));
+    batch.delete(NfListObject::Table(table()));
+    if redirects.is_empty() {
+        return batch;
+    }
+    batch.add(NfListObject::Table(table()));
+    batch.add(NfListObject::Chain(Chain {
+        family: NfFamily::INet,
+        table: name.clone(),
+        name: "output".into(),
+        _type: Some(NfChainType::NAT),
+        hook: Some(NfHook::Output),
+        prio: Some(-100),
+        ..Chain::default()
+    }));
+    for &(host_port, relay_port) in redirects {
+        let expr = vec![
+            is_eq(meta(MetaKey::Nfproto), string("ipv6")),
+            is_eq(payload("ip6", "daddr"), ipv6_loopback()),
+            is_eq(meta(MetaKey::L4proto), string("tcp")),
+            is_eq(
+                payload("th", "dport"),
+                Expression::Number(u32::from(host_port)),
+            ),
+            Statement::Redirect(Some(NAT {
+                addr: None,
+                family: None,
+                port: Some(Expression::Number(u32::from(relay_port))),
+                flags: None,
+            })),
+        ];
+        batch.add(NfListObject::Rule(Rule {
+            family: NfFamily::INet,
+            table: name.clone(),
+            chain: "output".into(),
+            expr: expr.into(),
+            ..Rule::default()
+        }));
+    }
+    batch
+}
+
 /// `nft` where Debian installs it: a runtime may run plugins with a PATH without /usr/sbin.
 fn nft_program() -> &'static str {
     ["/usr/sbin/nft", "/sbin/nft"]
@@ -125,7 +187,7 @@ fn build(name: &str, rules: &Ruleset) -> Batch<'static> {
             ],
         )));
     }
-    for forward in &rules.forwards {
+    for forward in rules.forwards.iter().filter(|f| kernel_forwards(f)) {
         for (host_port, container_port) in forward.mapping.ports() {
             batch.add(NfListObject::Rule(rule(
                 PORTS_CHAIN,
@@ -186,8 +248,17 @@ fn build(name: &str, rules: &Ruleset) -> Batch<'static> {
     batch
 }
 
+/// Whether the kernel forwards this: flatnetd relays TCP on `[::1]` itself (the kernel cannot;
+/// see `dataplane::services::loopback_ports`).
+fn kernel_forwards(forward: &Forward) -> bool {
+    !forward
+        .mapping
+        .host_ip
+        .is_some_and(|ip| ip.is_ipv6() && ip.is_loopback())
+}
+
 /// `meta nfproto F [ip(6) daddr H] meta l4proto P th dport HP dnat ip(6) to C:CP`, F the
-/// container address's family.
+/// container address's family. On every IPv6 address, `::1` is left to flatnetd's relay.
 fn dnat_rule(forward: &Forward, host_port: u16, container_port: u16) -> Vec<Statement<'static>> {
     let mapping = &forward.mapping;
     let (nfproto, protocol, family) = match forward.container {
@@ -195,8 +266,12 @@ fn dnat_rule(forward: &Forward, host_port: u16, container_port: u16) -> Vec<Stat
         IpAddr::V6(_) => ("ipv6", "ip6", NATFamily::IP6),
     };
     let mut expr = vec![is_eq(meta(MetaKey::Nfproto), string(nfproto))];
-    if let Some(ip) = mapping.host_ip {
-        expr.push(is_eq(payload(protocol, "daddr"), string(ip.to_string())));
+    match mapping.host_ip {
+        Some(ip) => expr.push(is_eq(payload(protocol, "daddr"), string(ip.to_string()))),
+        None if forward.container.is_ipv6() => {
+            expr.push(is_ne(payload(protocol, "daddr"), ipv6_loopback()));
+        }
+        None => {}
     }
     expr.push(is_eq(
         meta(MetaKey::L4proto),
@@ -425,6 +500,36 @@ mod tests {
             r#"{"meta":{"key":"iifname"}},"right":"fn-1""#,
             r#""drop""#,
         ] {
+            assert!(text.contains(needle), "{needle} missing from {text}");
+        }
+    }
+
+    #[test]
+    fn ipv6_loopback_is_left_to_the_relay() {
+        let forward = |host_ip: &str| Forward {
+            container: "fd77::5".parse().unwrap(),
+            mapping: PortMapping::new(host_ip, 8080, 80, "tcp", 1).unwrap(),
+        };
+        let rules = |forwards| Ruleset {
+            networks: Vec::new(),
+            forwards,
+        };
+        let everywhere = json("flatnet-t", &rules(vec![forward("")]));
+        assert_eq!(everywhere.matches(r#""dnat""#).count(), 1, "{everywhere}");
+        let skip_loopback = r#""field":"daddr"}},"right":"::1","op":"!=""#;
+        assert!(everywhere.contains(skip_loopback), "{everywhere}");
+        let loopback_only = json("flatnet-t", &rules(vec![forward("::1")]));
+        assert!(!loopback_only.contains(r#""dnat""#), "{loopback_only}");
+    }
+
+    #[test]
+    fn loopback_redirects_send_each_port_to_its_relay() {
+        let empty = serde_json::to_string(&build_loopback_redirects("r", &[]).to_nftables());
+        assert!(!empty.unwrap().contains("chain"));
+        let batch = build_loopback_redirects("r", &[(8080, 40001), (8081, 40002)]);
+        let text = serde_json::to_string(&batch.to_nftables()).unwrap();
+        assert_eq!(text.matches(r#""redirect""#).count(), 2, "{text}");
+        for needle in [r#""right":8081"#, r#""port":40002"#, r#""right":"::1""#] {
             assert!(text.contains(needle), "{needle} missing from {text}");
         }
     }

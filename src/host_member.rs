@@ -192,6 +192,14 @@ pub fn firewall_table(config: &FlatnetConfig) -> String {
     format!("flatnet-{:08x}", host_hash(config, ""))
 }
 
+/// The nftables table of a daemon's loopback relay (`dataplane::services::loopback_ports`).
+pub fn relay_table(listen: std::net::SocketAddr) -> String {
+    format!(
+        "flatnet-{:08x}-relay",
+        crate::network_id::fnv1a(&format!("{listen}/"))
+    )
+}
+
 fn host_hash(config: &FlatnetConfig, suffix: &str) -> u32 {
     crate::network_id::fnv1a(&format!("{}/{suffix}", config.endpoint))
 }

@@ -67,15 +67,6 @@ impl PortMapping {
                 ))
             })?),
         };
-        if host_ip.is_some_and(|ip| ip.is_ipv6() && ip.is_loopback()) {
-            // Connections from ::1 cannot be forwarded by the kernel (IPv6 has no
-            // `route_localnet`); publishing there would accept and then hang.
-            return Err(Error::InvalidRequest(
-                "publishing on ::1 is not supported: the kernel cannot forward IPv6 loopback \
-                 connections; publish on all addresses or on one of the host's IPv6 addresses"
-                    .into(),
-            ));
-        }
         let mapping = PortMapping {
             host_ip,
             host_port,
@@ -83,6 +74,14 @@ impl PortMapping {
             protocol: Protocol::parse(protocol)?,
             range: range.max(1),
         };
+        if mapping.host_ip.is_some_and(is_ipv6_loopback) && mapping.protocol == Protocol::Udp {
+            // flatnetd relays TCP on ::1 itself (see `loopback_ports`); datagrams it does not.
+            return Err(Error::InvalidRequest(format!(
+                "published port {mapping}: udp on ::1 is not supported (the kernel cannot \
+                 forward IPv6 loopback traffic); publish it on all addresses or on one of the \
+                 host's IPv6 addresses"
+            )));
+        }
         let fits = |start: u16| start != 0 && u32::from(start) + u32::from(mapping.range) <= 65536;
         if !fits(host_port) || !fits(container_port) {
             return Err(Error::InvalidRequest(format!(
@@ -96,6 +95,12 @@ impl PortMapping {
     pub fn carries(&self, container: IpAddr) -> bool {
         self.host_ip
             .is_none_or(|host| host.is_ipv4() == container.is_ipv4())
+    }
+
+    /// Whether connections to `[::1]` reach this mapping: those flatnetd relays itself, since
+    /// the kernel cannot forward IPv6 loopback traffic (there is no `route_localnet` for it).
+    pub fn on_ipv6_loopback(&self) -> bool {
+        self.host_ip.is_none_or(is_ipv6_loopback)
     }
 
     /// Each single port of a range: (host port, container port).
@@ -115,6 +120,10 @@ impl PortMapping {
             && u32::from(self.host_port) < end(other)
             && u32::from(other.host_port) < end(self)
     }
+}
+
+fn is_ipv6_loopback(ip: IpAddr) -> bool {
+    ip.is_ipv6() && ip.is_loopback()
 }
 
 impl fmt::Display for PortMapping {
@@ -190,6 +199,9 @@ mod tests {
         assert!(v6.carries("fd77::5".parse().unwrap()));
         assert!(!v6.carries("10.77.0.5".parse().unwrap()));
         assert!(map("", 1, 2, "", 0).carries("10.77.0.5".parse().unwrap()));
+        assert!(map("", 1, 2, "", 0).on_ipv6_loopback());
+        assert!(map("[::1]", 1, 2, "tcp", 0).on_ipv6_loopback());
+        assert!(!v6.on_ipv6_loopback() && !map("127.0.0.1", 1, 2, "", 0).on_ipv6_loopback());
         let ports: Vec<_> = map("", 9000, 7000, "tcp", 3).ports().collect();
         assert_eq!(ports, vec![(9000, 7000), (9001, 7001), (9002, 7002)]);
     }
@@ -200,7 +212,7 @@ mod tests {
             ("", 0, 80, "tcp", 1, "1-65535"),
             ("", 65535, 80, "tcp", 2, "1-65535"),
             ("", 80, 80, "sctp", 1, "sctp"),
-            ("::1", 80, 80, "tcp", 1, "::1 is not supported"),
+            ("::1", 53, 53, "udp", 1, "udp on ::1 is not supported"),
             ("host", 80, 80, "tcp", 1, "not an IP address"),
         ] {
             let err = PortMapping::new(ip, host, ctr, proto, range).unwrap_err();

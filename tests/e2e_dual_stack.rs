@@ -142,7 +142,15 @@ fn dual_stack(backend: Backend, name: &str, subnets: (&'static str, &'static str
     let net = Net::create_with(backend, name, subnets.0, &options);
     let (web, client) = (net.container(1), net.container(2));
     let serve = "echo hello-web > /tmp/index.html && exec httpd -f -p 80 -h /tmp";
-    net.run_command(&web, &["-p", &format!("{port}:80")], &["sh", "-c", serve]);
+    let loopback_only = port + 10;
+    let publish = [
+        "-p".to_string(),
+        format!("{port}:80"),
+        "-p".to_string(),
+        format!("[::1]:{loopback_only}:80"),
+    ];
+    let publish: Vec<&str> = publish.iter().map(String::as_str).collect();
+    net.run_command(&web, &publish, &["sh", "-c", serve]);
     net.run_detached(&client, &["--cap-add", "NET_RAW"]);
     net.wait_listening(&web, 80);
 
@@ -185,6 +193,16 @@ fn dual_stack(backend: Backend, name: &str, subnets: (&'static str, &'static str
     assert!(http_get(v4).unwrap().contains("hello-web"), "via {v4}");
     let v6: SocketAddr = (HOST_SIDE6.parse::<IpAddr>().unwrap(), port).into();
     assert!(http_get(v6).unwrap().contains("hello-web"), "via {v6}");
+    // And on IPv6 loopback, which flatnetd relays: for every address and for `[::1]` alone.
+    let loopback6 = |port| SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
+    for via in [loopback6(port), loopback6(loopback_only)] {
+        assert!(http_get(via).unwrap().contains("hello-web"), "via {via}");
+    }
+    let not_published = SocketAddr::from(([127, 0, 0, 1], loopback_only));
+    assert!(
+        http_get(not_published).is_err(),
+        "[::1] only, yet {not_published} answered"
+    );
 
     // Egress over IPv6 (and IPv4) to the outside.
     let beyond = fetch(&net, &client, &format!("http://[{SERVER6}]/"));
@@ -196,6 +214,13 @@ fn dual_stack(backend: Backend, name: &str, subnets: (&'static str, &'static str
     assert!(net.leftovers().is_empty(), "{:?}", net.leftovers());
     let rules = run_ok("nft", &["list", "ruleset"]);
     assert!(!rules.contains(&format!("dport {port} ")), "{rules}");
+    for port in [port, loopback_only] {
+        let closed = TcpStream::connect_timeout(&loopback6(port), Duration::from_secs(1));
+        assert!(
+            closed.is_err(),
+            "[::1]:{port} still listens after the container went"
+        );
+    }
 }
 
 fn internal_dual_stack(backend: Backend, name: &str, subnets: (&'static str, &'static str)) {

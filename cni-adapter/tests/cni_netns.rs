@@ -511,3 +511,30 @@ fn a_host_member_deleted_by_hand_comes_back_with_the_next_attach() {
     }
     state.assert_nothing_left();
 }
+
+#[test]
+fn a_network_overlapping_one_already_here_is_refused() {
+    needs_root!();
+    let state = state_dir("overlap");
+    let first = conf("1.0.0", &state);
+    let second = first
+        .replace("\"cnitest\"", "\"cnitest2\"")
+        .replace("192.0.2.0/24", "192.0.2.128/25");
+    let (a, b) = (TestNetns::new("oa"), TestNetns::new("ob"));
+    cni_ok(&state, "ADD", "oa", a.path_str(), &first);
+
+    let refused = cni(&state, "ADD", "ob", b.path_str(), &second, &[]);
+    let err = assert_cni_error(&refused, 7);
+    let msg = err["msg"].as_str().unwrap();
+    assert!(
+        msg.contains("192.0.2.128/25") && msg.contains("overlaps") && msg.contains("cnitest"),
+        "{err}"
+    );
+    assert!(!b.has_link("eth0"));
+
+    // Once the first network has left the host, the second may come.
+    cni_ok(&state, "DEL", "oa", a.path_str(), &first);
+    cni_ok(&state, "ADD", "ob", b.path_str(), &second);
+    cni_ok(&state, "DEL", "ob", b.path_str(), &second);
+    state.assert_nothing_left();
+}

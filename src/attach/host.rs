@@ -30,6 +30,7 @@ impl Network {
             member.create_interface()?;
             return Ok(true);
         }
+        self.refuse_overlapping_subnets()?;
         // A member whose creation was killed half-way left at most its lease and lighthouse
         // entry: `allocate_highest` hands the same lease back and the entry is re-registered.
         undo.push(|| self.remove_host_member().map(drop));
@@ -59,6 +60,30 @@ impl Network {
         member.save(&dirs)?;
         member.create_interface()?;
         Ok(true)
+    }
+
+    /// A network arriving on this host may not share addresses with one already here: the
+    /// host would route both subnets to two members, and the containers of one would answer
+    /// for the other's.
+    fn refuse_overlapping_subnets(&self) -> Result<()> {
+        for network in list_dir(&self.config.state_dir.networks())? {
+            let Some(member) = HostMember::load(&NetworkDirs { root: network })? else {
+                continue;
+            };
+            if member.network == self.config.network {
+                continue;
+            }
+            for ours in self.config.subnets.iter().map(|s| s.net) {
+                if let Some(theirs) = member.subnets.iter().find(|t| overlap(&ours, t)) {
+                    return Err(Error::InvalidConfig(format!(
+                        "subnet {ours} of network {} overlaps subnet {theirs} of network {}, \
+                         which has containers on this host",
+                        self.config.network, member.network
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Removes the host member: interface, lease, lighthouse entry, record. Every part is
@@ -142,4 +167,8 @@ impl Network {
         }
         firewall::apply(&host_member::firewall_table(&self.config), &rules)
     }
+}
+
+fn overlap(a: &ipnet::IpNet, b: &ipnet::IpNet) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
 }

@@ -89,6 +89,10 @@ impl Daemon {
             device,
             stats: Default::default(),
         })?;
+        if let Err(e) = self.loopback_ports.open(record) {
+            self.unserve(&record.network, &record.container_id);
+            return Err(e);
+        }
         let subnets = record.addresses.iter().map(IpNet::trunc).collect();
         self.routes
             .serve_network(record.wire_network_id(), &record.network, subnets);
@@ -123,6 +127,7 @@ impl Daemon {
             }
         }
         self.unserve(network, container_id);
+        self.loopback_ports.close(network, container_id);
         if !self.queues.network_has_containers(network) {
             if let Some(local) = self.networks.remove_named(network) {
                 self.unserve(network, &local.member.id);

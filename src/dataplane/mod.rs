@@ -75,6 +75,7 @@ use publisher::Publisher;
 use queues::Queues;
 use routes::RouteTable;
 use seal_workers::SealWorkers;
+use services::loopback_ports::LoopbackPorts;
 
 const TOKEN_UDP: u64 = 0;
 const TOKEN_WAKE: u64 = 1;
@@ -142,6 +143,7 @@ impl DropCounters {
 struct Services {
     follower: Follower,
     publisher: Publisher,
+    loopback_ports: LoopbackPorts,
 }
 
 pub struct Daemon {
@@ -165,6 +167,8 @@ pub struct Daemon {
     own_not_after: Option<u64>,
     follower: Follower,
     publisher: Publisher,
+    /// TCP ports published on `[::1]`, which the kernel cannot forward.
+    loopback_ports: LoopbackPorts,
     /// When to hand the publisher what peers see this host at, next.
     next_observed: Instant,
     queues: Queues,
@@ -221,6 +225,7 @@ pub fn run(config: DaemonConfig, ready: Option<File>) -> Result<()> {
     let services = Services {
         follower,
         publisher,
+        loopback_ports: LoopbackPorts::spawn(crate::host_member::relay_table(config.listen))?,
     };
     let mut daemon = Daemon::new(config, keys, rx, wake.clone(), services, identity)?;
     daemon.recover();
@@ -430,6 +435,7 @@ impl Daemon {
             own_not_after: identity.not_after,
             follower: services.follower,
             publisher: services.publisher,
+            loopback_ports: services.loopback_ports,
             next_observed: Instant::now(),
             queues: Queues::default(),
             networks: LocalNetworks::default(),

@@ -1,11 +1,13 @@
 //! Threads beside the packet thread. Each reaches it only through the command channel and the
 //! wake eventfd ([`control_server::ask`]), or hands it changes the same way ([`follower`]):
 //! the control socket ([`control_server`]), the metrics endpoint ([`metrics_server`]), the
-//! lighthouse follower, the publisher of this host's candidate endpoints ([`publisher`]), the stop signals ([`signals`]) and the supervisor's readiness
-//! protocol ([`notify`]).
+//! lighthouse follower, the publisher of this host's candidate endpoints ([`publisher`]), the
+//! relay of ports published on IPv6 loopback ([`loopback_ports`]), the stop signals
+//! ([`signals`]) and the supervisor's readiness protocol ([`notify`]).
 
 pub mod control_server;
 pub mod follower;
+pub mod loopback_ports;
 pub mod metrics_server;
 pub mod notify;
 pub mod publisher;
