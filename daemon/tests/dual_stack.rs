@@ -69,6 +69,67 @@ fn dual_stack_containers_reach_each_other_over_an_ipv4_underlay() {
     both_families_reach_across(false);
 }
 
+/// A host on `[::]` with an address of each family, a peer with IPv4 only and a peer with
+/// IPv6 only: each reaches it over the family it has, through its candidates; the two peers,
+/// which share no family, reach each other through it as a relay.
+#[test]
+fn a_host_of_both_families_is_reached_over_the_family_each_peer_has() {
+    needs_root!();
+    let mut cluster = Cluster::wire_only();
+    cluster.subnet = DUAL_STACK.into();
+    cluster.ipv6_underlay = true;
+    let both = cluster.add_host();
+    cluster.hosts[both].on_all_addresses = true;
+    cluster.ipv6_underlay = false;
+    let v4_only = cluster.add_host();
+    cluster.ipv6_underlay = true;
+    let v6_only = cluster.add_host();
+    let v4 = format!("{}/24", cluster.hosts[v6_only].address);
+    cluster.hosts[v6_only]
+        .ns
+        .ip(&["addr", "del", &v4, "dev", "eth0"]);
+
+    cluster.start_daemon_with(both, &["--relay=true"]);
+    let hub = cluster.attach_named(both, "hub");
+    let (a, b) = (cluster.attach(v4_only), cluster.attach(v6_only));
+    for (peer, container) in [(v4_only, a), (v6_only, b)] {
+        assert!(
+            cluster.ping(container, hub, 3) && cluster.ping6(hub, container, 1),
+            "host {peer} does not reach the host of both families"
+        );
+    }
+    let seen = |host: usize, other: usize| {
+        let endpoint = cluster.peer(host, other)["endpoint"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        endpoint.parse::<std::net::SocketAddr>().unwrap()
+    };
+    let over_ipv4 = std::net::SocketAddr::from((cluster.hosts[both].address, TUNNEL_PORT));
+    assert_eq!(seen(v4_only, both), over_ipv4);
+    let address6 = cluster.hosts[both].address6.unwrap();
+    assert_eq!(seen(v6_only, both), (address6, TUNNEL_PORT).into());
+    assert_eq!(
+        seen(both, v4_only).to_string(),
+        cluster.hosts[v4_only].endpoint()
+    );
+    assert_eq!(
+        seen(both, v6_only).to_string(),
+        cluster.hosts[v6_only].endpoint()
+    );
+    let published = cluster.status(both)["candidates"].to_string();
+    for address in [over_ipv4.to_string(), format!("[{address6}]:{TUNNEL_PORT}")] {
+        assert!(published.contains(&address), "{address} not in {published}");
+    }
+
+    let took = wait_until(Duration::from_secs(20), "IPv4 host to IPv6 host", || {
+        cluster.ping(a, b, 1)
+    });
+    println!("IPv4-only host reached the IPv6-only host through the relay in {took:?}");
+    let relay_key = cluster.status(both)["public_key"].clone();
+    assert_eq!(cluster.peer(v4_only, v6_only)["via"], relay_key);
+}
+
 #[test]
 fn a_spoofed_ipv6_source_is_dropped_and_counted() {
     needs_root!();

@@ -9,7 +9,7 @@
 mod cluster;
 
 use std::collections::HashSet;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -159,13 +159,18 @@ impl PodmanHost {
         let ca_dir = cluster.network_ca.as_ref().unwrap().path();
         let name = format!("host-{}", self.index);
         let block = cluster.block(self.index);
+        let block6 = cluster.block6(self.index).map(|b| b.to_string());
+        let extra: Vec<&str> = block6
+            .iter()
+            .flat_map(|b| ["--block", b.as_str()])
+            .collect();
         cluster::sign(
             ca_dir,
             &name,
             &key,
             block,
             &[NETWORK],
-            &[],
+            &extra,
             &self.in_chroot(&host_cert),
         );
         let etcd = cluster.etcd();
@@ -227,9 +232,22 @@ impl PodmanHost {
     }
 
     fn address(&self, container: &str) -> Ipv4Addr {
-        let format = format!("{{{{(index .NetworkSettings.Networks \"{NETWORK}\").IPAddress}}}}");
+        self.inspect_network(container, "IPAddress")
+            .parse()
+            .unwrap()
+    }
+
+    fn address6(&self, container: &str) -> Ipv6Addr {
+        self.inspect_network(container, "GlobalIPv6Address")
+            .parse()
+            .unwrap()
+    }
+
+    /// A field of the container's settings on the network, as `podman inspect` shows it.
+    fn inspect_network(&self, container: &str, field: &str) -> String {
+        let format = format!("{{{{(index .NetworkSettings.Networks \"{NETWORK}\").{field}}}}}");
         let out = self.podman_ok(&["inspect", "-f", &format, container]);
-        out.trim().parse().unwrap()
+        out.trim().to_string()
     }
 
     /// Addresses leased on the network here (containers and the host member).
@@ -256,7 +274,7 @@ impl PodmanHost {
 }
 
 /// Pings every address from inside the container; returns those that did not answer.
-fn unanswered(pid: &str, targets: &[Ipv4Addr]) -> Vec<String> {
+fn unanswered<A: ToString>(pid: &str, targets: &[A]) -> Vec<String> {
     let list: Vec<String> = targets.iter().map(ToString::to_string).collect();
     let script = format!(
         "for ip in {}; do ping -c 1 -W 2 $ip >/dev/null 2>&1 || echo $ip; done",
@@ -298,9 +316,11 @@ fn run(host: &PodmanHost, name: &str, extra: &[&str]) -> Output {
     host.podman(&args)
 }
 
-/// Two hosts on an etcd cluster, each with its Podman's mount namespace and directories.
-fn two_hosts() -> (Cluster, Hosts) {
-    let mut cluster = Cluster::with_etcd(0, 3);
+/// Two hosts on an etcd cluster of `members`, each with its Podman's mount namespace and
+/// directories; the network has `subnets` (an IPv4 one, or an IPv4 and an IPv6 one
+/// comma-separated).
+fn two_hosts(members: usize, subnets: &str) -> (Cluster, Hosts) {
+    let mut cluster = Cluster::with_etcd_in(0, members, subnets);
     let base = PathBuf::from(format!("/run/flatnet-podman-hosts-{}", std::process::id()));
     std::fs::create_dir_all(&base).unwrap();
     let mut hosts = Hosts(Vec::new(), base.clone());
@@ -326,14 +346,13 @@ fn create_networks(cluster: &Cluster, hosts: &Hosts) -> HashSet<String> {
     for host in &hosts.0 {
         host.import_image();
         let options = host.provision(cluster);
-        let mut args = vec![
-            "network",
-            "create",
-            "-d",
-            "flatnet",
-            "--subnet",
-            &cluster.subnet,
-        ];
+        let mut args = vec!["network", "create", "-d", "flatnet"];
+        for subnet in cluster.subnet.split(',') {
+            args.extend(["--subnet", subnet]);
+        }
+        if cluster.block6(0).is_some() {
+            args.push("--ipv6");
+        }
         for option in &options {
             args.extend(["-o", option]);
         }
@@ -419,7 +438,7 @@ fn quorum_lost_and_back(cluster: &mut Cluster, hosts: &Hosts, containers: &[Star
 fn two_podman_hosts_on_etcd_give_distinct_addresses_and_reach_each_other() {
     needs_root!();
     let _serial = needs_podman!();
-    let (mut cluster, hosts) = two_hosts();
+    let (mut cluster, hosts) = two_hosts(3, "198.51.100.0/24");
     let ranges = create_networks(&cluster, &hosts);
     assert_eq!(
         ranges.len(),
@@ -463,4 +482,36 @@ fn two_podman_hosts_on_etcd_give_distinct_addresses_and_reach_each_other() {
         !out.status.success() && stderr.contains("not in this host's blocks"),
         "--ip {foreign} on host 0: {stderr}"
     );
+}
+
+#[test]
+fn two_podman_hosts_on_etcd_carry_a_dual_stack_network() {
+    needs_root!();
+    let _serial = needs_podman!();
+    let (cluster, hosts) = two_hosts(1, "198.51.100.0/24,fd77:2::/64");
+    let ranges = create_networks(&cluster, &hosts);
+    assert_eq!(ranges.len(), 2, "a range per host: {ranges:?}");
+
+    let containers = start_containers(&hosts, 2);
+    let mut addresses6 = HashSet::new();
+    for (host, name, _) in &containers {
+        let ip6 = hosts.0[*host].address6(name);
+        let block6 = cluster.block6(*host).unwrap();
+        assert!(block6.contains(&ip6), "{name} got {ip6}, outside {block6}");
+        assert!(addresses6.insert((*host, name.clone(), ip6)));
+    }
+    // Each family's address and the host member's, on each host.
+    wait_for_routes(&hosts, 2 * (containers.len() as u64 + 2));
+    for (host, name, _) in &containers {
+        let others: Vec<IpAddr> = addresses6
+            .iter()
+            .filter(|c| c.0 != *host)
+            .map(|c| IpAddr::V6(c.2))
+            .collect();
+        let missed = unanswered(&hosts.0[*host].pid(name), &others);
+        assert!(
+            missed.is_empty(),
+            "{name} reaches none of {missed:?} over IPv6"
+        );
+    }
 }

@@ -509,25 +509,54 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-#[test]
-fn the_underlay_carries_only_ciphertext() {
-    needs_root!();
-    const MARKER: &str = "FLATNET-PLAINTEXT-MARKER-7f3a9c";
-    let (cluster, a, b) = Cluster::connected_pair();
+/// What the ciphertext tests send: a marker that must never be seen on the underlay.
+const MARKER: &str = "FLATNET-PLAINTEXT-MARKER-7f3a9c";
 
+/// Sends the marker from `a` to `to` while capturing the underlay (`filter`) at host 1's
+/// bridge port; asserts datagrams passed and none held the marker. Returns the marker file.
+fn send_marker_past_capture(
+    cluster: &Cluster,
+    a: usize,
+    to: (usize, std::net::IpAddr),
+    filter: &str,
+) -> PathBuf {
     let pcap = cluster.shared.path().join("flatnet.pcap");
-    let filter = format!("udp port {TUNNEL_PORT}");
-    let capture = Capture::start(&cluster.wire.name, "h1", &filter, pcap);
+    let capture = Capture::start(&cluster.wire.name, "h1", filter, pcap);
     let file = cluster.shared.path().join("marker");
     std::fs::write(&file, MARKER.repeat(200)).unwrap();
-    cluster.send_file(a, b, 7200, &file);
+    let received = cluster.send_file_to(a, to, 7200, &file);
+    assert_eq!(received, MARKER.repeat(200).into_bytes());
     let (bytes, datagrams) = capture.stop();
-    println!("underlay capture: {datagrams} datagrams to port {TUNNEL_PORT}, marker absent");
+    println!("underlay capture ({filter}): {datagrams} datagrams, marker absent");
     assert!(datagrams >= 5, "the capture saw only {datagrams} datagrams");
     assert!(
         !contains(&bytes, MARKER.as_bytes()),
         "plaintext on the wire"
     );
+    file
+}
+
+#[test]
+fn an_ipv6_underlay_carries_only_ciphertext() {
+    needs_root!();
+    let mut cluster = Cluster::wire_only();
+    cluster.ipv6_underlay = true;
+    cluster.subnet = "198.51.100.0/24,fd77:5::/64".into();
+    cluster.add_host();
+    cluster.add_host();
+    let (a, b) = (cluster.attach(0), cluster.attach(1));
+    let b6 = cluster.containers[b].ip6.expect("a dual-stack container");
+    let filter = format!("ip6 and udp port {TUNNEL_PORT}");
+    send_marker_past_capture(&cluster, a, (b, b6.into()), &filter);
+}
+
+#[test]
+fn the_underlay_carries_only_ciphertext() {
+    needs_root!();
+    let (cluster, a, b) = Cluster::connected_pair();
+    let filter = format!("udp port {TUNNEL_PORT}");
+    let to = (b, cluster.containers[b].ip.into());
+    let file = send_marker_past_capture(&cluster, a, to, &filter);
 
     // Control: the same transfer over a plain veth, captured the same way, shows the marker.
     let (left, right) = (TestNetns::new("pl"), TestNetns::new("pr"));

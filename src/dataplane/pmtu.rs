@@ -253,19 +253,31 @@ const IPV6_MIN_MTU: u32 = 1280;
 /// here: the kernel refuses one larger than the known path MTU instead (the data plane keeps
 /// members' packets below it).
 pub fn forbid_fragmenting(socket: &UdpSocket) -> io::Result<()> {
-    let (level, name, value) = match socket.local_addr()? {
-        SocketAddr::V4(_) => (
+    let fd = socket.as_raw_fd();
+    let ipv4 = || {
+        super::batch::set_option(
+            fd,
             libc::IPPROTO_IP,
             libc::IP_MTU_DISCOVER,
-            libc::IP_PMTUDISC_DO,
-        ),
-        SocketAddr::V6(_) => (
-            libc::IPPROTO_IPV6,
-            libc::IPV6_MTU_DISCOVER,
-            libc::IPV6_PMTUDISC_DO,
-        ),
+            &libc::IP_PMTUDISC_DO,
+        )
     };
-    super::batch::set_option(socket.as_raw_fd(), level, name, &value)
+    match socket.local_addr()? {
+        SocketAddr::V4(_) => ipv4(),
+        SocketAddr::V6(v6) => {
+            super::batch::set_option(
+                fd,
+                libc::IPPROTO_IPV6,
+                libc::IPV6_MTU_DISCOVER,
+                &libc::IPV6_PMTUDISC_DO,
+            )?;
+            // A socket on `[::]` sends to IPv4 peers too.
+            if v6.ip().is_unspecified() {
+                ipv4()?;
+            }
+            Ok(())
+        }
+    }
 }
 
 /// Whether a packet forbids fragmenting on the way: an IPv4 packet with DF, and every IPv6

@@ -132,8 +132,8 @@ pub struct Host {
     pub state: tempfile::TempDir,
     /// The CA certificate this host trusts, when it is not the network's (a rogue host).
     pub network_ca: Option<PathBuf>,
-    /// Its endpoint is `0.0.0.0:TUNNEL_PORT` (set before its daemon starts): it listens on
-    /// every address and publishes them as candidates.
+    /// Its endpoint is `0.0.0.0:TUNNEL_PORT`, or `[::]:TUNNEL_PORT` with an IPv6 address (set
+    /// before its daemon starts): it listens on every address and publishes them as candidates.
     pub on_all_addresses: bool,
     /// Its IPv6 address on the underlay, in a cluster whose hosts talk IPv6 (2001:db8:ff::/64):
     /// then its endpoint.
@@ -143,8 +143,10 @@ pub struct Host {
 impl Host {
     /// The endpoint its network config and daemon are given.
     pub fn endpoint(&self) -> String {
-        if let Some(address6) = self.address6 {
-            return format!("[{address6}]:{TUNNEL_PORT}");
+        match (self.address6, self.on_all_addresses) {
+            (Some(_), true) => return format!("[::]:{TUNNEL_PORT}"),
+            (Some(address6), false) => return format!("[{address6}]:{TUNNEL_PORT}"),
+            (None, _) => {}
         }
         let address = if self.on_all_addresses {
             Ipv4Addr::UNSPECIFIED

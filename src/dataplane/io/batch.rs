@@ -469,6 +469,13 @@ fn from_storage(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
             // SAFETY: the family says this is a sockaddr_in6.
             let sin6 = unsafe { &*(storage as *const _ as *const libc::sockaddr_in6) };
             let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            // An IPv4 peer of a socket on `[::]`: known (and sent to) by its IPv4 address.
+            if let Some(v4) = ip.to_ipv4_mapped() {
+                return Some(SocketAddr::V4(SocketAddrV4::new(
+                    v4,
+                    u16::from_be(sin6.sin6_port),
+                )));
+            }
             Some(SocketAddr::V6(SocketAddrV6::new(
                 ip,
                 u16::from_be(sin6.sin6_port),
@@ -532,6 +539,23 @@ mod tests {
             enable_gro(rx.as_raw_fd()).unwrap();
         }
         (rx, UdpSocket::bind("127.0.0.1:0").unwrap())
+    }
+
+    #[test]
+    fn a_socket_on_every_address_of_both_families_talks_ipv4_by_ipv4_addresses() {
+        // `[::]` with IPV6_V6ONLY off (the lanes set it; the sysctl's default here).
+        let both = UdpSocket::bind("[::]:0").unwrap();
+        both.set_nonblocking(true).unwrap();
+        let v4 = UdpSocket::bind("127.0.0.1:0").unwrap();
+        v4.set_nonblocking(true).unwrap();
+        let to_both = SocketAddr::from(([127, 0, 0, 1], both.local_addr().unwrap().port()));
+        send(&v4, &[(b"ping".to_vec(), to_both)]);
+        let from_v4 = v4.local_addr().unwrap();
+        let (got, _) = receive(&both, 1, from_v4);
+        assert_eq!(got, [b"ping".to_vec()], "heard from the plain IPv4 address");
+        send(&both, &[(b"pong".to_vec(), from_v4)]);
+        let (got, _) = receive(&v4, 1, to_both);
+        assert_eq!(got, [b"pong".to_vec()], "sent to an IPv4 address from [::]");
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! same reason).
 
 use std::io;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::sys::socket::{SockaddrIn, SockaddrIn6};
@@ -51,6 +51,16 @@ fn reuseport_socket(address: SocketAddr) -> io::Result<UdpSocket> {
     // SAFETY: `fd` is a new descriptor nothing else owns.
     let socket = UdpSocket::from(unsafe { OwnedFd::from_raw_fd(fd) });
     set_int_option(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT)?;
+    if address.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) {
+        // `[::]` is every address of both families, whatever `net.ipv6.bindv6only` says:
+        // IPv4 peers arrive as mapped addresses (made plain again in `batch`).
+        set_option(
+            fd,
+            libc::IPPROTO_IPV6,
+            libc::IPV6_V6ONLY,
+            &(0 as libc::c_int),
+        )?;
+    }
     let bound = match address {
         SocketAddr::V4(v4) => nix::sys::socket::bind(fd, &SockaddrIn::from(v4)),
         SocketAddr::V6(v6) => nix::sys::socket::bind(fd, &SockaddrIn6::from(v6)),

@@ -164,14 +164,15 @@ fn local_addresses(listen: SocketAddr) -> Vec<IpAddr> {
     addresses
 }
 
-/// Of `listen`'s family, not loopback or link-local, and not a Flatnet address (a host
-/// member's interface): an underlay datagram sent there would enter the overlay.
+/// Of a family `listen` receives (`[::]` receives both), not loopback or link-local, and not a
+/// Flatnet address (a host member's interface): an underlay datagram sent there would enter
+/// the overlay.
 fn is_underlay_address(ifname: &str, ip: IpAddr, listen: SocketAddr) -> bool {
     let link_local = match ip {
         IpAddr::V4(v4) => v4.is_link_local(),
         IpAddr::V6(v6) => v6.is_unicast_link_local(),
     };
-    ip.is_ipv4() == listen.is_ipv4()
+    (ip.is_ipv4() == listen.is_ipv4() || listen.is_ipv6())
         && !ip.is_loopback()
         && !link_local
         && !ifname.starts_with(crate::host_member::MEMBER_IFNAME_PREFIX)
@@ -233,6 +234,13 @@ mod tests {
             !is_underlay_address("eth0", ip("2001:db8::5"), all),
             "another family"
         );
+        let both = ep("[::]:4800");
+        assert!(is_underlay_address("eth0", ip("2001:db8::5"), both));
+        assert!(
+            is_underlay_address("eth0", ip("192.0.2.5"), both),
+            "[::] receives IPv4 too"
+        );
+        assert!(!is_underlay_address("lo", ip("::1"), both));
     }
 
     /// A lighthouse whose first `failures` publications fail (etcd out of reach), then a file.
