@@ -55,7 +55,11 @@ pub struct Ruleset {
 
 /// Replaces the table `name` with what `rules` says, atomically; removes it when empty.
 pub fn apply(name: &str, rules: &Ruleset) -> Result<()> {
-    let batch = build(name, rules);
+    run(name, build(name, rules))
+}
+
+/// Hands `nft` one batch (one transaction) about table `name`.
+fn run(name: &str, batch: Batch<'static>) -> Result<()> {
     let nft = nft_program();
     nftables::helper::apply_ruleset_with_args(&batch.to_nftables(), Some(nft), NO_ARGS).map_err(
         |source| Error::Firewall {
@@ -65,34 +69,41 @@ pub fn apply(name: &str, rules: &Ruleset) -> Result<()> {
     )
 }
 
+/// A batch that removes table `name` (created first if missing, so the delete never fails)
+/// and, if `remake`, creates it again empty. nft applies a batch as one transaction: no
+/// moment without rules.
+fn replacing_table(name: &str, remake: bool) -> Batch<'static> {
+    let table = || {
+        NfListObject::Table(Table {
+            family: NfFamily::INet,
+            name: Cow::Owned(name.to_string()),
+            handle: None,
+        })
+    };
+    let mut batch = Batch::new();
+    batch.add(table());
+    batch.delete(table());
+    if remake {
+        batch.add(table());
+    }
+    batch
+}
+
 const NO_ARGS: &[&str] = &[];
 
 /// Replaces the table `name` with redirects of TCP connections to `[::1]:host_port` onto
 /// `[::1]:relay_port`, where flatnetd's loopback relay listens; removes it when empty. Only
 /// locally made connections can be to `::1`, so the output hook is the only one.
 pub fn apply_loopback_redirects(name: &str, redirects: &[(u16, u16)]) -> Result<()> {
-    let batch = build_loopback_redirects(name, redirects);
-    nftables::helper::apply_ruleset_with_args(&batch.to_nftables(), Some(nft_program()), NO_ARGS)
-        .map_err(|source| Error::Firewall {
-            table: name.to_string(),
-            source,
-        })
+    run(name, build_loopback_redirects(name, redirects))
 }
 
 fn build_loopback_redirects(name: &str, redirects: &[(u16, u16)]) -> Batch<'static> {
     let name: Cow<'static, str> = Cow::Owned(name.to_string());
-    let table = || Table {
-        family: NfFamily::INet,
-        name: name.clone(),
-        handle: None,
-    };
-    let mut batch = Batch::new();
-    batch.add(NfListObject::Table(table()));
-    batch.delete(NfListObject::Table(table()));
+    let mut batch = replacing_table(&name, !redirects.is_empty());
     if redirects.is_empty() {
         return batch;
     }
-    batch.add(NfListObject::Table(table()));
     batch.add(NfListObject::Chain(Chain {
         family: NfFamily::INet,
         table: name.clone(),
@@ -137,22 +148,14 @@ fn nft_program() -> &'static str {
         .unwrap_or("nft")
 }
 
-/// The transaction: create-if-missing then delete (so the delete never fails), then the new
-/// table. nft applies a batch as one transaction: no moment without rules.
+/// The transaction that replaces the table with what `rules` say.
 fn build(name: &str, rules: &Ruleset) -> Batch<'static> {
     let name: Cow<'static, str> = Cow::Owned(name.to_string());
-    let table = || Table {
-        family: NfFamily::INet,
-        name: name.clone(),
-        handle: None,
-    };
-    let mut batch = Batch::new();
-    batch.add(NfListObject::Table(table()));
-    batch.delete(NfListObject::Table(table()));
-    if rules.networks.is_empty() && rules.forwards.is_empty() {
+    let empty = rules.networks.is_empty() && rules.forwards.is_empty();
+    let mut batch = replacing_table(&name, !empty);
+    if empty {
         return batch;
     }
-    batch.add(NfListObject::Table(table()));
     let chain = |chain: &str, hook: Option<(NfHook, i32)>| Chain {
         family: NfFamily::INet,
         table: name.clone(),
