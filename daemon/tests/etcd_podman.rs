@@ -26,7 +26,8 @@ const CONTAINERS_PER_HOST: usize = 20;
 struct PodmanHost {
     index: usize,
     netns: String,
-    underlay: Ipv4Addr,
+    /// The host's tunnel endpoint.
+    endpoint: String,
     /// The host's directory outside the chroot: its mount namespace file and IPAM directory.
     outside: PathBuf,
     /// The host's directory inside the chroot (storage, configuration, certificates).
@@ -44,7 +45,7 @@ impl PodmanHost {
         let host = PodmanHost {
             index,
             netns: cluster.hosts[index].ns.name.clone(),
-            underlay: cluster.hosts[index].address,
+            endpoint: cluster.hosts[index].endpoint(),
             inside: format!("/var/lib/{tag}/h{index}"),
             state: format!("/run/{tag}-h{index}"),
             outside,
@@ -94,6 +95,10 @@ impl PodmanHost {
     }
 
     fn podman(&self, args: &[&str]) -> Output {
+        self.podman_command(args).output().unwrap()
+    }
+
+    fn podman_command(&self, args: &[&str]) -> Command {
         let root = format!("{}/storage", self.inside);
         let runroot = format!("{}/runroot", self.state);
         let config = format!("{}/networks", self.inside);
@@ -109,7 +114,7 @@ impl PodmanHost {
             "vfs",
         ];
         all.extend_from_slice(args);
-        self.command(&all).output().unwrap()
+        self.command(&all)
     }
 
     fn podman_ok(&self, args: &[&str]) -> String {
@@ -188,10 +193,7 @@ impl PodmanHost {
             ),
             ("host_cert_file", host_cert),
             ("state_dir", flatnet_state),
-            (
-                "endpoint",
-                format!("{}:{}", self.underlay, cluster::TUNNEL_PORT),
-            ),
+            ("endpoint", self.endpoint.clone()),
         ]
         .into_iter()
         .map(|(key, value)| format!("{key}={value}"))
@@ -222,6 +224,24 @@ impl PodmanHost {
             .output()
             .unwrap();
         serde_json::from_slice(&out.stdout).unwrap_or_default()
+    }
+
+    /// Waits until something in the container listens on TCP `port`.
+    fn wait_listening(&self, container: &str, port: u16) {
+        let pid = self.pid(container);
+        let filter = format!("sport = :{port}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = Command::new("nsenter")
+                .args(["-t", &pid, "-n", "--", "ss", "-Hltn", &filter])
+                .output()
+                .unwrap();
+            if !out.stdout.is_empty() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "nothing listens on {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// The container's process, to enter its namespaces.
@@ -318,9 +338,10 @@ fn run(host: &PodmanHost, name: &str, extra: &[&str]) -> Output {
 
 /// Two hosts on an etcd cluster of `members`, each with its Podman's mount namespace and
 /// directories; the network has `subnets` (an IPv4 one, or an IPv4 and an IPv6 one
-/// comma-separated).
-fn two_hosts(members: usize, subnets: &str) -> (Cluster, Hosts) {
+/// comma-separated), and the tunnels between the hosts run over IPv6 if `ipv6_underlay`.
+fn two_hosts(members: usize, subnets: &str, ipv6_underlay: bool) -> (Cluster, Hosts) {
     let mut cluster = Cluster::with_etcd_in(0, members, subnets);
+    cluster.ipv6_underlay = ipv6_underlay;
     let base = PathBuf::from(format!("/run/flatnet-podman-hosts-{}", std::process::id()));
     std::fs::create_dir_all(&base).unwrap();
     let mut hosts = Hosts(Vec::new(), base.clone());
@@ -438,7 +459,7 @@ fn quorum_lost_and_back(cluster: &mut Cluster, hosts: &Hosts, containers: &[Star
 fn two_podman_hosts_on_etcd_give_distinct_addresses_and_reach_each_other() {
     needs_root!();
     let _serial = needs_podman!();
-    let (mut cluster, hosts) = two_hosts(3, "198.51.100.0/24");
+    let (mut cluster, hosts) = two_hosts(3, "198.51.100.0/24", false);
     let ranges = create_networks(&cluster, &hosts);
     assert_eq!(
         ranges.len(),
@@ -488,7 +509,7 @@ fn two_podman_hosts_on_etcd_give_distinct_addresses_and_reach_each_other() {
 fn two_podman_hosts_on_etcd_carry_a_dual_stack_network() {
     needs_root!();
     let _serial = needs_podman!();
-    let (cluster, hosts) = two_hosts(1, "198.51.100.0/24,fd77:2::/64");
+    let (cluster, hosts) = two_hosts(1, "198.51.100.0/24,fd77:2::/64", true);
     let ranges = create_networks(&cluster, &hosts);
     assert_eq!(ranges.len(), 2, "a range per host: {ranges:?}");
 
@@ -514,4 +535,25 @@ fn two_podman_hosts_on_etcd_carry_a_dual_stack_network() {
             "{name} reaches none of {missed:?} over IPv6"
         );
     }
+
+    // By name (AAAA from the lighthouse) and 50 MB of TCP, across the IPv6 underlay.
+    let (sender, receiver) = (&hosts.0[0], &hosts.0[1]);
+    let by_name = unanswered(&sender.pid("h0-c0"), &["h1-c0"]);
+    assert!(by_name.is_empty(), "h1-c0 by name: {by_name:?}");
+    let to = receiver.address6("h1-c0");
+    // The chroot's image has OpenBSD netcat: `-6` listens on IPv6, `-N` passes the end of the file on.
+    let store = ["exec", "h1-c0", "sh", "-c", "nc -6 -l -p 7306 > /tmp/blob"];
+    let mut listening = receiver.podman_command(&store).spawn().unwrap();
+    let make = "dd if=/dev/urandom of=/tmp/blob bs=1M count=50 2>/dev/null && sha256sum /tmp/blob";
+    let sent = sender.podman_ok(&["exec", "h0-c0", "sh", "-c", make]);
+    receiver.wait_listening("h1-c0", 7306);
+    let send = format!("timeout 60 nc -N {to} 7306 < /tmp/blob");
+    sender.podman_ok(&["exec", "h0-c0", "sh", "-c", &send]);
+    assert!(listening.wait().unwrap().success(), "the receiver failed");
+    let received = receiver.podman_ok(&["exec", "h1-c0", "sha256sum", "/tmp/blob"]);
+    let digest = |s: &str| s.split_whitespace().next().unwrap_or_default().to_string();
+    assert_eq!(digest(&sent), digest(&received), "50 MB arrived altered");
+    let peer = &sender.status()["peers"][0]["endpoint"];
+    let over: std::net::SocketAddr = peer.as_str().unwrap().parse().unwrap();
+    assert!(over.is_ipv6(), "the hosts talk over {over}");
 }
