@@ -14,7 +14,7 @@ use std::io::ErrorKind;
 use std::net::{Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -47,9 +47,6 @@ struct Table {
     ports: HashMap<u16, Port>,
     /// Live relays: both ends, to be shut down when the container goes.
     connections: HashMap<u64, Connection>,
-    /// Counts changes to `ports`; `polled` is the last one the acceptor has taken in.
-    changes: u64,
-    polled: u64,
     stopping: bool,
 }
 
@@ -68,15 +65,8 @@ impl Connection {
     }
 }
 
-/// The table and the acceptor's acknowledgement of its changes.
-#[derive(Default)]
-struct Shared {
-    table: Mutex<Table>,
-    polled: Condvar,
-}
-
 pub struct LoopbackPorts {
-    shared: Arc<Shared>,
+    shared: Arc<Mutex<Table>>,
     /// The nftables table of this daemon's redirects.
     redirects: String,
     wake: Arc<EventFd>,
@@ -84,7 +74,7 @@ pub struct LoopbackPorts {
 }
 
 /// The `[::1]` listeners a container's record asks for: (host port, container address).
-pub fn wanted(record: &Attachment) -> Vec<(u16, SocketAddr)> {
+fn wanted(record: &Attachment) -> Vec<(u16, SocketAddr)> {
     let Some(v6) = record.ips().find(|ip| ip.is_ipv6()) else {
         return Vec::new();
     };
@@ -103,7 +93,7 @@ impl LoopbackPorts {
             EventFd::from_flags(EfdFlags::EFD_NONBLOCK)
                 .map_err(|e| Error::io("creating eventfd", e.into()))?,
         );
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Mutex::new(Table::default()));
         let acceptor = {
             let (shared, wake) = (shared.clone(), wake.clone());
             std::thread::Builder::new()
@@ -111,7 +101,10 @@ impl LoopbackPorts {
                 .spawn(move || accept_loop(&shared, &wake))
                 .map_err(|e| Error::io("spawning the loopback port thread", e))?
         };
-        firewall::apply_loopback_redirects(&redirects, &[])?;
+        // A killed daemon's redirects lead nowhere now: gone until a container asks again.
+        if let Err(e) = firewall::apply_loopback_redirects(&redirects, &[]) {
+            tracing::warn!("loopback ports: clearing old redirects: {e}");
+        }
         Ok(LoopbackPorts {
             shared,
             redirects,
@@ -137,7 +130,7 @@ impl LoopbackPorts {
         if bound.is_empty() {
             return Ok(());
         }
-        let mut table = self.shared.table.lock().unwrap();
+        let mut table = self.shared.lock().unwrap();
         for (port, (listener, relay_port), target) in bound {
             let owner = owner.clone();
             let port_entry = Port {
@@ -153,7 +146,6 @@ impl LoopbackPorts {
             table.ports.retain(|_, port| port.owner != owner);
             let _ = self.redirect(&table);
         }
-        table.changes += 1;
         drop(table);
         self.nudge();
         redirected
@@ -170,11 +162,10 @@ impl LoopbackPorts {
         firewall::apply_loopback_redirects(&self.redirects, &redirects)
     }
 
-    /// Stops listening for the container and cuts its relayed connections. Returns once the
-    /// acceptor has let go of the listeners, so that their ports can be bound again at once.
+    /// Stops listening for the container and cuts its relayed connections.
     pub fn close(&self, network: &str, container_id: &str) {
         let mine = |owner: &Owner| owner.0 == network && owner.1 == container_id;
-        let mut table = self.shared.table.lock().unwrap();
+        let mut table = self.shared.lock().unwrap();
         for connection in table.connections.values().filter(|c| mine(&c.owner)) {
             connection.cut();
         }
@@ -187,13 +178,8 @@ impl LoopbackPorts {
         if let Err(e) = self.redirect(&table) {
             tracing::warn!("loopback ports: {e}");
         }
-        table.changes += 1;
-        let change = table.changes;
+        drop(table);
         self.nudge();
-        let _ = self
-            .shared
-            .polled
-            .wait_timeout_while(table, RELEASE_WAIT, |t| t.polled < change && !t.stopping);
     }
 
     fn nudge(&self) {
@@ -209,13 +195,10 @@ fn relay_listener() -> std::io::Result<(TcpListener, u16)> {
     Ok((listener, port))
 }
 
-/// How long `close` waits for the acceptor (it wakes in microseconds unless the host stalls).
-const RELEASE_WAIT: Duration = Duration::from_secs(2);
-
 impl Drop for LoopbackPorts {
     fn drop(&mut self) {
         {
-            let mut table = self.shared.table.lock().unwrap();
+            let mut table = self.shared.lock().unwrap();
             table.stopping = true;
             table.ports.clear();
             let _ = self.redirect(&table);
@@ -232,10 +215,10 @@ impl Drop for LoopbackPorts {
 
 /// Polls the wake eventfd and every listener (duplicates, so that a listener closed meanwhile
 /// cannot leave a stale descriptor in the poll set); the set is read again after each wake-up.
-fn accept_loop(shared: &Arc<Shared>, wake: &EventFd) {
+fn accept_loop(shared: &Arc<Mutex<Table>>, wake: &EventFd) {
     let next_id = AtomicU64::new(0);
     loop {
-        let mut table = shared.table.lock().unwrap();
+        let table = shared.lock().unwrap();
         if table.stopping {
             return;
         }
@@ -244,9 +227,6 @@ fn accept_loop(shared: &Arc<Shared>, wake: &EventFd) {
             .iter()
             .filter_map(|(&port, p)| p.listener.try_clone().ok().map(|l| (port, l)))
             .collect();
-        // The previous round's duplicates are closed: a closed port is free again.
-        table.polled = table.changes;
-        shared.polled.notify_all();
         drop(table);
         let mut fds = vec![PollFd::new(wake.as_fd(), PollFlags::POLLIN)];
         fds.extend(
@@ -272,7 +252,7 @@ fn accept_loop(shared: &Arc<Shared>, wake: &EventFd) {
     }
 }
 
-fn accept_all(shared: &Arc<Shared>, port: u16, listener: &TcpListener, next_id: &AtomicU64) {
+fn accept_all(shared: &Arc<Mutex<Table>>, port: u16, listener: &TcpListener, next_id: &AtomicU64) {
     loop {
         let client = match listener.accept() {
             Ok((client, _)) => client,
@@ -282,7 +262,7 @@ fn accept_all(shared: &Arc<Shared>, port: u16, listener: &TcpListener, next_id: 
                 return;
             }
         };
-        let mut table = shared.table.lock().unwrap();
+        let mut table = shared.lock().unwrap();
         // The port may have been closed since the poll: the table decides.
         let Some((target, owner)) = table.ports.get(&port).map(|p| (p.target, p.owner.clone()))
         else {
@@ -308,7 +288,7 @@ fn accept_all(shared: &Arc<Shared>, port: u16, listener: &TcpListener, next_id: 
             .name("loopback-relay".into())
             .spawn(move || {
                 relay(&shared, id, client, target);
-                shared.table.lock().unwrap().connections.remove(&id);
+                shared.lock().unwrap().connections.remove(&id);
             });
         if spawned.is_err() {
             tracing::warn!("loopback port {port}: cannot start a relay");
@@ -318,10 +298,10 @@ fn accept_all(shared: &Arc<Shared>, port: u16, listener: &TcpListener, next_id: 
 
 /// Connects to the container and copies both ways until both directions are done (a side
 /// that stops writing is passed on as a half-close).
-fn relay(shared: &Shared, id: u64, client: TcpStream, target: SocketAddr) {
+fn relay(shared: &Mutex<Table>, id: u64, client: TcpStream, target: SocketAddr) {
     let connected = TcpStream::connect_timeout(&target, CONNECT_TIMEOUT);
     let registered = {
-        let mut table = shared.table.lock().unwrap();
+        let mut table = shared.lock().unwrap();
         match (&connected, table.connections.get_mut(&id)) {
             (Ok(server), Some(connection)) => {
                 connection.server = server.try_clone().ok();
@@ -352,4 +332,39 @@ fn relay(shared: &Shared, id: u64, client: TcpStream, target: SocketAddr) {
 fn pipe(mut from: TcpStream, mut to: TcpStream) {
     let _ = std::io::copy(&mut from, &mut to);
     let _ = to.shutdown(Shutdown::Write);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_relays_serve_tcp_on_every_address_or_on_ipv6_loopback_to_the_ipv6_address() {
+        let record = |addresses: &str| -> Attachment {
+            serde_json::from_str(&format!(
+                r#"{{"version": 1, "network": "n", "container_id": "c", "ifname": "eth0",
+                    "netns": "/run/netns/x", "addresses": {addresses}, "gateways": [],
+                    "mac": "02:00:00:00:00:01", "mtu": 1400, "ports": [
+                    {{"host_ip": null, "host_port": 8080, "container_port": 80,
+                      "protocol": "tcp", "range": 2}},
+                    {{"host_ip": "::1", "host_port": 9000, "container_port": 90,
+                      "protocol": "tcp", "range": 1}},
+                    {{"host_ip": "127.0.0.1", "host_port": 9100, "container_port": 91,
+                      "protocol": "tcp", "range": 1}},
+                    {{"host_ip": null, "host_port": 5353, "container_port": 53,
+                      "protocol": "udp", "range": 1}}]}}"#
+            ))
+            .unwrap()
+        };
+        let dual = record(r#"["10.77.0.5/24", "fd77::5/64"]"#);
+        let to = |port| SocketAddr::new("fd77::5".parse().unwrap(), port);
+        assert_eq!(
+            wanted(&dual),
+            [(8080, to(80)), (8081, to(81)), (9000, to(90))]
+        );
+        assert!(
+            wanted(&record(r#"["10.77.0.5/24"]"#)).is_empty(),
+            "IPv4 only"
+        );
+    }
 }
