@@ -2,7 +2,7 @@
 //! plugins (last in an attach, first to go in a detach) and read by the data plane to know
 //! which TUN devices to serve. The record is the source of truth for both.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
@@ -11,7 +11,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use crate::error::{Error, Result};
 use crate::netns::NetnsId;
 use crate::network_id::{self, NetworkId};
-use crate::portmap::PortMapping;
+use crate::portmap::{PortMapping, Protocol};
 use crate::state::{
     check_name, create_private_dir, list_dir, read_if_exists, write_atomic, NetworkDirs, StateDir,
 };
@@ -64,6 +64,21 @@ impl Attachment {
     /// The container's addresses without their prefix lengths.
     pub fn ips(&self) -> impl Iterator<Item = IpAddr> + '_ {
         self.addresses.iter().map(IpNet::addr)
+    }
+
+    /// The ports flatnetd relays on `[::1]` for this container (TCP published on every address
+    /// or on `::1`, to its IPv6 address; `dataplane::services::loopback_ports`): (host port,
+    /// where to).
+    pub fn loopback_relays(&self) -> Vec<(u16, SocketAddr)> {
+        let Some(v6) = self.ips().find(IpAddr::is_ipv6) else {
+            return Vec::new();
+        };
+        self.ports
+            .iter()
+            .filter(|m| m.protocol == Protocol::Tcp && m.on_ipv6_loopback())
+            .flat_map(|m| m.ports())
+            .map(|(host, container)| (host, SocketAddr::new(v6, container)))
+            .collect()
     }
 }
 
@@ -187,5 +202,33 @@ mod tests {
         assert_eq!(again["addresses"][0], "10.77.0.2/16");
         let back: Attachment = serde_json::from_value(again).unwrap();
         assert_eq!(back, record);
+    }
+
+    #[test]
+    fn loopback_relays_serve_tcp_on_every_address_or_on_ipv6_loopback_to_the_ipv6_address() {
+        let record = |addresses: &str| -> Attachment {
+            serde_json::from_str(&format!(
+                r#"{{"version": 1, "network": "n", "container_id": "c", "ifname": "eth0",
+                    "netns": "/run/netns/x", "addresses": {addresses}, "gateways": [],
+                    "mac": "02:00:00:00:00:01", "mtu": 1400, "ports": [
+                    {{"host_ip": null, "host_port": 8080, "container_port": 80,
+                      "protocol": "tcp", "range": 2}},
+                    {{"host_ip": "::1", "host_port": 9000, "container_port": 90,
+                      "protocol": "tcp", "range": 1}},
+                    {{"host_ip": "127.0.0.1", "host_port": 9100, "container_port": 91,
+                      "protocol": "tcp", "range": 1}},
+                    {{"host_ip": null, "host_port": 5353, "container_port": 53,
+                      "protocol": "udp", "range": 1}}]}}"#
+            ))
+            .unwrap()
+        };
+        let dual = record(r#"["10.77.0.5/24", "fd77::5/64"]"#);
+        let to = |port| SocketAddr::new("fd77::5".parse().unwrap(), port);
+        assert_eq!(
+            dual.loopback_relays(),
+            [(8080, to(80)), (8081, to(81)), (9000, to(90))]
+        );
+        let v4_only = record(r#"["10.77.0.5/24"]"#);
+        assert!(v4_only.loopback_relays().is_empty(), "IPv4 only");
     }
 }

@@ -538,3 +538,39 @@ fn a_network_overlapping_one_already_here_is_refused() {
     cni_ok(&state, "DEL", "ob", b.path_str(), &second);
     state.assert_nothing_left();
 }
+
+#[test]
+fn a_killed_daemon_s_loopback_redirects_go_with_the_last_container() {
+    needs_root!();
+    let state = state_dir("relay");
+    let conf = json!({
+        "cniVersion": "1.0.0",
+        "name": "cnirelay",
+        "type": "flatnet-cni",
+        "subnets": [{"subnet": "192.0.2.0/24"}, {"subnet": "fd77:9::/64"}],
+        "stateDir": state.path(),
+        "tunnelPort": state.port,
+        "runtimeConfig": {"portMappings": [
+            {"hostPort": 18777, "containerPort": 80, "protocol": "tcp"}
+        ]},
+    })
+    .to_string();
+    let ns = TestNetns::new("r");
+    cni_ok(&state, "ADD", "r1", ns.path_str(), &conf);
+    let relays = || -> Vec<String> {
+        let left = state.host_leftovers();
+        left.into_iter().filter(|l| l.ends_with("-relay")).collect()
+    };
+    assert_eq!(relays().len(), 1, "no redirect table for [::1]:18777");
+
+    // Killed: nothing of the daemon's may clear its table now; the last DEL must.
+    let pid = flatnet::control::status(&state.state_dir()).unwrap().pid;
+    // SAFETY: kill(2) of the daemon this test started.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    wait_until(std::time::Duration::from_secs(5), || {
+        !flatnet::control::is_running(&state.state_dir())
+    });
+    cni_ok(&state, "DEL", "r1", ns.path_str(), &conf);
+    assert_eq!(relays(), Vec::<String>::new());
+    state.assert_nothing_left();
+}

@@ -141,6 +141,17 @@ impl Network {
         }
     }
 
+    /// Removes the daemon's `[::1]` redirects once no container here needs them. The daemon
+    /// keeps them itself, but one killed with relayed ports left them pointing at its closed
+    /// listeners (a port anyone may take next), and no daemon may start again to clear them.
+    pub(super) fn clear_unused_relays(&self) -> Result<()> {
+        let records = attachment::all(&self.config.state_dir)?;
+        if records.iter().any(|r| !r.loopback_relays().is_empty()) {
+            return Ok(());
+        }
+        firewall::apply_loopback_redirects(&host_member::relay_table(self.config.endpoint), &[])
+    }
+
     /// Rewrites this state directory's nftables table from the records on disk.
     pub(super) fn sync_firewall(&self) -> Result<()> {
         let state_dir = &self.config.state_dir;

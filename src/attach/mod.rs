@@ -222,10 +222,16 @@ impl Network {
         }
         killpoint::here("detach.address_released");
         remove_if_exists(&self.config.dirs().attachment(container_id))?;
+        let had_relays = record
+            .as_ref()
+            .is_some_and(|r| !r.loopback_relays().is_empty());
         let had_ports = record.is_some_and(|r| !r.ports.is_empty());
         let member_removed = !self.has_attachments()? && self.remove_host_member()?;
         if had_ports || member_removed {
             self.sync_firewall()?;
+        }
+        if had_relays {
+            self.clear_unused_relays()?;
         }
         Ok(())
     }

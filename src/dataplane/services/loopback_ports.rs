@@ -24,7 +24,6 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use crate::attachment::Attachment;
 use crate::error::{Error, Result};
 use crate::firewall;
-use crate::portmap::Protocol;
 
 /// Relayed connections at once, all containers together; more are closed on accept.
 const MAX_CONNECTIONS: usize = 256;
@@ -73,20 +72,6 @@ pub struct LoopbackPorts {
     acceptor: Option<JoinHandle<()>>,
 }
 
-/// The `[::1]` listeners a container's record asks for: (host port, container address).
-fn wanted(record: &Attachment) -> Vec<(u16, SocketAddr)> {
-    let Some(v6) = record.ips().find(|ip| ip.is_ipv6()) else {
-        return Vec::new();
-    };
-    record
-        .ports
-        .iter()
-        .filter(|m| m.protocol == Protocol::Tcp && m.on_ipv6_loopback())
-        .flat_map(|m| m.ports())
-        .map(|(host, container)| (host, SocketAddr::new(v6, container)))
-        .collect()
-}
-
 impl LoopbackPorts {
     pub fn spawn(redirects: String) -> Result<Self> {
         let wake = Arc::new(
@@ -118,7 +103,7 @@ impl LoopbackPorts {
         let owner: Owner = (record.network.clone(), record.container_id.clone());
         self.close(&owner.0, &owner.1);
         let mut bound = Vec::new();
-        for (port, target) in wanted(record) {
+        for (port, target) in record.loopback_relays() {
             let listener = relay_listener().map_err(|e| {
                 Error::InvalidRequest(format!(
                     "cannot relay [::1]:{port}/tcp for {}: {e}",
@@ -344,39 +329,4 @@ fn pipe(mut from: TcpStream, mut to: TcpStream) {
         }
     }
     let _ = to.shutdown(Shutdown::Write);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn loopback_relays_serve_tcp_on_every_address_or_on_ipv6_loopback_to_the_ipv6_address() {
-        let record = |addresses: &str| -> Attachment {
-            serde_json::from_str(&format!(
-                r#"{{"version": 1, "network": "n", "container_id": "c", "ifname": "eth0",
-                    "netns": "/run/netns/x", "addresses": {addresses}, "gateways": [],
-                    "mac": "02:00:00:00:00:01", "mtu": 1400, "ports": [
-                    {{"host_ip": null, "host_port": 8080, "container_port": 80,
-                      "protocol": "tcp", "range": 2}},
-                    {{"host_ip": "::1", "host_port": 9000, "container_port": 90,
-                      "protocol": "tcp", "range": 1}},
-                    {{"host_ip": "127.0.0.1", "host_port": 9100, "container_port": 91,
-                      "protocol": "tcp", "range": 1}},
-                    {{"host_ip": null, "host_port": 5353, "container_port": 53,
-                      "protocol": "udp", "range": 1}}]}}"#
-            ))
-            .unwrap()
-        };
-        let dual = record(r#"["10.77.0.5/24", "fd77::5/64"]"#);
-        let to = |port| SocketAddr::new("fd77::5".parse().unwrap(), port);
-        assert_eq!(
-            wanted(&dual),
-            [(8080, to(80)), (8081, to(81)), (9000, to(90))]
-        );
-        assert!(
-            wanted(&record(r#"["10.77.0.5/24"]"#)).is_empty(),
-            "IPv4 only"
-        );
-    }
 }
