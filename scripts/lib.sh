@@ -42,3 +42,15 @@ in_chroot() {
 FORGE_ROOTFS=/var/lib/flatnet/forge-rootfs
 # The image the stand-in's CI jobs run in: the forge rootfs's Debian with git.
 JOB_IMAGE=localhost/flatnet-job:latest
+
+# The rootless users of the tests and benchmarks (scripts/setup-rootless.sh), name:uid.
+ROOTLESS_USERS=(flatnet-alice:2101 flatnet-bob:2102)
+
+# Run a command in the chroot as a rootless user, with their runtime directory and home.
+as_user() {
+    local name=$1 uid
+    shift
+    uid=$(in_chroot id -u "$name")
+    in_chroot runuser -u "$name" -- env -C "/home/$name" XDG_RUNTIME_DIR="/run/user/$uid" \
+        HOME="/home/$name" "$@"
+}

@@ -52,7 +52,8 @@ mountpoint -q "$CHROOT_MOUNTS" || make_mount_namespace
 # nftables: the plugin runs in the chroot and writes Flatnet's nft table from there.
 # aardvark-dns: as in a standard Podman 5 (it only serves bridge networks; without it Podman
 # warns on every run that DNS is off, although Flatnet answers DNS itself).
-chroot_packages=(podman netavark aardvark-dns runc conmon iptables iproute2 nftables ca-certificates)
+# uidmap and passt: rootless Podman (scripts/setup-rootless.sh).
+chroot_packages=(podman netavark aardvark-dns runc conmon iptables iproute2 nftables ca-certificates uidmap passt)
 missing=()
 for pkg in "${chroot_packages[@]}"; do
     in_chroot dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' \

@@ -20,6 +20,7 @@ scripts/install-deps.sh
 scripts/setup-chroot.sh
 scripts/install.sh
 scripts/build-image.sh
+scripts/setup-rootless.sh
 scripts/build-forge-rootfs.sh
 
 log "cargo fmt --check"

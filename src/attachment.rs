@@ -53,6 +53,10 @@ pub struct Attachment {
     /// container's namespace once this one is gone, and must not be served as this one.
     #[serde(default)]
     pub netns_id: Option<NetnsId>,
+    /// The user whose rootless container this is (it came through flatnetd's user socket):
+    /// only they may detach it or see it. `None`: root's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<u32>,
 }
 
 impl Attachment {

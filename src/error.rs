@@ -35,6 +35,10 @@ pub enum Error {
         container_id: String,
         network: String,
     },
+    /// A rootless user asked for what the operator did not grant them (`users`): the text
+    /// names the rule.
+    #[error("not permitted: {0}")]
+    NotPermitted(String),
     #[error("interface check failed: {0}")]
     CheckFailed(String),
     /// No data plane can serve now (it cannot be started, did not become ready, or a dying

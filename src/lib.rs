@@ -35,6 +35,7 @@ pub mod portmap;
 pub mod state;
 pub mod tun;
 pub mod tunnel;
+pub mod users;
 
 pub use attach::{AttachRequest, Network};
 pub use attachment::Attachment;

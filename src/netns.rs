@@ -6,6 +6,7 @@
 
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use futures::TryStreamExt;
@@ -19,6 +20,11 @@ use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 
 use crate::error::{Error, IoContext, Result};
 use crate::tun;
+
+// ioctl_ns(2): `_IO(0xb7, n)`.
+const NS_GET_USERNS: libc::c_ulong = 0xb701;
+const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+const NS_GET_OWNER_UID: libc::c_ulong = 0xb704;
 
 pub struct NetworkNamespace {
     path: PathBuf,
@@ -78,6 +84,36 @@ impl NetworkNamespace {
             dev: meta.dev(),
             ino: meta.ino(),
         })
+    }
+
+    /// The user a namespace belongs to: the owner of the user namespace that owns it (uid 0
+    /// for the host's). Refuses a descriptor that is not a network namespace.
+    pub fn owner_uid(file: &File) -> Result<u32> {
+        let fd = file.as_raw_fd();
+        // SAFETY: ioctls on a descriptor we own; NS_GET_USERNS returns a new descriptor.
+        let kind = unsafe { libc::ioctl(fd, NS_GET_NSTYPE) };
+        if kind != libc::CLONE_NEWNET {
+            return Err(Error::InvalidRequest(
+                "the descriptor given is not a network namespace".into(),
+            ));
+        }
+        let userns = unsafe { libc::ioctl(fd, NS_GET_USERNS) };
+        if userns < 0 {
+            return Err(Error::io(
+                "finding the namespace's user namespace",
+                std::io::Error::last_os_error(),
+            ));
+        }
+        // SAFETY: a descriptor the kernel just gave us, owned from here on.
+        let userns = unsafe { OwnedFd::from_raw_fd(userns) };
+        let mut uid: libc::uid_t = 0;
+        if unsafe { libc::ioctl(userns.as_raw_fd(), NS_GET_OWNER_UID, &mut uid) } < 0 {
+            return Err(Error::io(
+                "reading the user namespace's owner",
+                std::io::Error::last_os_error(),
+            ));
+        }
+        Ok(uid)
     }
 
     /// Opens the namespace at `path` only if it is the one `expected` names: a recorded path

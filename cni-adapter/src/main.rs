@@ -3,12 +3,14 @@
 //! prints the CNI result or error object.
 
 mod cli;
+mod rootless;
 
 use std::env;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use flatnet::users::is_rootless;
 use flatnet::{AttachRequest, Network};
 use flatnet_cni::protocol::{self, code, CniArgs, CniError, NetConf};
 use serde_json::Value;
@@ -46,6 +48,9 @@ fn run(stdin: &[u8]) -> Result<Option<Value>, CniError> {
         return Ok(Some(protocol::version_result(stdin)));
     }
     let conf = NetConf::parse(stdin)?;
+    if is_rootless() {
+        return rootless::run(&command, &conf);
+    }
     let network = Network::open(conf.flatnet_config()?);
     match command.as_str() {
         "ADD" => add(&conf, &network).map(Some),
@@ -74,6 +79,7 @@ fn add(conf: &NetConf, network: &Network) -> Result<Value, CniError> {
         static_ips: &args.ips,
         names: &names,
         ports: &conf.port_mappings()?,
+        owner: None,
     })?;
     let ours = protocol::add_result(&conf.cni_version, &attachment, &netns);
     Ok(protocol::chain_result(ours, conf.prev_result.as_ref()))
@@ -132,7 +138,7 @@ fn gc(conf: &NetConf, network: &Network) -> Result<(), CniError> {
     Ok(())
 }
 
-fn required_env(name: &str) -> Result<String, CniError> {
+pub(crate) fn required_env(name: &str) -> Result<String, CniError> {
     match env::var(name) {
         Ok(value) if !value.is_empty() => Ok(value),
         _ => Err(CniError::new(

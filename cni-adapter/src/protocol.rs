@@ -32,6 +32,8 @@ pub mod code {
     pub const CHECK_FAILED: u32 = 102;
     pub const ALREADY_ATTACHED: u32 = 103;
     pub const PORT_IN_USE: u32 = 104;
+    /// A rootless user asked for what the operator did not grant.
+    pub const NOT_PERMITTED: u32 = 105;
 }
 
 /// A CNI error: printed as the spec's error object on stdout, with a non-zero exit.
@@ -71,6 +73,7 @@ impl From<Error> for CniError {
             Error::AddressInUse { .. } => code::ADDRESS_IN_USE,
             Error::AlreadyAttached { .. } => code::ALREADY_ATTACHED,
             Error::PortInUse { .. } => code::PORT_IN_USE,
+            Error::NotPermitted(_) => code::NOT_PERMITTED,
             Error::CheckFailed(_) => code::CHECK_FAILED,
             Error::NetnsReplaced(_) => code::CONTAINER_UNKNOWN,
             Error::DaemonUnavailable(_)
@@ -134,6 +137,9 @@ pub struct NetConf {
     pub ingress_filter: Option<bool>,
     /// Resolvers for names outside the network (`ip` or `ip:port`); default: the host's.
     pub dns_upstreams: Option<Vec<String>>,
+    /// Under a rootless runtime: flatnetd's user socket (default /var/lib/flatnet/user.sock);
+    /// the network's other settings are then the operator's grant.
+    pub user_socket: Option<String>,
     /// What the runtime fills in for the capabilities the conflist declares.
     pub runtime_config: Option<RuntimeConfig>,
     pub prev_result: Option<Value>,
@@ -467,6 +473,7 @@ mod tests {
             ports: Vec::new(),
             egress: true,
             netns_id: None,
+            owner: None,
         }
     }
 

@@ -16,6 +16,7 @@ use flatnet::control::{self, DaemonOptions};
 use flatnet::dataplane;
 use flatnet::logging::{self, DaemonLog};
 use flatnet::state::StateDir;
+use flatnet::users;
 
 #[derive(Parser)]
 #[command(
@@ -63,6 +64,10 @@ enum Cmd {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        /// As a rootless user: your own containers, through flatnetd's user socket (the
+        /// default for a user other than root) [default: /var/lib/flatnet/user.sock]
+        #[arg(long, value_name = "PATH")]
+        user_socket: Option<PathBuf>,
     },
     /// Check this host's readiness and, if given, a network's configuration; exit 1 on a fault.
     Check(check::CheckArgs),
@@ -95,7 +100,10 @@ fn main() -> ExitCode {
             .resolve(state_dir)
             .and_then(|config| control::ensure_running(&config)),
         Cmd::Stop => control::stop(&state_dir),
-        Cmd::Status { json } => status::show(&state_dir, json),
+        Cmd::Status { json, user_socket } if user_socket.is_some() || users::is_rootless() => {
+            status::show_user(user_socket.as_deref(), json)
+        }
+        Cmd::Status { json, .. } => status::show(&state_dir, json),
         Cmd::Key => print_key(&state_dir),
         Cmd::Check(args) => return check::run(&state_dir, &args),
         Cmd::GenerateMan { dir } => return write_manual(&dir),

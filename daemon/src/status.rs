@@ -1,8 +1,12 @@
 //! `flatnetd status`: the daemon's own report, as JSON or as a table for people.
 
+use std::path::Path;
+
+use flatnet::control::status::MemberStatus;
 use flatnet::control::{self, DaemonStatus};
 use flatnet::lighthouse::FeedHealth;
 use flatnet::state::StateDir;
+use flatnet::users::UserSocket;
 use flatnet::Result;
 
 pub fn show(state_dir: &StateDir, json: bool) -> Result<()> {
@@ -104,27 +108,8 @@ fn render(s: &DaemonStatus) -> String {
             joined(&n.dns_upstreams, ","),
         );
     }
-    out += &format!(
-        "\n{:<13} {:<14} {:<16} {:>22} {:>22}  {}\n",
-        "MEMBER", "NETWORK", "ADDRESS", "FROM MEMBER PKT/B", "TO MEMBER PKT/B", "PUBLISHED"
-    );
-    for c in &s.containers {
-        let st = &c.stats;
-        let member = if c.host_member {
-            "(host)"
-        } else {
-            short(&c.container_id)
-        };
-        out += &format!(
-            "{:<13} {:<14} {:<16} {:>22} {:>22}  {}\n",
-            member,
-            c.network,
-            joined(&c.addresses, ","),
-            pair(st.from_container_packets, st.from_container_bytes),
-            pair(st.to_container_packets, st.to_container_bytes),
-            c.published_ports.join(" "),
-        );
-    }
+    out += "\n";
+    out += &members_table(&s.containers);
     out += &format!(
         "\n{:<13} {:<21} {:<17} {:<21} {:>8} {:>8} {:>13} {:>9} {:>22} {:>22}\n",
         "PEER",
@@ -224,4 +209,42 @@ fn pair(packets: u64, bytes: u64) -> String {
 
 fn short(id: &str) -> &str {
     &id[..id.len().min(12)]
+}
+
+/// One line per served member: its traffic and published ports.
+fn members_table(members: &[MemberStatus]) -> String {
+    let mut out = format!(
+        "{:<13} {:<14} {:<16} {:>22} {:>22}  {}\n",
+        "MEMBER", "NETWORK", "ADDRESS", "FROM MEMBER PKT/B", "TO MEMBER PKT/B", "PUBLISHED"
+    );
+    for c in members {
+        let st = &c.stats;
+        let member = if c.host_member {
+            "(host)"
+        } else {
+            short(&c.container_id)
+        };
+        out += &format!(
+            "{:<13} {:<14} {:<16} {:>22} {:>22}  {}\n",
+            member,
+            c.network,
+            joined(&c.addresses, ","),
+            pair(st.from_container_packets, st.from_container_bytes),
+            pair(st.to_container_packets, st.to_container_bytes),
+            c.published_ports.join(" "),
+        );
+    }
+    out
+}
+
+/// `flatnetd status` for a rootless user: their own containers, as the user socket reports.
+pub fn show_user(socket: Option<&Path>, json: bool) -> Result<()> {
+    let containers = UserSocket::new(socket).containers()?;
+    if json {
+        let text = serde_json::to_string_pretty(&containers).expect("status serialises");
+        println!("{text}");
+    } else {
+        print!("{}", members_table(&containers));
+    }
+    Ok(())
 }

@@ -8,8 +8,9 @@ use std::collections::HashMap;
 use std::error::Error;
 use std::path::Path;
 
+use flatnet::users::is_rootless;
 use flatnet::{AttachRequest, Network};
-use flatnet_netavark::translate;
+use flatnet_netavark::{rootless, translate};
 use netavark::network::types::{Network as NetavarkNetwork, NetworkPluginExec, StatusBlock};
 use netavark::plugin::{Info, Plugin, PluginExec, API_VERSION};
 
@@ -17,11 +18,17 @@ struct FlatnetPlugin;
 
 impl Plugin for FlatnetPlugin {
     fn create(&self, network: NetavarkNetwork) -> Result<NetavarkNetwork, Box<dyn Error>> {
+        if is_rootless() {
+            return Ok(rootless::create(network)?);
+        }
         Ok(translate::normalise(network)?)
     }
 
     fn setup(&self, netns: String, opts: NetworkPluginExec) -> Result<StatusBlock, Box<dyn Error>> {
         flatnet::killpoint::here("netavark.setup");
+        if is_rootless() {
+            return Ok(translate::status_block(&rootless::setup(&netns, &opts)?));
+        }
         let network = Network::open(translate::config_of(&opts.network)?);
         let options = &opts.network_options;
         translate::refuse_container_options(options)?;
@@ -32,6 +39,7 @@ impl Plugin for FlatnetPlugin {
             static_ips: &translate::static_ips(options)?,
             names: &translate::names(&opts),
             ports: &translate::ports(&opts)?,
+            owner: None,
         })?;
         Ok(translate::status_block(&attachment))
     }
@@ -39,6 +47,9 @@ impl Plugin for FlatnetPlugin {
     /// Called on stop, rm and disconnect, also when the namespace is already gone.
     fn teardown(&self, netns: String, opts: NetworkPluginExec) -> Result<(), Box<dyn Error>> {
         flatnet::killpoint::here("netavark.teardown");
+        if is_rootless() {
+            return Ok(rootless::teardown(&opts)?);
+        }
         let network = Network::open(translate::config_of(&opts.network)?);
         let ifname = &opts.network_options.interface_name;
         network.detach(&opts.container_id, Some(Path::new(&netns)), ifname)?;

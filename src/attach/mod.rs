@@ -46,6 +46,8 @@ pub struct AttachRequest<'a> {
     pub names: &'a [String],
     /// Host ports to forward to the container (`-p`).
     pub ports: &'a [PortMapping],
+    /// The user a rootless container belongs to; `None` for root's.
+    pub owner: Option<u32>,
 }
 
 /// One Flatnet network on this host.
@@ -348,6 +350,7 @@ impl Network {
             ports: req.ports.to_vec(),
             egress: !self.config.internal,
             netns_id: Some(netns_id),
+            owner: req.owner,
         }
     }
 

@@ -112,6 +112,8 @@ pub enum Failure {
     LighthouseUnavailable,
     /// The request cannot succeed as it is (an address outside the host's blocks).
     InvalidRequest,
+    /// The operator did not grant it (a rootless user's request).
+    NotPermitted,
 }
 
 impl Refusal {
@@ -131,11 +133,14 @@ impl Refusal {
             }),
             Error::LighthouseUnavailable(_) => Some(Failure::LighthouseUnavailable),
             Error::InvalidRequest(_) => Some(Failure::InvalidRequest),
+            Error::NotPermitted(_) => Some(Failure::NotPermitted),
             _ => None,
         };
         let message = match error {
             // The variant's own text, not wrapped again on the other side.
-            Error::LighthouseUnavailable(msg) | Error::InvalidRequest(msg) => msg.clone(),
+            Error::LighthouseUnavailable(msg)
+            | Error::InvalidRequest(msg)
+            | Error::NotPermitted(msg) => msg.clone(),
             e => e.to_string(),
         };
         Refusal { message, failure }
@@ -148,6 +153,7 @@ impl Refusal {
             Some(Failure::AddressInUse { ip, owner }) => Error::AddressInUse { ip, owner },
             Some(Failure::LighthouseUnavailable) => Error::LighthouseUnavailable(msg),
             Some(Failure::InvalidRequest) => Error::InvalidRequest(msg),
+            Some(Failure::NotPermitted) => Error::NotPermitted(msg),
             None => Error::Refused(msg),
         }
     }
@@ -160,14 +166,52 @@ struct Envelope<T> {
     body: T,
 }
 
-/// A response as the wire spells it: `ok`, and the one field the answer fills.
+/// An answer as either socket's wire spells it: `ok`, then a refusal's text and reason or the
+/// reply's own fields (`T`: one optional field per kind of reply).
 #[derive(Debug, Default, Serialize, Deserialize)]
-struct WireResponse {
+pub(crate) struct WireAnswer<T> {
     ok: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     failure: Option<Failure>,
+    #[serde(flatten)]
+    reply: T,
+}
+
+impl<T: Default> WireAnswer<T> {
+    pub(crate) fn new(answer: std::result::Result<T, &Refusal>) -> Self {
+        match answer {
+            Ok(reply) => WireAnswer {
+                ok: true,
+                error: None,
+                failure: None,
+                reply,
+            },
+            Err(refusal) => WireAnswer {
+                ok: false,
+                error: Some(refusal.message.clone()),
+                failure: refusal.failure.clone(),
+                reply: T::default(),
+            },
+        }
+    }
+
+    pub(crate) fn into_answer(self) -> std::result::Result<T, Refusal> {
+        if self.ok {
+            Ok(self.reply)
+        } else {
+            Err(Refusal {
+                message: self.error.unwrap_or_default(),
+                failure: self.failure,
+            })
+        }
+    }
+}
+
+/// A [`Reply`] as the wire spells it: the one field it fills, none for `Done`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct ReplyFields {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     status: Option<Box<DaemonStatus>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -176,44 +220,30 @@ struct WireResponse {
     network_id: Option<NetworkId>,
 }
 
-impl From<&Response> for WireResponse {
-    fn from(response: &Response) -> Self {
-        let ok = WireResponse {
-            ok: true,
-            ..WireResponse::default()
-        };
-        match response {
-            Ok(Reply::Done) => ok,
-            Ok(Reply::Status(status)) => WireResponse {
+impl From<&Reply> for ReplyFields {
+    fn from(reply: &Reply) -> Self {
+        let none = ReplyFields::default();
+        match reply {
+            Reply::Done => none,
+            Reply::Status(status) => ReplyFields {
                 status: Some(status.clone()),
-                ..ok
+                ..none
             },
-            Ok(Reply::Entries(entries)) => WireResponse {
+            Reply::Entries(entries) => ReplyFields {
                 entries: Some(entries.clone()),
-                ..ok
+                ..none
             },
-            Ok(Reply::NetworkId(id)) => WireResponse {
+            Reply::NetworkId(id) => ReplyFields {
                 network_id: Some(*id),
-                ..ok
-            },
-            Err(refusal) => WireResponse {
-                error: Some(refusal.message.clone()),
-                failure: refusal.failure.clone(),
-                ..WireResponse::default()
+                ..none
             },
         }
     }
 }
 
-impl From<WireResponse> for Response {
-    fn from(wire: WireResponse) -> Self {
-        if !wire.ok {
-            return Err(Refusal {
-                message: wire.error.unwrap_or_default(),
-                failure: wire.failure,
-            });
-        }
-        Ok(if let Some(status) = wire.status {
+impl From<ReplyFields> for Reply {
+    fn from(wire: ReplyFields) -> Self {
+        if let Some(status) = wire.status {
             Reply::Status(status)
         } else if let Some(entries) = wire.entries {
             Reply::Entries(entries)
@@ -221,7 +251,7 @@ impl From<WireResponse> for Response {
             Reply::NetworkId(id)
         } else {
             Reply::Done
-        })
+        }
     }
 }
 
@@ -244,7 +274,7 @@ impl std::fmt::Display for DecodeError {
     }
 }
 
-fn encode<T: Serialize>(body: &T) -> String {
+pub(crate) fn encode<T: Serialize>(body: &T) -> String {
     let mut line = serde_json::to_string(&Envelope {
         v: PROTOCOL_VERSION,
         body,
@@ -254,7 +284,7 @@ fn encode<T: Serialize>(body: &T) -> String {
     line
 }
 
-fn decode<T: for<'de> Deserialize<'de>>(line: &str) -> Result<T, DecodeError> {
+pub(crate) fn decode<T: for<'de> Deserialize<'de>>(line: &str) -> Result<T, DecodeError> {
     let envelope: Envelope<serde_json::Value> =
         serde_json::from_str(line).map_err(|e| DecodeError::Malformed(e.to_string()))?;
     if envelope.v != PROTOCOL_VERSION {
@@ -274,11 +304,12 @@ pub fn decode_request(line: &str) -> Result<Request, DecodeError> {
 }
 
 pub fn encode_response(response: &Response) -> String {
-    encode(&WireResponse::from(response))
+    encode(&WireAnswer::new(response.as_ref().map(ReplyFields::from)))
 }
 
 pub fn decode_response(line: &str) -> Result<Response, DecodeError> {
-    decode::<WireResponse>(line).map(Response::from)
+    let wire: WireAnswer<ReplyFields> = decode(line)?;
+    Ok(wire.into_answer().map(Reply::from))
 }
 
 #[cfg(test)]
@@ -350,5 +381,9 @@ mod tests {
         );
         let status = decode_request("{\"v\":1,\"op\":\"status\"}").unwrap();
         assert_eq!(status, Request::DataPlane(DataPlaneRequest::Status));
+        // Answers keep the wire's shape: `ok`, then the refusal's or the reply's fields.
+        assert_eq!(encode_response(&Ok(Reply::Done)), "{\"v\":1,\"ok\":true}\n");
+        let refused = encode_response(&Err(Refusal::new("no")));
+        assert_eq!(refused, "{\"v\":1,\"ok\":false,\"error\":\"no\"}\n");
     }
 }

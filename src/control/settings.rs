@@ -75,6 +75,15 @@ pub struct Tuning {
     /// hosts every other reaches [default: false, or the last run's]
     #[arg(long, value_name = "true|false")]
     pub relay: Option<bool>,
+    /// Serve rootless Podman's plugins on this unix socket: anyone may connect, and each
+    /// request is held to the grants of --users (docs/podman.md, "Rootless")
+    /// [default: off, or the last run's]
+    #[arg(long, value_name = "PATH")]
+    pub user_socket: Option<PathBuf>,
+    /// The grants for rootless users: which users may join which networks, with which
+    /// addresses and how many containers [default: /etc/flatnet/users.json, or the last run's]
+    #[arg(long = "users", value_name = "FILE")]
+    pub users: Option<PathBuf>,
 }
 
 impl Tuning {
@@ -301,6 +310,8 @@ mod tests {
             workers: Some(2),
             rekey_after_s: Some(30),
             relay: Some(true),
+            user_socket: Some("/var/lib/flatnet/user.sock".into()),
+            users: Some("/etc/flatnet/users.json".into()),
         }
     }
 

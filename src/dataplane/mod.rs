@@ -35,7 +35,7 @@ mod seal_workers;
 mod services;
 
 use io::{batch, coalesce, fragment, icmp, idle_poll, lanes, offload, packet};
-use services::{control_server, follower, metrics_server, notify, publisher, signals};
+use services::{control_server, follower, metrics_server, notify, publisher, signals, user_server};
 
 pub use light_host::LightHost;
 pub use routes::Route;
@@ -61,6 +61,7 @@ use crate::lighthouse::{
 use crate::state::{create_private_dir, write_atomic, FileLock, StateDir};
 use crate::tunnel::wire::MSG_TRANSPORT;
 use crate::tunnel::{encode_key, DropReason, Limits, StaticKeys, TunnelManager};
+use crate::users::{self, UserService};
 use batch::{RecvBatch, SendBatch};
 use coalesce::Coalescer;
 use follower::Follower;
@@ -233,6 +234,11 @@ pub fn run(config: DaemonConfig, ready: Option<File>) -> Result<()> {
         metrics_server::spawn(address, tx.clone(), wake.clone())?;
     }
     let control = control_server::spawn(listener, tx, wake, lighthouse, host);
+    if let Some(socket) = &daemon.config.tuning.user_socket {
+        let grants = users::grants::grants_path(daemon.config.tuning.users.as_deref());
+        let service = UserService::new(daemon.config.clone(), grants);
+        user_server::spawn(user_server::bind(socket)?, service, socket.clone())?;
+    }
     signals::spawn(daemon.config.state_dir.clone());
     notify::ready(ready);
     tracing::info!(
@@ -246,6 +252,9 @@ pub fn run(config: DaemonConfig, ready: Option<File>) -> Result<()> {
     // Stopped by request: stop listening, release the port, the devices and the lock, and only
     // then answer, so a `flatnetd start` right after `stop` finds everything free.
     let _ = std::fs::remove_file(daemon.config.state_dir.control_socket());
+    if let Some(socket) = &daemon.config.tuning.user_socket {
+        let _ = std::fs::remove_file(socket);
+    }
     if let Some(MetricsAddress::Unix(path)) = &daemon.config.tuning.metrics {
         let _ = std::fs::remove_file(path);
     }

@@ -96,6 +96,12 @@ impl StateDir {
         self.file("members.lock")
     }
 
+    /// Rootless containers' network namespaces, bind-mounted by flatnetd (which got them as
+    /// descriptors): `user-netns/<uid>/<container id>`.
+    pub fn user_netns(&self) -> PathBuf {
+        self.file("user-netns")
+    }
+
     /// The parent of every network's state.
     pub fn networks(&self) -> PathBuf {
         self.file("networks")

@@ -3,7 +3,9 @@
 //! the control socket ([`control_server`]), the metrics endpoint ([`metrics_server`]), the
 //! lighthouse follower, the publisher of this host's candidate endpoints ([`publisher`]), the
 //! relay of ports published on IPv6 loopback ([`loopback_ports`]), the stop signals
-//! ([`signals`]) and the supervisor's readiness protocol ([`notify`]).
+//! ([`signals`]), the supervisor's readiness protocol ([`notify`]) and rootless users'
+//! socket ([`user_server`]), which asks the packet thread through the control socket as a
+//! plugin does.
 
 pub mod control_server;
 pub mod follower;
@@ -12,3 +14,4 @@ pub mod metrics_server;
 pub mod notify;
 pub mod publisher;
 pub mod signals;
+pub mod user_server;

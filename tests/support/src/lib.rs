@@ -3,6 +3,7 @@
 //! there would hide a broken test. [`needs_root!`] and [`needs_podman!`] are the preambles.
 
 pub mod podman;
+pub mod rootless;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -153,7 +154,8 @@ pub fn stdout_json(out: &Output) -> serde_json::Value {
     })
 }
 
-/// Files under `dir` (recursively) whose names are addresses or attachment records: what a
+/// Files under `dir` (recursively) whose names are addresses, attachment records or held
+/// namespaces: what a
 /// leak would leave. Lock files and the round-robin cursor are bookkeeping, not leaks.
 pub fn leaked_state(state_dir: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
@@ -161,7 +163,9 @@ pub fn leaked_state(state_dir: &Path) -> Vec<PathBuf> {
     found.retain(|p| {
         let name = p.file_name().unwrap().to_string_lossy();
         let in_attachments = p.parent().is_some_and(|d| d.ends_with("attachments"));
-        name.parse::<std::net::IpAddr>().is_ok() || in_attachments
+        // A rootless container's namespace, held by flatnetd.
+        let pinned = p.components().any(|c| c.as_os_str() == "user-netns");
+        name.parse::<std::net::IpAddr>().is_ok() || in_attachments || pinned
     });
     found.extend(lighthouse_entries(state_dir).into_iter().map(PathBuf::from));
     found
