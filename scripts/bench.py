@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Flatnet's benchmark: the data plane against a plain veth pair, DNS answers against dnsmasq
-over veth, a published port against Podman's bridge with -p, attach latency, memory.
+over veth, a published port against Podman's bridge with -p, attach latency, memory, rootless
+Podman against its own networking (bench_rootless.py).
 
 Runs as root on the machine itself; all traffic stays inside network namespaces this script
 creates (192.0.2.0/24 underlay, 198.51.100.0/24 Flatnet) and loopback. Every process it starts
@@ -31,6 +32,8 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
+
+import bench_rootless
 
 ROOT = Path(__file__).resolve().parent.parent
 RELEASE = ROOT / "target" / "release"
@@ -689,6 +692,8 @@ def table(report):
                   "  idle " + f"{m['idle'] / 1024:.1f} MiB; " +
                   "; ".join(f"{k} containers {m[k] / 1024:.1f} MiB" for k in counts) +
                   f"; {m['per_container_kib']:.1f} KiB per container"]
+    if report.get("rootless"):
+        lines += bench_rootless.table(report["rootless"])
     return "\n".join(lines)
 
 
@@ -764,6 +769,9 @@ def main():
         report["podman_run"] = podman_run(runs)
         print("memory ...", file=sys.stderr)
         report["memory"] = memory(mem)
+        print("rootless Podman ...", file=sys.stderr)
+        report["rootless"] = bench_rootless.rootless(rounds, 100 if args.quick else 1000,
+                                                     runs, PORT + 2)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name = "bench-anchors" if args.anchors else "bench"

@@ -223,17 +223,14 @@ fn users_are_held_to_their_grants() {
     // The plugin pointed at a namespace that is not bob's (the host's), or at alice's
     // container: refused, and alice's container is still served.
     let network = inspect_network(BOB, "rl-shared");
-    let host_ns = plugin_as(BOB, "setup", "/proc/self/ns/net", &network, "f00d", &[]);
+    let host_ns = plugin_as(BOB, "setup", "/proc/self/ns/net", &network, "f00d");
     assert!(host_ns.contains("belongs to uid 0"), "{host_ns}");
+    // In a namespace of bob's own the owner check passes; an id that is not a name is still
+    // refused before flatnetd makes anything.
+    let escape = plugin_in_own_namespace(BOB, &network, "../../escape");
+    assert!(escape.contains("container ID"), "{escape}");
     let alice_id = container_id(ALICE, "rl-web");
-    let teardown = plugin_as(
-        BOB,
-        "teardown",
-        "/proc/self/ns/net",
-        &network,
-        &alice_id,
-        &[],
-    );
+    let teardown = plugin_as(BOB, "teardown", "/proc/self/ns/net", &network, &alice_id);
     assert!(teardown.contains("is not flatnet-bob's"), "{teardown}");
     assert_eq!(user_status(ALICE, &daemon).len(), 1);
 
@@ -260,38 +257,54 @@ fn inspect_network(user: User, name: &str) -> serde_json::Value {
     network
 }
 
-/// Runs the plugin binary itself as `user` (as netavark would), returning its stdout.
+/// The plugin's setup run as `user` in a user and network namespace of their own (as rootless
+/// Podman runs it), on that namespace: it must fail; its stdout (the `{"error"}` object).
+fn plugin_in_own_namespace(user: User, network: &serde_json::Value, container_id: &str) -> String {
+    let mut command = user.command("unshare");
+    command
+        .args(["--user", "--map-root-user", "--net", PLUGIN])
+        .args(["setup", "/proc/self/ns/net"]);
+    refused(command, &plugin_input(network, container_id))
+}
+
+/// The plugin binary run as `user` (as netavark would): it must fail; its stdout.
 fn plugin_as(
     user: User,
     verb: &str,
     netns: &str,
     network: &serde_json::Value,
     container_id: &str,
-    static_ips: &[&str],
 ) -> String {
-    let exec = serde_json::json!({
+    let mut command = user.command(PLUGIN);
+    command.args([verb, netns]);
+    refused(command, &plugin_input(network, container_id))
+}
+
+const PLUGIN: &str = "/usr/libexec/netavark/flatnet";
+
+fn plugin_input(network: &serde_json::Value, container_id: &str) -> String {
+    serde_json::json!({
         "container_id": container_id,
         "container_name": "rl-probe",
         "port_mappings": [],
         "network": network,
-        "network_options": {"interface_name": "eth0", "static_ips": static_ips},
-    });
-    let mut child = user
-        .command("/usr/libexec/netavark/flatnet")
-        .args([verb, netns])
+        "network_options": {"interface_name": "eth0"},
+    })
+    .to_string()
+}
+
+fn refused(mut command: std::process::Command, input: &str) -> String {
+    use std::io::Write;
+    let mut child = command
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(exec.to_string().as_bytes())
-        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).unwrap();
+    drop(stdin);
     let out = child.wait_with_output().unwrap();
-    assert!(!out.status.success(), "the plugin accepted {verb}");
+    assert!(!out.status.success(), "the plugin accepted {input}");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 

@@ -150,6 +150,8 @@ impl UserService {
         request: AttachRequest,
         netns: &File,
     ) -> Result<Attachment> {
+        // Before anything: the id names the namespace's pin on disk.
+        attachment::check_container_id(request.container_id)?;
         check_namespace_owner(caller, netns)?;
         let grants = self.grants()?;
         let grant = grants.network(caller, name)?;
@@ -157,26 +159,7 @@ impl UserService {
         let network = self.open(name, grant)?;
         let records = network.attachments()?;
         let cid = request.container_id;
-        if let Some(record) = records.iter().find(|r| r.container_id == cid) {
-            return Err(if record.owner == Some(caller.uid) {
-                Error::AlreadyAttached {
-                    container_id: cid.to_string(),
-                    network: name.to_string(),
-                }
-            } else {
-                Error::NotPermitted(format!(
-                    "container {cid} on {name} is not {}'s",
-                    caller.name
-                ))
-            });
-        }
-        let owned = records.iter().filter(|r| r.owner == Some(caller.uid));
-        if owned.count() >= grant.max_containers {
-            return Err(Error::NotPermitted(format!(
-                "{} has the {} containers on {name} the grant allows",
-                caller.name, grant.max_containers
-            )));
-        }
+        check_room(caller, name, grant, &records, cid)?;
         let static_ips = from_own_blocks(&network, grant, caller, request.static_ips)?;
         for &ip in &static_ips {
             grant.check_address(caller, name, ip)?;
@@ -236,6 +219,38 @@ impl UserService {
             .filter(|m| owned.contains(&(m.network.clone(), m.container_id.clone())))
             .collect())
     }
+}
+
+/// The container id is new on the network (or the caller's, attached already: refused as
+/// such), and the caller is under the grant's number of containers.
+fn check_room(
+    caller: &Caller,
+    name: &str,
+    grant: &NetworkGrant,
+    records: &[Attachment],
+    cid: &str,
+) -> Result<()> {
+    if let Some(record) = records.iter().find(|r| r.container_id == cid) {
+        return Err(if record.owner == Some(caller.uid) {
+            Error::AlreadyAttached {
+                container_id: cid.to_string(),
+                network: name.to_string(),
+            }
+        } else {
+            Error::NotPermitted(format!(
+                "container {cid} on {name} is not {}'s",
+                caller.name
+            ))
+        });
+    }
+    let owned = records.iter().filter(|r| r.owner == Some(caller.uid));
+    if owned.count() >= grant.max_containers {
+        return Err(Error::NotPermitted(format!(
+            "{} has the {} containers on {name} the grant allows",
+            caller.name, grant.max_containers
+        )));
+    }
+    Ok(())
 }
 
 /// The namespace must be the caller's own: owned by a user namespace they own. A rootful

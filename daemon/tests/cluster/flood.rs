@@ -67,6 +67,11 @@ impl Flood {
         self.sent.load(Ordering::Relaxed)
     }
 
+    /// Whether it is still sending (it stops after its duration, whatever it managed to send).
+    pub fn running(&self) -> bool {
+        !self.thread.is_finished()
+    }
+
     pub fn finish(self) -> FloodReport {
         self.thread.join().unwrap()
     }
