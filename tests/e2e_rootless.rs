@@ -170,6 +170,11 @@ fn users_are_held_to_their_grants() {
     BOB.clean();
     let daemon = RootDaemon::start("rl-grants", "127.0.0.1:4882", GRANTS);
 
+    // No daemon on the socket named: the plugin says what is missing.
+    let nowhere = "user_socket=/var/lib/flatnet/rl-nowhere.sock";
+    let why = BOB.podman_refused(&["network", "create", "-d", "flatnet", "-o", nowhere, "rl-x"]);
+    assert!(why.contains("running with --user-socket"), "{why}");
+
     // Bob is not granted rl-team: refused by name, nothing made.
     let socket = format!("user_socket={}", daemon.socket);
     let why = BOB.podman_refused(&[
