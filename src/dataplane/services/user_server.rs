@@ -41,7 +41,10 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
 
 /// Releases pins no record needs, then serves for good (the daemon's exit ends it).
 pub fn spawn(listener: UnixListener, service: UserService, socket: PathBuf) -> Result<()> {
-    pins::sweep(service.state_dir())?;
+    // A pin that cannot be released costs a namespace, not the daemon: it still starts.
+    if let Err(e) = pins::sweep(service.state_dir()) {
+        tracing::warn!("releasing namespaces no container records: {e}");
+    }
     let server = Arc::new(Server {
         service,
         limits: Arc::new(Limits::default()),
