@@ -13,7 +13,8 @@
 #   make bench-paths          first reply across a punched path and a relay, 30 rounds each
 #                             (p50, p99); one stream through a relay against direct
 #   make fuzz                 every fuzz target for FUZZ_SECONDS (300) each (cargo fuzz)
-#   make kill-campaign        200 kills at random points and 1000 start/stop cycles a backend
+#   make kill-campaign        200 kills at random points and 1000 start/stop cycles a backend,
+#                             and 200 kills on the rootless path
 
 PREFIX ?= /usr/local
 DESTDIR ?=
@@ -126,7 +127,8 @@ bench-paths: build
 	FLATNET_BENCH_ROUNDS=$(PATH_ROUNDS) FLATNET_BENCH_BYTES=200000000 cargo test --release \
 		-p flatnetd --test relay -- time_to_the_first_reply --nocapture
 
-# Kill points on both backends (200 kills, 1000 start/stop cycles each); CI runs 20 and 30.
+# Kill points on both backends (200 kills, 1000 start/stop cycles each) and on the rootless
+# path (200 kills); CI runs 20 and 30.
 # The plugins the test gives Podman are the test builds, which carry the kill points.
 kill-campaign:
 	cargo build --release --workspace --features flatnet/kill-points

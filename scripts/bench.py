@@ -87,13 +87,18 @@ class Lab:
         sh("ip", "-n", b, "link", "set", names[1], "up")
 
     def host(self, role, endpoint, lighthouse, subnets=("198.51.100.0/24",)):
-        ns = self.ns(role)
+        return self.host_in(self.ns(role), endpoint, lighthouse, subnets=subnets)
+
+    def host_in(self, ns, endpoint, lighthouse, network="bench", subnets=("198.51.100.0/24",)):
+        """A host in namespace `ns`: flatnet-cni's network there, its flatnetd (started by
+        the first ADD) on `endpoint`."""
         state = Path(tempfile.mkdtemp(prefix="flatnet-bench-"))
         self.state_dirs.append(state)
         conf = json.dumps({
-            "cniVersion": "1.0.0", "name": "bench", "type": "flatnet-cni",
+            "cniVersion": "1.0.0", "name": network, "type": "flatnet-cni",
             "subnets": [{"subnet": s} for s in subnets], "stateDir": str(state),
-            "lighthouse": str(lighthouse), "endpoint": endpoint, "tunnelPort": PORT,
+            "lighthouse": str(lighthouse), "endpoint": endpoint,
+            "tunnelPort": int(endpoint.rsplit(":", 1)[1]),
         })
         return {"ns": ns, "conf": conf, "state": state}
 
@@ -131,6 +136,9 @@ class Lab:
         process = subprocess.Popen(in_ns(ns, *args), stdout=out, stderr=subprocess.STDOUT)
         self.processes.append(process)
         return process
+
+    def wait_port(self, ns, port):
+        wait_port(ns, port)
 
     def tmpdir(self):
         path = Path(tempfile.mkdtemp(prefix="flatnet-bench-"))
@@ -770,8 +778,9 @@ def main():
         print("memory ...", file=sys.stderr)
         report["memory"] = memory(mem)
         print("rootless Podman ...", file=sys.stderr)
-        report["rootless"] = bench_rootless.rootless(rounds, 100 if args.quick else 1000,
-                                                     runs, PORT + 2)
+        with lab() as l:
+            report["rootless"] = bench_rootless.rootless(rounds, 100 if args.quick else 1000,
+                                                         runs, PORT + 2, l)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name = "bench-anchors" if args.anchors else "bench"

@@ -32,7 +32,7 @@ pub struct NetworkNamespace {
 }
 
 /// A network namespace's identity, which outlives no reuse of its path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct NetnsId {
     pub dev: u64,
     pub ino: u64,

@@ -298,7 +298,20 @@ fn plugin_input(network: &serde_json::Value, container_id: &str) -> String {
     .to_string()
 }
 
-fn refused(mut command: std::process::Command, input: &str) -> String {
+fn refused(command: std::process::Command, input: &str) -> String {
+    let out = output_with_input(command, input);
+    assert!(!out.status.success(), "the plugin accepted {input}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The plugin's answer to `input`, which it must accept.
+fn run_with_input(command: std::process::Command, input: &str) -> String {
+    let out = output_with_input(command, input);
+    assert!(out.status.success(), "the plugin refused {input}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn output_with_input(mut command: std::process::Command, input: &str) -> std::process::Output {
     use std::io::Write;
     let mut child = command
         .stdin(std::process::Stdio::piped())
@@ -308,9 +321,7 @@ fn refused(mut command: std::process::Command, input: &str) -> String {
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(input.as_bytes()).unwrap();
     drop(stdin);
-    let out = child.wait_with_output().unwrap();
-    assert!(!out.status.success(), "the plugin accepted {input}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    child.wait_with_output().unwrap()
 }
 
 /// A veth pair from this machine's namespace (host A, 203.0.113.1) to another host's
@@ -451,6 +462,60 @@ fn rootless_churn_and_a_killed_daemon_leave_nothing() {
     assert_ne!(daemon.status()["pid"].as_u64(), Some(pid));
     ALICE.podman_ok(&["exec", "rl-k2", "ping", "-c", "1", "-W", "3", "rl-k1"]);
     ALICE.podman_ok(&["rm", "-f", "-t", "0", "rl-k1", "rl-k2"]);
+    assert_eq!(daemon.leftovers(), Vec::<std::path::PathBuf>::new());
+}
+
+/// A container its runtime never tears down (here the plugin's setup run in a namespace whose
+/// only process then ends, as when Podman dies between setup and start) holds its address and
+/// the user's quota only until its namespace has been empty for the grace; a running
+/// container as old stays.
+#[test]
+fn an_abandoned_rootless_container_is_taken_away() {
+    let _serial = needs_podman!();
+    ALICE.clean();
+    let grace = ["--abandoned-after=2"];
+    let listen = "127.0.0.1:4887";
+    let daemon = RootDaemon::launch(
+        Machine::Chroot,
+        "flatnetd",
+        "rl-gone",
+        listen,
+        GRANTS,
+        &grace,
+    );
+    create_network(ALICE, &daemon, "rl-team");
+    ALICE.run_detached("rl-live", "rl-team", &[]);
+    let network = inspect_network(ALICE, "rl-team");
+    let mut setup = ALICE.command("unshare");
+    setup
+        .args(["--user", "--map-root-user", "--net", PLUGIN])
+        .args(["setup", "/proc/self/ns/net"]);
+    let answer = run_with_input(setup, &plugin_input(&network, "abandoned1"));
+    assert!(answer.contains("10.93.0."), "{answer}");
+    let served = |id: &str| {
+        user_status(ALICE, &daemon)
+            .iter()
+            .any(|c| c["container_id"] == id)
+    };
+    assert!(served("abandoned1"), "the setup's container is not served");
+
+    let started = Instant::now();
+    wait_until(Duration::from_secs(20), || !served("abandoned1"));
+    assert!(
+        !served("abandoned1"),
+        "the abandoned container is still served"
+    );
+    eprintln!(
+        "abandoned container taken away after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        served(&container_id(ALICE, "rl-live")),
+        "the running container went too"
+    );
+    // rl-live's removal would leave the abandoned container's record, lease and pin in place
+    // (its namespace still opens): only the reclaim takes them.
+    ALICE.podman_ok(&["rm", "-f", "-t", "0", "rl-live"]);
     assert_eq!(daemon.leftovers(), Vec::<std::path::PathBuf>::new());
 }
 

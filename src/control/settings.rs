@@ -22,6 +22,10 @@ use crate::state::StateDir;
 pub const DEFAULT_POLL_US: u32 = 50;
 /// Renew a tunnel's keys after two minutes, as WireGuard does.
 pub const DEFAULT_REKEY_AFTER_S: u32 = 120;
+/// How long a rootless container's namespace may stay without a process before flatnetd
+/// takes the container away (`users::abandoned`): long past the moment between Podman's
+/// setup and the container's first process.
+pub const DEFAULT_ABANDONED_AFTER_S: u32 = 60;
 /// The most sealing workers a daemon runs.
 pub const MAX_WORKERS: usize = 4;
 
@@ -84,6 +88,11 @@ pub struct Tuning {
     /// addresses and how many containers [default: /etc/flatnet/users.json, or the last run's]
     #[arg(long = "users", value_name = "FILE")]
     pub users: Option<PathBuf>,
+    /// Take a rootless container off its network when no process has been in its namespace
+    /// for SECS seconds since its attach (its runtime died, or its teardown failed and was
+    /// never tried again) [default: 60, or the last run's]
+    #[arg(long = "abandoned-after", value_name = "SECS", value_parser = clap::value_parser!(u32).range(1..=86_400))]
+    pub abandoned_after_s: Option<u32>,
 }
 
 impl Tuning {
@@ -101,6 +110,12 @@ impl Tuning {
     /// How old a session gets before its keys are renewed.
     pub fn rekey_after(&self) -> Duration {
         Duration::from_secs(self.rekey_after_s.unwrap_or(DEFAULT_REKEY_AFTER_S).into())
+    }
+
+    /// How long a rootless container's namespace may stay empty before it is taken away.
+    pub fn abandoned_after(&self) -> Duration {
+        let seconds = self.abandoned_after_s.unwrap_or(DEFAULT_ABANDONED_AFTER_S);
+        Duration::from_secs(seconds.into())
     }
 
     pub fn relay(&self) -> bool {
@@ -312,6 +327,7 @@ mod tests {
             relay: Some(true),
             user_socket: Some("/var/lib/flatnet/user.sock".into()),
             users: Some("/etc/flatnet/users.json".into()),
+            abandoned_after_s: Some(10),
         }
     }
 

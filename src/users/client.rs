@@ -87,8 +87,15 @@ impl UserSocket {
     fn ask(&self, request: &UserRequest, netns: Option<&File>) -> Result<UserReply> {
         let path = &self.path;
         let stream = UnixStream::connect(path).context(|| {
+            let hidden = path.parent().is_some_and(|dir| !dir.exists());
+            let why = if hidden {
+                "its folder is not seen here: under Podman 4's rootless CNI, /var/lib/cni must \
+                 exist on the host, or Podman hides /var/lib from plugins"
+            } else {
+                "is flatnetd running with --user-socket?"
+            };
             format!(
-                "connecting to flatnetd's user socket {} (is flatnetd running with --user-socket?)",
+                "connecting to flatnetd's user socket {} ({why})",
                 path.display()
             )
         })?;

@@ -1,9 +1,10 @@
 //! Rootless Podman through flatnetd: a rootless user's plugin cannot make devices or touch
 //! Flatnet's state, so it asks the host's flatnetd on a socket of its own, and flatnetd does
 //! what the operator granted that user (`grants`), no more (`limits`), in namespaces that are
-//! the user's own (`pins`). [`client`] is the plugins' side, [`service`] the daemon's,
+//! the user's own (`pins`), taking away what no runtime will (`abandoned`). [`client`] is the plugins' side, [`service`] the daemon's,
 //! [`protocol`] what crosses between them.
 
+pub mod abandoned;
 pub mod client;
 pub mod grants;
 pub mod limits;

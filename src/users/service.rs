@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use super::grants::{Caller, Grants, NetworkGrant};
-use super::pins;
 use super::protocol::{GrantedNetwork, GrantedSubnet, UserReply, UserRequest};
+use super::{abandoned, pins};
 use crate::attach::{AttachRequest, Network};
 use crate::attachment::{self, Attachment};
 use crate::config::{ConfigInput, FlatnetConfig, SubnetInput};
@@ -38,6 +38,11 @@ impl UserService {
 
     pub fn state_dir(&self) -> &crate::state::StateDir {
         &self.daemon.state_dir
+    }
+
+    /// How long a container's namespace may stay empty before it is taken away.
+    pub fn grace(&self) -> std::time::Duration {
+        self.daemon.tuning.abandoned_after()
     }
 
     pub fn grants(&self) -> Result<Grants> {
@@ -203,6 +208,45 @@ impl UserService {
         }
         network.detach(cid, None, ifname)?;
         pins::unpin(state, caller.uid, cid)
+    }
+
+    /// Takes away the rootless containers whose namespace no process has used for the grace
+    /// (`--abandoned-after`) since their attach ([`abandoned`]): their addresses, names and quota go back to their
+    /// users. Returns how many went; one that cannot go does not keep the others.
+    pub fn reclaim_abandoned(&self) -> Result<usize> {
+        let grace = self.grace();
+        let _one = self.changes.lock().expect("user changes lock");
+        let state = &self.daemon.state_dir;
+        let found = abandoned::find(state, grace)?;
+        if found.is_empty() {
+            return Ok(0);
+        }
+        let grants = self.grants()?;
+        let mut reclaimed = 0;
+        let mut first_error = None;
+        for record in found {
+            let (name, cid) = (&record.network, &record.container_id);
+            let Some(grant) = grants.networks.get(name) else {
+                tracing::warn!("{cid} on {name} is abandoned, but no grant defines {name}");
+                continue;
+            };
+            let taken = self.open(name, grant).and_then(|network| {
+                network.detach(cid, None, &record.ifname)?;
+                pins::unpin(state, record.owner.expect("a user's record"), cid)
+            });
+            match taken {
+                Ok(()) => {
+                    tracing::info!(
+                        "took {cid} off {name}: no process has used its namespace for {grace:?}"
+                    );
+                    reclaimed += 1;
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(reclaimed), Err)
     }
 
     /// The daemon's view of the caller's containers, and of nobody else's.

@@ -39,7 +39,8 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
     Ok(listener)
 }
 
-/// Releases pins no record needs, then serves for good (the daemon's exit ends it).
+/// Releases pins no record needs, then serves for good (the daemon's exit ends it), and
+/// takes away abandoned containers from then on.
 pub fn spawn(listener: UnixListener, service: UserService, socket: PathBuf) -> Result<()> {
     // A pin that cannot be released costs a namespace, not the daemon: it still starts.
     if let Err(e) = pins::sweep(service.state_dir()) {
@@ -50,6 +51,11 @@ pub fn spawn(listener: UnixListener, service: UserService, socket: PathBuf) -> R
         limits: Arc::new(Limits::default()),
         clients: Default::default(),
     });
+    let reclaimer = server.clone();
+    std::thread::Builder::new()
+        .name("user-reclaim".into())
+        .spawn(move || reclaimer.reclaim_loop())
+        .context(|| "spawning the abandoned containers' thread")?;
     std::thread::Builder::new()
         .name("user-socket".into())
         .spawn(move || server.accept_loop(listener, socket))
@@ -86,6 +92,19 @@ impl Server {
             if spawned.is_err() {
                 self.clients.fetch_sub(1, SeqCst);
             }
+        }
+    }
+
+    /// Looks for abandoned containers a few times per grace, so that one is taken away at
+    /// most a quarter of the grace late.
+    fn reclaim_loop(&self) {
+        let grace = self.service.grace();
+        let every = (grace / 4).clamp(Duration::from_millis(250), Duration::from_secs(30));
+        loop {
+            if let Err(e) = self.service.reclaim_abandoned() {
+                tracing::warn!("taking away abandoned rootless containers: {e}");
+            }
+            std::thread::sleep(every);
         }
     }
 

@@ -64,17 +64,27 @@ pub const HOST_ALICE: User = User {
 impl User {
     /// `program` run as this user, with their runtime directory and home.
     pub fn command(&self, program: &str) -> Command {
+        self.command_env(program, &[])
+    }
+
+    /// `program` run as this user with `env` besides their runtime directory and home.
+    pub fn command_env(&self, program: &str, env: &[(&str, &str)]) -> Command {
         let home = format!("/home/{}", self.name);
         let mut cmd = self.machine.command("runuser");
         cmd.args(["-u", self.name, "--", "env", "-C", &home])
             .arg(format!("XDG_RUNTIME_DIR=/run/user/{}", self.uid))
             .arg(format!("HOME={home}"))
+            .args(env.iter().map(|(key, value)| format!("{key}={value}")))
             .arg(program);
         cmd
     }
 
     pub fn podman(&self, args: &[&str]) -> Output {
-        self.command("podman").args(args).output().unwrap()
+        self.podman_env(args, &[])
+    }
+
+    pub fn podman_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        self.command_env("podman", env).args(args).output().unwrap()
     }
 
     pub fn podman_ok(&self, args: &[&str]) -> String {
@@ -133,6 +143,8 @@ impl User {
 /// A root flatnetd in the chroot serving a user socket, with grants the test writes.
 pub struct RootDaemon {
     pub machine: Machine,
+    /// The flatnetd binary, as the machine sees it.
+    program: String,
     /// The state directory as the machine sees it.
     pub state_dir: String,
     /// The user socket as the chroot sees it.
@@ -147,8 +159,22 @@ impl RootDaemon {
     }
 
     pub fn start_on(machine: Machine, name: &str, listen: &str, grants: &str) -> RootDaemon {
+        Self::launch(machine, "flatnetd", name, listen, grants, &[])
+    }
+
+    /// Starts `program` (a flatnetd binary) on `machine` as [`RootDaemon::start_on`] does,
+    /// with more flags.
+    pub fn launch(
+        machine: Machine,
+        program: &str,
+        name: &str,
+        listen: &str,
+        grants: &str,
+        flags: &[&str],
+    ) -> RootDaemon {
         let daemon = RootDaemon {
             machine,
+            program: program.to_string(),
             state_dir: format!("/run/flatnet-{name}"),
             socket: format!("/var/lib/flatnet/{name}.sock"),
             grants: machine.path(&format!("/etc/flatnet/{name}.json")),
@@ -160,25 +186,40 @@ impl RootDaemon {
         let user_socket = format!("--user-socket={}", daemon.socket);
         let users = format!("--users=/etc/flatnet/{name}.json");
         let lighthouse = format!("--lighthouse={}/lighthouse.json", daemon.state_dir);
-        daemon.start_with(&[&listen, &user_socket, &users, &lighthouse]);
+        let mut settings = vec![listen.as_str(), &user_socket, &users, &lighthouse];
+        settings.extend_from_slice(flags);
+        daemon.start_with(&settings, &[]);
         daemon
     }
 
     /// Starts the daemon again with its last settings (after it was stopped or killed):
     /// `flatnetd start` waits until the old one is gone and the new one serves.
     pub fn restart(&self) {
-        self.start_with(&[]);
+        self.start_with(&[], &[]);
     }
 
-    fn start_with(&self, settings: &[&str]) {
+    /// Stops the daemon and starts it again with `flags` changed and `env` in its environment.
+    pub fn restart_with(&self, flags: &[&str], env: &[(&str, &str)]) {
+        self.stop();
+        self.start_with(flags, env);
+    }
+
+    fn start_with(&self, settings: &[&str], env: &[(&str, &str)]) {
         let out = self
-            .machine
-            .command("flatnetd")
-            .args(["--state-dir", &self.state_dir, "start"])
+            .flatnetd()
+            .envs(env.iter().copied())
+            .arg("start")
             .args(settings)
             .output()
             .unwrap();
         assert!(out.status.success(), "flatnetd start: {out:?}");
+    }
+
+    /// The daemon's binary with its state directory.
+    fn flatnetd(&self) -> Command {
+        let mut command = self.machine.command(&self.program);
+        command.args(["--state-dir", &self.state_dir]);
+        command
     }
 
     pub fn set_grants(&self, grants: &str) {
@@ -193,12 +234,7 @@ impl RootDaemon {
 
     /// The daemon's full status, as root sees it.
     pub fn status(&self) -> serde_json::Value {
-        let out = self
-            .machine
-            .command("flatnetd")
-            .args(["--state-dir", &self.state_dir, "status", "--json"])
-            .output()
-            .unwrap();
+        let out = self.flatnetd().args(["status", "--json"]).output().unwrap();
         assert!(out.status.success(), "flatnetd status: {out:?}");
         let text = String::from_utf8_lossy(&out.stdout);
         serde_json::from_str(&text).unwrap()
@@ -210,11 +246,7 @@ impl RootDaemon {
     }
 
     pub fn stop(&self) {
-        let _ = self
-            .machine
-            .command("flatnetd")
-            .args(["--state-dir", &self.state_dir, "stop"])
-            .output();
+        let _ = self.flatnetd().arg("stop").output();
     }
 }
 
