@@ -394,6 +394,10 @@ impl Drop for RootlessBuilds {
     }
 }
 
+/// Every round's container publishes this port (unprivileged: a user's to publish), so a rule
+/// is made and must go whatever was killed.
+const PUBLISHED: &str = "18090:80";
+
 const ROOTLESS_GRANTS: &str = r#"{"networks": {"rk-net": {"subnets": ["10.95.0.0/24"],
     "users": ["flatnet-alice"], "blocks": {"flatnet-alice": ["10.95.0.64/26"]}}}}"#;
 
@@ -440,7 +444,7 @@ fn rootless_kill_campaign() {
         };
         if is_detach_point(point) {
             daemon.restart_with(&patient, &[]);
-            ALICE.run_detached(&name, "rk-net", &[]);
+            ALICE.run_detached(&name, "rk-net", &["-p", PUBLISHED]);
             daemon.restart_with(&[], daemon_env);
             ALICE.podman_env(&["rm", "-f", "-t", "0", &name], plugin_env);
         } else {
@@ -452,6 +456,8 @@ fn rootless_kill_campaign() {
                 &name,
                 "--network",
                 "rk-net",
+                "-p",
+                PUBLISHED,
                 IMAGE,
                 "true",
             ];
@@ -487,6 +493,12 @@ fn rootless_kill_campaign() {
         );
     }
     assert_no_interface_since(&interfaces_before);
+    let ruleset = support::run_ok("nft", &["list", "ruleset"]);
+    let port = PUBLISHED.split(':').next().unwrap();
+    assert!(
+        !ruleset.contains(&format!("dport {port}")),
+        "a rule for the published port is left: {ruleset}"
+    );
     let served = daemon.status()["containers"].as_array().unwrap().len();
     assert_eq!(served, 0, "flatnetd still serves {served} containers");
     println!(
