@@ -11,9 +11,11 @@ it stops by PID. Nothing here asserts a timing: it measures and reports.
     scripts/bench.py --quick         short setting, what CI runs to prove the benchmark works
     scripts/bench.py --previous DIR  also the data plane of another build (DIR holds its release
                                      binaries), in the same interleaved rounds: ratios to it
-    scripts/bench.py --anchors       the data plane only, with Nebula and boringtun across two
-                                     host namespaces in the same rounds (make bench-anchors
-                                     installs them): ratios to the best anchor of each round
+    scripts/bench.py --anchors       the data plane only, with Nebula, wireguard-go and boringtun
+                                     across two host namespaces in the same rounds (make
+                                     bench-anchors installs them): ratios to the best anchor of
+                                     each round, and the cipher's own ceiling
+                                     (benches/cipher_ceiling.rs)
 
 Output: a table on the terminal, bench-results/bench.json and bench-results/bench.svg
 (bench-anchors.json and .svg with --anchors).
@@ -288,16 +290,34 @@ def has_address(ns, dev, ip):
     return f"inet {ip}/" in sh("ip", "-n", ns, "addr", "show", "dev", dev, check=False).stdout
 
 
+def anchor(program):
+    """An anchor's binary as scripts/install-anchors.sh put it (trixie's builds under
+    ANCHORS/trixie, boringtun under ANCHORS/bin)."""
+    for found in (ANCHORS / "trixie" / "usr" / "bin" / program, ANCHORS / "bin" / program):
+        if found.exists():
+            return found
+    return None
+
+
+def anchor_versions():
+    """The anchors' versions as installed (their packages' versions)."""
+    files = {"nebula": ANCHORS / "trixie" / "nebula.version",
+             "wireguard_go": ANCHORS / "trixie" / "wireguard-go.version",
+             "boringtun": ANCHORS / "boringtun.version"}
+    return {name: f.read_text().strip() for name, f in files.items() if f.exists()}
+
+
 def scenario_nebula(l):
-    """Nebula 1.6 (Debian's package) in each host namespace, peers by static_host_map, MTU 1420,
+    """Nebula (trixie's package) in each host namespace, peers by static_host_map, MTU 1420,
     its own certificates, a firewall that lets everything through."""
     h1, h2 = underlay_pair(l, "nb")
     pki = l.tmpdir()
-    sh("nebula-cert", "ca", "-name", "flatnet-bench", "-out-crt", pki / "ca.crt", "-out-key", pki / "ca.key")
+    nebula_cert = anchor("nebula-cert")
+    sh(nebula_cert, "ca", "-name", "flatnet-bench", "-out-crt", pki / "ca.crt", "-out-key", pki / "ca.key")
     pids = []
     for i, (ns, ip) in enumerate(zip((h1, h2), ANCHOR_IPS)):
         peer = ANCHOR_IPS[1 - i]
-        sh("nebula-cert", "sign", "-ca-crt", pki / "ca.crt", "-ca-key", pki / "ca.key", "-name", f"h{i}",
+        sh(nebula_cert, "sign", "-ca-crt", pki / "ca.crt", "-ca-key", pki / "ca.key", "-name", f"h{i}",
            "-ip", f"{ip}/24", "-out-crt", pki / f"h{i}.crt", "-out-key", pki / f"h{i}.key")
         everything = [{"port": "any", "proto": "any", "host": "any"}]
         config = {
@@ -311,31 +331,44 @@ def scenario_nebula(l):
             "firewall": {"outbound": everything, "inbound": everything},
         }
         (pki / f"h{i}.yml").write_text(json.dumps(config))  # JSON is YAML
-        pids.append(l.spawn(ns, "nebula", "-config", pki / f"h{i}.yml", log=pki / f"h{i}.log").pid)
+        pids.append(l.spawn(ns, anchor("nebula"), "-config", pki / f"h{i}.yml", log=pki / f"h{i}.log").pid)
         wait_for(f"nebula in {ns}", lambda: has_address(ns, "nebula1", ip))
     return h1, h2, ANCHOR_IPS[1], pids
-
-
-def boringtun_binary():
-    found = ANCHORS / "bin" / "boringtun-cli"
-    return found if found.exists() else shutil.which("boringtun-cli")
 
 
 def scenario_boringtun(l):
     """boringtun-cli 0.7 (its default 4 threads) in each host namespace, configured with `wg`
     through its configuration socket, MTU 1420."""
-    h1, h2 = underlay_pair(l, "bt")
+    def start(ns, name, log):
+        return l.spawn(ns, anchor("boringtun-cli"), name, "--foreground", "--disable-drop-privileges",
+                       "--log", log)
+    return userspace_wireguard(l, "bt", start)
+
+
+def scenario_wireguard_go(l):
+    """wireguard-go (trixie's package, with TUN segmentation offload and batched I/O) in each
+    host namespace, configured with `wg` through its socket, MTU 1420."""
+    def start(ns, name, log):
+        # It refuses to run on Linux unless told the kernel's module is not wanted.
+        return l.spawn(ns, "env", "WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD=1",
+                       anchor("wireguard-go"), "-f", name, log=log)
+    return userspace_wireguard(l, "wg", start)
+
+
+def userspace_wireguard(l, tag, start):
+    """Two host namespaces each running a userspace WireGuard that `start(ns, name, log)`
+    launches and that serves `wg` on /var/run/wireguard/<name>.sock; peered over the veth."""
+    h1, h2 = underlay_pair(l, tag)
     keys = l.tmpdir()
-    names = (f"{PREFIX}w1", f"{PREFIX}w2")
+    names = (f"{PREFIX}{tag}1", f"{PREFIX}{tag}2")
     private = [sh("wg", "genkey").stdout.strip() for _ in names]
     public = [sh("wg", "pubkey", input=k).stdout.strip() for k in private]
     pids = []
     for i, (ns, name, ip) in enumerate(zip((h1, h2), names, ANCHOR_IPS)):
         socket_path = Path(f"/var/run/wireguard/{name}.sock")
         l.files.append(socket_path)
-        pids.append(l.spawn(ns, boringtun_binary(), name, "--foreground", "--disable-drop-privileges",
-                            "--log", keys / f"{name}.log").pid)
-        wait_for(f"boringtun {name}", socket_path.exists)
+        pids.append(start(ns, name, keys / f"{name}.log").pid)
+        wait_for(f"{tag} {name}", socket_path.exists)
         (keys / f"{name}.key").write_text(private[i])
         sh(*in_ns(ns, "wg", "set", name, "private-key", keys / f"{name}.key", "listen-port", "51820",
                   "peer", public[1 - i], "allowed-ips", f"{ANCHOR_IPS[1 - i]}/32",
@@ -360,13 +393,15 @@ SCENARIOS = [("veth", scenario_veth), ("flatnet_same_host", scenario_same_host),
              ("flatnet_two_hosts_ipv6", scenario_two_hosts_ipv6),
              ("flatnet_two_hosts_0_workers", scenario_two_hosts_0_workers),
              ("flatnet_two_hosts_2_workers", scenario_two_hosts_2_workers)]
-ANCHOR_SCENARIOS = [("nebula", scenario_nebula), ("boringtun", scenario_boringtun)]
+ANCHOR_SCENARIOS = [("nebula", scenario_nebula), ("wireguard_go", scenario_wireguard_go),
+                    ("boringtun", scenario_boringtun)]
+ANCHOR_NAMES = [name for name, _ in ANCHOR_SCENARIOS]
 
 
 def data_plane(rounds, seconds, pings, previous=None, anchors=False):
     """Rounds interleave the scenarios, so machine noise shows in every one of them. With
     `previous`, the Flatnet scenarios run with that build's binaries too; with `anchors`,
-    Nebula and boringtun join the rounds."""
+    the anchors (Nebula, wireguard-go, boringtun) join the rounds."""
     scenarios = [(name, make, RELEASE) for name, make in SCENARIOS]
     if anchors:
         scenarios += [(name, make, RELEASE) for name, make in ANCHOR_SCENARIOS]
@@ -586,7 +621,8 @@ def summarise(dp):
 def anchor_ratios(dp):
     """Flatnet across two hosts against each anchor and the best of them, paired by round: the
     median of the per-round ratios. Higher is better except for RTT."""
-    if "nebula" not in dp or "boringtun" not in dp:
+    names = [n for n in ANCHOR_NAMES if n in dp]
+    if not names:
         return None
     flatnet = dp["flatnet_two_hosts"]
     figures = {
@@ -600,16 +636,35 @@ def anchor_ratios(dp):
         pick = min if figure == "rtt" else max
         per_round = []
         for i, row in enumerate(flatnet):
-            anchors = {name: value(dp[name][i]) for name in ("nebula", "boringtun")}
+            anchors = {name: value(dp[name][i]) for name in names}
             best = pick(anchors, key=anchors.get)
             per_round.append({"flatnet": value(row), **anchors, "best": best,
                               "ratio_to_best": value(row) / anchors[best] if anchors[best] else None})
         ratios = [r["ratio_to_best"] for r in per_round if r["ratio_to_best"] is not None]
         out[figure] = {"rounds": per_round, "ratio_to_best": statistics.median(ratios) if ratios else None}
-        for name in ("nebula", "boringtun"):
+        best_counts = {}
+        for r in per_round:
+            best_counts[r["best"]] = best_counts.get(r["best"], 0) + 1
+        out[figure]["best_anchor"] = max(best_counts, key=best_counts.get)
+        for name in names:
             paired = [r["flatnet"] / r[name] for r in per_round if r[name]]
             out[figure][f"ratio_to_{name}"] = statistics.median(paired) if paired else None
     return out
+
+
+def cipher_ceiling(summary):
+    """The AEAD's own speed on one core (benches/cipher_ceiling.rs) and each two-host tunnel's
+    Gbit per CPU-second as a share of what it allows at the packet size the tunnels seal."""
+    out = sh("cargo", "bench", "--quiet", "--bench", "cipher_ceiling", "--", "--json", cwd=ROOT)
+    figures = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    packet = next(f for f in figures if f["implementation"].startswith("snow") and f["size"] < 2000)
+    shares = {}
+    for name, s in summary.items():
+        eff = s["tcp1"].get("gbit_per_cpu_s")
+        if eff and name != "veth" and "same_host" not in name:
+            shares[name] = {"gbit_per_cpu_s": eff,
+                            "per_cent": 100 * eff / packet["ceiling_gbit_per_cpu_s"]}
+    return {"figures": figures, "packet": packet, "shares": shares}
 
 
 def table(report):
@@ -665,10 +720,25 @@ def table(report):
                  "rtt": "RTT median (lower is better)"}
         for figure, label in names.items():
             a = anchors[figure]
-            cells = ", ".join(f"{n} x{a[f'ratio_to_{n}']:.2f}" for n in ("nebula", "boringtun")
-                              if a[f"ratio_to_{n}"] is not None)
+            cells = ", ".join(f"{n} x{a[f'ratio_to_{n}']:.2f}" for n in ANCHOR_NAMES
+                              if a.get(f"ratio_to_{n}") is not None)
             best = a["ratio_to_best"]
-            lines.append(f"  {label:<30} best x{best:.2f} ({cells})" if best else f"  {label:<30} -")
+            lines.append(f"  {label:<30} best x{best:.2f}, mostly {a['best_anchor']} ({cells})"
+                         if best else f"  {label:<30} -")
+        versions = report.get("anchor_versions", {})
+        lines.append("  versions: " + ", ".join(f"{n} {v}" for n, v in versions.items()))
+    c = report.get("cipher")
+    if c:
+        packet = c["packet"]
+        lines += ["", f"CIPHER (one core: {packet['implementation']} at {packet['size']} B seals "
+                      f"{packet['seal_gbps']:.2f} Gbit/s, opens {packet['open_gbps']:.2f}; each byte sealed "
+                      f"once and opened once: ceiling {packet['ceiling_gbit_per_cpu_s']:.2f} Gbit per CPU-s)"]
+        for name, share in c["shares"].items():
+            lines.append(f"  {name:<27} {share['gbit_per_cpu_s']:.2f} Gbit per CPU-s, "
+                         f"{share['per_cent']:.0f} % of the ceiling")
+        for f in c["figures"]:
+            lines.append(f"  {f['implementation']:<30} {f['size']:>6} B: seal {f['seal_gbps']:.2f}, "
+                         f"open {f['open_gbps']:.2f} Gbit/s, ceiling {f['ceiling_gbit_per_cpu_s']:.2f}")
     a = report.get("attach")
     if a:
         lines += ["", "ATTACH (flatnetd running)",
@@ -741,7 +811,8 @@ def main():
     ap.add_argument("--previous", help="release directory of another build to compare with")
     ap.add_argument("--rounds", type=int, help="rounds of the data plane (default 3, quick 1)")
     ap.add_argument("--anchors", action="store_true",
-                    help="the data plane only, with Nebula and boringtun in the same rounds")
+                    help="the data plane only, with the anchors (Nebula, wireguard-go, boringtun) "
+                         "and the cipher's ceiling in the same run")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench: run as root (namespaces, TUN devices)")
@@ -753,9 +824,10 @@ def main():
 
     rounds = args.rounds or rounds
     if args.anchors:
-        missing = [t for t in ("nebula", "nebula-cert", "wg") if not shutil.which(t)]
-        if missing or not boringtun_binary():
-            sys.exit(f"bench: anchors missing ({', '.join(missing) or 'boringtun-cli'}): "
+        missing = [t for t in ("nebula", "nebula-cert", "wireguard-go", "boringtun-cli") if not anchor(t)]
+        missing += [] if shutil.which("wg") else ["wg"]
+        if missing:
+            sys.exit(f"bench: anchors missing ({', '.join(missing)}): "
                      "run scripts/install-anchors.sh (make bench-anchors does)")
 
     print("data plane ...", file=sys.stderr)
@@ -766,6 +838,10 @@ def main():
                     "rounds": rounds, "seconds": seconds},
         "rounds": dp, "summary": summarise(dp), "anchors": anchor_ratios(dp),
     }
+    if args.anchors:
+        report["anchor_versions"] = anchor_versions()
+        print("cipher ceiling ...", file=sys.stderr)
+        report["cipher"] = cipher_ceiling(report["summary"])
     if not args.anchors:
         print("DNS ...", file=sys.stderr)
         report["dns"] = dns_latency(rounds, queries)
