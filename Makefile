@@ -6,7 +6,9 @@
 #   make uninstall            the same files out again; the user's config stays
 #   make deb                  target/debian/flatnet_<version>-1_<arch>.deb (cargo-deb)
 #   make bench, bench-quick   measurements (docs/benchmark.md); bench adds bench-paths
-#   make bench-anchors        the data plane against Nebula and boringtun, same rounds (installs them)
+#   make bench-anchors        the data plane against Nebula, wireguard-go and boringtun, same
+#                             rounds (installs trixie's builds), and the cipher's ceiling
+#   make bench-aead           ChaCha20-Poly1305 from ring, aws-lc-rs, OpenSSL and RustCrypto
 #   make bench-convergence    30 real daemons, then 300 hosts (270 light) on etcd, 10
 #                             containers each on 10 networks: how fast routes spread, etcd's
 #                             load, and a leader killed at that size
@@ -33,7 +35,7 @@ RELEASE = target/release
 BINARIES = $(RELEASE)/flatnetd $(RELEASE)/flatnet-cni $(RELEASE)/flatnet $(RELEASE)/flatnet-cert
 MAN_DIR = $(RELEASE)/man
 
-.PHONY: all build man unit install uninstall deb demo test bench bench-quick bench-anchors bench-convergence bench-paths \
+.PHONY: all build man unit install uninstall deb demo test bench bench-quick bench-anchors bench-aead bench-convergence bench-paths \
 	fuzz flood kill-campaign
 
 all: build
@@ -108,6 +110,12 @@ bench-quick: build
 bench-anchors: build
 	scripts/install-anchors.sh
 	python3 scripts/bench.py --anchors
+
+# The maintained AEAD crates side by side (benches/aead, a crate of its own; the openssl crate
+# builds against the system's OpenSSL).
+bench-aead:
+	dpkg -s libssl-dev pkg-config > /dev/null 2>&1 || apt-get install -y --no-install-recommends libssl-dev pkg-config
+	cd benches/aead && cargo run --release --quiet
 
 # CI runs 4 real daemons and 36 light hosts, 4 containers each on 3 networks (the defaults).
 SCALE_REAL ?= 30

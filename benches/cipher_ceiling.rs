@@ -12,15 +12,16 @@
 //! `cargo bench --bench cipher_ceiling [-- --json]`: a table, or one JSON object per line.
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+
+#[path = "rate.rs"]
+mod rate;
+use rate::rate;
 
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 
 const SIZES: [usize; 2] = [1408, 65_535 - 16];
 const TAG: usize = 16;
-/// Long enough per figure for the clock and the CPU's frequency to settle.
-const SPELL: Duration = Duration::from_millis(600);
 
 struct Figure {
     implementation: &'static str,
@@ -34,22 +35,6 @@ impl Figure {
     fn ceiling(&self) -> f64 {
         1.0 / (1.0 / self.seal_gbps + 1.0 / self.open_gbps)
     }
-}
-
-/// Gbit/s of plaintext through `op`, called on `size` bytes for [`SPELL`].
-fn rate(size: usize, mut op: impl FnMut(u64)) -> f64 {
-    for counter in 0..64 {
-        op(counter);
-    }
-    let started = Instant::now();
-    let mut done = 0u64;
-    while started.elapsed() < SPELL {
-        for _ in 0..64 {
-            op(done);
-            done += 1;
-        }
-    }
-    (done as f64 * size as f64 * 8.0) / started.elapsed().as_secs_f64() / 1e9
 }
 
 /// Two ends of a session in stateless transport mode, as the tunnels hold them.
