@@ -2,7 +2,7 @@
 # Installs the anchors `make bench-anchors` measures Flatnet against, when missing, at the
 # newest builds a package registry offers: Nebula and wireguard-go from Debian trixie (fetched
 # with `apt-get download` inside the trixie tree, scripts/setup-chroot.sh, and extracted under
-# $ANCHORS/trixie: static Go builds, they run on Debian 12 as they are), and boringtun
+# $ANCHORS/trixie: Go builds that run on Debian 12 as they are), and boringtun
 # (`cargo install boringtun-cli`). Both WireGuard implementations are configured with
 # Debian's `wg` through their sockets. Not part of the tests: the benchmark alone needs them.
 set -euo pipefail
