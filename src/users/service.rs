@@ -206,13 +206,19 @@ impl UserService {
             None if !pins::exists(state, caller.uid, cid) => return Ok(()),
             _ => {}
         }
+        self.take_off(&network, caller.uid, cid, ifname)
+    }
+
+    /// The detach a rootful plugin runs, then the namespace's pin released.
+    fn take_off(&self, network: &Network, uid: u32, cid: &str, ifname: &str) -> Result<()> {
         network.detach(cid, None, ifname)?;
-        pins::unpin(state, caller.uid, cid)
+        pins::unpin(&self.daemon.state_dir, uid, cid)
     }
 
     /// Takes away the rootless containers whose namespace no process has used for the grace
-    /// (`--abandoned-after`) since their attach ([`abandoned`]): their addresses, names and quota go back to their
-    /// users. Returns how many went; one that cannot go does not keep the others.
+    /// (`--abandoned-after`) since their attach ([`abandoned`]): their addresses, names and
+    /// quota go back to their users. Returns how many went; one that cannot go does not keep
+    /// the others.
     pub fn reclaim_abandoned(&self) -> Result<usize> {
         let grace = self.grace();
         let _one = self.changes.lock().expect("user changes lock");
@@ -230,10 +236,10 @@ impl UserService {
                 tracing::warn!("{cid} on {name} is abandoned, but no grant defines {name}");
                 continue;
             };
-            let taken = self.open(name, grant).and_then(|network| {
-                network.detach(cid, None, &record.ifname)?;
-                pins::unpin(state, record.owner.expect("a user's record"), cid)
-            });
+            let owner = record.owner.expect("a user's record");
+            let taken = self
+                .open(name, grant)
+                .and_then(|network| self.take_off(&network, owner, cid, &record.ifname));
             match taken {
                 Ok(()) => {
                     tracing::info!(
