@@ -29,6 +29,7 @@ pub fn render(status: &DaemonStatus) -> String {
     register_containers(&mut registry, status);
     register_fast_path(&mut registry, status);
     register_seal_workers(&mut registry, status);
+    register_open_workers(&mut registry, status);
     register_daemon(&mut registry, status);
     let mut text = String::new();
     encode(&mut text, &registry).expect("writing to a String cannot fail");
@@ -223,6 +224,20 @@ fn register_seal_workers(registry: &mut Registry, status: &DaemonStatus) {
     }
 }
 
+/// Per opening worker: what it opened for the packet thread.
+fn register_open_workers(registry: &mut Registry, status: &DaemonStatus) {
+    let datagrams = counter_family(
+        registry,
+        "flatnet_open_worker_datagrams",
+        "Datagrams from other hosts an opening worker authenticated and decrypted",
+        None,
+    );
+    for (i, worker) in status.open_workers.iter().enumerate() {
+        let label = labels(&[("worker", &i.to_string())]);
+        datagrams.get_or_create(&label).inc_by(worker.datagrams);
+    }
+}
+
 /// Container to container on this host, without a tunnel.
 fn register_fast_path(registry: &mut Registry, status: &DaemonStatus) {
     let fast_path = &status.fast_path;
@@ -326,7 +341,8 @@ fn register_daemon(registry: &mut Registry, status: &DaemonStatus) {
 mod tests {
     use super::*;
     use crate::control::status::{
-        DnsStats, FastPathStats, MemberStats, MemberStatus, PollStatus, SealWorkerStats,
+        DnsStats, FastPathStats, MemberStats, MemberStatus, OpenWorkerStats, PollStatus,
+        SealWorkerStats,
     };
     use crate::control::SameHost;
     use crate::lighthouse::FeedHealth;
@@ -371,6 +387,7 @@ mod tests {
                     packets: 90,
                 },
             ],
+            open_workers: vec![OpenWorkerStats { datagrams: 70 }],
             busy_us: 1_500_000,
             uptime_ms: 61_000,
             rss_kib: 4096,
@@ -501,6 +518,10 @@ mod tests {
         assert_eq!(
             line_value(&text, r#"flatnet_seal_worker_trains_total{worker="0"}"#),
             3.0
+        );
+        assert_eq!(
+            line_value(&text, r#"flatnet_open_worker_datagrams_total{worker="0"}"#),
+            70.0
         );
         assert_eq!(
             line_value(&text, "process_resident_memory_bytes"),

@@ -182,6 +182,15 @@ fn render(s: &DaemonStatus) -> String {
         0 => "SEALING on the packet thread\n".to_string(),
         n => format!("SEALING WORKERS {n} TRAINS/PKT {}\n", sealed.join(" ")),
     };
+    let opened: Vec<String> = s
+        .open_workers
+        .iter()
+        .map(|w| w.datagrams.to_string())
+        .collect();
+    out += &match opened.len() {
+        0 => "OPENING on the packet thread\n".to_string(),
+        n => format!("OPENING WORKERS {n} PKT {}\n", opened.join(" ")),
+    };
     out += "\nDROPS\n";
     for (reason, count) in &s.drops {
         out += &format!("  {reason:<24} {count}\n");

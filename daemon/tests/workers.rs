@@ -1,5 +1,6 @@
-//! Sealing on more than one core: trains for other hosts are sealed by worker threads, each
-//! flow always by the same one. Needs root.
+//! Sealing and opening on more than one core: trains for other hosts are sealed by worker
+//! threads, each flow always by the same one; large received batches are opened on them.
+//! Needs root.
 
 mod cluster;
 
@@ -19,6 +20,39 @@ fn workers(status: &serde_json::Value) -> Vec<(u64, u64)> {
         .collect()
 }
 
+/// Sends [`FLOWS`] TCP transfers at once from `a` to `b`, on ports from `first_port`; each
+/// must arrive whole and in order.
+fn send_flows_intact(cluster: &Cluster, a: usize, b: usize, first_port: u16) {
+    let contents: Vec<(std::path::PathBuf, Vec<u8>)> = (0..FLOWS)
+        .map(|flow| {
+            let file = cluster
+                .shared
+                .path()
+                .join(format!("flow-{first_port}-{flow}"));
+            // A period (251) prime to the flow's offset: flows differ, and a misplaced
+            // segment changes what arrives.
+            let content: Vec<u8> = (0..FLOW_BYTES)
+                .map(|i| ((i + u32::from(flow) * 31) * 7 % 251) as u8)
+                .collect();
+            std::fs::write(&file, &content).unwrap();
+            (file, content)
+        })
+        .collect();
+    std::thread::scope(|s| {
+        let transfers: Vec<_> = contents
+            .iter()
+            .enumerate()
+            .map(|(flow, (file, _))| {
+                s.spawn(move || cluster.send_file(a, b, first_port + flow as u16, file))
+            })
+            .collect();
+        for (flow, transfer) in transfers.into_iter().enumerate() {
+            let received = transfer.join().unwrap();
+            assert!(received == contents[flow].1, "flow {flow} arrived damaged");
+        }
+    });
+}
+
 /// Sixteen TCP transfers at once from a host sealing on four workers to one whose packet
 /// thread seals (its acknowledgements) itself: every byte of every flow arrives, in order,
 /// and the flows were spread over the workers. The worker count outlives a restart.
@@ -31,32 +65,7 @@ fn parallel_flows_arrive_intact_when_sealed_on_several_workers() {
     let (a, b) = (cluster.attach(0), cluster.attach(1));
     assert!(cluster.ping(a, b, 1));
 
-    let contents: Vec<(std::path::PathBuf, Vec<u8>)> = (0..FLOWS)
-        .map(|flow| {
-            let file = cluster.shared.path().join(format!("flow-{flow}"));
-            // A period (251) prime to the flow's offset: flows differ, and a misplaced
-            // segment changes what arrives.
-            let content: Vec<u8> = (0..FLOW_BYTES)
-                .map(|i| ((i + u32::from(flow) * 31) * 7 % 251) as u8)
-                .collect();
-            std::fs::write(&file, &content).unwrap();
-            (file, content)
-        })
-        .collect();
-    let cluster_ref = &cluster;
-    std::thread::scope(|s| {
-        let transfers: Vec<_> = contents
-            .iter()
-            .enumerate()
-            .map(|(flow, (file, _))| {
-                s.spawn(move || cluster_ref.send_file(a, b, 7500 + flow as u16, file))
-            })
-            .collect();
-        for (flow, transfer) in transfers.into_iter().enumerate() {
-            let received = transfer.join().unwrap();
-            assert!(received == contents[flow].1, "flow {flow} arrived damaged");
-        }
-    });
+    send_flows_intact(&cluster, a, b, 7500);
 
     let sender = cluster.status(0);
     let per_worker = workers(&sender);
@@ -86,4 +95,47 @@ fn parallel_flows_arrive_intact_when_sealed_on_several_workers() {
         "kept across a restart"
     );
     assert!(cluster.ping(a, b, 1));
+}
+
+/// The same transfers to a host opening on two workers: every byte arrives in order, the
+/// workers opened part of it, and no datagram was taken for a replay.
+#[test]
+fn flows_arrive_intact_when_opened_on_several_workers() {
+    needs_root!();
+    let mut cluster = Cluster::new(2);
+    cluster.start_daemon_with(0, &["--workers", "0"]);
+    cluster.start_daemon_with(1, &["--workers", "2"]);
+    let (a, b) = (cluster.attach(0), cluster.attach(1));
+    assert!(cluster.ping(a, b, 1));
+
+    send_flows_intact(&cluster, a, b, 7600);
+
+    let receiver = cluster.status(1);
+    let opened: Vec<u64> = receiver["open_workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["datagrams"].as_u64().unwrap())
+        .collect();
+    println!("datagrams opened per worker: {opened:?}");
+    assert_eq!(opened.len(), 2);
+    assert!(
+        opened.iter().sum::<u64>() > 0,
+        "no batch was opened on the workers"
+    );
+    assert_eq!(
+        cluster.drops(1, "replay"),
+        0,
+        "a worker's datagram was taken twice"
+    );
+    assert_eq!(
+        cluster.drops(1, "bad_tag"),
+        0,
+        "a worker opened with the wrong key"
+    );
+    assert_eq!(
+        cluster.status(0)["open_workers"],
+        serde_json::json!([]),
+        "--workers 0"
+    );
 }

@@ -33,6 +33,9 @@ pub struct DaemonStatus {
     pub same_host: SameHost,
     /// One entry per sealing worker; none when the packet thread seals.
     pub seal_workers: Vec<SealWorkerStats>,
+    /// One entry per opening worker; none when the packet thread opens everything.
+    #[serde(default)]
+    pub open_workers: Vec<OpenWorkerStats>,
     /// Time the packet thread spent handling events (not waiting for them).
     pub busy_us: u64,
     pub uptime_ms: u64,
@@ -120,6 +123,12 @@ pub struct NetworkStatus {
 pub struct SealWorkerStats {
     pub trains: u64,
     pub packets: u64,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenWorkerStats {
+    /// Datagrams it opened for the packet thread.
+    pub datagrams: u64,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]

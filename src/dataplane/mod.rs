@@ -7,14 +7,16 @@
 //! the gateway are answered in the data plane ([`resolver`]), other names forwarded upstream
 //! ([`forwarder`]). One thread, the packet thread, runs it all off an epoll loop with fixed
 //! buffers: no allocation, no lock and no async scheduler on the per-packet path. On hosts with
-//! CPUs to spare, trains for other hosts are sealed by worker threads ([`seal_workers`]).
+//! CPUs to spare, trains for other hosts are sealed by worker threads ([`seal_workers`]) and
+//! large received batches opened on them too ([`open_workers`]).
 //!
 //! The packet thread's own parts are at the top: [`inside`], [`outside`], [`local`] (member to
 //! member), [`members`] and [`queues`] (what is served: one TUN queue per member, by slot),
-//! [`routes`] (the lighthouse's table), [`resolver`], [`forwarder`], [`seal_workers`]. Kernel
-//! I/O that knows nothing of them is in [`io`]; threads beside the packet thread, which reach
-//! it only through the command channel, in [`services`]. [`LightHost`] runs the lighthouse
-//! follower and the route table alone, for simulations of hundreds of hosts.
+//! [`routes`] (the lighthouse's table), [`resolver`], [`forwarder`], [`seal_workers`],
+//! [`open_workers`]. Kernel I/O that knows nothing of them is in [`io`]; threads beside the
+//! packet thread, which reach it only through the command channel, in [`services`].
+//! [`LightHost`] runs the lighthouse follower and the route table alone, for simulations of
+//! hundreds of hosts.
 
 mod candidates;
 mod forwarder;
@@ -26,6 +28,7 @@ mod io;
 mod light_host;
 mod local;
 mod members;
+mod open_workers;
 mod outside;
 mod pmtu;
 mod queues;
@@ -72,6 +75,7 @@ use members::LocalNetworks;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::socket::{setsockopt, sockopt};
+use open_workers::OpenWorkers;
 use publisher::Publisher;
 use queues::Queues;
 use routes::RouteTable;
@@ -155,6 +159,8 @@ pub struct Daemon {
     handshake_udp: UdpSocket,
     /// Where trains for other hosts are sealed when not on the packet thread.
     seal_workers: Option<SealWorkers>,
+    /// Taken out while a batch they opened is handled.
+    open_workers: Option<OpenWorkers>,
     epoll: Epoll,
     wake: Arc<EventFd>,
     commands: Receiver<Command>,
@@ -403,9 +409,12 @@ impl Daemon {
             .map_or_else(seal_workers::default_count, usize::from)
             .min(MAX_WORKERS);
         let frame_len = BUFFER + offload::VNET_HDR_LEN;
-        let seal_workers = match workers {
-            0 => None,
-            n => Some(SealWorkers::spawn(n, &udp, frame_len)?),
+        let (seal_workers, open_workers) = match workers {
+            0 => (None, None),
+            n => (
+                Some(SealWorkers::spawn(n, &udp, frame_len)?),
+                Some(OpenWorkers::spawn(n, offload::DECRYPT_OFFSET)?),
+            ),
         };
         let defaults = Limits::default();
         let limits = Limits {
@@ -434,6 +443,7 @@ impl Daemon {
             udp,
             handshake_udp,
             seal_workers,
+            open_workers,
             epoll,
             wake,
             commands,
@@ -697,6 +707,10 @@ impl Daemon {
                 .seal_workers
                 .as_ref()
                 .map_or_else(Vec::new, SealWorkers::status),
+            open_workers: self
+                .open_workers
+                .as_ref()
+                .map_or_else(Vec::new, OpenWorkers::status),
             busy_us: self.busy.as_micros() as u64,
             uptime_ms: now.duration_since(self.started).as_millis() as u64,
             rss_kib: rss_kib(),
@@ -743,6 +757,26 @@ fn member_status(queue: &queues::Queue) -> MemberStatus {
 }
 
 /// The `send` callback of the tunnel manager: queue in the batch, send when it is full.
+/// Starts a thread beside the packet thread, named `name`. The packet thread waits for what
+/// its workers hold (frames, chunks), so a worker that panics aborts the daemon rather than
+/// leave it waiting or its flows unsent: the next start (systemd's, or the next plugin call's)
+/// serves every container again from its record.
+fn spawn_worker(
+    name: String,
+    work: impl FnOnce() + Send + 'static,
+) -> Result<std::thread::JoinHandle<()>> {
+    let what = name.clone();
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).is_err() {
+                tracing::error!("worker {what} failed: aborting flatnetd");
+                std::process::abort();
+            }
+        })
+        .map_err(|e| Error::io("starting a worker thread", e))
+}
+
 /// The underlay port's two lanes, non-blocking, with large buffers and kernel drops counted.
 fn open_underlay(listen: SocketAddr) -> Result<Lanes> {
     let lanes = lanes::bind(listen, MSG_TRANSPORT).context(|| format!("binding UDP {listen}"))?;

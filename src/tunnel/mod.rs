@@ -34,8 +34,8 @@ use ratelimit::{HandshakeLimiter, OUTSIDE_TRIGGER_INTERVAL};
 pub use relay::{Path, RelayedPair, RELAY_OVERHEAD};
 use relay::{RelayBuffers, Relaying, RELAY_AFTER};
 pub use sealer::{sealed_len, Sealer};
-pub use session::SealKey;
 use session::Session;
+pub use session::{OpenKey, SealKey};
 pub use timers::Limits;
 use wire::{
     init_mac1, Message, COOKIE_REPLY_LEN, INIT_LEN, INIT_MAC1_END, MAX_DATAGRAM, RESPONSE_LEN,
@@ -485,6 +485,53 @@ impl TunnelManager {
         send: &mut Sender,
     ) -> Received {
         self.receive(datagram, Path::Direct(from), out, now, authorize, send)
+    }
+
+    /// The key to open `datagram` on another thread, and its ciphertext: for a transport
+    /// datagram of a session that would not refuse it unopened. The opened datagram comes back
+    /// through [`TunnelManager::receive_opened`].
+    pub fn open_key<'d>(&self, datagram: &'d [u8], now: Instant) -> Option<(OpenKey, &'d [u8])> {
+        let Some(Message::Transport {
+            receiver,
+            counter,
+            ciphertext,
+        }) = wire::parse(datagram)
+        else {
+            return None;
+        };
+        let key = self
+            .sessions
+            .get(&receiver)?
+            .open_key(counter, now, &self.limits)?;
+        Some((key, ciphertext))
+    }
+
+    /// [`TunnelManager::decrypt_packet`] for a transport datagram already opened into `out`
+    /// with `key` (`opened`: the plaintext's length, or why it did not open). A datagram whose
+    /// session has gone or changed since the key was issued is received anew.
+    #[allow(clippy::too_many_arguments)]
+    pub fn receive_opened(
+        &mut self,
+        datagram: &[u8],
+        key: &OpenKey,
+        opened: Result<usize, DropReason>,
+        from: SocketAddr,
+        out: &mut [u8],
+        now: Instant,
+        authorize: &mut dyn FnMut(&PublicKey) -> bool,
+        send: &mut Sender,
+    ) -> Received {
+        let from_path = Path::Direct(from);
+        let Some(Message::Transport { receiver, .. }) = wire::parse(datagram) else {
+            return self.receive(datagram, from_path, out, now, authorize, send);
+        };
+        let Some(session) = self.sessions.get_mut(&receiver).filter(|s| s.issued(key)) else {
+            return self.receive(datagram, from_path, out, now, authorize, send);
+        };
+        match session.accept_opened(key, opened, now, &self.limits) {
+            Ok(len) => self.on_opened(receiver, len, from_path, out, now, authorize, send),
+            Err(reason) => Received::Dropped(reason),
+        }
     }
 
     /// [`TunnelManager::decrypt_packet`] for a datagram that came along `path`.
@@ -1043,11 +1090,27 @@ impl TunnelManager {
         let Some(session) = self.sessions.get_mut(&receiver) else {
             return Received::Dropped(DropReason::UnknownSession);
         };
-        let len = match session.decrypt(counter, ciphertext, out, now, &self.limits) {
-            Ok(len) => len,
-            Err(reason) => return Received::Dropped(reason),
-        };
-        let key = session.peer;
+        match session.decrypt(counter, ciphertext, out, now, &self.limits) {
+            Ok(len) => self.on_opened(receiver, len, from, out, now, authorize, send),
+            Err(reason) => Received::Dropped(reason),
+        }
+    }
+
+    /// A transport datagram of session `receiver` was authenticated and taken: `out[..len]` is
+    /// its plaintext. Follows the peer (roaming, liveness, the session's confirmation) and
+    /// handles control messages.
+    #[allow(clippy::too_many_arguments)]
+    fn on_opened(
+        &mut self,
+        receiver: u32,
+        len: usize,
+        from: Path,
+        out: &mut [u8],
+        now: Instant,
+        authorize: &mut dyn FnMut(&PublicKey) -> bool,
+        send: &mut Sender,
+    ) -> Received {
+        let key = self.sessions[&receiver].peer;
         let Some(peer) = self.peers.get_mut(&key) else {
             return Received::Dropped(DropReason::UnknownSession);
         };

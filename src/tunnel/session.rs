@@ -108,22 +108,89 @@ impl Session {
         now: Instant,
         limits: &Limits,
     ) -> Result<usize, DropReason> {
+        self.check_fresh(counter, now, limits)?;
+        let opened = open(&self.transport, counter, ciphertext, out);
+        self.accept(counter, opened)
+    }
+
+    /// What another thread needs to open the datagram with `counter` ahead of
+    /// [`Session::accept_opened`]; `None` if the session would refuse it unopened.
+    pub fn open_key(&self, counter: u64, now: Instant, limits: &Limits) -> Option<OpenKey> {
+        self.check_fresh(counter, now, limits).ok()?;
+        Some(OpenKey {
+            transport: self.transport.clone(),
+            counter,
+        })
+    }
+
+    /// [`Session::decrypt`] for a datagram opened elsewhere with `key`, which must be this
+    /// session's (see [`Session::issued`]). Checked again: an earlier datagram may have taken
+    /// the counter, or the session expired, since the key was issued.
+    pub fn accept_opened(
+        &mut self,
+        key: &OpenKey,
+        opened: Result<usize, DropReason>,
+        now: Instant,
+        limits: &Limits,
+    ) -> Result<usize, DropReason> {
+        self.check_fresh(key.counter, now, limits)?;
+        self.accept(key.counter, opened)
+    }
+
+    /// Whether `key` was issued by this session (and not by one that had its index before).
+    pub fn issued(&self, key: &OpenKey) -> bool {
+        Arc::ptr_eq(&self.transport, &key.transport)
+    }
+
+    fn check_fresh(&self, counter: u64, now: Instant, limits: &Limits) -> Result<(), DropReason> {
         if self.is_expired(now, limits) || counter >= limits.reject_after_messages {
             return Err(DropReason::Expired);
         }
         if !self.replay.is_fresh(counter) {
             return Err(DropReason::Replay);
         }
-        let len = self
-            .transport
-            .read_message(counter, ciphertext, out)
-            .map_err(|_| DropReason::BadTag)?;
+        Ok(())
+    }
+
+    /// Takes an authenticated counter into the replay window.
+    fn accept(
+        &mut self,
+        counter: u64,
+        opened: Result<usize, DropReason>,
+    ) -> Result<usize, DropReason> {
+        let len = opened?;
         if !self.replay.accept(counter) {
             return Err(DropReason::Replay);
         }
         self.confirmed = true;
         Ok(len)
     }
+}
+
+/// The right to open one datagram of a session on another thread ([`Session::open_key`]).
+/// Opening proves only that the datagram is authentic: the session takes it (replay window,
+/// expiry) in [`Session::accept_opened`], on its own thread.
+pub struct OpenKey {
+    transport: Arc<StatelessTransportState>,
+    counter: u64,
+}
+
+impl OpenKey {
+    /// Authenticates and decrypts `ciphertext` into `out`; the plaintext's length.
+    pub fn open(&self, ciphertext: &[u8], out: &mut [u8]) -> Result<usize, DropReason> {
+        open(&self.transport, self.counter, ciphertext, out)
+    }
+}
+
+fn open(
+    transport: &StatelessTransportState,
+    counter: u64,
+    ciphertext: &[u8],
+    out: &mut [u8],
+) -> Result<usize, DropReason> {
+    transport
+        .read_message(counter, ciphertext, out)
+        .map_err(|_| DropReason::BadTag)
 }
 
 /// The right to seal a run of counters reserved from a session ([`Session::reserve`]), for a

@@ -147,6 +147,105 @@ fn tampered_and_replayed_messages_are_rejected() {
     assert_eq!(r, Received::Dropped(DropReason::Malformed));
 }
 
+/// Opens `datagram` as an opening worker would: on another thread, with the key b issued.
+fn open_elsewhere(
+    b: &Host,
+    datagram: &[u8],
+    now: Instant,
+) -> (OpenKey, Result<usize, DropReason>, Vec<u8>) {
+    let (key, ciphertext) =
+        b.tm.open_key(datagram, now)
+            .expect("a live session's datagram");
+    let ciphertext = ciphertext.to_vec();
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            let mut out = vec![0u8; MAX_DATAGRAM];
+            let opened = key.open(&ciphertext, &mut out);
+            (key, opened, out)
+        })
+        .join()
+        .unwrap()
+    })
+}
+
+fn receive_opened(
+    b: &mut Host,
+    datagram: &[u8],
+    from: SocketAddr,
+    (key, opened, mut out): (OpenKey, Result<usize, DropReason>, Vec<u8>),
+    now: Instant,
+) -> (Received, Vec<u8>) {
+    let mut ignore = |_: &[u8], _: SocketAddr| {};
+    let r = b.tm.receive_opened(
+        datagram,
+        &key,
+        opened,
+        from,
+        &mut out,
+        now,
+        &mut anyone,
+        &mut ignore,
+    );
+    let data = match r {
+        Received::Data { len, .. } => out[..len].to_vec(),
+        _ => Vec::new(),
+    };
+    (r, data)
+}
+
+#[test]
+fn datagrams_opened_on_another_thread_are_taken_like_any_other() {
+    let (mut a, mut b, mut wire, now) = established();
+    for payload in [&b"one"[..], b"two", b"three"] {
+        a.send_packet(&b, payload, &mut wire, now);
+    }
+    let (one, from, _) = wire.pop_front().unwrap();
+    let (two, _, _) = wire.pop_front().unwrap();
+    let (three, _, _) = wire.pop_front().unwrap();
+
+    let opened = open_elsewhere(&b, &one, now);
+    assert_eq!(receive_opened(&mut b, &one, from, opened, now).1, b"one");
+    assert!(
+        b.tm.open_key(&one, now).is_none(),
+        "a taken counter is issued again"
+    );
+
+    // Two keys for one datagram, issued before either was taken: the second is a replay.
+    let (first, second) = (open_elsewhere(&b, &two, now), open_elsewhere(&b, &two, now));
+    assert_eq!(receive_opened(&mut b, &two, from, first, now).1, b"two");
+    let (r, _) = receive_opened(&mut b, &two, from, second, now);
+    assert_eq!(r, Received::Dropped(DropReason::Replay));
+
+    // A forgery fails to open and leaves its counter to the genuine datagram.
+    let mut forged = three.clone();
+    *forged.last_mut().unwrap() ^= 1;
+    let opened = open_elsewhere(&b, &forged, now);
+    assert_eq!(opened.1, Err(DropReason::BadTag));
+    let (r, _) = receive_opened(&mut b, &forged, from, opened, now);
+    assert_eq!(r, Received::Dropped(DropReason::BadTag));
+    let opened = open_elsewhere(&b, &three, now);
+    assert_eq!(
+        receive_opened(&mut b, &three, from, opened, now).1,
+        b"three"
+    );
+}
+
+#[test]
+fn a_key_another_session_issued_is_not_trusted() {
+    let (mut a, mut b, mut wire, now) = established();
+    let (mut c, d, mut other_wire, _) = established();
+    a.send_packet(&b, b"for b", &mut wire, now);
+    c.send_packet(&d, b"for d", &mut other_wire, now);
+    let (for_b, from, _) = wire.pop_front().unwrap();
+    let (for_d, _, _) = other_wire.pop_front().unwrap();
+    // d's key and a claimed success over garbage: b opens its datagram itself instead.
+    let (key, _, _) = open_elsewhere(&d, &for_d, now);
+    let claimed = (key, Ok(5), vec![0xee; MAX_DATAGRAM]);
+    let (r, data) = receive_opened(&mut b, &for_b, from, claimed, now);
+    assert!(matches!(r, Received::Data { .. }), "{r:?}");
+    assert_eq!(data, b"for b");
+}
+
 #[test]
 fn wrongly_keyed_messages_are_rejected() {
     let (mut a, mut b, mut wire, now) = established();

@@ -25,7 +25,7 @@ use super::offload::{Segments, VNET_HDR_LEN};
 use super::packet::NETWORK_ID_LEN;
 use crate::control::settings::MAX_WORKERS;
 use crate::control::status::SealWorkerStats;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{IoContext, Result};
 use crate::lighthouse::NetworkId;
 use crate::tunnel::replay::WINDOW;
 use crate::tunnel::{sealed_len, SealKey};
@@ -120,10 +120,7 @@ impl SealWorkers {
                 udp: udp.try_clone().context(|| "duplicating the UDP socket")?,
                 stats: stats.clone(),
             };
-            let thread = std::thread::Builder::new()
-                .name(format!("flatnet-seal-{i}"))
-                .spawn(move || worker.run_or_abort())
-                .map_err(|e| Error::io("starting a sealing worker", e))?;
+            let thread = super::spawn_worker(format!("flatnet-seal-{i}"), move || worker.run())?;
             workers.lanes.push(lane);
             workers.pending.push(Vec::new());
             workers.stats.push(stats);
@@ -230,16 +227,6 @@ struct Worker {
 }
 
 impl Worker {
-    /// A worker that panicked would keep the frames it holds and leave its flows unsent: the
-    /// daemon aborts instead, and the next start (systemd's, or the next plugin call's) serves
-    /// its containers again from their records.
-    fn run_or_abort(self) {
-        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run())).is_err() {
-            tracing::error!("a sealing worker failed: aborting flatnetd");
-            std::process::abort();
-        }
-    }
-
     /// Seals and sends each round it is given, then gives its frames back. Trains count as
     /// sent only once flushed (sealed and still queued, they could yet reach the wire after
     /// newer ones), and before their frames return: the packet thread, waiting for a frame,
