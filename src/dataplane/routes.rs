@@ -54,10 +54,11 @@ pub struct RouteTable {
     admit_certified: bool,
     /// Published entries not believed right now.
     refused: HashSet<(String, Address)>,
-    /// The entries believed: where each address is routed.
-    routes: HashMap<Address, Known>,
+    /// The entries believed: where each address is routed. Looked up for every packet, with
+    /// keys the lighthouse chose: a fast hasher, not SipHash.
+    routes: foldhash::HashMap<Address, Known>,
     /// Host key -> how many addresses it serves: only listed hosts may open tunnels.
-    keys: HashMap<PublicKey, usize>,
+    keys: foldhash::HashMap<PublicKey, usize>,
     /// Host endpoint -> the keys routes name with it, and how many addresses each, so that a
     /// datagram for an unknown session is matched in O(1).
     by_endpoint: HashMap<SocketAddr, HashMap<PublicKey, usize>>,

@@ -273,7 +273,7 @@ impl Peer {
     }
 
     /// Makes `index` the sending session; the old one is kept for packets in flight.
-    fn promote(&mut self, index: u32, sessions: &mut HashMap<u32, Session>, now: Instant) {
+    fn promote(&mut self, index: u32, sessions: &mut PacketMap<u32, Session>, now: Instant) {
         if let Some(stale) = self.previous.take() {
             sessions.remove(&stale);
         }
@@ -307,12 +307,17 @@ pub struct PeerStatus {
     pub stats: PeerStats,
 }
 
+/// The maps a datagram is looked up in: a fast hasher without SipHash's cost, as their keys
+/// are never a sender's choice (session indices are our own random numbers, peers only keys
+/// the lighthouse lists).
+type PacketMap<K, V> = foldhash::HashMap<K, V>;
+
 pub struct TunnelManager {
     keys: StaticKeys,
     limits: Limits,
-    peers: HashMap<PublicKey, Peer>,
-    sessions: HashMap<u32, Session>,
-    initiations: HashMap<u32, Initiation>,
+    peers: PacketMap<PublicKey, Peer>,
+    sessions: PacketMap<u32, Session>,
+    initiations: PacketMap<u32, Initiation>,
     /// The newest initiation timestamp accepted from each key. Kept when the peer entry goes
     /// (idle, last container detached), so a captured initiation stays stale for as long as
     /// this daemon runs; only keys the lighthouse lists get here, which bounds it.
@@ -349,9 +354,9 @@ impl TunnelManager {
             relay_buffers: RelayBuffers::default(),
             keys,
             limits,
-            peers: HashMap::new(),
-            sessions: HashMap::new(),
-            initiations: HashMap::new(),
+            peers: PacketMap::default(),
+            sessions: PacketMap::default(),
+            initiations: PacketMap::default(),
             init_timestamps: HashMap::new(),
             init_timestamps_changed: false,
         }
@@ -1254,7 +1259,7 @@ impl TunnelManager {
 
 /// The peer's entry, made on first contact, marked active now.
 fn touch_peer<'a>(
-    peers: &'a mut HashMap<PublicKey, Peer>,
+    peers: &'a mut PacketMap<PublicKey, Peer>,
     limits: &Limits,
     peer: &PublicKey,
     endpoint: SocketAddr,
@@ -1279,7 +1284,10 @@ const MAX_INTRODUCERS: usize = 4;
 
 /// A random session index not in use: indices are visible on the wire, so they should not
 /// reveal how many sessions a host has had.
-fn fresh_index(sessions: &HashMap<u32, Session>, initiations: &HashMap<u32, Initiation>) -> u32 {
+fn fresh_index(
+    sessions: &PacketMap<u32, Session>,
+    initiations: &PacketMap<u32, Initiation>,
+) -> u32 {
     loop {
         let mut bytes = [0u8; 4];
         getrandom::fill(&mut bytes).expect("system random source");
