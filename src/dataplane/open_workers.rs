@@ -25,6 +25,8 @@ const MIN_BATCH: usize = 16;
 /// Datagrams per chunk: what the packet thread may wait for at the end is one chunk's
 /// opening per worker (some microseconds).
 const CHUNK: usize = 8;
+/// The place of a chunk not in the batch being opened.
+const SPARE: usize = usize::MAX;
 
 /// A run of a batch's datagrams, opened by one thread.
 #[derive(Default)]
@@ -98,8 +100,8 @@ pub struct Opened<'a> {
 /// The workers as the packet thread sees them.
 pub struct OpenWorkers {
     pool: Arc<Pool>,
-    /// The batch's chunks, in order (`filled` of them in use); in the pool while
-    /// [`OpenWorkers::open`] runs.
+    /// The batch's chunks in order (the first `filled`), then spare ones; all but the first
+    /// are in the pool while [`OpenWorkers::open`] runs.
     chunks: Vec<Chunk>,
     filled: usize,
     /// Where [`OpenWorkers::next_opened`] is: chunk and item.
@@ -139,6 +141,9 @@ impl OpenWorkers {
 
     /// Starts a batch of `datagrams`; whether it is worth opening ahead.
     pub fn plan(&mut self, datagrams: usize) -> bool {
+        for chunk in &mut self.chunks[..self.filled] {
+            chunk.index = SPARE;
+        }
         self.filled = 0;
         self.cursor = (0, 0);
         datagrams >= MIN_BATCH
@@ -157,26 +162,22 @@ impl OpenWorkers {
         self.chunks[self.filled - 1].add(seq, key, ciphertext, self.headroom);
     }
 
-    /// Opens what was added, here and on the workers.
+    /// Opens what was added, here and on the workers. Chunks travel by value and come back to
+    /// their place in the batch; no buffer is made anew once the largest batch has been seen.
     pub fn open(&mut self) {
-        let mut chunks: Vec<Chunk> = self.chunks.drain(..self.filled).collect();
-        // The first chunk here at once: the workers take theirs while it is opened.
-        let first = (!chunks.is_empty()).then(|| chunks.remove(0));
-        self.pool.offer(chunks);
-        let mut done: Vec<Chunk> = Vec::with_capacity(self.filled);
-        if let Some(mut first) = first {
-            first.open_all(self.headroom);
-            done.push(first);
+        if self.filled == 0 {
+            return;
         }
+        // The first chunk here at once: the workers take the others meanwhile.
+        self.pool.offer(self.chunks.drain(1..self.filled));
+        self.chunks[0].open_all(self.headroom);
         while let Some(mut chunk) = self.pool.take() {
             chunk.open_all(self.headroom);
-            done.push(chunk);
+            self.chunks.push(chunk);
         }
-        done.extend(self.pool.wait_opened());
-        done.sort_unstable_by_key(|chunk| chunk.index);
-        // The spare chunks stay behind the batch's, for the next batches.
-        done.append(&mut self.chunks);
-        self.chunks = done;
+        self.pool.wait_opened(&mut self.chunks);
+        // The batch's chunks by their place, the spare ones behind them.
+        self.chunks.sort_unstable_by_key(|chunk| chunk.index);
     }
 
     /// Datagram `seq`'s opening, if it was opened ahead; asked in increasing order.
@@ -248,12 +249,14 @@ impl Pool {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn offer(&self, chunks: Vec<Chunk>) {
-        if chunks.is_empty() {
-            return;
+    fn offer(&self, chunks: impl Iterator<Item = Chunk>) {
+        let mut state = self.lock();
+        state.offered.extend(chunks);
+        let any = !state.offered.is_empty();
+        drop(state);
+        if any {
+            self.for_workers.notify_all();
         }
-        self.lock().offered = chunks;
-        self.for_workers.notify_all();
     }
 
     /// A chunk nobody has taken yet (for the packet thread).
@@ -261,8 +264,8 @@ impl Pool {
         self.lock().offered.pop()
     }
 
-    /// The chunks the workers opened, once none is being opened any more.
-    fn wait_opened(&self) -> Vec<Chunk> {
+    /// Moves the chunks the workers opened into `into`, once none is being opened any more.
+    fn wait_opened(&self, into: &mut Vec<Chunk>) {
         let mut state = self.lock();
         while state.opening > 0 {
             state = self
@@ -270,7 +273,7 @@ impl Pool {
                 .wait(state)
                 .unwrap_or_else(|e| e.into_inner());
         }
-        std::mem::take(&mut state.opened)
+        into.append(&mut state.opened);
     }
 
     /// The next chunk to open (for a worker); `None` once the pool is closed.
