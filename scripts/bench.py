@@ -699,7 +699,7 @@ def table(report):
         paired = {m: statistics.median([a[m]["gbps"] / b[m]["gbps"] for a, b in zip(two, none)])
                   for m in ("tcp1", "tcp4")}
         rtt = statistics.median([a["rtt"]["median_ms"] / b["rtt"]["median_ms"] for a, b in zip(two, none)])
-        lines.append(f"2 sealing workers / none (flatnetd's default here: {report['machine']['default_workers']}), "
+        lines.append(f"2 workers (sealing, opening) / none (flatnetd's default here: {report['machine']['default_workers']}), "
                      f"two hosts, same rounds: TCP 1 stream x{paired['tcp1']:.3f}, "
                      f"TCP 4 streams x{paired['tcp4']:.3f}, RTT x{rtt:.2f}")
     six, four = report["rounds"].get("flatnet_two_hosts_ipv6"), report["rounds"].get("flatnet_two_hosts")

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use cluster::*;
 use flatnet::netns::NetworkNamespace;
 use flatnet::tunnel::{decode_key, Limits, PublicKey, StaticKeys, TunnelManager};
-use flatnet_test_support::{stdout_json, TestNetns};
+use flatnet_test_support::{run_ok, stdout_json, TestNetns};
 
 #[test]
 fn three_hosts_on_etcd_get_unique_addresses_and_reach_each_other() {
@@ -98,6 +98,67 @@ fn quorum_lost_keeps_traffic_and_fails_new_attaches_fast_until_it_is_back() {
     assert_eq!((cluster.daemon_pid(0), cluster.daemon_pid(1)), pids);
     wait_routes(&cluster, &[0, 1], 6);
     assert!(cluster.ping(d, a, 1) && cluster.ping(c, d, 1));
+}
+
+/// The host's lease in its status (hex), once it holds one and etcd answers.
+fn healthy_lease(cluster: &Cluster, host: usize) -> Option<String> {
+    let state = &cluster.status(host)["lighthouse_state"];
+    let healthy = state["healthy"].as_bool() == Some(true);
+    healthy
+        .then(|| state["lease_id"].as_str().map(str::to_string))
+        .flatten()
+}
+
+/// etcd out of a host's reach for longer than its lease: etcd lets the lease lapse, and the
+/// host, once etcd answers again, takes a new one with its containers under it, and attaches
+/// again (before, it kept asking etcd for the lapsed lease for ever).
+#[test]
+fn a_lease_that_lapsed_while_etcd_was_out_of_reach_is_replaced() {
+    needs_root!();
+    let mut cluster = Cluster::with_etcd(2, 1);
+    let (a, b) = (cluster.attach(0), cluster.attach(1));
+    wait_routes(&cluster, &[0, 1], 4);
+    let before = healthy_lease(&cluster, 0).expect("a lease");
+
+    let ns = cluster.hosts[0].ns.name.clone();
+    let nft = |rules: &str| run_ok("ip", &["netns", "exec", &ns, "nft", rules]);
+    nft("add table inet etcd_cut; add chain inet etcd_cut out { type filter hook output priority 0; }; add rule inet etcd_cut out tcp dport 2379 drop");
+    // Until etcd itself says the lease is gone.
+    let etcd = cluster.etcd();
+    let started = Instant::now();
+    while !String::from_utf8_lossy(
+        &etcd
+            .etcdctl(&etcd.endpoints(), &["lease", "timetolive", &before])
+            .stdout,
+    )
+    .contains("expired")
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the lease never lapsed"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    nft("delete table inet etcd_cut");
+
+    let started = Instant::now();
+    let after = loop {
+        match healthy_lease(&cluster, 0) {
+            Some(lease) if lease != before => break lease,
+            _ if started.elapsed() > Duration::from_secs(30) => {
+                panic!("no new lease: {}", cluster.status(0)["lighthouse_state"])
+            }
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    };
+    println!(
+        "lease {before} lapsed; {after} taken {:?} after etcd came back",
+        started.elapsed()
+    );
+    // The container attached before is under the new lease: the other host still routes it.
+    let c = cluster.attach(0);
+    wait_routes(&cluster, &[0, 1], 5);
+    assert!(cluster.ping(a, b, 1) && cluster.ping(c, b, 1));
 }
 
 #[test]

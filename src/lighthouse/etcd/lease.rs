@@ -48,8 +48,23 @@ impl LeaseKeeper {
             0 => self.take_lease().await?,
             id => id,
         };
-        let (mut keeper, mut stream) =
-            bounded("keeping the lease", self.client.lease_keep_alive(id)).await?;
+        let client = &mut self.client;
+        let opened = bounded("keeping the lease", async {
+            match client.lease_keep_alive(id).await {
+                // etcd answers for a lease it no longer has with a TTL of 0, which the client
+                // reports as this error: the lease lapsed while etcd could not be reached.
+                Err(etcd_client::Error::LeaseKeepAliveError(e)) if e == "lease not found" => {
+                    Ok(None)
+                }
+                other => other.map(Some),
+            }
+        })
+        .await?;
+        let Some((mut keeper, mut stream)) = opened else {
+            tracing::warn!("etcd lease {id:x} lapsed while etcd was away; taking a new one");
+            self.lease.store(0, Ordering::SeqCst);
+            return Ok(());
+        };
         loop {
             bounded("keeping the lease", keeper.keep_alive()).await?;
             let answer = bounded("keeping the lease", stream.message()).await?;

@@ -234,9 +234,15 @@ impl Lighthouse for EtcdLighthouse {
                 blocks.join(", ")
             )));
         }
-        let lease = self.current_lease()?;
+        self.current_lease()?;
         let key = entry_key(&entry.network, &self.host.name, entry.ip);
-        let claimed = self.call(|client| claim(client, &key, entry, lease));
+        // The lease is read at each try: one that lapsed while etcd was away is replaced
+        // meanwhile (`lease::LeaseKeeper`), and the claim must go under the new one.
+        let claimed = self.call(|client| {
+            let lease = self.current_lease();
+            let key = &key;
+            async move { claim(client, key, entry, lease?).await }
+        });
         let mut in_doubt = self.in_doubt.lock().unwrap();
         match &claimed {
             Err(Error::LighthouseUnavailable(_)) => {
