@@ -533,8 +533,9 @@ impl TunnelManager {
         let Some(session) = self.sessions.get_mut(&receiver).filter(|s| s.issued(key)) else {
             return self.receive(datagram, from_path, out, now, authorize, send);
         };
+        let peer = session.peer;
         match session.accept_opened(key, opened, now, &self.limits) {
-            Ok(len) => self.on_opened(receiver, len, from_path, out, now, authorize, send),
+            Ok(len) => self.on_opened(receiver, peer, len, from_path, out, now, authorize, send),
             Err(reason) => Received::Dropped(reason),
         }
     }
@@ -1095,19 +1096,21 @@ impl TunnelManager {
         let Some(session) = self.sessions.get_mut(&receiver) else {
             return Received::Dropped(DropReason::UnknownSession);
         };
+        let peer = session.peer;
         match session.decrypt(counter, ciphertext, out, now, &self.limits) {
-            Ok(len) => self.on_opened(receiver, len, from, out, now, authorize, send),
+            Ok(len) => self.on_opened(receiver, peer, len, from, out, now, authorize, send),
             Err(reason) => Received::Dropped(reason),
         }
     }
 
-    /// A transport datagram of session `receiver` was authenticated and taken: `out[..len]` is
-    /// its plaintext. Follows the peer (roaming, liveness, the session's confirmation) and
-    /// handles control messages.
+    /// A transport datagram of session `receiver` (with peer `key`) was authenticated and
+    /// taken: `out[..len]` is its plaintext. Follows the peer (roaming, liveness, the session's
+    /// confirmation) and handles control messages.
     #[allow(clippy::too_many_arguments)]
     fn on_opened(
         &mut self,
         receiver: u32,
+        key: PublicKey,
         len: usize,
         from: Path,
         out: &mut [u8],
@@ -1115,7 +1118,6 @@ impl TunnelManager {
         authorize: &mut dyn FnMut(&PublicKey) -> bool,
         send: &mut Sender,
     ) -> Received {
-        let key = self.sessions[&receiver].peer;
         let Some(peer) = self.peers.get_mut(&key) else {
             return Received::Dropped(DropReason::UnknownSession);
         };
